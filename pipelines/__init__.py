@@ -1,0 +1,1 @@
+"""Wiring of the stages: the CLI, the composed configuration, Ray job submission."""

@@ -1,0 +1,60 @@
+"""The composed configuration: one TOML file with a table per stage, validated by the stage's own model.
+
+``[score]`` holds :class:`scoring.ScoreConfig` keys, spelled exactly as the CLI flags
+(``max_tokens`` = ``--max-tokens``). Unknown tables and keys are errors that name them.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from scoring import HardfocusError, ScoreConfig
+
+
+class StageTables(BaseModel):
+    """The raw per-stage tables of a config file, before flags are merged in."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    score: dict = {}
+
+
+def load_tables(path: str | Path | None) -> StageTables:
+    if path is None:
+        return StageTables()
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise HardfocusError(f"config file '{path}' does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise HardfocusError(f"config file '{path}' is not valid TOML: {exc}") from None
+    try:
+        return StageTables.model_validate(raw)
+    except ValidationError as exc:
+        raise HardfocusError(f"config file '{path}': {_describe(exc)}") from None
+
+
+def build_score_config(config_file: str | Path | None, overrides: dict) -> ScoreConfig:
+    """``[score]`` of the config file, with the flags that were given on top."""
+    values = load_tables(config_file).score | {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return ScoreConfig.model_validate(values)
+    except ValidationError as exc:
+        where = f"config file '{config_file}' [score] with flags" if config_file else "score flags"
+        raise HardfocusError(f"{where}: {_describe(exc)}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{key}'")
+        elif err["type"] == "missing":
+            parts.append(f"'{key}' is required (--{key.replace('_', '-')})")
+        else:
+            parts.append(f"'{key}': {err['msg']}")
+    return "; ".join(parts)

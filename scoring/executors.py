@@ -1,0 +1,75 @@
+"""Where units run: a Ray Data job (default) or in this process. Both yield one summary per unit."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator
+
+import scoring
+from scoring.config import ScoreConfig
+from scoring.units import Unit, UnitScorer, read_and_tokenize, tokenize_row
+
+log = logging.getLogger(__name__)
+
+
+def run_local(units: list[Unit], cfg: ScoreConfig, fingerprint: str) -> Iterator[dict]:
+    """The same unit functions as the Ray job, one after the other, in this process."""
+    scorer = UnitScorer(cfg, fingerprint, torch_threads=cfg.torch_threads or os.cpu_count())
+    for unit in units:
+        yield scorer.score_unit(unit, read_and_tokenize(unit, cfg, fingerprint))
+
+
+def init_ray(address: str | None) -> bool:
+    """Connect to ``address`` / ``$RAY_ADDRESS``, or start a local Ray; True if this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        # Ship this package to the cluster's workers, so nodes need only the dependencies installed.
+        package_root = os.path.dirname(os.path.dirname(scoring.__file__))
+        ray.init(
+            address=address,
+            logging_level=logging.WARNING,
+            runtime_env={"py_modules": [os.path.join(package_root, "scoring")]},
+        )
+    else:
+        ray.init(logging_level=logging.WARNING, include_dashboard=False)
+    return True
+
+
+def _largest_node_cpus() -> float:
+    import ray
+
+    return max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=1.0)
+
+
+def run_ray(units: list[Unit], cfg: ScoreConfig, fingerprint: str, started_local: bool) -> Iterator[dict]:
+    """Read+tokenise as CPU tasks, score with an actor pool (one model per actor), parts written by the actors."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # hardfocus shows one progress bar over rows instead
+    node_cpus = _largest_node_cpus()
+    cpus = cfg.cpus_per_actor or (1.0 if cfg.gpus_per_actor else max(1.0, node_cpus - 1))
+    if cfg.torch_threads:
+        threads = cfg.torch_threads
+    elif started_local and not cfg.gpus_per_actor:
+        # tokenising is a small share of the work, so a local actor may use every core
+        threads = max(1, (os.cpu_count() or 1) // cfg.actors)
+    else:
+        threads = max(1, math.ceil(cpus))
+    log.info("Ray: %d scoring actor(s) x %.3g CPU, %.3g GPU, %d torch threads", cfg.actors, cpus, cfg.gpus_per_actor, threads)
+    ds = ray.data.from_items([u.to_row() for u in units], override_num_blocks=len(units))
+    ds = ds.map(tokenize_row, fn_kwargs={"cfg": cfg, "model_fingerprint": fingerprint}, num_cpus=1)
+    ds = ds.map(
+        UnitScorer,
+        fn_constructor_kwargs={"cfg": cfg, "model_fingerprint": fingerprint, "torch_threads": threads},
+        compute=ray.data.ActorPoolStrategy(size=cfg.actors),
+        num_cpus=cpus,
+        num_gpus=cfg.gpus_per_actor,
+    )
+    yield from ds.iter_rows()

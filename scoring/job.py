@@ -1,0 +1,206 @@
+"""``score``: the scoring stage as a library call. Plans units, skips finished ones, runs the rest, writes the manifest."""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from tqdm.auto import tqdm
+
+from scoring.config import ScoreConfig
+from scoring.errors import HardfocusError
+from scoring.executors import init_ray, run_local, run_ray
+from scoring.manifest import RunInfo, ScoreManifest, ShardInfo, count_scores, library_versions
+from scoring.model import ResolvedModel, load_tokenizer, resolve_device, resolve_dtype, resolve_model, tokenizer_fingerprint
+from scoring.output import JOB_FILE, MANIFEST_FILE, ScoresDir
+from scoring.sources import Shard, count_rows, find_shards
+from scoring.units import Unit, columns_of, plan_units
+
+log = logging.getLogger(__name__)
+
+# What the part files depend on: a rerun with any of these changed must not reuse them.
+_IDENTITY_KEYS = ("model_fingerprint", "tokenizer_fingerprint", "dtype", "max_tokens", "add_special_tokens",
+                  "text_column", "id_column", "group_column", "keep_input_ids", "rows_per_unit")
+
+
+@dataclass
+class ScoreResult:
+    output: str
+    manifest: ScoreManifest
+    units_scored: int
+
+
+def score(cfg: ScoreConfig, progress: bool = True) -> ScoreResult:
+    """Score every row of ``cfg.inputs`` into ``cfg.output``; resumes where a previous run stopped."""
+    started_at, t0 = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.perf_counter()
+    out = ScoresDir(cfg.output)
+    out.create()
+    out.lock()
+    try:
+        resolved = resolve_model(cfg.model)
+        identity = _job_identity(cfg, resolved)
+        shards = find_shards(cfg.inputs)
+        shard_rows = _count_rows(shards, cfg)
+        units = plan_units(shard_rows, cfg.rows_per_unit)
+        existing = _reconcile(out, identity, {u.part for u in units}, cfg.overwrite)
+        pending = [u for u in units if u.part not in existing]
+        manifest = out.read_json(MANIFEST_FILE)
+        if not pending and manifest is not None:
+            log.info("%s is complete (%d parts): nothing to score", cfg.output, len(units))
+            return ScoreResult(cfg.output, ScoreManifest.model_validate(manifest), 0)
+        if manifest is not None:
+            out.remove([MANIFEST_FILE])  # the manifest marks a complete directory; it is not, until the end
+        log.info(
+            "%d shards, %d rows in %d units: %d units already scored, %d to score",
+            len(shards), sum(r for _, r in shard_rows), len(units), len(units) - len(pending), len(pending),
+        )
+        run = _run(pending, cfg, resolved, progress)
+        run.started_at, run.units_reused = started_at, len(units) - len(pending)
+        run.wall_s = time.perf_counter() - t0
+        manifest = _finalize(out, cfg, resolved, identity, shard_rows, units, run)
+    finally:
+        out.unlock()
+    log.info(summary_line(manifest, cfg.output))
+    return ScoreResult(cfg.output, manifest, len(pending))
+
+
+def summary_line(m: ScoreManifest, output: str) -> str:
+    statuses = ", ".join(f"{k} {v}" for k, v in m.rows_by_status.items())
+    run = m.runs[-1]
+    return (
+        f"scored {m.rows} rows ({statuses}) | {m.tokens} tokens | this run: {run.tokens_scored} tokens in "
+        f"{run.wall_s:.1f}s, {run.tokens_per_s:.0f} tokens/s | {output}"
+    )
+
+
+def _job_identity(cfg: ScoreConfig, resolved: ResolvedModel) -> dict:
+    tokenizer = load_tokenizer(resolved.path)
+    device = resolve_device(cfg.device)
+    values = cfg.model_dump() | {
+        "model_fingerprint": resolved.fingerprint,
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        "dtype": str(resolve_dtype(cfg.dtype, device)).removeprefix("torch."),
+    }
+    return {k: values[k] for k in _IDENTITY_KEYS}
+
+
+def _count_rows(shards: list[Shard], cfg: ScoreConfig) -> list[tuple[Shard, int]]:
+    columns = columns_of(cfg)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        rows = list(pool.map(lambda s: count_rows(s, columns), shards))
+    return list(zip(shards, rows))
+
+
+def _reconcile(out: ScoresDir, identity: dict, planned: set[str], overwrite: bool) -> set[str]:
+    """Check the directory holds only parts of this job; returns the finished parts to keep."""
+    previous = out.read_json(JOB_FILE)
+    existing = set(out.parts())
+    if previous is not None and previous.get("identity") != identity:
+        differs = sorted(k for k in identity if previous.get("identity", {}).get(k) != identity[k])
+        if not overwrite:
+            raise HardfocusError(
+                f"{out.url} holds scores computed with a different configuration (differs in: {', '.join(differs)}); "
+                "choose another --output, or pass --overwrite to replace them"
+            )
+        out.remove(sorted(existing) + [MANIFEST_FILE])
+        existing = set()
+    stale = existing - planned
+    if stale:
+        if not overwrite:
+            raise HardfocusError(
+                f"{out.url} holds {len(stale)} part files that the current inputs do not produce (e.g. {min(stale)}): "
+                "the inputs changed since they were scored. Choose another --output, or pass --overwrite"
+            )
+        out.remove(sorted(stale))
+        existing -= stale
+    removed = out.remove_leftovers()
+    if removed:
+        log.info("removed %d temporary files of an interrupted run", removed)
+    same_job = previous is not None and previous.get("identity") == identity
+    out.write_json(JOB_FILE, {"identity": identity, "runs": previous.get("runs", []) if same_job else []})
+    return existing
+
+
+def _run(pending: list[Unit], cfg: ScoreConfig, resolved: ResolvedModel, progress: bool) -> RunInfo:
+    t0 = time.perf_counter()
+    rows = tokens = done = 0
+    if not pending:
+        return RunInfo(started_at="", wall_s=0, units_scored=0, units_reused=0, rows_scored=0, tokens_scored=0, tokens_per_s=0)
+    started_ray = False
+    if cfg.executor == "ray":
+        started_ray = init_ray(cfg.ray_address)
+        summaries = run_ray(pending, cfg, resolved.fingerprint, started_local=started_ray and not cfg.ray_address)
+    else:
+        summaries = run_local(pending, cfg, resolved.fingerprint)
+    bar = tqdm(total=sum(u.stop - u.start for u in pending), unit="rows", disable=not progress, mininterval=1.0)
+    try:
+        for summary in summaries:
+            done += 1
+            rows += summary["rows"]
+            tokens += summary["tokens"]
+            bar.update(summary["rows"])
+            bar.set_postfix(units=f"{done}/{len(pending)}", tok_s=f"{tokens / (time.perf_counter() - t0):.0f}")
+    finally:
+        bar.close()
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    wall = time.perf_counter() - t0
+    return RunInfo(
+        started_at="", wall_s=wall, units_scored=done, units_reused=0, rows_scored=rows, tokens_scored=tokens,
+        tokens_per_s=tokens / wall if wall else 0.0,
+    )
+
+
+def _finalize(out, cfg, resolved, identity, shard_rows, units: list[Unit], run: RunInfo) -> ScoreManifest:
+    """Verify one part per unit with exactly the unit's rows, count, and write the manifest last."""
+    parts = set(out.parts())
+    missing = [u.part for u in units if u.part not in parts]
+    if missing:
+        raise RuntimeError(f"{len(missing)} units have no part file after the run (e.g. {missing[0]})")
+    for u in units:
+        if (n := out.part_rows(u.part)) != u.stop - u.start:
+            raise RuntimeError(f"part {u.part} has {n} rows, expected {u.stop - u.start}")
+    counts = count_scores(out.urls(sorted(u.part for u in units))) if units else None
+    if counts and counts.duplicate_ids:
+        log.warning(
+            "%d rows share a sample id with another row (e.g. %s): ids from --id-column must be unique",
+            counts.duplicate_ids, ", ".join(counts.duplicate_id_examples),
+        )
+    job = out.read_json(JOB_FILE) or {"identity": identity, "runs": []}
+    job["runs"] = job.get("runs", []) + [run.model_dump()]
+    out.write_json(JOB_FILE, job)
+    manifest = ScoreManifest(
+        model=cfg.model,
+        model_path=resolved.path,
+        model_fingerprint=resolved.fingerprint,
+        tokenizer_fingerprint=identity["tokenizer_fingerprint"],
+        max_tokens=cfg.max_tokens,
+        dtype=identity["dtype"],
+        device=str(resolve_device(cfg.device)),
+        add_special_tokens=cfg.add_special_tokens,
+        text_column=cfg.text_column,
+        id_column=cfg.id_column,
+        group_column=cfg.group_column,
+        shards=[ShardInfo(url=s.url, rel=s.rel, format=s.format, compression=s.compression, size=s.size, rows=r)
+                for s, r in shard_rows],
+        parts=len(units),
+        rows=counts.rows if counts else 0,
+        rows_by_status=counts.rows_by_status if counts else {},
+        error_examples=counts.error_examples if counts else [],
+        tokens=counts.tokens if counts else 0,
+        truncated=counts.truncated if counts else 0,
+        duplicate_ids=counts.duplicate_ids if counts else 0,
+        duplicate_id_examples=counts.duplicate_id_examples if counts else [],
+        runs=[RunInfo.model_validate(r) for r in job["runs"]],
+        versions=library_versions(),
+    )
+    expected = sum(r for _, r in shard_rows)
+    if manifest.rows != expected:
+        raise RuntimeError(f"scores hold {manifest.rows} rows but the inputs have {expected}")
+    out.write_json(MANIFEST_FILE, manifest.model_dump())
+    return manifest

@@ -1,0 +1,114 @@
+"""``manifest.json`` of a scores/ directory: what was scored, with what, and how it went.
+
+The counts are derived from the part files themselves, so they are exact after any number of
+interrupted and resumed runs. Selection refuses to mix score directories whose manifests
+disagree on model or tokenizer.
+"""
+
+from __future__ import annotations
+
+import platform
+from importlib.metadata import PackageNotFoundError, version
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict
+
+from scoring.schema import ERROR_PREFIX
+
+_LIBRARIES = ("hardfocus", "torch", "transformers", "tokenizers", "ray", "pyarrow", "polars")
+
+
+class ShardInfo(BaseModel):
+    url: str
+    rel: str
+    format: str
+    compression: str | None
+    size: int
+    rows: int
+
+
+class RunInfo(BaseModel):
+    started_at: str
+    wall_s: float
+    units_scored: int
+    units_reused: int
+    rows_scored: int
+    tokens_scored: int
+    tokens_per_s: float
+
+
+class ScoreManifest(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str
+    model_path: str
+    model_fingerprint: str
+    tokenizer_fingerprint: str
+    max_tokens: int
+    dtype: str
+    device: str
+    add_special_tokens: bool
+    text_column: str
+    id_column: str | None
+    group_column: str | None
+    shards: list[ShardInfo]
+    parts: int
+    rows: int
+    rows_by_status: dict[str, int]
+    error_examples: list[str]
+    tokens: int
+    truncated: int
+    duplicate_ids: int
+    duplicate_id_examples: list[str]
+    runs: list[RunInfo]
+    versions: dict[str, str]
+
+
+class ScoreCounts(BaseModel):
+    rows: int
+    rows_by_status: dict[str, int]
+    error_examples: list[str]
+    tokens: int
+    truncated: int
+    duplicate_ids: int
+    duplicate_id_examples: list[str]
+
+
+def count_scores(part_urls: list[str]) -> ScoreCounts:
+    """Exact counts over all part files, streaming: per status, tokens, truncation, duplicate ids."""
+    scan = pl.scan_parquet(part_urls)
+    status = pl.col("status")
+    kind = pl.when(status.str.starts_with(ERROR_PREFIX)).then(pl.lit("error")).otherwise(status)
+    by_status = scan.group_by(kind.alias("kind")).agg(pl.len().alias("n")).collect(engine="streaming")
+    totals = scan.select(
+        pl.len().alias("rows"),
+        pl.col("n_tokens").cast(pl.Int64).sum().alias("tokens"),
+        pl.col("truncated").sum().alias("truncated"),
+    ).collect(engine="streaming")
+    errors = (
+        scan.filter(status.str.starts_with(ERROR_PREFIX)).select(status).unique().sort("status").head(10)
+        .collect(engine="streaming")["status"].to_list()
+    )
+    dups = (
+        scan.group_by("sample_id").agg(pl.len().alias("n")).filter(pl.col("n") > 1).sort("sample_id")
+        .collect(engine="streaming")
+    )
+    return ScoreCounts(
+        rows=int(totals["rows"][0]),
+        rows_by_status={k: int(n) for k, n in sorted(zip(by_status["kind"], by_status["n"]))},
+        error_examples=errors,
+        tokens=int(totals["tokens"][0] or 0),
+        truncated=int(totals["truncated"][0] or 0),
+        duplicate_ids=int(dups["n"].sum() - len(dups)) if len(dups) else 0,
+        duplicate_id_examples=dups["sample_id"].head(5).to_list(),
+    )
+
+
+def library_versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found

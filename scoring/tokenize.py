@@ -1,0 +1,68 @@
+"""Text to token ids, once, with truncation flagged and degenerate documents given a status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from scoring.schema import Status
+
+# A token of a byte-level BPE rarely covers more than a few dozen characters, so cutting the text
+# at this many characters per wanted token avoids tokenising a 5 MB document in full; when the cut
+# text does not yield clearly more than max_tokens tokens, the full text is tokenised instead.
+_CHARS_PER_TOKEN_BOUND = 32
+_CUT_MARGIN_TOKENS = 16
+
+
+@dataclass
+class Tokenized:
+    """Token ids per document (int32), whether each was truncated, and its status (None = scoreable)."""
+
+    input_ids: list[np.ndarray]
+    truncated: list[bool]
+    status: list[str | None]
+
+
+def tokenize_texts(
+    tokenizer, texts: list[str | None], status: list[str | None], max_tokens: int, add_special_tokens: bool = True
+) -> Tokenized:
+    """Tokenise ``texts`` (rows with a status already set are passed through untouched).
+
+    Documents longer than ``max_tokens`` keep their first ``max_tokens`` tokens and are flagged
+    ``truncated``; empty or whitespace-only texts get ``empty``, fewer than two tokens ``too_short``.
+    """
+    status = list(status)
+    todo = []
+    for i, text in enumerate(texts):
+        if status[i] is not None:
+            continue
+        if text is None or not text.strip():
+            status[i] = Status.EMPTY.value
+        elif not _encodable(text):
+            status[i] = Status.INVALID_UTF8.value  # lone surrogates from a JSON "\ud800" escape
+        else:
+            todo.append(i)
+
+    limit = max_tokens * _CHARS_PER_TOKEN_BOUND
+    cut = [texts[i][:limit] for i in todo]
+    encoded = tokenizer(cut, add_special_tokens=add_special_tokens, return_attention_mask=False)["input_ids"] if cut else []
+    ids: list[np.ndarray] = [np.zeros(0, dtype=np.int32) for _ in texts]
+    truncated = [False] * len(texts)
+    for i, toks in zip(todo, encoded):
+        if len(texts[i]) > limit and len(toks) <= max_tokens + _CUT_MARGIN_TOKENS:
+            toks = tokenizer(texts[i], add_special_tokens=add_special_tokens, return_attention_mask=False)["input_ids"]
+        if len(toks) > max_tokens:
+            toks, truncated[i] = toks[:max_tokens], True
+        ids[i] = np.asarray(toks, dtype=np.int32)
+        if len(toks) < 2:
+            status[i] = Status.TOO_SHORT.value
+    return Tokenized(ids, truncated, status)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

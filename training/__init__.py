@@ -1,0 +1,1 @@
+"""Training stage: weighted continual training (not implemented yet: see issue 4)."""
