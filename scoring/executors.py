@@ -64,7 +64,11 @@ def run_ray(units: list[Unit], cfg: ScoreConfig, fingerprint: str, started_local
         threads = max(1, math.ceil(cpus))
     log.info("Ray: %d scoring actor(s) x %.3g CPU, %.3g GPU, %d torch threads", cfg.actors, cpus, cfg.gpus_per_actor, threads)
     ds = ray.data.from_items([u.to_row() for u in units], override_num_blocks=len(units))
-    ds = ds.map(tokenize_row, fn_kwargs={"cfg": cfg, "model_fingerprint": fingerprint}, num_cpus=1)
+    # ray_remote_args_fn keeps Ray Data from fusing tokenisation into the scoring actor: tokenising runs
+    # as separate CPU tasks, ahead of the model, instead of stalling it (which matters most on a GPU).
+    ds = ds.map(
+        tokenize_row, fn_kwargs={"cfg": cfg, "model_fingerprint": fingerprint}, ray_remote_args_fn=lambda: {"num_cpus": 1}
+    )
     ds = ds.map(
         UnitScorer,
         fn_constructor_kwargs={"cfg": cfg, "model_fingerprint": fingerprint, "torch_threads": threads},

@@ -194,7 +194,9 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 def load_model(path: str, dtype: torch.dtype, device: torch.device):
     """Load a causal LM for inference (eval mode, no grad bookkeeping needed by the caller)."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # one bar per actor per load is noise in a job's log
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return model.to(device).eval()
 

@@ -7,6 +7,9 @@ default sample id ``"<shard relative path>#<row index>"`` is stable too.
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import io
 import json
 import logging
 import posixpath
@@ -17,6 +20,7 @@ from typing import Literal
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+import zstandard
 from fsspec.core import url_to_fs
 
 from scoring.errors import HardfocusError
@@ -232,14 +236,24 @@ def _read_parquet_rows(shard: Shard, start: int, stop: int, columns: Columns) ->
 def _jsonl_lines(shard: Shard) -> Iterator[tuple[int, bytes]]:
     """(row index, raw line) for each non-blank line; blank lines are not rows."""
     try:
-        with fsspec.open(shard.url, "rb", compression=shard.compression) as f:
+        with fsspec.open(shard.url, "rb") as raw, _decompressed(raw, shard.compression) as f:
             index = 0
             for line in f:
                 if line.strip():
                     yield index, line
                     index += 1
-    except (OSError, EOFError) as exc:  # gzip/zstd corruption, permission, vanished file
+    except (OSError, EOFError, zstandard.ZstdError) as exc:  # gzip/zstd corruption, permission, vanished file
         raise HardfocusError(f"cannot read JSON Lines shard {shard.url}: {exc}") from exc
+
+
+def _decompressed(raw, compression: str | None):
+    """A line-iterable binary stream (fsspec's own zstd file cannot iterate lines)."""
+    if compression == "gzip":
+        return gzip.open(raw, "rb")
+    if compression == "zstd":
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        return io.BufferedReader(reader, buffer_size=1 << 20)
+    return contextlib.nullcontext(raw)
 
 
 def _check_first_json_row(shard: Shard, line: bytes, columns: Columns) -> None:

@@ -1,0 +1,78 @@
+"""Shared fixtures: a tiny random-initialised causal LM with a tokenizer trained on the fly, real text."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+ENGLISH = [
+    "The committee met on Tuesday to discuss the budget for the coming year.",
+    "She opened the window and listened to the rain falling on the garden.",
+    "Software is distributed under the License on an as is basis, without warranties.",
+    "A river flows from the mountains to the sea, carrying sand and stones.",
+    "Permission is hereby granted, free of charge, to any person obtaining a copy of this software.",
+    "The library was quiet except for the sound of pages turning slowly.",
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Keep converted models and fingerprints of the test session out of the user's cache."""
+    os.environ["HARDFOCUS_CACHE"] = str(tmp_path_factory.mktemp("hardfocus-cache"))
+
+
+def real_texts(n: int = 200, seed: int = 0) -> list[str]:
+    """Real English/code text from this machine (licenses, Python sources), cut to mixed lengths."""
+    import sysconfig
+
+    sources = sorted(Path("/usr/share/common-licenses").glob("*")) if Path("/usr/share/common-licenses").exists() else []
+    sources += sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:80]
+    pool = []
+    for p in sources:
+        try:
+            text = p.read_text(errors="ignore")
+        except (OSError, IsADirectoryError):
+            continue
+        pool.extend(text[i : i + 4000] for i in range(0, min(len(text), 40000), 4000))
+    rng = random.Random(seed)
+    return [rng.choice(pool)[: rng.choice([20, 60, 200, 800, 3000])] for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A 2-layer Llama with a 300-token byte-level BPE trained here, saved as an HF checkpoint."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(ENGLISH * 5 + real_texts(60), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=fast.vocab_size if hasattr(fast, "vocab_size") else len(fast),
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=2048, pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    path = tmp_path_factory.mktemp("tiny-model")
+    model.save_pretrained(path)
+    fast.save_pretrained(path)
+    return str(path)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return path
