@@ -13,6 +13,8 @@ from scoring.units import Unit, UnitScorer, read_and_tokenize, tokenize_row
 
 log = logging.getLogger(__name__)
 
+_TOKENIZE_MEMORY = 512 * 1024**2  # a unit's text and token ids, with room to spare
+
 
 def run_local(units: list[Unit], cfg: ScoreConfig, fingerprint: str) -> Iterator[dict]:
     """The same unit functions as the Ray job, one after the other, in this process."""
@@ -64,10 +66,11 @@ def run_ray(units: list[Unit], cfg: ScoreConfig, fingerprint: str, started_local
         threads = max(1, math.ceil(cpus))
     log.info("Ray: %d scoring actor(s) x %.3g CPU, %.3g GPU, %d torch threads", cfg.actors, cpus, cfg.gpus_per_actor, threads)
     ds = ray.data.from_items([u.to_row() for u in units], override_num_blocks=len(units))
-    # ray_remote_args_fn keeps Ray Data from fusing tokenisation into the scoring actor: tokenising runs
-    # as separate CPU tasks, ahead of the model, instead of stalling it (which matters most on a GPU).
+    # Tokenising runs as separate CPU tasks ahead of the model instead of inside the scoring actor
+    # (which would stall a GPU): Ray Data fuses a task map into the next actor map only when their
+    # resource requests are identical, and the memory request here makes them differ.
     ds = ds.map(
-        tokenize_row, fn_kwargs={"cfg": cfg, "model_fingerprint": fingerprint}, ray_remote_args_fn=lambda: {"num_cpus": 1}
+        tokenize_row, fn_kwargs={"cfg": cfg, "model_fingerprint": fingerprint}, num_cpus=1, memory=_TOKENIZE_MEMORY
     )
     ds = ds.map(
         UnitScorer,
