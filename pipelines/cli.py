@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from pipelines.config import build_score_config
+from pipelines.demo_corpus import build_demo_corpus
 from scoring import HardfocusError, score
 from scoring.job import summary_line
 
@@ -84,6 +85,21 @@ def score_command(
     cfg = build_score_config(config, overrides)
     result = score(cfg, progress=_show_progress())
     typer.echo(summary_line(result.manifest, result.output))
+
+
+@app.command("demo-corpus")
+@user_errors
+def demo_corpus_command(
+    out_dir: Annotated[Path, typer.Argument(help="directory to write <group>.jsonl files into")],
+    docs_per_group: Annotated[int, typer.Option(help="documents per group")] = 150,
+    max_chars: Annotated[int, typer.Option(help="longest document, in characters")] = 4000,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Build a small real corpus (license texts, Debian copyright files, Python sources and docstrings)."""
+    counts = build_demo_corpus(out_dir, docs_per_group, max_chars, seed)
+    if not counts:
+        raise HardfocusError("no demo source text was found on this machine")
+    typer.echo(f"{sum(counts.values())} documents in {len(counts)} groups: {out_dir}")
 
 
 def run() -> None:  # pragma: no cover - console-script shim for `python -m pipelines.cli`

@@ -1,0 +1,79 @@
+"""The CLI: typed config from TOML with flag overrides, and one-line errors that say what to do."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+from pipelines.config import build_score_config
+from scoring import HardfocusError
+from tests.conftest import write_jsonl
+
+runner = CliRunner()
+
+
+def test_help_lists_every_score_flag():
+    result = runner.invoke(app, ["score", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    for flag in ("--output", "--config", "--text-column", "--id-column", "--group-column", "--model", "--max-tokens",
+                 "--token-budget", "--executor", "--actors", "--gpus-per-actor", "--overwrite"):
+        assert flag in result.output
+
+
+def test_toml_config_with_flag_overrides(tmp_path):
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text('[score]\ninputs = ["a.jsonl"]\noutput = "out"\nmax_tokens = 128\nactors = 2\n')
+    cfg = build_score_config(cfg_file, {"max_tokens": 256, "actors": None, "inputs": None})
+    assert (cfg.inputs, cfg.output, cfg.max_tokens, cfg.actors) == (["a.jsonl"], "out", 256, 2)
+
+
+@pytest.mark.parametrize(
+    "toml, message",
+    [
+        ('[score]\ninputs = ["a"]\noutput = "o"\nmax_token = 3\n', "unknown key 'max_token'"),
+        ('[scoring]\nx = 1\n', "unknown key 'scoring'"),
+        ('[score]\ninputs = ["a"]\n', "'output' is required \\(--output\\)"),
+        ('[score]\ninputs = ["a"]\noutput = "o"\nmax_tokens = 1\n', "'max_tokens': Input should be greater than or equal to 2"),
+        ("[score\n", "not valid TOML"),
+    ],
+)
+def test_config_errors_name_the_key(tmp_path, toml, message):
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text(toml)
+    with pytest.raises(HardfocusError, match=message):
+        build_score_config(cfg_file, {})
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{tmp}/missing.jsonl", "-o", "{tmp}/o"], "input '{tmp}/missing.jsonl' does not exist"),
+        (["{tmp}/d.jsonl", "-o", "{tmp}/o", "--text-column", "body"], "has no field 'body' (fields: text)"),
+        (["{tmp}/d.jsonl", "-o", "{tmp}/o", "--model", "{tmp}/nothing-here"], "unknown model"),
+        (["{tmp}/d.jsonl", "-o", "{tmp}/o", "--model", "{tmp}/m.gguf"], "GGUF file '{tmp}/m.gguf' does not exist"),
+        (["{tmp}/d.jsonl"], "'output' is required (--output)"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(tmp_path, tiny_model_dir, monkeypatch, args, message):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    write_jsonl(tmp_path / "d.jsonl", [{"text": "hello world"}])
+    args = [a.format(tmp=tmp_path) for a in args]
+    if "--model" not in args:
+        args += ["--model", tiny_model_dir]
+    result = runner.invoke(app, ["score", *args, "--executor", "local"])
+    assert result.exit_code == 2, result.output
+    assert message.format(tmp=tmp_path) in result.output
+    assert "Traceback" not in result.output
+
+
+def test_score_command_end_to_end(tmp_path, tiny_model_dir):
+    write_jsonl(tmp_path / "d.jsonl", [{"text": f"the number {i} is here"} for i in range(5)] + [{"text": ""}])
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text(f'[score]\nmodel = "{tiny_model_dir}"\nexecutor = "local"\ndtype = "float32"\n')
+    result = runner.invoke(app, ["-q", "score", str(tmp_path / "d.jsonl"), "-o", str(tmp_path / "o"), "-c", str(cfg_file)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["rows_by_status"] == {"empty": 1, "ok": 5} and manifest["dtype"] == "float32"
