@@ -1,6 +1,6 @@
 """Scoring speed on the real SmolLM2-135M: four ways to compute per-document loss, side by side in one run.
 
-    python benchmarks/scoring_speed.py [--docs 300] [--ref-docs 100] [--seed 0] \
+    python benchmarks/scoring_speed.py [--docs 300] [--ref-docs 80] [--seed 0] \
         [--out benchmarks/results/scoring_speed.md]
 
 Arms (DESIGN.md, "Measuring speed" and "Fast scoring"):
@@ -114,6 +114,14 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+
+
+def load_average() -> float:
+    """1-minute load average; other work on the machine skews every figure of the run."""
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
 
 
 def _lscpu_field(name: str) -> str | None:
@@ -254,7 +262,9 @@ def stratified_subset(lengths: Sequence[int], k: int) -> list[int]:
 
 def load_model(path: str, dtype: torch.dtype) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
 
 
@@ -463,6 +473,8 @@ def render_markdown(report: dict) -> str:
         f"- /proc/cpuinfo: avx512_bf16 {'yes' if m['avx512_bf16'] else 'no'}, amx_bf16 {'yes' if m['amx_bf16'] else 'no'}",
         f"- torch {m['torch']}, torch.get_num_threads() = {m['torch_threads']}; "
         + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if k != "torch"),
+        f"- 1-minute load average: {m['load_avg_start']:.2f} at the start, {m['load_avg_end']:.2f} after the last arm "
+        "(the run itself adds up to about the number of threads; much more means other work shared the CPUs)",
         "",
         "## Matmul peak (square matmuls, best of "
         f"{MATMUL_REPS}, {m['torch_threads']} threads)",
@@ -541,8 +553,8 @@ def render_markdown(report: dict) -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--docs", type=int, default=300, help="documents in the corpus (default 300)")
-    parser.add_argument("--ref-docs", type=int, default=100,
-                        help="length-stratified subset that the slow reference (a) scores (default 100)")
+    parser.add_argument("--ref-docs", type=int, default=80,
+                        help="length-stratified subset that the slow reference (a) scores (default 80)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scoring_speed.md"))
     parser.add_argument("--skip-ray", action="store_true", help="leave out (c2)")
@@ -585,6 +597,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(os.cpu_count() or 1)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    load_start = load_average()
+    if load_start > 0.5:
+        log.warning("1-minute load average is %.2f before the run: other work will skew the figures", load_start)
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
 
     path = resolve_model(MODEL_SPEC).path
@@ -594,6 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     n_params = count_params(load_model(path, torch.float32))
     arms = run_arms(path, docs, ref_indices, pad_token_id(tokenizer), not args.skip_ray)
 
+    load_end = load_average()
     peaks["bf16_end"] = matmul_peak(torch.bfloat16)
     peaks["bf16_peak_used"] = max(peaks["bf16"]["gflops"], peaks["bf16_end"]["gflops"])
     peaks["bf16_over_fp32"] = peaks["bf16"]["gflops"] / peaks["fp32"]["gflops"]
@@ -601,7 +617,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = [arm_row(a, n_params, peaks["bf16_peak_used"], arms["a"].tokens_per_s) for a in arms.values()]
     report = {
         "command": shlex.join(["python", *sys.argv]) if argv is None else shlex.join(["python", __file__, *argv]),
-        "date": started, "machine": machine_info(), "versions": library_versions(), "model_path": path,
+        "date": started, "machine": machine_info() | {"load_avg_start": load_start, "load_avg_end": load_end}, "versions": library_versions(), "model_path": path,
         "n_params": n_params, "peaks": peaks, "corpus": corpus_summary(docs, ref_indices, args.seed),
         "arms": rows, "checks": checks,
         "per_doc_loss": {k: {"indices": a.indices, "loss": a.mean_loss.tolist()} for k, a in arms.items()},
