@@ -53,6 +53,7 @@ MAX_FILE_CHARS = 200_000  # only the beginning of a very long source file is tok
 PADDED_BATCH_SIZE = 8
 MATMUL_SIZES = (2048, 4096)
 MATMUL_REPS = 3
+MATMUL_MIN_SECONDS = 1.0
 # bf16 forward vs fp32 forward, per-document mean loss: measured differences are ~0.01 nats.
 TOLERANCE_BF16_MAX_NATS = 0.1
 TOLERANCE_BF16_MEAN_NATS = 0.03
@@ -148,18 +149,22 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def matmul_gflops(dtype: torch.dtype, n: int, reps: int) -> float:
-    """Best-of-``reps`` GFLOP/s of an (n x n) @ (n x n) matmul, after one warm-up."""
+def matmul_gflops(dtype: torch.dtype, n: int, reps: int, min_seconds: float = MATMUL_MIN_SECONDS) -> float:
+    """GFLOP/s of the fastest (n x n) @ (n x n) matmul of at least ``reps`` timed ones, after one warm-up.
+
+    Fast matmuls repeat until ``min_seconds`` have passed, so a short burst of other work does not set the peak.
+    """
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(n, n, generator=gen).to(dtype)
     b = torch.randn(n, n, generator=gen).to(dtype)
     out = torch.empty(n, n, dtype=dtype)
     torch.matmul(a, b, out=out)
-    best = math.inf
-    for _ in range(reps):
+    best, spent, done = math.inf, 0.0, 0
+    while done < reps or spent < min_seconds:
         t0 = time.perf_counter()
         torch.matmul(a, b, out=out)
-        best = min(best, time.perf_counter() - t0)
+        elapsed = time.perf_counter() - t0
+        best, spent, done = min(best, elapsed), spent + elapsed, done + 1
     return 2 * n**3 / best / 1e9
 
 
@@ -167,6 +172,17 @@ def matmul_peak(dtype: torch.dtype) -> dict:
     by_size = {n: matmul_gflops(dtype, n, MATMUL_REPS) for n in MATMUL_SIZES}
     log.info("%s matmul: %s", dtype, ", ".join(f"{n}: {g:.0f} GFLOP/s" for n, g in by_size.items()))
     return {"gflops": max(by_size.values()), "by_size": by_size}
+
+
+def matmul_peaks() -> dict[str, dict]:
+    return {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+
+
+def combine_peaks(start: dict[str, dict], end: dict[str, dict]) -> dict:
+    """The peak of each dtype is the better of its two measurements (before and after the arms)."""
+    fp32 = max(start["fp32"]["gflops"], end["fp32"]["gflops"])
+    bf16 = max(start["bf16"]["gflops"], end["bf16"]["gflops"])
+    return {"start": start, "end": end, "fp32_peak": fp32, "bf16_peak": bf16, "bf16_over_fp32": bf16 / fp32}
 
 
 # ---- corpus ----------------------------------------------------------------------------------
@@ -224,7 +240,9 @@ def make_corpus(tokenizer, n_docs: int, seed: int) -> list[Doc]:
     return docs
 
 
-def _draw_window(rng: np.random.Generator, kinds: dict[str, list[Path]], files: TokenizedFiles, want: int, tokenizer) -> Doc | None:
+def _draw_window(
+    rng: np.random.Generator, kinds: dict[str, list[Path]], files: TokenizedFiles, want: int, tokenizer
+) -> Doc | None:
     """A random ``want``-token window of a random file long enough for it; None if this draw fails."""
     kind = list(kinds)[rng.integers(len(kinds))]
     for _ in range(50):
@@ -364,7 +382,8 @@ def run_ray(docs: list[Doc]) -> ArmResult:
         )
         log.info("(c2) hardfocus through Ray: scoring.score(executor='ray'), whole call timed")
         result, seconds = timed(lambda: scoring.score(cfg, progress=False))
-        table = pq.read_table(sorted(Path(cfg.output).glob("part-*.parquet")), columns=["sample_id", "nll_sum", "n_tokens", "status"])
+        parts = sorted(Path(cfg.output).glob("part-*.parquet"))
+        table = pq.read_table(parts, columns=["sample_id", "nll_sum", "n_tokens", "status"])
     rows = table.to_pylist()
     bad = [r for r in rows if r["status"] != "ok"]
     if bad:
@@ -374,7 +393,7 @@ def run_ray(docs: list[Doc]) -> ArmResult:
     return ArmResult(
         key="c2", title="(c2) hardfocus via Ray, whole score() call",
         indices=list(range(len(docs))),
-        nll_sum=np.array([by_id[i]["nll_sum"] if by_id[i]["nll_sum"] is not None else np.nan for i in range(len(docs))]),
+        nll_sum=np.array([np.nan if by_id[i]["nll_sum"] is None else by_id[i]["nll_sum"] for i in range(len(docs))]),
         n_tokens=np.array([by_id[i]["n_tokens"] for i in range(len(docs))], dtype=np.int64),
         seconds=seconds,
         extra={"manifest_run": run.model_dump(), "manifest_tokens": result.manifest.tokens},
@@ -408,7 +427,8 @@ def correctness(arms: dict[str, ArmResult]) -> list[dict]:
         d |= {"arm": "c2", "against": "c1", "tol_max": TOLERANCE_SAME_CODE_NATS, "tol_mean": TOLERANCE_SAME_CODE_NATS}
         checks.append(d)
     for c in checks:
-        c["passed"] = bool(c["nan"] == 0 and c["n_tokens_equal"] and c["max_abs_nats"] <= c["tol_max"] and c["mean_abs_nats"] <= c["tol_mean"])
+        within = c["max_abs_nats"] <= c["tol_max"] and c["mean_abs_nats"] <= c["tol_mean"]
+        c["passed"] = bool(c["nan"] == 0 and c["n_tokens_equal"] and within)
         log.info(
             "check %s vs %s over %d docs: max |diff| %.5f, mean %.5f nats, tokens equal %s -> %s",
             c["arm"], c["against"], c["docs"], c["max_abs_nats"], c["mean_abs_nats"], c["n_tokens_equal"],
@@ -429,7 +449,8 @@ def arm_row(arm: ArmResult, n_params: int, bf16_peak: float, ref_tps: float) -> 
 
 def results_table(rows: list[dict]) -> str:
     lines = [
-        "| arm | docs | scored tokens | positions computed (incl. padding) | seconds | tokens/s | useful GFLOP/s | util. of bf16 peak | speed-up vs (a) |",
+        "| arm | docs | scored tokens | positions computed (incl. padding) | seconds | tokens/s | useful GFLOP/s "
+        "| util. of bf16 peak | speed-up vs (a) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -444,7 +465,8 @@ def results_table(rows: list[dict]) -> str:
 
 def checks_table(checks: list[dict]) -> str:
     lines = [
-        "| arm | against | docs | max abs diff (nats) | mean abs diff (nats) | tolerance max / mean | n_tokens equal | result |",
+        "| arm | against | docs | max abs diff (nats) | mean abs diff (nats) | tolerance max / mean | n_tokens equal "
+        "| result |",
         "|---|---|---:|---:|---:|---:|---|---|",
     ]
     for c in checks:
@@ -455,96 +477,118 @@ def checks_table(checks: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
 def render_markdown(report: dict) -> str:
-    m, p, c = report["machine"], report["peaks"], report["corpus"]
-    ray = report["arms"][-1]["extra"] if report["arms"][-1]["arm"] == "c2" else None
-    c1 = next(r for r in report["arms"] if r["arm"] == "c1")
-    parts = [
-        "# Scoring speed: reference vs padded batches vs hardfocus",
-        "",
-        f"Command: `{report['command']}`  ",
-        f"Date: {report['date']}  ",
-        f"Model: SmolLM2-135M ({report['model_path']}), {report['n_params']:,} parameters (tied embeddings counted once)",
-        "",
+    sections = [
+        _header_section(report),
+        _machine_section(report),
+        _peaks_section(report["peaks"], report["machine"]["torch_threads"]),
+        _corpus_section(report["corpus"]),
+        "## Results\n\n"
+        "Useful FLOP/s = 2 x parameters x scored tokens / seconds (scored tokens = predicted positions, "
+        "sum of len-1; attention FLOPs and padding are not counted as useful).\n\n" + results_table(report["arms"]),
+        "## Correctness\n\n"
+        "Per-document mean loss of each arm against the fp32 reference (a), over the documents (a) scored; "
+        "(c2) also against (c1) over all documents (same code, same token ids).\n\n" + checks_table(report["checks"]),
+        _notes_section({r["arm"]: r for r in report["arms"]}),
+        "Absolute speeds on shared CPU machines vary by 2x or more between runs; compare only figures from the "
+        "same run.",
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+def _header_section(report: dict) -> str:
+    return (
+        "# Scoring speed: reference vs padded batches vs hardfocus\n\n"
+        f"Command: `{report['command']}`  \n"
+        f"Date: {report['date']}  \n"
+        f"Model: SmolLM2-135M ({report['model_path']}), {report['n_params']:,} parameters "
+        "(tied embeddings counted once)"
+    )
+
+
+def _machine_section(report: dict) -> str:
+    m = report["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items() if k != "torch")
+    return "\n".join([
         "## Machine",
         "",
         f"- CPU: {m['cpu_model']}, {m['cpus']} logical CPUs ({m['cores_per_socket']} cores/socket, "
         f"{m['threads_per_core']} thread/core), hypervisor: {m['hypervisor'] or 'none'}",
-        f"- /proc/cpuinfo: avx512_bf16 {'yes' if m['avx512_bf16'] else 'no'}, amx_bf16 {'yes' if m['amx_bf16'] else 'no'}",
-        f"- torch {m['torch']}, torch.get_num_threads() = {m['torch_threads']}; "
-        + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if k != "torch"),
-        f"- 1-minute load average: {m['load_avg_start']:.2f} at the start, {m['load_avg_end']:.2f} after the last arm "
-        "(the run itself adds up to about the number of threads; much more means other work shared the CPUs)",
-        "",
-        "## Matmul peak (square matmuls, best of "
-        f"{MATMUL_REPS}, {m['torch_threads']} threads)",
+        f"- /proc/cpuinfo: avx512_bf16 {_yes_no(m['avx512_bf16'])}, amx_bf16 {_yes_no(m['amx_bf16'])}",
+        f"- torch {m['torch']}, torch.get_num_threads() = {m['torch_threads']}; {versions}",
+        f"- 1-minute load average: {m['load_avg_start']:.2f} at the start, {m['load_avg_end']:.2f} after the last "
+        "arm (the run itself adds about its thread count; much more means other work shared the CPUs)",
+    ])
+
+
+def _peaks_section(p: dict, threads: int) -> str:
+    lines = [
+        f"## Matmul peak (square matmuls, fastest of >= {MATMUL_REPS} reps and >= {MATMUL_MIN_SECONDS:g} s, "
+        f"{threads} threads, GFLOP/s)",
         "",
         "| dtype | " + " | ".join(f"n={n}" for n in MATMUL_SIZES) + " | peak |",
         "|---|" + "---:|" * (len(MATMUL_SIZES) + 1),
     ]
-    for name in ("fp32", "bf16", "bf16_end"):
-        by_size = p[name]["by_size"]
-        label = {"fp32": "fp32", "bf16": "bf16", "bf16_end": "bf16 (again, at the end)"}[name]
-        parts.append(f"| {label} | " + " | ".join(f"{by_size[n]:.0f}" for n in MATMUL_SIZES) + f" | {p[name]['gflops']:.0f} GFLOP/s |")
-    parts += [
+    for when in ("start", "end"):
+        for dtype in ("fp32", "bf16"):
+            cells = " | ".join(f"{p[when][dtype]['by_size'][n]:.0f}" for n in MATMUL_SIZES)
+            label = f"{dtype} ({'before' if when == 'start' else 'after'} the arms)"
+            lines.append(f"| {label} | {cells} | {p[when][dtype]['gflops']:.0f} |")
+    lines += [
         "",
-        f"bf16 peak / fp32 peak = **{p['bf16_over_fp32']:.1f}x**. Utilisation below is against the bf16 peak "
-        f"{p['bf16_peak_used']:.0f} GFLOP/s (the better of the two bf16 measurements).",
-        "",
-        "## Corpus",
-        "",
-        f"{c['docs']} documents of real text from this machine ({', '.join(f'{k} {v}' for k, v in c['by_kind'].items())}), "
-        f"cut at seeded (seed {c['seed']}) log-uniform token lengths in [{MIN_TOKENS}, {MAX_TOKENS}]: "
-        f"{c['tokens']:,} tokens, length min {c['min']} / median {c['median']:.0f} / mean {c['mean']:.0f} / max {c['max']}. "
-        f"(a) runs on a length-stratified subset of {c['ref_docs']} documents ({c['ref_tokens']:,} tokens); "
-        "its tokens/s stands for the whole set.",
-        "",
-        "## Results",
-        "",
-        "Useful FLOP/s = 2 x parameters x scored tokens / seconds (scored tokens = predicted positions, "
-        "sum of len-1; attention FLOPs and padding are not counted as useful).",
-        "",
-        results_table(report["arms"]),
-        "",
-        "## Correctness",
-        "",
-        "Per-document mean loss of each arm against the fp32 reference (a), over the documents (a) scored; "
-        "(c2) also against (c1) over all documents (same code, same token ids).",
-        "",
-        checks_table(report["checks"]),
-        "",
+        f"Peaks (the better of the two measurements): fp32 {p['fp32_peak']:.0f}, bf16 {p['bf16_peak']:.0f} GFLOP/s; "
+        f"bf16 peak / fp32 peak = **{p['bf16_over_fp32']:.1f}x**. Utilisation below is against the bf16 peak.",
+    ]
+    return "\n".join(lines)
+
+
+def _corpus_section(c: dict) -> str:
+    kinds = ", ".join(f"{k} {v}" for k, v in c["by_kind"].items())
+    return (
+        "## Corpus\n\n"
+        f"{c['docs']} documents of real text from this machine ({kinds}), cut at seeded (seed {c['seed']}) "
+        f"log-uniform token lengths in [{MIN_TOKENS}, {MAX_TOKENS}]: {c['tokens']:,} tokens, length min {c['min']} / "
+        f"median {c['median']:.0f} / mean {c['mean']:.0f} / max {c['max']}. (a) runs on a length-stratified subset "
+        f"of {c['ref_docs']} documents ({c['ref_tokens']:,} tokens); its tokens/s stands for the whole set."
+    )
+
+
+def _notes_section(arms: dict[str, dict]) -> str:
+    c1 = arms["c1"]["extra"]
+    lines = [
         "## What each arm includes",
         "",
-        "- (0) peak: one warm-up matmul per size, then the fastest of the timed reps; tensors preallocated.",
+        "- (0) peak: one warm-up matmul per size, then the fastest of the timed reps; tensors preallocated; "
+        "measured before the arms and again after them.",
         "- (a) `model(input_ids=ids, labels=ids).loss` per document, fp32, `torch.inference_mode`; model load and "
         "one warm-up document excluded.",
         f"- (b) batches of {PADDED_BATCH_SIZE} in input order, right-padded with an attention mask, bf16, "
         "`model(...).logits` (the full batch x seq x vocab tensor) then fp32 cross entropy, masked; model load and "
         "one warm-up batch excluded.",
-        f"- (c1) `Scorer(path, dtype='bfloat16', torch_threads=os.cpu_count()).score(ids)`: sorted token-budget "
-        f"batches ({c1['extra']['batches']} batches under a {c1['extra']['token_budget']}-token budget), chunked fp32 "
-        f"loss from the last hidden states. Excluded: construction (load + self-check, "
-        f"{c1['extra']['load_and_self_check_s']:.1f} s) and one warm-up call.",
+        "- (c1) `Scorer(path, dtype='bfloat16', torch_threads=os.cpu_count()).score(ids)`: sorted token-budget "
+        f"batches ({c1['batches']} batches under a {c1['token_budget']}-token budget), chunked fp32 loss from the "
+        f"last hidden states. Excluded: construction (load + self-check, {c1['load_and_self_check_s']:.1f} s) and "
+        "one warm-up call.",
     ]
-    if ray is not None:
-        run = ray["manifest_run"]
-        parts.append(
-            "- (c2) the whole `scoring.score(ScoreConfig(executor='ray', dtype='bfloat16'))` call on a JSONL shard of "
-            "the same texts: model resolution and fingerprint, counting rows, starting a local Ray, tokenising "
-            "(a Ray task), starting the actor, loading the model and its self-check, scoring, writing the Parquet part, "
-            "the manifest, and shutting Ray down. Its tokens/s in the table is scored tokens / that wall time. "
-            f"The job's own figure, `manifest.runs[-1].tokens_per_s` = {run['tokens_per_s']:,.0f} tokens/s, is "
-            "tokens / the executor phase only (Ray start, tokenising, actor start, model load, scoring, writing, "
-            f"Ray shutdown); it excludes model resolution, row counting and the manifest. The manifest's "
-            f"`wall_s` ({run['wall_s']:.1f} s) is the whole call, so `tokens_scored / wall_s` "
-            f"({run['tokens_scored'] / run['wall_s']:,.0f}) differs from its `tokens_per_s`."
+    if "c2" in arms:
+        run = arms["c2"]["extra"]["manifest_run"]
+        lines.append(
+            "- (c2) the whole `scoring.score(ScoreConfig(executor='ray', dtype='bfloat16'))` call on a JSONL shard "
+            "of the same texts: model resolution and fingerprint, counting rows, starting a local Ray, tokenising "
+            "(a Ray task), starting the actor, loading the model and its self-check, scoring, writing the Parquet "
+            "part and the manifest, and shutting Ray down. Its tokens/s in the table is scored tokens / that wall "
+            f"time. The job's own figure, `manifest.runs[-1].tokens_per_s` = {run['tokens_per_s']:,.0f} tokens/s, "
+            "divides by the executor phase only (Ray start, tokenising, actor start, model load, scoring, writing, "
+            "Ray shutdown): it leaves out model resolution, row counting and the manifest. The manifest's `wall_s` "
+            f"({run['wall_s']:.1f} s) runs from the start of the call to the end of the executor phase, so "
+            "`tokens_scored / wall_s` "
+            f"({run['tokens_scored'] / run['wall_s']:,.0f}) is not its `tokens_per_s`."
         )
-    parts += [
-        "",
-        "Absolute speeds on shared CPU machines vary by 2x or more between runs; compare only figures from the same run.",
-        "",
-    ]
-    return "\n".join(parts)
+    return "\n".join(lines)
 
 
 # ---- main ------------------------------------------------------------------------------------
@@ -590,17 +634,15 @@ def run_arms(path: str, docs: list[Doc], ref_indices: list[int], pad_id: int, wi
     return arms
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
+def measure(args: argparse.Namespace, command: str) -> dict:
+    """Everything, in one run: peaks, corpus, the arms, the checks; returns the report as plain data."""
     from scoring.model import load_tokenizer, pad_token_id, resolve_model
 
-    torch.set_num_threads(os.cpu_count() or 1)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     load_start = load_average()
     if load_start > 0.5:
         log.warning("1-minute load average is %.2f before the run: other work will skew the figures", load_start)
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    peaks_start = matmul_peaks()
 
     path = resolve_model(MODEL_SPEC).path
     tokenizer = load_tokenizer(path)
@@ -610,21 +652,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     arms = run_arms(path, docs, ref_indices, pad_token_id(tokenizer), not args.skip_ray)
 
     load_end = load_average()
-    peaks["bf16_end"] = matmul_peak(torch.bfloat16)
-    peaks["bf16_peak_used"] = max(peaks["bf16"]["gflops"], peaks["bf16_end"]["gflops"])
-    peaks["bf16_over_fp32"] = peaks["bf16"]["gflops"] / peaks["fp32"]["gflops"]
-    checks = correctness(arms)
-    rows = [arm_row(a, n_params, peaks["bf16_peak_used"], arms["a"].tokens_per_s) for a in arms.values()]
-    report = {
-        "command": shlex.join(["python", *sys.argv]) if argv is None else shlex.join(["python", __file__, *argv]),
-        "date": started, "machine": machine_info() | {"load_avg_start": load_start, "load_avg_end": load_end}, "versions": library_versions(), "model_path": path,
-        "n_params": n_params, "peaks": peaks, "corpus": corpus_summary(docs, ref_indices, args.seed),
-        "arms": rows, "checks": checks,
+    peaks = combine_peaks(peaks_start, matmul_peaks())
+    log.info("peaks: fp32 %.0f, bf16 %.0f GFLOP/s, bf16/fp32 = %.1fx",
+             peaks["fp32_peak"], peaks["bf16_peak"], peaks["bf16_over_fp32"])
+    return {
+        "command": command,
+        "date": started,
+        "machine": machine_info() | {"load_avg_start": load_start, "load_avg_end": load_end},
+        "versions": library_versions(),
+        "model_path": path,
+        "n_params": n_params,
+        "peaks": peaks,
+        "corpus": corpus_summary(docs, ref_indices, args.seed),
+        "arms": [arm_row(a, n_params, peaks["bf16_peak"], arms["a"].tokens_per_s) for a in arms.values()],
+        "checks": correctness(arms),
         "per_doc_loss": {k: {"indices": a.indices, "loss": a.mean_loss.tolist()} for k, a in arms.items()},
     }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    command = shlex.join(["python", *(sys.argv if argv is None else [sys.argv[0], *argv])])
+    torch.set_num_threads(os.cpu_count() or 1)
+    report = measure(args, command)
     write_outputs(report, args.out)
-    sys.stdout.write(results_table(rows) + "\n\n" + checks_table(checks) + "\n")
-    return 0 if all(c["passed"] for c in checks) else 1
+    p = report["peaks"]
+    sys.stdout.write(
+        f"matmul peak: fp32 {p['fp32_peak']:.0f} GFLOP/s, bf16 {p['bf16_peak']:.0f} GFLOP/s, "
+        f"bf16/fp32 = {p['bf16_over_fp32']:.1f}x\n\n"
+        + results_table(report["arms"]) + "\n\n" + checks_table(report["checks"]) + "\n"
+    )
+    return 0 if all(c["passed"] for c in report["checks"]) else 1
 
 
 def write_outputs(report: dict, out: Path) -> None:

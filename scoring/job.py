@@ -57,9 +57,12 @@ def score(cfg: ScoreConfig, progress: bool = True) -> ScoreResult:
             "%d shards, %d rows in %d units: %d units already scored, %d to score",
             len(shards), sum(r for _, r in shard_rows), len(units), len(units) - len(pending), len(pending),
         )
-        run = _run(pending, cfg, resolved, progress)
-        run.started_at, run.units_reused = started_at, len(units) - len(pending)
-        run.wall_s = time.perf_counter() - t0
+        units_scored, rows_scored, tokens_scored = _run(pending, cfg, resolved, progress) if pending else (0, 0, 0)
+        wall = time.perf_counter() - t0  # the whole call: model, planning, Ray start, scoring, writes
+        run = RunInfo(
+            started_at=started_at, wall_s=wall, units_scored=units_scored, units_reused=len(units) - len(pending),
+            rows_scored=rows_scored, tokens_scored=tokens_scored, tokens_per_s=tokens_scored / wall,
+        )
         manifest = _finalize(out, cfg, resolved, identity, shard_rows, units, run)
     finally:
         out.unlock()
@@ -124,11 +127,10 @@ def _reconcile(out: ScoresDir, identity: dict, planned: set[str], overwrite: boo
     return existing
 
 
-def _run(pending: list[Unit], cfg: ScoreConfig, resolved: ResolvedModel, progress: bool) -> RunInfo:
+def _run(pending: list[Unit], cfg: ScoreConfig, resolved: ResolvedModel, progress: bool) -> tuple[int, int, int]:
+    """Score the pending units with a progress bar over rows; returns (units, rows, tokens) scored."""
     t0 = time.perf_counter()
     rows = tokens = done = 0
-    if not pending:
-        return RunInfo(started_at="", wall_s=0, units_scored=0, units_reused=0, rows_scored=0, tokens_scored=0, tokens_per_s=0)
     started_ray = False
     if cfg.executor == "ray":
         started_ray = init_ray(cfg.ray_address)
@@ -149,11 +151,7 @@ def _run(pending: list[Unit], cfg: ScoreConfig, resolved: ResolvedModel, progres
             import ray
 
             ray.shutdown()
-    wall = time.perf_counter() - t0
-    return RunInfo(
-        started_at="", wall_s=wall, units_scored=done, units_reused=0, rows_scored=rows, tokens_scored=tokens,
-        tokens_per_s=tokens / wall if wall else 0.0,
-    )
+    return done, rows, tokens
 
 
 def _finalize(out, cfg, resolved, identity, shard_rows, units: list[Unit], run: RunInfo) -> ScoreManifest:

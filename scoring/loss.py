@@ -91,10 +91,13 @@ def batch_nll(
     Equals, per sequence, ``model(ids, labels=ids).loss * n_tokens`` of the unpadded sequence.
     """
     device = next(model.parameters()).device
-    ids, attn, target = pad_batch(sequences, loss_masks, pad_id)
-    ids, attn, target = ids.to(device), attn.to(device), target.to(device)
+    ids, _, target = pad_batch(sequences, loss_masks, pad_id)
+    ids, target = ids.to(device), target.to(device)
     backbone = getattr(model, model.base_model_prefix)
-    hidden = backbone(input_ids=ids, attention_mask=attn).last_hidden_state  # (B, T, H)
+    # No attention mask: with right padding and causal attention, a real token only ever attends to
+    # positions before it, which are all real, so the mask changes nothing we read; leaving it out
+    # lets SDPA take its plain causal kernel (about 15% faster on CPU).
+    hidden = backbone(input_ids=ids).last_hidden_state  # (B, T, H)
     scored = target[:, 1:]  # position t predicts token t+1
     h = hidden[:, :-1][scored]  # (N, H)
     y = ids[:, 1:][scored]  # (N,)

@@ -28,6 +28,8 @@ class ShardInfo(BaseModel):
 
 
 class RunInfo(BaseModel):
+    """One invocation of ``score``: ``wall_s`` is the whole call, ``tokens_per_s`` = tokens_scored / wall_s."""
+
     started_at: str
     wall_s: float
     units_scored: int
