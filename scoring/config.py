@@ -25,7 +25,10 @@ class ScoreConfig(BaseModel):
     max_tokens: int = Field(1024, ge=2, description="longer documents are truncated and flagged")
     add_special_tokens: bool = Field(True, description="let the tokenizer add BOS/EOS as the model was trained")
     token_budget: int = Field(16384, ge=2, description="padded tokens per forward micro-batch")
-    chunk_tokens: int = Field(1024, ge=1, description="positions per logits chunk (memory = chunk x vocab)")
+    chunk_tokens: int = Field(256, ge=1, description="positions per logits chunk (memory = chunk x vocab)")
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto", description="torch.compile the model; auto = on when each actor has >= 8 MiB of input to score"
+    )
     rows_per_unit: int = Field(2000, ge=1, description="rows per resumable unit of work (one part file each)")
     keep_input_ids: bool = Field(True, description="store input_ids so training never re-tokenises")
     executor: Literal["ray", "local"] = Field("ray", description="ray: Ray Data job; local: same code in-process")

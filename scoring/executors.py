@@ -16,9 +16,9 @@ log = logging.getLogger(__name__)
 _TOKENIZE_MEMORY = 512 * 1024**2  # a unit's text and token ids, with room to spare
 
 
-def run_local(units: list[Unit], cfg: ScoreConfig, fingerprint: str) -> Iterator[dict]:
+def run_local(units: list[Unit], cfg: ScoreConfig, fingerprint: str, compiled: bool) -> Iterator[dict]:
     """The same unit functions as the Ray job, one after the other, in this process."""
-    scorer = UnitScorer(cfg, fingerprint, torch_threads=cfg.torch_threads or os.cpu_count())
+    scorer = UnitScorer(cfg, fingerprint, torch_threads=cfg.torch_threads or os.cpu_count(), compiled=compiled)
     for unit in units:
         yield scorer.score_unit(unit, read_and_tokenize(unit, cfg, fingerprint))
 
@@ -49,7 +49,9 @@ def _largest_node_cpus() -> float:
     return max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=1.0)
 
 
-def run_ray(units: list[Unit], cfg: ScoreConfig, fingerprint: str, started_local: bool) -> Iterator[dict]:
+def run_ray(
+    units: list[Unit], cfg: ScoreConfig, fingerprint: str, compiled: bool, started_local: bool
+) -> Iterator[dict]:
     """Read+tokenise as CPU tasks, score with an actor pool (one model per actor), parts written by the actors."""
     import ray
 
@@ -64,7 +66,10 @@ def run_ray(units: list[Unit], cfg: ScoreConfig, fingerprint: str, started_local
         threads = max(1, (os.cpu_count() or 1) // cfg.actors)
     else:
         threads = max(1, math.ceil(cpus))
-    log.info("Ray: %d scoring actor(s) x %.3g CPU, %.3g GPU, %d torch threads", cfg.actors, cpus, cfg.gpus_per_actor, threads)
+    log.info(
+        "Ray: %d scoring actor(s) x %.3g CPU, %.3g GPU, %d torch threads%s",
+        cfg.actors, cpus, cfg.gpus_per_actor, threads, ", torch.compile" if compiled else "",
+    )
     ds = ray.data.from_items([u.to_row() for u in units], override_num_blocks=len(units))
     # Tokenising runs as separate CPU tasks ahead of the model instead of inside the scoring actor
     # (which would stall a GPU): Ray Data fuses a task map into the next actor map only when their
@@ -74,7 +79,7 @@ def run_ray(units: list[Unit], cfg: ScoreConfig, fingerprint: str, started_local
     )
     ds = ds.map(
         UnitScorer,
-        fn_constructor_kwargs={"cfg": cfg, "model_fingerprint": fingerprint, "torch_threads": threads},
+        fn_constructor_kwargs={"cfg": cfg, "model_fingerprint": fingerprint, "torch_threads": threads, "compiled": compiled},
         compute=ray.data.ActorPoolStrategy(size=cfg.actors),
         num_cpus=cpus,
         num_gpus=cfg.gpus_per_actor,

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from scoring.errors import HardfocusError
-from scoring.loss import batch_nll, token_budget_batches
+from scoring.loss import LossModel, token_budget_batches
 from scoring.model import load_model, load_tokenizer, pad_token_id, resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,9 @@ class Scorer:
         dtype: str = "auto",
         device: str = "auto",
         token_budget: int = 16384,
-        chunk_tokens: int = 1024,
+        chunk_tokens: int = 256,
         torch_threads: int | None = None,
+        compiled: bool = False,
     ):
         if torch_threads:
             torch.set_num_threads(torch_threads)
@@ -41,8 +42,8 @@ class Scorer:
         self.model = load_model(model_path, self.dtype, self.device)
         self.pad_id = pad_token_id(load_tokenizer(model_path))
         self.token_budget = token_budget
-        self.chunk_tokens = chunk_tokens
-        self._self_check()
+        self.loss = LossModel(self.model, chunk_tokens, compiled)
+        self._self_check()  # compiled: this first call compiles, at start-up rather than mid-job
 
     def score(
         self, sequences: Sequence[np.ndarray], loss_masks: Sequence[np.ndarray] | None = None
@@ -52,7 +53,7 @@ class Scorer:
         n_tokens = np.zeros(len(sequences), dtype=np.int64)
         for batch in token_budget_batches([len(s) for s in sequences], self.token_budget):
             masks = None if loss_masks is None else [loss_masks[i] for i in batch]
-            sums, counts = batch_nll(self.model, [sequences[i] for i in batch], masks, self.chunk_tokens, self.pad_id)
+            sums, counts = self.loss.batch_nll([sequences[i] for i in batch], masks, self.pad_id)
             nll_sum[batch], n_tokens[batch] = sums, counts
         return nll_sum, n_tokens
 
@@ -60,7 +61,7 @@ class Scorer:
     def _self_check(self) -> None:
         vocab = self.model.get_output_embeddings().weight.shape[0]
         probe = np.random.default_rng(0).integers(0, vocab, size=48).astype(np.int32)
-        ours, count = self.score([probe])
+        ours, count = self.score([probe, probe[:40]])  # two: the general (B > 1) compiled graph
         ids = torch.from_numpy(probe.astype(np.int64)).unsqueeze(0).to(self.device)
         theirs = float(self.model(input_ids=ids, labels=ids).loss)
         if abs(ours[0] / count[0] - theirs) > _SELF_CHECK_TOLERANCE[self.dtype] * max(1.0, abs(theirs)):

@@ -106,7 +106,7 @@ def table_from_bytes(data: bytes) -> pa.Table:
 class UnitScorer:
     """Scores tokenised units and writes each as one part file (a Ray actor, or a plain object)."""
 
-    def __init__(self, cfg: ScoreConfig, model_fingerprint: str, torch_threads: int | None):
+    def __init__(self, cfg: ScoreConfig, model_fingerprint: str, torch_threads: int | None, compiled: bool = False):
         self.cfg = cfg
         self.out = ScoresDir(cfg.output)
         self.scorer = Scorer(
@@ -116,6 +116,7 @@ class UnitScorer:
             token_budget=cfg.token_budget,
             chunk_tokens=cfg.chunk_tokens,
             torch_threads=torch_threads,
+            compiled=compiled,
         )
 
     def score_unit(self, unit: Unit, tokenized: pa.Table) -> dict:

@@ -97,3 +97,15 @@ def test_token_budget_batches_cover_every_index_once_within_budget(lengths, budg
     # longest first: padding waste stays small because neighbours have similar lengths
     firsts = [lengths[b[0]] for b in batches]
     assert firsts == sorted(firsts, reverse=True)
+
+
+@pytest.mark.slow
+def test_compiled_scorer_equals_per_sample_loss(tiny_model_dir, fp32_model):
+    """torch.compile path: batches of one (padded with a dummy) and a short last chunk included."""
+    docs = _docs(fp32_model.config.vocab_size, lengths=[250, 3, 40, 17, 90])
+    scorer = Scorer(tiny_model_dir, dtype="float32", device="cpu", token_budget=260, chunk_tokens=64, compiled=True)
+    assert len(token_budget_batches([len(d) for d in docs], 260)[0]) == 1  # the 250-token document alone
+    nll_sum, n_tokens = scorer.score(docs)
+    for doc, s, n in zip(docs, nll_sum, n_tokens):
+        assert n == len(doc) - 1
+        assert s / n == pytest.approx(_own_loss(fp32_model, doc), abs=1e-5)
