@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import scoring
 from scoring.config import ScoreConfig
+from scoring.errors import HardfocusError
 from scoring.units import Unit, UnitScorer, read_and_tokenize, tokenize_row
 
 log = logging.getLogger(__name__)
@@ -32,14 +33,22 @@ def init_ray(address: str | None) -> bool:
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         # Ship this package to the cluster's workers, so nodes need only the dependencies installed.
-        package_root = os.path.dirname(os.path.dirname(scoring.__file__))
-        ray.init(
-            address=address,
-            logging_level=logging.WARNING,
-            runtime_env={"py_modules": [os.path.join(package_root, "scoring")]},
-        )
+        try:
+            ray.init(
+                address=address,
+                logging_level=logging.WARNING,
+                runtime_env={"py_modules": [os.path.dirname(scoring.__file__)]},
+            )
+        except ConnectionError as exc:
+            raise HardfocusError(
+                f"cannot connect to the Ray cluster at {address} ({exc.__cause__ or exc}); is it running? "
+                "If it uses token authentication, set RAY_AUTH_MODE=token and provide the token "
+                "(~/.ray/auth_token or RAY_AUTH_TOKEN)"
+            ) from None
+        log.info("connected to the Ray cluster at %s", address)
     else:
         ray.init(logging_level=logging.WARNING, include_dashboard=False)
+        log.info("started a local Ray (set RAY_ADDRESS or --ray-address to use a cluster)")
     return True
 
 
