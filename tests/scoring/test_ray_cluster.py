@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -27,19 +28,30 @@ def _free_port() -> int:
 
 @pytest.fixture
 def ray_cluster():
+    """A head node from `ray start --block`, in its own process group, so teardown stops this cluster only
+    (`ray stop` would stop every Ray on the machine)."""
     ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
     temp = tempfile.mkdtemp(prefix="hf-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    start = subprocess.run(
-        [ray, "start", "--head", "--num-cpus=2", f"--port={_free_port()}", "--include-dashboard=false",
+    head = subprocess.Popen(
+        [ray, "start", "--head", "--block", "--num-cpus=2", f"--port={_free_port()}", "--include-dashboard=false",
          f"--temp-dir={temp}", "--disable-usage-stats"],
-        capture_output=True, text=True, timeout=120,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
-    assert start.returncode == 0, start.stdout + start.stderr
-    address = re.search(r"--address='([^']+)'", start.stdout).group(1)  # this machine's own address
+    address, seen = None, []
+    for line in head.stdout:  # the head prints its address once it is up
+        seen.append(line)
+        if found := re.search(r"--address='([^']+)'", line):
+            address = found.group(1)
+            break
+    assert address, "".join(seen)
     try:
         yield address, Path(temp)
     finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(temp, ignore_errors=True)
 
 
