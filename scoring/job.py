@@ -6,7 +6,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from tqdm.auto import tqdm
 
@@ -37,7 +37,7 @@ class ScoreResult:
 
 def score(cfg: ScoreConfig, progress: bool = True) -> ScoreResult:
     """Score every row of ``cfg.inputs`` into ``cfg.output``; resumes where a previous run stopped."""
-    started_at, t0 = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.perf_counter()
+    started_at, t0 = datetime.now(UTC).isoformat(timespec="seconds"), time.perf_counter()
     out = ScoresDir(cfg.output)
     out.create()
     out.lock()

@@ -14,7 +14,6 @@ from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from scoring.config import ScoreConfig
 from scoring.model import load_tokenizer, resolve_model
