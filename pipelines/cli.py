@@ -10,10 +10,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipelines.config import build_score_config
+from pipelines.config import build_score_config, build_select_config
 from pipelines.demo_corpus import build_demo_corpus
 from scoring import HardfocusError, score
 from scoring.job import summary_line
+from selection import build_report, select
+from selection.job import summary_text
 
 app = typer.Typer(
     help="Hard-sample selection and IR-DRO reweighting for light continual training of LLMs (arXiv 2402.14270).",
@@ -86,6 +88,39 @@ def score_command(
     cfg = build_score_config(config, overrides)
     result = score(cfg, progress=_show_progress())
     typer.echo(summary_line(result.manifest, result.output))
+
+
+@app.command("select")
+@user_errors
+def select_command(
+    scores: Annotated[Optional[list[str]], typer.Argument(help="scores/ directories written by `hardfocus score`", show_default=False)] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="selected/ directory to write")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML file; its [select] table sets defaults for every flag")] = None,
+    drop_top: Annotated[Optional[float], typer.Option(help="fraction of highest-loss samples dropped as noise  [default: 0.1]")] = None,
+    keep: Annotated[Optional[float], typer.Option(help="fraction kept after the dropped band  [default: 0.5]")] = None,
+    per_group: Annotated[Optional[bool], typer.Option("--per-group/--global", help="rank and weight within each group  [default: global]")] = None,
+    weighting: Annotated[Optional[str], typer.Option(help="irdro | none  [default: irdro]")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="IR-DRO temperature r  [default: 1.0]")] = None,
+    max_weight: Annotated[Optional[float], typer.Option(help="clip weights here, renormalising to mean 1  [default: none]")] = None,
+    report: Annotated[Optional[bool], typer.Option("--report/--no-report", help="write report.html  [default: write]")] = None,
+    overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="replace an existing --output")] = None,
+) -> None:
+    """Keep the moderately-high-loss band (drop the highest-loss noise) and compute IR-DRO weights."""
+    overrides = {k: v for k, v in locals().items() if k != "config"}
+    cfg = build_select_config(config, overrides)
+    result = select(cfg, progress=_show_progress())
+    typer.echo(summary_text(result.summary, result.output))
+
+
+@app.command("report")
+@user_errors
+def report_command(
+    scores: Annotated[str, typer.Argument(help="a scores/ directory")],
+    selected: Annotated[Optional[str], typer.Argument(help="a selected/ directory made from it: adds bands and weights")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="where to write report.html  [default: the selected/, else the scores/ directory]")] = None,
+) -> None:
+    """Plot the loss distribution of a scores/ directory (and the bands and weights of a selection)."""
+    typer.echo(build_report([scores], selected, output))
 
 
 @app.command("demo-corpus")

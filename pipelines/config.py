@@ -1,7 +1,7 @@
 """The composed configuration: one TOML file with a table per stage, validated by the stage's own model.
 
-``[score]`` holds :class:`scoring.ScoreConfig` keys, spelled exactly as the CLI flags
-(``max_tokens`` = ``--max-tokens``). Unknown tables and keys are errors that name them.
+``[score]`` holds :class:`scoring.ScoreConfig` keys and ``[select]`` :class:`selection.SelectConfig`
+keys, spelled exactly as the CLI flags (``max_tokens`` = ``--max-tokens``). Unknown tables and keys are errors that name them.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from scoring import HardfocusError, ScoreConfig
+from selection import SelectConfig
 
 
 class StageTables(BaseModel):
@@ -20,6 +21,7 @@ class StageTables(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     score: dict = {}
+    select: dict = {}
 
 
 def load_tables(path: str | Path | None) -> StageTables:
@@ -39,11 +41,20 @@ def load_tables(path: str | Path | None) -> StageTables:
 
 def build_score_config(config_file: str | Path | None, overrides: dict) -> ScoreConfig:
     """``[score]`` of the config file, with the flags that were given on top."""
-    values = load_tables(config_file).score | {k: v for k, v in overrides.items() if v is not None}
+    return _build("score", ScoreConfig, config_file, overrides)
+
+
+def build_select_config(config_file: str | Path | None, overrides: dict) -> SelectConfig:
+    """``[select]`` of the config file, with the flags that were given on top."""
+    return _build("select", SelectConfig, config_file, overrides)
+
+
+def _build(stage: str, model: type[BaseModel], config_file: str | Path | None, overrides: dict):
+    values = getattr(load_tables(config_file), stage) | {k: v for k, v in overrides.items() if v is not None}
     try:
-        return ScoreConfig.model_validate(values)
+        return model.model_validate(values)
     except ValidationError as exc:
-        where = f"config file '{config_file}' [score] with flags" if config_file else "score flags"
+        where = f"config file '{config_file}' [{stage}] with flags" if config_file else f"{stage} flags"
         raise HardfocusError(f"{where}: {_describe(exc)}") from None
 
 

@@ -1,0 +1,281 @@
+"""The scoring-speed benchmark's report: the headline against the targets, Markdown tables, and the files."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("scoring_speed")
+
+# The targets (DESIGN.md, "Fast scoring"), judged on the fastest steady-state hardfocus arm.
+TARGET_SPEEDUP_VS_A = 5.0
+TARGET_UTILISATION_BF16 = 0.5
+STEADY_STATE_ARMS = ("c1", "c1c")  # (c2) times the whole score() call, start-up included
+# Other processes using more than this many CPU-seconds per second while an arm was timed make its figure
+# unreliable: on 2 cores, one busy neighbour slowed the 2-thread fp32 reference 8x in one run.
+CONTENDED_OTHER_LOAD = 0.2
+
+
+def headline(rows: list[dict], n_params: int, bf16_peak: float) -> dict:
+    """The fastest steady-state hardfocus arm against (a) and the bf16 peak, and whether the targets are met."""
+    steady = [r for r in rows if r["arm"] in STEADY_STATE_ARMS]
+    best = max(steady, key=lambda r: r["tokens_per_s"])
+    return {
+        "arm": best["arm"], "title": best["title"], "tokens_per_s": best["tokens_per_s"],
+        "useful_gflops": best["useful_gflops"], "bf16_peak_gflops": bf16_peak,
+        "speedup_vs_a": best["speedup_vs_a"], "utilisation_bf16_peak": best["utilisation_bf16_peak"],
+        "target_speedup_vs_a": TARGET_SPEEDUP_VS_A, "speedup_met": best["speedup_vs_a"] >= TARGET_SPEEDUP_VS_A,
+        "target_utilisation": TARGET_UTILISATION_BF16,
+        "utilisation_met": best["utilisation_bf16_peak"] >= TARGET_UTILISATION_BF16,
+        "tokens_per_s_for_utilisation_target": TARGET_UTILISATION_BF16 * bf16_peak * 1e9 / (2 * n_params),
+    }
+
+
+def headline_text(h: dict, rows: list[dict]) -> str:
+    def met(flag: bool) -> str:
+        return "**met**" if flag else "**NOT met**"
+
+    lines = [
+        f"Fastest hardfocus steady-state arm: {h['title']}, {h['tokens_per_s']:,.0f} tokens/s = "
+        f"**{h['speedup_vs_a']:.1f}x (a)** and **{100 * h['utilisation_bf16_peak']:.1f}% of the measured bf16 matmul "
+        f"peak** ({h['useful_gflops']:.1f} of {h['bf16_peak_gflops']:.0f} GFLOP/s).",
+        "",
+        f"- Target \"(c) at least {h['target_speedup_vs_a']:g}x (a)\": {met(h['speedup_met'])} "
+        f"({h['speedup_vs_a']:.1f}x).",
+        f"- Target \"at least {100 * h['target_utilisation']:.0f}% of the measured bf16 matmul peak\": "
+        f"{met(h['utilisation_met'])} ({100 * h['utilisation_bf16_peak']:.1f}%; it needs "
+        f"{h['tokens_per_s_for_utilisation_target']:,.0f} tokens/s, "
+        f"{h['tokens_per_s_for_utilisation_target'] / h['tokens_per_s']:.1f}x the figure measured).",
+    ]
+    contended = [r for r in rows if r["arm"] != "c2" and (r["other_load"] or 0) > CONTENDED_OTHER_LOAD]
+    if contended:
+        lines.append(
+            "- **Other work shared the CPUs** while " + ", ".join(f"({r['arm']})" for r in contended) + " ran "
+            "(column \"other load\"); those figures, and ratios built on them, are not reliable: run it again on a "
+            "quiet machine."
+        )
+    for r in rows:
+        if r["arm"] == "c2":
+            lines.append(
+                f"- The whole `score()` call through Ray (c2), start-up included, runs at {r['speedup_vs_a']:.1f}x (a) "
+                f"on this corpus ({r['scored_tokens']:,} tokens)."
+            )
+    return "\n".join(lines)
+
+
+def results_table(rows: list[dict]) -> str:
+    lines = [
+        "| arm | docs | scored tokens | positions computed (incl. padding) | setup s (excluded) | seconds "
+        "| other load | tokens/s | useful GFLOP/s | util. of bf16 peak | speed-up vs (a) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        positions = "n/a" if r["positions"] is None else f"{r['positions']:,}"
+        setup = "in seconds" if r["setup_s"] is None else f"{r['setup_s']:.1f}"
+        other = "n/a" if r["other_load"] is None or r["other_load"] != r["other_load"] else f"{r['other_load']:.2f}"
+        lines.append(
+            f"| {r['title']} | {r['docs']} | {r['scored_tokens']:,} | {positions} | {setup} | {r['seconds']:.2f} | "
+            f"{other} | "
+            f"{r['tokens_per_s']:,.0f} | {r['useful_gflops']:.1f} | {100 * r['utilisation_bf16_peak']:.2f}% | "
+            f"{r['speedup_vs_a']:.1f}x |"
+        )
+    return "\n".join(lines)
+
+
+def checks_table(checks: list[dict]) -> str:
+    lines = [
+        "| arm | against | docs | max abs diff (nats) | mean abs diff (nats) | tolerance max / mean | n_tokens equal "
+        "| result |",
+        "|---|---|---:|---:|---:|---:|---|---|",
+    ]
+    for c in checks:
+        lines.append(
+            f"| ({c['arm']}) | ({c['against']}) | {c['docs']} | {c['max_abs_nats']:.5f} | {c['mean_abs_nats']:.5f} | "
+            f"{c['tol_max']:g} / {c['tol_mean']:g} | {c['n_tokens_equal']} | {'ok' if c['passed'] else 'FAILED'} |"
+        )
+    return "\n".join(lines)
+
+
+def render_markdown(report: dict) -> str:
+    sections = [
+        _header_section(report),
+        "## Headline\n\n" + headline_text(report["headline"], report["arms"]),
+        _machine_section(report),
+        _peaks_section(report["peaks"], report["machine"]["torch_threads"]),
+        _corpus_section(report["corpus"]),
+        "## Results\n\n"
+        "Useful FLOP/s = 2 x parameters x scored tokens / seconds (scored tokens = predicted positions, "
+        "sum of len-1; attention FLOPs and padding are not counted as useful). Setup (model load; for (c1) and "
+        "(c1c) the whole `Scorer` construction, compiling included) is timed but left out of seconds and "
+        "tokens/s; (c2) times its whole call. Other load: CPU-seconds per second that other processes used while "
+        f"seconds ran (/proc/stat less this process); about 0 on a quiet machine, above {CONTENDED_OTHER_LOAD:g} "
+        "the figure is not reliable; for (c2) it includes Ray's own worker processes.\n\n"
+        + results_table(report["arms"]),
+        "## Correctness\n\n"
+        "Per-document mean loss of each arm against the fp32 reference (a), over the documents (a) scored, and "
+        "of the same-precision arms against each other over all documents.\n\n" + checks_table(report["checks"]),
+        _notes_section({r["arm"]: r for r in report["arms"]}, report),
+        "Absolute speeds on shared CPU machines vary by 2x or more between runs; compare only figures from the "
+        "same run.",
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+def _header_section(report: dict) -> str:
+    return (
+        "# Scoring speed: reference vs padded batches vs hardfocus\n\n"
+        f"Command: `{report['command']}`  \n"
+        f"Date: {report['date']}  \n"
+        f"Model: SmolLM2-135M ({report['model_path']}), {report['n_params']:,} parameters "
+        "(tied embeddings counted once)"
+    )
+
+
+def _yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _machine_section(report: dict) -> str:
+    m = report["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items() if k != "torch")
+    return "\n".join([
+        "## Machine",
+        "",
+        f"- CPU: {m['cpu_model']}, {m['cpus']} logical CPUs ({m['cores_per_socket']} cores/socket, "
+        f"{m['threads_per_core']} thread/core), hypervisor: {m['hypervisor'] or 'none'}",
+        f"- /proc/cpuinfo: avx512_bf16 {_yes_no(m['avx512_bf16'])}, amx_bf16 {_yes_no(m['amx_bf16'])}",
+        f"- torch {m['torch']}, torch.get_num_threads() = {m['torch_threads']}; {versions}",
+        f"- 1-minute load average: {m['load_avg_start']:.2f} at the start, {m['load_avg_end']:.2f} after the last "
+        "arm (the run itself adds about its thread count; much more means other work shared the CPUs)",
+    ])
+
+
+def _peaks_section(p: dict, threads: int) -> str:
+    sizes = p["sizes"]
+    lines = [
+        f"## Matmul peak (square matmuls, fastest of >= {p['reps']} reps and >= {p['min_seconds']:g} s, "
+        f"{threads} threads, GFLOP/s)",
+        "",
+        "| dtype | " + " | ".join(f"n={n}" for n in sizes) + " | peak |",
+        "|---|" + "---:|" * (len(sizes) + 1),
+    ]
+    for when in ("start", "end"):
+        for dtype in ("fp32", "bf16"):
+            cells = " | ".join(f"{p[when][dtype]['by_size'][n]:.0f}" for n in sizes)
+            label = f"{dtype} ({'before' if when == 'start' else 'after'} the arms)"
+            lines.append(f"| {label} | {cells} | {p[when][dtype]['gflops']:.0f} |")
+    lines += [
+        "",
+        f"Peaks (the better of the two measurements): fp32 {p['fp32_peak']:.0f}, bf16 {p['bf16_peak']:.0f} GFLOP/s; "
+        f"bf16 peak / fp32 peak = **{p['bf16_over_fp32']:.1f}x**. Utilisation below is against the bf16 peak.",
+    ]
+    return "\n".join(lines)
+
+
+def _corpus_section(c: dict) -> str:
+    kinds = ", ".join(f"{k} {v}" for k, v in c["by_kind"].items())
+    return (
+        "## Corpus\n\n"
+        f"{c['docs']} documents of real text from this machine ({kinds}), cut at seeded (seed {c['seed']}) "
+        f"log-uniform token lengths in [{c['min_tokens']}, {c['max_tokens']}]: {c['tokens']:,} tokens, length min "
+        f"{c['min']} / median {c['median']:.0f} / mean {c['mean']:.0f} / max {c['max']}. (a) runs on a "
+        f"length-stratified subset of {c['ref_docs']} documents ({c['ref_tokens']:,} tokens); its tokens/s stands "
+        "for the whole set."
+    )
+
+
+def _notes_section(arms: dict[str, dict], report: dict) -> str:
+    batch = report["settings"]["padded_batch_size"]
+    lines = [
+        "## What each arm includes",
+        "",
+        "- (0) peak: one warm-up matmul per size, then the fastest of the timed reps; tensors preallocated; "
+        "measured before the arms and again after them.",
+        "- (a) `model(input_ids=ids, labels=ids).loss` per document, fp32, `torch.inference_mode`; model load and "
+        "one warm-up document excluded.",
+        f"- (b) batches of {batch} in input order, right-padded with an attention mask, bf16, "
+        "`model(...).logits` (the full batch x seq x vocab tensor) then fp32 cross entropy, masked; model load and "
+        "one warm-up batch excluded.",
+    ]
+    for key in ("c1", "c1c"):
+        if key in arms:
+            lines.append(_scorer_note(key, arms[key]))
+    if "c1" in arms and "c1c" in arms:
+        lines.append(_break_even_note(arms["c1"], arms["c1c"]))
+    if "c2" in arms:
+        lines.append(_ray_note(arms["c2"]))
+    lines += [f"- ({key}) **failed** and is left out: `{msg}`" for key, msg in report.get("failed", {}).items()]
+    return "\n".join(lines)
+
+
+def _scorer_note(key: str, row: dict) -> str:
+    x = row["extra"]
+    compiled = x["compiled"]
+    text = (
+        f"- ({key}) `Scorer(path, dtype='bfloat16', torch_threads=os.cpu_count(), compiled={compiled}).score(ids)`: "
+        f"sorted token-budget batches ({x['batches']} batches under a {x['token_budget']}-token budget), fp32 loss "
+        f"from the last hidden states in chunks of {x['chunk_tokens']} positions. Excluded: construction "
+        f"({row['setup_s']:.1f} s: load + self-check{', whose first call compiles' if compiled else ''}) and one "
+        "warm-up call."
+    )
+    if compiled:
+        cache = x["inductor_cache"]
+        warm = {True: "already held kernels", False: "was empty", None: "unknown"}[cache["warm"]]
+        text += (
+            f" `torch.compile` (backbone with dynamic shapes, the head for one static chunk shape); the inductor "
+            f"cache ({cache['path']}) {warm} before construction. Graphs compiled: {x['graphs_construction']} in "
+            f"construction, {x['graphs_warmup']} in the warm-up call, {x['graphs_timed']} in the timed call "
+            "(anything but 0 there is compile time inside seconds)."
+        )
+    return text
+
+
+def _break_even_note(eager: dict, compiled: dict) -> str:
+    saved_per_token = 1 / eager["tokens_per_s"] - 1 / compiled["tokens_per_s"]
+    extra_setup = compiled["setup_s"] - eager["setup_s"]
+    if saved_per_token <= 0:
+        return "- Compiling did not pay back in this run: (c1c) was no faster than (c1) in steady state."
+    return (
+        f"- Compiling pays back its {extra_setup:.1f} s of extra construction after about "
+        f"{extra_setup / saved_per_token:,.0f} tokens at these speeds ((c1c) {compiled['tokens_per_s']:,.0f} vs "
+        f"(c1) {eager['tokens_per_s']:,.0f} tokens/s)."
+    )
+
+
+def _ray_note(row: dict) -> str:
+    x = row["extra"]
+    run = x["manifest_run"]
+    return (
+        f"- (c2) the whole `scoring.score(ScoreConfig(executor='ray', dtype='bfloat16', compile='{x['compile']}'))` "
+        "call on a JSONL shard of the same texts: model resolution and fingerprint, counting rows, starting a local "
+        "Ray, tokenising (a Ray task), starting the actor, loading the model and its self-check"
+        f"{' (compiling)' if x['compile'] == 'on' else ''}, scoring, writing the Parquet part and the manifest, and "
+        f"shutting Ray down. Its tokens/s in the table is scored tokens / that wall time ({row['seconds']:.1f} s). "
+        f"`compile='{x['compile']}'` is passed explicitly"
+        + (
+            " so that this whole-call figure stays comparable on small inputs, whatever `auto` would pick "
+            "(`--ray-compile` runs it with `compile='on'`)."
+            if x["compile"] == "off" else " (`--ray-compile`): compiling is inside the whole-call time."
+        )
+        + f" The job's own record, `manifest.runs[-1]`, says `wall_s` = {run['wall_s']:.1f} s and `tokens_per_s` = "
+        f"{run['tokens_per_s']:,.0f} (`tokens_scored / wall_s` = {run['tokens_scored'] / run['wall_s']:,.0f}); its "
+        "clock stops before the manifest is written. Neither figure is a scoring-only throughput: that is (c1)/(c1c)."
+    )
+
+
+def write_outputs(report: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_markdown(report))
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=_json_default) + "\n")
+    log.info("wrote %s and %s", out, out.with_suffix(".json"))
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

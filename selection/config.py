@@ -1,0 +1,30 @@
+"""Typed configuration of the selection stage; the same keys in TOML (``[select]``), flags and code."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class SelectConfig(BaseModel):
+    """Everything ``hardfocus select`` needs. Unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scores: list[str] = Field(min_length=1, description="scores/ directories written by `hardfocus score`")
+    output: str = Field(description="the selected/ directory to write")
+    drop_top: float = Field(0.1, ge=0, lt=1, description="fraction of highest-loss samples dropped as noise")
+    keep: float = Field(0.5, gt=0, le=1, description="fraction kept after the dropped band (moderately high loss)")
+    per_group: bool = Field(False, description="rank and weight within each group instead of globally")
+    weighting: Literal["irdro", "none"] = Field("irdro", description="irdro: softmax(loss / temperature); none: 1")
+    temperature: float = Field(1.0, gt=0, description="IR-DRO temperature r (the reference code's kl_reg)")
+    max_weight: float | None = Field(None, ge=1, description="clip weights at this value, renormalising to mean 1")
+    report: bool = Field(True, description="write report.html with its plots")
+    overwrite: bool = Field(False, description="replace an existing selected/ directory")
+
+    @model_validator(mode="after")
+    def _bands_fit(self) -> SelectConfig:
+        if self.drop_top + self.keep > 1 + 1e-12:
+            raise ValueError(f"drop_top + keep = {self.drop_top + self.keep:g} > 1: the bands overlap")
+        return self

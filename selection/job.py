@@ -1,0 +1,126 @@
+"""``select`` and ``report``: the selection stage as library calls."""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from dataclasses import dataclass
+
+import polars as pl
+from fsspec.core import url_to_fs
+
+from scoring.errors import HardfocusError
+from selection.bands import KEPT, band_weights, exclusion_reason, rank_bands
+from selection.config import SelectConfig
+from selection.report import write_report
+from selection.schema import SUMMARY_FILE
+from selection.scores import ScoreParts, open_scores
+from selection.summary import SelectionSummary, group_counts, loss_quantiles, thresholds, weight_stats
+from selection.writer import staged_output, write_shards, write_summary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SelectResult:
+    output: str
+    summary: SelectionSummary
+
+
+def select(cfg: SelectConfig, progress: bool = True) -> SelectResult:
+    """Rank, band and weight every scored row of ``cfg.scores``; write the kept band to ``cfg.output``."""
+    parts = open_scores(cfg.scores)
+    excluded, ranked = _rank(parts, cfg)
+    kept = ranked.filter(pl.col("band") == KEPT)
+    if kept.height == 0:
+        raise HardfocusError(
+            f"the selection would keep zero samples: {ranked.height} eligible rows (excluded: {excluded or 'none'}) "
+            f"with drop_top={cfg.drop_top}, keep={cfg.keep}; raise --keep or check the scores"
+        )
+    kept = kept.with_columns(
+        weight=pl.Series(band_weights(kept, cfg.per_group, cfg.weighting, cfg.temperature, cfg.max_weight))
+    )
+    with staged_output(cfg.output, cfg.overwrite) as tmp:
+        n_parts = write_shards(parts, kept, tmp, progress)
+        summary = SelectionSummary(
+            parameters=cfg.model_dump(exclude={"scores", "output", "overwrite", "report"}),
+            scores=[
+                {"dir": d, "model": m.model, "model_fingerprint": m.model_fingerprint,
+                 "tokenizer_fingerprint": m.tokenizer_fingerprint, "rows": m.rows}
+                for d, m in zip(cfg.scores, parts.manifests)
+            ],
+            rows=sum(parts.rows),
+            excluded=excluded,
+            eligible=ranked.height,
+            bands={b: int(n) for b, n in ranked["band"].value_counts().sort("band").iter_rows()},
+            groups=group_counts(ranked, kept),
+            thresholds=thresholds(ranked, cfg.per_group),
+            loss_quantiles=loss_quantiles(ranked),
+            weights=weight_stats(kept["weight"].to_numpy()),
+            output_parts=n_parts,
+            has_input_ids=parts.has_input_ids,
+        )
+        if cfg.report:
+            write_report(tmp, ranked, kept, summary.model_dump(), title=f"hardfocus selection: {cfg.output}")
+        write_summary(tmp, summary.model_dump())  # last: the marker of a complete selected/
+    log.info(summary_text(summary, cfg.output))
+    return SelectResult(cfg.output, summary)
+
+
+def _rank(parts: ScoreParts, cfg: SelectConfig) -> tuple[dict[str, int], pl.DataFrame]:
+    scan = parts.scan(["sample_id", "group", "loss", "status"]).with_columns(reason=exclusion_reason())
+    reasons = scan.group_by("reason").agg(pl.len()).filter(pl.col("reason").is_not_null()).sort("reason")
+    excluded = {r: int(n) for r, n in reasons.collect(engine="streaming").iter_rows()}
+    eligible = scan.filter(pl.col("reason").is_null()).select("_row", "sample_id", "group", "loss")
+    return excluded, rank_bands(eligible, cfg.drop_top, cfg.keep, cfg.per_group)
+
+
+def build_report(scores: list[str], selected: str | None = None, output: str | None = None) -> str:
+    """Build report.html for score directories, with the bands and weights of a selection if given.
+
+    Written into ``output``, else the selected/ directory, else the first scores directory.
+    """
+    parts = open_scores(scores)
+    summary = kept = None
+    if selected is None:
+        excluded, ranked = _eligible(parts)
+    else:
+        summary = _read_summary(selected)
+        cfg = SelectConfig(scores=scores, output=selected, **summary["parameters"])
+        excluded, ranked = _rank(parts, cfg)
+        kept = pl.read_parquet(f"{selected.rstrip('/')}/part-*.parquet", columns=["group", "loss", "weight"])
+        kept = kept.with_columns(pl.col("group").fill_null("(none)"))
+    target = output or selected or scores[0]
+    path = write_report(target, ranked, kept, summary, title=f"hardfocus report: {', '.join(scores)}")
+    log.info("report: %s (%d eligible rows, excluded %s)", path, ranked.height, excluded or "none")
+    return path
+
+
+def _eligible(parts: ScoreParts) -> tuple[dict[str, int], pl.DataFrame]:
+    scan = parts.scan(["group", "loss", "status"]).with_columns(reason=exclusion_reason())
+    reasons = scan.group_by("reason").agg(pl.len()).filter(pl.col("reason").is_not_null()).sort("reason")
+    excluded = {r: int(n) for r, n in reasons.collect(engine="streaming").iter_rows()}
+    ranked = scan.filter(pl.col("reason").is_null()).select(pl.col("group").fill_null("(none)"), "loss")
+    return excluded, ranked.collect(engine="streaming")
+
+
+def _read_summary(selected: str) -> dict:
+    import json
+
+    fs, path = url_to_fs(selected)
+    summary_path = posixpath.join(path, SUMMARY_FILE)
+    if not fs.exists(summary_path):
+        raise HardfocusError(f"'{selected}' has no {SUMMARY_FILE}: not a complete selected/ directory")
+    with fs.open(summary_path, "rb") as f:
+        return json.loads(f.read())
+
+
+def summary_text(s: SelectionSummary, output: str) -> str:
+    excluded = ", ".join(f"{k} {v}" for k, v in s.excluded.items()) or "none"
+    bands = ", ".join(f"{k} {v}" for k, v in s.bands.items())
+    w = s.weights
+    return (
+        f"selected {s.bands.get(KEPT, 0)} of {s.eligible} eligible rows ({s.rows} scored; excluded: {excluded}) | "
+        f"bands: {bands} | weights min {w.min:.3f} mean {w.mean:.3f} max {w.max:.3f}, "
+        f"effective sample size {w.effective_sample_size:.0f} | {output}"
+    )

@@ -1,0 +1,39 @@
+"""The Parquet contract of ``selected/``: the training shards (one row per selected sample)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from scoring.errors import HardfocusError
+
+SELECTED_SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("group", pa.string()),
+        pa.field("loss", pa.float32(), nullable=False),
+        pa.field("loss_rank", pa.float32(), nullable=False),  # in [0, 1], 0 = highest loss of its ranking scope
+        pa.field("weight", pa.float32(), nullable=False),  # mean 1 over the selected set (or each group)
+        pa.field("input_ids", pa.list_(pa.int32())),  # absent when the scores were written without them
+    ]
+)
+
+SUMMARY_FILE = "summary.json"  # written last: a selected/ without it is incomplete and is refused
+
+
+def selected_schema(with_input_ids: bool) -> pa.Schema:
+    if with_input_ids:
+        return SELECTED_SCHEMA
+    return SELECTED_SCHEMA.remove(SELECTED_SCHEMA.get_field_index("input_ids"))
+
+
+def check_selected_schema(schema: pa.Schema, where: str) -> None:
+    """Raise a :class:`HardfocusError` naming every column that is missing or has the wrong type."""
+    problems = []
+    for field in SELECTED_SCHEMA:
+        if field.name not in schema.names:
+            if field.name != "input_ids":
+                problems.append(f"missing column '{field.name}'")
+        elif schema.field(field.name).type != field.type:
+            problems.append(f"column '{field.name}' is {schema.field(field.name).type}, expected {field.type}")
+    if problems:
+        raise HardfocusError(f"{where} is not a hardfocus selected/ shard: " + "; ".join(problems))

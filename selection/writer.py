@@ -1,0 +1,103 @@
+"""Write the training shards: each score part's kept rows, with loss_rank and weight, input_ids carried over.
+
+Everything goes into a temporary directory beside the output, ``summary.json`` last, and the
+directory is renamed into place: a crash never leaves a half-written selected/ that training
+would accept (training also refuses a selected/ without ``summary.json``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import posixpath
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
+from tqdm.auto import tqdm
+
+from scoring.errors import HardfocusError
+from selection.schema import SUMMARY_FILE, selected_schema
+from selection.scores import ScoreParts
+
+
+@contextlib.contextmanager
+def staged_output(output: str, overwrite: bool) -> Iterator[str]:
+    """Yield a temporary directory URL; on success it replaces ``output`` (moved aside first)."""
+    fs, path = url_to_fs(output)
+    if fs.exists(path) and not overwrite:
+        raise HardfocusError(f"'{output}' already exists; pass --overwrite to replace it, or choose another --output")
+    parent, name = posixpath.split(path.rstrip("/"))
+    tmp = posixpath.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        fs.makedirs(tmp, exist_ok=False)
+    except OSError as exc:
+        raise HardfocusError(f"cannot write next to '{output}': {exc}") from exc
+    try:
+        yield _url(fs, tmp)
+    except BaseException:
+        fs.rm(tmp, recursive=True)
+        raise
+    old = None
+    if fs.exists(path):
+        old = posixpath.join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")
+        fs.mv(path, old, recursive=True)
+    fs.mv(tmp, path, recursive=True)
+    if old:
+        fs.rm(old, recursive=True)
+
+
+def _url(fs, path: str) -> str:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return path if protocol in ("file", "local") else f"{protocol}://{path}"
+
+
+def write_shards(parts: ScoreParts, kept: pl.DataFrame, out_url: str, progress: bool = True) -> int:
+    """One output part per score part that has kept rows; returns how many were written.
+
+    ``kept`` has ``_row`` (global row index into ``parts``), ``loss_rank`` and ``weight``.
+    """
+    fs, out = url_to_fs(out_url)
+    kept = kept.sort("_row")
+    offsets = np.asarray(parts.offsets, dtype=np.int64)
+    part_of = np.searchsorted(offsets, kept["_row"].to_numpy(), side="right") - 1
+    bounds = np.flatnonzero(np.diff(part_of, prepend=-1, append=-1))  # where the part index changes
+    columns = ["sample_id", "group", "loss"] + (["input_ids"] if parts.has_input_ids else [])
+    schema = selected_schema(parts.has_input_ids)
+    written = 0
+    for lo, hi in tqdm(list(zip(bounds[:-1], bounds[1:])), unit="parts", disable=not progress, mininterval=1.0):
+        index = int(part_of[lo])
+        rows = kept["_row"].to_numpy()[lo:hi] - offsets[index]
+        with fs.open(_path(parts.urls[index]), "rb") as f:
+            source = pq.read_table(f, columns=columns).take(pa.array(rows))
+        if source["sample_id"].to_pylist() != kept["sample_id"][lo:hi].to_list():  # the scan's row order is the contract
+            raise RuntimeError(f"row order of {parts.urls[index]} differs from the ranking scan")
+        table = pa.table(
+            {
+                "sample_id": source["sample_id"],
+                "group": source["group"],
+                "loss": source["loss"].cast(pa.float32()),
+                "loss_rank": pa.array(kept["loss_rank"].to_numpy()[lo:hi], pa.float32()),
+                "weight": pa.array(kept["weight"].to_numpy()[lo:hi], pa.float32()),
+                **({"input_ids": source["input_ids"]} if parts.has_input_ids else {}),
+            },
+            schema=schema,
+        )
+        with fs.open(posixpath.join(out, f"part-{written:05d}.parquet"), "wb") as f:
+            pq.write_table(table, f, compression="zstd")
+        written += 1
+    return written
+
+
+def write_summary(out_url: str, summary: dict) -> None:
+    fs, out = url_to_fs(out_url)
+    with fs.open(posixpath.join(out, SUMMARY_FILE), "wb") as f:
+        f.write(json.dumps(summary, indent=2).encode())
+
+
+def _path(url: str) -> str:
+    return url_to_fs(url)[1]

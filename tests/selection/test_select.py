@@ -1,0 +1,143 @@
+"""The selection stage against an independent numpy computation of bands, ranks and weights."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from scoring import HardfocusError
+from selection import SelectConfig, irdro_weights, select
+from tests.selection.fake_scores import write_scores
+
+
+def _expected_bands(losses, ids, drop_top, keep):
+    """numpy: order by loss descending, ties by sample id ascending; band by floor'd counts."""
+    order = np.lexsort((np.array(ids), -np.array(losses)))
+    n = len(losses)
+    n_drop, n_keep = int(np.floor(n * drop_top)), int(np.floor(n * keep))
+    rank = np.empty(n, dtype=int)
+    rank[order] = np.arange(n)
+    kept = {ids[i]: rank[i] / max(n - 1, 1) for i in order[n_drop : n_drop + n_keep]}
+    return kept, {ids[i] for i in order[:n_drop]}
+
+
+def _selected(out) -> pl.DataFrame:
+    return pl.read_parquet(f"{out}/part-*.parquet").sort("sample_id")
+
+
+def test_global_band_ranks_and_weights_match_numpy(tmp_path):
+    rng = np.random.default_rng(1)
+    losses = np.round(rng.gamma(4, 0.7, 200), 2).tolist()  # rounded: many ties, broken by sample id
+    groups = rng.choice(["web", "code", "books"], 200).tolist()
+    write_scores(tmp_path / "scores", losses, groups)
+    cfg = SelectConfig(scores=[str(tmp_path / "scores")], output=str(tmp_path / "sel"), drop_top=0.1, keep=0.35,
+                       temperature=0.8)
+    result = select(cfg, progress=False)
+    got = _selected(tmp_path / "sel")
+
+    ids = [f"shard.jsonl#{i}" for i in range(200)]
+    kept, dropped = _expected_bands(losses, ids, 0.1, 0.35)
+    assert set(got["sample_id"]) == set(kept) and len(kept) == 70
+    np.testing.assert_allclose(got["loss_rank"].to_numpy(), [kept[i] for i in got["sample_id"]], atol=1e-6)
+    by_id = dict(zip(ids, losses))
+    want_w = irdro_weights(np.array([by_id[i] for i in got["sample_id"]]), 0.8)
+    np.testing.assert_allclose(got["weight"].to_numpy(), want_w, rtol=1e-5)
+    assert got["weight"].mean() == pytest.approx(1.0, rel=1e-5)
+    assert result.summary.bands == {"dropped": 20, "easy": 110, "kept": 70}
+    assert result.summary.thresholds["all"].dropped_min >= result.summary.thresholds["all"].kept_max
+    # input_ids travel with their sample
+    source = pl.read_parquet(f"{tmp_path}/scores/part-*.parquet").select("sample_id", "input_ids")
+    joined = got.join(source, on="sample_id", suffix="_src")
+    assert joined.height == 70 and (joined["input_ids"] == joined["input_ids_src"]).all()
+
+
+def test_per_group_bands_and_weights(tmp_path):
+    rng = np.random.default_rng(2)
+    groups = ["hard"] * 40 + ["easy"] * 60 + [None] * 10
+    losses = (np.r_[rng.normal(6, 0.5, 40), rng.normal(2, 0.5, 60), rng.normal(4, 0.5, 10)]).tolist()
+    write_scores(tmp_path / "scores", losses, groups)
+    cfg = SelectConfig(scores=[str(tmp_path / "scores")], output=str(tmp_path / "sel"), drop_top=0.1, keep=0.5,
+                       per_group=True, max_weight=2.0)
+    result = select(cfg, progress=False)
+    got = _selected(tmp_path / "sel")
+    ids = np.array([f"shard.jsonl#{i}" for i in range(110)])
+    for name, where in (("hard", slice(0, 40)), ("easy", slice(40, 100)), (None, slice(100, 110))):
+        kept, _ = _expected_bands(losses[where], ids[where].tolist(), 0.1, 0.5)
+        mine = got.filter(pl.col("group").is_null() if name is None else pl.col("group") == name)
+        assert set(mine["sample_id"]) == set(kept)
+        np.testing.assert_allclose(mine["loss_rank"].to_numpy(), [kept[i] for i in mine["sample_id"]], atol=1e-6)
+        want = irdro_weights(mine["loss"].to_numpy(), 1.0, max_weight=2.0)
+        np.testing.assert_allclose(mine["weight"].to_numpy(), want, rtol=1e-5)
+    assert result.summary.groups["hard"].kept == 20 and result.summary.groups["(none)"].kept == 5
+    assert set(result.summary.thresholds) == {"hard", "easy", "(none)"}
+
+
+def test_excluded_rows_are_counted_not_dropped_silently(tmp_path):
+    losses = [1.0, 2.0, float("nan"), float("inf"), 3.0, 4.0, 5.0, 6.0, 0.5, 0.7]
+    statuses = ["ok", "ok", "ok", "ok", "empty", "error: invalid JSON: x", "too_short", "ok", "ok", "ok"]
+    write_scores(tmp_path / "scores", losses, statuses=statuses)
+    result = select(SelectConfig(scores=[str(tmp_path / "scores")], output=str(tmp_path / "sel"), drop_top=0.2, keep=0.6),
+                    progress=False)
+    s = result.summary
+    assert s.excluded == {"loss not finite": 2, "status: empty": 1, "status: error": 1, "status: too_short": 1}
+    assert s.eligible == 5 and s.rows == 10 and s.eligible + sum(s.excluded.values()) == s.rows
+    assert sum(s.bands.values()) == s.eligible
+
+
+def test_deterministic_and_weighting_none(tmp_path):
+    losses = [2.0] * 30 + [3.0] * 30  # all ties within two values
+    write_scores(tmp_path / "scores", losses)
+    outs = []
+    for name in ("a", "b"):
+        select(SelectConfig(scores=[str(tmp_path / "scores")], output=str(tmp_path / name), weighting="none"), progress=False)
+        outs.append(_selected(tmp_path / name))
+    assert outs[0].equals(outs[1])
+    assert (outs[0]["weight"] == 1.0).all()
+
+
+def test_refusals(tmp_path):
+    write_scores(tmp_path / "a", [1.0, 2.0, 3.0])
+    write_scores(tmp_path / "b", [1.0, 2.0, 3.0], tokenizer_fingerprint="tok-b")
+    with pytest.raises(HardfocusError, match="different tokenizer"):
+        select(SelectConfig(scores=[str(tmp_path / "a"), str(tmp_path / "b")], output=str(tmp_path / "o")), progress=False)
+    with pytest.raises(HardfocusError, match="would keep zero samples"):
+        select(SelectConfig(scores=[str(tmp_path / "a")], output=str(tmp_path / "o"), drop_top=0.0, keep=0.2), progress=False)
+    (tmp_path / "a" / "manifest.json").rename(tmp_path / "a" / "manifest.bak")
+    with pytest.raises(HardfocusError, match="not a finished scores/ directory"):
+        select(SelectConfig(scores=[str(tmp_path / "a")], output=str(tmp_path / "o")), progress=False)
+    with pytest.raises(ValueError, match="the bands overlap"):
+        SelectConfig(scores=["x"], output="y", drop_top=0.6, keep=0.5)
+
+
+def test_two_score_dirs_rank_together_and_output_is_replaced_atomically(tmp_path, monkeypatch):
+    write_scores(tmp_path / "a", [1.0, 5.0, 3.0, 4.0], ids=["a0", "a1", "a2", "a3"])
+    write_scores(tmp_path / "b", [2.0, 6.0, 7.0, 0.5], ids=["b0", "b1", "b2", "b3"])
+    cfg = SelectConfig(scores=[str(tmp_path / "a"), str(tmp_path / "b")], output=str(tmp_path / "sel"), drop_top=0.25, keep=0.5)
+    select(cfg, progress=False)
+    assert set(_selected(tmp_path / "sel")["sample_id"]) == {"a1", "a3", "a2", "b0"}  # 7 and 6 dropped
+    with pytest.raises(HardfocusError, match="already exists"):
+        select(cfg, progress=False)
+
+    import selection.job
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # a kill while writing
+    monkeypatch.setattr(selection.job, "write_summary", crash)
+    with pytest.raises(KeyboardInterrupt):
+        select(cfg.model_copy(update={"overwrite": True, "keep": 0.25}), progress=False)
+    # the previous complete output is untouched, and no temporary directory is left behind
+    assert json.loads((tmp_path / "sel" / "summary.json").read_text())["parameters"]["keep"] == 0.5
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".sel")] == []
+
+
+def test_report_files(tmp_path):
+    rng = np.random.default_rng(3)
+    write_scores(tmp_path / "scores", rng.gamma(4, 0.7, 120).tolist(), rng.choice(["x", "y"], 120).tolist())
+    select(SelectConfig(scores=[str(tmp_path / "scores")], output=str(tmp_path / "sel")), progress=False)
+    for name in ("report.html", "loss_histogram.png", "weight_vs_loss.png", "loss_by_group.png", "summary.json"):
+        assert (tmp_path / "sel" / name).stat().st_size > 0
+    page = (tmp_path / "sel" / "report.html").read_text()
+    assert '<img src="loss_histogram.png"' in page and "<td>x</td>" in page
