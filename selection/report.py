@@ -49,11 +49,12 @@ def _loss_histogram(ranked: pl.DataFrame, summary: dict | None):
         stacks = [ranked.filter(pl.col("band") == b)["loss"].to_numpy() for b in (EASY, KEPT, DROPPED)]
         ax.hist(stacks, bins=bins, stacked=True, color=[BAND_COLOURS[b] for b in (EASY, KEPT, DROPPED)],
                 label=[f"{b} ({len(s):,})" for b, s in zip((EASY, KEPT, DROPPED), stacks)])
-        for scope, t in (summary or {}).get("thresholds", {}).items():
-            for key, style in (("dropped_min", "--"), ("kept_min", ":")):
-                if t.get(key) is not None and len((summary or {}).get("thresholds", {})) == 1:
-                    ax.axvline(t[key], color="black", linestyle=style, linewidth=1,
-                               label=f"{'drop above' if key == 'dropped_min' else 'keep above'} {t[key]:.3f}")
+        scopes = (summary or {}).get("thresholds", {})
+        if len(scopes) == 1:  # one global ranking: its band boundaries are lines on this histogram
+            t = next(iter(scopes.values()))
+            for key, label, style in (("dropped_min", "dropped from", "--"), ("kept_min", "kept from", ":")):
+                if t.get(key) is not None:
+                    ax.axvline(t[key], color="black", linestyle=style, linewidth=1, label=f"{label} {t[key]:.3f}")
         ax.legend()
     else:
         ax.hist(losses, bins=bins, color="#1f77b4")
