@@ -22,12 +22,14 @@ $(VENV)/.installed: pyproject.toml
 test: setup
 	$(BIN)/python -m pytest -q
 
-# Scores real text from this machine (license texts, Python standard library sources) with
-# SmolLM2-135M on a local Ray; the full score -> select -> train pipeline arrives with later stages.
+# Builds a real corpus from this machine's text (license texts, Debian copyright files, Python
+# sources and docstrings), scores it with SmolLM2-135M on a local Ray, selects the MidRanking band
+# with IR-DRO weights and writes the report. (Training and evaluation arrive with later stages.)
 demo: setup
 	$(BIN)/hardfocus demo-corpus $(OUT)/corpus
 	$(BIN)/hardfocus score $(OUT)/corpus -o $(OUT)/scores --group-column group --max-tokens 512
-	$(BIN)/python -c "import polars as pl; print(pl.read_parquet('$(OUT)/scores/part-*.parquet').group_by('group').agg(pl.len().alias('rows'), pl.col('loss').mean().alias('mean_loss'), pl.col('loss').quantile(0.9).alias('p90_loss')).sort('group'))"
+	$(BIN)/hardfocus select $(OUT)/scores -o $(OUT)/selected --overwrite
+	@echo "scores: $(OUT)/scores  selected: $(OUT)/selected  report: $(OUT)/selected/report.html"
 
 bench: setup
 	$(BIN)/python benchmarks/scoring_speed.py

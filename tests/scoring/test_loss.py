@@ -109,3 +109,25 @@ def test_compiled_scorer_equals_per_sample_loss(tiny_model_dir, fp32_model):
     for doc, s, n in zip(docs, nll_sum, n_tokens):
         assert n == len(doc) - 1
         assert s / n == pytest.approx(_own_loss(fp32_model, doc), abs=1e-5)
+
+
+def test_batches_minimise_padding_plus_overhead():
+    """Against brute force over every split of the sorted order into contiguous batches."""
+    from itertools import combinations
+
+    rng = np.random.default_rng(5)
+    for _ in range(30):
+        lengths = rng.integers(1, 60, size=int(rng.integers(1, 9))).tolist()
+        budget, overhead = int(rng.integers(60, 200)), int(rng.integers(0, 40))
+        desc = sorted(lengths, reverse=True)
+
+        def cost(cuts):
+            bounds = [0, *cuts, len(desc)]
+            runs = [desc[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+            if any(len(r) * r[0] > budget and len(r) > 1 for r in runs):
+                return float("inf")
+            return sum(len(r) * r[0] + overhead for r in runs)
+
+        best = min(cost(c) for k in range(len(desc)) for c in combinations(range(1, len(desc)), k))
+        got = token_budget_batches(lengths, budget, overhead)
+        assert sum(len(b) * max(lengths[i] for i in b) + overhead for b in got) == best
