@@ -77,3 +77,34 @@ def test_score_command_end_to_end(tmp_path, tiny_model_dir):
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert manifest["rows_by_status"] == {"empty": 1, "ok": 5} and manifest["dtype"] == "float32"
+
+
+def test_select_and_report_commands(tmp_path):
+    import numpy as np
+
+    from tests.selection.fake_scores import write_scores
+
+    rng = np.random.default_rng(0)
+    write_scores(tmp_path / "scores", rng.gamma(4, 0.7, 50).tolist(), rng.choice(["a", "b"], 50).tolist())
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text("[select]\ndrop_top = 0.2\nkeep = 0.4\ntemperature = 0.5\n")
+    result = runner.invoke(app, ["-q", "select", str(tmp_path / "scores"), "-o", str(tmp_path / "sel"), "-c", str(cfg_file),
+                                 "--per-group"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "sel" / "summary.json").read_text())
+    kept = sum(int(g["eligible"] * 0.4) for g in summary["groups"].values())  # per group: each keeps floor(40%)
+    assert f"selected {kept} of 50 eligible rows" in result.output
+    assert summary["parameters"]["per_group"] is True and summary["parameters"]["drop_top"] == 0.2
+    assert summary["parameters"]["temperature"] == 0.5 and summary["bands"]["kept"] == kept
+
+    again = runner.invoke(app, ["select", str(tmp_path / "scores"), "-o", str(tmp_path / "sel")])
+    assert again.exit_code == 2 and "already exists; pass --overwrite" in again.output
+
+    out = tmp_path / "scores-report"
+    rep = runner.invoke(app, ["-q", "report", str(tmp_path / "scores"), "-o", str(out)])
+    assert rep.exit_code == 0, rep.output
+    assert (out / "report.html").exists() and not (out / "weight_vs_loss.png").exists()  # no selection: no weights
+    rep = runner.invoke(app, ["-q", "report", str(tmp_path / "scores"), str(tmp_path / "sel"), "-o", str(out)])
+    assert rep.exit_code == 0 and (out / "weight_vs_loss.png").exists()
+    missing = runner.invoke(app, ["report", str(tmp_path / "nope")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
