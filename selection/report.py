@@ -26,6 +26,7 @@ def write_report(out_url: str, ranked: pl.DataFrame, kept: pl.DataFrame | None, 
     ``weight`` and ``group`` of the selected rows; ``summary`` is the selection summary (or None).
     """
     fs, out = url_to_fs(out_url)
+    fs.makedirs(out, exist_ok=True)
     figures = {"loss_histogram.png": _loss_histogram(ranked, summary)}
     if kept is not None and kept.height:
         figures["weight_vs_loss.png"] = _weight_curve(kept, summary)
