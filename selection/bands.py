@@ -3,9 +3,16 @@
 Ranking is global, or per group (``per_group``: each domain keeps its own band, so a domain whose
 losses are all high is not wiped out). Ties in loss are broken by sample id, so two runs over the
 same scores give identical output.
+
+It works on one float column: the eligible losses are loaded as a numpy array (4 bytes a row) and
+argsorted; sample ids are fetched only for the rows whose loss ties across a band boundary, the
+one place where their order decides the outcome. ``loss_rank`` of tied rows is their shared
+(competition) rank, so it does not depend on tie order at all.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import polars as pl
@@ -14,7 +21,10 @@ from scoring.schema import ERROR_PREFIX
 from selection.irdro import irdro_weights
 
 DROPPED, KEPT, EASY = "dropped", "kept", "easy"
+BANDS = pl.Enum([DROPPED, KEPT, EASY])
 NO_GROUP = "(none)"
+
+IdLookup = Callable[[np.ndarray], np.ndarray]  # global row indices -> their sample ids
 
 
 def exclusion_reason() -> pl.Expr:
@@ -28,30 +38,47 @@ def exclusion_reason() -> pl.Expr:
     )
 
 
-def rank_bands(eligible: pl.LazyFrame, drop_top: float, keep: float, per_group: bool) -> pl.DataFrame:
-    """Every eligible row with ``rank`` (0 = highest loss in its scope), ``scope_n``, ``loss_rank`` and ``band``.
+def rank_bands(eligible: pl.DataFrame, drop_top: float, keep: float, per_group: bool, ids_of: IdLookup) -> pl.DataFrame:
+    """``eligible`` (``_row``, ``group``, ``loss``) with ``loss_rank`` (0 = highest loss in its scope) and ``band``."""
+    loss = eligible["loss"].to_numpy()
+    rows = eligible["_row"].to_numpy()
+    loss_rank = np.empty(len(loss), dtype=np.float32)
+    band = np.empty(len(loss), dtype=np.uint8)  # index into BANDS
+    if per_group:
+        codes = eligible["group"].to_physical().to_numpy()
+        order = np.argsort(codes, kind="stable")
+        splits = np.flatnonzero(np.diff(codes[order])) + 1
+        scopes = np.split(order, splits)
+    else:
+        scopes = [slice(None)]
+    for where in scopes:
+        loss_rank[where], band[where] = _band_scope(loss[where], rows[where], drop_top, keep, ids_of)
+    band_names = pl.Series(BANDS.categories.to_list(), dtype=BANDS)
+    return eligible.with_columns(loss_rank=pl.Series(loss_rank), band=band_names.gather(band))
 
-    Needs columns ``_row``, ``sample_id``, ``group``, ``loss``.
-    """
-    scope = "group" if per_group else pl.lit(0)
-    ranked = (
-        eligible.with_columns(pl.col("group").fill_null(NO_GROUP))
-        .sort(["loss", "sample_id"], descending=[True, False])
-        .with_columns(
-            rank=pl.int_range(pl.len(), dtype=pl.Int64).over(scope),
-            scope_n=pl.len().over(scope).cast(pl.Int64),
-        )
-    )
-    n_drop = (pl.col("scope_n") * drop_top).floor().cast(pl.Int64)
-    n_keep = (pl.col("scope_n") * keep).floor().cast(pl.Int64)
-    return ranked.with_columns(
-        loss_rank=(pl.col("rank") / (pl.col("scope_n") - 1).clip(lower_bound=1)).cast(pl.Float32),
-        band=pl.when(pl.col("rank") < n_drop)
-        .then(pl.lit(DROPPED))
-        .when(pl.col("rank") < n_drop + n_keep)
-        .then(pl.lit(KEPT))
-        .otherwise(pl.lit(EASY)),
-    ).collect(engine="streaming")
+
+def _band_scope(
+    loss: np.ndarray, rows: np.ndarray, drop_top: float, keep: float, ids_of: IdLookup
+) -> tuple[np.ndarray, np.ndarray]:
+    n = len(loss)
+    n_drop, n_keep = int(np.floor(n * drop_top)), int(np.floor(n * keep))
+    order = np.argsort(-loss)  # highest first; order within equal losses fixed below where it matters
+    sorted_loss = loss[order]
+    for boundary in (n_drop, n_drop + n_keep):
+        if 0 < boundary < n and sorted_loss[boundary - 1] == sorted_loss[boundary]:
+            lo = np.searchsorted(-sorted_loss, -sorted_loss[boundary], side="left")
+            hi = np.searchsorted(-sorted_loss, -sorted_loss[boundary], side="right")
+            run = order[lo:hi]
+            order[lo:hi] = run[np.argsort(ids_of(rows[run]), kind="stable")]  # ties: lower sample id first
+    position_band = np.full(n, 2, dtype=np.uint8)
+    position_band[:n_drop] = 0
+    position_band[n_drop : n_drop + n_keep] = 1
+    new_run = np.r_[True, sorted_loss[1:] != sorted_loss[:-1]]
+    competition_rank = np.maximum.accumulate(np.where(new_run, np.arange(n), 0))
+    loss_rank, band = np.empty(n, dtype=np.float32), np.empty(n, dtype=np.uint8)
+    loss_rank[order] = competition_rank / max(n - 1, 1)
+    band[order] = position_band
+    return loss_rank, band
 
 
 def band_weights(
@@ -64,8 +91,8 @@ def band_weights(
     if not per_group:
         return irdro_weights(losses, temperature, max_weight)
     weights = np.empty(kept.height)
-    groups = kept["group"].to_numpy()
-    for group in np.unique(groups):
-        where = groups == group
+    codes = kept["group"].to_physical().to_numpy()
+    for code in np.unique(codes):
+        where = codes == code
         weights[where] = irdro_weights(losses[where], temperature, max_weight)
     return weights

@@ -10,7 +10,7 @@ import polars as pl
 from fsspec.core import url_to_fs
 
 from scoring.errors import HardfocusError
-from selection.bands import KEPT, band_weights, exclusion_reason, rank_bands
+from selection.bands import KEPT, NO_GROUP, band_weights, exclusion_reason, rank_bands
 from selection.config import SelectConfig
 from selection.report import write_report
 from selection.schema import SUMMARY_FILE
@@ -52,7 +52,7 @@ def select(cfg: SelectConfig, progress: bool = True) -> SelectResult:
             rows=sum(parts.rows),
             excluded=excluded,
             eligible=ranked.height,
-            bands={b: int(n) for b, n in ranked["band"].value_counts().sort("band").iter_rows()},
+            bands={b: int(n) for b, n in ranked["band"].cast(pl.String).value_counts().sort("band").iter_rows()},
             groups=group_counts(ranked, kept),
             thresholds=thresholds(ranked, cfg.per_group),
             loss_quantiles=loss_quantiles(ranked),
@@ -68,11 +68,8 @@ def select(cfg: SelectConfig, progress: bool = True) -> SelectResult:
 
 
 def _rank(parts: ScoreParts, cfg: SelectConfig) -> tuple[dict[str, int], pl.DataFrame]:
-    scan = parts.scan(["sample_id", "group", "loss", "status"]).with_columns(reason=exclusion_reason())
-    reasons = scan.group_by("reason").agg(pl.len()).filter(pl.col("reason").is_not_null()).sort("reason")
-    excluded = {r: int(n) for r, n in reasons.collect(engine="streaming").iter_rows()}
-    eligible = scan.filter(pl.col("reason").is_null()).select("_row", "sample_id", "group", "loss")
-    return excluded, rank_bands(eligible, cfg.drop_top, cfg.keep, cfg.per_group)
+    excluded, eligible = _eligible(parts)
+    return excluded, rank_bands(eligible, cfg.drop_top, cfg.keep, cfg.per_group, parts.sample_ids)
 
 
 def build_report(scores: list[str], selected: str | None = None, output: str | None = None) -> str:
@@ -89,7 +86,7 @@ def build_report(scores: list[str], selected: str | None = None, output: str | N
         cfg = SelectConfig(scores=scores, output=selected, **summary["parameters"])
         excluded, ranked = _rank(parts, cfg)
         kept = pl.read_parquet(f"{selected.rstrip('/')}/part-*.parquet", columns=["group", "loss", "weight"])
-        kept = kept.with_columns(pl.col("group").fill_null("(none)"))
+        kept = kept.with_columns(pl.col("group").fill_null(NO_GROUP))
     target = output or selected or scores[0]
     path = write_report(target, ranked, kept, summary, title=f"hardfocus report: {', '.join(scores)}")
     log.info("report: %s (%d eligible rows, excluded %s)", path, ranked.height, excluded or "none")
@@ -97,11 +94,14 @@ def build_report(scores: list[str], selected: str | None = None, output: str | N
 
 
 def _eligible(parts: ScoreParts) -> tuple[dict[str, int], pl.DataFrame]:
+    """Rows excluded per reason, and the eligible rows' ``_row``, ``group`` (categorical) and ``loss``."""
     scan = parts.scan(["group", "loss", "status"]).with_columns(reason=exclusion_reason())
     reasons = scan.group_by("reason").agg(pl.len()).filter(pl.col("reason").is_not_null()).sort("reason")
     excluded = {r: int(n) for r, n in reasons.collect(engine="streaming").iter_rows()}
-    ranked = scan.filter(pl.col("reason").is_null()).select(pl.col("group").fill_null("(none)"), "loss")
-    return excluded, ranked.collect(engine="streaming")
+    eligible = scan.filter(pl.col("reason").is_null()).select(
+        "_row", pl.col("group").fill_null(NO_GROUP).cast(pl.Categorical), "loss"
+    )
+    return excluded, eligible.collect(engine="streaming")
 
 
 def _read_summary(selected: str) -> dict:

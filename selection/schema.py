@@ -11,7 +11,7 @@ SELECTED_SCHEMA = pa.schema(
         pa.field("sample_id", pa.string(), nullable=False),
         pa.field("group", pa.string()),
         pa.field("loss", pa.float32(), nullable=False),
-        pa.field("loss_rank", pa.float32(), nullable=False),  # in [0, 1], 0 = highest loss of its ranking scope
+        pa.field("loss_rank", pa.float32(), nullable=False),  # share of its scope with a higher loss: 0 = the highest
         pa.field("weight", pa.float32(), nullable=False),  # mean 1 over the selected set (or each group)
         pa.field("input_ids", pa.list_(pa.int32())),  # absent when the scores were written without them
     ]

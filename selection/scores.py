@@ -6,7 +6,9 @@ import json
 import posixpath
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
@@ -32,6 +34,19 @@ class ScoreParts:
         for n in self.rows:
             out.append(total)
             total += n
+        return out
+
+    def sample_ids(self, rows: np.ndarray) -> np.ndarray:
+        """Sample ids of these global row indices, reading only the ``sample_id`` column of their parts."""
+        offsets = np.asarray(self.offsets, dtype=np.int64)
+        part_of = np.searchsorted(offsets, rows, side="right") - 1
+        out = np.empty(len(rows), dtype=object)
+        for index in np.unique(part_of):
+            where = part_of == index
+            fs, path = url_to_fs(self.urls[index])
+            with fs.open(path, "rb") as f:
+                ids = pq.read_table(f, columns=["sample_id"])["sample_id"]
+            out[where] = ids.take(pa.array(rows[where] - offsets[index])).to_numpy(zero_copy_only=False)
         return out
 
     def scan(self, columns: list[str]) -> pl.LazyFrame:

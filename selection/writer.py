@@ -64,29 +64,31 @@ def write_shards(parts: ScoreParts, kept: pl.DataFrame, out_url: str, progress: 
     fs, out = url_to_fs(out_url)
     kept = kept.sort("_row")
     offsets = np.asarray(parts.offsets, dtype=np.int64)
-    part_of = np.searchsorted(offsets, kept["_row"].to_numpy(), side="right") - 1
+    global_rows = kept["_row"].to_numpy()
+    loss_rank, weight = kept["loss_rank"].to_numpy(), kept["weight"].to_numpy()
+    part_of = np.searchsorted(offsets, global_rows, side="right") - 1
     bounds = np.flatnonzero(np.diff(part_of, prepend=-1, append=-1))  # where the part index changes
     columns = ["sample_id", "group", "loss"] + (["input_ids"] if parts.has_input_ids else [])
     schema = selected_schema(parts.has_input_ids)
     written = 0
     for lo, hi in tqdm(list(zip(bounds[:-1], bounds[1:])), unit="parts", disable=not progress, mininterval=1.0):
         index = int(part_of[lo])
-        rows = kept["_row"].to_numpy()[lo:hi] - offsets[index]
-        with fs.open(_path(parts.urls[index]), "rb") as f:
-            source = pq.read_table(f, columns=columns).take(pa.array(rows))
-        if source["sample_id"].to_pylist() != kept["sample_id"][lo:hi].to_list():  # the scan's row order is the contract
-            raise RuntimeError(f"row order of {parts.urls[index]} differs from the ranking scan")
+        fs_in, path = url_to_fs(parts.urls[index])
+        with fs_in.open(path, "rb") as f:
+            source = pq.read_table(f, columns=columns).take(pa.array(global_rows[lo:hi] - offsets[index]))
         table = pa.table(
             {
                 "sample_id": source["sample_id"],
                 "group": source["group"],
                 "loss": source["loss"].cast(pa.float32()),
-                "loss_rank": pa.array(kept["loss_rank"].to_numpy()[lo:hi], pa.float32()),
-                "weight": pa.array(kept["weight"].to_numpy()[lo:hi], pa.float32()),
+                "loss_rank": pa.array(loss_rank[lo:hi], pa.float32()),
+                "weight": pa.array(weight[lo:hi], pa.float32()),
                 **({"input_ids": source["input_ids"]} if parts.has_input_ids else {}),
             },
             schema=schema,
         )
+        if not np.array_equal(table["loss"].to_numpy(), kept["loss"][lo:hi].to_numpy()):
+            raise RuntimeError(f"rows of {parts.urls[index]} differ from the ranking scan")  # the scan order is the contract
         with fs.open(posixpath.join(out, f"part-{written:05d}.parquet"), "wb") as f:
             pq.write_table(table, f, compression="zstd")
         written += 1
@@ -97,7 +99,3 @@ def write_summary(out_url: str, summary: dict) -> None:
     fs, out = url_to_fs(out_url)
     with fs.open(posixpath.join(out, SUMMARY_FILE), "wb") as f:
         f.write(json.dumps(summary, indent=2).encode())
-
-
-def _path(url: str) -> str:
-    return url_to_fs(url)[1]

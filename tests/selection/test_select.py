@@ -14,13 +14,15 @@ from tests.selection.fake_scores import write_scores
 
 
 def _expected_bands(losses, ids, drop_top, keep):
-    """numpy: order by loss descending, ties by sample id ascending; band by floor'd counts."""
-    order = np.lexsort((np.array(ids), -np.array(losses)))
+    """numpy: order by loss descending, ties by sample id ascending; band by floor'd counts.
+
+    loss_rank: the share of the scope with a strictly higher loss (tied losses share their rank).
+    """
+    losses = np.array(losses, dtype=np.float32)
+    order = np.lexsort((np.array(ids), -losses))
     n = len(losses)
     n_drop, n_keep = int(np.floor(n * drop_top)), int(np.floor(n * keep))
-    rank = np.empty(n, dtype=int)
-    rank[order] = np.arange(n)
-    kept = {ids[i]: rank[i] / max(n - 1, 1) for i in order[n_drop : n_drop + n_keep]}
+    kept = {ids[i]: (losses > losses[i]).sum() / max(n - 1, 1) for i in order[n_drop : n_drop + n_keep]}
     return kept, {ids[i] for i in order[:n_drop]}
 
 
