@@ -17,7 +17,6 @@ from collections.abc import Callable
 import numpy as np
 import polars as pl
 
-from scoring.schema import ERROR_PREFIX
 from selection.irdro import irdro_weights
 
 DROPPED, KEPT, EASY = "dropped", "kept", "easy"
@@ -25,17 +24,6 @@ BANDS = pl.Enum([DROPPED, KEPT, EASY])
 NO_GROUP = "(none)"
 
 IdLookup = Callable[[np.ndarray], np.ndarray]  # global row indices -> their sample ids
-
-
-def exclusion_reason() -> pl.Expr:
-    """Why a row cannot be ranked (null when it can): its status, or a loss that is not finite."""
-    status = pl.col("status")
-    return (
-        pl.when(status != "ok")
-        .then(pl.when(status.str.starts_with(ERROR_PREFIX)).then(pl.lit("status: error")).otherwise("status: " + status))
-        .when(pl.col("loss").is_null() | ~pl.col("loss").is_finite())
-        .then(pl.lit("loss not finite"))
-    )
 
 
 def rank_bands(eligible: pl.DataFrame, drop_top: float, keep: float, per_group: bool, ids_of: IdLookup) -> pl.DataFrame:
@@ -62,21 +50,27 @@ def _band_scope(
 ) -> tuple[np.ndarray, np.ndarray]:
     n = len(loss)
     n_drop, n_keep = int(np.floor(n * drop_top)), int(np.floor(n * keep))
-    order = np.argsort(-loss)  # highest first; order within equal losses fixed below where it matters
+    order = np.argsort(loss)[::-1]  # highest first; order within equal losses is fixed below where it matters
     sorted_loss = loss[order]
     for boundary in (n_drop, n_drop + n_keep):
         if 0 < boundary < n and sorted_loss[boundary - 1] == sorted_loss[boundary]:
-            lo = np.searchsorted(-sorted_loss, -sorted_loss[boundary], side="left")
-            hi = np.searchsorted(-sorted_loss, -sorted_loss[boundary], side="right")
-            run = order[lo:hi]
+            tie = sorted_loss[boundary]
+            lo = n - np.searchsorted(loss, tie, side="right", sorter=order[::-1])  # first position with this loss
+            hi = n - np.searchsorted(loss, tie, side="left", sorter=order[::-1])
+            run = order[lo:hi].copy()
             order[lo:hi] = run[np.argsort(ids_of(rows[run]), kind="stable")]  # ties: lower sample id first
     position_band = np.full(n, 2, dtype=np.uint8)
     position_band[:n_drop] = 0
     position_band[n_drop : n_drop + n_keep] = 1
-    new_run = np.r_[True, sorted_loss[1:] != sorted_loss[:-1]]
-    competition_rank = np.maximum.accumulate(np.where(new_run, np.arange(n), 0))
+    # competition rank: the position of the first row with the same loss (memory: 4 bytes a row, in place)
+    rank = np.arange(n, dtype=np.uint32 if n < 2**32 else np.uint64)
+    rank[1:][sorted_loss[1:] == sorted_loss[:-1]] = 0
+    np.maximum.accumulate(rank, out=rank)
+    del sorted_loss
+    share = rank.astype(np.float32)
+    share *= np.float32(1 / max(n - 1, 1))
     loss_rank, band = np.empty(n, dtype=np.float32), np.empty(n, dtype=np.uint8)
-    loss_rank[order] = competition_rank / max(n - 1, 1)
+    loss_rank[order] = share
     band[order] = position_band
     return loss_rank, band
 

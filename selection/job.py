@@ -10,7 +10,7 @@ import polars as pl
 from fsspec.core import url_to_fs
 
 from scoring.errors import HardfocusError
-from selection.bands import KEPT, NO_GROUP, band_weights, exclusion_reason, rank_bands
+from selection.bands import KEPT, NO_GROUP, band_weights, rank_bands
 from selection.config import SelectConfig
 from selection.report import write_report
 from selection.schema import SUMMARY_FILE
@@ -52,7 +52,7 @@ def select(cfg: SelectConfig, progress: bool = True) -> SelectResult:
             rows=sum(parts.rows),
             excluded=excluded,
             eligible=ranked.height,
-            bands={b: int(n) for b, n in ranked["band"].cast(pl.String).value_counts().sort("band").iter_rows()},
+            bands={str(b): int(n) for b, n in ranked.group_by("band").len().sort("band").iter_rows()},
             groups=group_counts(ranked, kept),
             thresholds=thresholds(ranked, cfg.per_group),
             loss_quantiles=loss_quantiles(ranked),
@@ -68,7 +68,7 @@ def select(cfg: SelectConfig, progress: bool = True) -> SelectResult:
 
 
 def _rank(parts: ScoreParts, cfg: SelectConfig) -> tuple[dict[str, int], pl.DataFrame]:
-    excluded, eligible = _eligible(parts)
+    excluded, eligible = parts.eligible()
     return excluded, rank_bands(eligible, cfg.drop_top, cfg.keep, cfg.per_group, parts.sample_ids)
 
 
@@ -80,7 +80,7 @@ def build_report(scores: list[str], selected: str | None = None, output: str | N
     parts = open_scores(scores)
     summary = kept = None
     if selected is None:
-        excluded, ranked = _eligible(parts)
+        excluded, ranked = parts.eligible()
     else:
         summary = _read_summary(selected)
         cfg = SelectConfig(scores=scores, output=selected, **summary["parameters"])
@@ -91,17 +91,6 @@ def build_report(scores: list[str], selected: str | None = None, output: str | N
     path = write_report(target, ranked, kept, summary, title=f"hardfocus report: {', '.join(scores)}")
     log.info("report: %s (%d eligible rows, excluded %s)", path, ranked.height, excluded or "none")
     return path
-
-
-def _eligible(parts: ScoreParts) -> tuple[dict[str, int], pl.DataFrame]:
-    """Rows excluded per reason, and the eligible rows' ``_row``, ``group`` (categorical) and ``loss``."""
-    scan = parts.scan(["group", "loss", "status"]).with_columns(reason=exclusion_reason())
-    reasons = scan.group_by("reason").agg(pl.len()).filter(pl.col("reason").is_not_null()).sort("reason")
-    excluded = {r: int(n) for r, n in reasons.collect(engine="streaming").iter_rows()}
-    eligible = scan.filter(pl.col("reason").is_null()).select(
-        "_row", pl.col("group").fill_null(NO_GROUP).cast(pl.Categorical), "loss"
-    )
-    return excluded, eligible.collect(engine="streaming")
 
 
 def _read_summary(selected: str) -> dict:

@@ -1,21 +1,24 @@
-"""Read one or more scores/ directories: refuse incomplete or mismatched ones, scan them lazily."""
+"""Read one or more scores/ directories: refuse incomplete or mismatched ones, load what ranking needs."""
 
 from __future__ import annotations
 
 import json
 import posixpath
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from scoring.errors import HardfocusError
 from scoring.manifest import ScoreManifest
 from scoring.output import MANIFEST_FILE
-from scoring.schema import check_scores_schema
+from scoring.schema import ERROR_PREFIX, check_scores_schema
+from selection.bands import NO_GROUP
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,7 @@ class ScoreParts:
 
     @property
     def offsets(self) -> list[int]:
-        """Global row index of each part's first row (the order of :meth:`scan`)."""
+        """Global row index of each part's first row (parts in order, then rows in order)."""
         out, total = [], 0
         for n in self.rows:
             out.append(total)
@@ -49,9 +52,44 @@ class ScoreParts:
             out[where] = ids.take(pa.array(rows[where] - offsets[index])).to_numpy(zero_copy_only=False)
         return out
 
-    def scan(self, columns: list[str]) -> pl.LazyFrame:
-        """All parts as one lazy frame, with ``_row``: the global row index (part order, then row order)."""
-        return pl.scan_parquet(self.urls, row_index_name="_row").select(["_row", *columns])
+    def eligible(self) -> tuple[dict[str, int], pl.DataFrame]:
+        """Rows excluded per reason, and the eligible rows as ``_row`` (global index), ``group`` (Enum), ``loss``.
+
+        A row is eligible when its status is ``ok`` and its loss finite. Read part by part into
+        preallocated arrays: 12 bytes per eligible row, whatever the number of parts.
+        """
+        total = sum(self.rows)
+        loss = np.empty(total, dtype=np.float32)
+        rows = np.empty(total, dtype=np.uint32 if total < 2**32 else np.uint64)
+        codes = np.empty(total, dtype=np.uint32)
+        group_code: dict[str, int] = {}
+        excluded: Counter[str] = Counter()
+        filled = 0
+        for url, offset in zip(self.urls, self.offsets):
+            fs, path = url_to_fs(url)
+            with fs.open(path, "rb") as f:
+                table = pq.read_table(f, columns=["group", "loss", "status"])
+            part_loss = table["loss"].to_numpy(zero_copy_only=False).astype(np.float32)  # null -> NaN
+            ok_mask = pc.equal(table["status"], "ok")
+            ok = ok_mask.to_numpy(zero_copy_only=False)
+            finite = np.isfinite(part_loss)
+            for item in pc.value_counts(table["status"].filter(pc.invert(ok_mask))).to_pylist():
+                reason = item["values"]
+                excluded["status: error" if reason.startswith(ERROR_PREFIX) else f"status: {reason}"] += item["counts"]
+            if n_bad := int((ok & ~finite).sum()):
+                excluded["loss not finite"] += n_bad
+            keep = np.flatnonzero(ok & finite)
+            end = filled + len(keep)
+            loss[filled:end] = part_loss[keep]
+            rows[filled:end] = offset + keep
+            encoded = table["group"].fill_null(NO_GROUP).combine_chunks().dictionary_encode()
+            to_global = np.array([group_code.setdefault(g, len(group_code)) for g in encoded.dictionary.to_pylist()], np.uint32)
+            codes[filled:end] = to_global[encoded.indices.to_numpy(zero_copy_only=False)[keep]]
+            filled = end
+        names = pl.Series(list(group_code), dtype=pl.String)
+        enum = pl.Enum(names.to_list())
+        frame = pl.DataFrame({"_row": rows[:filled], "group": names.cast(enum).gather(codes[:filled]), "loss": loss[:filled]})
+        return dict(sorted(excluded.items())), frame
 
 
 def open_scores(dirs: list[str]) -> ScoreParts:

@@ -82,17 +82,14 @@ def thresholds(ranked: pl.DataFrame, per_group: bool) -> dict[str, Thresholds]:
 
 
 def loss_quantiles(ranked: pl.DataFrame) -> dict[str, dict[str, float]]:
-    out = {"eligible": _quantiles(ranked["loss"])}
-    for band in (DROPPED, KEPT, EASY):
-        losses = ranked.filter(pl.col("band") == band)["loss"]
-        if len(losses):
-            out[band] = _quantiles(losses)
+    """Loss quantiles of all eligible rows and of each band (polars: no float64 copies of the column)."""
+    exprs = [pl.col("loss").quantile(q, interpolation="linear").alias(f"q{q:g}") for q in QUANTILES]
+    out = {"eligible": {k: float(v) for k, v in ranked.select(exprs).row(0, named=True).items()}}
+    per_band = ranked.group_by("band").agg(exprs).with_columns(pl.col("band").cast(pl.String)).sort("band")
+    for row in per_band.to_dicts():
+        band = row.pop("band")
+        out[band] = {k: float(v) for k, v in row.items()}
     return out
-
-
-def _quantiles(losses: pl.Series) -> dict[str, float]:
-    values = np.quantile(losses.to_numpy().astype(np.float64), QUANTILES)
-    return {f"q{q:g}": float(v) for q, v in zip(QUANTILES, values)}
 
 
 def weight_stats(weights: np.ndarray) -> WeightStats:

@@ -62,7 +62,8 @@ def write_shards(parts: ScoreParts, kept: pl.DataFrame, out_url: str, progress: 
     ``kept`` has ``_row`` (global row index into ``parts``), ``loss_rank`` and ``weight``.
     """
     fs, out = url_to_fs(out_url)
-    kept = kept.sort("_row")
+    if not kept["_row"].is_sorted():
+        kept = kept.sort("_row")
     offsets = np.asarray(parts.offsets, dtype=np.int64)
     global_rows = kept["_row"].to_numpy()
     loss_rank, weight = kept["loss_rank"].to_numpy(), kept["weight"].to_numpy()
@@ -88,10 +89,12 @@ def write_shards(parts: ScoreParts, kept: pl.DataFrame, out_url: str, progress: 
             schema=schema,
         )
         if not np.array_equal(table["loss"].to_numpy(), kept["loss"][lo:hi].to_numpy()):
-            raise RuntimeError(f"rows of {parts.urls[index]} differ from the ranking scan")  # the scan order is the contract
+            raise RuntimeError(f"rows of {parts.urls[index]} differ from the ones ranked; did it change meanwhile?")
         with fs.open(posixpath.join(out, f"part-{written:05d}.parquet"), "wb") as f:
             pq.write_table(table, f, compression="zstd")
         written += 1
+        del source, table
+        pa.default_memory_pool().release_unused()  # Arrow's allocator would otherwise keep every part's peak
     return written
 
 
