@@ -179,8 +179,8 @@ def _finalize(out, cfg, resolved, identity, shard_rows, units: list[Unit], run: 
     for u in units:
         if (n := out.part_rows(u.part)) != u.stop - u.start:
             raise RuntimeError(f"part {u.part} has {n} rows, expected {u.stop - u.start}")
-    counts = count_scores(out.urls(sorted(u.part for u in units))) if units else None
-    if counts and counts.duplicate_ids:
+    counts = count_scores(out.urls(sorted(u.part for u in units)))
+    if counts.duplicate_ids:
         log.warning(
             "%d rows share a sample id with another row (e.g. %s): ids from --id-column must be unique",
             counts.duplicate_ids, ", ".join(counts.duplicate_id_examples),
@@ -203,13 +203,7 @@ def _finalize(out, cfg, resolved, identity, shard_rows, units: list[Unit], run: 
         shards=[ShardInfo(url=s.url, rel=s.rel, format=s.format, compression=s.compression, size=s.size, rows=r)
                 for s, r in shard_rows],
         parts=len(units),
-        rows=counts.rows if counts else 0,
-        rows_by_status=counts.rows_by_status if counts else {},
-        error_examples=counts.error_examples if counts else [],
-        tokens=counts.tokens if counts else 0,
-        truncated=counts.truncated if counts else 0,
-        duplicate_ids=counts.duplicate_ids if counts else 0,
-        duplicate_id_examples=counts.duplicate_id_examples if counts else [],
+        **counts.model_dump(),
         runs=[RunInfo.model_validate(r) for r in job["runs"]],
         versions=library_versions(),
     )

@@ -39,7 +39,19 @@ class RunInfo(BaseModel):
     tokens_per_s: float
 
 
-class ScoreManifest(BaseModel):
+class ScoreCounts(BaseModel):
+    """What the part files hold, counted exactly."""
+
+    rows: int = 0
+    rows_by_status: dict[str, int] = {}
+    error_examples: list[str] = []
+    tokens: int = 0
+    truncated: int = 0
+    duplicate_ids: int = 0
+    duplicate_id_examples: list[str] = []
+
+
+class ScoreManifest(ScoreCounts):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model: str
@@ -55,29 +67,14 @@ class ScoreManifest(BaseModel):
     group_column: str | None
     shards: list[ShardInfo]
     parts: int
-    rows: int
-    rows_by_status: dict[str, int]
-    error_examples: list[str]
-    tokens: int
-    truncated: int
-    duplicate_ids: int
-    duplicate_id_examples: list[str]
     runs: list[RunInfo]
     versions: dict[str, str]
 
 
-class ScoreCounts(BaseModel):
-    rows: int
-    rows_by_status: dict[str, int]
-    error_examples: list[str]
-    tokens: int
-    truncated: int
-    duplicate_ids: int
-    duplicate_id_examples: list[str]
-
-
 def count_scores(part_urls: list[str]) -> ScoreCounts:
     """Exact counts over all part files, streaming: per status, tokens, truncation, duplicate ids."""
+    if not part_urls:
+        return ScoreCounts()
     scan = pl.scan_parquet(part_urls)
     status = pl.col("status")
     kind = pl.when(status.str.starts_with(ERROR_PREFIX)).then(pl.lit("error")).otherwise(status)
