@@ -12,9 +12,9 @@ import typer
 
 from pipelines.config import build_score_config, build_select_config
 from pipelines.demo_corpus import build_demo_corpus
-from scoring import HardfocusError, score
+from scoring import HardfocusError, ScoreConfig, score
 from scoring.job import summary_line
-from selection import build_report, select
+from selection import SelectConfig, build_report, select
 from selection.job import summary_text
 
 app = typer.Typer(
@@ -52,6 +52,14 @@ def user_errors(fn):
     return wrapper
 
 
+def flag(model: type, name: str, *decls: str):
+    """A typer option whose help is the config field's description and default: one source for both."""
+    field = model.model_fields[name]
+    default = "required" if field.is_required() else field.default
+    suffix = "" if default is None else f"  [default: {default}]"  # a None default is explained in the description
+    return typer.Option(*decls, help=f"{field.description or ''}{suffix}".strip())
+
+
 def _show_progress() -> bool:
     return logging.getLogger().level <= logging.INFO
 
@@ -59,29 +67,29 @@ def _show_progress() -> bool:
 @app.command("score")
 @user_errors
 def score_command(
-    inputs: Annotated[Optional[list[str]], typer.Argument(help="shard files, directories or globs (Parquet, JSONL[.gz|.zst]; local or fsspec URLs)", show_default=False)] = None,
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="scores/ directory to write")] = None,
+    inputs: Annotated[Optional[list[str]], typer.Argument(help=ScoreConfig.model_fields["inputs"].description, show_default=False)] = None,
+    output: Annotated[Optional[str], flag(ScoreConfig, "output", "--output", "-o")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML file; its [score] table sets defaults for every flag")] = None,
-    text_column: Annotated[Optional[str], typer.Option(help="column holding the text  [default: text]")] = None,
-    id_column: Annotated[Optional[str], typer.Option(help="unique id column  [default: '<shard>#<row>']")] = None,
-    group_column: Annotated[Optional[str], typer.Option(help="domain/source column carried into the scores")] = None,
-    model: Annotated[Optional[str], typer.Option(help="hub id, checkpoint dir, .gguf file or 'smollm2-135m'  [default: smollm2-135m]")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="auto | bfloat16 | float32 | float16  [default: auto = bf16 where native]")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda[:N]  [default: auto]")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option(help="longer documents are truncated and flagged  [default: 1024]")] = None,
-    add_special_tokens: Annotated[Optional[bool], typer.Option("--add-special-tokens/--no-special-tokens", help="let the tokenizer add BOS/EOS  [default: add]")] = None,
-    token_budget: Annotated[Optional[int], typer.Option(help="padded tokens per forward micro-batch  [default: 16384]")] = None,
-    chunk_tokens: Annotated[Optional[int], typer.Option(help="positions per logits chunk  [default: 256]")] = None,
-    compile: Annotated[Optional[str], typer.Option(help="torch.compile the model: auto | on | off  [default: auto = on from 8 MiB of input per actor]")] = None,
-    rows_per_unit: Annotated[Optional[int], typer.Option(help="rows per resumable unit / part file  [default: 2000]")] = None,
-    keep_input_ids: Annotated[Optional[bool], typer.Option("--keep-input-ids/--no-input-ids", help="store input_ids for training  [default: keep]")] = None,
-    executor: Annotated[Optional[str], typer.Option(help="ray | local  [default: ray]")] = None,
-    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address  [default: $RAY_ADDRESS, else local Ray]")] = None,
-    actors: Annotated[Optional[int], typer.Option(help="scoring actors, one model each  [default: 1]")] = None,
-    cpus_per_actor: Annotated[Optional[float], typer.Option(help="[default: 1 with GPUs, else all CPUs of a node but one]")] = None,
-    gpus_per_actor: Annotated[Optional[float], typer.Option(help="[default: 0]")] = None,
-    torch_threads: Annotated[Optional[int], typer.Option(help="[default: the actor's CPUs; all cores on local Ray]")] = None,
-    overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="replace scores of another configuration in --output")] = None,
+    text_column: Annotated[Optional[str], flag(ScoreConfig, "text_column")] = None,
+    id_column: Annotated[Optional[str], flag(ScoreConfig, "id_column")] = None,
+    group_column: Annotated[Optional[str], flag(ScoreConfig, "group_column")] = None,
+    model: Annotated[Optional[str], flag(ScoreConfig, "model")] = None,
+    dtype: Annotated[Optional[str], flag(ScoreConfig, "dtype")] = None,
+    device: Annotated[Optional[str], flag(ScoreConfig, "device")] = None,
+    max_tokens: Annotated[Optional[int], flag(ScoreConfig, "max_tokens")] = None,
+    add_special_tokens: Annotated[Optional[bool], flag(ScoreConfig, "add_special_tokens", "--add-special-tokens/--no-special-tokens")] = None,
+    token_budget: Annotated[Optional[int], flag(ScoreConfig, "token_budget")] = None,
+    chunk_tokens: Annotated[Optional[int], flag(ScoreConfig, "chunk_tokens")] = None,
+    compile: Annotated[Optional[str], flag(ScoreConfig, "compile")] = None,
+    rows_per_unit: Annotated[Optional[int], flag(ScoreConfig, "rows_per_unit")] = None,
+    keep_input_ids: Annotated[Optional[bool], flag(ScoreConfig, "keep_input_ids", "--keep-input-ids/--no-input-ids")] = None,
+    executor: Annotated[Optional[str], flag(ScoreConfig, "executor")] = None,
+    ray_address: Annotated[Optional[str], flag(ScoreConfig, "ray_address")] = None,
+    actors: Annotated[Optional[int], flag(ScoreConfig, "actors")] = None,
+    cpus_per_actor: Annotated[Optional[float], flag(ScoreConfig, "cpus_per_actor")] = None,
+    gpus_per_actor: Annotated[Optional[float], flag(ScoreConfig, "gpus_per_actor")] = None,
+    torch_threads: Annotated[Optional[int], flag(ScoreConfig, "torch_threads")] = None,
+    overwrite: Annotated[Optional[bool], flag(ScoreConfig, "overwrite", "--overwrite")] = None,
 ) -> None:
     """Run the base model over the shards and write one row per input row: loss, tokens, status."""
     overrides = {k: v for k, v in locals().items() if k != "config"}
@@ -93,17 +101,17 @@ def score_command(
 @app.command("select")
 @user_errors
 def select_command(
-    scores: Annotated[Optional[list[str]], typer.Argument(help="scores/ directories written by `hardfocus score`", show_default=False)] = None,
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="selected/ directory to write")] = None,
+    scores: Annotated[Optional[list[str]], typer.Argument(help=SelectConfig.model_fields["scores"].description, show_default=False)] = None,
+    output: Annotated[Optional[str], flag(SelectConfig, "output", "--output", "-o")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML file; its [select] table sets defaults for every flag")] = None,
-    drop_top: Annotated[Optional[float], typer.Option(help="fraction of highest-loss samples dropped as noise  [default: 0.1]")] = None,
-    keep: Annotated[Optional[float], typer.Option(help="fraction kept after the dropped band  [default: 0.5]")] = None,
-    per_group: Annotated[Optional[bool], typer.Option("--per-group/--global", help="rank and weight within each group  [default: global]")] = None,
-    weighting: Annotated[Optional[str], typer.Option(help="irdro | none  [default: irdro]")] = None,
-    temperature: Annotated[Optional[float], typer.Option(help="IR-DRO temperature r  [default: 1.0]")] = None,
-    max_weight: Annotated[Optional[float], typer.Option(help="clip weights here, renormalising to mean 1  [default: none]")] = None,
-    report: Annotated[Optional[bool], typer.Option("--report/--no-report", help="write report.html  [default: write]")] = None,
-    overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="replace an existing --output")] = None,
+    drop_top: Annotated[Optional[float], flag(SelectConfig, "drop_top")] = None,
+    keep: Annotated[Optional[float], flag(SelectConfig, "keep")] = None,
+    per_group: Annotated[Optional[bool], flag(SelectConfig, "per_group", "--per-group/--global")] = None,
+    weighting: Annotated[Optional[str], flag(SelectConfig, "weighting")] = None,
+    temperature: Annotated[Optional[float], flag(SelectConfig, "temperature")] = None,
+    max_weight: Annotated[Optional[float], flag(SelectConfig, "max_weight")] = None,
+    report: Annotated[Optional[bool], flag(SelectConfig, "report", "--report/--no-report")] = None,
+    overwrite: Annotated[Optional[bool], flag(SelectConfig, "overwrite", "--overwrite")] = None,
 ) -> None:
     """Keep the moderately-high-loss band (drop the highest-loss noise) and compute IR-DRO weights."""
     overrides = {k: v for k, v in locals().items() if k != "config"}

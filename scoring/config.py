@@ -16,11 +16,13 @@ class ScoreConfig(BaseModel):
 
     inputs: list[str] = Field(min_length=1, description="shard files, directories or globs (local or fsspec URLs)")
     output: str = Field(description="the scores/ directory to write (local path or fsspec URL)")
-    text_column: str = "text"
+    text_column: str = Field("text", description="column holding the text")
     id_column: str | None = Field(None, description="unique sample id column; default '<shard>#<row>'")
     group_column: str | None = Field(None, description="domain/source column, carried into the scores")
     model: str = Field(SMOLLM2_ALIAS, description="hub id, local checkpoint dir, .gguf file, or 'smollm2-135m'")
-    dtype: Literal["auto", "bfloat16", "float32", "float16"] = "auto"
+    dtype: Literal["auto", "bfloat16", "float32", "float16"] = Field(
+        "auto", description="auto = bf16 where the CPU/GPU computes it natively, else float32"
+    )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     max_tokens: int = Field(1024, ge=2, description="longer documents are truncated and flagged")
     add_special_tokens: bool = Field(True, description="let the tokenizer add BOS/EOS as the model was trained")
@@ -31,10 +33,10 @@ class ScoreConfig(BaseModel):
     )
     rows_per_unit: int = Field(2000, ge=1, description="rows per resumable unit of work (one part file each)")
     keep_input_ids: bool = Field(True, description="store input_ids so training never re-tokenises")
-    executor: Literal["ray", "local"] = Field("ray", description="ray: Ray Data job; local: same code in-process")
+    executor: Literal["ray", "local"] = Field("ray", description="ray (a Ray Data job) or local (the same code in-process)")
     ray_address: str | None = Field(None, description="Ray cluster address; default $RAY_ADDRESS, else a local Ray")
     actors: int = Field(1, ge=1, description="scoring actors (one model each)")
     cpus_per_actor: float | None = Field(None, gt=0, description="default: 1 with a GPU, else all CPUs but one")
-    gpus_per_actor: float = Field(0, ge=0)
+    gpus_per_actor: float = Field(0, ge=0, description="GPUs per scoring actor")
     torch_threads: int | None = Field(None, ge=1, description="default: the actor's CPUs (all cores on local Ray)")
     overwrite: bool = Field(False, description="delete scores of a different configuration in the output dir")
