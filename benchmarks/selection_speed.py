@@ -1,0 +1,606 @@
+"""Selection speed and peak memory: ``hardfocus select`` against a straightforward pandas version, same run.
+
+    python benchmarks/selection_speed.py [--sizes 1e6,1e7,1e8] [--workdir /tmp/hardfocus-selection-speed] \
+        [--out benchmarks/results/selection_speed.md] [--rows-per-part 1000000] [--seed 0] \
+        [--mem-limit-gb 16] [--skip-pandas] [--keep-outputs]
+
+For every size N:
+
+1. synthetic scores/ of N rows (the ``scoring`` contract, without ``input_ids``): ids like
+   ``shard-00012.jsonl.zst#123456``, five groups (one per shard) with different loss distributions
+   (lognormal / gamma plus a heavy noise tail), ~0.5% rows with a non-ok status and a few NaN/inf losses on
+   ok rows, part files of ``--rows-per-part`` rows, a valid ``manifest.json``. Generated part by part
+   (numpy + pyarrow), seeded, and reused from ``--workdir`` when a previous run made it with the same
+   parameters;
+2. ``hardfocus select <scores> -o <out> --no-report``: the real CLI with its defaults (global ranking,
+   drop_top 0.1, keep 0.5, IR-DRO at temperature 1), in a fresh subprocess;
+3. the pandas baseline (``_pandas`` below): read the parquet parts, keep status ok & finite loss, sort by
+   loss descending then sample_id, take the band, loss_rank = (rows with a higher loss) / (n - 1),
+   log-sum-exp softmax weights with mean 1, write parquet;
+   also a fresh subprocess. Skipped when the peak of its largest successful run so far, scaled by N,
+   would exceed ``--mem-limit-gb``, or once it ran out of memory;
+4. both outputs compared: the same set of sample ids, and the same weights and loss ranks per id.
+
+Each subprocess is timed by wall clock; its peak RSS is ``ru_maxrss`` from ``os.wait4`` on that one child
+(the kernel's own high-water mark of that process, exact, not sampled). A watchdog kills a child whose RSS
+(polled every 50 ms) exceeds ``--mem-limit-gb`` (reported as "out of memory"), so neither arm can take the
+shared machine down. "other load" is the CPU-seconds per second that *other* processes used meanwhile.
+
+Targets (the issue): 100M rows in under 120 s and under 8 GB peak RSS on the 2-core machine.
+Writes Markdown (``--out``) and JSON beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+if __package__:  # python -m benchmarks.selection_speed
+    from .speed_machine import cpu_busy_seconds, own_cpu_seconds
+else:  # python benchmarks/selection_speed.py
+    from speed_machine import cpu_busy_seconds, own_cpu_seconds
+
+GB = 1e9  # targets and the report are in GB (10^9 bytes): stricter than GiB
+TARGET_ROWS = 100_000_000
+TARGET_SECONDS = 120.0
+TARGET_RSS_GB = 8.0
+DATA_VERSION = 1  # bump when the generator changes: the cached data is made again
+
+ROWS_PER_SHARD = 50_000
+MAX_TOKENS = 2048
+DROP_TOP, KEEP, TEMPERATURE = 0.1, 0.5, 1.0  # `hardfocus select` defaults; the pandas arm uses the same
+# (name or None, share of shards): one group per shard, as when each source file is one domain
+GROUPS = [("web", 0.43), ("code", 0.20), ("books", 0.15), ("wiki", 0.12), ("arxiv", 0.08), (None, 0.02)]
+NON_OK_RATE = 0.005
+NON_OK = [("too_short", 0.6), ("empty", 0.3), ("invalid_utf8", 0.08), ("error: RuntimeError: tokenizer failed", 0.02)]
+NAN_RATE, INF_RATE = 2e-4, 2e-5  # of ok rows
+NOISE_RATE = 0.02  # garbage documents with very high loss: what drop_top is for
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+def _group_losses(rng: np.random.Generator, group: str | None, n: int) -> np.ndarray:
+    if group == "web":
+        x = rng.lognormal(np.log(3.0), 0.30, n)
+    elif group == "code":
+        x = 0.3 + rng.gamma(4.0, 0.35, n)
+    elif group == "books":
+        x = rng.lognormal(np.log(2.7), 0.15, n)
+    elif group == "wiki":
+        x = rng.lognormal(np.log(2.3), 0.25, n)
+    elif group == "arxiv":
+        x = rng.gamma(9.0, 0.25, n)
+    else:
+        x = rng.lognormal(np.log(3.5), 0.5, n)
+    noise = rng.random(n) < NOISE_RATE
+    x[noise] = rng.uniform(6.0, 11.0, int(noise.sum()))
+    return x
+
+
+def shard_group(seed: int, shard: int) -> int:
+    """Index into GROUPS of a shard's group (seeded per shard, so it does not depend on N or the part size)."""
+    rng = np.random.default_rng([seed, 1, shard])
+    return int(rng.choice(len(GROUPS), p=[p for _, p in GROUPS]))
+
+
+def make_part(seed: int, start: int, stop: int) -> tuple[pa.Table, dict[str, int], dict[int, int]]:
+    """Rows [start, stop) of the synthetic scores: the table, rows per status, rows per shard."""
+    from scoring.schema import scores_table
+
+    n = stop - start
+    rng = np.random.default_rng([seed, 0, start])
+    g = np.arange(start, stop, dtype=np.int64)
+    shard = g // ROWS_PER_SHARD
+    row = g % ROWS_PER_SHARD
+    shards, shard_inv = np.unique(shard, return_inverse=True)
+    shard_names = pa.array([f"shard-{s:05d}.jsonl.zst" for s in shards], pa.string())
+    shard_col = pc.take(shard_names, pa.array(shard_inv.astype(np.int32)))
+    sample_id = pc.binary_join_element_wise(shard_col, pc.cast(pa.array(row), pa.string()), "#")
+
+    group_of_shard = np.array([shard_group(seed, int(s)) for s in shards])
+    group_idx = group_of_shard[shard_inv]
+    loss = np.empty(n, np.float64)
+    for k, (name, _) in enumerate(GROUPS):
+        where = np.flatnonzero(group_idx == k)
+        if where.size:
+            loss[where] = _group_losses(rng, name, where.size)
+    group_names = pa.array([name or "" for name, _ in GROUPS], pa.string())
+    group_col = pc.take(group_names, pa.array(group_idx.astype(np.int32)))
+    null_group = np.array([name is None for name, _ in GROUPS])[group_idx]
+    group_col = pc.if_else(pa.array(null_group), pa.scalar(None, pa.string()), group_col)
+
+    raw_tokens = np.maximum(rng.lognormal(np.log(400), 1.0, n).astype(np.int64), 2)
+    truncated = raw_tokens > MAX_TOKENS
+    n_tokens = np.minimum(raw_tokens, MAX_TOKENS) - 1
+
+    status_names = ["ok"] + [s for s, _ in NON_OK]
+    non_ok = rng.random(n) < NON_OK_RATE
+    status_idx = np.zeros(n, np.int32)
+    status_idx[non_ok] = 1 + rng.choice(len(NON_OK), size=int(non_ok.sum()), p=[p for _, p in NON_OK])
+    u = rng.random(n)
+    loss[(~non_ok) & (u < NAN_RATE)] = np.nan
+    loss[(~non_ok) & (u >= NAN_RATE) & (u < NAN_RATE + INF_RATE)] = np.inf
+    loss32 = loss.astype(np.float32)
+    n_tokens[non_ok] = 0
+    truncated[non_ok] = False
+
+    table = scores_table(
+        {
+            "sample_id": sample_id,
+            "shard": shard_col,
+            "row": row,
+            "group": group_col,
+            "n_tokens": n_tokens.astype(np.int32),
+            "loss": pa.array(loss32, pa.float32(), mask=non_ok),
+            "nll_sum": pa.array(loss32.astype(np.float64) * n_tokens, pa.float64(), mask=non_ok),
+            "truncated": truncated,
+            "status": pc.take(pa.array(status_names, pa.string()), pa.array(status_idx)),
+        },
+        with_input_ids=False,
+    )
+    kinds = ["ok"] + ["error" if s.startswith("error: ") else s for s, _ in NON_OK]
+    by_status: dict[str, int] = {}
+    for k, c in zip(*np.unique(status_idx, return_counts=True)):
+        by_status[kinds[k]] = by_status.get(kinds[k], 0) + int(c)
+    per_shard = {int(s): int(c) for s, c in zip(shards, np.bincount(shard_inv))}
+    return table, by_status, per_shard
+
+
+def data_params(n: int, rows_per_part: int, seed: int) -> dict:
+    return {"version": DATA_VERSION, "rows": n, "rows_per_part": rows_per_part, "seed": seed,
+            "rows_per_shard": ROWS_PER_SHARD, "groups": GROUPS, "non_ok": NON_OK, "non_ok_rate": NON_OK_RATE,
+            "nan_rate": NAN_RATE, "inf_rate": INF_RATE, "noise_rate": NOISE_RATE}
+
+
+def ensure_scores(workdir: Path, n: int, rows_per_part: int, seed: int) -> tuple[Path, dict]:
+    """The scores/ directory of N rows under ``workdir``, generated unless an identical one is there."""
+    from scoring.manifest import ScoreManifest, ShardInfo, library_versions
+
+    params = data_params(n, rows_per_part, seed)
+    out = workdir / f"scores-n{n}-p{rows_per_part}-s{seed}"
+    marker = out / "generated.json"
+    if marker.is_file():
+        info = json.loads(marker.read_text())
+        if info["params"] == json.loads(json.dumps(params)) and (out / "manifest.json").is_file():
+            log(f"N={n:,}: reusing {out} ({info['bytes'] / GB:.2f} GB, generated in {info['seconds']:.0f} s)")
+            return out, {**info, "reused": True}
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    t0 = time.perf_counter()
+    by_status: dict[str, int] = {}
+    per_shard: dict[int, int] = {}
+    parts = 0
+    for start in range(0, n, rows_per_part):
+        table, status_counts, shard_counts = make_part(seed, start, min(start + rows_per_part, n))
+        pq.write_table(table, out / f"part-{parts:05d}.parquet", compression="zstd")  # as scoring writes them
+        parts += 1
+        for k, v in status_counts.items():
+            by_status[k] = by_status.get(k, 0) + v
+        for k, v in shard_counts.items():
+            per_shard[k] = per_shard.get(k, 0) + v
+        if parts % 10 == 0:
+            log(f"N={n:,}: {parts} parts written ({time.perf_counter() - t0:.0f} s)")
+    seconds = time.perf_counter() - t0
+    shards = [
+        ShardInfo(url=f"file:///data/corpus/shard-{s:05d}.jsonl.zst", rel=f"shard-{s:05d}.jsonl.zst",
+                  format="jsonl", compression="zstd", size=rows * 1500, rows=rows)
+        for s, rows in sorted(per_shard.items())
+    ]
+    manifest = ScoreManifest(
+        model="synthetic", model_path="/nowhere", model_fingerprint="synthetic-model",
+        tokenizer_fingerprint="synthetic-tokenizer", max_tokens=MAX_TOKENS, dtype="bfloat16", device="cpu",
+        add_special_tokens=True, text_column="text", id_column=None, group_column="group", shards=shards,
+        parts=parts, rows=n, rows_by_status=dict(sorted(by_status.items())),
+        error_examples=[s for s, _ in NON_OK if s.startswith("error: ")],
+        tokens=0, truncated=0, duplicate_ids=0, duplicate_id_examples=[], runs=[], versions=library_versions(),
+    )
+    (out / "manifest.json").write_text(json.dumps(manifest.model_dump(), indent=2))
+    size = sum(p.stat().st_size for p in out.glob("part-*.parquet"))
+    info = {"params": params, "dir": str(out), "parts": parts, "bytes": size, "seconds": seconds,
+            "rows_by_status": manifest.rows_by_status}
+    marker.write_text(json.dumps(info, indent=2))
+    log(f"N={n:,}: generated {parts} parts, {size / GB:.2f} GB in {seconds:.0f} s -> {out}")
+    return out, {**info, "reused": False}
+
+
+# ------------------------------------------------------------------------------------- pandas baseline
+
+def pandas_select(scores: str, output: str, drop_top: float, keep: float, temperature: float) -> None:
+    """The same global MidRanking + IR-DRO selection, the way one would write it in plain pandas."""
+    import pandas as pd
+
+    files = sorted(glob.glob(os.path.join(scores, "part-*.parquet")))
+    df = pd.concat(
+        [pd.read_parquet(f, columns=["sample_id", "group", "loss", "status"]) for f in files], ignore_index=True
+    )
+    ok = df[(df["status"] == "ok") & np.isfinite(df["loss"])]
+    del df
+    ok = ok.sort_values(["loss", "sample_id"], ascending=[False, True])
+    n = len(ok)
+    n_drop, n_keep = math.floor(n * drop_top), math.floor(n * keep)
+    # loss_rank: the share of eligible rows with a higher loss (tied rows share it: competition rank)
+    higher = ok["loss"].rank(method="min", ascending=False).to_numpy() - 1
+    kept = ok.iloc[n_drop : n_drop + n_keep][["sample_id", "group", "loss"]].copy()
+    del ok
+    kept["loss_rank"] = (higher[n_drop : n_drop + n_keep] / max(n - 1, 1)).astype(np.float32)
+    losses = kept["loss"].to_numpy(np.float64)
+    z = (losses - losses.max()) / temperature  # log-sum-exp: subtract the maximum first
+    w = np.exp(z)
+    kept["weight"] = (w * (len(w) / w.sum())).astype(np.float32)
+    os.makedirs(output, exist_ok=True)
+    kept.to_parquet(os.path.join(output, "part-00000.parquet"), index=False)
+
+
+# -------------------------------------------------------------------------------------- measuring
+
+def _tree_rss(pid: int) -> int:
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        procs = [p, *p.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for q in procs:
+        try:
+            total += q.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_measured(cmd: list[str], log_path: Path, mem_limit: float) -> dict:
+    """Run ``cmd`` in a fresh process group; wall seconds, peak RSS (ru_maxrss of this child), CPU seconds."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    killed = threading.Event()
+    done = threading.Event()
+    with open(log_path, "wb") as logf:
+        busy0, own0, t0 = cpu_busy_seconds(), own_cpu_seconds(), time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+
+        def watchdog() -> None:
+            while not done.wait(0.05):
+                if _tree_rss(proc.pid) > mem_limit:
+                    killed.set()
+                    try:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    return
+
+        thread = threading.Thread(target=watchdog, daemon=True)
+        thread.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+        busy = cpu_busy_seconds() - busy0 - (own_cpu_seconds() - own0)  # less this process (the watchdog)
+        done.set()
+        thread.join()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    cpu = usage.ru_utime + usage.ru_stime
+    return {
+        "cmd": cmd, "returncode": proc.returncode, "seconds": seconds, "peak_rss_gb": usage.ru_maxrss * 1024 / GB,
+        "cpu_seconds": cpu, "other_load": max(busy - cpu, 0.0) / seconds, "oom": killed.is_set() or proc.returncode == -9,
+        "log": str(log_path), "log_tail": log_path.read_text(errors="replace")[-1500:],
+    }
+
+
+def hardfocus_cmd() -> list[str]:
+    exe = Path(sys.executable).parent / "hardfocus"
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "pipelines.cli"]
+
+
+def compare_outputs(hf_dir: Path, pd_dir: Path) -> dict:
+    import polars as pl
+
+    cols = ["sample_id", "loss_rank", "weight"]
+    hf = pl.scan_parquet(str(hf_dir / "part-*.parquet")).select(cols).sort("sample_id").collect()
+    pdf = pl.scan_parquet(str(pd_dir / "part-*.parquet")).select(cols).sort("sample_id").collect()
+    same_set = hf.height == pdf.height and hf["sample_id"].equals(pdf["sample_id"])
+    out = {"hardfocus_rows": hf.height, "pandas_rows": pdf.height, "same_set": bool(same_set)}
+    if same_set:
+        w1, w2 = hf["weight"].to_numpy().astype(np.float64), pdf["weight"].to_numpy().astype(np.float64)
+        r1, r2 = hf["loss_rank"].to_numpy().astype(np.float64), pdf["loss_rank"].to_numpy().astype(np.float64)
+        out["max_rel_weight_diff"] = float(np.max(np.abs(w1 - w2) / np.maximum(np.abs(w2), 1e-30))) if len(w1) else 0.0
+        out["max_loss_rank_diff"] = float(np.max(np.abs(r1 - r2))) if len(r1) else 0.0
+    else:
+        a, b = set(hf["sample_id"].to_list()), set(pdf["sample_id"].to_list())
+        out["only_hardfocus"], out["only_pandas"] = len(a - b), len(b - a)
+    return out
+
+
+# -------------------------------------------------------------------------------------- the benchmark
+
+def machine_info() -> dict:
+    import pandas
+    import polars
+
+    info = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "Model name":
+                info["cpu_model"] = value.strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(("MemTotal:", "MemAvailable:")):
+            key, value = line.split(":")
+            info[key.strip().lower() + "_gb"] = int(value.split()[0]) * 1024 / GB
+    info["load_average_1m"] = float(Path("/proc/loadavg").read_text().split()[0])
+    info["polars"], info["polars_threads"] = polars.__version__, polars.thread_pool_size()
+    info["hardfocus_code"] = code_version()
+    info["pandas"], info["pyarrow"], info["numpy"] = pandas.__version__, pa.__version__, np.__version__
+    return info
+
+
+def code_version() -> str:
+    """The commit of the hardfocus tree measured, and whether selection/ or scoring/ differ from it."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "selection", "scoring", "pipelines"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.split("\n")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    changed = sorted(line[3:] for line in dirty if line.strip())
+    return head + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
+
+
+def log(msg: str) -> None:
+    print(f"{datetime.now():%H:%M:%S} {msg}", file=sys.stderr, flush=True)
+
+
+def parse_sizes(text: str) -> list[int]:
+    return [int(float(s)) for s in text.split(",") if s.strip()]
+
+
+def bench_size(n: int, args, workdir: Path, history: list[dict]) -> dict:
+    scores, data = ensure_scores(workdir, n, args.rows_per_part, args.seed)
+    result: dict = {"rows": n, "data": {k: data[k] for k in ("dir", "parts", "bytes", "seconds", "reused", "rows_by_status")}}
+    mem_limit = args.mem_limit_gb * GB
+
+    hf_out = workdir / f"out-hardfocus-n{n}"
+    shutil.rmtree(hf_out, ignore_errors=True)
+    log(f"N={n:,}: hardfocus select ...")
+    hf = run_measured([*hardfocus_cmd(), "select", str(scores), "-o", str(hf_out), "--no-report"],
+                      workdir / "logs" / f"hardfocus-n{n}.log", mem_limit)
+    hf["ok"] = hf["returncode"] == 0 and (hf_out / "summary.json").is_file()
+    if hf["ok"]:
+        summary = json.loads((hf_out / "summary.json").read_text())
+        result["eligible"], result["kept"] = summary["eligible"], summary["bands"].get("kept", 0)
+        result["excluded"] = summary["excluded"]
+    log(f"N={n:,}: hardfocus {'ok' if hf['ok'] else 'FAILED'} {hf['seconds']:.1f} s, peak {hf['peak_rss_gb']:.2f} GB")
+    result["hardfocus"] = hf
+
+    pd_out = workdir / f"out-pandas-n{n}"
+    shutil.rmtree(pd_out, ignore_errors=True)
+    predicted = None
+    measured = [r for r in history if r["pandas"].get("ok") and r["rows"] <= n]
+    failed = [r for r in history if r["pandas"].get("oom") and r["rows"] <= n]
+    if measured:  # scale the largest successful pandas run by N
+        base = max(measured, key=lambda r: r["rows"])
+        predicted = base["pandas"]["peak_rss_gb"] * n / base["rows"]
+    if args.skip_pandas:
+        result["pandas"] = {"ok": False, "skipped": "--skip-pandas"}
+    elif failed:
+        result["pandas"] = {"ok": False, "skipped": f"out of memory at N={failed[0]['rows']:,} already"}
+    elif predicted is not None and predicted > args.mem_limit_gb:
+        result["pandas"] = {"ok": False, "skipped": f"predicted peak {predicted:.0f} GB (N-scaled from "
+                            f"N={base['rows']:,}) > the {args.mem_limit_gb:g} GB limit"}
+    else:
+        log(f"N={n:,}: pandas baseline ...")
+        p = run_measured([sys.executable, str(Path(__file__).resolve()), "_pandas", str(scores), str(pd_out)],
+                         workdir / "logs" / f"pandas-n{n}.log", mem_limit)
+        p["ok"] = p["returncode"] == 0 and (pd_out / "part-00000.parquet").is_file()
+        if not p["ok"] and ("MemoryError" in p["log_tail"] or "bad_alloc" in p["log_tail"]):
+            p["oom"] = True
+        log(f"N={n:,}: pandas {'ok' if p['ok'] else 'out of memory' if p['oom'] else 'FAILED'} "
+            f"{p['seconds']:.1f} s, peak {p['peak_rss_gb']:.2f} GB")
+        result["pandas"] = p
+    if predicted is not None:
+        result["pandas"]["predicted_peak_rss_gb"] = predicted
+
+    if hf["ok"] and result["pandas"].get("ok"):
+        result["agreement"] = compare_outputs(hf_out, pd_out)
+        log(f"N={n:,}: agreement {result['agreement']}")
+    if not args.keep_outputs:
+        shutil.rmtree(hf_out, ignore_errors=True)
+        shutil.rmtree(pd_out, ignore_errors=True)
+    return result
+
+
+def startup(args, workdir: Path) -> dict:
+    """`hardfocus --help`: the fixed cost (imports) inside every CLI figure."""
+    r = run_measured([*hardfocus_cmd(), "--help"], workdir / "logs" / "hardfocus-help.log", args.mem_limit_gb * GB)
+    return {"seconds": r["seconds"], "peak_rss_gb": r["peak_rss_gb"]}
+
+
+# ----------------------------------------------------------------------------------------- report
+
+def _fmt(x, spec: str, missing: str = "—") -> str:
+    return missing if x is None else format(x, spec)
+
+
+def verdict(r: dict) -> str:
+    hf = r["hardfocus"]
+    if not hf["ok"]:
+        return "**fail** (out of memory)" if hf["oom"] else "**fail** (error)"
+    fast, small = hf["seconds"] < TARGET_SECONDS, hf["peak_rss_gb"] < TARGET_RSS_GB
+    if r["rows"] != TARGET_ROWS:
+        return "n/a (target is for 100M)" if fast and small else f"n/a ({'slow' if not fast else 'large'} already)"
+    if fast and small:
+        return "**pass**"
+    misses = ([f"{hf['seconds']:.0f} s ≥ {TARGET_SECONDS:.0f} s"] if not fast else []) + (
+        [f"{hf['peak_rss_gb']:.1f} GB ≥ {TARGET_RSS_GB:g} GB"] if not small else [])
+    return "**fail** (" + ", ".join(misses) + ")"
+
+
+def headline(results: list[dict]) -> str:
+    big = [r for r in results if r["rows"] == TARGET_ROWS]
+    if not big:
+        return f"No {TARGET_ROWS:,}-row run here: the targets (< {TARGET_SECONDS:.0f} s, < {TARGET_RSS_GB:g} GB) are not judged."
+    hf = big[-1]["hardfocus"]
+    met = hf["ok"] and hf["seconds"] < TARGET_SECONDS and hf["peak_rss_gb"] < TARGET_RSS_GB
+    figures = (f"{hf['seconds']:.1f} s and {hf['peak_rss_gb']:.2f} GB peak RSS" if hf["ok"]
+               else f"{'killed past the memory limit' if hf['oom'] else 'failed'} after {hf['seconds']:.0f} s")
+    contended = (f" Other processes used {hf['other_load']:.2f} CPU-seconds per second meanwhile (of {os.cpu_count()} "
+                 "cores), so on a quiet machine it is faster." if hf["other_load"] > 0.2 else "")
+    return (f"**{TARGET_ROWS:,} rows: {figures}: targets (< {TARGET_SECONDS:.0f} s, < {TARGET_RSS_GB:g} GB) "
+            f"{'met' if met else 'NOT met'}.**{contended}")
+
+
+def results_table(results: list[dict]) -> str:
+    lines = [
+        "| N | scores on disk | hardfocus s | hardfocus peak RSS GB | hardfocus CPU s | other load "
+        "| pandas s | pandas peak RSS GB | pandas ÷ hardfocus (time, RSS) | same selection | targets (100M: <120 s, <8 GB) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in results:
+        hf, p, agree = r["hardfocus"], r["pandas"], r.get("agreement")
+        hf_s = f"{hf['seconds']:.1f}" if hf["ok"] else (
+            f"out of memory (killed after {hf['seconds']:.0f} s)" if hf["oom"] else "failed")
+        hf_rss = f"> {hf['peak_rss_gb']:.1f} (killed)" if hf["oom"] else f"{hf['peak_rss_gb']:.2f}"
+        if p.get("ok"):
+            p_s, p_rss = f"{p['seconds']:.1f}", f"{p['peak_rss_gb']:.2f}"
+            ratio = f"{p['seconds'] / hf['seconds']:.1f}×, {p['peak_rss_gb'] / hf['peak_rss_gb']:.1f}×" if hf["ok"] else "—"
+        elif "skipped" in p:
+            p_s, p_rss, ratio = "skipped", f"skipped: {p['skipped']}", "—"
+        else:
+            p_s = "out of memory" if p.get("oom") else "failed"
+            p_rss, ratio = f"> {p['peak_rss_gb']:.1f} (killed)" if p.get("oom") else f"{p['peak_rss_gb']:.2f}", "—"
+        if agree is None:
+            same = "—"
+        elif agree["same_set"]:
+            same = (f"yes ({agree['hardfocus_rows']:,} ids; max rel. weight diff {agree['max_rel_weight_diff']:.1e}, "
+                    f"max loss_rank diff {agree['max_loss_rank_diff']:.1e})")
+        else:
+            same = f"**no** ({agree['only_hardfocus']:,} only in hardfocus, {agree['only_pandas']:,} only in pandas)"
+        lines.append(
+            f"| {r['rows']:,} | {r['data']['bytes'] / 1e6:,.0f} MB, {r['data']['parts']} parts | {hf_s} "
+            f"| {hf_rss} | {hf['cpu_seconds']:.1f} | {hf['other_load']:.2f} | {p_s} | {p_rss} | {ratio} "
+            f"| {same} | {verdict(r)} |"
+        )
+    return "\n".join(lines)
+
+
+def write_report(path: Path, report: dict) -> None:
+    m, results = report["machine"], report["results"]
+    counts = "\n".join(
+        f"- N={r['rows']:,}: eligible {r.get('eligible', 0):,}, kept {r.get('kept', 0):,}, excluded "
+        f"{', '.join(f'{k} {v:,}' for k, v in (r.get('excluded') or {}).items()) or '—'}; data "
+        f"{'reused' if r['data']['reused'] else 'generated'} ({r['data']['seconds']:.0f} s to generate)"
+        for r in results
+    )
+    failures = "\n".join(
+        f"- {arm} at N={r['rows']:,}: rc {r[arm]['returncode']}, log `{r[arm]['log']}`:\n\n```\n{r[arm]['log_tail']}\n```"
+        for r in results for arm in ("hardfocus", "pandas")
+        if "returncode" in r[arm] and not r[arm]["ok"]
+    )
+    text = f"""# Selection speed: `hardfocus select` vs plain pandas
+
+Measured {report['finished']} ({report['wall_s'] / 60:.1f} min in all), hardfocus {m.get('hardfocus_code')}.
+
+{headline(results)}
+
+{results_table(results)}
+
+- **hardfocus**: `hardfocus select <scores> -o <out> --no-report`, the real CLI with its defaults (global
+  ranking, drop_top {DROP_TOP}, keep {KEEP}, IR-DRO temperature {TEMPERATURE}), a fresh process per run. Its
+  figures include the CLI's start-up: `hardfocus --help` alone takes {report['startup']['seconds']:.1f} s and
+  {report['startup']['peak_rss_gb']:.2f} GB (imports).
+- **pandas**: `python benchmarks/selection_speed.py _pandas <scores> <out>`: read the parts with
+  `pd.read_parquet` + `pd.concat`, keep status ok & finite loss, `sort_values(["loss", "sample_id"],
+  ascending=[False, True])`, take the band, `loss_rank` from `rank(method="min", ascending=False)`,
+  log-sum-exp softmax weights (mean 1), `to_parquet`. Skipped at a size where the peak RSS of its
+  largest successful run, scaled by N, exceeds the {report['args']['mem_limit_gb']:g} GB limit.
+- Peak RSS: `ru_maxrss` of that one child (`os.wait4`), in GB = 10^9 bytes. A watchdog kills a child past
+  {report['args']['mem_limit_gb']:g} GB. "other load": CPU-seconds per second other processes used during the run
+  (the machine is shared; > 0.2 means the figure is pessimistic). "CPU s" / "s" > 1 means several cores worked.
+- Same selection: both outputs sorted by sample_id; the id sets must be equal (ties in float32 loss are
+  broken by sample_id in both), then weights and loss ranks compared per id (a loss_rank difference of
+  ~6e-8 is one float32 ulp: rank × float32(1/(n-1)) against rank / (n-1)).
+- Score files are in the page cache (generated or read just before): the figures are compute, not disk.
+
+Rows:
+
+{counts}
+
+Synthetic scores (no `input_ids`): ids `shard-NNNNN.jsonl.zst#row`, {ROWS_PER_SHARD:,} rows per shard, one
+group per shard ({', '.join(f'{g or "null"} {p:.0%}' for g, p in GROUPS)}), losses lognormal/gamma per group
+plus {NOISE_RATE:.0%} noise at 6-11 nats, {NON_OK_RATE:.1%} rows with a non-ok status, NaN/inf loss on
+{NAN_RATE + INF_RATE:.3%} of ok rows; zstd part files of {report['args']['rows_per_part']:,} rows.
+
+## Machine
+
+{chr(10).join(f'- {k}: {v:.1f}' if isinstance(v, float) else f'- {k}: {v}' for k, v in m.items())}
+
+## Command
+
+```
+{report['command']}
+```
+{('## Failures' + chr(10) + chr(10) + failures) if failures else ''}"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str))
+    log(f"wrote {path} and {path.with_suffix('.json')}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_pandas":
+        scores, output = argv[1], argv[2]
+        pandas_select(scores, output, DROP_TOP, KEEP, TEMPERATURE)
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="1e6,1e7,1e8", help="comma-separated row counts, e.g. 1e6,1e7,1e8")
+    ap.add_argument("--workdir", default="/tmp/hardfocus-selection-speed", help="generated data, outputs and logs")
+    ap.add_argument("--out", default="benchmarks/results/selection_speed.md", help="Markdown report; JSON beside it")
+    ap.add_argument("--rows-per-part", type=int, default=1_000_000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--mem-limit-gb", type=float, default=None,
+                    help="kill a run past this RSS  [default: 65%% of MemTotal, at most 16]")
+    ap.add_argument("--skip-pandas", action="store_true")
+    ap.add_argument("--keep-outputs", action="store_true", help="keep the selected/ outputs in --workdir")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    machine = machine_info()
+    if args.mem_limit_gb is None:
+        args.mem_limit_gb = round(min(16.0, 0.65 * machine.get("memtotal_gb", 24.0)), 1)
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    report = {
+        "command": " ".join(["python benchmarks/selection_speed.py", shlex.join(argv)]).strip(), "args": vars(args),
+        "machine": machine, "startup": startup(args, workdir), "results": [],
+    }
+    for n in parse_sizes(args.sizes):
+        report["results"].append(bench_size(n, args, workdir, report["results"]))
+        report["finished"], report["wall_s"] = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC", time.perf_counter() - t0
+        write_report(Path(args.out), report)  # after every size: a long run leaves its figures so far
+    ok = all(r["hardfocus"]["ok"] and r.get("agreement", {"same_set": True})["same_set"] for r in report["results"])
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
