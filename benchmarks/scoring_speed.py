@@ -45,32 +45,19 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-if __package__:  # imported as benchmarks.scoring_speed
-    from .speed_corpus import Doc, corpus_summary, make_corpus, stratified_subset
-    from .speed_machine import (
-        combine_peaks,
-        inductor_cache,
-        library_versions,
-        load_average,
-        machine_info,
-        matmul_peaks,
-        timed,
-        timed_with_load,
-    )
-    from .speed_report import checks_table, headline, headline_text, results_table, write_outputs
-else:  # run as `python benchmarks/scoring_speed.py`: this folder is sys.path[0]
-    from speed_corpus import Doc, corpus_summary, make_corpus, stratified_subset
-    from speed_machine import (
-        combine_peaks,
-        inductor_cache,
-        library_versions,
-        load_average,
-        machine_info,
-        matmul_peaks,
-        timed,
-        timed_with_load,
-    )
-    from speed_report import checks_table, headline, headline_text, results_table, write_outputs
+# run as `python benchmarks/scoring_speed.py`: this folder is sys.path[0]
+from speed_corpus import Doc, corpus_summary, make_corpus, stratified_subset
+from speed_machine import (
+    combine_peaks,
+    inductor_cache,
+    library_versions,
+    load_average,
+    machine_info,
+    matmul_peaks,
+    timed,
+    timed_with_load,
+)
+from speed_report import checks_table, headline, headline_text, results_table, write_outputs
 
 log = logging.getLogger("scoring_speed")
 

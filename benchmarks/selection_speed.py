@@ -52,11 +52,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-
-if __package__:  # python -m benchmarks.selection_speed
-    from .speed_machine import cpu_busy_seconds, own_cpu_seconds
-else:  # python benchmarks/selection_speed.py
-    from speed_machine import cpu_busy_seconds, own_cpu_seconds
+from speed_machine import cpu_busy_seconds, own_cpu_seconds  # this folder is sys.path[0]
 
 GB = 1e9  # targets and the report are in GB (10^9 bytes): stricter than GiB
 TARGET_ROWS = 100_000_000
