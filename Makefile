@@ -33,6 +33,7 @@ demo: setup
 
 bench: setup
 	$(BIN)/python benchmarks/scoring_speed.py
+	$(BIN)/python benchmarks/selection_speed.py
 
 clean:
 	rm -rf $(VENV) outputs
