@@ -95,7 +95,7 @@ def score_command(
     overrides = {k: v for k, v in locals().items() if k != "config"}
     cfg = build_score_config(config, overrides)
     result = score(cfg, progress=_show_progress())
-    typer.echo(summary_line(result.manifest, result.output))
+    typer.echo(summary_line(result))
 
 
 @app.command("select")

@@ -52,7 +52,7 @@ def score(cfg: ScoreConfig, progress: bool = True) -> ScoreResult:
         manifest = out.read_json(MANIFEST_FILE)
         if not pending and manifest is not None:
             log.info("%s is complete (%d parts): nothing to score", cfg.output, len(units))
-            return ScoreResult(cfg.output, ScoreManifest.model_validate(manifest), 0)
+            return ScoreResult(cfg.output, ScoreManifest.model_validate(manifest), units_scored=0)
         if manifest is not None:
             out.remove([MANIFEST_FILE])  # the manifest marks a complete directory; it is not, until the end
         log.info(
@@ -71,17 +71,21 @@ def score(cfg: ScoreConfig, progress: bool = True) -> ScoreResult:
         manifest = _finalize(out, cfg, resolved, identity, shard_rows, units, run)
     finally:
         out.unlock()
-    log.info(summary_line(manifest, cfg.output))
-    return ScoreResult(cfg.output, manifest, len(pending))
+    result = ScoreResult(cfg.output, manifest, len(pending))
+    log.debug(summary_line(result))  # the CLI prints it; a library caller has it in the result
+    return result
 
 
-def summary_line(m: ScoreManifest, output: str) -> str:
+def summary_line(result: ScoreResult) -> str:
+    """rows per status, tokens, and this run's tokens, wall time and tokens/s (or that nothing was left)."""
+    m = result.manifest
     statuses = ", ".join(f"{k} {v}" for k, v in m.rows_by_status.items())
     run = m.runs[-1]
-    return (
-        f"scored {m.rows} rows ({statuses}) | {m.tokens} tokens | this run: {run.tokens_scored} tokens in "
-        f"{run.wall_s:.1f}s, {run.tokens_per_s:.0f} tokens/s | {output}"
+    this_run = (
+        f"this run: {run.tokens_scored} tokens in {run.wall_s:.1f}s, {run.tokens_per_s:.0f} tokens/s"
+        if result.units_scored else "already complete, nothing scored in this run"
     )
+    return f"scored {m.rows} rows ({statuses}) | {m.tokens} tokens | {this_run} | {result.output}"
 
 
 def _job_identity(cfg: ScoreConfig, resolved: ResolvedModel) -> dict:

@@ -63,7 +63,7 @@ def select(cfg: SelectConfig, progress: bool = True) -> SelectResult:
         if cfg.report:
             write_report(tmp, ranked, kept, summary.model_dump(), title=f"hardfocus selection: {cfg.output}")
         write_summary(tmp, summary.model_dump())  # last: the marker of a complete selected/
-    log.info(summary_text(summary, cfg.output))
+    log.debug(summary_text(summary, cfg.output))  # the CLI prints it
     return SelectResult(cfg.output, summary)
 
 
