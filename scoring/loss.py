@@ -12,7 +12,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
 # What a forward pass costs beyond its padded tokens (kernel launches, smaller matmuls), in tokens.
 BATCH_OVERHEAD_TOKENS = 256
 

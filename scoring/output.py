@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from scoring.errors import HardfocusError
+from scoring.sources import is_local
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,7 @@ class ScoresDir:
 
     @property
     def is_local(self) -> bool:
-        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        return protocol in ("file", "local")
+        return is_local(self.fs)
 
     def create(self) -> None:
         try:

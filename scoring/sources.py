@@ -71,6 +71,19 @@ class RowBlock:
         return len(self.texts)
 
 
+def _protocol(fs) -> str:
+    return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+
+
+def is_local(fs) -> bool:
+    return _protocol(fs) in ("file", "local")
+
+
+def fs_url(fs, path: str) -> str:
+    """The URL that names ``path`` on ``fs`` again: the bare path locally, ``<protocol>://path`` elsewhere."""
+    return path if is_local(fs) else f"{_protocol(fs)}://{path}"
+
+
 def has_magic(path: str) -> bool:
     return any(c in path for c in "*?[")
 
@@ -115,11 +128,6 @@ def find_shards(inputs: list[str]) -> list[Shard]:
 
 def _expand(spec: str) -> list[Shard]:
     fs, path = url_to_fs(spec)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-
-    def url(p: str) -> str:
-        return p if protocol in ("file", "local") else f"{protocol}://{p}"
-
     if has_magic(path):
         base = path[: min(i for i, c in enumerate(path) if c in "*?[")]
         base = base if base.endswith("/") else posixpath.dirname(base)
@@ -144,10 +152,10 @@ def _expand(spec: str) -> list[Shard]:
         fmt = shard_format(p)
         if fmt is None:
             raise HardfocusError(
-                f"'{url(p)}' is not a shard format hardfocus reads (.parquet, .jsonl/.json/.ndjson, plain, .gz or .zst)"
+                f"'{fs_url(fs, p)}' is not a shard format hardfocus reads (.parquet, .jsonl/.json/.ndjson, plain, .gz or .zst)"
             )
         rel = posixpath.relpath(p, base) if base else posixpath.basename(p)
-        shards.append(Shard(url=url(p), rel=rel, format=fmt[0], compression=fmt[1], size=int(fs.size(p))))
+        shards.append(Shard(url=fs_url(fs, p), rel=rel, format=fmt[0], compression=fmt[1], size=int(fs.size(p))))
     return shards
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import posixpath
 from dataclasses import dataclass
@@ -94,8 +95,6 @@ def build_report(scores: list[str], selected: str | None = None, output: str | N
 
 
 def _read_summary(selected: str) -> dict:
-    import json
-
     fs, path = url_to_fs(selected)
     summary_path = posixpath.join(path, SUMMARY_FILE)
     if not fs.exists(summary_path):

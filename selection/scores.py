@@ -18,6 +18,7 @@ from scoring.errors import HardfocusError
 from scoring.manifest import ScoreManifest
 from scoring.output import MANIFEST_FILE
 from scoring.schema import ERROR_PREFIX, check_scores_schema
+from scoring.sources import fs_url
 from selection.bands import NO_GROUP
 
 
@@ -39,6 +40,12 @@ class ScoreParts:
             total += n
         return out
 
+    def read_part(self, index: int, columns: list[str]) -> pa.Table:
+        """Some columns of one part file."""
+        fs, path = url_to_fs(self.urls[index])
+        with fs.open(path, "rb") as f:
+            return pq.read_table(f, columns=columns)
+
     def sample_ids(self, rows: np.ndarray) -> np.ndarray:
         """Sample ids of these global row indices, reading only the ``sample_id`` column of their parts."""
         offsets = np.asarray(self.offsets, dtype=np.int64)
@@ -46,9 +53,7 @@ class ScoreParts:
         out = np.empty(len(rows), dtype=object)
         for index in np.unique(part_of):
             where = part_of == index
-            fs, path = url_to_fs(self.urls[index])
-            with fs.open(path, "rb") as f:
-                ids = pq.read_table(f, columns=["sample_id"])["sample_id"]
+            ids = self.read_part(index, ["sample_id"])["sample_id"]
             out[where] = ids.take(pa.array(rows[where] - offsets[index])).to_numpy(zero_copy_only=False)
         return out
 
@@ -65,10 +70,8 @@ class ScoreParts:
         group_code: dict[str, int] = {}
         excluded: Counter[str] = Counter()
         filled = 0
-        for url, offset in zip(self.urls, self.offsets):
-            fs, path = url_to_fs(url)
-            with fs.open(path, "rb") as f:
-                table = pq.read_table(f, columns=["group", "loss", "status"])
+        for index, offset in enumerate(self.offsets):
+            table = self.read_part(index, ["group", "loss", "status"])
             part_loss = table["loss"].to_numpy(zero_copy_only=False).astype(np.float32)  # null -> NaN
             ok_mask = pc.equal(table["status"], "ok")
             ok = ok_mask.to_numpy(zero_copy_only=False)
@@ -109,7 +112,6 @@ def open_scores(dirs: list[str]) -> ScoreParts:
         parts = sorted(fs.glob(posixpath.join(path, "part-*.parquet")))
         if len(parts) != manifest.parts:
             raise HardfocusError(f"'{d}' holds {len(parts)} part files but its manifest lists {manifest.parts}")
-        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         for p in parts:
             with fs.open(p, "rb") as f:
                 meta = pq.read_metadata(f)
@@ -117,7 +119,7 @@ def open_scores(dirs: list[str]) -> ScoreParts:
             check_scores_schema(schema, p)
             with_ids.append("input_ids" in schema.names)
             rows.append(meta.num_rows)
-            urls.append(p if protocol in ("file", "local") else f"{protocol}://{p}")
+            urls.append(fs_url(fs, p))
         manifests.append(manifest)
     _check_same_model(dirs, manifests)
     if sum(rows) != sum(m.rows for m in manifests):

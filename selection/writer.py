@@ -21,6 +21,7 @@ from fsspec.core import url_to_fs
 from tqdm.auto import tqdm
 
 from scoring.errors import HardfocusError
+from scoring.sources import fs_url
 from selection.schema import SUMMARY_FILE, selected_schema
 from selection.scores import ScoreParts
 
@@ -38,7 +39,7 @@ def staged_output(output: str, overwrite: bool) -> Iterator[str]:
     except OSError as exc:
         raise HardfocusError(f"cannot write next to '{output}': {exc}") from exc
     try:
-        yield _url(fs, tmp)
+        yield fs_url(fs, tmp)
     except BaseException:
         fs.rm(tmp, recursive=True)
         raise
@@ -49,11 +50,6 @@ def staged_output(output: str, overwrite: bool) -> Iterator[str]:
     fs.mv(tmp, path, recursive=True)
     if old:
         fs.rm(old, recursive=True)
-
-
-def _url(fs, path: str) -> str:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return path if protocol in ("file", "local") else f"{protocol}://{path}"
 
 
 def write_shards(parts: ScoreParts, kept: pl.DataFrame, out_url: str, progress: bool = True) -> int:
@@ -74,9 +70,7 @@ def write_shards(parts: ScoreParts, kept: pl.DataFrame, out_url: str, progress: 
     written = 0
     for lo, hi in tqdm(list(zip(bounds[:-1], bounds[1:])), unit="parts", disable=not progress, mininterval=1.0):
         index = int(part_of[lo])
-        fs_in, path = url_to_fs(parts.urls[index])
-        with fs_in.open(path, "rb") as f:
-            source = pq.read_table(f, columns=columns).take(pa.array(global_rows[lo:hi] - offsets[index]))
+        source = parts.read_part(index, columns).take(pa.array(global_rows[lo:hi] - offsets[index]))
         table = pa.table(
             {
                 "sample_id": source["sample_id"],

@@ -121,7 +121,7 @@ def test_batches_minimise_padding_plus_overhead():
         budget, overhead = int(rng.integers(60, 200)), int(rng.integers(0, 40))
         desc = sorted(lengths, reverse=True)
 
-        def cost(cuts):
+        def cost(cuts, desc=desc, budget=budget, overhead=overhead):
             bounds = [0, *cuts, len(desc)]
             runs = [desc[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
             if any(len(r) * r[0] > budget and len(r) > 1 for r in runs):
