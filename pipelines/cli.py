@@ -10,12 +10,18 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipelines.config import build_score_config, build_select_config
+from pipelines.config import build_eval_config, build_score_config, build_select_config, build_train_config
 from pipelines.demo_corpus import build_demo_corpus
+from pipelines.evaluate import EVAL_FILE, evaluate
+from pipelines.train import run_train
 from scoring import HardfocusError, ScoreConfig, score
 from scoring.job import summary_line
 from selection import SelectConfig, build_report, select
 from selection.job import summary_text
+from training import TrainConfig
+from training.config import EvalConfig
+from training.evaluate import comparison_table
+from training.job import summary_line as train_summary_line
 
 app = typer.Typer(
     help="Hard-sample selection and IR-DRO reweighting for light continual training of LLMs (arXiv 2402.14270).",
@@ -129,6 +135,72 @@ def report_command(
 ) -> None:
     """Plot the loss distribution of a scores/ directory (and the bands and weights of a selection)."""
     typer.echo(build_report([scores], selected, output))
+
+
+@app.command("train")
+@user_errors
+def train_command(
+    data: Annotated[Optional[list[str]], typer.Argument(help=TrainConfig.model_fields["data"].description, show_default=False)] = None,
+    output: Annotated[Optional[str], flag(TrainConfig, "output", "--output", "-o")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML file; its [train] table sets defaults for every flag")] = None,
+    model: Annotated[Optional[str], flag(TrainConfig, "model")] = None,
+    weighting: Annotated[Optional[str], flag(TrainConfig, "weighting")] = None,
+    online_method: Annotated[Optional[str], flag(TrainConfig, "online_method")] = None,
+    temperature: Annotated[Optional[float], flag(TrainConfig, "temperature")] = None,
+    online_window: Annotated[Optional[int], flag(TrainConfig, "online_window")] = None,
+    online_drop_top: Annotated[Optional[float], flag(TrainConfig, "online_drop_top")] = None,
+    max_steps: Annotated[Optional[int], flag(TrainConfig, "max_steps")] = None,
+    batch_size: Annotated[Optional[int], flag(TrainConfig, "batch_size")] = None,
+    gradient_accumulation_steps: Annotated[Optional[int], flag(TrainConfig, "gradient_accumulation_steps")] = None,
+    max_seq_len: Annotated[Optional[int], flag(TrainConfig, "max_seq_len")] = None,
+    optim: Annotated[Optional[str], flag(TrainConfig, "optim")] = None,
+    learning_rate: Annotated[Optional[float], flag(TrainConfig, "learning_rate")] = None,
+    lr_scheduler: Annotated[Optional[str], flag(TrainConfig, "lr_scheduler")] = None,
+    warmup_ratio: Annotated[Optional[float], flag(TrainConfig, "warmup_ratio")] = None,
+    weight_decay: Annotated[Optional[float], flag(TrainConfig, "weight_decay")] = None,
+    max_grad_norm: Annotated[Optional[float], flag(TrainConfig, "max_grad_norm")] = None,
+    seed: Annotated[Optional[int], flag(TrainConfig, "seed")] = None,
+    precision: Annotated[Optional[str], flag(TrainConfig, "precision")] = None,
+    logging_steps: Annotated[Optional[int], flag(TrainConfig, "logging_steps")] = None,
+    save_steps: Annotated[Optional[int], flag(TrainConfig, "save_steps")] = None,
+    save_total_limit: Annotated[Optional[int], flag(TrainConfig, "save_total_limit")] = None,
+    eval_data: Annotated[Optional[list[str]], flag(TrainConfig, "eval_data")] = None,
+    eval_steps: Annotated[Optional[int], flag(TrainConfig, "eval_steps")] = None,
+    resume: Annotated[Optional[str], flag(TrainConfig, "resume")] = None,
+    overwrite: Annotated[Optional[bool], flag(TrainConfig, "overwrite", "--overwrite")] = None,
+    ray_workers: Annotated[Optional[int], flag(TrainConfig, "ray_workers")] = None,
+    cpus_per_worker: Annotated[Optional[float], flag(TrainConfig, "cpus_per_worker")] = None,
+    use_gpu: Annotated[Optional[bool], flag(TrainConfig, "use_gpu", "--use-gpu")] = None,
+    ray_address: Annotated[Optional[str], flag(TrainConfig, "ray_address")] = None,
+    text_column: Annotated[Optional[str], flag(TrainConfig, "text_column")] = None,
+    group_column: Annotated[Optional[str], flag(TrainConfig, "group_column")] = None,
+) -> None:
+    """Continual training on selected/ shards with static and/or online IR-DRO weights (HF Trainer, or Ray Train)."""
+    overrides = {k: v for k, v in locals().items() if k != "config"}
+    cfg = build_train_config(config, overrides)
+    result = run_train(cfg, progress=_show_progress())
+    typer.echo(train_summary_line(result))
+
+
+@app.command("eval")
+@user_errors
+def eval_command(
+    model: Annotated[Optional[list[str]], flag(EvalConfig, "models", "--model", "-m")] = None,
+    data: Annotated[Optional[list[str]], flag(EvalConfig, "data", "--data", "-d")] = None,
+    output: Annotated[Optional[str], flag(EvalConfig, "output", "--output", "-o")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML file; its [eval] table sets defaults for every flag")] = None,
+    text_column: Annotated[Optional[str], flag(EvalConfig, "text_column")] = None,
+    group_column: Annotated[Optional[str], flag(EvalConfig, "group_column")] = None,
+    max_tokens: Annotated[Optional[int], flag(EvalConfig, "max_tokens")] = None,
+    dtype: Annotated[Optional[str], flag(EvalConfig, "dtype")] = None,
+    executor: Annotated[Optional[str], flag(EvalConfig, "executor")] = None,
+) -> None:
+    """Held-out loss and perplexity per group, several models side by side (e.g. base vs trained)."""
+    overrides = {k: v for k, v in locals().items() if k not in ("config", "model")} | {"models": model}
+    cfg = build_eval_config(config, overrides)
+    results = evaluate(cfg, progress=_show_progress())
+    typer.echo(comparison_table(results))
+    typer.echo(f"held-out evaluation: {Path(cfg.output) / EVAL_FILE}")
 
 
 @app.command("demo-corpus")

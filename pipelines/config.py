@@ -1,7 +1,7 @@
 """The composed configuration: one TOML file with a table per stage, validated by the stage's own model.
 
-``[score]`` holds :class:`scoring.ScoreConfig` keys and ``[select]`` :class:`selection.SelectConfig`
-keys, spelled exactly as the CLI flags (``max_tokens`` = ``--max-tokens``). Unknown tables and keys are errors that name them.
+``[score]`` holds :class:`scoring.ScoreConfig` keys, ``[select]`` :class:`selection.SelectConfig`
+keys, ``[train]`` :class:`training.TrainConfig` keys and ``[eval]`` :class:`training.config.EvalConfig` keys, spelled exactly as the CLI flags (``max_tokens`` = ``--max-tokens``). Unknown tables and keys are errors that name them.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from scoring import HardfocusError, ScoreConfig
 from selection import SelectConfig
+from training.config import EvalConfig, TrainConfig
 
 
 class StageTables(BaseModel):
@@ -22,6 +23,8 @@ class StageTables(BaseModel):
 
     score: dict = {}
     select: dict = {}
+    train: dict = {}
+    eval: dict = {}
 
 
 def load_tables(path: str | Path | None) -> StageTables:
@@ -47,6 +50,16 @@ def build_score_config(config_file: str | Path | None, overrides: dict) -> Score
 def build_select_config(config_file: str | Path | None, overrides: dict) -> SelectConfig:
     """``[select]`` of the config file, with the flags that were given on top."""
     return _build("select", SelectConfig, config_file, overrides)
+
+
+def build_train_config(config_file: str | Path | None, overrides: dict) -> TrainConfig:
+    """``[train]`` of the config file, with the flags that were given on top."""
+    return _build("train", TrainConfig, config_file, overrides)
+
+
+def build_eval_config(config_file: str | Path | None, overrides: dict) -> EvalConfig:
+    """``[eval]`` of the config file, with the flags that were given on top."""
+    return _build("eval", EvalConfig, config_file, overrides)
 
 
 def _build(stage: str, model: type[BaseModel], config_file: str | Path | None, overrides: dict):

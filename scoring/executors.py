@@ -24,8 +24,11 @@ def run_local(units: list[Unit], cfg: ScoreConfig, fingerprint: str, compiled: b
         yield scorer.score_unit(unit, read_and_tokenize(unit, cfg, fingerprint))
 
 
-def init_ray(address: str | None) -> bool:
-    """Connect to ``address`` / ``$RAY_ADDRESS``, or start a local Ray; True if this call started it."""
+def init_ray(address: str | None, packages: list[str] | None = None) -> bool:
+    """Connect to ``address`` / ``$RAY_ADDRESS``, or start a local Ray; True if this call started it.
+
+    On a cluster, ``packages`` (directories; default: this package) are shipped to the workers.
+    """
     import ray
 
     if ray.is_initialized():
@@ -37,7 +40,7 @@ def init_ray(address: str | None) -> bool:
             ray.init(
                 address=address,
                 logging_level=logging.WARNING,
-                runtime_env={"py_modules": [os.path.dirname(scoring.__file__)]},
+                runtime_env={"py_modules": packages or [os.path.dirname(scoring.__file__)]},
             )
         except ConnectionError as exc:
             raise HardfocusError(

@@ -1,0 +1,111 @@
+"""``hardfocus train`` wiring: resolve the model (aliases, GGUF), tokenise raw shards for an ERM
+baseline, choose the precision, connect Ray when asked, then call :func:`training.train`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
+
+from scoring.errors import HardfocusError
+from scoring.executors import init_ray
+from scoring.model import cpu_has_bf16, load_tokenizer, resolve_model
+from scoring.schema import Status
+from scoring.sources import Columns, count_rows, find_shards, read_rows
+from scoring.tokenize import tokenize_texts
+from training import TrainConfig, TrainResult, train
+from training.job import TOKENIZED_DIR
+
+log = logging.getLogger(__name__)
+
+_STAGE_MARKERS = ("summary.json", "manifest.json")
+
+
+def run_train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
+    resolved = resolve_model(cfg.model)
+    data = [_as_token_dir(p, cfg, resolved.path, "train") for p in cfg.data]
+    eval_data = [_as_token_dir(p, cfg, resolved.path, "eval") for p in cfg.eval_data]
+    cfg = cfg.model_copy(update={"data": data, "eval_data": eval_data})
+    if cfg.ray_workers:
+        init_ray(cfg.ray_address, packages=HARDFOCUS_PACKAGES)
+    return train(cfg, resolved.path, bf16=use_bf16(cfg), progress=progress)
+
+
+def use_bf16(cfg: TrainConfig) -> bool:
+    if cfg.precision != "auto":
+        return cfg.precision == "bf16"
+    import torch
+
+    if cfg.use_gpu or torch.cuda.is_available():
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return cpu_has_bf16()
+
+
+def _package_dirs() -> list[str]:
+    import pipelines
+    import scoring
+    import selection
+    import training
+
+    return [os.path.dirname(m.__file__) for m in (scoring, selection, training, pipelines)]
+
+
+HARDFOCUS_PACKAGES = _package_dirs()
+
+
+def is_stage_dir(path: str) -> bool:
+    fs, root = url_to_fs(path)
+    if not fs.isdir(root):
+        return False
+    return any(fs.exists(posixpath.join(root, m)) for m in _STAGE_MARKERS) or bool(fs.glob(posixpath.join(root, "part-*.parquet")))
+
+
+def _as_token_dir(path: str, cfg: TrainConfig, model_path: str, role: str) -> str:
+    """A selected/ or scores/ dir as is; raw text shards tokenised once into ``<output>/tokenized/<role>-N``."""
+    if is_stage_dir(path):
+        return path
+    index = (cfg.data if role == "train" else cfg.eval_data).index(path)
+    out = Path(cfg.output) / TOKENIZED_DIR / f"{role}-{index}"
+    identity = {"inputs": path, "text_column": cfg.text_column, "group_column": cfg.group_column,
+                "model_path": model_path, "max_tokens": cfg.max_seq_len}
+    marker = out / "tokenized.json"
+    if marker.exists() and json.loads(marker.read_text()).get("identity") == identity:
+        return str(out)
+    tokenize_shards(path, out, identity, load_tokenizer(model_path), Columns(cfg.text_column, None, cfg.group_column), cfg.max_seq_len)
+    return str(out)
+
+
+def tokenize_shards(inputs: str, out: Path, identity: dict, tokenizer, columns: Columns, max_tokens: int) -> None:
+    """Every row of the shards tokenised; rows with a status other than ok are counted in tokenized.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    tables, counts = [], {}
+    for shard in find_shards([inputs]):
+        n = count_rows(shard, columns)
+        block = read_rows(shard, 0, n, columns)
+        tok = tokenize_texts(tokenizer, block.texts, block.status, max_tokens)
+        for s in tok.status:
+            counts[s or Status.OK.value] = counts.get(s or Status.OK.value, 0) + 1
+        ok = [i for i, s in enumerate(tok.status) if s is None]
+        tables.append(
+            pa.table(
+                {
+                    "sample_id": pa.array([block.ids[i] or f"{shard.rel}#{i}" for i in ok], pa.string()),
+                    "group": pa.array([block.groups[i] for i in ok], pa.string()),
+                    "weight": pa.array(np.ones(len(ok), np.float32)),
+                    "input_ids": pa.array([tok.input_ids[i] for i in ok], pa.list_(pa.int32())),
+                }
+            )
+        )
+    if not tables:
+        raise HardfocusError(f"no shards found in '{inputs}'")
+    pq.write_table(pa.concat_tables(tables), out / "part-00000.parquet")
+    (out / "tokenized.json").write_text(json.dumps({"identity": identity, "rows_per_status": counts}, indent=2))
+    if set(counts) - {Status.OK.value}:
+        log.warning("%s: rows not trained on, by status: %s", inputs, {k: v for k, v in counts.items() if k != "ok"})

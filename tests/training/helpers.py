@@ -1,0 +1,62 @@
+"""Token-id training shards for training tests, written in the selected/ layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from transformers import AutoModelForCausalLM
+
+from training import TrainConfig
+
+
+def write_selected(path: Path, sequences: list[list[int]], weights=None, groups=None, with_summary: bool = True) -> str:
+    """A minimal selected/ directory: one part, and summary.json (the completion marker) unless told not to."""
+    path.mkdir(parents=True, exist_ok=True)
+    n = len(sequences)
+    table = pa.table(
+        {
+            "sample_id": [f"s{i}" for i in range(n)],
+            "group": groups or ["g"] * n,
+            "loss": pa.array(np.zeros(n), pa.float32()),
+            "loss_rank": pa.array(np.zeros(n), pa.float32()),
+            "weight": pa.array(np.ones(n) if weights is None else weights, pa.float32()),
+            "input_ids": pa.array(sequences, pa.list_(pa.int32())),
+        }
+    )
+    pq.write_table(table, path / "part-00000.parquet")
+    if with_summary:
+        (path / "summary.json").write_text(json.dumps({"rows": n}))
+    return str(path)
+
+
+def equal_length_sequences(n: int, length: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(3, vocab, size=(n, length)).tolist()
+
+
+def mixed_length_sequences(n: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(3, vocab, size=int(rng.integers(4, 40))).tolist() for _ in range(n)]
+
+
+def small_config(data: list[str], output: Path, **overrides) -> TrainConfig:
+    values = dict(
+        data=data, output=str(output), model="unused", max_steps=4, batch_size=4, learning_rate=1e-3,
+        warmup_ratio=0.0, lr_scheduler="constant", logging_steps=1, save_steps=100, precision="fp32", seed=0,
+    )
+    return TrainConfig(**(values | overrides))
+
+
+def parameters(model_dir: str) -> dict[str, torch.Tensor]:
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def max_param_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)

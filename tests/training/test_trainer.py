@@ -1,0 +1,148 @@
+"""WeightedTrainer end to end on a tiny model: equivalences with a plain Trainer, ERM limits, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+from scoring import HardfocusError
+from tests.training.helpers import (
+    equal_length_sequences,
+    max_param_diff,
+    mixed_length_sequences,
+    parameters,
+    small_config,
+    write_selected,
+)
+from training import train
+from training.job import MANIFEST_FILE
+
+
+@pytest.fixture(scope="module")
+def equal_data(tmp_path_factory) -> str:
+    return write_selected(tmp_path_factory.mktemp("equal"), equal_length_sequences(32, 24, vocab=290))
+
+
+def run(cfg, model_dir):
+    return train(cfg, model_dir, bf16=cfg.precision == "bf16", progress=False)
+
+
+def test_static_with_unit_weights_matches_a_plain_trainer(tiny_model_dir, equal_data, tmp_path):
+    """Equal-length samples: the mean of per-sample means is the token mean the plain Trainer uses."""
+    cfg = small_config([equal_data], tmp_path / "weighted", weighting="static", max_steps=5)
+    run(cfg, tiny_model_dir)
+
+    class Plain(torch.utils.data.Dataset):
+        def __init__(self, seqs):
+            self.seqs = seqs
+
+        def __len__(self):
+            return len(self.seqs)
+
+        def __getitem__(self, i):
+            ids = torch.tensor(self.seqs[i])
+            return {"input_ids": ids, "labels": ids.clone()}
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "plain"), max_steps=5, per_device_train_batch_size=4, learning_rate=1e-3,
+        lr_scheduler_type="constant", warmup_steps=0, seed=0, report_to="none", save_strategy="no",
+        disable_tqdm=True, max_grad_norm=1.0, weight_decay=0.0,
+    )
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    Trainer(model=model, args=args, train_dataset=Plain(equal_length_sequences(32, 24, vocab=290))).train()
+    plain = {k: v.detach() for k, v in model.state_dict().items()}
+    weighted = parameters(str(tmp_path / "weighted"))
+    base = parameters(tiny_model_dir)
+    assert max_param_diff(plain, base) > 1e-3  # training moved the weights...
+    assert max_param_diff(weighted, plain) < 2e-5  # ...and both moved them the same way
+
+
+def test_huge_temperature_online_reproduces_erm(tiny_model_dir, equal_data, tmp_path):
+    erm = run(small_config([equal_data], tmp_path / "erm", weighting="none"), tiny_model_dir)
+    online = run(small_config([equal_data], tmp_path / "online", weighting="online", temperature=1e6), tiny_model_dir)
+    sharp = run(small_config([equal_data], tmp_path / "sharp", weighting="online", temperature=0.05), tiny_model_dir)
+    p_erm, p_online, p_sharp = (parameters(r.output) for r in (erm, online, sharp))
+    assert max_param_diff(p_erm, p_online) < 2e-5
+    assert max_param_diff(p_erm, p_sharp) > 1e-3  # a small temperature does change the updates
+
+
+def test_gradient_accumulation_equals_one_larger_batch(tiny_model_dir, tmp_path):
+    """Mixed lengths, non-uniform static weights: 2 x 4 accumulated == 1 x 8, per-sample normalisation intact."""
+    seqs = mixed_length_sequences(32, vocab=290, seed=1)
+    weights = torch.rand(32, generator=torch.Generator().manual_seed(0)).add(0.5).tolist()
+    data = write_selected(tmp_path / "sel", seqs, weights=weights)
+    big = run(small_config([data], tmp_path / "big", weighting="static", batch_size=8, max_steps=3), tiny_model_dir)
+    acc = run(
+        small_config([data], tmp_path / "acc", weighting="static", batch_size=4, gradient_accumulation_steps=2, max_steps=3),
+        tiny_model_dir,
+    )
+    # The sampler order is the same (same seed, same length); 8 samples per optimiser step either way.
+    assert max_param_diff(parameters(big.output), parameters(acc.output)) < 2e-5
+
+
+def test_online_window_equals_the_same_batch_in_one_micro_batch(tiny_model_dir, tmp_path):
+    """A softmax over a window of 2 micro-batches of 4 == a softmax over one micro-batch of 8."""
+    seqs = mixed_length_sequences(32, vocab=290, seed=2)
+    weights = torch.rand(32, generator=torch.Generator().manual_seed(1)).add(0.5).tolist()
+    data = write_selected(tmp_path / "sel", seqs, weights=weights)
+    # SGD: Adam's m / sqrt(v) would magnify float rounding on near-zero gradients
+    common = dict(weighting="static+online", temperature=0.3, max_steps=3, optim="sgd", learning_rate=0.5)
+    one = run(small_config([data], tmp_path / "one", batch_size=8, **common), tiny_model_dir)
+    window = run(small_config([data], tmp_path / "window", batch_size=4, online_window=2, **common), tiny_model_dir)
+    per_mb = run(small_config([data], tmp_path / "per_mb", batch_size=4, gradient_accumulation_steps=2, **common), tiny_model_dir)
+    p_one, p_window, p_mb = (parameters(r.output) for r in (one, window, per_mb))
+    assert max_param_diff(p_one, p_window) < 1e-6
+    assert max_param_diff(p_one, p_mb) > 1e-4  # two separate softmaxes are a different objective
+
+
+def test_checkpoint_log_and_resume(tiny_model_dir, tmp_path):
+    seqs = mixed_length_sequences(40, vocab=290, seed=3)
+    data = write_selected(tmp_path / "sel", seqs, weights=torch.rand(40).add(0.5).tolist())
+    cfg = small_config([data], tmp_path / "out", weighting="static+online", max_steps=6, save_steps=3, temperature=0.5)
+    full = run(cfg, tiny_model_dir)
+    final = parameters(full.output)
+    out = tmp_path / "out"
+    # A loadable HF checkpoint with its tokenizer
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(out).pad_token == "<pad>"
+    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train_records] == [1, 2, 3, 4, 5, 6]
+    for r in train_records:
+        assert r["weight_min"] <= r["weight_mean"] <= r["weight_max"]
+        assert abs(r["weight_mean"] - 1) < 1e-5  # static x online is renormalised to mean 1 per batch
+        assert 0 < r["weight_entropy"] <= 1
+    # A second run with the same settings is a no-op
+    assert run(cfg, tiny_model_dir).skipped
+    # Simulate a crash after checkpoint-3: remove what came later, rerun, and land on the same parameters
+    shutil.rmtree(out / "checkpoints" / "checkpoint-6")
+    (out / MANIFEST_FILE).unlink()
+    (out / "model.safetensors").unlink()
+    resumed = run(cfg, tiny_model_dir)
+    assert resumed.resumed_from.endswith("checkpoint-3")
+    assert max_param_diff(parameters(resumed.output), final) < 1e-6
+
+
+def test_training_lowers_the_training_loss(tiny_model_dir, equal_data, tmp_path):
+    result = run(small_config([equal_data], tmp_path / "out", weighting="static", max_steps=12, learning_rate=3e-3), tiny_model_dir)
+    records = [json.loads(line) for line in open(result.log_file)]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.2
+
+
+def test_refusals(tiny_model_dir, tmp_path):
+    seqs = equal_length_sequences(8, 10, vocab=290)
+    partial = write_selected(tmp_path / "partial", seqs, with_summary=False)
+    with pytest.raises(HardfocusError, match="did not finish"):
+        run(small_config([partial], tmp_path / "o1"), tiny_model_dir)
+    done = write_selected(tmp_path / "done", seqs)
+    run(small_config([done], tmp_path / "o2", max_steps=1), tiny_model_dir)
+    with pytest.raises(HardfocusError, match="different settings.*learning_rate"):
+        run(small_config([done], tmp_path / "o2", max_steps=1, learning_rate=5e-4), tiny_model_dir)
+    with pytest.raises(ValueError, match="online_window"):
+        small_config([done], tmp_path / "o3", weighting="online", online_window=2, gradient_accumulation_steps=3)

@@ -1,0 +1,100 @@
+"""Build the model, the Trainer arguments and the ``WeightedTrainer``: shared by in-process and Ray Train runs."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+from transformers.utils import logging as hf_logging
+
+from training.collator import WeightedCollator
+from training.config import TrainConfig
+from training.trainer import JsonLogCallback, WeightedTrainer
+from training.weighting import StepWeighter
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+TRAIN_LOG = "train_log.jsonl"
+
+
+def make_weighter(cfg: TrainConfig) -> StepWeighter:
+    return StepWeighter(
+        use_static=cfg.uses_static,
+        online=cfg.online_method if cfg.uses_online else None,
+        temperature=cfg.temperature,
+        online_window=cfg.online_window if cfg.uses_online else 1,
+        drop_top=cfg.online_drop_top,
+    )
+
+
+def training_arguments(cfg: TrainConfig, bf16: bool, progress: bool, with_eval: bool, **overrides) -> TrainingArguments:
+    """The Trainer's arguments from the config; checkpoints go to ``<output>/checkpoints``."""
+    eval_steps = cfg.eval_steps or cfg.logging_steps
+    kwargs = dict(
+        output_dir=str(Path(cfg.output) / CHECKPOINTS),
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.accumulation_steps,
+        optim=cfg.optim,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=int(round(cfg.warmup_ratio * cfg.max_steps)),
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        seed=cfg.seed,
+        bf16=bf16,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        eval_strategy="steps" if with_eval else "no",
+        eval_steps=eval_steps if with_eval else None,
+        report_to="none",
+        remove_unused_columns=False,  # the collator's 'weight' is not a model argument
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+    kwargs.update(overrides)
+    return TrainingArguments(**kwargs)
+
+
+def load_base(model_path: str):
+    """Model in fp32 (master weights; bf16 is autocast) and its tokenizer."""
+    hf_logging.disable_progress_bar()
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    return model, tokenizer
+
+
+def pad_id(tokenizer) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def build_trainer(
+    cfg: TrainConfig,
+    model_path: str,
+    args: TrainingArguments,
+    train_dataset,
+    eval_dataset=None,
+    extra_callbacks: list | None = None,
+) -> WeightedTrainer:
+    model, tokenizer = load_base(model_path)
+    collator = WeightedCollator(pad_token_id=pad_id(tokenizer), max_seq_len=cfg.max_seq_len)
+    return WeightedTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        processing_class=tokenizer,
+        weighter=make_weighter(cfg),
+        callbacks=[JsonLogCallback(Path(cfg.output) / TRAIN_LOG), *(extra_callbacks or [])],
+    )

@@ -1,0 +1,113 @@
+"""Typed configuration of the training stage; the same keys in TOML (``[train]``), flags and code."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Weighting = Literal["none", "static", "online", "static+online"]
+
+
+class TrainConfig(BaseModel):
+    """Everything ``hardfocus train`` needs. Unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: list[str] = Field(min_length=1, description="selected/ or scores/ directories (or raw shards, tokenised here)")
+    output: str = Field(description="directory for the trained checkpoint, its checkpoints/ and train_log.jsonl")
+    model: str = Field("smollm2-135m", description="base model: hub id, local checkpoint dir, .gguf file, or 'smollm2-135m'")
+    weighting: Weighting = Field(
+        "static",
+        description="none: ERM; static: the selected/ weights; online: IR-DRO from the current losses; static+online: both",
+    )
+    online_method: Literal["irdro", "midrank"] = Field(
+        "irdro", description="online weights: irdro = B*softmax(loss/temperature); midrank = drop the batch's top losses"
+    )
+    temperature: float = Field(1.0, gt=0, description="online IR-DRO temperature r (the reference code's kl_reg)")
+    online_window: int = Field(
+        1, ge=1, description="micro-batches whose losses share one online softmax (the reference's --patience); "
+        "> 1 accumulates gradients over the window"
+    )
+    online_drop_top: float = Field(0.125, gt=0, lt=1, description="midrank: fraction of each micro-batch's highest losses dropped")
+    max_steps: int = Field(100, ge=1, description="optimiser steps")
+    batch_size: int = Field(8, ge=1, description="samples per micro-batch (per worker)")
+    gradient_accumulation_steps: int | None = Field(
+        None, ge=1, description="micro-batches per optimiser step; default: online_window"
+    )
+    max_seq_len: int = Field(512, ge=2, description="tokens per sample; longer samples are cut")
+    optim: str = Field("adamw_torch", description="a transformers optimizer name: adamw_torch, sgd, adafactor, ...")
+    learning_rate: float = Field(2e-5, gt=0, description="peak learning rate")
+    lr_scheduler: str = Field("cosine", description="a transformers scheduler name: cosine, linear, constant, ...")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="share of steps of linear warm-up")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping (0 = off)")
+    seed: int = Field(0, description="seed of the model init RNGs and the data order")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 autocast where supported, else fp32")
+    logging_steps: int = Field(10, ge=1, description="log loss and weight statistics every N steps")
+    save_steps: int = Field(50, ge=1, description="write a resumable checkpoint every N steps")
+    save_total_limit: int = Field(2, ge=1, description="checkpoints kept")
+    eval_data: list[str] = Field(default_factory=list, description="held-out selected/ or scores/ directories: loss every eval_steps")
+    eval_steps: int | None = Field(None, ge=1, description="evaluate every N steps; default: logging_steps")
+    resume: Literal["auto", "never"] = Field("auto", description="auto = continue from the newest checkpoint in output")
+    overwrite: bool = Field(False, description="replace a training run with different settings in output")
+    ray_workers: int = Field(0, ge=0, description="0 = train in this process; N = Ray Train TorchTrainer with N workers")
+    cpus_per_worker: float = Field(1, gt=0, description="CPUs per Ray Train worker")
+    use_gpu: bool = Field(False, description="one GPU per Ray Train worker")
+    ray_address: str | None = Field(None, description="Ray cluster address; default $RAY_ADDRESS, else a local Ray")
+    text_column: str = Field("text", description="raw shards only: the text column")
+    group_column: str | None = Field(None, description="raw shards only: the group column")
+
+    @model_validator(mode="after")
+    def _window_fits_accumulation(self) -> TrainConfig:
+        accumulation = self.accumulation_steps
+        if self.uses_online and self.online_window > 1:
+            if self.online_method == "midrank":
+                raise ValueError("online midrank ranks within one micro-batch; use online_window = 1 and a larger batch_size")
+            if accumulation != self.online_window:
+                raise ValueError(
+                    f"online_window ({self.online_window}) must equal gradient_accumulation_steps ({accumulation}): "
+                    "the window is the set of micro-batches of one optimiser step"
+                )
+        return self
+
+    @property
+    def accumulation_steps(self) -> int:
+        if self.gradient_accumulation_steps is not None:
+            return self.gradient_accumulation_steps
+        return self.online_window if self.uses_online else 1
+
+    @property
+    def uses_online(self) -> bool:
+        return self.weighting in ("online", "static+online")
+
+    @property
+    def uses_static(self) -> bool:
+        return self.weighting in ("static", "static+online")
+
+
+class EvalConfig(BaseModel):
+    """Everything ``hardfocus eval`` needs: held-out text shards and the models to compare on them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    models: list[str] = Field(
+        min_length=1, description="models to compare, first = baseline; NAME=SPEC names one (SPEC: dir, hub id, .gguf, alias)"
+    )
+    data: list[str] = Field(min_length=1, description="held-out shards (files, directories, globs), never trained on")
+    output: str = Field(description="directory for eval.json and each model's held-out scores")
+    text_column: str = Field("text", description="column holding the text")
+    group_column: str | None = Field("group", description="column naming each document's group (domain)")
+    max_tokens: int = Field(1024, ge=2, description="longer documents are truncated (the same cut for every model)")
+    dtype: Literal["auto", "bfloat16", "float32"] = Field("auto", description="auto = bf16 where native, else float32")
+    executor: Literal["ray", "local"] = Field("local", description="local (in-process) or ray (a Ray Data job per model)")
+
+    def named_models(self) -> list[tuple[str, str]]:
+        """(name, spec) pairs; unnamed specs are named by their last path component, made unique."""
+        named, seen = [], {}
+        for entry in self.models:
+            name, _, spec = entry.partition("=") if "=" in entry and not entry.startswith(("/", ".")) else ("", "", entry)
+            name = name or spec.rstrip("/").split("/")[-1].removesuffix(".gguf") or "model"
+            seen[name] = seen.get(name, 0) + 1
+            named.append((name if seen[name] == 1 else f"{name}-{seen[name]}", spec))
+        return named

@@ -1,0 +1,82 @@
+"""Held-out loss and perplexity per group from scores/ directories (one per model), side by side.
+
+Perplexity is the corpus-level one, ``exp(sum of token NLLs / tokens)`` per group; ``mean_loss``
+is the mean of the per-sample losses (the quantity selection ranks). ``macro`` averages the
+groups' token-level losses with equal weight, so a large group does not drown a small one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from scoring.schema import Status
+
+ALL = "(all)"
+MACRO = "(macro)"
+
+
+@dataclass
+class ModelEval:
+    name: str
+    model: str
+    scores: str
+    table: pl.DataFrame  # group, docs, tokens, loss, perplexity, mean_loss; plus (all) and (macro) rows
+    not_ok: int  # held-out rows the model could not score (empty, too short, ...): counted, not averaged
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "model": self.model,
+            "scores": self.scores,
+            "rows_not_ok": self.not_ok,
+            "groups": {r["group"]: {k: v for k, v in r.items() if k != "group"} for r in self.table.iter_rows(named=True)},
+        }
+
+
+def group_perplexity(parts: list[str]) -> tuple[pl.DataFrame, int]:
+    """Per-group docs, tokens, token-level loss, perplexity and mean sample loss of ``ok`` rows."""
+    scan = pl.scan_parquet(parts)
+    ok = scan.filter(pl.col("status") == Status.OK.value).with_columns(pl.col("group").fill_null("(none)"))
+    aggs = [
+        pl.len().alias("docs"),
+        pl.col("n_tokens").cast(pl.Int64).sum().alias("tokens"),
+        (pl.col("nll_sum").sum() / pl.col("n_tokens").cast(pl.Int64).sum()).alias("loss"),
+        pl.col("loss").cast(pl.Float64).mean().alias("mean_loss"),
+    ]
+    per_group = ok.group_by("group").agg(aggs).sort("group").collect()
+    overall = ok.select(aggs).collect().with_columns(pl.lit(ALL).alias("group")).select(per_group.columns)
+    macro = pl.DataFrame(
+        {
+            "group": [MACRO],
+            "docs": [int(per_group["docs"].sum())],
+            "tokens": [int(per_group["tokens"].sum())],
+            "loss": [float(per_group["loss"].mean())],
+            "mean_loss": [float(per_group["mean_loss"].mean())],
+        },
+        schema=per_group.schema,
+    )
+    table = pl.concat([per_group, overall, macro]).with_columns(pl.col("loss").exp().alias("perplexity"))
+    not_ok = scan.filter(pl.col("status") != Status.OK.value).select(pl.len()).collect().item()
+    return table.select("group", "docs", "tokens", "loss", "perplexity", "mean_loss"), not_ok
+
+
+def comparison_table(evals: list[ModelEval]) -> str:
+    """A plain-text table: one row per group, loss and perplexity per model, and the change vs the first."""
+    groups = evals[0].table["group"].to_list()
+    header = ["group", "docs"] + [f"{e.name} loss / ppl" for e in evals]
+    if len(evals) > 1:
+        header += [f"{e.name} vs {evals[0].name}" for e in evals[1:]]
+    rows = []
+    for g in groups:
+        cells = [g]
+        by_model = [e.table.filter(pl.col("group") == g).row(0, named=True) for e in evals]
+        cells.append(f"{by_model[0]['docs']:,}")
+        cells += [f"{r['loss']:.4f} / {r['perplexity']:.2f}" for r in by_model]
+        cells += [f"{(r['perplexity'] / by_model[0]['perplexity'] - 1) * 100:+.1f}% ppl" for r in by_model[1:]]
+        rows.append(cells)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,81 @@
+"""``WeightedTrainer``: a stock ``transformers.Trainer`` whose loss is the weighted per-sample loss.
+
+Only ``compute_loss`` (the objective), ``get_batch_samples`` (to learn the micro-batch sizes of a
+step before its first forward) and ``log`` (weight statistics) change, so the Trainer's schedule,
+accumulation, mixed precision, checkpoints, resume, callbacks, DDP and Ray Train all work as usual.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from training.weighting import StepWeighter, per_sample_nll
+
+log = logging.getLogger(__name__)
+
+
+class WeightedTrainer(Trainer):
+    """Trainer over batches from :class:`training.collator.WeightedCollator` (``weight`` column).
+
+    The reported ``loss`` is the plain mean per-sample loss of the step (comparable between
+    weighting modes); ``weighted_loss`` and the weight statistics are logged beside it.
+    """
+
+    def __init__(self, *args, weighter: StepWeighter, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.weighter = weighter
+        self.loss_is_scaled_for_ga = True  # compute_loss already divides by the step's sample count
+        self.model_accepts_loss_kwargs = False  # no token counting: the objective is per sample
+        self._reported_loss: torch.Tensor | None = None
+        if self.weighter.window > 1 and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+            raise ValueError("online_window > 1 rescales param.grad in place, which DeepSpeed and FSDP do not expose")
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if batches:
+            self.weighter.start_step([len(b["input_ids"]) for b in batches])
+        return batches, num_items
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        static = inputs.pop("weight", None)
+        labels = inputs.pop("labels")
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
+        losses, _ = per_sample_nll(outputs.logits, labels)
+        if not model.training:  # evaluation: the plain mean per-sample loss
+            loss = losses.mean()
+            return (loss, outputs) if return_outputs else loss
+        plan = self.weighter.plan(losses.detach(), static)
+        if plan.grad_scale != 1.0:
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            if grads:
+                torch._foreach_mul_(grads, plan.grad_scale)
+        self._reported_loss = plan.mean_loss_share.detach()
+        loss = (plan.coef.to(losses.device) * losses).sum()
+        return (loss, outputs) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        super().training_step(model, inputs, num_items_in_batch)
+        return self._reported_loss.to(self.args.device)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            logs.update(self.weighter.stats.pop())
+        super().log(logs, start_time)
+
+
+class JsonLogCallback(TrainerCallback):
+    """Append every log record (step, loss, weights, lr, eval loss) to a JSON Lines file on rank 0."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
