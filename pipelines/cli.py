@@ -13,6 +13,8 @@ import typer
 from pipelines.config import build_eval_config, build_score_config, build_select_config, build_train_config
 from pipelines.demo_corpus import build_demo_corpus
 from pipelines.evaluate import EVAL_FILE, evaluate
+from pipelines.run import run_pipeline
+from pipelines.run_config import STAGES, load_run_config
 from pipelines.train import run_train
 from scoring import HardfocusError, ScoreConfig, score
 from scoring.job import summary_line
@@ -203,19 +205,52 @@ def eval_command(
     typer.echo(f"held-out evaluation: {Path(cfg.output) / EVAL_FILE}")
 
 
+@app.command("run")
+@user_errors
+def run_command(
+    config: Annotated[Path, typer.Argument(help="TOML with [run] (workdir, data, heldout, model) and [score] [select] [train] [eval]")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override one key: TABLE.KEY=VALUE (repeatable)")] = None,
+    from_: Annotated[str, typer.Option("--from", help=f"first stage to run: {', '.join(STAGES)}")] = "score",
+    until: Annotated[str, typer.Option("--until", help="last stage to run")] = "eval",
+) -> None:
+    """score -> select -> train -> eval from one config; stages whose inputs and parameters are unchanged are skipped."""
+    for stage in (from_, until):
+        if stage not in STAGES:
+            raise HardfocusError(f"unknown stage '{stage}': one of {', '.join(STAGES)}")
+    if STAGES.index(from_) > STAGES.index(until):
+        raise HardfocusError(f"--from {from_} comes after --until {until}")
+    cfg = load_run_config(config, set_ or [])
+    result = run_pipeline(cfg, from_, until, progress=_show_progress())
+    typer.echo(f"stages run: {', '.join(result.ran) or 'none'}; up to date: {', '.join(result.skipped) or 'none'}")
+    wd = cfg.workdir
+    typer.echo(f"outputs: scores {wd / 'scores'} | selected {wd / 'selected'} (report.html) | model {wd / 'model'} | eval {wd / 'eval'}")
+    if result.selection is not None:
+        typer.echo(summary_text(result.selection, str(wd / "selected")))
+    if result.training is not None:
+        typer.echo(train_summary_line(result.training))
+    if result.evaluation:
+        typer.echo("held-out loss / perplexity per group, base model vs trained:")
+        typer.echo(comparison_table(result.evaluation))
+
+
 @app.command("demo-corpus")
 @user_errors
 def demo_corpus_command(
-    out_dir: Annotated[Path, typer.Argument(help="directory to write <group>.jsonl files into")],
-    docs_per_group: Annotated[int, typer.Option(help="documents per group")] = 150,
+    out_dir: Annotated[Path, typer.Argument(help="directory to write train/ and heldout/ <group>.jsonl files into")],
+    docs_per_group: Annotated[int, typer.Option(help="documents per group (training + held-out)")] = 150,
     max_chars: Annotated[int, typer.Option(help="longest document, in characters")] = 4000,
+    heldout_frac: Annotated[float, typer.Option(help="share of each group held out, by source file")] = 0.2,
+    noise_frac: Annotated[float, typer.Option(help="share of injected noise in the training split (marked in 'noise')")] = 0.0,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
-    """Build a small real corpus (license texts, Debian copyright files, Python sources and docstrings)."""
-    counts = build_demo_corpus(out_dir, docs_per_group, max_chars, seed)
-    if not counts:
+    """Build a real corpus (license texts, Debian copyright files, Python sources and docstrings) with a held-out split."""
+    counts = build_demo_corpus(out_dir, docs_per_group, max_chars, seed, heldout_frac, noise_frac)
+    if not counts["train"]:
         raise HardfocusError("no demo source text was found on this machine")
-    typer.echo(f"{sum(counts.values())} documents in {len(counts)} groups: {out_dir}")
+    typer.echo(
+        f"{sum(counts['train'].values())} training documents ({sum(counts['noise'].values())} injected noise) and "
+        f"{sum(counts['heldout'].values())} held-out documents in {len(counts['train'])} groups: {out_dir}"
+    )
 
 
 def run() -> None:  # pragma: no cover - console-script shim for `python -m pipelines.cli`

@@ -21,6 +21,7 @@ class StageTables(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    run: dict = {}  # read by `hardfocus run` only; a single stage ignores it
     score: dict = {}
     select: dict = {}
     train: dict = {}

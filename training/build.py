@@ -47,6 +47,7 @@ def training_arguments(cfg: TrainConfig, bf16: bool, progress: bool, with_eval: 
         max_grad_norm=cfg.max_grad_norm,
         seed=cfg.seed,
         bf16=bf16,
+        use_cpu=not torch.cuda.is_available(),  # also what lets bf16 autocast run on a CPU
         logging_steps=cfg.logging_steps,
         save_strategy="steps",
         save_steps=cfg.save_steps,

@@ -23,7 +23,6 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from scoring.errors import HardfocusError
 from scoring.output import MANIFEST_FILE
 from scoring.schema import Status
-from scoring.sources import fs_url
 from training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -39,7 +38,7 @@ def training_dataset(paths: list[str]):
         parts = sorted(fs.glob(posixpath.join(root, "part-*.parquet")))
         if not parts:
             raise HardfocusError(f"'{path}' holds no part-*.parquet files")
-        urls = [fs_url(fs, p) for p in parts]
+        urls = [fs.unstrip_protocol(p) for p in parts]
         is_scores = fs.exists(posixpath.join(root, MANIFEST_FILE))
         columns = ["input_ids", "status"] if is_scores else ["input_ids", "weight"]
         ds = ray.data.read_parquet(urls, columns=columns)

@@ -146,3 +146,18 @@ def test_refusals(tiny_model_dir, tmp_path):
         run(small_config([done], tmp_path / "o2", max_steps=1, learning_rate=5e-4), tiny_model_dir)
     with pytest.raises(ValueError, match="online_window"):
         small_config([done], tmp_path / "o3", weighting="online", online_window=2, gradient_accumulation_steps=3)
+
+
+def test_bf16_autocast_tracks_fp32(tiny_model_dir, equal_data, tmp_path):
+    """bf16 autocast (fp32 master weights) follows the fp32 loss trajectory to bf16 precision."""
+
+    def logged_losses(result):
+        return [json.loads(line)["loss"] for line in open(result.log_file) if '"loss"' in line]
+
+    fp32 = run(small_config([equal_data], tmp_path / "fp32", weighting="static+online", max_steps=6), tiny_model_dir)
+    bf16 = run(small_config([equal_data], tmp_path / "bf16", weighting="static+online", max_steps=6, precision="bf16"), tiny_model_dir)
+    a, b = logged_losses(fp32), logged_losses(bf16)
+    assert len(a) == len(b) == 6
+    assert b == pytest.approx(a, rel=2e-2)
+    assert b != pytest.approx(a, rel=1e-7)  # it really ran in bf16
+    assert AutoModelForCausalLM.from_pretrained(bf16.output).dtype == torch.float32  # master weights saved in fp32

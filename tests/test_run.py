@@ -1,0 +1,116 @@
+"""`hardfocus run`: one config through score -> select -> train -> eval, reruns skip what is up to date."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+from pipelines.run_config import load_run_config
+from scoring import HardfocusError
+from tests.conftest import real_texts, write_jsonl
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def run_config(tmp_path, tiny_model_dir):
+    texts = real_texts(100, seed=3)
+    rows = [{"text": t, "group": "code" if "def " in t or "import" in t else "prose"} for t in texts]
+    write_jsonl(tmp_path / "corpus" / "train" / "a.jsonl", rows[:80])
+    write_jsonl(tmp_path / "corpus" / "heldout" / "a.jsonl", rows[80:])
+    path = tmp_path / "run.toml"
+    path.write_text(f"""
+[run]
+workdir = "{tmp_path / 'work'}"
+data = ["{tmp_path / 'corpus' / 'train'}"]
+heldout = ["{tmp_path / 'corpus' / 'heldout'}"]
+model = "{tiny_model_dir}"
+
+[score]
+executor = "local"
+dtype = "float32"
+max_tokens = 64
+
+[select]
+drop_top = 0.1
+keep = 0.5
+
+[train]
+max_steps = 3
+batch_size = 4
+precision = "fp32"
+learning_rate = 1e-3
+
+[eval]
+dtype = "float32"
+max_tokens = 64
+executor = "local"
+""")
+    return path
+
+
+def invoke(*args):
+    result = runner.invoke(app, ["-q", "run", *map(str, args)])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def stages_line(output: str) -> str:
+    return next(line for line in output.splitlines() if line.startswith("stages run:"))
+
+
+def test_run_skips_what_is_up_to_date(run_config, tmp_path):
+    first = invoke(run_config)
+    assert stages_line(first) == "stages run: score, select, train, eval; up to date: none"
+    assert "selected 40 of 80 eligible rows" in first
+    assert "trained 3 steps on 40 rows" in first
+    assert "trained loss / ppl" in first and "(macro)" in first
+    evaluation = json.loads((tmp_path / "work" / "eval" / "eval.json").read_text())
+    assert [m["name"] for m in evaluation["models"]] == ["base", "trained"]
+
+    assert stages_line(invoke(run_config)) == "stages run: none; up to date: score, select, train, eval"
+
+    # a new temperature: selection, training and evaluation rerun; scoring does not
+    changed = invoke(run_config, "--set", "select.temperature=0.5")
+    assert stages_line(changed) == "stages run: select, train, eval; up to date: score"
+    summary = json.loads((tmp_path / "work" / "selected" / "summary.json").read_text())
+    assert summary["parameters"]["temperature"] == 0.5
+    manifest = json.loads((tmp_path / "work" / "model" / "train_manifest.json").read_text())
+    assert manifest["steps"] == 3
+
+    # a partial run: only selection, with another band
+    partial = invoke(run_config, "--set", "select.temperature=0.5", "--set", "select.keep=0.25", "--from", "select",
+                     "--until", "select")
+    assert stages_line(partial) == "stages run: select; up to date: none"
+    assert json.loads((tmp_path / "work" / "selected" / "summary.json").read_text())["bands"]["kept"] == 20
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.max_step=3", "unknown key 'max_step'"),
+        ("select.output=x", r"\[select\] may not set output"),
+        ("scoring.max_tokens=3", "unknown table 'scoring'"),
+        ("select.keep=2", r"\[select\]: 'keep': Input should be less than or equal to 1"),
+        ("nonsense", "expected TABLE.KEY=VALUE"),
+    ],
+)
+def test_config_errors_name_the_key(run_config, override, message):
+    with pytest.raises(HardfocusError, match=message):
+        load_run_config(run_config, [override])
+    result = runner.invoke(app, ["run", str(run_config), "--set", override])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_shipped_configs_are_valid():
+    from pathlib import Path
+
+    import pipelines
+
+    configs = Path(pipelines.__file__).parent / "configs"
+    for name in ("demo.toml", "cluster.toml"):
+        cfg = load_run_config(configs / name)
+        assert cfg.eval_config() is not None and cfg.train_config().max_steps > 0
