@@ -15,6 +15,7 @@ from pipelines.demo_corpus import build_demo_corpus
 from pipelines.evaluate import EVAL_FILE, evaluate
 from pipelines.run import run_pipeline
 from pipelines.run_config import STAGES, load_run_config
+from pipelines.submit import submit
 from pipelines.train import run_train
 from scoring import HardfocusError, ScoreConfig, score
 from scoring.job import summary_line
@@ -231,6 +232,19 @@ def run_command(
     if result.evaluation:
         typer.echo("held-out loss / perplexity per group, base model vs trained:")
         typer.echo(comparison_table(result.evaluation))
+
+
+@app.command("submit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@user_errors
+def submit_command(
+    ctx: typer.Context,
+    address: Annotated[str, typer.Option("--address", help="the Ray dashboard, e.g. http://head-node:8265 (default: $RAY_ADDRESS)",
+                                         envvar="RAY_ADDRESS")],
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="stream the job's log and return its exit status")] = True,
+) -> None:
+    """Run a stage or `run` on a Ray cluster as a Ray job: `hardfocus submit --address URL run cluster.toml`."""
+    code = submit(address, list(ctx.args), wait=wait, echo=typer.echo)
+    raise typer.Exit(code)
 
 
 @app.command("demo-corpus")

@@ -35,13 +35,12 @@ def init_ray(address: str | None, packages: list[str] | None = None) -> bool:
         return False
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        # Ship this package to the cluster's workers, so nodes need only the dependencies installed.
+        # Ship this package to the cluster's workers, so nodes need only the dependencies installed;
+        # a Ray job's driver (submitted with its runtime env, which Ray announces in this variable) has them already.
+        in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+        runtime_env = None if in_job else {"py_modules": packages or [os.path.dirname(scoring.__file__)]}
         try:
-            ray.init(
-                address=address,
-                logging_level=logging.WARNING,
-                runtime_env={"py_modules": packages or [os.path.dirname(scoring.__file__)]},
-            )
+            ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
         except ConnectionError as exc:
             raise HardfocusError(
                 f"cannot connect to the Ray cluster at {address} ({exc.__cause__ or exc}); is it running? "

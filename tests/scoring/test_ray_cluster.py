@@ -4,55 +4,21 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 
+from tests.ray_cluster import ray_head
 from tests.scoring.helpers import make_corpus, read_scores
 
 pytestmark = pytest.mark.ray
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def ray_cluster():
-    """A head node from `ray start --block`, in its own process group, so teardown stops this cluster only
-    (`ray stop` would stop every Ray on the machine)."""
-    ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
-    temp = tempfile.mkdtemp(prefix="hf-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    head = subprocess.Popen(
-        [ray, "start", "--head", "--block", "--num-cpus=2", f"--port={_free_port()}", "--include-dashboard=false",
-         f"--temp-dir={temp}", "--disable-usage-stats"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
-    address, seen = None, []
-    for line in head.stdout:  # the head prints its address once it is up
-        seen.append(line)
-        if found := re.search(r"--address='([^']+)'", line):
-            address = found.group(1)
-            break
-    assert address, "".join(seen)
-    try:
-        yield address, Path(temp)
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-        shutil.rmtree(temp, ignore_errors=True)
+    with ray_head() as cluster:
+        yield cluster
 
 
 def test_score_runs_on_the_cluster_named_by_ray_address(tmp_path, tiny_model_dir, ray_cluster):

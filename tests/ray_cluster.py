@@ -1,0 +1,54 @@
+"""A real local Ray cluster from `ray start --head`, for the tests that need one (RAY_ADDRESS, Ray Jobs)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def ray_head(dashboard_port: int | None = None):
+    """Yield (address, temp dir) of a head node from `ray start --block`, in its own process group, so
+    teardown stops this cluster only (`ray stop` would stop every Ray on the machine). With
+    ``dashboard_port`` the dashboard (and so the Job Submission API) listens there."""
+    ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
+    temp = tempfile.mkdtemp(prefix="hf-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    dashboard = (
+        [f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true"]
+        if dashboard_port else ["--include-dashboard=false"]
+    )
+    head = subprocess.Popen(
+        [ray, "start", "--head", "--block", "--num-cpus=2", f"--port={free_port()}", *dashboard,
+         f"--temp-dir={temp}", "--disable-usage-stats"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    address, seen = None, []
+    for line in head.stdout:  # the head prints its address once it is up
+        seen.append(line)
+        if found := re.search(r"--address='([^']+)'", line):
+            address = found.group(1)
+            break
+    assert address, "".join(seen)
+    try:
+        yield address, Path(temp)
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
