@@ -22,14 +22,13 @@ $(VENV)/.installed: pyproject.toml
 test: setup
 	$(BIN)/python -m pytest -q
 
-# Builds a real corpus from this machine's text (license texts, Debian copyright files, Python
-# sources and docstrings), scores it with SmolLM2-135M on a local Ray, selects the MidRanking band
-# with IR-DRO weights and writes the report. (Training and evaluation arrive with later stages.)
+# The main job: builds a real corpus from this machine's text (license texts, Debian copyright files,
+# Python sources and docstrings; a held-out split; 5% injected noise), then runs score -> select ->
+# train -> eval with SmolLM2-135M on a local Ray (pipelines/configs/demo.toml). A rerun skips what is done.
 demo: setup
-	$(BIN)/hardfocus demo-corpus $(OUT)/corpus
-	$(BIN)/hardfocus score $(OUT)/corpus -o $(OUT)/scores --group-column group --max-tokens 512
-	$(BIN)/hardfocus select $(OUT)/scores -o $(OUT)/selected --overwrite
-	@echo "scores: $(OUT)/scores  selected: $(OUT)/selected  report: $(OUT)/selected/report.html"
+	$(BIN)/hardfocus demo-corpus $(OUT)/corpus --noise-frac 0.05
+	$(BIN)/hardfocus run pipelines/configs/demo.toml --set run.workdir=\"$(OUT)\" \
+		--set run.data=[\"$(OUT)/corpus/train\"] --set run.heldout=[\"$(OUT)/corpus/heldout\"]
 
 bench: setup
 	$(BIN)/python benchmarks/scoring_speed.py

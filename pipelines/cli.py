@@ -13,6 +13,7 @@ import typer
 from pipelines.config import build_eval_config, build_score_config, build_select_config, build_train_config
 from pipelines.demo_corpus import build_demo_corpus
 from pipelines.evaluate import EVAL_FILE, evaluate
+from pipelines.labels import format_band_labels
 from pipelines.run import run_pipeline
 from pipelines.run_config import STAGES, load_run_config
 from pipelines.submit import submit
@@ -227,6 +228,8 @@ def run_command(
     typer.echo(f"outputs: scores {wd / 'scores'} | selected {wd / 'selected'} (report.html) | model {wd / 'model'} | eval {wd / 'eval'}")
     if result.selection is not None:
         typer.echo(summary_text(result.selection, str(wd / "selected")))
+    if result.band_labels is not None:
+        typer.echo(format_band_labels(result.band_labels, cfg.run.label_column))
     if result.training is not None:
         typer.echo(train_summary_line(result.training))
     if result.evaluation:

@@ -11,6 +11,7 @@ and a no-op when complete, and it checks the inputs itself.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -18,7 +19,10 @@ import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import polars as pl
+
 from pipelines.evaluate import EVAL_FILE, evaluate
+from pipelines.labels import band_labels
 from pipelines.run_config import STAGES, RunConfig
 from pipelines.train import run_train
 from scoring import ScoreManifest, score
@@ -44,6 +48,7 @@ class RunResult:
     selection: SelectionSummary | None = None
     training: TrainResult | None = None
     evaluation: list[ModelEval] = field(default_factory=list)
+    band_labels: pl.DataFrame | None = None  # rows per selection band and [run] label_column value
 
 
 def run_pipeline(cfg: RunConfig, start: str = "score", until: str = "eval", progress: bool = True) -> RunResult:
@@ -80,6 +85,12 @@ def run_pipeline(cfg: RunConfig, start: str = "score", until: str = "eval", prog
             done("select", select_key)
     if Path(select_cfg.output, SUMMARY_FILE).exists():
         result.selection = SelectionSummary.model_validate_json(Path(select_cfg.output, SUMMARY_FILE).read_text())
+        if cfg.run.label_column:
+            result.band_labels = band_labels(
+                cfg.run.data, cfg.run.text_column, cfg.run.label_column,
+                sorted(glob.glob(f"{score_cfg.output}/part-*.parquet")), sorted(glob.glob(f"{select_cfg.output}/part-*.parquet")),
+                select_cfg.per_group,
+            )
     elif STAGES.index(until) >= STAGES.index("train"):
         raise HardfocusError(f"'{select_cfg.output}' has no finished selection: run the select stage first")
 
@@ -134,8 +145,6 @@ def _up_to_date(state: dict, stage: str, key: str, marker: Path) -> bool:
 
 
 def _load_evaluation(eval_file: Path) -> list[ModelEval]:
-    import polars as pl
-
     out = []
     for m in json.loads(eval_file.read_text())["models"]:
         rows = [{"group": g, **v} for g, v in m["groups"].items()]

@@ -40,6 +40,9 @@ class RunSection(BaseModel):
     text_column: str = Field("text", description="column holding the text")
     group_column: str | None = Field("group", description="group (domain) column, or none")
     id_column: str | None = Field(None, description="unique sample id column; default '<shard>#<row>'")
+    label_column: str | None = Field(
+        None, description="a column only the final report reads (e.g. injected noise marks): rows per band and label"
+    )
 
 
 class RunConfig(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import polars as pl
 import pytest
 from typer.testing import CliRunner
 
@@ -19,6 +20,8 @@ runner = CliRunner()
 def run_config(tmp_path, tiny_model_dir):
     texts = real_texts(100, seed=3)
     rows = [{"text": t, "group": "code" if "def " in t or "import" in t else "prose"} for t in texts]
+    for i in range(0, 80, 10):  # a label only the final report reads
+        rows[i]["mark"] = "labelled"
     write_jsonl(tmp_path / "corpus" / "train" / "a.jsonl", rows[:80])
     write_jsonl(tmp_path / "corpus" / "heldout" / "a.jsonl", rows[80:])
     path = tmp_path / "run.toml"
@@ -28,6 +31,7 @@ workdir = "{tmp_path / 'work'}"
 data = ["{tmp_path / 'corpus' / 'train'}"]
 heldout = ["{tmp_path / 'corpus' / 'heldout'}"]
 model = "{tiny_model_dir}"
+label_column = "mark"
 
 [score]
 executor = "local"
@@ -68,6 +72,14 @@ def test_run_skips_what_is_up_to_date(run_config, tmp_path):
     assert "selected 40 of 80 eligible rows" in first
     assert "trained 3 steps on 40 rows" in first
     assert "trained loss / ppl" in first and "(macro)" in first
+    # every input row is in the band x label table; the kept band is the selection, the labels are the marked rows
+    assert "'mark' by selection band:" in first
+    from pipelines.run import run_pipeline
+
+    bands = run_pipeline(load_run_config(run_config), "select", "select", progress=False).band_labels
+    assert bands["rows"].sum() == 80
+    assert bands.filter(pl.col("label") == "labelled")["rows"].sum() == 8
+    assert bands.filter(pl.col("band") == "kept")["rows"].sum() == 40
     evaluation = json.loads((tmp_path / "work" / "eval" / "eval.json").read_text())
     assert [m["name"] for m in evaluation["models"]] == ["base", "trained"]
 

@@ -1,0 +1,46 @@
+"""Where labelled rows landed: counts per selection band of a column that scoring and selection never
+read (``[run] label_column``; the demo corpus marks its injected noise this way)."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from scoring.schema import Status
+from scoring.sources import Columns, count_rows, find_shards, read_rows
+
+UNLABELLED = "(none)"
+
+
+def band_labels(inputs: list[str], text_column: str, label_column: str, scores_parts: list[str],
+                selected_parts: list[str], per_group: bool) -> pl.DataFrame:
+    """``band`` (dropped / kept / easy / not scored) x ``label`` -> ``rows``, over every input row."""
+    labels = []
+    for shard in find_shards(inputs):
+        block = read_rows(shard, 0, count_rows(shard, Columns(text_column)), Columns(text_column, None, label_column))
+        labels.append(pl.DataFrame({"shard": [shard.rel] * len(block), "row": range(len(block)), "label": block.groups},
+                                   schema={"shard": pl.String, "row": pl.Int64, "label": pl.String}))
+    scores = pl.read_parquet(scores_parts, columns=["sample_id", "shard", "row", "group", "loss", "status"])
+    kept = pl.read_parquet(selected_parts, columns=["sample_id"]).with_columns(kept=pl.lit(True))
+    scope = ["group"] if per_group else []
+    rows = scores.join(kept, on="sample_id", how="left").with_columns(pl.col("kept").fill_null(False))
+    top_of_kept = rows.filter("kept").group_by(scope or pl.lit(1)).agg(pl.col("loss").max().alias("kept_max"))
+    rows = rows.join(top_of_kept, on=scope, how="left") if scope else rows.join(top_of_kept.drop("literal"), how="cross")
+    band = (
+        pl.when(pl.col("status") != Status.OK.value).then(pl.lit("not scored"))
+        .when("kept").then(pl.lit("kept"))
+        .when(pl.col("loss") > pl.col("kept_max")).then(pl.lit("dropped"))
+        .otherwise(pl.lit("easy"))
+    )
+    joined = rows.with_columns(band=band).join(pl.concat(labels), on=["shard", "row"], how="left")
+    return (
+        joined.with_columns(pl.col("label").fill_null(UNLABELLED))
+        .group_by("band", "label").agg(pl.len().alias("rows")).sort("band", "label")
+    )
+
+
+def format_band_labels(table: pl.DataFrame, label_column: str) -> str:
+    wide = table.pivot(on="label", index="band", values="rows").fill_null(0).sort("band")
+    columns = wide.columns
+    lines = [f"'{label_column}' by selection band:", "  ".join(f"{c:>14}" for c in columns)]
+    lines += ["  ".join(f"{v!s:>14}" for v in r) for r in wide.iter_rows()]
+    return "\n".join(lines)
