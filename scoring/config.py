@@ -32,6 +32,11 @@ class ScoreConfig(BaseModel):
         "auto", description="torch.compile the model; auto = on when each actor has >= 8 MiB of input to score"
     )
     rows_per_unit: int = Field(2000, ge=1, description="rows per resumable unit of work (one part file each)")
+    on_error: Literal["record", "stop"] = Field(
+        "record",
+        description="a bad input row (invalid JSON, bad UTF-8, wrong type), a NaN loss, duplicate ids or an empty "
+        "shard: record = status/warning and go on; stop = fail naming the file and row",
+    )
     keep_input_ids: bool = Field(True, description="store input_ids so training never re-tokenises")
     executor: Literal["ray", "local"] = Field("ray", description="ray (a Ray Data job) or local (the same code in-process)")
     ray_address: str | None = Field(None, description="Ray cluster address; default $RAY_ADDRESS, else a local Ray")

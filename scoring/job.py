@@ -103,6 +103,11 @@ def _count_rows(shards: list[Shard], cfg: ScoreConfig) -> list[tuple[Shard, int]
     columns = columns_of(cfg)
     with ThreadPoolExecutor(max_workers=8) as pool:
         rows = list(pool.map(lambda s: count_rows(s, columns), shards))
+    for shard, n in zip(shards, rows):
+        if n == 0 and cfg.on_error == "stop":
+            raise HardfocusError(f"input shard {shard.url} has no rows; remove it, or pass --on-error record to go on")
+        if n == 0:
+            log.warning("input shard %s has no rows (listed in the manifest with rows 0)", shard.url)
     return list(zip(shards, rows))
 
 
@@ -159,7 +164,7 @@ def _run(
         summaries = run_local(pending, cfg, resolved.fingerprint, compiled)
     bar = tqdm(total=sum(u.stop - u.start for u in pending), unit="rows", disable=not progress, mininterval=1.0)
     try:
-        for summary in summaries:
+        for summary in _user_errors_unwrapped(summaries):
             done += 1
             rows += summary["rows"]
             tokens += summary["tokens"]
@@ -174,6 +179,14 @@ def _run(
     return done, rows, tokens
 
 
+def _user_errors_unwrapped(summaries):
+    """Raise the HardfocusError a Ray task or actor reported in its summary's ``error``."""
+    for summary in summaries:
+        if summary.get("error"):
+            raise HardfocusError(summary["error"])
+        yield summary
+
+
 def _finalize(out, cfg, resolved, identity, shard_rows, units: list[Unit], run: RunInfo) -> ScoreManifest:
     """Verify one part per unit with exactly the unit's rows, count, and write the manifest last."""
     parts = set(out.parts())
@@ -184,6 +197,12 @@ def _finalize(out, cfg, resolved, identity, shard_rows, units: list[Unit], run: 
         if (n := out.part_rows(u.part)) != u.stop - u.start:
             raise RuntimeError(f"part {u.part} has {n} rows, expected {u.stop - u.start}")
     counts = count_scores(out.urls(sorted(u.part for u in units)))
+    if counts.duplicate_ids and cfg.on_error == "stop":
+        raise HardfocusError(
+            f"{counts.duplicate_ids} rows share a sample id with another row (e.g. {', '.join(counts.duplicate_id_examples)}): "
+            f"ids from --id-column '{cfg.id_column}' must be unique; fix them, or pass --on-error record to keep the rows "
+            "and report the duplicates"
+        )
     if counts.duplicate_ids:
         log.warning(
             "%d rows share a sample id with another row (e.g. %s): ids from --id-column must be unique",

@@ -6,6 +6,7 @@ Layout: ``part-*.parquet`` (one per unit), ``job.json`` (what the parts were com
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -96,9 +97,17 @@ class ScoresDir:
 
     def write_atomic(self, name: str, write) -> None:
         tmp = self.join(f"{_TMP_PREFIX}{uuid.uuid4().hex}-{name}")
-        with self.fs.open(tmp, "wb") as f:
-            write(f)
-        self.fs.mv(tmp, self.join(name))
+        try:
+            with self.fs.open(tmp, "wb") as f:
+                write(f)
+            self.fs.mv(tmp, self.join(name))
+        except OSError as exc:  # a full disk, a quota, a file-size limit, a vanished mount
+            with contextlib.suppress(OSError):
+                self.fs.rm_file(tmp)
+            raise HardfocusError(
+                f"cannot write {name} to {self.url}: {exc}; free space (or fix the storage) and rerun: "
+                "finished parts are kept and only the missing ones are scored"
+            ) from exc
 
     def write_json(self, name: str, obj) -> None:
         data = json.dumps(obj, indent=2, sort_keys=False, default=str).encode()

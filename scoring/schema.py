@@ -24,6 +24,12 @@ class Status(StrEnum):
 
 
 ERROR_PREFIX = "error: "
+NON_FINITE_LOSS = ERROR_PREFIX + "non-finite loss"  # the model produced NaN/inf for this row
+
+
+def is_input_error(status: str) -> bool:
+    """A row that could not be read as text (``empty`` and ``too_short`` are valid, if useless, data)."""
+    return status == Status.INVALID_UTF8.value or status.startswith(ERROR_PREFIX)
 
 SCORES_SCHEMA = pa.schema(
     [

@@ -16,9 +16,10 @@ import numpy as np
 import pyarrow as pa
 
 from scoring.config import ScoreConfig
+from scoring.errors import HardfocusError
 from scoring.model import load_tokenizer, resolve_model
 from scoring.output import ScoresDir
-from scoring.schema import Status, scores_table
+from scoring.schema import NON_FINITE_LOSS, Status, is_input_error, scores_table
 from scoring.scorer import Scorer
 from scoring.sources import Columns, Shard, read_rows
 from scoring.tokenize import tokenize_texts
@@ -77,6 +78,13 @@ def read_and_tokenize(unit: Unit, cfg: ScoreConfig, model_fingerprint: str) -> p
     tokenizer = load_tokenizer(_checkpoint_path(cfg.model, model_fingerprint))
     tok = tokenize_texts(tokenizer, block.texts, block.status, cfg.max_tokens, cfg.add_special_tokens)
     rows = np.arange(unit.start, unit.stop, dtype=np.int64)
+    if cfg.on_error == "stop":
+        for row, status in zip(rows, tok.status):
+            if status is not None and is_input_error(status):
+                raise HardfocusError(
+                    f"{unit.shard.url} row {row}: {status}; fix the input, or pass --on-error record to score the "
+                    "other rows and record this one's status"
+                )
     sample_ids = [i if i is not None else f"{unit.shard.rel}#{r}" for i, r in zip(block.ids, rows)]
     return pa.table(
         {
@@ -129,6 +137,14 @@ class UnitScorer:
         if todo:
             sums, counts = self.scorer.score([np.asarray(ids[i], dtype=np.int32) for i in todo])
             nll_sum[todo], n_tokens[todo] = sums, counts
+        for i in todo:
+            if not np.isfinite(nll_sum[i]):
+                if self.cfg.on_error == "stop":
+                    raise HardfocusError(
+                        f"{unit.shard.url} row {int(tokenized.column('row')[i].as_py())}: the model's loss is not finite "
+                        f"({nll_sum[i]}); check the model and the dtype, or pass --on-error record"
+                    )
+                status[i] = NON_FINITE_LOSS
         ok = np.array([s is None for s in status])
         loss = np.where(ok, nll_sum / np.maximum(n_tokens, 1), np.nan)
         table = scores_table(
@@ -156,10 +172,26 @@ class UnitScorer:
         }
 
     def __call__(self, row: dict) -> dict:
-        """Ray Data entry point: one tokenised unit in, one summary row out."""
-        return self.score_unit(Unit.from_row(row), table_from_bytes(row["tokens"]))
+        """Ray Data entry point: one tokenised unit in, one summary row out.
+
+        A :class:`HardfocusError` (``--on-error stop``) travels as the row's ``error``: Ray keeps only
+        the text of an exception's cause across processes, and the driver should raise it as itself.
+        """
+        if row.get("error"):
+            return {**_EMPTY_SUMMARY, "error": row["error"]}
+        try:
+            return {**self.score_unit(Unit.from_row(row), table_from_bytes(row["tokens"])), "error": None}
+        except HardfocusError as exc:
+            return {**_EMPTY_SUMMARY, "error": str(exc)}
+
+
+_EMPTY_SUMMARY = {"part": "", "rows": 0, "scored": 0, "tokens": 0, "seconds": 0.0}
 
 
 def tokenize_row(row: dict, cfg: ScoreConfig, model_fingerprint: str) -> dict:
     """Ray Data entry point: a unit in, the unit plus its tokenised rows (Arrow IPC bytes) out."""
-    return {"unit": row["unit"], "tokens": table_to_bytes(read_and_tokenize(Unit.from_row(row), cfg, model_fingerprint))}
+    try:
+        tokens = table_to_bytes(read_and_tokenize(Unit.from_row(row), cfg, model_fingerprint))
+    except HardfocusError as exc:
+        return {"unit": row["unit"], "tokens": b"", "error": str(exc)}
+    return {"unit": row["unit"], "tokens": tokens, "error": None}

@@ -7,7 +7,8 @@ import os
 import random
 from pathlib import Path
 
-import pytest
+import hypothesis  # noqa: F401 - imported (and assertion-rewritten) before any test starts Ray: CPython 3.11's
+import pytest  # ast.parse can fail after Ray's driver threads ran ("AST constructor recursion depth mismatch")
 
 ENGLISH = [
     "The committee met on Tuesday to discuss the budget for the coming year.",
