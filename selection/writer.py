@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import posixpath
 import uuid
 from collections.abc import Iterator
@@ -25,6 +26,8 @@ from scoring.sources import fs_url
 from selection.schema import SUMMARY_FILE, selected_schema
 from selection.scores import ScoreParts
 
+log = logging.getLogger(__name__)
+
 
 @contextlib.contextmanager
 def staged_output(output: str, overwrite: bool) -> Iterator[str]:
@@ -33,6 +36,9 @@ def staged_output(output: str, overwrite: bool) -> Iterator[str]:
     if fs.exists(path) and not overwrite:
         raise HardfocusError(f"'{output}' already exists; pass --overwrite to replace it, or choose another --output")
     parent, name = posixpath.split(path.rstrip("/"))
+    for stale in fs.glob(posixpath.join(parent, f".{name}.tmp-*")):  # left by a killed run: never a result
+        log.warning("removing %s, the staging directory of an interrupted selection", stale)
+        fs.rm(stale, recursive=True)
     tmp = posixpath.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         fs.makedirs(tmp, exist_ok=False)

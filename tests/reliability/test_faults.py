@@ -1,0 +1,148 @@
+"""Faults: a killed scoring actor, a killed selection, a killed training run, two runs on one output."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from scoring import HardfocusError, ScoreConfig, score
+from tests.scoring.helpers import assert_same_scores, make_corpus, read_scores
+from tests.selection.fake_scores import write_scores
+from tests.training.helpers import max_param_diff, mixed_length_sequences, parameters, write_selected
+from training.data import load_training_data
+
+ENV = os.environ | {"PYTHONPATH": os.getcwd()}
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pipelines.cli", "-q", *args]
+
+
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the run ended first: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}"
+        assert time.time() < deadline, "timed out waiting"
+        time.sleep(0.05)
+
+
+def descendants(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            child = int(stat.parent.name)
+            children += [child, *descendants(child)]
+    return children
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@pytest.mark.ray
+def test_sigkill_one_scoring_actor_mid_job(tmp_path, tiny_model_dir):
+    """Ray restarts the actor and retries its unit: still exactly one row per input row, same losses."""
+    make_corpus(tmp_path, n_parquet=150, n_jsonl=90)
+    common = ["--model", tiny_model_dir, "--dtype", "float32", "--group-column", "domain", "--max-tokens", "64",
+              "--rows-per-unit", "5", "--token-budget", "512"]
+    reference = score(ScoreConfig(inputs=[str(tmp_path / "in")], output=str(tmp_path / "ref"), model=tiny_model_dir,
+                                  dtype="float32", group_column="domain", max_tokens=64, rows_per_unit=5,
+                                  token_budget=512, executor="local"), progress=False)
+    out = tmp_path / "scores"
+    proc = subprocess.Popen(cli("score", str(tmp_path / "in"), "-o", str(out), *common), env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        wait_for(lambda: len(list(out.glob("part-*.parquet"))) >= 3, proc)
+        actors = [p for p in descendants(proc.pid) if "UnitScorer" in cmdline(p)]
+        assert actors, "no scoring actor found"
+        os.kill(actors[0], signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, stderr.decode()[-3000:]
+    df = read_scores(out)
+    assert df.height == reference.manifest.rows == df["sample_id"].n_unique()
+    assert_same_scores(df, read_scores(tmp_path / "ref"))
+
+
+def test_two_score_runs_on_one_output(tmp_path, tiny_model_dir):
+    make_corpus(tmp_path, n_parquet=150, n_jsonl=90)
+    args = ["score", str(tmp_path / "in"), "-o", str(tmp_path / "scores"), "--model", tiny_model_dir, "--executor", "local",
+            "--rows-per-unit", "5", "--dtype", "float32"]
+    first = subprocess.Popen(cli(*args), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: (tmp_path / "scores" / ".lock").exists() and list((tmp_path / "scores").glob("part-*")), first)
+        second = subprocess.run(cli(*args), env=ENV, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2
+        assert "another hardfocus run is writing to" in second.stderr and "Traceback" not in second.stderr
+        assert first.wait(timeout=300) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert read_scores(tmp_path / "scores")["sample_id"].n_unique() == 241
+
+
+def test_kill_select_while_it_writes(tmp_path):
+    """No partial selected/ is ever accepted by train; a rerun produces the full result."""
+    rng = np.random.default_rng(0)
+    n = 300_000
+    write_scores(tmp_path / "scores", rng.gamma(4, 0.7, n).tolist(), rng.choice(["a", "b"], n).tolist(),
+                 rows_per_part=2000)
+    sel = tmp_path / "selected"
+    proc = subprocess.Popen(cli("select", str(tmp_path / "scores"), "-o", str(sel), "--no-report"), env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    staging = lambda: [p for p in tmp_path.glob(".selected.tmp-*") if list(p.glob("part-*.parquet"))]  # noqa: E731
+    wait_for(lambda: bool(staging()), proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not sel.exists()
+    for partial in staging():  # even pointed at the staging directory itself, training refuses it
+        with pytest.raises(HardfocusError, match="did not finish"):
+            load_training_data([str(partial)])
+    again = subprocess.run(cli("select", str(tmp_path / "scores"), "-o", str(sel), "--no-report"), env=ENV,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert not list(tmp_path.glob(".selected.tmp-*"))  # the killed run's staging directory was cleared
+    summary = json.loads((sel / "summary.json").read_text())
+    kept = pl.read_parquet(f"{sel}/part-*.parquet")
+    assert kept.height == summary["bands"]["kept"] == int(n * 0.5)
+    assert len(load_training_data([str(sel)])) == kept.height
+
+
+def test_kill_train_then_resume_from_the_last_checkpoint(tmp_path, tiny_model_dir):
+    data = write_selected(tmp_path / "sel", mixed_length_sequences(64, vocab=290, seed=9), weights=list(np.linspace(0.5, 1.5, 64)))
+    args = ["train", data, "--model", tiny_model_dir, "--max-steps", "300", "--save-steps", "25", "--batch-size", "4",
+            "--precision", "fp32", "--learning-rate", "1e-3", "--weighting", "static+online", "--save-total-limit", "20"]
+    reference = subprocess.run(cli(*args, "-o", str(tmp_path / "ref")), env=ENV, capture_output=True, text=True, timeout=600)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    out = tmp_path / "model"
+    proc = subprocess.Popen(cli(*args, "-o", str(out)), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    wait_for(lambda: (out / "checkpoints" / "checkpoint-50" / "trainer_state.json").exists(), proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "train_manifest.json").exists()
+    last = max(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("checkpoint-*"))
+    assert 50 <= last < 300
+    resumed = subprocess.run(cli(*args, "-o", str(out)), env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    manifest = json.loads((out / "train_manifest.json").read_text())
+    assert manifest["steps"] == 300 and manifest["resumed_from"].endswith(f"checkpoint-{last}")
+    assert max_param_diff(parameters(str(out)), parameters(str(tmp_path / "ref"))) < 1e-5
