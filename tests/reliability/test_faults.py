@@ -128,21 +128,21 @@ def test_kill_select_while_it_writes(tmp_path):
 
 def test_kill_train_then_resume_from_the_last_checkpoint(tmp_path, tiny_model_dir):
     data = write_selected(tmp_path / "sel", mixed_length_sequences(64, vocab=290, seed=9), weights=list(np.linspace(0.5, 1.5, 64)))
-    args = ["train", data, "--model", tiny_model_dir, "--max-steps", "300", "--save-steps", "25", "--batch-size", "4",
+    args = ["train", data, "--model", tiny_model_dir, "--max-steps", "60", "--save-steps", "10", "--batch-size", "4",
             "--precision", "fp32", "--learning-rate", "1e-3", "--weighting", "static+online", "--save-total-limit", "20"]
     reference = subprocess.run(cli(*args, "-o", str(tmp_path / "ref")), env=ENV, capture_output=True, text=True, timeout=600)
     assert reference.returncode == 0, reference.stderr[-2000:]
     out = tmp_path / "model"
     proc = subprocess.Popen(cli(*args, "-o", str(out)), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
-    wait_for(lambda: (out / "checkpoints" / "checkpoint-50" / "trainer_state.json").exists(), proc)
+    wait_for(lambda: (out / "checkpoints" / "checkpoint-20" / "trainer_state.json").exists(), proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "train_manifest.json").exists()
     last = max(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("checkpoint-*"))
-    assert 50 <= last < 300
+    assert 20 <= last < 60
     resumed = subprocess.run(cli(*args, "-o", str(out)), env=ENV, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     manifest = json.loads((out / "train_manifest.json").read_text())
-    assert manifest["steps"] == 300 and manifest["resumed_from"].endswith(f"checkpoint-{last}")
+    assert manifest["steps"] == 60 and manifest["resumed_from"].endswith(f"checkpoint-{last}")
     assert max_param_diff(parameters(str(out)), parameters(str(tmp_path / "ref"))) < 1e-5
