@@ -93,6 +93,7 @@ def score_command(
     compile: Annotated[Optional[str], flag(ScoreConfig, "compile")] = None,
     rows_per_unit: Annotated[Optional[int], flag(ScoreConfig, "rows_per_unit")] = None,
     keep_input_ids: Annotated[Optional[bool], flag(ScoreConfig, "keep_input_ids", "--keep-input-ids/--no-input-ids")] = None,
+    on_error: Annotated[Optional[str], flag(ScoreConfig, "on_error")] = None,
     executor: Annotated[Optional[str], flag(ScoreConfig, "executor")] = None,
     ray_address: Annotated[Optional[str], flag(ScoreConfig, "ray_address")] = None,
     actors: Annotated[Optional[int], flag(ScoreConfig, "actors")] = None,
