@@ -33,9 +33,12 @@ def per_sample_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     ``labels`` are aligned with the inputs (``labels[:, t]`` is token t; -100 = not predicted), as
     ``model(labels=...)`` takes them: position t's logits predict ``labels[:, t + 1]``.
     """
-    shift_logits = logits[:, :-1].float()
+    b, t, v = logits.shape
     shift_labels = labels[:, 1:]
-    nll = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=-100, reduction="none")
+    # flattened (B*T, V) rows: cross entropy over a transposed (B, V, T) view is several times slower
+    nll = F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, v), shift_labels.reshape(-1), ignore_index=-100, reduction="none"
+    ).view(b, t - 1)
     counted = shift_labels.ne(-100)
     n_tokens = counted.sum(1)
     return nll.sum(1) / n_tokens.clamp_min(1), n_tokens
