@@ -28,15 +28,20 @@ class StageTables(BaseModel):
     eval: dict = {}
 
 
-def load_tables(path: str | Path | None) -> StageTables:
-    if path is None:
-        return StageTables()
+def read_toml(path: str | Path) -> dict:
+    """The file's tables; a missing file or bad TOML is a one-line error naming the file."""
     try:
-        raw = tomllib.loads(Path(path).read_text())
+        return tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
         raise HardfocusError(f"config file '{path}' does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise HardfocusError(f"config file '{path}' is not valid TOML: {exc}") from None
+
+
+def load_tables(path: str | Path | None) -> StageTables:
+    if path is None:
+        return StageTables()
+    raw = read_toml(path)
     try:
         return StageTables.model_validate(raw)
     except ValidationError as exc:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipelines.config import _describe
+from pipelines.config import _describe, read_toml
 from scoring import HardfocusError, ScoreConfig
 from selection import SelectConfig
 from training import TrainConfig
@@ -93,12 +93,7 @@ def _stage(config_type: type[BaseModel], table: str, values: dict, **derived):
 
 def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     """Read the TOML, apply ``table.key=value`` overrides (values in TOML syntax, else strings), validate."""
-    try:
-        raw = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise HardfocusError(f"config file '{path}' does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise HardfocusError(f"config file '{path}' is not valid TOML: {exc}") from None
+    raw = read_toml(path)
     for item in overrides:
         key, sep, value = item.partition("=")
         table, dot, name = key.strip().partition(".")
