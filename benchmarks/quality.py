@@ -89,15 +89,14 @@ def build_data(workdir: Path, s: Settings, corpus: Path | None = None) -> dict:
             build_demo_corpus(corpus, docs_per_group=s.docs_per_group, seed=0, heldout_frac=0.2, noise_frac=s.noise_frac)
     scores = workdir / "scores"
     score(ScoreConfig(inputs=[str(corpus / "train")], output=str(scores), model=s.model, group_column="group",
-                      max_tokens=s.seq_len, executor="local", dtype=s.score_dtype), progress=False)
+                      max_tokens=s.seq_len, executor="local", dtype=s.score_dtype, overwrite=True), progress=False)
     bands = {}
     for band, drop in (("hardest", 0.0), ("midrank", s.drop_top)):
         for weighted in (False, True):
             out = workdir / f"selected-{band}-{'irdro' if weighted else 'unweighted'}"
-            if not (out / "summary.json").exists():
-                select(SelectConfig(scores=[str(scores)], output=str(out), drop_top=drop, keep=s.keep,
-                                    weighting="irdro" if weighted else "none", temperature=s.temperature,
-                                    report=False, overwrite=True), progress=False)
+            select(SelectConfig(scores=[str(scores)], output=str(out), drop_top=drop, keep=s.keep,
+                                weighting="irdro" if weighted else "none", temperature=s.temperature,
+                                report=False, overwrite=True), progress=False)
             bands[(band, weighted)] = out
     return {"corpus": corpus, "scores": scores, "bands": bands}
 
@@ -139,9 +138,8 @@ def heldout_tokens(corpus: Path, model_path: str, seq_len: int, out: Path) -> Pa
     from scoring.model import load_tokenizer
     from scoring.sources import Columns
 
-    if not (out / "part-00000.parquet").exists():
-        tokenize_shards(str(corpus / "heldout"), out, {"heldout": str(corpus)}, load_tokenizer(model_path),
-                        Columns("text", None, "group"), seq_len)
+    tokenize_shards(str(corpus / "heldout"), out, {"heldout": str(corpus)}, load_tokenizer(model_path),
+                    Columns("text", None, "group"), seq_len)
     return out
 
 
@@ -170,7 +168,7 @@ def run_quality(workdir: Path, s: Settings, corpus: Path | None = None) -> dict:
                 data=[str(train_dir)], output=str(out), model=s.model, weighting=arm.weighting, temperature=s.temperature,
                 max_steps=s.steps, batch_size=s.batch_size, max_seq_len=s.seq_len, learning_rate=s.learning_rate,
                 lr_scheduler="cosine", warmup_ratio=0.1, seed=seed, precision=s.precision, logging_steps=s.eval_every,
-                save_steps=10**6, eval_data=[str(heldout)], eval_steps=s.eval_every,
+                save_steps=10**6, eval_data=[str(heldout)], eval_steps=s.eval_every, overwrite=True,
             )
             result = run_train(cfg, progress=False)
             history = [json.loads(line) for line in open(result.log_file)]
