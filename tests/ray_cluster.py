@@ -31,10 +31,12 @@ def ray_head(dashboard_port: int | None = None):
         [f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true"]
         if dashboard_port else ["--include-dashboard=false"]
     )
+    # the cluster's environment: a job's entrypoint `python` is this interpreter, as on a real cluster's nodes
+    env = os.environ | {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
     head = subprocess.Popen(
         [ray, "start", "--head", "--block", "--num-cpus=2", f"--port={free_port()}", *dashboard,
          f"--temp-dir={temp}", "--disable-usage-stats"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env,
     )
     address, seen = None, []
     for line in head.stdout:  # the head prints its address once it is up

@@ -85,20 +85,27 @@ def test_sigkill_one_scoring_actor_mid_job(tmp_path, tiny_model_dir):
 
 
 def test_two_score_runs_on_one_output(tmp_path, tiny_model_dir):
+    """While one process runs (holds the output's lock), a second `hardfocus score` refuses; then it can run."""
     make_corpus(tmp_path, n_parquet=60, n_jsonl=30)
-    args = ["score", str(tmp_path / "in"), "-o", str(tmp_path / "scores"), "--model", tiny_model_dir, "--executor", "local",
-            "--rows-per-unit", "5", "--dtype", "float32"]
-    first = subprocess.Popen(cli(*args), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    out = tmp_path / "scores"
+    holder = subprocess.Popen(  # the first run, stopped just after it took the output (deterministic, unlike timing)
+        [sys.executable, "-c", "import sys, time\nfrom scoring.output import ScoresDir\n"
+         f"d = ScoresDir({str(out)!r}); d.create(); d.lock(); print('locked', flush=True); time.sleep(600)"],
+        env=ENV, stdout=subprocess.PIPE, text=True,
+    )
+    args = ["score", str(tmp_path / "in"), "-o", str(out), "--model", tiny_model_dir, "--executor", "local", "--dtype", "float32"]
     try:
-        wait_for(lambda: (tmp_path / "scores" / ".lock").exists() and list((tmp_path / "scores").glob("part-*")), first)
+        assert holder.stdout.readline().strip() == "locked"
         second = subprocess.run(cli(*args), env=ENV, capture_output=True, text=True, timeout=300)
         assert second.returncode == 2
         assert "another hardfocus run is writing to" in second.stderr and "Traceback" not in second.stderr
-        assert first.wait(timeout=300) == 0
+        assert not list(out.glob("part-*"))  # it wrote nothing
     finally:
-        if first.poll() is None:
-            first.kill()
-    assert read_scores(tmp_path / "scores")["sample_id"].n_unique() == 91
+        holder.kill()
+        holder.wait()
+    after = subprocess.run(cli(*args), env=ENV, capture_output=True, text=True, timeout=300)  # the lock died with it
+    assert after.returncode == 0, after.stderr[-2000:]
+    assert read_scores(out)["sample_id"].n_unique() == 91
 
 
 def test_kill_select_while_it_writes(tmp_path):
