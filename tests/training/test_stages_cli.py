@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import polars as pl
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
@@ -70,15 +71,13 @@ def test_score_select_train_eval(tmp_path, tiny_model_dir):
         assert entry["rows_not_ok"] == 1  # the empty document is counted, not averaged
         expected = direct_group_perplexity(model_dir, heldout, max_tokens=64)
         for group, ppl in expected.items():
-            assert entry["groups"][group]["perplexity"] == pytest_approx(ppl)
+            assert entry["groups"][group]["perplexity"] == approx(ppl)
         assert entry["groups"]["(all)"]["docs"] == len(heldout)
         macro = np.mean([math.log(expected[g]) for g in expected])
-        assert entry["groups"]["(macro)"]["loss"] == pytest_approx(macro)
+        assert entry["groups"]["(macro)"]["loss"] == approx(macro)
     base, model = report["models"]
     assert base["groups"]["(all)"]["perplexity"] != model["groups"]["(all)"]["perplexity"]
 
 
-def pytest_approx(x):
-    import pytest
-
+def approx(x):
     return pytest.approx(x, rel=1e-4)
