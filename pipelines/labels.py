@@ -21,10 +21,9 @@ def band_labels(inputs: list[str], text_column: str, label_column: str, scores_p
                                    schema={"shard": pl.String, "row": pl.Int64, "label": pl.String}))
     scores = pl.read_parquet(scores_parts, columns=["sample_id", "shard", "row", "group", "loss", "status"])
     kept = pl.read_parquet(selected_parts, columns=["sample_id"]).with_columns(kept=pl.lit(True))
-    scope = ["group"] if per_group else []
+    kept_max = pl.col("loss").filter("kept").max()  # the top of the kept band, per group when banded per group
     rows = scores.join(kept, on="sample_id", how="left").with_columns(pl.col("kept").fill_null(False))
-    top_of_kept = rows.filter("kept").group_by(scope or pl.lit(1)).agg(pl.col("loss").max().alias("kept_max"))
-    rows = rows.join(top_of_kept, on=scope, how="left") if scope else rows.join(top_of_kept.drop("literal"), how="cross")
+    rows = rows.with_columns(kept_max=kept_max.over("group") if per_group else kept_max)
     band = (
         pl.when(pl.col("status") != Status.OK.value).then(pl.lit("not scored"))
         .when("kept").then(pl.lit("kept"))

@@ -134,10 +134,10 @@ class StepWeighter:
         """Coefficients of one micro-batch; ``losses`` must be detached."""
         if self._seen >= len(self._sizes):
             raise RuntimeError("plan() called more often than start_step() announced micro-batches")
-        losses = losses.float()
-        s = static.float() if (self.use_static and static is not None) else torch.ones_like(losses)
         if self.use_static and static is None:
             raise ValueError("static weighting needs a 'weight' column in the batch")
+        losses = losses.float()
+        s = static.float() if self.use_static else torch.ones_like(losses)
         b, n = losses.numel(), self._n
         self._seen += 1
         self._step_losses.append(losses)
