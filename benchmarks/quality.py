@@ -1,7 +1,12 @@
 """Quality benchmark: does hard-sample reweighting improve the model? The paper's comparison, reproduced.
 
-    python benchmarks/quality.py [--steps 20] [--seeds 0,1,2] [--batch-size 8] [--seq-len 256] \
-        [--eval-every 5] [--workdir /tmp/hardfocus-quality] [--out benchmarks/results/quality.md]
+    python benchmarks/quality.py [--kind text|chat] [--steps 20] [--seeds 0,1,2] [--batch-size 8] [--seq-len 256] \
+        [--eval-every 5] [--noise-frac 0.05] [--workdir /tmp/hardfocus-quality] [--out benchmarks/results/quality.md]
+
+``--kind chat`` runs the same arms on instruction data: the chat demo corpus (``hardfocus demo-corpus
+--kind chat``: real human conversations, held out by conversation, injected noise = replies swapped
+between conversations or word-shuffled), a ``messages`` format scored, trained and evaluated on the
+assistant turns only. Its default output is ``benchmarks/results/quality-chat.md``.
 
 One run:
 1. the demo corpus (``hardfocus demo-corpus``: four groups, 20% held out by source file, 5% injected
@@ -61,6 +66,7 @@ ARMS = [
 @dataclass(frozen=True)
 class Settings:
     model: str = "smollm2-135m"
+    kind: str = "text"  # text | chat
     steps: int = 20
     seeds: tuple[int, ...] = (0, 1, 2)
     batch_size: int = 8
@@ -86,10 +92,12 @@ def build_data(workdir: Path, s: Settings, corpus: Path | None = None) -> dict:
     if corpus is None:
         corpus = workdir / "corpus"
         if not (corpus / "train").exists():
-            build_demo_corpus(corpus, docs_per_group=s.docs_per_group, seed=0, heldout_frac=0.2, noise_frac=s.noise_frac)
+            build_demo_corpus(corpus, docs_per_group=s.docs_per_group, seed=0, heldout_frac=0.2, noise_frac=s.noise_frac,
+                              kind=s.kind)
     scores = workdir / "scores"
     score(ScoreConfig(inputs=[str(corpus / "train")], output=str(scores), model=s.model, group_column="group",
-                      max_tokens=s.seq_len, executor="local", dtype=s.score_dtype, overwrite=True), progress=False)
+                      max_tokens=s.seq_len, executor="local", dtype=s.score_dtype, overwrite=True, **sample_format(s)),
+          progress=False)
     bands = {}
     for band, drop in (("hardest", 0.0), ("midrank", s.drop_top)):
         for weighted in (False, True):
@@ -101,9 +109,16 @@ def build_data(workdir: Path, s: Settings, corpus: Path | None = None) -> dict:
     return {"corpus": corpus, "scores": scores, "bands": bands}
 
 
+def sample_format(s: Settings) -> dict:
+    """The stages' sample-format keys: plain text, or conversations with stable ids."""
+    return {} if s.kind == "text" else {"format": "messages", "messages_column": "messages", "id_column": "id"}
+
+
 def uniform_sample(scores: Path, n: int, seed: int, out: Path) -> Path:
     """``n`` rows drawn uniformly (without replacement) from every scored-ok row, weight 1."""
-    rows = pl.read_parquet(f"{scores}/part-*.parquet", columns=["sample_id", "group", "status", "input_ids"])
+    columns = ["sample_id", "group", "status", "input_ids"]
+    spans = "loss_spans" in pq.read_schema(next(scores.glob("part-*.parquet"))).names
+    rows = pl.read_parquet(f"{scores}/part-*.parquet", columns=columns + (["loss_spans"] if spans else []))
     rows = rows.filter(pl.col("status") == "ok").sort("sample_id")
     picked = rows.sample(n=n, seed=seed, shuffle=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -111,6 +126,7 @@ def uniform_sample(scores: Path, n: int, seed: int, out: Path) -> Path:
         "sample_id": picked["sample_id"].to_arrow(), "group": picked["group"].to_arrow(),
         "weight": pa.array(np.ones(picked.height, np.float32)),
         "input_ids": picked["input_ids"].to_arrow().cast(pa.list_(pa.int32())),
+        **({"loss_spans": picked["loss_spans"].to_arrow()} if spans else {}),
     }), out / "part-00000.parquet")
     return out
 
@@ -119,9 +135,9 @@ def noise_labels(corpus: Path) -> pl.DataFrame:
     """sample_id -> noise kind (null = clean) for the training split, ids as scoring makes them."""
     frames = []
     for path in sorted((corpus / "train").glob("*.jsonl")):
-        df = pl.read_ndjson(path, schema={"text": pl.String, "group": pl.String, "noise": pl.String})
-        frames.append(df.with_row_index("row").select(
-            (pl.lit(f"{path.name}#") + pl.col("row").cast(pl.String)).alias("sample_id"), "noise"))
+        df = pl.read_ndjson(path, schema={"id": pl.String, "group": pl.String, "noise": pl.String})
+        sample_id = pl.col("id") if df["id"].null_count() == 0 else pl.lit(f"{path.name}#") + pl.col("row").cast(pl.String)
+        frames.append(df.with_row_index("row").select(sample_id.alias("sample_id"), "noise"))
     return pl.concat(frames)
 
 
@@ -132,14 +148,15 @@ def noise_share(train_dir: Path, labels: pl.DataFrame) -> dict:
             "noise_weight_share": float(noisy["weight"].sum() / rows["weight"].sum())}
 
 
-def heldout_tokens(corpus: Path, model_path: str, seq_len: int, out: Path) -> Path:
-    """The held-out split tokenised once, for the Trainer's periodic eval loss."""
+def heldout_tokens(corpus: Path, model_path: str, s: Settings, out: Path) -> Path:
+    """The held-out split tokenised once (conversations with their response spans), for the Trainer's eval loss."""
     from pipelines.train import tokenize_shards
+    from scoring.config import SampleFormat
     from scoring.model import load_tokenizer
-    from scoring.sources import Columns
 
+    fmt = SampleFormat(**{k: v for k, v in sample_format(s).items() if k != "id_column"})
     tokenize_shards(str(corpus / "heldout"), out, {"heldout": str(corpus)}, load_tokenizer(model_path),
-                    Columns("text", None, "group"), seq_len)
+                    fmt.columns(None, "group"), s.seq_len)
     return out
 
 
@@ -156,7 +173,7 @@ def run_quality(workdir: Path, s: Settings, corpus: Path | None = None) -> dict:
     labels = noise_labels(data["corpus"])
     kept = json.loads((data["bands"][("midrank", False)] / "summary.json").read_text())["bands"]["kept"]
     model_path = resolve_model(s.model).path
-    heldout = heldout_tokens(data["corpus"], model_path, s.seq_len, workdir / "heldout-tokens")
+    heldout = heldout_tokens(data["corpus"], model_path, s, workdir / "heldout-tokens")
     runs = []
     for seed in s.seeds:
         uniform = uniform_sample(data["scores"], kept, seed, workdir / f"uniform-{seed}")
@@ -176,8 +193,9 @@ def run_quality(workdir: Path, s: Settings, corpus: Path | None = None) -> dict:
             runs.append({"arm": arm.name, "seed": seed, "model": str(out), "curve": curve,
                          "train_data": str(train_dir), "noise": noise_share(train_dir, labels)})
     models = [f"base={s.model}"] + [f"{_slug(r['arm'])}-seed{r['seed']}={r['model']}" for r in runs]
+    fmt = {k: v for k, v in sample_format(s).items() if k != "id_column"}
     evals = evaluate(EvalConfig(models=models, data=[str(data["corpus"] / "heldout")], output=str(workdir / "eval"),
-                                max_tokens=s.seq_len, dtype=s.eval_dtype), progress=False)
+                                max_tokens=s.seq_len, dtype=s.eval_dtype, **fmt), progress=False)
     tables = {e.name: {r["group"]: {"loss": r["loss"], "perplexity": r["perplexity"]} for r in e.table.iter_rows(named=True)}
               for e in evals}
     base_curve = _base_eval_loss(model_path, heldout, s)
@@ -276,16 +294,24 @@ def markdown(report: dict, rows: list[dict], command: str, plot_name: str) -> st
     def pm(x, digits=4):
         return f"{x[0]:.{digits}f} ± {x[1]:.{digits}f}"
 
+    chat = s.get("kind") == "chat"
+    corpus = (
+        f"chat demo corpus (real human conversations from chitchat-dataset, {s['docs_per_group']} per theme group, 20% "
+        f"held out by conversation, {s['noise_frac']:.0%} injected noise in the training split only: replies swapped "
+        "between conversations or word-shuffled); loss, training and evaluation on the assistant turns only"
+        if chat else
+        f"demo corpus ({s['docs_per_group']} documents per group, 20% held out by source file, "
+        f"{s['noise_frac']:.0%} injected noise in the training split only)"
+    )
     lines = [
-        "# Quality benchmark: hard-sample selection and IR-DRO vs ERM",
+        "# Quality benchmark" + (" (instruction data)" if chat else "") + ": hard-sample selection and IR-DRO vs ERM",
         "",
         f"Command: `{command}`  ",
         f"Date: {datetime.now(UTC).isoformat(timespec='minutes')}; wall time {report['wall_seconds'] / 60:.1f} min.",
         "",
         "## Configuration",
         "",
-        f"- Base model {s['model']}; demo corpus ({s['docs_per_group']} documents per group, 20% held out by source file, "
-        f"{s['noise_frac']:.0%} injected noise in the training split only).",
+        f"- Base model {s['model']}; {corpus}.",
         f"- Every arm: {s['steps']} optimiser steps x batch {s['batch_size']} x up to {s['seq_len']} tokens, learning rate "
         f"{s['learning_rate']:g} (cosine, 10% warm-up), precision {s['precision']}, seeds {s['seeds']}; training sets of "
         f"{report['kept_rows']} rows each (the kept band's size). Bands: drop_top {s['drop_top']}, keep {s['keep']}; "
@@ -313,6 +339,9 @@ def markdown(report: dict, rows: list[dict], command: str, plot_name: str) -> st
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kind", choices=["text", "chat"], default="text")
+    p.add_argument("--noise-frac", type=float, default=Settings.noise_frac)
+    p.add_argument("--docs-per-group", type=int, default=Settings.docs_per_group)
     p.add_argument("--steps", type=int, default=Settings.steps)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--batch-size", type=int, default=Settings.batch_size)
@@ -320,11 +349,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-every", type=int, default=Settings.eval_every)
     p.add_argument("--learning-rate", type=float, default=Settings.learning_rate)
     p.add_argument("--model", default=Settings.model)
-    p.add_argument("--workdir", type=Path, default=Path("/tmp/hardfocus-quality"))
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "quality.md")
+    p.add_argument("--workdir", type=Path, default=None, help="default /tmp/hardfocus-quality[-chat]")
+    p.add_argument("--out", type=Path, default=None, help="default benchmarks/results/quality[-chat].md")
     args = p.parse_args(argv)
+    suffix = "" if args.kind == "text" else f"-{args.kind}"
+    args.workdir = args.workdir or Path(f"/tmp/hardfocus-quality{suffix}")
+    args.out = args.out or Path(__file__).parent / "results" / f"quality{suffix}.md"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    s = Settings(model=args.model, steps=args.steps, seeds=tuple(int(x) for x in args.seeds.split(",")),
+    s = Settings(model=args.model, kind=args.kind, noise_frac=args.noise_frac, docs_per_group=args.docs_per_group,
+                 steps=args.steps, seeds=tuple(int(x) for x in args.seeds.split(",")),
                  batch_size=args.batch_size, seq_len=args.seq_len, eval_every=args.eval_every,
                  learning_rate=args.learning_rate)
     report = run_quality(args.workdir, s)

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from pipelines.config import build_eval_config, build_score_config, build_select_config, build_train_config
-from pipelines.demo_corpus import build_demo_corpus
+from pipelines.demo_corpus import CorpusKind, build_demo_corpus
 from pipelines.evaluate import EVAL_FILE, evaluate
 from pipelines.labels import format_band_labels
 from pipelines.run import run_pipeline
@@ -80,7 +80,13 @@ def score_command(
     inputs: Annotated[Optional[list[str]], typer.Argument(help=ScoreConfig.model_fields["inputs"].description, show_default=False)] = None,
     output: Annotated[Optional[str], flag(ScoreConfig, "output", "--output", "-o")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML file; its [score] table sets defaults for every flag")] = None,
+    format: Annotated[Optional[str], flag(ScoreConfig, "format")] = None,
     text_column: Annotated[Optional[str], flag(ScoreConfig, "text_column")] = None,
+    prompt_column: Annotated[Optional[str], flag(ScoreConfig, "prompt_column")] = None,
+    response_column: Annotated[Optional[str], flag(ScoreConfig, "response_column")] = None,
+    system_column: Annotated[Optional[str], flag(ScoreConfig, "system_column")] = None,
+    messages_column: Annotated[Optional[str], flag(ScoreConfig, "messages_column")] = None,
+    chat_template: Annotated[Optional[str], flag(ScoreConfig, "chat_template")] = None,
     id_column: Annotated[Optional[str], flag(ScoreConfig, "id_column")] = None,
     group_column: Annotated[Optional[str], flag(ScoreConfig, "group_column")] = None,
     model: Annotated[Optional[str], flag(ScoreConfig, "model")] = None,
@@ -177,7 +183,13 @@ def train_command(
     cpus_per_worker: Annotated[Optional[float], flag(TrainConfig, "cpus_per_worker")] = None,
     use_gpu: Annotated[Optional[bool], flag(TrainConfig, "use_gpu", "--use-gpu")] = None,
     ray_address: Annotated[Optional[str], flag(TrainConfig, "ray_address")] = None,
+    format: Annotated[Optional[str], flag(TrainConfig, "format")] = None,
     text_column: Annotated[Optional[str], flag(TrainConfig, "text_column")] = None,
+    prompt_column: Annotated[Optional[str], flag(TrainConfig, "prompt_column")] = None,
+    response_column: Annotated[Optional[str], flag(TrainConfig, "response_column")] = None,
+    system_column: Annotated[Optional[str], flag(TrainConfig, "system_column")] = None,
+    messages_column: Annotated[Optional[str], flag(TrainConfig, "messages_column")] = None,
+    chat_template: Annotated[Optional[str], flag(TrainConfig, "chat_template")] = None,
     group_column: Annotated[Optional[str], flag(TrainConfig, "group_column")] = None,
 ) -> None:
     """Continual training on selected/ shards with static and/or online IR-DRO weights (HF Trainer, or Ray Train)."""
@@ -194,7 +206,13 @@ def eval_command(
     data: Annotated[Optional[list[str]], flag(EvalConfig, "data", "--data", "-d")] = None,
     output: Annotated[Optional[str], flag(EvalConfig, "output", "--output", "-o")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML file; its [eval] table sets defaults for every flag")] = None,
+    format: Annotated[Optional[str], flag(EvalConfig, "format")] = None,
     text_column: Annotated[Optional[str], flag(EvalConfig, "text_column")] = None,
+    prompt_column: Annotated[Optional[str], flag(EvalConfig, "prompt_column")] = None,
+    response_column: Annotated[Optional[str], flag(EvalConfig, "response_column")] = None,
+    system_column: Annotated[Optional[str], flag(EvalConfig, "system_column")] = None,
+    messages_column: Annotated[Optional[str], flag(EvalConfig, "messages_column")] = None,
+    chat_template: Annotated[Optional[str], flag(EvalConfig, "chat_template")] = None,
     group_column: Annotated[Optional[str], flag(EvalConfig, "group_column")] = None,
     max_tokens: Annotated[Optional[int], flag(EvalConfig, "max_tokens")] = None,
     dtype: Annotated[Optional[str], flag(EvalConfig, "dtype")] = None,
@@ -255,19 +273,23 @@ def submit_command(
 @user_errors
 def demo_corpus_command(
     out_dir: Annotated[Path, typer.Argument(help="directory to write train/ and heldout/ <group>.jsonl files into")],
-    docs_per_group: Annotated[int, typer.Option(help="documents per group (training + held-out)")] = 150,
-    max_chars: Annotated[int, typer.Option(help="longest document, in characters")] = 4000,
-    heldout_frac: Annotated[float, typer.Option(help="share of each group held out, by source file")] = 0.2,
+    kind: Annotated[CorpusKind, typer.Option(help="text: documents ('text'); chat: human conversations ('messages')")] = CorpusKind.TEXT,
+    docs_per_group: Annotated[int, typer.Option(help="documents (chat: conversations) per group (training + held-out)")] = 150,
+    max_chars: Annotated[int, typer.Option(help="longest document, in characters (text only)")] = 4000,
+    max_turns: Annotated[int, typer.Option(help="most messages kept per conversation (chat only)")] = 12,
+    heldout_frac: Annotated[float, typer.Option(help="share of each group held out, by source file (chat: by conversation)")] = 0.2,
     noise_frac: Annotated[float, typer.Option(help="share of injected noise in the training split (marked in 'noise')")] = 0.0,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
-    """Build a real corpus (license texts, Debian copyright files, Python sources and docstrings) with a held-out split."""
-    counts = build_demo_corpus(out_dir, docs_per_group, max_chars, seed, heldout_frac, noise_frac)
+    """Build a real corpus with a held-out split: text (license texts, Debian copyright files, Python sources and
+    docstrings) or chat (the Chit Chat Challenge's human conversations, grouped by starter topic)."""
+    counts = build_demo_corpus(out_dir, docs_per_group, max_chars, seed, heldout_frac, noise_frac, kind, max_turns)
     if not counts["train"]:
         raise HardfocusError("no demo source text was found on this machine")
+    unit = "conversations" if kind is CorpusKind.CHAT else "documents"
     typer.echo(
-        f"{sum(counts['train'].values())} training documents ({sum(counts['noise'].values())} injected noise) and "
-        f"{sum(counts['heldout'].values())} held-out documents in {len(counts['train'])} groups: {out_dir}"
+        f"{sum(counts['train'].values())} training {unit} ({sum(counts['noise'].values())} injected noise) and "
+        f"{sum(counts['heldout'].values())} held-out {unit} in {len(counts['train'])} groups: {out_dir}"
     )
 
 

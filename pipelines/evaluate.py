@@ -24,7 +24,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> list[ModelEval]:
         log.info("held-out scoring with %s (%s)", name, spec)
         score(
             ScoreConfig(
-                inputs=cfg.data, output=scores_dir, model=spec, text_column=cfg.text_column, group_column=cfg.group_column,
+                inputs=cfg.data, output=scores_dir, model=spec, group_column=cfg.group_column, **cfg.sample_format(),
                 max_tokens=cfg.max_tokens, dtype=cfg.dtype, executor=cfg.executor, keep_input_ids=False,
                 overwrite=True,  # a retrained model in the same directory must be rescored, not refused
             ),

@@ -3,6 +3,8 @@ read (``[run] label_column``; the demo corpus marks its injected noise this way)
 
 from __future__ import annotations
 
+import dataclasses
+
 import polars as pl
 
 from scoring.schema import Status
@@ -11,12 +13,13 @@ from scoring.sources import Columns, count_rows, find_shards, read_rows
 UNLABELLED = "(none)"
 
 
-def band_labels(inputs: list[str], text_column: str, label_column: str, scores_parts: list[str],
+def band_labels(inputs: list[str], columns: Columns, label_column: str, scores_parts: list[str],
                 selected_parts: list[str], per_group: bool) -> pl.DataFrame:
     """``band`` (dropped / kept / easy / not scored) x ``label`` -> ``rows``, over every input row."""
     labels = []
+    with_label = dataclasses.replace(columns, id=None, group=label_column)
     for shard in find_shards(inputs):
-        block = read_rows(shard, 0, count_rows(shard, Columns(text_column)), Columns(text_column, None, label_column))
+        block = read_rows(shard, 0, count_rows(shard, columns), with_label)
         labels.append(pl.DataFrame({"shard": [shard.rel] * len(block), "row": range(len(block)), "label": block.groups},
                                    schema={"shard": pl.String, "row": pl.Int64, "label": pl.String}))
     scores = pl.read_parquet(scores_parts, columns=["sample_id", "shard", "row", "group", "loss", "status"])

@@ -87,7 +87,7 @@ def run_pipeline(cfg: RunConfig, start: str = "score", until: str = "eval", prog
         result.selection = SelectionSummary.model_validate_json(Path(select_cfg.output, SUMMARY_FILE).read_text())
         if cfg.run.label_column:
             result.band_labels = band_labels(
-                cfg.run.data, cfg.run.text_column, cfg.run.label_column,
+                cfg.run.data, cfg.run.columns(), cfg.run.label_column,
                 sorted(glob.glob(f"{score_cfg.output}/part-*.parquet")), sorted(glob.glob(f"{select_cfg.output}/part-*.parquet")),
                 select_cfg.per_group,
             )

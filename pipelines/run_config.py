@@ -16,28 +16,31 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipelines.config import _describe, read_toml
 from scoring import HardfocusError, ScoreConfig
+from scoring.config import SampleFormat
 from selection import SelectConfig
 from training import TrainConfig
 from training.config import EvalConfig
 
 STAGES = ["score", "select", "train", "eval"]
 # keys the runner derives from [run] and the working directory
+_FORMAT = set(SampleFormat.model_fields)  # the sample format is set once, in [run]
 _DERIVED = {
-    "score": {"inputs", "output", "model", "text_column", "group_column", "id_column", "overwrite"},
+    "score": {"inputs", "output", "model", "group_column", "id_column", "overwrite"} | _FORMAT,
     "select": {"scores", "output", "overwrite"},
-    "train": {"data", "output", "model", "overwrite", "text_column", "group_column"},
-    "eval": {"models", "data", "output", "text_column", "group_column"},
+    "train": {"data", "output", "model", "overwrite", "group_column"} | _FORMAT,
+    "eval": {"models", "data", "output", "group_column"} | _FORMAT,
 }
 
 
-class RunSection(BaseModel):
+class RunSection(SampleFormat):
+    """The shards, the model and the sample format (``format``, its columns, ``chat_template``), set once."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     workdir: str = Field(description="where the stages write scores/, selected/, model/ and eval/")
     data: list[str] = Field(min_length=1, description="training shards (files, directories, globs)")
     heldout: list[str] = Field(default_factory=list, description="held-out shards for eval; empty = no eval")
     model: str = Field("smollm2-135m", description="base model: hub id, local dir, .gguf, or 'smollm2-135m'")
-    text_column: str = Field("text", description="column holding the text")
     group_column: str | None = Field("group", description="group (domain) column, or none")
     id_column: str | None = Field(None, description="unique sample id column; default '<shard>#<row>'")
     label_column: str | None = Field(
@@ -61,7 +64,7 @@ class RunConfig(BaseModel):
     def score_config(self) -> ScoreConfig:
         r = self.run
         return _stage(ScoreConfig, "score", self.score, inputs=r.data, output=str(self.workdir / "scores"), model=r.model,
-                      text_column=r.text_column, group_column=r.group_column, id_column=r.id_column, overwrite=True)
+                      group_column=r.group_column, id_column=r.id_column, overwrite=True, **r.sample_format())
 
     def select_config(self) -> SelectConfig:
         return _stage(SelectConfig, "select", self.select, scores=[str(self.workdir / "scores")],
@@ -69,16 +72,16 @@ class RunConfig(BaseModel):
 
     def train_config(self) -> TrainConfig:
         return _stage(TrainConfig, "train", self.train, data=[str(self.workdir / "selected")],
-                      output=str(self.workdir / "model"), model=self.run.model, text_column=self.run.text_column,
-                      group_column=self.run.group_column)
+                      output=str(self.workdir / "model"), model=self.run.model, group_column=self.run.group_column,
+                      **self.run.sample_format())
 
     def eval_config(self) -> EvalConfig | None:
         if not self.run.heldout:
             return None
         r = self.run
         return _stage(EvalConfig, "eval", self.eval, models=[f"base={r.model}", f"trained={self.workdir / 'model'}"],
-                      data=r.heldout, output=str(self.workdir / "eval"), text_column=r.text_column,
-                      group_column=r.group_column)
+                      data=r.heldout, output=str(self.workdir / "eval"), group_column=r.group_column,
+                      **r.sample_format())
 
 
 def _stage(config_type: type[BaseModel], table: str, values: dict, **derived):

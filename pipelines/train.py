@@ -14,12 +14,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
+from scoring.chat import check_chat_tokenizer, load_chat_template
 from scoring.errors import HardfocusError
 from scoring.executors import init_ray
 from scoring.model import cpu_has_bf16, load_tokenizer, resolve_model
-from scoring.schema import Status
+from scoring.schema import LOSS_SPANS_TYPE, Status, spans_from_mask
 from scoring.sources import Columns, count_rows, find_shards, read_rows
-from scoring.tokenize import tokenize_texts
+from scoring.tokenize import tokenize_block
 from training import TrainConfig, TrainResult, train
 from training.job import TOKENIZED_DIR
 
@@ -73,23 +74,35 @@ def _as_token_dir(path: str, cfg: TrainConfig, model_path: str, role: str) -> st
         return path
     index = (cfg.data if role == "train" else cfg.eval_data).index(path)
     out = Path(cfg.output) / TOKENIZED_DIR / f"{role}-{index}"
-    identity = {"inputs": path, "text_column": cfg.text_column, "group_column": cfg.group_column,
-                "model_path": model_path, "max_tokens": cfg.max_seq_len}
+    identity = {"inputs": path, "group_column": cfg.group_column, "model_path": model_path,
+                "max_tokens": cfg.max_seq_len, **_format_identity(cfg)}
     marker = out / "tokenized.json"
     if marker.exists() and json.loads(marker.read_text()).get("identity") == identity:
         return str(out)
-    tokenize_shards(path, out, identity, load_tokenizer(model_path), Columns(cfg.text_column, None, cfg.group_column), cfg.max_seq_len)
+    tokenizer = load_tokenizer(model_path)
+    template = load_chat_template(cfg.chat_template)
+    if cfg.format != "text":
+        check_chat_tokenizer(tokenizer, template)
+    tokenize_shards(path, out, identity, tokenizer, cfg.columns(None, cfg.group_column), cfg.max_seq_len, template)
     return str(out)
 
 
-def tokenize_shards(inputs: str, out: Path, identity: dict, tokenizer, columns: Columns, max_tokens: int) -> None:
-    """Every row of the shards tokenised; rows with a status other than ok are counted in tokenized.json."""
+def _format_identity(cfg: TrainConfig) -> dict:
+    """The sample format's keys; only text_column for plain text, so token dirs of before still match."""
+    return {"text_column": cfg.text_column} if cfg.format == "text" else cfg.sample_format()
+
+
+def tokenize_shards(
+    inputs: str, out: Path, identity: dict, tokenizer, columns: Columns, max_tokens: int, chat_template: str | None = None
+) -> None:
+    """Every row of the shards tokenised (conversations with their loss spans); rows with a status other than
+    ok are counted in tokenized.json."""
     out.mkdir(parents=True, exist_ok=True)
     tables, counts = [], {}
     for shard in find_shards([inputs]):
         n = count_rows(shard, columns)
         block = read_rows(shard, 0, n, columns)
-        tok = tokenize_texts(tokenizer, block.texts, block.status, max_tokens)
+        tok = tokenize_block(tokenizer, block, columns.format, max_tokens, chat_template=chat_template)
         for s in tok.status:
             counts[s or Status.OK.value] = counts.get(s or Status.OK.value, 0) + 1
         ok = [i for i, s in enumerate(tok.status) if s is None]
@@ -100,6 +113,8 @@ def tokenize_shards(inputs: str, out: Path, identity: dict, tokenizer, columns: 
                     "group": pa.array([block.groups[i] for i in ok], pa.string()),
                     "weight": pa.array(np.ones(len(ok), np.float32)),
                     "input_ids": pa.array([tok.input_ids[i] for i in ok], pa.list_(pa.int32())),
+                    **({} if tok.targets is None else
+                       {"loss_spans": pa.array([spans_from_mask(tok.targets[i]) for i in ok], LOSS_SPANS_TYPE)}),
                 }
             )
         )

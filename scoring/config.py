@@ -7,16 +7,46 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from scoring.model import SMOLLM2_ALIAS
+from scoring.sources import Columns
 
 
-class ScoreConfig(BaseModel):
+class SampleFormat(BaseModel):
+    """How an input row becomes a sample. Scoring, training on raw shards and eval share it, so they agree."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: Literal["text", "prompt_response", "messages"] = Field(
+        "text",
+        description="text: a text column; prompt_response: prompt/response (+ system) columns; messages: a list of "
+        "{role, content}. The last two are rendered with the chat template and scored on the assistant tokens only",
+    )
+    text_column: str = Field("text", description="column holding the text (format text)")
+    prompt_column: str = Field("prompt", description="column holding the prompt (format prompt_response)")
+    response_column: str = Field("response", description="column holding the response (format prompt_response)")
+    system_column: str | None = Field(None, description="optional column holding a system prompt (format prompt_response)")
+    messages_column: str = Field("messages", description="column holding the list of {role, content} (format messages)")
+    chat_template: str | None = Field(
+        None, description="a Jinja chat template file (or the template itself) replacing the tokenizer's own"
+    )
+
+    def sample_format(self) -> dict:
+        """These keys and values, to hand to another stage's config."""
+        return {name: getattr(self, name) for name in SampleFormat.model_fields}
+
+    def columns(self, id_column: str | None = None, group_column: str | None = None) -> Columns:
+        return Columns(
+            text=self.text_column, id=id_column, group=group_column, format=self.format, prompt=self.prompt_column,
+            response=self.response_column, system=self.system_column, messages=self.messages_column,
+        )
+
+
+class ScoreConfig(SampleFormat):
     """Everything ``hardfocus score`` needs. Unknown keys are an error."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     inputs: list[str] = Field(min_length=1, description="shard files, directories or globs (local or fsspec URLs)")
     output: str = Field(description="the scores/ directory to write (local path or fsspec URL)")
-    text_column: str = Field("text", description="column holding the text")
     id_column: str | None = Field(None, description="unique sample id column; default '<shard>#<row>'")
     group_column: str | None = Field(None, description="domain/source column, carried into the scores")
     model: str = Field(SMOLLM2_ALIAS, description="hub id, local checkpoint dir, .gguf file, or 'smollm2-135m'")
@@ -24,8 +54,12 @@ class ScoreConfig(BaseModel):
         "auto", description="auto = bf16 where the CPU/GPU computes it natively, else float32"
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
-    max_tokens: int = Field(1024, ge=2, description="longer documents are truncated and flagged")
-    add_special_tokens: bool = Field(True, description="let the tokenizer add BOS/EOS as the model was trained")
+    max_tokens: int = Field(
+        1024, ge=2, description="longer documents are truncated and flagged; conversations lose whole leading turns"
+    )
+    add_special_tokens: bool = Field(
+        True, description="let the tokenizer add BOS/EOS as the model was trained (text; a chat template adds its own)"
+    )
     token_budget: int = Field(16384, ge=2, description="padded tokens per forward micro-batch")
     chunk_tokens: int = Field(256, ge=1, description="positions per logits chunk (memory = chunk x vocab)")
     compile: Literal["auto", "on", "off"] = Field(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +11,7 @@ from datetime import UTC, datetime
 
 from tqdm.auto import tqdm
 
+from scoring.chat import check_chat_tokenizer, load_chat_template
 from scoring.config import ScoreConfig
 from scoring.errors import HardfocusError
 from scoring.executors import init_ray, run_local, run_ray
@@ -26,6 +28,9 @@ _COMPILE_MIN_BYTES_PER_ACTOR = 8 * 1024**2
 # What the part files depend on: a rerun with any of these changed must not reuse them.
 _IDENTITY_KEYS = ("model_fingerprint", "tokenizer_fingerprint", "dtype", "max_tokens", "add_special_tokens",
                   "text_column", "id_column", "group_column", "keep_input_ids", "rows_per_unit")
+# ... and for conversations (kept out of plain-text identities, so score dirs of before keep matching)
+_CHAT_IDENTITY_KEYS = ("format", "prompt_column", "response_column", "system_column", "messages_column",
+                       "chat_template_sha256")
 
 
 @dataclass
@@ -38,6 +43,7 @@ class ScoreResult:
 def score(cfg: ScoreConfig, progress: bool = True) -> ScoreResult:
     """Score every row of ``cfg.inputs`` into ``cfg.output``; resumes where a previous run stopped."""
     started_at, t0 = datetime.now(UTC).isoformat(timespec="seconds"), time.perf_counter()
+    cfg = cfg.model_copy(update={"chat_template": load_chat_template(cfg.chat_template)})  # workers get the text
     out = ScoresDir(cfg.output)
     out.create()
     out.lock()
@@ -90,13 +96,25 @@ def summary_line(result: ScoreResult) -> str:
 
 def _job_identity(cfg: ScoreConfig, resolved: ResolvedModel) -> dict:
     tokenizer = load_tokenizer(resolved.path)
+    if cfg.format != "text":
+        check_chat_tokenizer(tokenizer, cfg.chat_template)
     device = resolve_device(cfg.device)
     values = cfg.model_dump() | {
         "model_fingerprint": resolved.fingerprint,
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
         "dtype": str(resolve_dtype(cfg.dtype, device)).removeprefix("torch."),
+        "chat_template_sha256": _template_sha256(cfg, tokenizer),
     }
-    return {k: values[k] for k in _IDENTITY_KEYS}
+    keys = _IDENTITY_KEYS + (_CHAT_IDENTITY_KEYS if cfg.format != "text" else ())
+    return {k: values[k] for k in keys}
+
+
+def _template_sha256(cfg: ScoreConfig, tokenizer) -> str | None:
+    """The chat template that renders conversations (the configured one, else the tokenizer's)."""
+    if cfg.format == "text":
+        return None
+    template = cfg.chat_template or tokenizer.chat_template
+    return hashlib.sha256(str(template).encode()).hexdigest()
 
 
 def _count_rows(shards: list[Shard], cfg: ScoreConfig) -> list[tuple[Shard, int]]:
@@ -223,6 +241,9 @@ def _finalize(out, cfg, resolved, identity, shard_rows, units: list[Unit], run: 
         text_column=cfg.text_column,
         id_column=cfg.id_column,
         group_column=cfg.group_column,
+        format=cfg.format,
+        sample_columns=[c for _, c in columns_of(cfg).sample_columns],
+        chat_template_sha256=identity.get("chat_template_sha256"),
         shards=[ShardInfo(url=s.url, rel=s.rel, format=s.format, compression=s.compression, size=s.size, rows=r)
                 for s, r in shard_rows],
         parts=len(units),

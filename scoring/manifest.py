@@ -11,7 +11,7 @@ import platform
 from importlib.metadata import PackageNotFoundError, version
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from scoring.schema import ERROR_PREFIX
 
@@ -65,6 +65,9 @@ class ScoreManifest(ScoreCounts):
     text_column: str
     id_column: str | None
     group_column: str | None
+    format: str = "text"
+    sample_columns: list[str] = Field(default_factory=list)  # the columns a sample was read from
+    chat_template_sha256: str | None = None  # conversations: the template that rendered them
     shards: list[ShardInfo]
     parts: int
     runs: list[RunInfo]

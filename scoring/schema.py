@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from enum import StrEnum
 
+import numpy as np
 import pyarrow as pa
 
 from scoring.errors import HardfocusError
@@ -21,6 +22,8 @@ class Status(StrEnum):
     EMPTY = "empty"  # null or whitespace-only text
     TOO_SHORT = "too_short"  # fewer than 2 tokens: no position to predict
     INVALID_UTF8 = "invalid_utf8"
+    NO_RESPONSE = "no_response"  # a conversation without an assistant turn: no token to score
+    PROMPT_TOO_LONG = "prompt_too_long"  # truncation to max_tokens left no assistant token
 
 
 ERROR_PREFIX = "error: "
@@ -30,6 +33,10 @@ NON_FINITE_LOSS = ERROR_PREFIX + "non-finite loss"  # the model produced NaN/inf
 def is_input_error(status: str) -> bool:
     """A row that could not be read as text (``empty`` and ``too_short`` are valid, if useless, data)."""
     return status == Status.INVALID_UTF8.value or status.startswith(ERROR_PREFIX)
+
+# Token ranges [start, stop) of the *target* tokens whose prediction is scored (and trained on): the
+# assistant turns of a conversation. Absent (or null) = every token but the first, as for plain text.
+LOSS_SPANS_TYPE = pa.list_(pa.struct([pa.field("start", pa.int32()), pa.field("stop", pa.int32())]))
 
 SCORES_SCHEMA = pa.schema(
     [
@@ -43,20 +50,24 @@ SCORES_SCHEMA = pa.schema(
         pa.field("truncated", pa.bool_(), nullable=False),
         pa.field("status", pa.string(), nullable=False),
         pa.field("input_ids", pa.list_(pa.int32())),
+        pa.field("loss_spans", LOSS_SPANS_TYPE),
     ]
 )
 
-REQUIRED_COLUMNS = [f.name for f in SCORES_SCHEMA if f.name != "input_ids"]
+OPTIONAL_COLUMNS = ("input_ids", "loss_spans")
+REQUIRED_COLUMNS = [f.name for f in SCORES_SCHEMA if f.name not in OPTIONAL_COLUMNS]
 
 
-def scores_schema(with_input_ids: bool = True) -> pa.Schema:
-    """The schema of a score part file; ``input_ids`` is optional (on by default)."""
-    return SCORES_SCHEMA if with_input_ids else SCORES_SCHEMA.remove(SCORES_SCHEMA.get_field_index("input_ids"))
+def scores_schema(with_input_ids: bool = True, with_loss_spans: bool = False) -> pa.Schema:
+    """The schema of a score part file: ``input_ids`` on by default, ``loss_spans`` for conversations only
+    (so plain-text parts keep the schema they had before conversations existed)."""
+    drop = [name for name, keep in (("input_ids", with_input_ids), ("loss_spans", with_loss_spans)) if not keep]
+    return pa.schema([f for f in SCORES_SCHEMA if f.name not in drop])
 
 
-def scores_table(columns: dict[str, Iterable], with_input_ids: bool = True) -> pa.Table:
+def scores_table(columns: dict[str, Iterable], with_input_ids: bool = True, with_loss_spans: bool = False) -> pa.Table:
     """Build a table in the exact scores schema (missing columns are an error, extra ones too)."""
-    schema = scores_schema(with_input_ids)
+    schema = scores_schema(with_input_ids, with_loss_spans)
     if set(columns) != set(schema.names):
         raise ValueError(f"scores columns {sorted(columns)} != schema {sorted(schema.names)}")
     return pa.table({name: pa.array(columns[name], type=schema.field(name).type) for name in schema.names}, schema=schema)
@@ -75,3 +86,26 @@ def check_scores_schema(schema: pa.Schema, where: str) -> None:
             problems.append(f"column '{field.name}' is {actual}, expected {field.type}")
     if problems:
         raise HardfocusError(f"{where} is not a hardfocus scores file: " + "; ".join(problems))
+
+
+def spans_from_mask(mask: np.ndarray) -> list[dict[str, int]]:
+    """The ``loss_spans`` value of a boolean target mask: its runs of True as ``{start, stop}``."""
+    padded = np.concatenate([[False], np.asarray(mask, dtype=bool), [False]])
+    edges = np.flatnonzero(padded[1:] != padded[:-1])
+    return [{"start": int(a), "stop": int(b)} for a, b in zip(edges[::2], edges[1::2])]
+
+
+def mask_from_spans(spans: Iterable[dict[str, int]] | None, n_tokens: int) -> np.ndarray:
+    """The boolean target mask of ``n_tokens`` tokens; None = every token but the first (plain text).
+
+    Token 0 is never a target (nothing predicts it); spans beyond ``n_tokens`` (a sequence cut
+    shorter later) are clipped.
+    """
+    mask = np.zeros(n_tokens, dtype=bool)
+    if spans is None:
+        mask[1:] = True
+        return mask
+    for span in spans:
+        mask[span["start"] : span["stop"]] = True
+    mask[:1] = False
+    return mask

@@ -43,32 +43,59 @@ class Shard:
     size: int
 
 
+Format = Literal["text", "prompt_response", "messages"]
+Message = dict[str, str]  # {"role": ..., "content": ...}
+
+
 @dataclass(frozen=True)
 class Columns:
-    """Which input columns hold the text, the id and the group (domain/source)."""
+    """Which input columns hold the sample (text, or a conversation), the id and the group (domain/source).
+
+    ``format`` says how a sample is read: ``text`` from ``text``; ``prompt_response`` from ``prompt`` and
+    ``response`` (and ``system`` when set) as a one-turn conversation; ``messages`` from a list of
+    ``{role, content}`` objects in ``messages``.
+    """
 
     text: str = "text"
     id: str | None = None
     group: str | None = None
+    format: Format = "text"
+    prompt: str = "prompt"
+    response: str = "response"
+    system: str | None = None
+    messages: str = "messages"
+
+    @property
+    def sample_columns(self) -> list[tuple[str, str]]:
+        """(flag, column) of the columns that make up one sample in this format."""
+        if self.format == "text":
+            return [("--text-column", self.text)]
+        if self.format == "messages":
+            return [("--messages-column", self.messages)]
+        pairs = [("--prompt-column", self.prompt), ("--response-column", self.response)]
+        return pairs + ([("--system-column", self.system)] if self.system else [])
 
 
 @dataclass
 class RowBlock:
-    """Rows ``start..stop`` of a shard, column by column. ``status`` is set where reading failed."""
+    """Rows ``start..stop`` of a shard, column by column. ``status`` is set where reading failed.
 
-    texts: list[str | None] = field(default_factory=list)
+    ``values`` holds the text (format ``text``) or the conversation, a list of messages (the others).
+    """
+
+    values: list[str | list[Message] | None] = field(default_factory=list)
     ids: list[str | None] = field(default_factory=list)
     groups: list[str | None] = field(default_factory=list)
     status: list[str | None] = field(default_factory=list)
 
-    def append(self, text=None, id=None, group=None, status=None) -> None:  # noqa: A002 - mirrors the column name
-        self.texts.append(text)
+    def append(self, value=None, id=None, group=None, status=None) -> None:  # noqa: A002 - mirrors the column name
+        self.values.append(value)
         self.ids.append(id)
         self.groups.append(group)
         self.status.append(status)
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return len(self.values)
 
 
 def _protocol(fs) -> str:
@@ -196,23 +223,29 @@ def _parquet_file(shard: Shard) -> pq.ParquetFile:
 
 
 def _check_parquet_columns(shard: Shard, schema: pa.Schema, columns: Columns) -> None:
-    for flag, name in (("--text-column", columns.text), ("--id-column", columns.id), ("--group-column", columns.group)):
+    named = columns.sample_columns + [("--id-column", columns.id), ("--group-column", columns.group)]
+    for flag, name in named:
         if name is not None and name not in schema.names:
             raise HardfocusError(
                 f"shard {shard.url} has no column '{name}' (columns: {', '.join(schema.names)}); pass {flag}"
+                + ("" if columns.format != "text" else " (or --format for conversations)")
             )
-    text_type = schema.field(columns.text).type
-    if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type) or pa.types.is_binary(text_type)
-            or pa.types.is_large_binary(text_type)):
-        raise HardfocusError(
-            f"column '{columns.text}' of shard {shard.url} is {text_type}, not text; pass the text column with --text-column"
-        )
+    for flag, name in columns.sample_columns:
+        kind = schema.field(name).type
+        if columns.format == "messages":
+            if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or not pa.types.is_struct(kind.value_type):
+                raise HardfocusError(
+                    f"column '{name}' of shard {shard.url} is {kind}, not a list of {{role, content}} structs; pass {flag}"
+                )
+        elif not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
+                  or pa.types.is_large_binary(kind)):
+            raise HardfocusError(f"column '{name}' of shard {shard.url} is {kind}, not text; pass the right column with {flag}")
 
 
 def _read_parquet_rows(shard: Shard, start: int, stop: int, columns: Columns) -> RowBlock:
     pf = _parquet_file(shard)
     _check_parquet_columns(shard, pf.schema_arrow, columns)
-    wanted = [c for c in (columns.text, columns.id, columns.group) if c is not None]
+    wanted = [c for _, c in columns.sample_columns] + [c for c in (columns.id, columns.group) if c is not None]
     groups, offset, first = [], 0, None
     for i in range(pf.metadata.num_row_groups):
         n = pf.metadata.row_group(i).num_rows
@@ -224,18 +257,70 @@ def _read_parquet_rows(shard: Shard, start: int, stop: int, columns: Columns) ->
     if not groups:
         return block
     table = pf.read_row_groups(groups, columns=list(dict.fromkeys(wanted))).slice(start - first, stop - start)
-    texts = table.column(columns.text).to_pylist()
-    ids = table.column(columns.id).to_pylist() if columns.id else [None] * len(texts)
-    grp = table.column(columns.group).to_pylist() if columns.group else [None] * len(texts)
-    for text, id_, group in zip(texts, ids, grp):
-        status = None
-        if isinstance(text, bytes):
-            try:
-                text = text.decode("utf-8")
-            except UnicodeDecodeError:
-                text, status = None, Status.INVALID_UTF8.value
-        block.append(text, _str_or_none(id_), _str_or_none(group), status)
+    n = table.num_rows
+    ids = table.column(columns.id).to_pylist() if columns.id else [None] * n
+    grp = table.column(columns.group).to_pylist() if columns.group else [None] * n
+    fields = [_decoded_column(table.column(c).to_pylist()) for _, c in columns.sample_columns]
+    for i, (id_, group) in enumerate(zip(ids, grp)):
+        value, status = sample_value([f[i] for f in fields], columns)
+        block.append(value, _str_or_none(id_), _str_or_none(group), status)
     return block
+
+
+def _decoded_column(values: list) -> list:
+    """Binary text cells as str, or an :class:`_Undecodable` marker that becomes ``invalid_utf8``."""
+    out = []
+    for v in values:
+        if isinstance(v, bytes):
+            try:
+                v = v.decode("utf-8")
+            except UnicodeDecodeError:
+                v = _UNDECODABLE
+        out.append(v)
+    return out
+
+
+class _Undecodable:
+    pass
+
+
+_UNDECODABLE = _Undecodable()
+
+
+def sample_value(cells: list, columns: Columns) -> tuple[str | list[Message] | None, str | None]:
+    """One row's sample from its cells (in ``columns.sample_columns`` order): (value, status or None)."""
+    if any(c is _UNDECODABLE for c in cells):
+        return None, Status.INVALID_UTF8.value
+    if columns.format == "text":
+        return cells[0], None
+    if columns.format == "prompt_response":
+        for (_, name), cell in zip(columns.sample_columns, cells):
+            if cell is not None and not isinstance(cell, str):
+                return None, f"{ERROR_PREFIX}field '{name}' is {type(cell).__name__}, not a string"
+        prompt, response, system = (cells + [None])[:3]
+        messages = [{"role": "system", "content": system}] if system is not None else []
+        messages.append({"role": "user", "content": prompt or ""})
+        if response is not None:
+            messages.append({"role": "assistant", "content": response})
+        return messages, None
+    return _messages(cells[0], columns.messages)
+
+
+def _messages(value, name: str) -> tuple[list[Message] | None, str | None]:
+    """A ``messages`` cell checked: a list of objects with a string ``role`` and a string (or null) ``content``."""
+    if value is None:
+        return None, Status.EMPTY.value
+    if not isinstance(value, list):
+        return None, f"{ERROR_PREFIX}field '{name}' is {type(value).__name__}, not a list of messages"
+    messages = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            return None, f"{ERROR_PREFIX}message {i} of '{name}' is not an object with a string 'role'"
+        content = m.get("content")
+        if content is not None and not isinstance(content, str):
+            return None, f"{ERROR_PREFIX}message {i} of '{name}' has a {type(content).__name__} 'content', not a string"
+        messages.append({"role": m["role"], "content": content or ""})
+    return messages, None
 
 
 # ---- JSON Lines ------------------------------------------------------------------------------
@@ -269,11 +354,14 @@ def _check_first_json_row(shard: Shard, line: bytes, columns: Columns) -> None:
         obj = json.loads(line)
     except (UnicodeDecodeError, ValueError):
         return  # a bad line is a per-row status, reported when it is read
-    if isinstance(obj, dict) and columns.text not in obj:
-        raise HardfocusError(
-            f"the first row of shard {shard.url} has no field '{columns.text}' (fields: {', '.join(obj)}); "
-            "pass --text-column"
-        )
+    if not isinstance(obj, dict):
+        return
+    for flag, name in columns.sample_columns:
+        if name not in obj and not (flag == "--system-column"):
+            raise HardfocusError(
+                f"the first row of shard {shard.url} has no field '{name}' (fields: {', '.join(obj)}); pass {flag}"
+                + ("" if columns.format != "text" else " (or --format for conversations)")
+            )
 
 
 def _parse_json_row(line: bytes, columns: Columns, block: RowBlock) -> None:
@@ -292,14 +380,17 @@ def _parse_json_row(line: bytes, columns: Columns, block: RowBlock) -> None:
         return
     id_ = _str_or_none(obj.get(columns.id)) if columns.id else None
     group = _str_or_none(obj.get(columns.group)) if columns.group else None
-    if columns.text not in obj:
-        block.append(id=id_, group=group, status=f"{ERROR_PREFIX}no field '{columns.text}'")
-        return
-    text = obj[columns.text]
-    if text is not None and not isinstance(text, str):
-        block.append(id=id_, group=group, status=f"{ERROR_PREFIX}field '{columns.text}' is {type(text).__name__}, not a string")
-        return
-    block.append(text, id_, group)
+    for flag, name in columns.sample_columns:
+        if name not in obj and flag != "--system-column":
+            block.append(id=id_, group=group, status=f"{ERROR_PREFIX}no field '{name}'")
+            return
+    if columns.format == "text":
+        text = obj[columns.text]
+        if text is not None and not isinstance(text, str):
+            block.append(id=id_, group=group, status=f"{ERROR_PREFIX}field '{columns.text}' is {type(text).__name__}, not a string")
+            return
+    value, status = sample_value([obj.get(name) for _, name in columns.sample_columns], columns)
+    block.append(value, id_, group, status)
 
 
 def _str_or_none(value) -> str | None:

@@ -1,4 +1,8 @@
-"""Text to token ids, once, with truncation flagged and degenerate documents given a status."""
+"""Samples to token ids, once, with truncation flagged and degenerate samples given a status.
+
+Plain text here; conversations (rendered with the chat template, response-only targets) in
+:mod:`scoring.chat`. :func:`tokenize_block` picks the one the input format needs.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from scoring.chat import encode_conversations
 from scoring.schema import Status
+from scoring.sources import RowBlock
 
 # A token of a byte-level BPE rarely covers more than a few dozen characters, so cutting the text
 # at this many characters per wanted token avoids tokenising a 5 MB document in full; when the cut
@@ -17,11 +23,32 @@ _CUT_MARGIN_TOKENS = 16
 
 @dataclass
 class Tokenized:
-    """Token ids per document (int32), whether each was truncated, and its status (None = scoreable)."""
+    """Token ids per sample (int32), whether each was truncated, and its status (None = scoreable).
+
+    ``targets`` (conversations only) holds each sample's mask of scored target tokens; None means
+    every token but the first, as for plain text.
+    """
 
     input_ids: list[np.ndarray]
     truncated: list[bool]
     status: list[str | None]
+    targets: list[np.ndarray] | None = None
+
+
+def tokenize_block(
+    tokenizer, block: RowBlock, fmt: str, max_tokens: int, add_special_tokens: bool = True,
+    chat_template: str | None = None,
+) -> Tokenized:
+    """Tokenise a block of rows read in format ``fmt`` (text, prompt_response or messages)."""
+    if fmt == "text":
+        return tokenize_texts(tokenizer, block.values, block.status, max_tokens, add_special_tokens)
+    encoded = encode_conversations(tokenizer, block.values, block.status, max_tokens, chat_template)
+    return Tokenized(
+        input_ids=[e.input_ids for e in encoded],
+        truncated=[e.truncated for e in encoded],
+        status=[e.status for e in encoded],
+        targets=[e.target for e in encoded],
+    )
 
 
 def tokenize_texts(

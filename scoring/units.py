@@ -19,10 +19,18 @@ from scoring.config import ScoreConfig
 from scoring.errors import HardfocusError
 from scoring.model import load_tokenizer, resolve_model
 from scoring.output import ScoresDir
-from scoring.schema import NON_FINITE_LOSS, Status, is_input_error, scores_table
+from scoring.schema import (
+    LOSS_SPANS_TYPE,
+    NON_FINITE_LOSS,
+    Status,
+    is_input_error,
+    mask_from_spans,
+    scores_table,
+    spans_from_mask,
+)
 from scoring.scorer import Scorer
 from scoring.sources import Columns, Shard, read_rows
-from scoring.tokenize import tokenize_texts
+from scoring.tokenize import tokenize_block
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,7 @@ def plan_units(shard_rows: list[tuple[Shard, int]], rows_per_unit: int) -> list[
 
 
 def columns_of(cfg: ScoreConfig) -> Columns:
-    return Columns(text=cfg.text_column, id=cfg.id_column, group=cfg.group_column)
+    return cfg.columns(cfg.id_column, cfg.group_column)
 
 
 @lru_cache(maxsize=4)
@@ -76,7 +84,7 @@ def read_and_tokenize(unit: Unit, cfg: ScoreConfig, model_fingerprint: str) -> p
     if len(block) != unit.stop - unit.start:
         raise RuntimeError(f"{unit.shard.url} rows {unit.start}..{unit.stop}: read {len(block)} rows; did the shard change?")
     tokenizer = load_tokenizer(_checkpoint_path(cfg.model, model_fingerprint))
-    tok = tokenize_texts(tokenizer, block.texts, block.status, cfg.max_tokens, cfg.add_special_tokens)
+    tok = tokenize_block(tokenizer, block, cfg.format, cfg.max_tokens, cfg.add_special_tokens, cfg.chat_template)
     rows = np.arange(unit.start, unit.stop, dtype=np.int64)
     if cfg.on_error == "stop":
         for row, status in zip(rows, tok.status):
@@ -95,6 +103,7 @@ def read_and_tokenize(unit: Unit, cfg: ScoreConfig, model_fingerprint: str) -> p
             "truncated": pa.array(tok.truncated, pa.bool_()),
             "status": pa.array(tok.status, pa.string()),
             "input_ids": pa.array(tok.input_ids, pa.list_(pa.int32())),
+            **({} if tok.targets is None else {"loss_spans": pa.array([spans_from_mask(t) for t in tok.targets], LOSS_SPANS_TYPE)}),
         }
     )
 
@@ -131,11 +140,13 @@ class UnitScorer:
         started = time.perf_counter()
         status = tokenized.column("status").to_pylist()
         ids = tokenized.column("input_ids").to_pylist()
+        spans = tokenized.column("loss_spans").to_pylist() if "loss_spans" in tokenized.column_names else None
         todo = [i for i, s in enumerate(status) if s is None]
         nll_sum = np.full(len(status), np.nan)
         n_tokens = np.zeros(len(status), dtype=np.int64)
         if todo:
-            sums, counts = self.scorer.score([np.asarray(ids[i], dtype=np.int32) for i in todo])
+            masks = None if spans is None else [mask_from_spans(spans[i], len(ids[i])) for i in todo]
+            sums, counts = self.scorer.score([np.asarray(ids[i], dtype=np.int32) for i in todo], masks)
             nll_sum[todo], n_tokens[todo] = sums, counts
         for i in todo:
             if not np.isfinite(nll_sum[i]):
@@ -159,8 +170,10 @@ class UnitScorer:
                 "truncated": tokenized.column("truncated"),
                 "status": [Status.OK.value if s is None else s for s in status],
                 **({"input_ids": tokenized.column("input_ids")} if self.cfg.keep_input_ids else {}),
+                **({} if spans is None else {"loss_spans": tokenized.column("loss_spans")}),
             },
             with_input_ids=self.cfg.keep_input_ids,
+            with_loss_spans=spans is not None,
         )
         self.out.write_part(unit.part, table)
         return {

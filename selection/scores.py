@@ -30,6 +30,12 @@ class ScoreParts:
     rows: list[int]
     manifests: list[ScoreManifest]
     has_input_ids: bool
+    part_has_loss_spans: list[bool] | None = None  # per part; None = no part has the column (plain text)
+
+    @property
+    def has_loss_spans(self) -> bool:
+        """Whether the selected/ parts carry ``loss_spans`` (null for rows of parts without the column)."""
+        return any(self.part_has_loss_spans or ())
 
     @property
     def offsets(self) -> list[int]:
@@ -97,7 +103,7 @@ class ScoreParts:
 
 def open_scores(dirs: list[str]) -> ScoreParts:
     """Check each directory is a complete scores/ (manifest present) and all were scored alike."""
-    urls, rows, manifests, with_ids = [], [], [], []
+    urls, rows, manifests, with_ids, with_spans = [], [], [], [], []
     for d in dirs:
         fs, path = url_to_fs(d)
         manifest_path = posixpath.join(path, MANIFEST_FILE)
@@ -112,19 +118,38 @@ def open_scores(dirs: list[str]) -> ScoreParts:
         parts = sorted(fs.glob(posixpath.join(path, "part-*.parquet")))
         if len(parts) != manifest.parts:
             raise HardfocusError(f"'{d}' holds {len(parts)} part files but its manifest lists {manifest.parts}")
+        dir_spans = []
         for p in parts:
             with fs.open(p, "rb") as f:
                 meta = pq.read_metadata(f)
             schema = meta.schema.to_arrow_schema()
             check_scores_schema(schema, p)
             with_ids.append("input_ids" in schema.names)
+            dir_spans.append("loss_spans" in schema.names)
             rows.append(meta.num_rows)
             urls.append(fs_url(fs, p))
+        _check_spans_alike(d, parts, dir_spans)
+        with_spans.extend(dir_spans)
         manifests.append(manifest)
     _check_same_model(dirs, manifests)
     if sum(rows) != sum(m.rows for m in manifests):
         raise HardfocusError(f"the part files hold {sum(rows)} rows but the manifests say {sum(m.rows for m in manifests)}")
-    return ScoreParts(urls, rows, manifests, has_input_ids=bool(with_ids) and all(with_ids))
+    return ScoreParts(
+        urls, rows, manifests, has_input_ids=bool(with_ids) and all(with_ids),
+        part_has_loss_spans=with_spans if any(with_spans) else None,
+    )
+
+
+def _check_spans_alike(d: str, parts: list[str], with_spans: list[bool]) -> None:
+    """One scoring run writes ``loss_spans`` in every part or in none: a mix means parts of different runs."""
+    if any(with_spans) and not all(with_spans):
+        have = [posixpath.basename(p) for p, w in zip(parts, with_spans) if w]
+        lack = [posixpath.basename(p) for p, w in zip(parts, with_spans) if not w]
+        raise HardfocusError(
+            f"'{d}' mixes part files with a loss_spans column ({', '.join(have[:3])}{', ...' if len(have) > 3 else ''}) "
+            f"and without one ({', '.join(lack[:3])}{', ...' if len(lack) > 3 else ''}): they were not written by one "
+            "scoring run of one input format; rescore the directory"
+        )
 
 
 def _check_same_model(dirs: list[str], manifests: list[ScoreManifest]) -> None:

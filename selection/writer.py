@@ -1,4 +1,5 @@
-"""Write the training shards: each score part's kept rows, with loss_rank and weight, input_ids carried over.
+"""Write the training shards: each score part's kept rows, with loss_rank and weight, input_ids carried over
+(and loss_spans, when the scores have them).
 
 Everything goes into a temporary directory beside the output, ``summary.json`` last, and the
 directory is renamed into place: a crash never leaves a half-written selected/ that training
@@ -72,11 +73,15 @@ def write_shards(parts: ScoreParts, kept: pl.DataFrame, out_url: str, progress: 
     part_of = np.searchsorted(offsets, global_rows, side="right") - 1
     bounds = np.flatnonzero(np.diff(part_of, prepend=-1, append=-1))  # where the part index changes
     columns = ["sample_id", "group", "loss"] + (["input_ids"] if parts.has_input_ids else [])
-    schema = selected_schema(parts.has_input_ids)
+    schema = selected_schema(parts.has_input_ids, parts.has_loss_spans)
     written = 0
     for lo, hi in tqdm(list(zip(bounds[:-1], bounds[1:])), unit="parts", disable=not progress, mininterval=1.0):
         index = int(part_of[lo])
-        source = parts.read_part(index, columns).take(pa.array(global_rows[lo:hi] - offsets[index]))
+        part_spans = parts.has_loss_spans and parts.part_has_loss_spans[index]
+        source = parts.read_part(index, columns + (["loss_spans"] if part_spans else []))
+        source = source.take(pa.array(global_rows[lo:hi] - offsets[index]))
+        if parts.has_loss_spans:  # plain-text parts selected with conversation parts: null = every token a target
+            spans = source["loss_spans"] if part_spans else pa.nulls(hi - lo, schema.field("loss_spans").type)
         table = pa.table(
             {
                 "sample_id": source["sample_id"],
@@ -85,6 +90,7 @@ def write_shards(parts: ScoreParts, kept: pl.DataFrame, out_url: str, progress: 
                 "loss_rank": pa.array(loss_rank[lo:hi], pa.float32()),
                 "weight": pa.array(weight[lo:hi], pa.float32()),
                 **({"input_ids": source["input_ids"]} if parts.has_input_ids else {}),
+                **({"loss_spans": spans} if parts.has_loss_spans else {}),
             },
             schema=schema,
         )

@@ -71,6 +71,69 @@ def tiny_model_dir(tmp_path_factory) -> str:
     return str(path)
 
 
+# ChatML as SmolLM2 ships it (a default system prompt when the conversation has none) ...
+CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+# ... and the same rendering with HF's generation markers, from which transformers derives its own assistant mask
+CHATML_GENERATION = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant<|im_end|>\n' }}{% endif %}"
+    "{% if message['role'] == 'assistant' %}{{ '<|im_start|>assistant\n' }}"
+    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{% else %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model_dir(tmp_path_factory) -> str:
+    """Like ``tiny_model_dir``, with ChatML's special tokens and chat template."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320, special_tokens=["<pad>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(ENGLISH * 5 + real_texts(60), trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<|im_start|>", eos_token="<|im_end|>"
+    )
+    fast.chat_template = CHATML
+    torch.manual_seed(1)
+    config = LlamaConfig(
+        vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=2048, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+    path = tmp_path_factory.mktemp("tiny-chat-model")
+    LlamaForCausalLM(config).save_pretrained(path)
+    fast.save_pretrained(path)
+    return str(path)
+
+
+def conversations(n: int, seed: int = 0) -> list[list[dict]]:
+    """Real-text conversations of 1 to 4 turns, some with a system prompt."""
+    rng = random.Random(seed)
+    pool = ENGLISH + real_texts(40, seed=seed)
+    out = []
+    for i in range(n):
+        messages = [{"role": "system", "content": "Answer briefly."}] if i % 3 == 0 else []
+        for _ in range(rng.randint(1, 4)):
+            messages.append({"role": "user", "content": rng.choice(pool)[: rng.choice([20, 80, 300])]})
+            messages.append({"role": "assistant", "content": rng.choice(pool)[: rng.choice([10, 60, 400])]})
+        out.append(messages)
+    return out
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:

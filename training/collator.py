@@ -1,24 +1,40 @@
-"""Pad token-id samples into a batch: labels masked on padding, static weights carried along."""
+"""Pad token-id samples into a batch: labels masked outside the targets, static weights carried along."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from scoring.schema import mask_from_spans
+
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class WeightedCollator:
     """Right-pads ``input_ids`` to the longest sample (cut at ``max_seq_len``).
 
-    Padding gets ``attention_mask = 0`` and ``labels = -100``, so a padded sample's loss equals its
-    unpadded loss. ``weight`` (float32, 1 where a row has none) travels as its own tensor.
+    ``labels`` are the token ids at the sample's *target* positions and -100 everywhere else:
+    a row's ``loss_spans`` (``[{"start", "stop"}, ...]``, the ranges of the tokens whose prediction
+    is trained on, e.g. the assistant turns of a conversation) pick the targets; None or an absent
+    key is plain text, whose targets are every token but the first. Padding gets
+    ``attention_mask = 0`` and ``labels = -100``, so a padded sample's loss equals its unpadded
+    loss. ``weight`` (float32, 1 where a row has none) travels as its own tensor.
+
+    Spans are clipped to the ``max_seq_len`` cut. A sample whose targets all lie beyond the cut
+    (a prompt longer than ``max_seq_len``) keeps its place in the batch with all labels -100: its
+    loss is 0 with no gradient (see :func:`training.weighting.per_sample_nll`), and a warning says
+    how many such samples were seen (first one, then at 10, 100, ...): raise ``max_seq_len``, or
+    score with ``max_tokens <= max_seq_len`` so such rows are excluded as ``prompt_too_long``.
     """
 
     pad_token_id: int
     max_seq_len: int
+    samples_without_targets: int = 0  # seen so far by this collator (per process: Ray workers count their own)
 
     def __call__(self, rows: Sequence[Mapping]) -> dict[str, torch.Tensor]:
         seqs = [np.asarray(r["input_ids"], dtype=np.int64)[: self.max_seq_len] for r in rows]
@@ -26,11 +42,16 @@ class WeightedCollator:
         input_ids = torch.full((len(seqs), longest), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(seqs), longest), dtype=torch.long)
         labels = torch.full((len(seqs), longest), -100, dtype=torch.long)
-        for i, seq in enumerate(seqs):
+        no_targets = 0
+        for i, (row, seq) in enumerate(zip(rows, seqs)):
             n = len(seq)
+            target = mask_from_spans(_spans(row.get("loss_spans")), n)
+            no_targets += not target.any()
             input_ids[i, :n] = torch.from_numpy(seq)
             attention_mask[i, :n] = 1
-            labels[i, :n] = input_ids[i, :n]
+            labels[i, :n] = torch.from_numpy(np.where(target, seq, -100))
+        if no_targets:
+            self._warn_no_targets(no_targets, len(rows))
         weight = torch.tensor([float(r.get("weight", 1.0)) for r in rows], dtype=torch.float32)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "weight": weight}
 
@@ -38,7 +59,30 @@ class WeightedCollator:
         """The same batch from Ray Data's columnar ``{column: array}`` form."""
         n = len(batch["input_ids"])
         weights = batch.get("weight")
+        spans = batch.get("loss_spans")
         rows = [
-            {"input_ids": batch["input_ids"][i], "weight": 1.0 if weights is None else float(weights[i])} for i in range(n)
+            {
+                "input_ids": batch["input_ids"][i],
+                "weight": 1.0 if weights is None else float(weights[i]),
+                "loss_spans": None if spans is None else spans[i],
+            }
+            for i in range(n)
         ]
         return self(rows)
+
+    def _warn_no_targets(self, count: int, batch_size: int) -> None:
+        before, self.samples_without_targets = self.samples_without_targets, self.samples_without_targets + count
+        if before == 0 or len(str(before)) < len(str(self.samples_without_targets)):  # the first, then each power of 10
+            log.warning(
+                "%d of %d samples in a batch have no target token within max_seq_len=%d (their loss spans start "
+                "beyond the cut; %d such samples so far): they are trained on with loss 0 and no gradient. Raise "
+                "--max-seq-len, or score with max_tokens <= max_seq_len so they are excluded as prompt_too_long",
+                count, batch_size, self.max_seq_len, self.samples_without_targets,
+            )
+
+
+def _spans(value) -> list[Mapping[str, int]] | None:
+    """A row's ``loss_spans`` as a list of ``{start, stop}``; Ray Data gives an object array of dicts, or None."""
+    if value is None:
+        return None
+    return list(value)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
+
+from scoring.config import SampleFormat
 
 Weighting = Literal["none", "static", "online", "static+online"]
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(SampleFormat):
     """Everything ``hardfocus train`` needs. Unknown keys are an error."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -55,7 +57,6 @@ class TrainConfig(BaseModel):
     cpus_per_worker: float = Field(1, gt=0, description="CPUs per Ray Train worker")
     use_gpu: bool = Field(False, description="one GPU per Ray Train worker")
     ray_address: str | None = Field(None, description="Ray cluster address; default $RAY_ADDRESS, else a local Ray")
-    text_column: str = Field("text", description="raw shards only: the text column")
     group_column: str | None = Field(None, description="raw shards only: the group column")
 
     @model_validator(mode="after")
@@ -86,7 +87,7 @@ class TrainConfig(BaseModel):
         return self.weighting in ("static", "static+online")
 
 
-class EvalConfig(BaseModel):
+class EvalConfig(SampleFormat):
     """Everything ``hardfocus eval`` needs: held-out text shards and the models to compare on them."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -96,7 +97,6 @@ class EvalConfig(BaseModel):
     )
     data: list[str] = Field(min_length=1, description="held-out shards (files, directories, globs), never trained on")
     output: str = Field(description="directory for eval.json and each model's held-out scores")
-    text_column: str = Field("text", description="column holding the text")
     group_column: str | None = Field("group", description="column naming each document's group (domain)")
     max_tokens: int = Field(1024, ge=2, description="longer documents are truncated (the same cut for every model)")
     dtype: Literal["auto", "bfloat16", "float32"] = Field("auto", description="auto = bf16 where native, else float32")

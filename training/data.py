@@ -6,6 +6,11 @@ Nothing is re-tokenised: scoring stored ``input_ids`` and selection carried them
 - ``scores/`` (has ``manifest.json``, written last): the rows with status ``ok``, weight 1 (the
   ERM baseline over everything scored); the others are counted and reported, never trained on.
 - any other directory of ``part-*.parquet`` with an ``input_ids`` column (``weight`` optional).
+
+Each source may carry ``loss_spans`` (:data:`scoring.schema.LOSS_SPANS_TYPE`: the target token
+ranges of instruction data, whose loss covers the responses only); parts without the column, and
+null values, are plain text (every token but the first is a target). Rows whose spans hold no
+target token are refused, like rows of fewer than 2 tokens.
 """
 
 from __future__ import annotations
@@ -23,19 +28,19 @@ from fsspec.core import url_to_fs
 
 from scoring.errors import HardfocusError
 from scoring.output import MANIFEST_FILE
-from scoring.schema import Status
+from scoring.schema import LOSS_SPANS_TYPE, Status
 from selection.schema import SUMMARY_FILE
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("sample_id", "group", "weight", "input_ids")
+COLUMNS = ("sample_id", "group", "weight", "input_ids", "loss_spans")
 
 
 @dataclass
 class TrainingData:
     """All training rows in memory (token ids are compact: 4 bytes each) and where they came from."""
 
-    table: pa.Table  # COLUMNS; weight float32
+    table: pa.Table  # COLUMNS; weight float32, loss_spans null for plain-text rows
     kinds: dict[str, str] = field(default_factory=dict)  # source dir -> selected | scores | tokens
     not_ok: int = 0  # scores rows skipped because their status is not ok
     has_weights: bool = False
@@ -104,26 +109,89 @@ def _read_parts(fs, parts: list[str], kind: str, where: str) -> tuple[pa.Table, 
             "group": t.column("group").cast(pa.string()) if "group" in t.column_names else pa.nulls(n, pa.string()),
             "weight": t.column("weight").cast(pa.float32()) if "weight" in t.column_names else pa.array(np.ones(n, np.float32)),
             "input_ids": t.column("input_ids").cast(pa.list_(pa.int32())),
+            "loss_spans": _loss_spans(t, part),
         }
         tables.append(pa.table(columns))
     table = pa.concat_tables(tables)
     short = pc.sum(pc.less(pc.list_value_length(table.column("input_ids")), 2)).as_py() or 0
     if short:
         raise HardfocusError(f"{short} rows of '{where}' have fewer than 2 tokens: nothing to predict (were they scored ok?)")
+    _check_spans(table, where)
     return table, skipped
 
 
+def _loss_spans(t: pa.Table, part: str) -> pa.ChunkedArray | pa.Array:
+    if "loss_spans" not in t.column_names:
+        return pa.nulls(t.num_rows, LOSS_SPANS_TYPE)
+    try:
+        return t.column("loss_spans").cast(LOSS_SPANS_TYPE)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise HardfocusError(f"'{part}' has a loss_spans column of type {t.schema.field('loss_spans').type}, expected {LOSS_SPANS_TYPE}") from exc
+
+
+def _check_spans(table: pa.Table, where: str) -> None:
+    """Refuse malformed spans (null bounds, start < 0, stop < start) and rows whose spans select no target token."""
+    spans = table.column("loss_spans").combine_chunks()
+    if spans.null_count == len(spans):
+        return
+    flat = spans.flatten()  # the spans of the non-null rows, in row order
+    row = pc.list_parent_indices(spans).to_numpy()
+    start, stop = pc.struct_field(flat, "start"), pc.struct_field(flat, "stop")
+    if start.null_count or stop.null_count:
+        raise HardfocusError(f"rows of '{where}' have loss_spans with a null start or stop")
+    start, stop = start.to_numpy().astype(np.int64), stop.to_numpy().astype(np.int64)
+    if (bad := (start < 0) | (stop < start)).any():
+        i = int(np.flatnonzero(bad)[0])
+        raise HardfocusError(
+            f"{int(bad.sum())} loss spans of '{where}' are not ranges [start, stop) with 0 <= start <= stop "
+            f"(e.g. {{start: {start[i]}, stop: {stop[i]}}} of sample {table.column('sample_id')[int(row[i])]})"
+        )
+    n_tokens = pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False)
+    has_target = np.zeros(len(spans), dtype=bool)
+    has_target[row[np.minimum(stop, n_tokens[row]) > np.maximum(start, 1)]] = True  # token 0 is never a target
+    no_target = np.flatnonzero(spans.is_valid().to_numpy(zero_copy_only=False) & ~has_target)
+    if len(no_target):
+        raise HardfocusError(
+            f"{len(no_target)} rows of '{where}' have loss_spans that select no target token (e.g. sample "
+            f"{table.column('sample_id')[int(no_target[0])]}): nothing to train on (were they scored ok?)"
+        )
+
+
 class TokenDataset(torch.utils.data.Dataset):
-    """Map-style dataset over a :class:`TrainingData` table: ``{"input_ids", "weight"}`` per row."""
+    """Map-style dataset over a :class:`TrainingData` table: ``{"input_ids", "weight", "loss_spans"}`` per row.
+
+    ``loss_spans`` is a list of ``{"start", "stop"}`` (the row's target token ranges), or None for
+    plain text (and for a table without the column).
+    """
 
     def __init__(self, table: pa.Table):
         ids = table.column("input_ids").combine_chunks()
         self._offsets = ids.offsets.to_numpy()
         self._values = ids.values.to_numpy()
         self._weights = table.column("weight").to_numpy().astype(np.float32)
+        self._span_offsets = None
+        if "loss_spans" in table.column_names and table.column("loss_spans").null_count < table.num_rows:
+            spans = table.column("loss_spans").combine_chunks()
+            # null rows get an empty range of spans here; _span_valid tells them from an empty list
+            self._span_valid = spans.is_valid().to_numpy(zero_copy_only=False)
+            lengths = pc.list_value_length(spans).fill_null(0).to_numpy()
+            self._span_offsets = np.concatenate([[0], np.cumsum(lengths)])
+            flat = spans.flatten()
+            self._starts = pc.struct_field(flat, "start").to_numpy().astype(np.int64)
+            self._stops = pc.struct_field(flat, "stop").to_numpy().astype(np.int64)
 
     def __len__(self) -> int:
         return len(self._weights)
 
     def __getitem__(self, i: int) -> dict:
-        return {"input_ids": self._values[self._offsets[i] : self._offsets[i + 1]], "weight": float(self._weights[i])}
+        return {
+            "input_ids": self._values[self._offsets[i] : self._offsets[i + 1]],
+            "weight": float(self._weights[i]),
+            "loss_spans": self._spans(i),
+        }
+
+    def _spans(self, i: int) -> list[dict[str, int]] | None:
+        if self._span_offsets is None or not self._span_valid[i]:
+            return None
+        lo, hi = self._span_offsets[i], self._span_offsets[i + 1]
+        return [{"start": int(a), "stop": int(b)} for a, b in zip(self._starts[lo:hi], self._stops[lo:hi])]

@@ -22,30 +22,53 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 
 from scoring.errors import HardfocusError
 from scoring.output import MANIFEST_FILE
-from scoring.schema import Status
+from scoring.schema import LOSS_SPANS_TYPE, Status
 from training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 
 def training_dataset(paths: list[str]):
-    """One Ray dataset of ``input_ids`` and ``weight`` over selected/, scores/ (status ok) or token directories."""
+    """One Ray dataset of ``input_ids`` and ``weight`` over selected/, scores/ (status ok) or token directories.
+
+    When any part has ``loss_spans``, every row carries the column (null, i.e. plain text, for rows
+    of parts without it); otherwise the dataset is as it was before conversations.
+    """
+    import pyarrow.parquet as pq
     import ray
 
-    datasets = []
+    sources = []
     for path in paths:
         fs, root = url_to_fs(path)
         parts = sorted(fs.glob(posixpath.join(root, "part-*.parquet")))
         if not parts:
             raise HardfocusError(f"'{path}' holds no part-*.parquet files")
-        urls = [fs.unstrip_protocol(p) for p in parts]
+        with_spans = []
+        for p in parts:
+            with fs.open(p, "rb") as f:
+                with_spans.append("loss_spans" in pq.read_schema(f).names)
         is_scores = fs.exists(posixpath.join(root, MANIFEST_FILE))
+        for spans in (True, False):  # a directory whose parts differ is read as two datasets
+            urls = [fs.unstrip_protocol(p) for p, w in zip(parts, with_spans) if w == spans]
+            if urls:
+                sources.append((urls, is_scores, spans))
+    any_spans = any(spans for _, _, spans in sources)
+    datasets = []
+    for urls, is_scores, spans in sources:
         columns = ["input_ids", "status"] if is_scores else ["input_ids", "weight"]
-        ds = ray.data.read_parquet(urls, columns=columns)
+        ds = ray.data.read_parquet(urls, columns=columns + (["loss_spans"] if spans else []))
         if is_scores:
             ds = ds.filter(lambda row: row["status"] == Status.OK.value).drop_columns(["status"])
+        if any_spans and not spans:
+            ds = ds.map_batches(_add_null_spans, batch_format="pyarrow")
         datasets.append(ds)
     return datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
+
+
+def _add_null_spans(batch):
+    import pyarrow as pa
+
+    return batch.append_column(pa.field("loss_spans", LOSS_SPANS_TYPE), pa.nulls(batch.num_rows, LOSS_SPANS_TYPE))
 
 
 def fit_on_ray(cfg: TrainConfig, model_path: str, bf16: bool, progress: bool, resume: str | None):

@@ -31,7 +31,10 @@ def per_sample_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     """Mean next-token NLL per sample (fp32) and the number of predicted positions.
 
     ``labels`` are aligned with the inputs (``labels[:, t]`` is token t; -100 = not predicted), as
-    ``model(labels=...)`` takes them: position t's logits predict ``labels[:, t + 1]``.
+    ``model(labels=...)`` takes them: position t's logits predict ``labels[:, t + 1]``. The mean is
+    over the sample's own targets only (padding and, for instruction data, the tokens outside its
+    ``loss_spans`` are -100). A sample with no target at all (its spans cut away by ``max_seq_len``;
+    the collator warns) gets loss 0 and ``n_tokens`` 0, never NaN, and so no gradient.
     """
     b, t, v = logits.shape
     shift_labels = labels[:, 1:]

@@ -48,7 +48,7 @@ def test_every_format_reads_the_same_rows(corpus):
         assert count_rows(shard, columns) == 23  # blank lines are not rows
         for start, stop in [(0, 23), (5, 17), (9, 11), (20, 23)]:  # across Parquet row groups too
             block = read_rows(shard, start, stop, columns)
-            assert block.texts == [r["text"] for r in ROWS[start:stop]], shard.rel
+            assert block.values == [r["text"] for r in ROWS[start:stop]], shard.rel
             assert block.ids == [r["doc"] for r in ROWS[start:stop]]
             assert block.groups == [r["src"] for r in ROWS[start:stop]]
             assert block.status == [None] * (stop - start)
@@ -60,13 +60,13 @@ def test_bad_json_lines_get_a_status(tmp_path):
     shard = find_shards([str(path)])[0]
     assert count_rows(shard, Columns()) == 7
     block = read_rows(shard, 0, 7, Columns())
-    assert block.texts[0] == "fine" and block.status[0] is None
+    assert block.values[0] == "fine" and block.status[0] is None
     assert block.status[1].startswith("error: invalid JSON")
     assert block.status[2] == "error: line is a JSON str, not an object"
     assert block.status[3] == "error: field 'text' is int, not a string"
     assert block.status[4] == "error: no field 'text'"
     assert block.status[5] == "invalid_utf8"
-    assert block.status[6] is None and block.texts[6] is None  # null text: tokenisation marks it empty
+    assert block.status[6] is None and block.values[6] is None  # null text: tokenisation marks it empty
 
 
 @pytest.mark.parametrize(
@@ -111,4 +111,4 @@ def test_same_relative_path_from_two_inputs_is_refused(tmp_path):
 def test_fsspec_url(corpus):
     """Any fsspec URL works; file:// stands in for s3:// here (no network)."""
     shards = find_shards([f"file://{corpus}/a/p.parquet"])
-    assert read_rows(shards[0], 0, 2, Columns()).texts == ["document number 0", "document number 1"]
+    assert read_rows(shards[0], 0, 2, Columns()).values == ["document number 0", "document number 1"]
