@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 OUT    ?= outputs/demo
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo demo-chat bench clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,14 @@ demo: setup
 	$(BIN)/hardfocus demo-corpus $(OUT)/corpus --noise-frac 0.05
 	$(BIN)/hardfocus run pipelines/configs/demo.toml --set run.workdir=\"$(OUT)\" \
 		--set run.data=[\"$(OUT)/corpus/train\"] --set run.heldout=[\"$(OUT)/corpus/heldout\"]
+
+# Instruction data: real human chat conversations (chitchat-dataset), loss on the assistant turns only
+# (pipelines/configs/demo-chat.toml).
+CHAT_OUT ?= outputs/demo-chat
+demo-chat: setup
+	$(BIN)/hardfocus demo-corpus $(CHAT_OUT)/corpus --kind chat --docs-per-group 100 --noise-frac 0.1
+	$(BIN)/hardfocus run pipelines/configs/demo-chat.toml --set run.workdir=\"$(CHAT_OUT)\" \
+		--set run.data=[\"$(CHAT_OUT)/corpus/train\"] --set run.heldout=[\"$(CHAT_OUT)/corpus/heldout\"]
 
 bench: setup
 	$(BIN)/python benchmarks/scoring_speed.py

@@ -10,14 +10,14 @@ import pytest
 
 from scoring import ScoreConfig, score
 from selection import SelectConfig, select
-from tests.conftest import real_texts, write_jsonl
+from tests.conftest import conversations, real_texts, write_jsonl
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def _recipes() -> list[str]:
+def _recipes(heading: str = "### Inspecting scores with polars") -> list[str]:
     text = README.read_text()
-    section = text[text.index("### Inspecting scores with polars") :]
+    section = text[text.index(heading) :]
     section = section[: section.index("\n## ")]
     return re.findall(r"```python\n(.*?)```", section, flags=re.S)
 
@@ -57,3 +57,35 @@ def test_readme_recipes_run_and_are_right(workdir):
     assert hardest["loss"][0] == ok["loss"].max()
     assert set(ns["thresholds"]) == {"all"}
     assert ns["kept_per_group"]["kept"].sum() == ns["summary"]["bands"]["kept"]
+
+
+def test_readme_conversation_recipes_run_and_are_right(tmp_path, tiny_chat_model_dir, monkeypatch):
+    convs = conversations(24, seed=13)
+    rows = [{"id": f"c{i}", "group": "a" if i % 2 else "b", "messages": m} for i, m in enumerate(convs)]
+    rows.append({"id": "silent", "group": "a", "messages": [{"role": "user", "content": "anyone?"}]})
+    write_jsonl(tmp_path / "data" / "chat" / "c.jsonl", rows)
+    score(ScoreConfig(inputs=[str(tmp_path / "data" / "chat")], output=str(tmp_path / "chat-scores"), format="messages",
+                      model=tiny_chat_model_dir, id_column="id", group_column="group", executor="local",
+                      dtype="float32", max_tokens=256), progress=False)
+    monkeypatch.chdir(tmp_path)
+    recipes = _recipes("### Inspecting conversations with polars")
+    assert len(recipes) == 2
+    ns: dict = {}
+    for code in recipes:
+        exec(compile(code, "README.md", "exec"), ns)  # noqa: S102 - the README's own code
+
+    scores = pl.read_parquet("chat-scores/part-*.parquet")
+    top = scores.filter(pl.col("status") == "ok").sort("loss", descending=True).head(5)
+    turns = ns["hardest_turns"]
+    assert turns["sample_id"].unique(maintain_order=True).to_list() == top["sample_id"].to_list()
+    source = {r["id"]: r["messages"] for r in rows}
+    for sample_id in top["sample_id"]:
+        got = turns.filter(pl.col("sample_id") == sample_id).sort("turn").select("role", "content").to_dicts()
+        assert got == source[sample_id]
+    per_group = ns["per_group_chat"]
+    ok = scores.filter(pl.col("status") == "ok")
+    assert per_group["conversations"].sum() == len(rows) and per_group["ok"].sum() == ok.height
+    assert scores.filter(pl.col("sample_id") == "silent")["status"].to_list() == ["no_response"]
+    for row in per_group.iter_rows(named=True):
+        assert row["assistant_tokens"] == pytest.approx(ok.filter(pl.col("group") == row["group"])["n_tokens"].mean())
+    assert per_group["truncated"].sum() == scores["truncated"].sum() > 0
