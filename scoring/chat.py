@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import jinja2
 import numpy as np
 
 from scoring.errors import HardfocusError
@@ -88,6 +89,8 @@ def encode_conversation(tokenizer, messages: list[Message], max_tokens: int, tem
             encoded = _drop_leading_turns(tokenizer, system, body, starts, max_tokens, template)
     except _NotIncremental as exc:
         return _empty(f"{ERROR_PREFIX}{exc}")
+    except jinja2.TemplateError as exc:  # e.g. a template's raise_exception('roles must alternate')
+        return _empty(f"{ERROR_PREFIX}the chat template refused this conversation: {exc}")
     if len(encoded.input_ids) > max_tokens:
         encoded = Encoded(encoded.input_ids[:max_tokens], encoded.target[:max_tokens], truncated=True)
         encoded.target[:1] = False

@@ -43,9 +43,11 @@ def real_texts(n: int = 200, seed: int = 0) -> list[str]:
     return [rng.choice(pool)[: rng.choice([20, 60, 200, 800, 3000])] for _ in range(n)]
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> str:
-    """A 2-layer Llama with a 300-token byte-level BPE trained here, saved as an HF checkpoint."""
+def _tiny_llama(path: Path, special_tokens: list[str], vocab_size: int, seed: int, chat_template: str | None = None) -> str:
+    """A 2-layer Llama with a byte-level BPE trained here on real text, saved as an HF checkpoint.
+
+    ``special_tokens`` are pad, BOS, EOS (ids 0, 1, 2), then any others.
+    """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -54,21 +56,28 @@ def tiny_model_dir(tmp_path_factory) -> str:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size, special_tokens=special_tokens, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     tok.train_from_iterator(ENGLISH * 5 + real_texts(60), trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
-    torch.manual_seed(0)
+    pad, bos, eos = special_tokens[:3]
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=pad, bos_token=bos, eos_token=eos)
+    if chat_template:
+        fast.chat_template = chat_template
+    torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=fast.vocab_size if hasattr(fast, "vocab_size") else len(fast),
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=2048, pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+        vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=2048, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        tie_word_embeddings=False,
     )
-    model = LlamaForCausalLM(config)
-    path = tmp_path_factory.mktemp("tiny-model")
-    model.save_pretrained(path)
+    LlamaForCausalLM(config).save_pretrained(path)
     fast.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A 2-layer Llama with a 300-token byte-level BPE trained here, saved as an HF checkpoint."""
+    return _tiny_llama(tmp_path_factory.mktemp("tiny-model"), ["<pad>", "<s>", "</s>"], 300, seed=0)
 
 
 # ChatML as SmolLM2 ships it (a default system prompt when the conversation has none) ...
@@ -92,32 +101,8 @@ CHATML_GENERATION = (
 @pytest.fixture(scope="session")
 def tiny_chat_model_dir(tmp_path_factory) -> str:
     """Like ``tiny_model_dir``, with ChatML's special tokens and chat template."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320, special_tokens=["<pad>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(ENGLISH * 5 + real_texts(60), trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", bos_token="<|im_start|>", eos_token="<|im_end|>"
-    )
-    fast.chat_template = CHATML
-    torch.manual_seed(1)
-    config = LlamaConfig(
-        vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=2048, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-        tie_word_embeddings=False,
-    )
-    path = tmp_path_factory.mktemp("tiny-chat-model")
-    LlamaForCausalLM(config).save_pretrained(path)
-    fast.save_pretrained(path)
-    return str(path)
+    return _tiny_llama(tmp_path_factory.mktemp("tiny-chat-model"), ["<pad>", "<|im_start|>", "<|im_end|>"], 320, seed=1,
+                       chat_template=CHATML)
 
 
 def conversations(n: int, seed: int = 0) -> list[list[dict]]:

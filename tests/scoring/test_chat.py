@@ -146,6 +146,17 @@ def test_every_row_is_accounted_for_with_bad_and_unscoreable_conversations(tmp_p
         score(cfg.model_copy(update={"output": str(tmp_path / "out2"), "on_error": "stop"}), progress=False)
 
 
+def test_a_template_that_refuses_a_conversation_gives_that_row_an_error_status(chat_tokenizer):
+    strict = CHATML.replace(
+        "{% for message in messages %}",
+        "{% for message in messages %}{% if message['role'] == 'tool' %}{{ raise_exception('no tools here') }}{% endif %}",
+    )
+    messages = [{"role": "user", "content": "hi"}, {"role": "tool", "content": "42"}, {"role": "assistant", "content": "ok"}]
+    enc = encode_conversation(chat_tokenizer, messages, max_tokens=100, template=strict)
+    assert enc.status.startswith("error: the chat template refused") and "no tools here" in enc.status
+    assert encode_conversation(chat_tokenizer, messages, max_tokens=100, template=CHATML).status is None
+
+
 def test_a_tokenizer_without_template_is_refused_unless_one_is_given(tmp_path, tiny_model_dir):
     write_jsonl(tmp_path / "in" / "c.jsonl", [{"messages": m} for m in conversations(4, seed=8)])
     cfg = ScoreConfig(inputs=[str(tmp_path / "in")], output=str(tmp_path / "out"), model=tiny_model_dir,
