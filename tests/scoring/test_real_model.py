@@ -71,3 +71,34 @@ def test_prose_scores_lower_than_shuffled_gibberish_on_ray(tmp_path, smollm2):
     diff = np.max(np.abs(df["loss"].to_numpy() - np.array(ref)))
     print(f"max |bf16 batched - fp32 unbatched| = {diff:.4f} nats")
     assert diff < REAL_BF16_VS_FP32
+
+
+def test_smollm2_chat_template_from_the_gguf_masks_the_assistant_turns(tmp_path, smollm2):
+    """The GGUF's own ChatML template: the scored tokens decode to the replies, and a real reply scores lower
+    than the same reply with its words shuffled (response-only loss, executor local, bf16 where native)."""
+    from scoring.chat import encode_conversation
+    from scoring.schema import spans_from_mask
+
+    tokenizer = load_tokenizer(smollm2.path)
+    assert "<|im_start|>" in tokenizer.chat_template
+    replies = ["The committee will meet on Tuesday.", "It flows from the mountains to the sea, carrying sand."]
+    messages = [{"role": "user", "content": "When does the committee meet?"}, {"role": "assistant", "content": replies[0]},
+                {"role": "user", "content": "Where does a river flow?"}, {"role": "assistant", "content": replies[1]}]
+    enc = encode_conversation(tokenizer, messages, max_tokens=1024)
+    spans = spans_from_mask(enc.target)
+    assert [tokenizer.decode(enc.input_ids[s["start"] : s["stop"]]) for s in spans] == [r + "<|im_end|>" for r in replies]
+
+    rng = random.Random(1)
+    rows = []
+    for text in ENGLISH:
+        words = text.split()
+        rng.shuffle(words)
+        prompt = [{"role": "user", "content": "Tell me something."}]
+        rows.append({"messages": prompt + [{"role": "assistant", "content": text}], "kind": "reply"})
+        rows.append({"messages": prompt + [{"role": "assistant", "content": " ".join(words)}], "kind": "shuffled"})
+    write_jsonl(tmp_path / "in" / "chat.jsonl", rows)
+    score(ScoreConfig(inputs=[str(tmp_path / "in")], output=str(tmp_path / "s"), model=SMOLLM2_ALIAS, format="messages",
+                      group_column="kind", executor="local"), progress=False)
+    df = pl.read_parquet(str(tmp_path / "s" / "part-*.parquet")).sort("row")
+    real, shuffled = df.filter(pl.col("group") == "reply"), df.filter(pl.col("group") == "shuffled")
+    assert (real["loss"].to_numpy() < shuffled["loss"].to_numpy()).all()
