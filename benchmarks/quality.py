@@ -31,6 +31,7 @@ import argparse
 import json
 import logging
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -163,6 +164,7 @@ def heldout_tokens(corpus: Path, model_path: str, s: Settings, out: Path) -> Pat
 def run_quality(workdir: Path, s: Settings, corpus: Path | None = None) -> dict:
     from pipelines.evaluate import evaluate
     from pipelines.train import run_train
+    from scoring import HardfocusError
     from scoring.model import resolve_model
     from training import TrainConfig
     from training.config import EvalConfig
@@ -185,9 +187,13 @@ def run_quality(workdir: Path, s: Settings, corpus: Path | None = None) -> dict:
                 data=[str(train_dir)], output=str(out), model=s.model, weighting=arm.weighting, temperature=s.temperature,
                 max_steps=s.steps, batch_size=s.batch_size, max_seq_len=s.seq_len, learning_rate=s.learning_rate,
                 lr_scheduler="cosine", warmup_ratio=0.1, seed=seed, precision=s.precision, logging_steps=s.eval_every,
-                save_steps=10**6, eval_data=[str(heldout)], eval_steps=s.eval_every, overwrite=True,
+                save_steps=10**6, eval_data=[str(heldout)], eval_steps=s.eval_every,
             )
-            result = run_train(cfg, progress=False)
+            try:  # an arm this workdir already finished with these settings is reused: a rerun resumes the benchmark
+                result = run_train(cfg, progress=False)
+            except HardfocusError:  # other settings there: replace them
+                result = run_train(cfg.model_copy(update={"overwrite": True}), progress=False)
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)  # 1.5 GB per arm (optimizer state); the model stays
             history = [json.loads(line) for line in open(result.log_file)]
             curve = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
             runs.append({"arm": arm.name, "seed": seed, "model": str(out), "curve": curve,
