@@ -63,7 +63,8 @@ def load_training_data(paths: list[str]) -> TrainingData:
             kind = "scores"
         elif parts and _has_no_marker_but_looks_selected(fs, parts[0]):
             raise HardfocusError(
-                f"'{path}' has selected/ shards but no {SUMMARY_FILE}: the selection did not finish; rerun `hardfocus select`"
+                f"'{path}' has selected/ shards (or an unreadable part) but no {SUMMARY_FILE}: the selection did not "
+                "finish; rerun `hardfocus select`"
             )
         elif parts:
             kind = "tokens"
@@ -85,16 +86,23 @@ def load_training_data(paths: list[str]) -> TrainingData:
 
 
 def _has_no_marker_but_looks_selected(fs, part: str) -> bool:
-    with fs.open(part, "rb") as f:
-        names = pq.read_schema(f).names
+    """A selected/ shard in a directory without summary.json, or a part cut short (a run killed while writing it)."""
+    try:
+        with fs.open(part, "rb") as f:
+            names = pq.read_schema(f).names
+    except (pa.ArrowInvalid, OSError):
+        return True
     return "loss_rank" in names
 
 
 def _read_parts(fs, parts: list[str], kind: str, where: str) -> tuple[pa.Table, int]:
     tables, skipped = [], 0
     for part in parts:
-        with fs.open(part, "rb") as f:
-            t = pq.read_table(f)
+        try:
+            with fs.open(part, "rb") as f:
+                t = pq.read_table(f)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise HardfocusError(f"cannot read '{part}' of '{where}': {exc}; was it written completely?") from exc
         if "input_ids" not in t.column_names:
             raise HardfocusError(
                 f"'{part}' has no input_ids column: score with --keep-input-ids (the default) so training can reuse the tokens"

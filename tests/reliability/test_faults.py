@@ -143,6 +143,23 @@ def test_kill_select_while_it_writes(tmp_path):
     assert len(load_training_data([str(sel)])) == kept.height
 
 
+def test_a_part_cut_short_by_a_kill_is_refused_with_what_to_do(tmp_path):
+    """A run killed while writing leaves a truncated part: training says the selection did not finish (no crash)."""
+    rng = np.random.default_rng(1)
+    write_scores(tmp_path / "scores", rng.gamma(4, 0.7, 500).tolist(), ["a"] * 500, rows_per_part=100)
+    part = sorted((tmp_path / "scores").glob("part-*.parquet"))[0]
+    staging = tmp_path / ".selected.tmp-1"
+    staging.mkdir()
+    (staging / "part-00000.parquet").write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+    with pytest.raises(HardfocusError, match="did not finish"):
+        load_training_data([str(staging)])
+    (tmp_path / "tokens").mkdir()  # a directory of token parts (no marker) whose second part is cut short
+    (tmp_path / "tokens" / "part-0.parquet").write_bytes(part.read_bytes())
+    (tmp_path / "tokens" / "part-1.parquet").write_bytes(part.read_bytes()[:100])
+    with pytest.raises(HardfocusError, match="part-1.parquet.*written completely"):
+        load_training_data([str(tmp_path / "tokens")])
+
+
 def test_kill_train_then_resume_from_the_last_checkpoint(tmp_path, tiny_model_dir):
     data = write_selected(tmp_path / "sel", mixed_length_sequences(64, vocab=290, seed=9), weights=list(np.linspace(0.5, 1.5, 64)))
     args = ["train", data, "--model", tiny_model_dir, "--max-steps", "60", "--save-steps", "10", "--batch-size", "4",
