@@ -18,7 +18,7 @@ from scoring.chat import check_chat_tokenizer, load_chat_template
 from scoring.errors import HardfocusError
 from scoring.executors import init_ray
 from scoring.model import cpu_has_bf16, load_tokenizer, resolve_model
-from scoring.schema import LOSS_SPANS_TYPE, Status, spans_from_mask
+from scoring.schema import Status, loss_spans_array
 from scoring.sources import Columns, count_rows, find_shards, read_rows
 from scoring.tokenize import tokenize_block
 from training import TrainConfig, TrainResult, train
@@ -114,7 +114,7 @@ def tokenize_shards(
                     "weight": pa.array(np.ones(len(ok), np.float32)),
                     "input_ids": pa.array([tok.input_ids[i] for i in ok], pa.list_(pa.int32())),
                     **({} if tok.targets is None else
-                       {"loss_spans": pa.array([spans_from_mask(tok.targets[i]) for i in ok], LOSS_SPANS_TYPE)}),
+                       {"loss_spans": loss_spans_array(tok.targets[i] for i in ok)}),
                 }
             )
         )

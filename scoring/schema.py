@@ -95,6 +95,11 @@ def spans_from_mask(mask: np.ndarray) -> list[dict[str, int]]:
     return [{"start": int(a), "stop": int(b)} for a, b in zip(edges[::2], edges[1::2])]
 
 
+def loss_spans_array(masks: Iterable[np.ndarray]) -> pa.Array:
+    """The ``loss_spans`` column of a list of boolean target masks."""
+    return pa.array([spans_from_mask(m) for m in masks], LOSS_SPANS_TYPE)
+
+
 def mask_from_spans(spans: Iterable[dict[str, int]] | None, n_tokens: int) -> np.ndarray:
     """The boolean target mask of ``n_tokens`` tokens; None = every token but the first (plain text).
 

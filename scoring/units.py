@@ -20,13 +20,12 @@ from scoring.errors import HardfocusError
 from scoring.model import load_tokenizer, resolve_model
 from scoring.output import ScoresDir
 from scoring.schema import (
-    LOSS_SPANS_TYPE,
     NON_FINITE_LOSS,
     Status,
     is_input_error,
+    loss_spans_array,
     mask_from_spans,
     scores_table,
-    spans_from_mask,
 )
 from scoring.scorer import Scorer
 from scoring.sources import Columns, Shard, read_rows
@@ -103,7 +102,7 @@ def read_and_tokenize(unit: Unit, cfg: ScoreConfig, model_fingerprint: str) -> p
             "truncated": pa.array(tok.truncated, pa.bool_()),
             "status": pa.array(tok.status, pa.string()),
             "input_ids": pa.array(tok.input_ids, pa.list_(pa.int32())),
-            **({} if tok.targets is None else {"loss_spans": pa.array([spans_from_mask(t) for t in tok.targets], LOSS_SPANS_TYPE)}),
+            **({} if tok.targets is None else {"loss_spans": loss_spans_array(tok.targets)}),
         }
     )
 
