@@ -1,7 +1,8 @@
 """Scoring speed on the real SmolLM2-135M: five ways to compute per-document loss, side by side in one run.
 
     python benchmarks/scoring_speed.py [--docs 300] [--ref-docs 80] [--seed 0] \
-        [--out benchmarks/results/scoring_speed.md] [--skip-ray] [--skip-compile] [--ray-compile]
+        [--out benchmarks/results/scoring_speed.md] [--skip-ray] [--skip-compile] [--ray-compile] \
+        [--skip-profile]
 
 Arms (DESIGN.md, "Measuring speed" and "Fast scoring"):
 
@@ -11,6 +12,8 @@ Arms (DESIGN.md, "Measuring speed" and "Fast scoring"):
 (c1)  hardfocus in-process, eager: ``scoring.Scorer(...).score`` (token-budget batches, chunked fp32 loss);
 (c1c) hardfocus in-process, ``Scorer(..., compiled=True)``: the same under ``torch.compile``; its construction
       (load + compile) is reported apart from its steady-state scoring time;
+(p)   where the time of the fastest in-process arm goes: one more pass under ``torch.profiler``, split into
+      matmuls, attention and the rest, with the FLOPs each executed (``speed_profile``);
 (c2)  hardfocus through Ray: the whole ``scoring.score(ScoreConfig(executor="ray", compile="off"))`` call on a
       JSONL shard of the same texts (``--ray-compile``: ``compile="on"``).
 
@@ -57,6 +60,7 @@ from speed_machine import (
     timed,
     timed_with_load,
 )
+from speed_profile import profile_scorer
 from speed_report import checks_table, headline, headline_text, results_table, write_outputs
 
 log = logging.getLogger("scoring_speed")
@@ -173,7 +177,7 @@ def _graphs_compiled() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-def run_hardfocus(path: str, docs: list[Doc], compiled: bool) -> ArmResult:
+def run_hardfocus(path: str, docs: list[Doc], compiled: bool, profile: bool = False) -> ArmResult:
     from scoring.loss import token_budget_batches
     from scoring.scorer import Scorer
 
@@ -194,6 +198,7 @@ def run_hardfocus(path: str, docs: list[Doc], compiled: bool) -> ArmResult:
              key, scorer.token_budget, chunk, compiled, setup_s)
     (sums, counts), seconds, other = timed_with_load(lambda: scorer.score(sequences))
     graphs.append(_graphs_compiled())
+    profiled = profile_scorer(scorer, sequences) if profile else None
     lengths = [len(s) for s in sequences]
     batches = token_budget_batches(lengths, scorer.token_budget)
     min_rows = 2 if compiled else 1  # the compiled path pads a batch of one with a 2-token row (no B == 1 graph)
@@ -205,7 +210,7 @@ def run_hardfocus(path: str, docs: list[Doc], compiled: bool) -> ArmResult:
         extra={
             "compiled": compiled, "batches": len(batches), "token_budget": scorer.token_budget, "chunk_tokens": chunk,
             "inductor_cache": cache, "graphs_construction": graphs[1] - graphs[0],
-            "graphs_warmup": graphs[2] - graphs[1], "graphs_timed": graphs[3] - graphs[2],
+            "graphs_warmup": graphs[2] - graphs[1], "graphs_timed": graphs[3] - graphs[2], "profile": profiled,
         },
     )
 
@@ -250,10 +255,10 @@ def run_arms(path: str, docs: list[Doc], ref_indices: list[int], pad_id: int, ar
     steps: list[tuple[str, Callable[[], ArmResult]]] = [
         ("a", lambda: run_reference(path, docs, ref_indices)),
         ("b", lambda: run_padded(path, docs, pad_id, PADDED_BATCH_SIZE)),
-        ("c1", lambda: run_hardfocus(path, docs, compiled=False)),
+        ("c1", lambda: run_hardfocus(path, docs, compiled=False, profile=not args.skip_profile and args.skip_compile)),
     ]
     if not args.skip_compile:
-        steps.append(("c1c", lambda: run_hardfocus(path, docs, compiled=True)))
+        steps.append(("c1c", lambda: run_hardfocus(path, docs, compiled=True, profile=not args.skip_profile)))
     if not args.skip_ray:
         steps.append(("c2", lambda: run_ray(docs, "on" if args.ray_compile else "off")))
     for key, step in steps:
@@ -332,6 +337,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scoring_speed.md"))
     parser.add_argument("--skip-ray", action="store_true", help="leave out (c2)")
     parser.add_argument("--skip-compile", action="store_true", help="leave out (c1c)")
+    parser.add_argument("--skip-profile", action="store_true",
+                        help="leave out the profiled pass of the fastest in-process arm (where its time goes)")
     parser.add_argument("--ray-compile", action="store_true",
                         help="run (c2) with compile='on' (default 'off', so the whole call stays comparable)")
     return parser.parse_args(argv)
@@ -369,7 +376,7 @@ def measure(args: argparse.Namespace, command: str) -> dict:
         "settings": {"padded_batch_size": PADDED_BATCH_SIZE, "model": MODEL_SPEC},
         "peaks": peaks,
         "corpus": corpus_summary(docs, ref_indices, args.seed),
-        "headline": headline(rows, n_params, peaks["bf16_peak"]),
+        "headline": headline(rows, n_params, peaks["bf16_peak"], peaks["fp32_peak"]),
         "arms": rows,
         "failed": failed,
         "checks": correctness(arms),

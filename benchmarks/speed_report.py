@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from speed_profile import profile_table
 
 log = logging.getLogger("scoring_speed")
 
@@ -19,11 +20,21 @@ STEADY_STATE_ARMS = ("c1", "c1c")  # (c2) times the whole score() call, start-up
 CONTENDED_OTHER_LOAD = 0.2
 
 
-def headline(rows: list[dict], n_params: int, bf16_peak: float) -> dict:
-    """The fastest steady-state hardfocus arm against (a) and the bf16 peak, and whether the targets are met."""
+def headline(rows: list[dict], n_params: int, bf16_peak: float, fp32_peak: float) -> dict:
+    """The fastest steady-state hardfocus arm against (a) and the bf16 peak, and whether the targets are met.
+
+    Also the ceiling the two targets share: (a) runs the same FLOPs, so no implementation of this computation
+    can be more than ``1 / utilisation(a)`` times faster than (a) on this machine (100% of the bf16 peak);
+    where that is under the speed-up target, the target is out of reach here, however good the code.
+    """
     steady = [r for r in rows if r["arm"] in STEADY_STATE_ARMS]
     best = max(steady, key=lambda r: r["tokens_per_s"])
+    ref = next(r for r in rows if r["arm"] == "a")
     return {
+        "ref_utilisation_bf16_peak": ref["utilisation_bf16_peak"],
+        "ref_utilisation_fp32_peak": ref["useful_gflops"] / fp32_peak,
+        "speedup_ceiling": 1 / ref["utilisation_bf16_peak"],
+        "utilisation_for_speedup_target": TARGET_SPEEDUP_VS_A * ref["utilisation_bf16_peak"],
         "arm": best["arm"], "title": best["title"], "tokens_per_s": best["tokens_per_s"],
         "useful_gflops": best["useful_gflops"], "bf16_peak_gflops": bf16_peak,
         "speedup_vs_a": best["speedup_vs_a"], "utilisation_bf16_peak": best["utilisation_bf16_peak"],
@@ -49,6 +60,11 @@ def headline_text(h: dict, rows: list[dict]) -> str:
         f"{met(h['utilisation_met'])} ({100 * h['utilisation_bf16_peak']:.1f}%; it needs "
         f"{h['tokens_per_s_for_utilisation_target']:,.0f} tokens/s, "
         f"{h['tokens_per_s_for_utilisation_target'] / h['tokens_per_s']:.1f}x the figure measured).",
+        f"- Ceiling: (a) runs the same FLOPs at {100 * h['ref_utilisation_bf16_peak']:.1f}% of the bf16 peak (its fp32 "
+        f"matmuls at {100 * h['ref_utilisation_fp32_peak']:.0f}% of the fp32 peak), so any bf16 implementation, even one "
+        f"at 100% of the bf16 peak, is at most **{h['speedup_ceiling']:.1f}x (a)** here; "
+        f"{h['target_speedup_vs_a']:g}x (a) needs {100 * h['utilisation_for_speedup_target']:.0f}% of the bf16 peak"
+        + (" — **out of reach on this machine**." if h["speedup_ceiling"] < h["target_speedup_vs_a"] else "."),
     ]
     contended = [r for r in rows if r["arm"] != "c2" and (r["other_load"] or 0) > CONTENDED_OTHER_LOAD]
     if contended:
@@ -114,6 +130,7 @@ def render_markdown(report: dict) -> str:
         f"seconds ran (/proc/stat less this process); about 0 on a quiet machine, above {CONTENDED_OTHER_LOAD:g} "
         "the figure is not reliable; for (c2) it includes Ray's own worker processes.\n\n"
         + results_table(report["arms"]),
+        _profile_section(report),
         "## Correctness\n\n"
         "Per-document mean loss of each arm against the fp32 reference (a), over the documents (a) scored, and "
         "of the same-precision arms against each other over all documents.\n\n" + checks_table(report["checks"]),
@@ -122,6 +139,21 @@ def render_markdown(report: dict) -> str:
         "same run.",
     ]
     return "\n\n".join(sections) + "\n"
+
+
+def _profile_section(report: dict) -> str:
+    profiled = [r for r in report["arms"] if (r["extra"] or {}).get("profile")]
+    if not profiled:
+        return "## Where the time goes\n\nNot profiled in this run (`--skip-profile`)."
+    row = profiled[0]
+    p = row["extra"]["profile"]
+    return (
+        f"## Where the time goes\n\n({row['arm']}) once more under `torch.profiler` ({p['total_s']:.1f} s; "
+        "self time per kernel class on the calling thread, which is wall time). FLOPs executed include padding "
+        "and, for attention, the causal half of QK^T and AV (2 x T^2 x heads x head_dim per row and layer). "
+        "Matmuls near the peak and the rest of the time elsewhere means the remaining gap is not in the matmuls.\n\n"
+        + profile_table(p, report["peaks"]["bf16_peak"])
+    )
 
 
 def _header_section(report: dict) -> str:
