@@ -1,10 +1,12 @@
 """``hardfocus submit``: run a stage (or ``run``) as a Ray job through the Job Submission SDK.
 
 The config files named on the command line travel in the job's ``working_dir`` (the command is
-rewritten to use the copies); the hardfocus packages travel as ``py_modules``, so the cluster needs
-only the dependencies installed. Paths inside configs and flags must make sense on the cluster:
-absolute paths on storage every node sees, or URLs (``s3://``). The job's log is streamed here and
-its exit status returned.
+rewritten to use the copies), and so do chat template files (``--chat-template FILE``, or a relative
+``chat_template`` path in a config, which the job resolves against the working_dir as it would here against
+the current directory); the hardfocus packages travel as ``py_modules``, so the cluster needs only the
+dependencies installed. Other paths inside configs and flags must make sense on the cluster: absolute
+paths on storage every node sees, or URLs (``s3://``). The job's log is streamed here and its exit status
+returned.
 """
 
 from __future__ import annotations
@@ -17,36 +19,79 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from pipelines.config import read_toml
 from pipelines.train import HARDFOCUS_PACKAGES
+from scoring.chat import is_inline_template
 from scoring.errors import HardfocusError
 
 log = logging.getLogger(__name__)
 
 _CONFIG_FLAGS = ("-c", "--config")
+_TEMPLATE_FLAG = "--chat-template"
 
 
 def job_command(args: list[str], workdir: Path) -> list[str]:
-    """``args`` with every config file copied into ``workdir`` and replaced by its name there."""
+    """``args`` with every config file and chat template file copied into ``workdir``.
+
+    Files named by flags are replaced by their names there. A config's relative ``chat_template`` paths are
+    copied to the same relative path, so the unchanged config finds them from the job's working_dir.
+    """
     out, copies = list(args), 0
 
-    def carry(path: str) -> str:
+    def carry(path: str, kind: str) -> str:
         nonlocal copies
         source = Path(path)
         if not source.is_file():
-            raise HardfocusError(f"config file '{path}' does not exist")
+            raise HardfocusError(f"{kind} file '{path}' does not exist")
         copies += 1
-        name = f"config-{copies}-{source.name}"
+        name = f"{kind.replace(' ', '-')}-{copies}-{source.name}"
         shutil.copy(source, workdir / name)
+        return name
+
+    def carry_config(path: str) -> str:
+        name = carry(path, "config")
+        for value in _chat_template_settings(read_toml(path)):
+            _carry_relative_template(value, path, workdir)
         return name
 
     for i, arg in enumerate(out):
         if i > 0 and out[i - 1] in _CONFIG_FLAGS:
-            out[i] = carry(arg)
+            out[i] = carry_config(arg)
         elif arg.startswith("--config="):
-            out[i] = "--config=" + carry(arg.split("=", 1)[1])
+            out[i] = "--config=" + carry_config(arg.split("=", 1)[1])
+        elif i > 0 and out[i - 1] == _TEMPLATE_FLAG and not is_inline_template(arg):
+            out[i] = carry(arg, "chat template")
+        elif arg.startswith(_TEMPLATE_FLAG + "=") and not is_inline_template(arg.split("=", 1)[1]):
+            out[i] = _TEMPLATE_FLAG + "=" + carry(arg.split("=", 1)[1], "chat template")
     if out and out[0] == "run" and len(out) > 1 and not out[1].startswith("-"):
-        out[1] = carry(out[1])
+        out[1] = carry_config(out[1])
     return out
+
+
+def _chat_template_settings(tables: dict) -> list[str]:
+    """Every ``chat_template`` value of a config's stage tables that names a file rather than holding a template."""
+    return [
+        table["chat_template"] for table in tables.values()
+        if isinstance(table, dict) and isinstance(table.get("chat_template"), str)
+        and not is_inline_template(table["chat_template"])
+    ]
+
+
+def _carry_relative_template(value: str, config: str, workdir: Path) -> None:
+    """Copy a config's relative template path to the same place under ``workdir`` (absolute paths stay as they are:
+    they must name storage the cluster sees, like every other absolute path in a config)."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return
+    if ".." in path.parts:
+        raise HardfocusError(
+            f"config file '{config}': chat_template '{value}' leaves the current directory, so it cannot travel with "
+            "the job; give a path below the current directory, an absolute path the cluster sees, or the template inline"
+        )
+    if not path.is_file():
+        raise HardfocusError(f"config file '{config}': chat template file '{value}' does not exist")
+    (workdir / path).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, workdir / path)
 
 
 def submit(address: str, args: list[str], wait: bool = True, echo: Callable[[str], None] = print) -> int:

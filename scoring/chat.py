@@ -40,9 +40,14 @@ class Encoded:
     status: str | None = None
 
 
+def is_inline_template(value: str) -> bool:
+    """Whether a ``chat_template`` setting is the Jinja template itself rather than the path of a file."""
+    return "{%" in value or "{{" in value
+
+
 def load_chat_template(value: str | None) -> str | None:
     """A ``chat_template`` setting as template text: a Jinja template given inline, or a file holding one."""
-    if value is None or "{%" in value or "{{" in value:
+    if value is None or is_inline_template(value):
         return value
     path = Path(value).expanduser()
     if not path.is_file():
