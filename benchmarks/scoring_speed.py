@@ -60,7 +60,7 @@ from speed_machine import (
     timed,
     timed_with_load,
 )
-from speed_profile import profile_scorer
+from speed_profile import forward_shapes, profile_scorer
 from speed_report import checks_table, headline, headline_text, results_table, write_outputs
 
 log = logging.getLogger("scoring_speed")
@@ -178,7 +178,6 @@ def _graphs_compiled() -> int:
 
 
 def run_hardfocus(path: str, docs: list[Doc], compiled: bool, profile: bool = False) -> ArmResult:
-    from scoring.loss import token_budget_batches
     from scoring.scorer import Scorer
 
     key = "c1c" if compiled else "c1"
@@ -199,16 +198,14 @@ def run_hardfocus(path: str, docs: list[Doc], compiled: bool, profile: bool = Fa
     (sums, counts), seconds, other = timed_with_load(lambda: scorer.score(sequences))
     graphs.append(_graphs_compiled())
     profiled = profile_scorer(scorer, sequences) if profile else None
-    lengths = [len(s) for s in sequences]
-    batches = token_budget_batches(lengths, scorer.token_budget)
-    min_rows = 2 if compiled else 1  # the compiled path pads a batch of one with a 2-token row (no B == 1 graph)
+    shapes, _ = forward_shapes(scorer, [len(s) for s in sequences])
     return ArmResult(
         key=key, title=f"({key}) hardfocus Scorer in-process, bf16, {'torch.compile' if compiled else 'eager'}",
         indices=list(range(len(docs))), nll_sum=sums, n_tokens=counts, seconds=seconds, setup_s=setup_s,
         other_load=other,
-        positions=sum(max(len(b), min_rows) * max(lengths[i] for i in b) for b in batches),
+        positions=sum(rows * length for rows, length, _ in shapes),
         extra={
-            "compiled": compiled, "batches": len(batches), "token_budget": scorer.token_budget, "chunk_tokens": chunk,
+            "compiled": compiled, "batches": len(shapes), "token_budget": scorer.token_budget, "chunk_tokens": chunk,
             "inductor_cache": cache, "graphs_construction": graphs[1] - graphs[0],
             "graphs_warmup": graphs[2] - graphs[1], "graphs_timed": graphs[3] - graphs[2], "profile": profiled,
         },

@@ -52,21 +52,27 @@ def executed_flops(model: torch.nn.Module, batches: Sequence[tuple[int, int, int
     }
 
 
+def forward_shapes(scorer, lengths: Sequence[int]) -> tuple[list[tuple[int, int, int]], int]:
+    """What ``scorer.score`` runs for sequences of these lengths: (rows, padded length, scored positions) per
+    forward pass, and the rows its output head computes."""
+    from scoring.loss import token_budget_batches
+
+    compiled, chunk = scorer.loss.compiled, scorer.loss.chunk_tokens
+    shapes, head_rows = [], 0
+    for batch in token_budget_batches(lengths, scorer.token_budget):
+        rows = max(len(batch), 2) if compiled else len(batch)  # the compiled path pads a batch of one with a row
+        scored = sum(lengths[i] - 1 for i in batch)
+        shapes.append((rows, max(lengths[i] for i in batch), scored))
+        head_rows += math.ceil(scored / chunk) * chunk if compiled else scored  # compiled: whole chunks only
+    return shapes, head_rows
+
+
 def profile_scorer(scorer, sequences: Sequence[np.ndarray]) -> dict:
     """Score ``sequences`` once more under torch.profiler; seconds, share and GFLOP/s per kernel class."""
     from torch.profiler import ProfilerActivity, profile
 
-    from scoring.loss import token_budget_batches
-
-    lengths = [len(s) for s in sequences]
-    compiled, chunk = scorer.loss.compiled, scorer.loss.chunk_tokens
-    batches, head_rows = [], 0
-    for batch in token_budget_batches(lengths, scorer.token_budget):
-        rows = max(len(batch), 2) if compiled else len(batch)  # the compiled path adds a row to a batch of one
-        scored = sum(lengths[i] - 1 for i in batch)
-        batches.append((rows, max(lengths[i] for i in batch), scored))
-        head_rows += math.ceil(scored / chunk) * chunk if compiled else scored
-    flops = executed_flops(scorer.model, batches, head_rows)
+    compiled = scorer.loss.compiled
+    flops = executed_flops(scorer.model, *forward_shapes(scorer, [len(s) for s in sequences]))
 
     log.info("profiling one more pass of the %s scorer", "compiled" if compiled else "eager")
     with profile(activities=[ProfilerActivity.CPU]) as prof:

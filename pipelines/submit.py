@@ -54,15 +54,16 @@ def job_command(args: list[str], workdir: Path) -> list[str]:
             _carry_relative_template(value, path, workdir)
         return name
 
+    def carry_template(value: str) -> str:
+        return value if is_inline_template(value) else carry(value, "chat template")
+
+    carriers = {flag: carry_config for flag in _CONFIG_FLAGS} | {_TEMPLATE_FLAG: carry_template}
     for i, arg in enumerate(out):
-        if i > 0 and out[i - 1] in _CONFIG_FLAGS:
-            out[i] = carry_config(arg)
-        elif arg.startswith("--config="):
-            out[i] = "--config=" + carry_config(arg.split("=", 1)[1])
-        elif i > 0 and out[i - 1] == _TEMPLATE_FLAG and not is_inline_template(arg):
-            out[i] = carry(arg, "chat template")
-        elif arg.startswith(_TEMPLATE_FLAG + "=") and not is_inline_template(arg.split("=", 1)[1]):
-            out[i] = _TEMPLATE_FLAG + "=" + carry(arg.split("=", 1)[1], "chat template")
+        flag, eq, value = arg.partition("=")
+        if i > 0 and out[i - 1] in carriers:  # `--flag FILE`
+            out[i] = carriers[out[i - 1]](arg)
+        elif eq and flag.startswith("--") and flag in carriers:  # `--flag=FILE`
+            out[i] = f"{flag}={carriers[flag](value)}"
     if out and out[0] == "run" and len(out) > 1 and not out[1].startswith("-"):
         out[1] = carry_config(out[1])
     return out
