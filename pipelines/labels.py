@@ -8,7 +8,7 @@ import dataclasses
 import polars as pl
 
 from scoring.schema import Status
-from scoring.sources import Columns, count_rows, find_shards, read_rows
+from scoring.sources import Columns, find_shards, read_shard
 
 UNLABELLED = "(none)"
 
@@ -19,7 +19,7 @@ def band_labels(inputs: list[str], columns: Columns, label_column: str, scores_p
     labels = []
     with_label = dataclasses.replace(columns, id=None, group=label_column)
     for shard in find_shards(inputs):
-        block = read_rows(shard, 0, count_rows(shard, columns), with_label)
+        block = read_shard(shard, with_label)
         labels.append(pl.DataFrame({"shard": [shard.rel] * len(block), "row": range(len(block)), "label": block.groups},
                                    schema={"shard": pl.String, "row": pl.Int64, "label": pl.String}))
     scores = pl.read_parquet(scores_parts, columns=["sample_id", "shard", "row", "group", "loss", "status"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipelines.config import _describe, read_toml
 from scoring import HardfocusError, ScoreConfig
@@ -46,6 +46,17 @@ class RunSection(SampleFormat):
     label_column: str | None = Field(
         None, description="a column only the final report reads (e.g. injected noise marks): rows per band and label"
     )
+
+    @field_validator("workdir")
+    @classmethod
+    def _local_workdir(cls, value: str) -> str:
+        if "://" in value:  # pathlib would turn s3://b/w into a local directory s3:/b/w
+            raise ValueError(
+                f"'{value}' is a URL: the workdir holds model/, a checkpoint written with save_pretrained, and must be "
+                "a local (or mounted shared) directory; [run] data and heldout may be on an object store, and "
+                "`hardfocus score` / `select` may write to one"
+            )
+        return value
 
 
 class RunConfig(BaseModel):

@@ -19,7 +19,7 @@ from scoring.errors import HardfocusError
 from scoring.executors import init_ray
 from scoring.model import cpu_has_bf16, load_tokenizer, resolve_model
 from scoring.schema import Status, loss_spans_array
-from scoring.sources import Columns, count_rows, find_shards, read_rows
+from scoring.sources import Columns, find_shards, read_shard
 from scoring.tokenize import tokenize_block
 from training import TrainConfig, TrainResult, train
 from training.job import TOKENIZED_DIR
@@ -100,8 +100,7 @@ def tokenize_shards(
     out.mkdir(parents=True, exist_ok=True)
     tables, counts = [], {}
     for shard in find_shards([inputs]):
-        n = count_rows(shard, columns)
-        block = read_rows(shard, 0, n, columns)
+        block = read_shard(shard, columns)
         tok = tokenize_block(tokenizer, block, columns.format, max_tokens, chat_template=chat_template)
         for s in tok.status:
             counts[s or Status.OK.value] = counts.get(s or Status.OK.value, 0) + 1

@@ -77,5 +77,8 @@ class ScoreConfig(SampleFormat):
     actors: int = Field(1, ge=1, description="scoring actors (one model each)")
     cpus_per_actor: float | None = Field(None, gt=0, description="default: 1 with a GPU, else all CPUs but one")
     gpus_per_actor: float = Field(0, ge=0, description="GPUs per scoring actor")
+    resources_per_actor: dict[str, float] = Field(
+        default_factory=dict, description="Ray custom resources per scoring actor, e.g. {scorer = 1} to place one per node"
+    )
     torch_threads: int | None = Field(None, ge=1, description="default: the actor's CPUs (all cores on local Ray)")
     overwrite: bool = Field(False, description="delete scores of a different configuration in the output dir")

@@ -1,4 +1,5 @@
-"""Where units run: a Ray Data job (default) or in this process. Both yield one summary per unit."""
+"""Where shard tasks run: a Ray Data job (default) or in this process. Both yield one summary per unit and
+one per shard (see :mod:`scoring.units`)."""
 
 from __future__ import annotations
 
@@ -10,18 +11,20 @@ from collections.abc import Iterator
 import scoring
 from scoring.config import ScoreConfig
 from scoring.errors import HardfocusError
-from scoring.units import Unit, UnitScorer, read_and_tokenize, tokenize_row
+from scoring.units import ShardTask, UnitScorer, read_shard_task
 
 log = logging.getLogger(__name__)
 
 _TOKENIZE_MEMORY = 512 * 1024**2  # a unit's text and token ids, with room to spare
+_MAX_INPUT_BLOCKS = 10_000  # beyond that, a block holds several shard tasks (read one after the other)
 
 
-def run_local(units: list[Unit], cfg: ScoreConfig, fingerprint: str, compiled: bool) -> Iterator[dict]:
-    """The same unit functions as the Ray job, one after the other, in this process."""
+def run_local(tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, compiled: bool) -> Iterator[dict]:
+    """The same task and scorer functions as the Ray job, one after the other, in this process."""
     scorer = UnitScorer(cfg, fingerprint, torch_threads=cfg.torch_threads or os.cpu_count(), compiled=compiled)
-    for unit in units:
-        yield scorer.score_unit(unit, read_and_tokenize(unit, cfg, fingerprint))
+    for task in tasks:
+        for record in read_shard_task(task.to_row(), cfg, fingerprint):
+            yield scorer(record)
 
 
 def init_ray(address: str | None, packages: list[str] | None = None) -> bool:
@@ -61,13 +64,26 @@ def _largest_node_cpus() -> float:
 
 
 def run_ray(
-    units: list[Unit], cfg: ScoreConfig, fingerprint: str, compiled: bool, started_local: bool
+    tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, compiled: bool, started_local: bool
 ) -> Iterator[dict]:
-    """Read+tokenise as CPU tasks, score with an actor pool (one model per actor), parts written by the actors."""
+    """Read+tokenise shards as CPU tasks, score with an actor pool (one model per actor), parts written by the actors."""
     import ray
 
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # hardfocus shows one progress bar over rows instead
+    saved = ctx.enable_progress_bars, ctx.target_max_block_size
+    ctx.enable_progress_bars = False  # hardfocus shows one progress bar instead
+    # A task streams a whole shard: each unit it yields must leave as a block of its own, at once, so that
+    # scoring starts on the first unit and a shard's tokens never pile up in one block.
+    ctx.target_max_block_size = 1
+    try:
+        yield from _run_ray(tasks, cfg, fingerprint, compiled, started_local)
+    finally:
+        ctx.enable_progress_bars, ctx.target_max_block_size = saved
+
+
+def _run_ray(tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, compiled: bool, started_local: bool):
+    import ray
+
     node_cpus = _largest_node_cpus()
     cpus = cfg.cpus_per_actor or (1.0 if cfg.gpus_per_actor else max(1.0, node_cpus - 1))
     if cfg.torch_threads:
@@ -81,12 +97,12 @@ def run_ray(
         "Ray: %d scoring actor(s) x %.3g CPU, %.3g GPU, %d torch threads%s",
         cfg.actors, cpus, cfg.gpus_per_actor, threads, ", torch.compile" if compiled else "",
     )
-    ds = ray.data.from_items([u.to_row() for u in units], override_num_blocks=len(units))
+    ds = ray.data.from_items([t.to_row() for t in tasks], override_num_blocks=min(len(tasks), _MAX_INPUT_BLOCKS))
     # Tokenising runs as separate CPU tasks ahead of the model instead of inside the scoring actor
     # (which would stall a GPU): Ray Data fuses a task map into the next actor map only when their
     # resource requests are identical, and the memory request here makes them differ.
-    ds = ds.map(
-        tokenize_row, fn_kwargs={"cfg": cfg, "model_fingerprint": fingerprint}, num_cpus=1, memory=_TOKENIZE_MEMORY
+    ds = ds.flat_map(
+        read_shard_task, fn_kwargs={"cfg": cfg, "model_fingerprint": fingerprint}, num_cpus=1, memory=_TOKENIZE_MEMORY
     )
     ds = ds.map(
         UnitScorer,
@@ -94,5 +110,6 @@ def run_ray(
         compute=ray.data.ActorPoolStrategy(size=cfg.actors),
         num_cpus=cpus,
         num_gpus=cfg.gpus_per_actor,
+        resources=cfg.resources_per_actor or None,
     )
     yield from ds.iter_rows()

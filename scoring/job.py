@@ -1,25 +1,41 @@
-"""``score``: the scoring stage as a library call. Plans units, skips finished ones, runs the rest, writes the manifest."""
+"""``score``: the scoring stage as a library call. Lists the shards, skips finished ones, streams the rest,
+writes the manifest.
+
+Planning lists files and reads only the first shard's footer or first line (so that a wrong column fails
+at once): row counts come from the shards' ``done/`` markers, written as each shard finishes, and each
+task checks its own shard's columns.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import math
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import torch
 from tqdm.auto import tqdm
 
 from scoring.chat import check_chat_tokenizer, load_chat_template
 from scoring.config import ScoreConfig
 from scoring.errors import HardfocusError
 from scoring.executors import init_ray, run_local, run_ray
-from scoring.manifest import RunInfo, ScoreManifest, ShardInfo, count_scores, library_versions
+from scoring.manifest import RunInfo, ScoreCounts, ScoreManifest, ShardInfo, count_duplicate_ids, library_versions
 from scoring.model import ResolvedModel, load_tokenizer, resolve_device, resolve_dtype, resolve_model, tokenizer_fingerprint
 from scoring.output import JOB_FILE, MANIFEST_FILE, ScoresDir
-from scoring.sources import Shard, count_rows, find_shards
-from scoring.units import Unit, columns_of, plan_units
+from scoring.sources import Shard, check_columns, find_shards
+from scoring.units import (
+    EMPTY_COUNTS,
+    ShardTask,
+    columns_of,
+    expected_parts,
+    merge_counts,
+    parse_part_name,
+    shard_digest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +59,8 @@ class ScoreResult:
 def score(cfg: ScoreConfig, progress: bool = True) -> ScoreResult:
     """Score every row of ``cfg.inputs`` into ``cfg.output``; resumes where a previous run stopped."""
     started_at, t0 = datetime.now(UTC).isoformat(timespec="seconds"), time.perf_counter()
-    cfg = cfg.model_copy(update={"chat_template": load_chat_template(cfg.chat_template)})  # workers get the text
+    # workers get the template's text, and the device and dtype decided here, once, for every actor
+    cfg = cfg.model_copy(update={"chat_template": load_chat_template(cfg.chat_template), **_device_and_dtype(cfg)})
     out = ScoresDir(cfg.output)
     out.create()
     out.lock()
@@ -51,33 +68,31 @@ def score(cfg: ScoreConfig, progress: bool = True) -> ScoreResult:
         resolved = resolve_model(cfg.model)
         identity = _job_identity(cfg, resolved)
         shards = find_shards(cfg.inputs)
-        shard_rows = _count_rows(shards, cfg)
-        units = plan_units(shard_rows, cfg.rows_per_unit)
-        existing = _reconcile(out, identity, {u.part for u in units}, cfg.overwrite)
-        pending = [u for u in units if u.part not in existing]
+        check_columns(shards[0], columns_of(cfg))  # a wrong column fails at once; each task checks its own shard
+        plan = _plan(out, identity, shards, cfg)
+        log.info(
+            "planned %d shards (%.1f MB) in %.1fs: %d finished, %d to score (%d of their parts already written)",
+            len(shards), sum(s.size for s in shards) / 1e6, time.perf_counter() - t0, len(plan.done),
+            len(plan.tasks), sum(len(t.done) for t in plan.tasks),
+        )
         manifest = out.read_json(MANIFEST_FILE)
-        if not pending and manifest is not None:
-            log.info("%s is complete (%d parts): nothing to score", cfg.output, len(units))
+        if not plan.tasks and manifest is not None:
+            log.info("%s is complete (%d parts): nothing to score", cfg.output, manifest["parts"])
             return ScoreResult(cfg.output, ScoreManifest.model_validate(manifest), units_scored=0)
         if manifest is not None:
             out.remove([MANIFEST_FILE])  # the manifest marks a complete directory; it is not, until the end
-        log.info(
-            "%d shards, %d rows in %d units: %d units already scored, %d to score",
-            len(shards), sum(r for _, r in shard_rows), len(units), len(units) - len(pending), len(pending),
-        )
-        compiled = _want_compile(cfg, pending, dict((s.url, r) for s, r in shard_rows))
-        units_scored, rows_scored, tokens_scored = (
-            _run(pending, cfg, resolved, compiled, progress) if pending else (0, 0, 0)
-        )
+        compiled = _want_compile(cfg, plan.tasks)
+        scored = _run(plan, out, cfg, resolved, compiled, progress) if plan.tasks else _Tally()
         wall = time.perf_counter() - t0  # the whole call: model, planning, Ray start, scoring, writes
+        parts = sum(math.ceil(m["rows"] / cfg.rows_per_unit) for m in plan.done.values())
         run = RunInfo(
-            started_at=started_at, wall_s=wall, units_scored=units_scored, units_reused=len(units) - len(pending),
-            rows_scored=rows_scored, tokens_scored=tokens_scored, tokens_per_s=tokens_scored / wall,
+            started_at=started_at, wall_s=wall, units_scored=scored.units, units_reused=parts - scored.units,
+            rows_scored=scored.rows, tokens_scored=scored.tokens, tokens_per_s=scored.tokens / wall, nodes=scored.nodes,
         )
-        manifest = _finalize(out, cfg, resolved, identity, shard_rows, units, run)
+        manifest = _finalize(out, cfg, resolved, identity, shards, plan.done, run)
     finally:
         out.unlock()
-    result = ScoreResult(cfg.output, manifest, len(pending))
+    result = ScoreResult(cfg.output, manifest, scored.units)
     log.debug(summary_line(result))  # the CLI prints it; a library caller has it in the result
     return result
 
@@ -98,15 +113,23 @@ def _job_identity(cfg: ScoreConfig, resolved: ResolvedModel) -> dict:
     tokenizer = load_tokenizer(resolved.path)
     if cfg.format != "text":
         check_chat_tokenizer(tokenizer, cfg.chat_template)
-    device = resolve_device(cfg.device)
     values = cfg.model_dump() | {
         "model_fingerprint": resolved.fingerprint,
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
-        "dtype": str(resolve_dtype(cfg.dtype, device)).removeprefix("torch."),
         "chat_template_sha256": _template_sha256(cfg, tokenizer),
     }
     keys = _IDENTITY_KEYS + (_CHAT_IDENTITY_KEYS if cfg.format != "text" else ())
     return {k: values[k] for k in keys}
+
+
+def _device_and_dtype(cfg: ScoreConfig) -> dict[str, str]:
+    """The device and dtype every scoring actor uses. GPU actors may be planned by a driver without a GPU:
+    ``auto`` there means cuda and bf16 (every GPU since Ampere; pass --dtype float16 for older ones)."""
+    if cfg.executor == "ray" and cfg.gpus_per_actor > 0 and not torch.cuda.is_available():
+        return {"device": "cuda" if cfg.device == "auto" else cfg.device,
+                "dtype": "bfloat16" if cfg.dtype == "auto" else cfg.dtype}
+    device = resolve_device(cfg.device)
+    return {"device": str(device), "dtype": str(resolve_dtype(cfg.dtype, device)).removeprefix("torch.")}
 
 
 def _template_sha256(cfg: ScoreConfig, tokenizer) -> str | None:
@@ -117,104 +140,177 @@ def _template_sha256(cfg: ScoreConfig, tokenizer) -> str | None:
     return hashlib.sha256(str(template).encode()).hexdigest()
 
 
-def _count_rows(shards: list[Shard], cfg: ScoreConfig) -> list[tuple[Shard, int]]:
-    columns = columns_of(cfg)
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        rows = list(pool.map(lambda s: count_rows(s, columns), shards))
-    for shard, n in zip(shards, rows):
-        if n == 0 and cfg.on_error == "stop":
-            raise HardfocusError(f"input shard {shard.url} has no rows; remove it, or pass --on-error record to go on")
-        if n == 0:
-            log.warning("input shard %s has no rows (listed in the manifest with rows 0)", shard.url)
-    return list(zip(shards, rows))
+@dataclass
+class _Plan:
+    tasks: list[ShardTask]  # shards to (finish) scoring
+    done: dict[str, dict] = field(default_factory=dict)  # shard digest -> done marker, of every finished shard
 
 
-def _reconcile(out: ScoresDir, identity: dict, planned: set[str], overwrite: bool) -> set[str]:
-    """Check the directory holds only parts of this job; returns the finished parts to keep."""
+def _plan(out: ScoresDir, identity: dict, shards: list[Shard], cfg: ScoreConfig) -> _Plan:
+    """Check the directory holds only parts of this job, and find what is left to do.
+
+    A shard is finished when its done marker matches it (same file size) and every part the marker
+    implies is there; otherwise its task skips the parts that are there.
+    """
     previous = out.read_json(JOB_FILE)
-    existing = set(out.parts())
+    listing = out.parts()
+    markers = out.shard_done_markers()
+    if previous is not None and previous.get("identity") != identity and not listing and not markers:
+        previous = None  # nothing was scored with the other configuration (it failed first): nothing to protect
     if previous is not None and previous.get("identity") != identity:
         differs = sorted(k for k in identity if previous.get("identity", {}).get(k) != identity[k])
-        if not overwrite:
+        if not cfg.overwrite:
             raise HardfocusError(
                 f"{out.url} holds scores computed with a different configuration (differs in: {', '.join(differs)}); "
                 "choose another --output, or pass --overwrite to replace them"
             )
-        out.remove(sorted(existing) + [MANIFEST_FILE])
-        existing = set()
-    stale = existing - planned
-    if stale:
-        if not overwrite:
+        out.remove(listing + [MANIFEST_FILE])
+        out.remove_shard_done(list(markers))
+        listing, markers = [], {}
+    n = cfg.rows_per_unit
+    by_digest = {shard_digest(s): s for s in shards}
+    stale_markers = [d for d, m in markers.items() if d not in by_digest or m.get("size") != by_digest[d].size]
+    starts: dict[str, dict[int, str]] = {d: {} for d in by_digest}
+    stale = []
+    for name in listing:
+        parsed = parse_part_name(name)
+        digest, start, stop = parsed if parsed else ("", 0, 0)
+        if digest not in by_digest or digest in stale_markers or start % n or not 0 < stop - start <= n:
+            stale.append(name)
+        else:
+            starts[digest][start] = name
+    done = {}
+    for digest, marker in markers.items():
+        if digest in stale_markers:
+            continue
+        expected = expected_parts(by_digest[digest], marker["rows"], n)
+        stale += sorted(set(starts[digest].values()) - set(expected))
+        if set(expected) <= set(starts[digest].values()):
+            done[digest] = marker
+    if stale or stale_markers:
+        if not cfg.overwrite:
+            changed = [by_digest[d].url for d in stale_markers if d in by_digest]
             raise HardfocusError(
-                f"{out.url} holds {len(stale)} part files that the current inputs do not produce (e.g. {min(stale)}): "
-                "the inputs changed since they were scored. Choose another --output, or pass --overwrite"
+                f"{out.url} holds {len(stale)} part files that the current inputs do not produce (e.g. {min(stale or ['-'])})"
+                + (f", and scores of {len(changed)} shards that changed since (e.g. {changed[0]})" if changed else "")
+                + ": the inputs changed since they were scored. Choose another --output, or pass --overwrite"
             )
-        out.remove(sorted(stale))
-        existing -= stale
+        out.remove(sorted(stale) + [n for d in stale_markers for n in starts.get(d, {}).values()])
+        out.remove_shard_done(stale_markers)
+        starts.update({d: {} for d in stale_markers if d in by_digest})
     removed = out.remove_leftovers()
     if removed:
         log.info("removed %d temporary files of an interrupted run", removed)
     same_job = previous is not None and previous.get("identity") == identity
     out.write_json(JOB_FILE, {"identity": identity, "runs": previous.get("runs", []) if same_job else []})
-    return existing
+    tasks = [ShardTask(s, tuple(sorted(starts[d]))) for d, s in by_digest.items() if d not in done]
+    return _Plan(tasks=sorted(tasks, key=lambda t: t.shard.rel), done=done)
 
 
-def _want_compile(cfg: ScoreConfig, pending: list[Unit], rows_of: dict[str, int]) -> bool:
+def _want_compile(cfg: ScoreConfig, pending: list[ShardTask]) -> bool:
     """torch.compile costs 30-75 s per actor (less with a warm inductor cache) and pays back its
     time after about 1 MiB of text on a 2-core CPU; ``auto`` asks for 8 MiB per actor to be safe."""
     if cfg.compile != "auto":
         return cfg.compile == "on"
-    pending_bytes = sum(u.shard.size * (u.stop - u.start) / max(rows_of[u.shard.url], 1) for u in pending)
-    return pending_bytes / cfg.actors >= _COMPILE_MIN_BYTES_PER_ACTOR
+    return sum(t.shard.size for t in pending) / cfg.actors >= _COMPILE_MIN_BYTES_PER_ACTOR
 
 
-def _run(
-    pending: list[Unit], cfg: ScoreConfig, resolved: ResolvedModel, compiled: bool, progress: bool
-) -> tuple[int, int, int]:
-    """Score the pending units with a progress bar over rows; returns (units, rows, tokens) scored."""
+@dataclass
+class _Tally:
+    """What this run scored: parts, rows the model ran on, their tokens."""
+
+    units: int = 0
+    rows: int = 0
+    tokens: int = 0
+    nodes: dict[str, int] = field(default_factory=dict)  # units scored per host / Ray node
+
+
+@dataclass
+class _ShardProgress:
+    task: ShardTask
+    counts: dict = field(default_factory=lambda: dict(EMPTY_COUNTS))
+    units: int = 0
+    rows: int | None = None  # known when the task's end record arrives
+    consumed: float = 0.0
+
+
+def _run(plan: _Plan, out: ScoresDir, cfg: ScoreConfig, resolved: ResolvedModel, compiled: bool, progress: bool) -> _Tally:
+    """Score the pending shards with a progress bar over their bytes; mark each shard done as its last unit lands."""
     t0 = time.perf_counter()
-    rows = tokens = done = 0
+    tally = _Tally()
     started_ray = False
     if cfg.executor == "ray":
         started_ray = init_ray(cfg.ray_address)
-        summaries = run_ray(pending, cfg, resolved.fingerprint, compiled, started_local=started_ray and not cfg.ray_address)
+        summaries = run_ray(plan.tasks, cfg, resolved.fingerprint, compiled,
+                            started_local=started_ray and not cfg.ray_address)
     else:
-        summaries = run_local(pending, cfg, resolved.fingerprint, compiled)
-    bar = tqdm(total=sum(u.stop - u.start for u in pending), unit="rows", disable=not progress, mininterval=1.0)
+        summaries = run_local(plan.tasks, cfg, resolved.fingerprint, compiled)
+    shards = {t.to_row()["task"]: _ShardProgress(t) for t in plan.tasks}
+    bar = tqdm(total=sum(t.shard.size for t in plan.tasks), unit="B", unit_scale=True, disable=not progress,
+               mininterval=1.0)
     try:
-        for summary in _user_errors_unwrapped(summaries):
-            done += 1
-            rows += summary["rows"]
-            tokens += summary["tokens"]
-            bar.update(summary["rows"])
-            bar.set_postfix(units=f"{done}/{len(pending)}", tok_s=f"{tokens / (time.perf_counter() - t0):.0f}")
+        for summary in summaries:
+            if summary["error"]:
+                raise HardfocusError(summary["error"])
+            state = shards[summary["task"]]
+            size = state.task.shard.size
+            if summary["consumed"] > state.consumed:  # units finish out of order on several actors
+                bar.update((summary["consumed"] - state.consumed) * size)
+                state.consumed = summary["consumed"]
+            if summary["kind"] == "end":
+                state.rows = summary["stop"]
+            else:
+                counts = json.loads(summary["counts"])
+                state.units += 1
+                state.counts = merge_counts(state.counts, counts)
+                if summary["kind"] == "score":
+                    tally.nodes[summary["node"]] = tally.nodes.get(summary["node"], 0) + 1
+                    tally.units += 1
+                    tally.rows += summary["scored"]
+                    tally.tokens += counts["tokens"]
+            if state.rows is not None and state.units == math.ceil(state.rows / cfg.rows_per_unit):
+                plan.done[shard_digest(state.task.shard)] = _mark_done(out, state, cfg.rows_per_unit)
+                del shards[summary["task"]]
+            bar.set_postfix(rows=tally.rows, tok_s=f"{tally.tokens / (time.perf_counter() - t0):.0f}")
     finally:
         bar.close()
+        summaries.close()  # stop Ray Data's iteration while Ray is still up
         if started_ray:
             import ray
 
             ray.shutdown()
-    return done, rows, tokens
+    if shards:
+        raise RuntimeError(f"{len(shards)} shards did not finish (e.g. {next(iter(shards.values())).task.shard.url})")
+    return tally
 
 
-def _user_errors_unwrapped(summaries):
-    """Raise the HardfocusError a Ray task or actor reported in its summary's ``error``."""
-    for summary in summaries:
-        if summary.get("error"):
-            raise HardfocusError(summary["error"])
-        yield summary
+def _mark_done(out: ScoresDir, state: _ShardProgress, rows_per_unit: int) -> dict:
+    shard = state.task.shard
+    if state.rows == 0:
+        log.warning("input shard %s has no rows (listed in the manifest with rows 0)", shard.url)
+    marker = {"rel": shard.rel, "url": shard.url, "size": shard.size, "rows": state.rows,
+              "rows_per_unit": rows_per_unit, "counts": state.counts}
+    out.write_shard_done(shard_digest(shard), marker)
+    return marker
 
 
-def _finalize(out, cfg, resolved, identity, shard_rows, units: list[Unit], run: RunInfo) -> ScoreManifest:
-    """Verify one part per unit with exactly the unit's rows, count, and write the manifest last."""
+def _finalize(out: ScoresDir, cfg, resolved, identity, shards: list[Shard], done: dict[str, dict], run: RunInfo
+              ) -> ScoreManifest:
+    """Check that the parts are exactly those the done markers imply, count, and write the manifest last."""
+    expected = {
+        name for s in shards for name in expected_parts(s, done[shard_digest(s)]["rows"], cfg.rows_per_unit)
+    }
     parts = set(out.parts())
-    missing = [u.part for u in units if u.part not in parts]
-    if missing:
-        raise RuntimeError(f"{len(missing)} units have no part file after the run (e.g. {missing[0]})")
-    for u in units:
-        if (n := out.part_rows(u.part)) != u.stop - u.start:
-            raise RuntimeError(f"part {u.part} has {n} rows, expected {u.stop - u.start}")
-    counts = count_scores(out.urls(sorted(u.part for u in units)))
+    if parts != expected:
+        missing, extra = sorted(expected - parts), sorted(parts - expected)
+        raise RuntimeError(f"after the run, {len(missing)} parts are missing (e.g. {missing[:1]}) and {len(extra)} "
+                           f"are not expected (e.g. {extra[:1]})")
+    counts = EMPTY_COUNTS
+    for marker in done.values():
+        counts = merge_counts(counts, marker["counts"])
+    counts = ScoreCounts(**counts)
+    if cfg.id_column:  # default ids ('<shard>#<row>') are unique by construction
+        counts.duplicate_ids, counts.duplicate_id_examples = count_duplicate_ids(out.urls(sorted(parts)))
     if counts.duplicate_ids and cfg.on_error == "stop":
         raise HardfocusError(
             f"{counts.duplicate_ids} rows share a sample id with another row (e.g. {', '.join(counts.duplicate_id_examples)}): "
@@ -236,7 +332,7 @@ def _finalize(out, cfg, resolved, identity, shard_rows, units: list[Unit], run: 
         tokenizer_fingerprint=identity["tokenizer_fingerprint"],
         max_tokens=cfg.max_tokens,
         dtype=identity["dtype"],
-        device=str(resolve_device(cfg.device)),
+        device=cfg.device,
         add_special_tokens=cfg.add_special_tokens,
         text_column=cfg.text_column,
         id_column=cfg.id_column,
@@ -244,15 +340,12 @@ def _finalize(out, cfg, resolved, identity, shard_rows, units: list[Unit], run: 
         format=cfg.format,
         sample_columns=[c for _, c in columns_of(cfg).sample_columns],
         chat_template_sha256=identity.get("chat_template_sha256"),
-        shards=[ShardInfo(url=s.url, rel=s.rel, format=s.format, compression=s.compression, size=s.size, rows=r)
-                for s, r in shard_rows],
-        parts=len(units),
+        shards=[ShardInfo(url=s.url, rel=s.rel, format=s.format, compression=s.compression, size=s.size,
+                          rows=done[shard_digest(s)]["rows"]) for s in shards],
+        parts=len(expected),
         **counts.model_dump(),
         runs=[RunInfo.model_validate(r) for r in job["runs"]],
         versions=library_versions(),
     )
-    expected = sum(r for _, r in shard_rows)
-    if manifest.rows != expected:
-        raise RuntimeError(f"scores hold {manifest.rows} rows but the inputs have {expected}")
     out.write_json(MANIFEST_FILE, manifest.model_dump())
     return manifest

@@ -128,7 +128,10 @@ class LossModel:
             sequences = [sequences[0], np.asarray([pad_id, pad_id], dtype=np.int64)]
             loss_masks = None if loss_masks is None else [loss_masks[0], np.zeros(2, dtype=bool)]
         ids, target = pad_batch(sequences, loss_masks, pad_id)
-        ids, target = ids.to(self.device), target.to(self.device)
+        if self.device.type == "cuda":  # page-locked host memory: the copy runs without a staging buffer
+            ids, target = ids.pin_memory().to(self.device, non_blocking=True), target.pin_memory().to(self.device, non_blocking=True)
+        else:
+            ids, target = ids.to(self.device), target.to(self.device)
         if self.compiled and n_real == 1:
             target[1] = False
         # No attention mask: with right padding and causal attention, a real token only ever attends to

@@ -1,6 +1,7 @@
 """``manifest.json`` of a scores/ directory: what was scored, with what, and how it went.
 
-The counts are derived from the part files themselves, so they are exact after any number of
+The counts are summed from the shards' done markers, each counted from the rows of its parts as they
+were written (or read back from parts an earlier run wrote), so they are exact after any number of
 interrupted and resumed runs. Selection refuses to mix score directories whose manifests
 disagree on model or tokenizer.
 """
@@ -12,8 +13,6 @@ from importlib.metadata import PackageNotFoundError, version
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
-
-from scoring.schema import ERROR_PREFIX
 
 _LIBRARIES = ("hardfocus", "torch", "transformers", "tokenizers", "ray", "pyarrow", "polars")
 
@@ -37,6 +36,7 @@ class RunInfo(BaseModel):
     rows_scored: int
     tokens_scored: int
     tokens_per_s: float
+    nodes: dict[str, int] = {}  # units scored per host (and Ray node)
 
 
 class ScoreCounts(BaseModel):
@@ -74,36 +74,15 @@ class ScoreManifest(ScoreCounts):
     versions: dict[str, str]
 
 
-def count_scores(part_urls: list[str]) -> ScoreCounts:
-    """Exact counts over all part files, streaming: per status, tokens, truncation, duplicate ids."""
+def count_duplicate_ids(part_urls: list[str]) -> tuple[int, list[str]]:
+    """(rows whose sample id another row has too, up to 5 such ids), streaming over the id column only."""
     if not part_urls:
-        return ScoreCounts()
-    scan = pl.scan_parquet(part_urls)
-    status = pl.col("status")
-    kind = pl.when(status.str.starts_with(ERROR_PREFIX)).then(pl.lit("error")).otherwise(status)
-    by_status = scan.group_by(kind.alias("kind")).agg(pl.len().alias("n")).collect(engine="streaming")
-    totals = scan.select(
-        pl.len().alias("rows"),
-        pl.col("n_tokens").cast(pl.Int64).sum().alias("tokens"),
-        pl.col("truncated").sum().alias("truncated"),
-    ).collect(engine="streaming")
-    errors = (
-        scan.filter(status.str.starts_with(ERROR_PREFIX)).select(status).unique().sort("status").head(10)
-        .collect(engine="streaming")["status"].to_list()
-    )
+        return 0, []
     dups = (
-        scan.group_by("sample_id").agg(pl.len().alias("n")).filter(pl.col("n") > 1).sort("sample_id")
-        .collect(engine="streaming")
+        pl.scan_parquet(part_urls).group_by("sample_id").agg(pl.len().alias("n")).filter(pl.col("n") > 1)
+        .sort("sample_id").collect(engine="streaming")
     )
-    return ScoreCounts(
-        rows=int(totals["rows"][0]),
-        rows_by_status={k: int(n) for k, n in sorted(zip(by_status["kind"], by_status["n"]))},
-        error_examples=errors,
-        tokens=int(totals["tokens"][0] or 0),
-        truncated=int(totals["truncated"][0] or 0),
-        duplicate_ids=int(dups["n"].sum() - len(dups)) if len(dups) else 0,
-        duplicate_id_examples=dups["sample_id"].head(5).to_list(),
-    )
+    return (int(dups["n"].sum() - len(dups)) if len(dups) else 0), dups["sample_id"].head(5).to_list()
 
 
 def library_versions() -> dict[str, str]:

@@ -1,30 +1,36 @@
 """The scores/ directory: part files written atomically, a lock against concurrent runs, the job identity.
 
 Layout: ``part-*.parquet`` (one per unit), ``job.json`` (what the parts were computed with),
-``manifest.json`` (written last, when every unit is done), ``.lock`` (local paths only).
+``manifest.json`` (written last, when every unit is done), ``.lock`` (while a run writes: see :mod:`scoring.lock`).
+
+On a local disk a file is written under a temporary name and renamed; on an object store, where a
+rename is copy + delete, it is written under its final name in one PUT (s3fs commits a multipart
+upload at close), which appears whole or not at all.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import io
 import json
 import logging
-import os
 import posixpath
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from scoring.errors import HardfocusError
+from scoring.lock import OutputLock
 from scoring.sources import is_local
 
 log = logging.getLogger(__name__)
 
 JOB_FILE = "job.json"
 MANIFEST_FILE = "manifest.json"
+DONE_DIR = "done"  # one marker per finished shard
 _TMP_PREFIX = ".tmp-"
 
 
@@ -34,7 +40,7 @@ class ScoresDir:
     def __init__(self, url: str):
         self.url = url
         self.fs, self.path = url_to_fs(url)
-        self._lock_handle = None
+        self._lock: OutputLock | None = None
 
     def join(self, name: str) -> str:
         return posixpath.join(self.path, name)
@@ -45,7 +51,7 @@ class ScoresDir:
 
     def create(self) -> None:
         try:
-            self.fs.makedirs(self.path, exist_ok=True)
+            self.fs.makedirs(self.join(DONE_DIR), exist_ok=True)
             probe = self.join(f"{_TMP_PREFIX}probe-{uuid.uuid4().hex}")
             self.fs.pipe_file(probe, b"")
             self.fs.rm_file(probe)
@@ -53,32 +59,32 @@ class ScoresDir:
             raise HardfocusError(f"cannot write to output directory {self.url}: {exc}") from exc
 
     def lock(self) -> None:
-        """Hold an exclusive lock for this run; a second run on the same directory refuses.
+        """Hold an exclusive lock for this run; a second run on the same directory refuses, naming the owner.
 
-        ``flock`` is released by the kernel when the process dies, so a SIGKILLed run leaves no stale lock.
+        Locally a ``flock`` (released by the kernel when the process dies, so a SIGKILLed run leaves no
+        stale lock); on object stores a lock object with a heartbeat, taken over once its owner is gone.
         """
-        if not self.is_local:
-            log.warning("output %s is not local: no lock against concurrent runs", self.url)
-            return
-        handle = open(os.path.join(self.path, ".lock"), "w")  # noqa: SIM115 - held for the run's lifetime
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise HardfocusError(
-                f"another hardfocus run is writing to {self.url}; wait for it to finish or choose another --output"
-            ) from None
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self._lock_handle = handle
+        lock = OutputLock(self.fs, self.join(".lock"), self.url)
+        lock.acquire()
+        self._lock = lock
 
     def unlock(self) -> None:
-        if self._lock_handle is not None:
-            self._lock_handle.close()
-            self._lock_handle = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _fresh(self) -> None:
+        """Forget cached listings of this directory and below (s3fs caches them): other processes write here."""
+        self.fs.invalidate_cache(self.path)
+        cache = getattr(self.fs, "dircache", None)
+        if cache:
+            prefix = self.path.rstrip("/") + "/"
+            for key in [k for k in list(cache) if k.startswith(prefix)]:
+                cache.pop(key, None)
 
     def parts(self) -> list[str]:
         """Names of the finished part files."""
+        self._fresh()
         return sorted(
             posixpath.basename(p)
             for p in self.fs.glob(self.join("part-*.parquet"))
@@ -86,17 +92,37 @@ class ScoresDir:
 
     def remove_leftovers(self) -> int:
         """Delete temporary files of interrupted writes; returns how many."""
-        leftovers = self.fs.glob(self.join(f"{_TMP_PREFIX}*"))
+        self._fresh()
+        leftovers = self.fs.glob(self.join(f"{_TMP_PREFIX}*")) + self.fs.glob(self.join(f"{DONE_DIR}/{_TMP_PREFIX}*"))
         for p in leftovers:
             self.fs.rm_file(p)
         return len(leftovers)
 
     def write_part(self, name: str, table: pa.Table) -> None:
-        """Write to a temporary name, then rename: a part either exists whole or not at all."""
+        """A part either exists whole or not at all (see :meth:`write_atomic`)."""
         self.write_atomic(name, lambda f: pq.write_table(table, f, compression="zstd"))
 
     def write_atomic(self, name: str, write) -> None:
-        tmp = self.join(f"{_TMP_PREFIX}{uuid.uuid4().hex}-{name}")
+        """``write(file)`` to ``name``: a temporary file renamed into place locally, one PUT on an object store.
+
+        On an object store the bytes are collected first, so an exception inside ``write`` uploads nothing
+        (closing an fsspec file commits what was written so far).
+        """
+        if self._lock is not None:
+            self._lock.check()
+        if not self.is_local:
+            buffer = io.BytesIO()
+            write(buffer)
+            try:
+                self.fs.pipe_file(self.join(name), buffer.getvalue())
+            except OSError as exc:
+                raise HardfocusError(
+                    f"cannot write {name} to {self.url}: {exc}; fix the storage and rerun: "
+                    "finished parts are kept and only the missing ones are scored"
+                ) from exc
+            return
+        folder, base = posixpath.split(name)
+        tmp = self.join(posixpath.join(folder, f"{_TMP_PREFIX}{uuid.uuid4().hex}-{base}"))
         try:
             with self.fs.open(tmp, "wb") as f:
                 write(f)
@@ -115,6 +141,7 @@ class ScoresDir:
 
     def read_json(self, name: str):
         path = self.join(name)
+        self._fresh()
         if not self.fs.exists(path):
             return None
         with self.fs.open(path, "rb") as f:
@@ -122,13 +149,34 @@ class ScoresDir:
 
     def remove(self, names: list[str]) -> None:
         """Delete these files; names that do not exist are ignored."""
+        self._fresh()
         for name in names:
             if self.fs.exists(self.join(name)):
                 self.fs.rm_file(self.join(name))
 
-    def part_rows(self, name: str) -> int:
+    def read_part(self, name: str, columns: list[str]) -> pa.Table:
         with self.fs.open(self.join(name), "rb") as f:
-            return pq.read_metadata(f).num_rows
+            return pq.read_table(f, columns=columns)
+
+    def write_shard_done(self, digest: str, done: dict) -> None:
+        """The marker of a shard whose every part is written (``done/<digest>.json``), after its parts."""
+        self.write_json(posixpath.join(DONE_DIR, f"{digest}.json"), done)
+
+    def shard_done_markers(self) -> dict[str, dict]:
+        """digest -> marker of every finished shard, read concurrently (an object store answers slowly, not rarely)."""
+        self._fresh()
+        paths = self.fs.glob(self.join(f"{DONE_DIR}/*.json"))
+
+        def read(path: str) -> dict:
+            with self.fs.open(path, "rb") as f:
+                return json.loads(f.read())
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            markers = list(pool.map(read, paths))
+        return {posixpath.basename(p).removesuffix(".json"): m for p, m in zip(paths, markers)}
+
+    def remove_shard_done(self, digests: list[str]) -> None:
+        self.remove([posixpath.join(DONE_DIR, f"{d}.json") for d in digests])
 
     def urls(self, names: list[str]) -> list[str]:
         return [self.url.rstrip("/") + "/" + n for n in names]

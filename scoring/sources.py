@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 _COMPRESSION = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 _JSONL_EXT = (".jsonl", ".json", ".ndjson")
+_PEEK_BYTES = 16 * 1024  # what a look at a shard's first row reads
 
 
 @dataclass(frozen=True)
@@ -186,29 +187,47 @@ def _expand(spec: str) -> list[Shard]:
     return shards
 
 
-def count_rows(shard: Shard, columns: Columns) -> int:
-    """Rows in a shard; also checks, cheaply, that the configured columns are there."""
+def check_columns(shard: Shard, columns: Columns) -> None:
+    """Fail early, cheaply, when the configured columns are not there: a Parquet footer, or a JSONL shard's first row."""
     if shard.format == "parquet":
-        meta = _parquet_file(shard).schema_arrow
-        _check_parquet_columns(shard, meta, columns)
-        return _parquet_file(shard).metadata.num_rows
-    n = 0
-    for n, (_, line) in enumerate(_jsonl_lines(shard), start=1):
-        if n == 1:
-            _check_first_json_row(shard, line, columns)
-    return n
+        _check_parquet_columns(shard, _parquet_file(shard).schema_arrow, columns)
+        return
+    for _, line in _jsonl_lines(shard, buffer_size=_PEEK_BYTES):
+        _check_first_json_row(shard, line, columns)
+        return
 
 
-def read_rows(shard: Shard, start: int, stop: int, columns: Columns) -> RowBlock:
-    """Rows ``[start, stop)`` of a shard; per-row problems become a status, not an exception."""
+@dataclass
+class UnitRows:
+    """Rows ``[start, stop)`` of a shard: ``block`` is None for a skipped unit (counted, never parsed).
+
+    ``consumed`` is the share of the shard's bytes read so far, for progress by bytes.
+    """
+
+    start: int
+    stop: int
+    block: RowBlock | None
+    consumed: float
+
+
+def iter_units(shard: Shard, columns: Columns, rows_per_unit: int, skip: frozenset[int] = frozenset()) -> Iterator[UnitRows]:
+    """The shard as consecutive units ``[k*n, min((k+1)*n, rows))``, every byte read and decompressed once.
+
+    Units whose start is in ``skip`` (finished in an earlier run) are counted but not parsed; a Parquet
+    row group that only skipped units need is not read at all. The last unit is shorter; a shard
+    without rows yields nothing.
+    """
     if shard.format == "parquet":
-        return _read_parquet_rows(shard, start, stop, columns)
+        yield from _parquet_units(shard, columns, rows_per_unit, skip)
+    else:
+        yield from _jsonl_units(shard, columns, rows_per_unit, skip)
+
+
+def read_shard(shard: Shard, columns: Columns) -> RowBlock:
+    """Every row of a (small) shard, in one block."""
     block = RowBlock()
-    for index, line in _jsonl_lines(shard):
-        if index >= stop:
-            break
-        if index >= start:
-            _parse_json_row(line, columns, block)
+    for unit in iter_units(shard, columns, rows_per_unit=1 << 30):
+        block = unit.block
     return block
 
 
@@ -242,25 +261,42 @@ def _check_parquet_columns(shard: Shard, schema: pa.Schema, columns: Columns) ->
             raise HardfocusError(f"column '{name}' of shard {shard.url} is {kind}, not text; pass the right column with {flag}")
 
 
-def _read_parquet_rows(shard: Shard, start: int, stop: int, columns: Columns) -> RowBlock:
+def _parquet_units(shard: Shard, columns: Columns, n: int, skip: frozenset[int]) -> Iterator[UnitRows]:
     pf = _parquet_file(shard)
     _check_parquet_columns(shard, pf.schema_arrow, columns)
-    wanted = [c for _, c in columns.sample_columns] + [c for c in (columns.id, columns.group) if c is not None]
-    groups, offset, first = [], 0, None
-    for i in range(pf.metadata.num_row_groups):
-        n = pf.metadata.row_group(i).num_rows
-        if offset + n > start and offset < stop:
-            groups.append(i)
-            first = offset if first is None else first
-        offset += n
-    block = RowBlock()
-    if not groups:
-        return block
-    table = pf.read_row_groups(groups, columns=list(dict.fromkeys(wanted))).slice(start - first, stop - start)
+    wanted = list(dict.fromkeys([c for _, c in columns.sample_columns] + [c for c in (columns.id, columns.group) if c]))
+    sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
+    total = sum(sizes)
+    bounds = [0]
+    for size in sizes:
+        bounds.append(bounds[-1] + size)
+    buffered: list[pa.Table] = []  # the rows [buffer_start, bounds[group]) read and not yet used
+    buffer_start = group = 0
+    for start in range(0, total, n):
+        stop = min(start + n, total)
+        if start in skip:
+            yield UnitRows(start, stop, None, stop / total)
+            continue
+        while bounds[group] < stop:  # each needed row group read once, in order
+            if bounds[group + 1] <= start:  # only finished units' rows: never read
+                buffered, buffer_start = [], bounds[group + 1]
+            else:
+                if not buffered:
+                    buffer_start = bounds[group]
+                buffered.append(pf.read_row_group(group, columns=wanted))
+            group += 1
+        table = pa.concat_tables(buffered)
+        yield UnitRows(start, stop, _block_from_table(table.slice(start - buffer_start, stop - start), columns), stop / total)
+        buffered = [table.slice(stop - buffer_start)] if bounds[group] > stop else []
+        buffer_start = stop
+
+
+def _block_from_table(table: pa.Table, columns: Columns) -> RowBlock:
     n = table.num_rows
     ids = table.column(columns.id).to_pylist() if columns.id else [None] * n
     grp = table.column(columns.group).to_pylist() if columns.group else [None] * n
     fields = [_decoded_column(table.column(c).to_pylist()) for _, c in columns.sample_columns]
+    block = RowBlock()
     for i, (id_, group) in enumerate(zip(ids, grp)):
         value, status = sample_value([f[i] for f in fields], columns)
         block.append(value, _str_or_none(id_), _str_or_none(group), status)
@@ -326,26 +362,47 @@ def _messages(value, name: str) -> tuple[list[Message] | None, str | None]:
 # ---- JSON Lines ------------------------------------------------------------------------------
 
 
-def _jsonl_lines(shard: Shard) -> Iterator[tuple[int, bytes]]:
-    """(row index, raw line) for each non-blank line; blank lines are not rows."""
+def _jsonl_units(shard: Shard, columns: Columns, n: int, skip: frozenset[int]) -> Iterator[UnitRows]:
+    block: RowBlock | None = None
+    start = rows = 0
+    for index, (line, position) in _jsonl_lines(shard, position=True):
+        if index == 0:
+            _check_first_json_row(shard, line, columns)
+        if index == start:
+            block = None if start in skip else RowBlock()
+        if block is not None:
+            _parse_json_row(line, columns, block)
+        rows = index + 1
+        if rows - start == n:
+            yield UnitRows(start, rows, block, min(position / max(shard.size, 1), 1.0))
+            start = rows
+    if rows > start:
+        yield UnitRows(start, rows, block, 1.0)
+
+
+def _jsonl_lines(shard: Shard, position: bool = False, buffer_size: int = 1 << 20) -> Iterator[tuple[int, bytes]]:
+    """(row index, raw line) for each non-blank line; blank lines are not rows.
+
+    With ``position``, the line is ``(line, compressed bytes read so far)``.
+    """
     try:
-        with fsspec.open(shard.url, "rb") as raw, _decompressed(raw, shard.compression) as f:
+        with fsspec.open(shard.url, "rb") as raw, _decompressed(raw, shard.compression, buffer_size) as f:
             index = 0
             for line in f:
                 if line.strip():
-                    yield index, line
+                    yield index, ((line, raw.tell()) if position else line)
                     index += 1
     except (OSError, EOFError, zstandard.ZstdError) as exc:  # gzip/zstd corruption, permission, vanished file
         raise HardfocusError(f"cannot read JSON Lines shard {shard.url}: {exc}") from exc
 
 
-def _decompressed(raw, compression: str | None):
+def _decompressed(raw, compression: str | None, buffer_size: int):
     """A line-iterable binary stream (fsspec's own zstd file cannot iterate lines)."""
     if compression == "gzip":
         return gzip.open(raw, "rb")
     if compression == "zstd":
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-        return io.BufferedReader(reader, buffer_size=1 << 20)
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=min(buffer_size, 1 << 17), read_across_frames=True)
+        return io.BufferedReader(reader, buffer_size=buffer_size)
     return contextlib.nullcontext(raw)
 
 

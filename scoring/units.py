@@ -1,13 +1,23 @@
-"""Units of work: row ranges of shards, each tokenised by a task and scored into one part file.
+"""Work: one task streams one shard, reading it once, and cuts it into units of ``rows_per_unit`` rows.
 
-A unit's part file is written atomically and is its own completion marker, so a rerun after a
-crash scores exactly the units whose part is missing, and no row is written twice.
+A unit ``[k*n, min((k+1)*n, rows))`` of a shard is scored into one part file, written whole or not at
+all, which is its own completion marker: a rerun after a crash scores exactly the units whose part is
+missing (their rows still stream past, unparsed, because a compressed stream cannot seek), and no row
+is written twice. A shard whose every part is written gets ``done/<digest>.json`` with its row count
+and the counts of its rows, so the manifest never has to reread the parts.
+
+A task yields one record per unit (``score``: tokenised rows; ``reused``: the counts of a part of an
+earlier run) and one ``end`` record with the shard's row count. The scoring side maps ``score`` records
+to written parts and passes the others through, so the driver sees one summary per unit and one per
+shard, whether the records travel through Ray Data or stay in this process.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
+import socket
 import time
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -20,6 +30,7 @@ from scoring.errors import HardfocusError
 from scoring.model import load_tokenizer, resolve_model
 from scoring.output import ScoresDir
 from scoring.schema import (
+    ERROR_PREFIX,
     NON_FINITE_LOSS,
     Status,
     is_input_error,
@@ -28,38 +39,47 @@ from scoring.schema import (
     scores_table,
 )
 from scoring.scorer import Scorer
-from scoring.sources import Columns, Shard, read_rows
+from scoring.sources import Columns, RowBlock, Shard, iter_units
 from scoring.tokenize import tokenize_block
+
+_MAX_ERROR_EXAMPLES = 10
+
+
+def shard_digest(shard: Shard) -> str:
+    return hashlib.sha1(shard.rel.encode()).hexdigest()[:12]
+
+
+def part_name(shard: Shard, start: int, stop: int) -> str:
+    return f"part-{shard_digest(shard)}-{start:010d}-{stop:010d}.parquet"
+
+
+def parse_part_name(name: str) -> tuple[str, int, int] | None:
+    """(shard digest, start, stop) of a part file name, or None for another file."""
+    stem = name.removeprefix("part-").removesuffix(".parquet")
+    bits = stem.split("-")
+    if len(bits) != 3 or not (bits[1].isdigit() and bits[2].isdigit()):
+        return None
+    return bits[0], int(bits[1]), int(bits[2])
+
+
+def expected_parts(shard: Shard, rows: int, rows_per_unit: int) -> list[str]:
+    return [part_name(shard, s, min(s + rows_per_unit, rows)) for s in range(0, rows, rows_per_unit)]
 
 
 @dataclass(frozen=True)
-class Unit:
-    """Rows ``[start, stop)`` of one shard, scored into ``part``."""
+class ShardTask:
+    """Score one shard; ``done`` holds the starts of units whose part an earlier run wrote."""
 
     shard: Shard
-    start: int
-    stop: int
-
-    @property
-    def part(self) -> str:
-        digest = hashlib.sha1(self.shard.rel.encode()).hexdigest()[:12]
-        return f"part-{digest}-{self.start:010d}-{self.stop:010d}.parquet"
+    done: tuple[int, ...] = ()
 
     def to_row(self) -> dict:
-        return {"unit": asdict(self)}
+        return {"task": json.dumps(asdict(self))}
 
     @staticmethod
-    def from_row(row: dict) -> Unit:
-        d = row["unit"]
-        return Unit(Shard(**d["shard"]), d["start"], d["stop"])
-
-
-def plan_units(shard_rows: list[tuple[Shard, int]], rows_per_unit: int) -> list[Unit]:
-    return [
-        Unit(shard, start, min(start + rows_per_unit, rows))
-        for shard, rows in shard_rows
-        for start in range(0, rows, rows_per_unit)
-    ]
+    def from_json(text: str) -> ShardTask:
+        d = json.loads(text)
+        return ShardTask(Shard(**d["shard"]), tuple(d["done"]))
 
 
 def columns_of(cfg: ScoreConfig) -> Columns:
@@ -77,26 +97,108 @@ def _checkpoint_path(spec: str, fingerprint: str) -> str:
     return resolved.path
 
 
-def read_and_tokenize(unit: Unit, cfg: ScoreConfig, model_fingerprint: str) -> pa.Table:
-    """Read a unit's rows and tokenise them: one row per input row, with status where unscoreable."""
-    block = read_rows(unit.shard, unit.start, unit.stop, columns_of(cfg))
-    if len(block) != unit.stop - unit.start:
-        raise RuntimeError(f"{unit.shard.url} rows {unit.start}..{unit.stop}: read {len(block)} rows; did the shard change?")
-    tokenizer = load_tokenizer(_checkpoint_path(cfg.model, model_fingerprint))
+# ---- counts of a unit's rows, merged per shard and over the whole directory ----------------------------
+
+
+def status_counts(status: list[str], n_tokens, truncated) -> dict:
+    """What a unit's rows hold, in :class:`scoring.manifest.ScoreCounts`' terms (no duplicate ids)."""
+    by_status: dict[str, int] = {}
+    for s in status:
+        kind = "error" if s.startswith(ERROR_PREFIX) else s
+        by_status[kind] = by_status.get(kind, 0) + 1
+    errors = sorted({s for s in status if s.startswith(ERROR_PREFIX)})[:_MAX_ERROR_EXAMPLES]
+    return {
+        "rows": len(status), "rows_by_status": by_status, "error_examples": errors,
+        "tokens": int(np.sum(n_tokens)), "truncated": int(np.sum(truncated)),
+    }
+
+
+def merge_counts(a: dict, b: dict) -> dict:
+    by_status = dict(a["rows_by_status"])
+    for k, v in b["rows_by_status"].items():
+        by_status[k] = by_status.get(k, 0) + v
+    return {
+        "rows": a["rows"] + b["rows"],
+        "rows_by_status": dict(sorted(by_status.items())),
+        "error_examples": sorted(set(a["error_examples"]) | set(b["error_examples"]))[:_MAX_ERROR_EXAMPLES],
+        "tokens": a["tokens"] + b["tokens"],
+        "truncated": a["truncated"] + b["truncated"],
+    }
+
+
+EMPTY_COUNTS = {"rows": 0, "rows_by_status": {}, "error_examples": [], "tokens": 0, "truncated": 0}
+
+
+def part_counts(out: ScoresDir, name: str) -> dict:
+    """The counts of a part an earlier run wrote (three small columns read)."""
+    t = out.read_part(name, ["status", "n_tokens", "truncated"])
+    return status_counts(t["status"].to_pylist(), t["n_tokens"].to_numpy(), t["truncated"].to_numpy())
+
+
+# ---- the reading side: one shard in, one record per unit out -------------------------------------------
+
+
+def _record(task: str, kind: str, start: int = 0, stop: int = 0, consumed: float = 0.0, tokenized: bytes = b"",
+            counts: dict | None = None, error: str | None = None) -> dict:
+    """One record of a task; the same flat columns for every kind, so Ray Data blocks share one schema."""
+    return {"task": task, "kind": kind, "start": start, "stop": stop, "consumed": consumed, "tokenized": tokenized,
+            "counts": json.dumps(counts or EMPTY_COUNTS), "error": error}
+
+
+def read_shard_task(row: dict, cfg: ScoreConfig, model_fingerprint: str):
+    """Ray Data ``flat_map`` entry point (and the local executor's): a task in, its unit records out.
+
+    A :class:`HardfocusError` (a missing column, ``--on-error stop``) travels as an ``error`` record:
+    Ray keeps only the text of an exception's cause across processes; the driver raises it as itself.
+    """
+    task = ShardTask.from_json(row["task"])
+    out = ScoresDir(cfg.output)
+    rows = 0
+    try:
+        tokenizer = load_tokenizer(_checkpoint_path(cfg.model, model_fingerprint))
+        for unit in iter_units(task.shard, columns_of(cfg), cfg.rows_per_unit, frozenset(task.done)):
+            rows = unit.stop
+            if unit.block is None:
+                counts = part_counts(out, part_name(task.shard, unit.start, unit.stop))
+                if counts["rows"] != unit.stop - unit.start:
+                    raise HardfocusError(
+                        f"part {part_name(task.shard, unit.start, unit.stop)} of {out.url} has {counts['rows']} rows, not "
+                        f"{unit.stop - unit.start}; did {task.shard.url} change? Pass --overwrite to score it again"
+                    )
+                yield _record(row["task"], "reused", unit.start, unit.stop, unit.consumed, counts=counts)
+                continue
+            tokenized = tokenize_unit(task.shard, unit.start, unit.block, cfg, tokenizer)
+            yield _record(row["task"], "score", unit.start, unit.stop, unit.consumed, table_to_bytes(tokenized))
+        stale = [s for s in task.done if s >= rows]
+        if stale:
+            raise HardfocusError(
+                f"{out.url} holds parts of {task.shard.url} past its last row ({rows}; e.g. rows from {stale[0]}): the "
+                "shard changed since they were scored. Choose another --output, or pass --overwrite"
+            )
+        if rows == 0 and cfg.on_error == "stop":
+            raise HardfocusError(f"input shard {task.shard.url} has no rows; remove it, or pass --on-error record to go on")
+    except HardfocusError as exc:
+        yield _record(row["task"], "error", error=str(exc))
+        return
+    yield _record(row["task"], "end", stop=rows, consumed=1.0)
+
+
+def tokenize_unit(shard: Shard, start: int, block: RowBlock, cfg: ScoreConfig, tokenizer) -> pa.Table:
+    """A unit's rows tokenised: one row per input row, with a status where unscoreable."""
     tok = tokenize_block(tokenizer, block, cfg.format, cfg.max_tokens, cfg.add_special_tokens, cfg.chat_template)
-    rows = np.arange(unit.start, unit.stop, dtype=np.int64)
+    rows = np.arange(start, start + len(block), dtype=np.int64)
     if cfg.on_error == "stop":
         for row, status in zip(rows, tok.status):
             if status is not None and is_input_error(status):
                 raise HardfocusError(
-                    f"{unit.shard.url} row {row}: {status}; fix the input, or pass --on-error record to score the "
+                    f"{shard.url} row {row}: {status}; fix the input, or pass --on-error record to score the "
                     "other rows and record this one's status"
                 )
-    sample_ids = [i if i is not None else f"{unit.shard.rel}#{r}" for i, r in zip(block.ids, rows)]
+    sample_ids = [i if i is not None else f"{shard.rel}#{r}" for i, r in zip(block.ids, rows)]
     return pa.table(
         {
             "sample_id": pa.array(sample_ids, pa.string()),
-            "shard": pa.array([unit.shard.rel] * len(rows), pa.string()),
+            "shard": pa.array([shard.rel] * len(rows), pa.string()),
             "row": pa.array(rows, pa.int64()),
             "group": pa.array(block.groups, pa.string()),
             "truncated": pa.array(tok.truncated, pa.bool_()),
@@ -118,12 +220,27 @@ def table_from_bytes(data: bytes) -> pa.Table:
     return pa.ipc.open_stream(data).read_all()
 
 
+# ---- the scoring side: tokenised units in, part files out ------------------------------------------------
+
+
+def _node_name() -> str:
+    """This host, and the Ray node inside an actor (several Ray nodes may share a host)."""
+    try:
+        import ray
+
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except ImportError:
+        node = None
+    return socket.gethostname() + (f"/{node[:8]}" if node else "")
+
+
 class UnitScorer:
     """Scores tokenised units and writes each as one part file (a Ray actor, or a plain object)."""
 
     def __init__(self, cfg: ScoreConfig, model_fingerprint: str, torch_threads: int | None, compiled: bool = False):
         self.cfg = cfg
         self.out = ScoresDir(cfg.output)
+        self.node = _node_name()
         self.scorer = Scorer(
             _checkpoint_path(cfg.model, model_fingerprint),
             dtype=cfg.dtype,
@@ -134,9 +251,8 @@ class UnitScorer:
             compiled=compiled,
         )
 
-    def score_unit(self, unit: Unit, tokenized: pa.Table) -> dict:
-        """Score, write the part atomically, and return counts for progress."""
-        started = time.perf_counter()
+    def score_unit(self, shard: Shard, start: int, tokenized: pa.Table) -> tuple[dict, int]:
+        """Score, write the part (whole or not at all); returns (the part's counts, rows scored)."""
         status = tokenized.column("status").to_pylist()
         ids = tokenized.column("input_ids").to_pylist()
         spans = tokenized.column("loss_spans").to_pylist() if "loss_spans" in tokenized.column_names else None
@@ -151,12 +267,14 @@ class UnitScorer:
             if not np.isfinite(nll_sum[i]):
                 if self.cfg.on_error == "stop":
                     raise HardfocusError(
-                        f"{unit.shard.url} row {int(tokenized.column('row')[i].as_py())}: the model's loss is not finite "
-                        f"({nll_sum[i]}); check the model and the dtype, or pass --on-error record"
+                        f"{shard.url} row {start + i}: the model's loss is not finite ({nll_sum[i]}); check the model "
+                        "and the dtype, or pass --on-error record"
                     )
                 status[i] = NON_FINITE_LOSS
         ok = np.array([s is None for s in status])
         loss = np.where(ok, nll_sum / np.maximum(n_tokens, 1), np.nan)
+        status = [Status.OK.value if s is None else s for s in status]
+        truncated = tokenized.column("truncated")
         table = scores_table(
             {
                 "sample_id": tokenized.column("sample_id"),
@@ -166,44 +284,31 @@ class UnitScorer:
                 "n_tokens": n_tokens.astype(np.int32),
                 "loss": pa.array(loss.astype(np.float32), mask=~ok),
                 "nll_sum": pa.array(nll_sum, mask=~ok),
-                "truncated": tokenized.column("truncated"),
-                "status": [Status.OK.value if s is None else s for s in status],
+                "truncated": truncated,
+                "status": status,
                 **({"input_ids": tokenized.column("input_ids")} if self.cfg.keep_input_ids else {}),
                 **({} if spans is None else {"loss_spans": tokenized.column("loss_spans")}),
             },
             with_input_ids=self.cfg.keep_input_ids,
             with_loss_spans=spans is not None,
         )
-        self.out.write_part(unit.part, table)
-        return {
-            "part": unit.part,
-            "rows": len(status),
-            "scored": len(todo),
-            "tokens": int(n_tokens.sum()),
-            "seconds": time.perf_counter() - started,
-        }
+        self.out.write_part(part_name(shard, start, start + len(status)), table)
+        return status_counts(status, n_tokens, truncated.to_numpy(zero_copy_only=False)), len(todo)
 
-    def __call__(self, row: dict) -> dict:
-        """Ray Data entry point: one tokenised unit in, one summary row out.
+    def __call__(self, record: dict) -> dict:
+        """Ray Data ``map`` entry point (and the local executor's): a unit record in, its summary out.
 
-        A :class:`HardfocusError` (``--on-error stop``) travels as the row's ``error``: Ray keeps only
-        the text of an exception's cause across processes, and the driver should raise it as itself.
+        Records other than ``score`` pass through; ``scored`` is the rows the model ran on.
         """
-        if row.get("error"):
-            return {**_EMPTY_SUMMARY, "error": row["error"]}
+        started = time.perf_counter()
+        summary = {k: record[k] for k in ("task", "kind", "start", "stop", "consumed", "counts", "error")}
+        summary["scored"], summary["seconds"], summary["node"] = 0, 0.0, self.node
+        if record["kind"] != "score":
+            return summary
         try:
-            return {**self.score_unit(Unit.from_row(row), table_from_bytes(row["tokens"])), "error": None}
+            counts, scored = self.score_unit(
+                ShardTask.from_json(record["task"]).shard, record["start"], table_from_bytes(record["tokenized"])
+            )
         except HardfocusError as exc:
-            return {**_EMPTY_SUMMARY, "error": str(exc)}
-
-
-_EMPTY_SUMMARY = {"part": "", "rows": 0, "scored": 0, "tokens": 0, "seconds": 0.0}
-
-
-def tokenize_row(row: dict, cfg: ScoreConfig, model_fingerprint: str) -> dict:
-    """Ray Data entry point: a unit in, the unit plus its tokenised rows (Arrow IPC bytes) out."""
-    try:
-        tokens = table_to_bytes(read_and_tokenize(Unit.from_row(row), cfg, model_fingerprint))
-    except HardfocusError as exc:
-        return {"unit": row["unit"], "tokens": b"", "error": str(exc)}
-    return {"unit": row["unit"], "tokens": tokens, "error": None}
+            return summary | {"kind": "error", "error": str(exc)}
+        return summary | {"counts": json.dumps(counts), "scored": scored, "seconds": time.perf_counter() - started}

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import polars as pl
@@ -20,6 +23,24 @@ from scoring.output import MANIFEST_FILE
 from scoring.schema import ERROR_PREFIX, check_scores_schema
 from scoring.sources import fs_url
 from selection.bands import NO_GROUP
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+_PREFETCH = 8  # part files read at once: an object store answers each request slowly, not rarely
+
+
+def prefetched(read: Callable[[T], R], items: Iterable[T], depth: int = _PREFETCH) -> Iterator[R]:
+    """``read(item)`` for each item, in order, with up to ``depth`` reads in flight on threads."""
+    with ThreadPoolExecutor(max_workers=depth) as pool:
+        pending: deque[Future[R]] = deque()
+        for item in items:
+            pending.append(pool.submit(read, item))
+            if len(pending) >= depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 @dataclass(frozen=True)
@@ -76,8 +97,8 @@ class ScoreParts:
         group_code: dict[str, int] = {}
         excluded: Counter[str] = Counter()
         filled = 0
-        for index, offset in enumerate(self.offsets):
-            table = self.read_part(index, ["group", "loss", "status"])
+        tables = prefetched(lambda index: self.read_part(index, ["group", "loss", "status"]), range(len(self.urls)))
+        for offset, table in zip(self.offsets, tables):
             part_loss = table["loss"].to_numpy(zero_copy_only=False).astype(np.float32)  # null -> NaN
             ok_mask = pc.equal(table["status"], "ok")
             ok = ok_mask.to_numpy(zero_copy_only=False)
@@ -106,6 +127,7 @@ def open_scores(dirs: list[str]) -> ScoreParts:
     urls, rows, manifests, with_ids, with_spans = [], [], [], [], []
     for d in dirs:
         fs, path = url_to_fs(d)
+        fs.invalidate_cache(path)  # s3fs caches listings: see parts written since
         manifest_path = posixpath.join(path, MANIFEST_FILE)
         if not fs.exists(path):
             raise HardfocusError(f"scores directory '{d}' does not exist")
@@ -119,9 +141,12 @@ def open_scores(dirs: list[str]) -> ScoreParts:
         if len(parts) != manifest.parts:
             raise HardfocusError(f"'{d}' holds {len(parts)} part files but its manifest lists {manifest.parts}")
         dir_spans = []
-        for p in parts:
-            with fs.open(p, "rb") as f:
-                meta = pq.read_metadata(f)
+
+        def footer(part: str, fs=fs) -> pq.FileMetaData:
+            with fs.open(part, "rb") as f:
+                return pq.read_metadata(f)
+
+        for p, meta in zip(parts, prefetched(footer, parts)):
             schema = meta.schema.to_arrow_schema()
             check_scores_schema(schema, p)
             with_ids.append("input_ids" in schema.names)

@@ -1,9 +1,12 @@
 """Write the training shards: each score part's kept rows, with loss_rank and weight, input_ids carried over
 (and loss_spans, when the scores have them).
 
-Everything goes into a temporary directory beside the output, ``summary.json`` last, and the
+Locally everything goes into a temporary directory beside the output, ``summary.json`` last, and the
 directory is renamed into place: a crash never leaves a half-written selected/ that training
-would accept (training also refuses a selected/ without ``summary.json``).
+would accept (training also refuses a selected/ without ``summary.json``). On an object store a
+rename is copy + delete, not a commit: the parts are written straight into the output and
+``summary.json``, written last, is the commit marker; an output being replaced loses its
+``summary.json`` first, so a selection killed midway is never readable as complete.
 """
 
 from __future__ import annotations
@@ -23,19 +26,30 @@ from fsspec.core import url_to_fs
 from tqdm.auto import tqdm
 
 from scoring.errors import HardfocusError
-from scoring.sources import fs_url
+from scoring.sources import fs_url, is_local
 from selection.schema import SUMMARY_FILE, selected_schema
-from selection.scores import ScoreParts
+from selection.scores import ScoreParts, prefetched
 
 log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
 def staged_output(output: str, overwrite: bool) -> Iterator[str]:
-    """Yield a temporary directory URL; on success it replaces ``output`` (moved aside first)."""
+    """Yield a temporary directory URL; on success it replaces ``output`` (moved aside first).
+
+    On an object store: yield ``output`` itself, emptied first (``summary.json`` before the rest).
+    """
     fs, path = url_to_fs(output)
+    fs.invalidate_cache(path)
     if fs.exists(path) and not overwrite:
-        raise HardfocusError(f"'{output}' already exists; pass --overwrite to replace it, or choose another --output")
+        unfinished = not is_local(fs) and not fs.exists(posixpath.join(path, SUMMARY_FILE))
+        raise HardfocusError(
+            f"'{output}' already exists{' (an unfinished selection: no ' + SUMMARY_FILE + ')' if unfinished else ''}; "
+            "pass --overwrite to replace it, or choose another --output"
+        )
+    if not is_local(fs):
+        yield from _in_place(fs, path, output)
+        return
     parent, name = posixpath.split(path.rstrip("/"))
     for stale in fs.glob(posixpath.join(parent, f".{name}.tmp-*")):  # left by a killed run: never a result
         log.warning("removing %s, the staging directory of an interrupted selection", stale)
@@ -59,6 +73,23 @@ def staged_output(output: str, overwrite: bool) -> Iterator[str]:
         fs.rm(old, recursive=True)
 
 
+def _in_place(fs, path: str, output: str) -> Iterator[str]:
+    if fs.exists(path):
+        summary = posixpath.join(path, SUMMARY_FILE)
+        if fs.exists(summary):
+            fs.rm_file(summary)  # first: from here on the old selection is not complete
+        fs.rm(path, recursive=True)
+        fs.invalidate_cache(path)
+    try:
+        yield output
+    except BaseException:
+        with contextlib.suppress(Exception):  # best effort: without summary.json the parts are never read
+            fs.invalidate_cache(path)
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
+        raise
+
+
 def write_shards(parts: ScoreParts, kept: pl.DataFrame, out_url: str, progress: bool = True) -> int:
     """One output part per score part that has kept rows; returns how many were written.
 
@@ -75,11 +106,20 @@ def write_shards(parts: ScoreParts, kept: pl.DataFrame, out_url: str, progress: 
     columns = ["sample_id", "group", "loss"] + (["input_ids"] if parts.has_input_ids else [])
     schema = selected_schema(parts.has_input_ids, parts.has_loss_spans)
     written = 0
-    for lo, hi in tqdm(list(zip(bounds[:-1], bounds[1:])), unit="parts", disable=not progress, mininterval=1.0):
+    ranges = list(zip(bounds[:-1], bounds[1:]))
+
+    def spans_in(index: int) -> bool:
+        return parts.has_loss_spans and parts.part_has_loss_spans[index]
+
+    def read(lo_hi: tuple[int, int]) -> pa.Table:
+        index = int(part_of[lo_hi[0]])
+        return parts.read_part(index, columns + (["loss_spans"] if spans_in(index) else []))
+
+    sources = prefetched(read, ranges)
+    for lo, hi in tqdm(ranges, unit="parts", disable=not progress, mininterval=1.0):
         index = int(part_of[lo])
-        part_spans = parts.has_loss_spans and parts.part_has_loss_spans[index]
-        source = parts.read_part(index, columns + (["loss_spans"] if part_spans else []))
-        source = source.take(pa.array(global_rows[lo:hi] - offsets[index]))
+        part_spans = spans_in(index)
+        source = next(sources).take(pa.array(global_rows[lo:hi] - offsets[index]))
         if parts.has_loss_spans:  # plain-text parts selected with conversation parts: null = every token a target
             spans = source["loss_spans"] if part_spans else pa.nulls(hi - lo, schema.field("loss_spans").type)
         table = pa.table(

@@ -10,6 +10,8 @@ from pathlib import Path
 import hypothesis  # noqa: F401 - imported (and assertion-rewritten) before any test starts Ray: CPython 3.11's
 import pytest  # ast.parse can fail after Ray's driver threads ran ("AST constructor recursion depth mismatch")
 
+from tests.s3 import s3_server, s3_url  # noqa: F401 - fixtures: a moto S3 server, a prefix per test
+
 ENGLISH = [
     "The committee met on Tuesday to discuss the budget for the coming year.",
     "She opened the window and listened to the rain falling on the garden.",

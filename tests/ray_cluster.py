@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -21,21 +22,22 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def ray_head(dashboard_port: int | None = None):
+def ray_head(dashboard_port: int | None = None, resources: dict | None = None):
     """Yield (address, temp dir) of a head node from `ray start --block`, in its own process group, so
     teardown stops this cluster only (`ray stop` would stop every Ray on the machine). With
-    ``dashboard_port`` the dashboard (and so the Job Submission API) listens there."""
-    ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
+    ``dashboard_port`` the dashboard (and so the Job Submission API) listens there; ``resources`` are
+    the node's custom resources."""
+    ray = _ray_command()
     temp = tempfile.mkdtemp(prefix="hf-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     dashboard = (
         [f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true"]
         if dashboard_port else ["--include-dashboard=false"]
     )
     # the cluster's environment: a job's entrypoint `python` is this interpreter, as on a real cluster's nodes
-    env = os.environ | {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+    env = _cluster_env()
     head = subprocess.Popen(
         [ray, "start", "--head", "--block", "--num-cpus=2", f"--port={free_port()}", *dashboard,
-         f"--temp-dir={temp}", "--disable-usage-stats"],
+         f"--temp-dir={temp}", "--disable-usage-stats", *_resources_flag(resources)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env,
     )
     address, seen = None, []
@@ -54,3 +56,42 @@ def ray_head(dashboard_port: int | None = None):
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def ray_worker_node(address: str, resources: dict | None = None, num_cpus: int = 2):
+    """A second node joining the cluster at ``address`` (`ray start --address --block`), on this machine,
+    with its own raylet and object store; stopped with its process group on exit."""
+    node = subprocess.Popen(
+        [_ray_command(), "start", f"--address={address}", "--block", f"--num-cpus={num_cpus}", "--disable-usage-stats",
+         *_resources_flag(resources)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env=_cluster_env() | {"RAY_AUTH_MODE": "token"},  # the head enabled token authentication; the token is shared
+    )
+    seen = []
+    for line in node.stdout:  # it prints this once its raylet has joined
+        seen.append(line)
+        if "Ray runtime started" in line:
+            break
+    assert node.poll() is None, "".join(seen)
+    try:
+        yield
+    finally:
+        os.killpg(node.pid, signal.SIGTERM)
+        try:
+            node.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(node.pid, signal.SIGKILL)
+
+
+def _ray_command() -> str:
+    return shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
+
+
+def _cluster_env() -> dict:
+    """The cluster's environment: a job's entrypoint `python` is this interpreter, as on a real cluster's nodes."""
+    return os.environ | {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+
+
+def _resources_flag(resources: dict | None) -> list[str]:
+    return [f"--resources={json.dumps(resources)}"] if resources else []

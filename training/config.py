@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from scoring.config import SampleFormat
 
 Weighting = Literal["none", "static", "online", "static+online"]
+
+
+def local_dir(value: str, why: str) -> str:
+    """Refuse a URL where a local directory is needed: pathlib would turn ``s3://b/x`` into a local ``s3:/b/x``."""
+    if "://" in value:
+        raise ValueError(
+            f"'{value}' is a URL, but {why}: give a local (or mounted shared) directory; the input data may be on an "
+            "object store"
+        )
+    return value
 
 
 class TrainConfig(SampleFormat):
@@ -59,6 +69,11 @@ class TrainConfig(SampleFormat):
     ray_address: str | None = Field(None, description="Ray cluster address; default $RAY_ADDRESS, else a local Ray")
     group_column: str | None = Field(None, description="raw shards only: the group column")
 
+    @field_validator("output")
+    @classmethod
+    def _local_output(cls, value: str) -> str:
+        return local_dir(value, "the trained checkpoint is written with save_pretrained")
+
     @model_validator(mode="after")
     def _window_fits_accumulation(self) -> TrainConfig:
         accumulation = self.accumulation_steps
@@ -101,6 +116,11 @@ class EvalConfig(SampleFormat):
     max_tokens: int = Field(1024, ge=2, description="longer documents are truncated (the same cut for every model)")
     dtype: Literal["auto", "bfloat16", "float32"] = Field("auto", description="auto = bf16 where native, else float32")
     executor: Literal["ray", "local"] = Field("local", description="local (in-process) or ray (a Ray Data job per model)")
+
+    @field_validator("output")
+    @classmethod
+    def _local_output(cls, value: str) -> str:
+        return local_dir(value, "eval.json and the held-out scores are read and written as local files")
 
     def named_models(self) -> list[tuple[str, str]]:
         """(name, spec) pairs; unnamed specs are named by their last path component, made unique."""

@@ -54,6 +54,7 @@ def load_training_data(paths: list[str]) -> TrainingData:
     tables, kinds, not_ok, weighted = [], {}, 0, []
     for path in paths:
         fs, root = url_to_fs(path)
+        fs.invalidate_cache(root)  # s3fs caches listings: see parts written since
         if not fs.isdir(root):
             raise HardfocusError(f"training data '{path}' is not a directory (give selected/ or scores/ directories)")
         parts = sorted(fs.glob(posixpath.join(root, "part-*.parquet")))

@@ -23,7 +23,9 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from scoring.errors import HardfocusError
 from scoring.output import MANIFEST_FILE
 from scoring.schema import LOSS_SPANS_TYPE, Status
+from selection.schema import SUMMARY_FILE
 from training.config import TrainConfig
+from training.data import _has_no_marker_but_looks_selected
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +42,16 @@ def training_dataset(paths: list[str]):
     sources = []
     for path in paths:
         fs, root = url_to_fs(path)
+        fs.invalidate_cache(root)
         parts = sorted(fs.glob(posixpath.join(root, "part-*.parquet")))
         if not parts:
             raise HardfocusError(f"'{path}' holds no part-*.parquet files")
+        if (not fs.exists(posixpath.join(root, SUMMARY_FILE)) and not fs.exists(posixpath.join(root, MANIFEST_FILE))
+                and _has_no_marker_but_looks_selected(fs, parts[0])):
+            raise HardfocusError(
+                f"'{path}' has selected/ shards (or an unreadable part) but no {SUMMARY_FILE}: the selection did not "
+                "finish; rerun `hardfocus select`"
+            )
         with_spans = []
         for p in parts:
             with fs.open(p, "rb") as f:

@@ -152,7 +152,10 @@ def test_schema_drift_between_shards(tmp_path, tiny_model_dir):
     # an extra column is ignored; the group column missing from one shard stops the job, naming that shard
     with pytest.raises(HardfocusError, match=r"2.parquet has no column 'group'.*pass --group-column"):
         run(tmp_path, tiny_model_dir, [tmp_path / "in"], group_column="group")
-    result = run(tmp_path, tiny_model_dir, [tmp_path / "in"])  # without groups both shards are fine
+    # without groups both shards are fine; the parts scored with groups before the error are replaced
+    with pytest.raises(HardfocusError, match=r"different configuration \(differs in: group_column\)"):
+        run(tmp_path, tiny_model_dir, [tmp_path / "in"])
+    result = run(tmp_path, tiny_model_dir, [tmp_path / "in"], overwrite=True)
     assert result.manifest.rows == 9
 
 

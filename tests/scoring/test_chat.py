@@ -184,15 +184,16 @@ def test_plain_text_scores_keep_their_schema_and_a_missing_column_names_the_flag
 
 
 def test_parquet_messages_read_as_jsonl_does_and_a_wrong_column_type_is_named(tmp_path):
-    from scoring.sources import Columns, count_rows, find_shards, read_rows
+    from scoring.sources import Columns, check_columns, find_shards, iter_units
 
     convs = conversations(9, seed=9)
     pq.write_table(pa.Table.from_pylist([{"messages": m} for m in convs]), tmp_path / "c.parquet", row_group_size=4)
     write_jsonl(tmp_path / "c.jsonl", [{"messages": m} for m in convs])
     columns = Columns(format="messages")
     for shard in find_shards([str(tmp_path / "c.parquet"), str(tmp_path / "c.jsonl")]):
-        assert count_rows(shard, columns) == 9
-        assert read_rows(shard, 2, 7, columns).values == convs[2:7], shard.rel
+        units = list(iter_units(shard, columns, 3))
+        assert [(u.start, u.stop) for u in units] == [(0, 3), (3, 6), (6, 9)]
+        assert [m for u in units for m in u.block.values] == convs, shard.rel
     pq.write_table(pa.table({"messages": ["a string, not a list"]}), tmp_path / "bad.parquet")
     with pytest.raises(HardfocusError, match="not a list of"):
-        count_rows(find_shards([str(tmp_path / "bad.parquet")])[0], columns)
+        check_columns(find_shards([str(tmp_path / "bad.parquet")])[0], columns)

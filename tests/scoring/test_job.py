@@ -109,3 +109,19 @@ def test_concurrent_run_on_same_output_is_refused(tmp_path, tiny_model_dir):
             score(cfg, progress=False)
     finally:
         holder.unlock()
+
+
+def test_gpu_actors_planned_by_a_driver_without_a_gpu_get_cuda_and_bf16(tmp_path, monkeypatch):
+    """The driver decides device and dtype once for every actor; it must not resolve 'auto' to its own CPU."""
+    import torch
+
+    from scoring.job import _device_and_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    base = dict(inputs=["x"], output=str(tmp_path / "o"))
+    assert _device_and_dtype(ScoreConfig(**base, gpus_per_actor=1)) == {"device": "cuda", "dtype": "bfloat16"}
+    assert _device_and_dtype(ScoreConfig(**base, gpus_per_actor=1, dtype="float16", device="cuda:1")) == {
+        "device": "cuda:1", "dtype": "float16"}
+    assert _device_and_dtype(ScoreConfig(**base, dtype="float32")) == {"device": "cpu", "dtype": "float32"}
+    with pytest.raises(HardfocusError, match="no CUDA GPU is visible"):  # in-process, the GPU must be here
+        _device_and_dtype(ScoreConfig(**base, executor="local", device="cuda"))

@@ -40,3 +40,49 @@ def test_score_runs_on_the_cluster_named_by_ray_address(tmp_path, tiny_model_dir
     df = read_scores(out)
     assert df.height == 31 and df["sample_id"].n_unique() == 31
     assert json.loads((out / "manifest.json").read_text())["rows"] == 31
+
+
+# The driver: a process of its own, since Ray reads RAY_AUTH_MODE when it is imported.
+_TWO_NODE_DRIVER = """
+import json, sys
+from ray.util.state import list_actors
+from scoring import ScoreConfig, score
+cfg, dashboard = json.loads(sys.argv[1]), sys.argv[2]
+result = score(ScoreConfig(**cfg), progress=False)
+actors = [a.node_id for a in list_actors(address=f"http://127.0.0.1:{dashboard}", detail=True, limit=1000)
+          if "MapWorker" in a.class_name]
+print(json.dumps({"nodes": result.manifest.runs[-1].nodes, "parts": result.manifest.parts, "actors": actors}))
+"""
+
+
+@pytest.mark.s3
+def test_two_nodes_one_actor_each_write_to_s3_the_scores_of_one_process(tmp_path, tiny_model_dir, s3_url):
+    """A head and a second node (their own raylets and object stores), a scoring actor on each (a custom
+    resource per node), output on S3 so that no shared local disk is assumed."""
+    from scoring import ScoreConfig, score
+    from tests.ray_cluster import free_port, ray_worker_node
+    from tests.s3 import download, upload
+    from tests.scoring.helpers import assert_same_scores
+
+    make_corpus(tmp_path, n_parquet=60, n_jsonl=40)
+    inputs = upload(tmp_path / "in", f"{s3_url}/in")
+    base = dict(model=tiny_model_dir, dtype="float32", device="cpu", group_column="domain", max_tokens=64,
+                rows_per_unit=5, token_budget=512)
+    reference = score(ScoreConfig(inputs=[str(tmp_path / "in")], output=str(tmp_path / "reference"), executor="local",
+                                  **base), progress=False)
+    cfg = base | dict(inputs=[inputs], output=f"{s3_url}/scores", actors=2, cpus_per_actor=1,
+                      resources_per_actor={"scorer": 1})
+    # `ray start` enables token authentication; a client naming the address must opt in to send the token
+    env = os.environ | {"RAY_AUTH_MODE": "token", "PYTHONPATH": os.getcwd()}
+    dashboard = free_port()
+    with ray_head(dashboard_port=dashboard, resources={"scorer": 1}) as (address, _), ray_worker_node(
+        address, resources={"scorer": 1}
+    ):
+        run = subprocess.run([sys.executable, "-c", _TWO_NODE_DRIVER, json.dumps(cfg | {"ray_address": address}),
+                              str(dashboard)], env=env, capture_output=True, text=True, timeout=400)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len(got["actors"]) == 2 and len(set(got["actors"])) == 2  # one scoring actor on each node
+    assert sum(got["nodes"].values()) == got["parts"] == reference.manifest.parts
+    assert {n.split("/")[1] for n in got["nodes"]} <= {a[:8] for a in got["actors"]}
+    assert_same_scores(read_scores(download(f"{s3_url}/scores", tmp_path / "scores")), read_scores(tmp_path / "reference"))

@@ -5,13 +5,15 @@ from __future__ import annotations
 import gzip
 import json
 
+import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
+from fsspec.implementations.local import LocalFileSystem
 
 from scoring.errors import HardfocusError
-from scoring.sources import Columns, count_rows, find_shards, read_rows
+from scoring.sources import Columns, check_columns, find_shards, iter_units, read_shard
 
 ROWS = [{"text": f"document number {i}", "doc": f"id-{i}", "src": "web" if i % 2 else "code"} for i in range(23)]
 
@@ -45,21 +47,32 @@ def test_directory_glob_and_file_inputs(corpus):
 def test_every_format_reads_the_same_rows(corpus):
     columns = Columns(text="text", id="doc", group="src")
     for shard in find_shards([str(corpus / "a")]):
-        assert count_rows(shard, columns) == 23  # blank lines are not rows
-        for start, stop in [(0, 23), (5, 17), (9, 11), (20, 23)]:  # across Parquet row groups too
-            block = read_rows(shard, start, stop, columns)
-            assert block.values == [r["text"] for r in ROWS[start:stop]], shard.rel
-            assert block.ids == [r["doc"] for r in ROWS[start:stop]]
-            assert block.groups == [r["src"] for r in ROWS[start:stop]]
-            assert block.status == [None] * (stop - start)
+        for n in (23, 5, 3, 8, 100):  # across Parquet row groups (of 10) too
+            units = list(iter_units(shard, columns, n))
+            assert [(u.start, u.stop) for u in units] == [(s, min(s + n, 23)) for s in range(0, 23, n)]  # blank lines are not rows
+            assert units[-1].consumed == 1.0 and all(a.consumed <= b.consumed for a, b in zip(units, units[1:]))
+            for u in units:
+                assert u.block.values == [r["text"] for r in ROWS[u.start : u.stop]], shard.rel
+                assert u.block.ids == [r["doc"] for r in ROWS[u.start : u.stop]]
+                assert u.block.groups == [r["src"] for r in ROWS[u.start : u.stop]]
+                assert u.block.status == [None] * (u.stop - u.start)
+
+
+def test_skipped_units_are_counted_not_parsed(corpus):
+    for shard in find_shards([str(corpus / "a")]):
+        units = list(iter_units(shard, Columns(), 5, skip=frozenset({0, 10, 20})))
+        assert [(u.start, u.stop, u.block is None) for u in units] == [
+            (0, 5, True), (5, 10, False), (10, 15, True), (15, 20, False), (20, 23, True)]
+        assert units[1].block.values == [r["text"] for r in ROWS[5:10]], shard.rel
+        assert units[3].block.values == [r["text"] for r in ROWS[15:20]], shard.rel
 
 
 def test_bad_json_lines_get_a_status(tmp_path):
     path = tmp_path / "x.jsonl"
     path.write_bytes(b'{"text": "fine"}\n{broken\n"a string"\n{"text": 5}\n{"other": "x"}\n{"text": "caf\xe9"}\n{"text": null}\n')
     shard = find_shards([str(path)])[0]
-    assert count_rows(shard, Columns()) == 7
-    block = read_rows(shard, 0, 7, Columns())
+    block = read_shard(shard, Columns())
+    assert len(block) == 7
     assert block.values[0] == "fine" and block.status[0] is None
     assert block.status[1].startswith("error: invalid JSON")
     assert block.status[2] == "error: line is a JSON str, not an object"
@@ -89,15 +102,15 @@ def test_input_errors_name_the_problem(tmp_path, inputs, message):
 def test_missing_or_wrong_column_is_an_error_naming_file_and_columns(corpus, tmp_path):
     parquet = find_shards([str(corpus / "a" / "p.parquet")])[0]
     with pytest.raises(HardfocusError, match=r"has no column 'body' \(columns: text, doc, src\); pass --text-column"):
-        count_rows(parquet, Columns(text="body"))
+        check_columns(parquet, Columns(text="body"))
     with pytest.raises(HardfocusError, match="pass --group-column"):
-        count_rows(parquet, Columns(group="domain"))
+        check_columns(parquet, Columns(group="domain"))
     jsonl = find_shards([str(corpus / "a" / "plain.jsonl")])[0]
     with pytest.raises(HardfocusError, match="first row of shard .* has no field 'body'"):
-        count_rows(jsonl, Columns(text="body"))
+        check_columns(jsonl, Columns(text="body"))
     pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "ints.parquet")
     with pytest.raises(HardfocusError, match="is int64, not text"):
-        count_rows(find_shards([str(tmp_path / "ints.parquet")])[0], Columns())
+        check_columns(find_shards([str(tmp_path / "ints.parquet")])[0], Columns())
 
 
 def test_same_relative_path_from_two_inputs_is_refused(tmp_path):
@@ -111,4 +124,74 @@ def test_same_relative_path_from_two_inputs_is_refused(tmp_path):
 def test_fsspec_url(corpus):
     """Any fsspec URL works; file:// stands in for s3:// here (no network)."""
     shards = find_shards([f"file://{corpus}/a/p.parquet"])
-    assert read_rows(shards[0], 0, 2, Columns()).values == ["document number 0", "document number 1"]
+    assert read_shard(shards[0], Columns()).values[:2] == ["document number 0", "document number 1"]
+
+
+class _CountingFileSystem(LocalFileSystem):
+    """The local disk under ``countfile://``, counting the bytes read from each file."""
+
+    protocol = ("countfile",)
+    read: dict[str, int] = {}
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        return super()._strip_protocol(path.removeprefix("countfile://"))
+
+    def _open(self, path, mode="rb", **kwargs):
+        f = super()._open(path, mode, **kwargs)
+        return _CountingFile(f, path) if "r" in mode else f
+
+
+class _CountingFile:
+    def __init__(self, f, path: str):
+        self._f, self._path = f, path
+
+    def read(self, n=-1):
+        data = self._f.read(n)
+        _CountingFileSystem.read[self._path] = _CountingFileSystem.read.get(self._path, 0) + len(data)
+        return data
+
+    def readinto(self, buffer):
+        n = self._f.readinto(buffer)
+        _CountingFileSystem.read[self._path] = _CountingFileSystem.read.get(self._path, 0) + (n or 0)
+        return n
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+def test_a_scoring_run_reads_every_input_byte_once(tmp_path, tiny_model_dir):
+    """40 units per shard, each shard read once (planning included): bytes read through fsspec, counted."""
+    from scoring import ScoreConfig, score
+    from tests.conftest import real_texts
+
+    fsspec.register_implementation("countfile", _CountingFileSystem, clobber=True)
+    rows = [{"text": t} for t in real_texts(4000, seed=3)]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "big.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(_jsonl_bytes(rows)))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in" / "one-row-group.parquet", row_group_size=len(rows))
+    sizes = {str(p): p.stat().st_size for p in (tmp_path / "in").iterdir()}
+    assert min(sizes.values()) > 256 * 1024
+
+    _CountingFileSystem.read.clear()
+    cfg = ScoreConfig(inputs=[f"countfile://{tmp_path}/in"], output=str(tmp_path / "scores"), model=tiny_model_dir,
+                      dtype="float32", device="cpu", max_tokens=8, rows_per_unit=100, executor="local", compile="off")
+    result = score(cfg, progress=False)
+    assert result.manifest.rows == 8000 and result.manifest.parts == 80
+    for path, size in sizes.items():  # once, and planning's look at the first row or footer (64 KiB at most)
+        assert size <= _CountingFileSystem.read[path] <= size + 64 * 1024, path
+
+    # a rerun after losing parts reads each shard once more and scores only the lost units
+    parts = sorted((tmp_path / "scores").glob("part-*.parquet"))
+    for p in parts[3:5] + parts[-1:]:
+        p.unlink()
+    _CountingFileSystem.read.clear()
+    assert score(cfg, progress=False).units_scored == 3
+    for path, size in sizes.items():
+        assert _CountingFileSystem.read[path] <= size + 64 * 1024, path

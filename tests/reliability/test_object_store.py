@@ -1,0 +1,364 @@
+"""s3:// for real: score, select and train against an S3 server started here (moto), with the output lock,
+a SIGKILLed scoring run and a killed selection on the object store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+from pipelines.run_config import load_run_config
+from scoring import HardfocusError, ScoreConfig, score
+from scoring.lock import OutputLock
+from selection import SelectConfig, select
+from tests.s3 import BUCKET, download, names, s3_fs, upload
+from tests.scoring.helpers import assert_same_scores, make_corpus, read_scores
+from tests.training.helpers import small_config
+from training import train
+from training.data import load_training_data
+
+pytestmark = pytest.mark.s3
+
+ROWS = 67  # make_corpus(): 37 Parquet rows + 29 JSONL lines + 1 bad JSON line
+
+
+def _cfg(inputs: str, output: str, model: str, **kw) -> ScoreConfig:
+    base = dict(inputs=[inputs], output=output, model=model, dtype="float32", device="cpu", group_column="domain",
+                max_tokens=64, rows_per_unit=10, token_budget=512, executor="local")
+    return ScoreConfig(**(base | kw))
+
+
+def _env() -> dict:
+    return os.environ | {"PYTHONPATH": os.getcwd()}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, s3_server, tiny_model_dir):
+    """The test corpus locally and in the bucket, its local scores (the reference) and its scores on s3."""
+    root = tmp_path_factory.mktemp("corpus")
+    make_corpus(root)
+    reference = score(_cfg(str(root / "in"), str(root / "reference"), tiny_model_dir), progress=False)
+    url = upload(root / "in", f"s3://{BUCKET}/corpus-{os.getpid()}/in")
+    scores_url = url.rsplit("/", 1)[0] + "/scores"
+    on_s3 = score(_cfg(url, scores_url, tiny_model_dir), progress=False)
+    return {"root": root, "in": url, "reference": reference, "scores": scores_url, "result": on_s3}
+
+
+def test_score_with_inputs_and_output_on_s3_equals_a_local_run(corpus, tmp_path):
+    result = corpus["result"]
+    assert result.manifest.rows == corpus["reference"].manifest.rows == ROWS
+    assert result.manifest.rows_by_status == corpus["reference"].manifest.rows_by_status
+    assert all(s.url.startswith("s3://") for s in result.manifest.shards)
+    listed = names(corpus["scores"])
+    assert "manifest.json" in listed and ".lock" not in listed  # complete, lock released (deleted)
+    assert not [n for n in listed if ".tmp-" in n]  # no temporary objects: parts are written in one PUT
+    local = download(corpus["scores"], tmp_path / "scores")
+    assert_same_scores(read_scores(local), read_scores(corpus["root"] / "reference"))
+    assert read_scores(local)["sample_id"].n_unique() == ROWS
+
+    again = score(_cfg(corpus["in"], corpus["scores"], result.manifest.model_path), progress=False)
+    assert again.units_scored == 0  # a rerun sees every part on the store: nothing to do
+
+
+@pytest.mark.ray
+def test_ray_workers_reach_s3_through_the_environment(corpus, s3_url, tmp_path, tiny_model_dir):
+    """Scoring actors and Ray Data readers are other processes: they find the endpoint in the environment."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")  # after the fixture set the environment
+    try:
+        on_ray = score(_cfg(corpus["in"], f"{s3_url}/scores", tiny_model_dir, executor="ray", actors=1), progress=False)
+        assert on_ray.manifest.rows == ROWS
+        local = download(f"{s3_url}/scores", tmp_path / "scores")
+        assert_same_scores(read_scores(local), read_scores(corpus["root"] / "reference"))
+
+        from training.ray_train import training_dataset
+
+        selected = select(SelectConfig(scores=[corpus["scores"]], output=f"{s3_url}/selected", report=False), progress=False)
+        assert training_dataset([f"{s3_url}/selected"]).count() == selected.summary.bands["kept"] > 0
+    finally:
+        ray.shutdown()
+
+
+def test_select_and_train_read_and_write_s3(corpus, s3_url, tmp_path, tiny_model_dir):
+    out = f"{s3_url}/selected"
+    run = CliRunner().invoke(app, ["-q", "select", corpus["scores"], "-o", out])
+    assert run.exit_code == 0, run.output
+    listed = names(out)
+    assert "summary.json" in listed and "report.html" in listed and not [n for n in listed if "tmp" in n]
+    local_sel = select(SelectConfig(scores=[str(corpus["root"] / "reference")], output=str(tmp_path / "local-sel")),
+                       progress=False)
+    remote = download(out, tmp_path / "remote-sel")
+    summary = json.loads((remote / "summary.json").read_text())
+    assert summary["bands"] == local_sel.summary.bands and summary["output_parts"] == local_sel.summary.output_parts
+    a, b = pl.read_parquet(f"{remote}/part-*.parquet"), pl.read_parquet(f"{tmp_path / 'local-sel'}/part-*.parquet")
+    assert a.select("sample_id", "weight").equals(b.select("sample_id", "weight"))
+
+    again = CliRunner().invoke(app, ["-q", "select", corpus["scores"], "-o", out])  # exists: refused without --overwrite
+    assert again.exit_code == 2 and "already exists" in again.output
+
+    data = load_training_data([out])
+    assert data.kinds == {out: "selected"} and len(data) == summary["bands"]["kept"]
+    result = train(small_config([out], tmp_path / "model", model=tiny_model_dir), tiny_model_dir, bf16=False,
+                   progress=False)
+    assert result.steps == 4 and result.train_rows == len(data)
+    assert (tmp_path / "model" / "config.json").exists()
+    with pytest.raises(ValueError, match="is a URL"):  # save_pretrained writes local directories only
+        small_config([out], f"{s3_url}/model")
+
+
+def test_run_refuses_a_workdir_on_s3_instead_of_writing_a_local_s3_directory(s3_url, tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text(f'[run]\nworkdir = "{tmp_path}"\ndata = ["{s3_url}/in"]\n')
+    assert load_run_config(config).score_config().inputs == [f"{s3_url}/in"]  # data on s3 is fine
+    with pytest.raises(HardfocusError, match="is a URL"):
+        load_run_config(config, [f'run.workdir="{s3_url}/work"'])
+
+
+def _lock_record(url: str) -> dict:
+    return json.loads(s3_fs().cat_file(f"{url}/.lock"))
+
+
+def test_a_second_score_run_is_refused_while_the_lock_is_held(corpus, s3_url, tiny_model_dir):
+    fs = s3_fs()
+    holder = OutputLock(fs, f"{s3_url}/scores/.lock".removeprefix("s3://"))
+    holder.acquire()
+    try:
+        record = _lock_record(f"{s3_url}/scores")
+        assert record["pid"] == os.getpid() and record["host"] == socket.gethostname()
+        with pytest.raises(HardfocusError, match=rf"another hardfocus run is writing to .*pid {os.getpid()}.*expires at"):
+            score(_cfg(corpus["in"], f"{s3_url}/scores", tiny_model_dir), progress=False)
+        assert not [n for n in names(f"{s3_url}/scores") if n.startswith("part-")]  # it wrote nothing
+        assert _lock_record(f"{s3_url}/scores")["token"] == holder.token  # and left the holder's lock alone
+    finally:
+        holder.release()
+    assert ".lock" not in names(f"{s3_url}/scores")  # released = deleted
+    assert score(_cfg(corpus["in"], f"{s3_url}/scores", tiny_model_dir), progress=False).manifest.rows == ROWS
+
+
+def test_exactly_one_of_concurrent_acquirers_gets_the_lock(s3_url):
+    """If-None-Match: * decides, whatever the interleaving."""
+    path = f"{s3_url}/.lock".removeprefix("s3://")
+    locks = [OutputLock(s3_fs(), path) for _ in range(6)]
+    won, refused = [], []
+    barrier = threading.Barrier(len(locks))
+
+    def take(lock):
+        barrier.wait()
+        try:
+            lock.acquire()
+            won.append(lock)
+        except HardfocusError:
+            refused.append(lock)
+
+    threads = [threading.Thread(target=take, args=(lock,)) for lock in locks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and len(refused) == 5
+    assert _lock_record(s3_url)["token"] == won[0].token
+    won[0].release()
+
+
+def test_a_stale_lock_is_taken_over_and_its_old_owner_cannot_delete_the_new_one(s3_url, monkeypatch):
+    fs = s3_fs()
+    path = f"{s3_url}/.lock".removeprefix("s3://")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    # this host, a process that is gone, not yet expired: taken over at once (a SIGKILLed run can be rerun)
+    fs.pipe_file(path, json.dumps({"host": socket.gethostname(), "pid": dead_pid, "token": "t0",
+                                   "expires_at": time.time() + 3600}).encode())
+    first = OutputLock(s3_fs(), path)
+    first.acquire()
+    assert _lock_record(s3_url)["token"] == first.token
+    first.release()
+    # another host, expired: taken over
+    fs.pipe_file(path, json.dumps({"host": "elsewhere", "pid": 1, "token": "t1", "expires_at": time.time() - 1}).encode())
+    second = OutputLock(s3_fs(), path)
+    second.acquire()
+    second.release()
+    # another host, not expired: refused, naming the owner and the expiry
+    fs.pipe_file(path, json.dumps({"host": "elsewhere", "pid": 1, "token": "t2", "expires_at": time.time() + 3600}).encode())
+    with pytest.raises(HardfocusError, match="host elsewhere, pid 1; its lock expires at"):
+        OutputLock(s3_fs(), path).acquire()
+    fs.rm_file(path)
+
+    # a run whose heartbeat stopped for a TTL loses the lock to the next; its release leaves the new lock alone
+    monkeypatch.setenv("HARDFOCUS_LOCK_TTL_S", "1")
+    old = OutputLock(s3_fs(), path)
+    old.acquire()
+    old._stop.set()  # its heartbeat stops (a stalled process)
+    old._thread.join()
+    while time.time() <= _lock_record(s3_url)["expires_at"]:
+        time.sleep(0.05)
+    new = OutputLock(s3_fs(), path)
+    new.acquire()
+    assert not old.lost  # it does not know yet ...
+    with pytest.raises(OSError):  # ... its next refresh (If-Match on its old version) fails ...
+        old._put(old._etag, create=False)
+    old.release()  # ... and its release does not delete the new owner's lock
+    assert _lock_record(s3_url)["token"] == new.token
+    new.release()
+    assert ".lock" not in names(s3_url)
+
+
+def test_the_heartbeat_refreshes_the_lock(s3_url, monkeypatch):
+    monkeypatch.setenv("HARDFOCUS_LOCK_TTL_S", "3")
+    monkeypatch.setenv("HARDFOCUS_LOCK_HEARTBEAT_S", "0.1")
+    lock = OutputLock(s3_fs(), f"{s3_url}/.lock".removeprefix("s3://"))
+    lock.acquire()
+    try:
+        first = _lock_record(s3_url)["expires_at"]
+        deadline = time.time() + 60
+        while _lock_record(s3_url)["expires_at"] == first:
+            assert time.time() < deadline, "the heartbeat never refreshed the lock"
+            time.sleep(0.05)
+        assert _lock_record(s3_url)["token"] == lock.token and not lock.lost
+    finally:
+        lock.release()
+
+
+def test_local_lock_names_its_owner_and_is_deleted_on_release(tmp_path):
+    import fsspec
+
+    fs, path = fsspec.filesystem("file"), str(tmp_path / ".lock")
+    first = OutputLock(fs, path)
+    first.acquire()
+    with pytest.raises(HardfocusError, match=rf"another hardfocus run is writing to .*host {socket.gethostname()}, pid {os.getpid()}"):
+        OutputLock(fs, path).acquire()
+    first.release()
+    assert not (tmp_path / ".lock").exists()
+    second = OutputLock(fs, path)
+    second.acquire()
+    second.release()
+
+
+def test_a_store_without_conditional_writes_gets_a_best_effort_lock(monkeypatch):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    monkeypatch.setenv("HARDFOCUS_LOCK_HEARTBEAT_S", "0.05")
+    path = f"/locks-{os.getpid()}/.lock"
+    first = OutputLock(fs, path)
+    first.acquire()
+    assert not first._cas and json.loads(fs.cat_file(path))["token"] == first.token
+    with pytest.raises(HardfocusError, match="another hardfocus run is writing to"):
+        OutputLock(fs, path).acquire()
+    expires = json.loads(fs.cat_file(path))["expires_at"]
+    deadline = time.time() + 60
+    while json.loads(fs.cat_file(path))["expires_at"] == expires:  # the heartbeat refreshes it here too
+        assert time.time() < deadline
+        time.sleep(0.02)
+    first.release()
+    assert not fs.exists(path)
+
+
+def test_a_failed_local_run_leaves_no_lock_file(tmp_path, tiny_model_dir):
+    with pytest.raises(HardfocusError):
+        score(_cfg(str(tmp_path / "missing"), str(tmp_path / "out"), tiny_model_dir), progress=False)
+    assert (tmp_path / "out").is_dir() and not (tmp_path / "out" / ".lock").exists()
+
+
+# the CLI, with ScoresDir.write_part stopping for good before its 4th part: a kill with exactly 3 parts written
+_STALLED_SCORE = """
+import sys, time
+from scoring.output import ScoresDir
+write_part, written = ScoresDir.write_part, []
+def stalled(self, name, table):
+    if len(written) == 3:
+        print("stalled", flush=True)
+        time.sleep(3600)
+    write_part(self, name, table)
+    written.append(name)
+ScoresDir.write_part = stalled
+from pipelines.cli import app
+sys.argv = ["hardfocus"] + sys.argv[1:]
+app()
+"""
+
+
+def test_sigkill_of_a_score_run_on_s3_then_rerun(corpus, s3_url, tmp_path, tiny_model_dir, caplog):
+    out = f"{s3_url}/scores"
+    args = ["-q", "score", corpus["in"], "-o", out, "--model", tiny_model_dir, "--dtype", "float32", "--device", "cpu",
+            "--group-column", "domain", "--max-tokens", "64", "--rows-per-unit", "5", "--token-budget", "512",
+            "--executor", "local"]
+    proc = subprocess.Popen([sys.executable, "-c", _STALLED_SCORE, *args], env=_env(), start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "stalled", proc.stderr.read()[-3000:]
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = names(out)
+    parts_before = [n for n in before if n.startswith("part-")]
+    assert parts_before and "manifest.json" not in before
+    assert ".lock" in before and _lock_record(out)["pid"] == proc.pid  # the killed run's lock is left behind
+
+    with caplog.at_level("WARNING", logger="scoring.lock"):  # the rerun, in-process (saves a CLI start)
+        score(_cfg(corpus["in"], out, tiny_model_dir, rows_per_unit=5), progress=False)
+    assert f"process {proc.pid} on this host is gone" in caplog.text  # the dead owner's lock was taken over at once
+    after = names(out)
+    assert ".lock" not in after and "manifest.json" in after
+    df = read_scores(download(out, tmp_path / "scores"))
+    assert df.height == ROWS and df["sample_id"].n_unique() == ROWS  # nothing lost, nothing twice
+    assert_same_scores(df, read_scores(corpus["root"] / "reference"))
+    manifest = json.loads(s3_fs().cat_file(f"{out}/manifest.json"))
+    last = manifest["runs"][-1]
+    assert last["units_scored"] + last["units_reused"] == manifest["parts"] and last["units_reused"] > 0
+
+
+# select over an existing complete selection (--overwrite), stopping for good after its first part
+_STALLED_SELECT = """
+import sys, time
+import selection.writer as writer
+from selection import SelectConfig, select
+write_table, written = writer.pq.write_table, []
+def stalled(*args, **kwargs):
+    if written:
+        print("stalled", flush=True)
+        time.sleep(3600)
+    write_table(*args, **kwargs)
+    written.append(1)
+writer.pq.write_table = stalled
+select(SelectConfig(scores=[sys.argv[1]], output=sys.argv[2], overwrite=True, report=False), progress=False)
+"""
+
+
+def test_a_selection_killed_while_writing_to_s3_is_never_readable_as_complete(corpus, s3_url):
+    out = f"{s3_url}/selected"
+    complete = select(SelectConfig(scores=[corpus["scores"]], output=out, report=False), progress=False)
+    assert complete.summary.output_parts >= 2  # so that a kill after the first part leaves the selection half written
+    proc = subprocess.Popen([sys.executable, "-c", _STALLED_SELECT, corpus["scores"], out], env=_env(),
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "stalled", proc.stderr.read()[-3000:]
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    listed = names(out)
+    assert "part-00000.parquet" in listed and "summary.json" not in listed  # the old summary went first
+    with pytest.raises(HardfocusError, match="did not finish"):
+        load_training_data([out])
+    from training.ray_train import training_dataset
+
+    with pytest.raises(HardfocusError, match="did not finish"):  # the Ray Train reader refuses it too
+        training_dataset([out])
+    with pytest.raises(HardfocusError, match="unfinished selection"):  # replaced only when asked
+        select(SelectConfig(scores=[corpus["scores"]], output=out, report=False), progress=False)
+    select(SelectConfig(scores=[corpus["scores"]], output=out, report=False, overwrite=True), progress=False)
+    assert len(load_training_data([out])) == complete.summary.bands["kept"]
