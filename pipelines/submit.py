@@ -16,6 +16,7 @@ import logging
 import shlex
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 _CONFIG_FLAGS = ("-c", "--config")
 _TEMPLATE_FLAG = "--chat-template"
+_AGENT_WAIT_S = 180.0
 
 
 def job_command(args: list[str], workdir: Path) -> list[str]:
@@ -111,7 +113,8 @@ def submit(address: str, args: list[str], wait: bool = True, echo: Callable[[str
     with tempfile.TemporaryDirectory(prefix="hardfocus-job-") as workdir:
         command = job_command(args, Path(workdir))
         entrypoint = "python -m pipelines.cli " + shlex.join(command)
-        job_id = client.submit_job(
+        job_id = _submit_job(
+            client,
             entrypoint=entrypoint,
             runtime_env={"working_dir": workdir, "py_modules": HARDFOCUS_PACKAGES},
             metadata={"hardfocus": shlex.join(args)},
@@ -127,6 +130,20 @@ def submit(address: str, args: list[str], wait: bool = True, echo: Callable[[str
     if code is not None:
         return int(code)
     return 0 if status == JobStatus.SUCCEEDED else 1
+
+
+def _submit_job(client, **job) -> str:
+    """``client.submit_job``, waiting while the cluster's job agents start (a cluster that has just come up,
+    or a loaded one, answers "No available agent to submit job, please try again later")."""
+    deadline = time.monotonic() + _AGENT_WAIT_S
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            log.info("the cluster has no job agent up yet; trying again")
+            time.sleep(2.0)
 
 
 async def _stream_logs(client, job_id: str, echo: Callable[[str], None]) -> None:

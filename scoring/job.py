@@ -195,9 +195,10 @@ def _plan(out: ScoresDir, identity: dict, shards: list[Shard], cfg: ScoreConfig)
                 + (f", and scores of {len(changed)} shards that changed since (e.g. {changed[0]})" if changed else "")
                 + ": the inputs changed since they were scored. Choose another --output, or pass --overwrite"
             )
-        out.remove(sorted(stale) + [n for d in stale_markers for n in starts.get(d, {}).values()])
+        out.remove(sorted(stale))
         out.remove_shard_done(stale_markers)
-        starts.update({d: {} for d in stale_markers if d in by_digest})
+        gone = set(stale)
+        starts = {d: {k: v for k, v in named.items() if v not in gone} for d, named in starts.items()}
     removed = out.remove_leftovers()
     if removed:
         log.info("removed %d temporary files of an interrupted run", removed)

@@ -50,11 +50,7 @@ def ray_head(dashboard_port: int | None = None, resources: dict | None = None):
     try:
         yield address, Path(temp)
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        _stop_group(head)
         shutil.rmtree(temp, ignore_errors=True)
 
 
@@ -77,11 +73,7 @@ def ray_worker_node(address: str, resources: dict | None = None, num_cpus: int =
     try:
         yield
     finally:
-        os.killpg(node.pid, signal.SIGTERM)
-        try:
-            node.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(node.pid, signal.SIGKILL)
+        _stop_group(node)
 
 
 def _ray_command() -> str:
@@ -95,3 +87,12 @@ def _cluster_env() -> dict:
 
 def _resources_flag(resources: dict | None) -> list[str]:
     return [f"--resources={json.dumps(resources)}"] if resources else []
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group of a `ray start --block` (Ray stops its node), SIGKILL if it lingers."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)

@@ -290,12 +290,9 @@ app()
 """
 
 
-def test_sigkill_of_a_score_run_on_s3_then_rerun(corpus, s3_url, tmp_path, tiny_model_dir, caplog):
-    out = f"{s3_url}/scores"
-    args = ["-q", "score", corpus["in"], "-o", out, "--model", tiny_model_dir, "--dtype", "float32", "--device", "cpu",
-            "--group-column", "domain", "--max-tokens", "64", "--rows-per-unit", "5", "--token-budget", "512",
-            "--executor", "local"]
-    proc = subprocess.Popen([sys.executable, "-c", _STALLED_SCORE, *args], env=_env(), start_new_session=True,
+def _killed_once_stalled(script: str, *args: str) -> subprocess.Popen:
+    """Run ``script``, wait for it to print "stalled" (it stops for good at a chosen point), SIGKILL it."""
+    proc = subprocess.Popen([sys.executable, "-c", script, *args], env=_env(), start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
@@ -303,6 +300,15 @@ def test_sigkill_of_a_score_run_on_s3_then_rerun(corpus, s3_url, tmp_path, tiny_
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    return proc
+
+
+def test_sigkill_of_a_score_run_on_s3_then_rerun(corpus, s3_url, tmp_path, tiny_model_dir, caplog):
+    out = f"{s3_url}/scores"
+    args = ["-q", "score", corpus["in"], "-o", out, "--model", tiny_model_dir, "--dtype", "float32", "--device", "cpu",
+            "--group-column", "domain", "--max-tokens", "64", "--rows-per-unit", "5", "--token-budget", "512",
+            "--executor", "local"]
+    proc = _killed_once_stalled(_STALLED_SCORE, *args)
     before = names(out)
     parts_before = [n for n in before if n.startswith("part-")]
     assert parts_before and "manifest.json" not in before
@@ -342,14 +348,7 @@ def test_a_selection_killed_while_writing_to_s3_is_never_readable_as_complete(co
     out = f"{s3_url}/selected"
     complete = select(SelectConfig(scores=[corpus["scores"]], output=out, report=False), progress=False)
     assert complete.summary.output_parts >= 2  # so that a kill after the first part leaves the selection half written
-    proc = subprocess.Popen([sys.executable, "-c", _STALLED_SELECT, corpus["scores"], out], env=_env(),
-                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.strip() == "stalled", proc.stderr.read()[-3000:]
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    _killed_once_stalled(_STALLED_SELECT, corpus["scores"], out)
     listed = names(out)
     assert "part-00000.parquet" in listed and "summary.json" not in listed  # the old summary went first
     with pytest.raises(HardfocusError, match="did not finish"):

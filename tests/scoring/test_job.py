@@ -125,3 +125,22 @@ def test_gpu_actors_planned_by_a_driver_without_a_gpu_get_cuda_and_bf16(tmp_path
     assert _device_and_dtype(ScoreConfig(**base, dtype="float32")) == {"device": "cpu", "dtype": "float32"}
     with pytest.raises(HardfocusError, match="no CUDA GPU is visible"):  # in-process, the GPU must be here
         _device_and_dtype(ScoreConfig(**base, executor="local", device="cuda"))
+
+
+def test_a_shard_that_changed_since_it_was_scored_is_refused_then_rescored(tmp_path, tiny_model_dir):
+    import gzip
+
+    make_corpus(tmp_path)
+    cfg = _cfg(tmp_path, tiny_model_dir)
+    score(cfg, progress=False)
+    # the JSONL shard replaced by a file of another size: its scores are stale
+    with gzip.open(tmp_path / "in" / "two.jsonl.gz", "wt") as f:
+        f.write("\n".join(f'{{"text": "row {i}", "domain": "delta"}}' for i in range(13)) + "\n")
+    with pytest.raises(HardfocusError, match=r"scores of 1 shards that changed since \(e.g. .*two.jsonl.gz\)"):
+        score(cfg, progress=False)
+    result = score(cfg.model_copy(update={"overwrite": True}), progress=False)
+    df = read_scores(tmp_path / "scores")
+    assert result.manifest.rows == df.height == 37 + 13 and df["sample_id"].n_unique() == df.height
+    assert df.filter(df["shard"] == "two.jsonl.gz")["group"].unique().to_list() == ["delta"]
+    assert [(s.rel, s.rows) for s in result.manifest.shards] == [("one.parquet", 37), ("two.jsonl.gz", 13)]
+    assert result.units_scored == 2  # only the changed shard's units; one.parquet's were kept
