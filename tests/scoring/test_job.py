@@ -9,6 +9,8 @@ import pytest
 
 from scoring import HardfocusError, ScoreConfig, score
 from scoring.output import ScoresDir
+from scoring.sources import find_shards
+from scoring.units import shard_digest
 from tests.scoring.helpers import make_corpus, read_scores, reference_losses
 
 
@@ -144,3 +146,20 @@ def test_a_shard_that_changed_since_it_was_scored_is_refused_then_rescored(tmp_p
     assert df.filter(df["shard"] == "two.jsonl.gz")["group"].unique().to_list() == ["delta"]
     assert [(s.rel, s.rows) for s in result.manifest.shards] == [("one.parquet", 37), ("two.jsonl.gz", 13)]
     assert result.units_scored == 2  # only the changed shard's units; one.parquet's were kept
+
+
+def test_a_directory_scored_before_done_markers_is_completed_without_scoring(tmp_path, tiny_model_dir):
+    import shutil
+
+    make_corpus(tmp_path)
+    cfg = _cfg(tmp_path, tiny_model_dir)
+    first = score(cfg, progress=False)
+    before = read_scores(cfg.output)
+    shutil.rmtree(tmp_path / "scores" / "done")  # as written by hardfocus before the markers existed
+    again = score(cfg, progress=False)
+    assert again.units_scored == 0 and again.manifest.runs[-1].units_reused == first.manifest.parts
+    assert sorted(p.name for p in (tmp_path / "scores" / "done").iterdir()) == sorted(
+        f"{shard_digest(s)}.json" for s in find_shards(cfg.inputs))
+    keys = ("rows", "rows_by_status", "error_examples", "tokens", "truncated")
+    assert {k: getattr(again.manifest, k) for k in keys} == {k: getattr(first.manifest, k) for k in keys}
+    assert read_scores(cfg.output).equals(before)
