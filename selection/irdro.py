@@ -6,7 +6,8 @@
 r -> infinity gives uniform weights (ERM); r -> 0 puts all weight on the hardest sample. Weights
 are returned rescaled to mean 1 (n * softmax), so a weighted mean loss has the scale of ERM's.
 Computed with log-sum-exp (the maximum subtracted first), never a raw ``exp`` of a loss.
-Training's online reweighting calls the torch twin, :func:`irdro_weights_torch`, right below.
+Training's online reweighting uses the same formula on tensors (``training.weighting.irdro_weights_torch``,
+tested against this one).
 """
 
 from __future__ import annotations
@@ -50,10 +51,3 @@ def clip_weights(weights: np.ndarray, max_weight: float) -> np.ndarray:
     c = (n - k * max_weight) / tail
     ok = (c > 0) & (desc[1:] * c <= max_weight)
     return np.minimum(weights * c[np.argmax(ok)], max_weight)
-
-
-def irdro_weights_torch(losses, temperature: float):
-    """Torch twin of :func:`irdro_weights` for online reweighting: ``n * softmax(losses / r)`` (no clipping)."""
-    import torch
-
-    return losses.numel() * torch.softmax(losses / temperature, dim=0)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy.optimize import minimize
 
-from selection.irdro import clip_weights, irdro_weights, irdro_weights_torch
+from selection.irdro import clip_weights, irdro_weights
 
 finite_losses = arrays(np.float64, st.integers(1, 40), elements=st.floats(0, 20, allow_nan=False))
 
@@ -81,8 +80,3 @@ def test_clipping_caps_and_keeps_mean_one(losses, r, cap):
 def test_clip_weights_exact_case():
     np.testing.assert_allclose(clip_weights(np.array([3.0, 0.5, 0.5]), 2.0), [2.0, 0.5, 0.5])
     np.testing.assert_allclose(clip_weights(np.array([2.5, 1.0, 0.5]), 1.5), [1.5, 1.0, 0.5])
-
-
-def test_torch_twin_matches_numpy():
-    losses = np.array([2.0, 3.0, 0.5, 7.0])
-    np.testing.assert_allclose(irdro_weights_torch(torch.tensor(losses), 0.7).numpy(), irdro_weights(losses, 0.7), rtol=1e-6)

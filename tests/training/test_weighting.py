@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 from selection.irdro import irdro_weights
 from tests.training.helpers import mixed_length_sequences
 from training.collator import WeightedCollator
-from training.weighting import StepWeighter, midrank_keep, per_sample_nll
+from training.weighting import StepWeighter, irdro_weights_torch, midrank_keep, per_sample_nll
 
 
 def test_padded_per_sample_loss_equals_each_samples_own_model_loss(tiny_model_dir):
@@ -86,3 +86,12 @@ def test_weight_statistics():
     _plan_all(weighter, [torch.tensor([0.0, 0.0, 5.0])], [None])
     stats = weighter.stats.pop()
     assert stats["weight_entropy"] < 0.01 and stats["weight_max"] == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("temperature", [0.05, 0.7, 5.0])
+def test_the_torch_form_equals_the_numpy_closed_form(temperature):
+    """Training's online weights and selection's static ones are one formula: n * softmax(l / r)."""
+    losses = np.array([2.0, 3.0, 0.5, 7.0, 700.0])  # a raw exp(700 / 0.05) would overflow
+    got = irdro_weights_torch(torch.tensor(losses), temperature).numpy()
+    np.testing.assert_allclose(got, irdro_weights(losses, temperature), rtol=1e-6, atol=1e-12)
+    assert np.isfinite(got).all() and got.mean() == pytest.approx(1.0)
