@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -64,8 +65,11 @@ def test_profile_finds_matmuls_and_attention_in_a_real_scoring_pass(tiny_model_d
     sp = load_speed_profile()
     scorer = Scorer(tiny_model_dir, dtype="float32", token_budget=256, chunk_tokens=32)
     rng = np.random.default_rng(1)
+    started = time.perf_counter()
     p = sp.profile_scorer(scorer, [rng.integers(3, 200, size=n) for n in (90, 60, 30, 8)])
+    wall = time.perf_counter() - started
     assert p["classes"]["matmul"]["seconds"] > 0 and p["classes"]["attention"]["seconds"] > 0
-    assert sum(c["seconds"] for c in p["classes"].values()) == p["total_s"]
+    # self times of the ops the scorer's thread ran: no op counted twice, so they fit in the pass's wall time
+    assert 0 < p["total_s"] <= wall
     assert p["matmul_flops"] > p["attention_flops"] > 0
     assert "| attention" in sp.profile_table(p, bf16_peak_gflops=100.0)

@@ -63,11 +63,21 @@ def test_bf16_tolerance(tiny_model_dir, fp32_model):
     docs = _docs(fp32_model.config.vocab_size)
     nll_sum, n_tokens = scorer.score(docs)
     ours = nll_sum / n_tokens
-    assert ours.dtype == np.float64  # accumulated in fp32/fp64 even though the model runs in bf16
     own_bf16 = np.array([_own_loss(bf16_model, d) for d in docs])
     own_fp32 = np.array([_own_loss(fp32_model, d) for d in docs])
     assert np.max(np.abs(ours - own_bf16)) < BF16_VS_BF16
     assert np.max(np.abs(ours - own_fp32)) < BF16_VS_FP32
+
+
+def test_a_long_document_is_accumulated_in_fp32_not_bf16(tiny_model_dir, fp32_model):
+    """1,800 token losses of ~5.7 nats sum to ~10,000, where bf16's spacing is 64: a bf16 running sum would be
+    off by tens of nats; the model's own loss (fp32 cross-entropy over bf16 logits) is the reference."""
+    bf16_model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).eval()
+    scorer = Scorer(tiny_model_dir, dtype="bfloat16", device="cpu", token_budget=4096, chunk_tokens=256)
+    (doc,) = _docs(fp32_model.config.vocab_size, lengths=[1800])
+    (nll_sum,), (n_tokens,) = scorer.score([doc])
+    assert n_tokens == 1799 and nll_sum > 8000
+    assert abs(nll_sum - _own_loss(bf16_model, doc) * n_tokens) < 2.0  # nats over the whole document
 
 
 def test_loss_mask_scores_only_marked_targets(tiny_model_dir, fp32_model):

