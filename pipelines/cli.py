@@ -19,13 +19,13 @@ from pipelines.run_config import STAGES, load_run_config
 from pipelines.submit import submit
 from pipelines.train import run_train
 from scoring import HardfocusError, ScoreConfig, score
-from scoring.job import summary_line
+from scoring.job import scores_summary_line
 from selection import SelectConfig, build_report, select
 from selection.job import summary_text
 from training import TrainConfig
 from training.config import EvalConfig
 from training.evaluate import comparison_table
-from training.job import summary_line as train_summary_line
+from training.job import train_summary_line
 
 app = typer.Typer(
     help="Hard-sample selection and IR-DRO reweighting for light continual training of LLMs (arXiv 2402.14270).",
@@ -112,7 +112,7 @@ def score_command(
     overrides = {k: v for k, v in locals().items() if k != "config"}
     cfg = build_score_config(config, overrides)
     result = score(cfg, progress=_show_progress())
-    typer.echo(summary_line(result))
+    typer.echo(scores_summary_line(result))
 
 
 @app.command("select")

@@ -27,13 +27,12 @@ from pipelines.run_config import STAGES, RunConfig
 from pipelines.train import run_train
 from scoring import ScoreManifest, score
 from scoring.errors import HardfocusError
-from scoring.output import MANIFEST_FILE
+from scoring.output import SCORES_MANIFEST_FILE
 from selection import select
 from selection.schema import SUMMARY_FILE
 from selection.summary import SelectionSummary
 from training.evaluate import ModelEval
-from training.job import MANIFEST_FILE as TRAIN_MANIFEST
-from training.job import TrainResult
+from training.job import TRAIN_MANIFEST_FILE, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +96,7 @@ def run_pipeline(cfg: RunConfig, start: str = "score", until: str = "eval", prog
     train_cfg = cfg.train_config()
     train_key = _key(train_cfg.model_dump(exclude={"overwrite", "resume"}), select_key)
     if "train" in stages:
-        if _up_to_date(state, "train", train_key, Path(train_cfg.output) / TRAIN_MANIFEST):
+        if _up_to_date(state, "train", train_key, Path(train_cfg.output) / TRAIN_MANIFEST_FILE):
             result.skipped.append("train")
         else:
             # a different key means different settings: replace the old run; the same key, unfinished: resume it
@@ -110,7 +109,7 @@ def run_pipeline(cfg: RunConfig, start: str = "score", until: str = "eval", prog
     if "eval" in stages and eval_cfg is not None:
         eval_key = _key(eval_cfg.model_dump(), train_key)
         eval_file = Path(eval_cfg.output) / EVAL_FILE
-        if not Path(train_cfg.output, TRAIN_MANIFEST).exists():
+        if not Path(train_cfg.output, TRAIN_MANIFEST_FILE).exists():
             raise HardfocusError(f"'{train_cfg.output}' holds no finished training run: run the train stage first")
         if _up_to_date(state, "eval", eval_key, eval_file):
             result.skipped.append("eval")
@@ -130,7 +129,7 @@ def _key(params: dict, upstream) -> str:
 
 
 def _scores_identity(output: str) -> dict:
-    manifest_path = posixpath.join(output, MANIFEST_FILE)
+    manifest_path = posixpath.join(output, SCORES_MANIFEST_FILE)
     if not Path(manifest_path).exists():
         raise HardfocusError(f"'{output}' holds no finished scores: run the score stage first")
     m = ScoreManifest.model_validate_json(Path(manifest_path).read_text())

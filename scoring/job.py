@@ -25,7 +25,7 @@ from scoring.errors import HardfocusError
 from scoring.executors import init_ray, run_local, run_ray
 from scoring.manifest import RunInfo, ScoreCounts, ScoreManifest, ShardInfo, count_duplicate_ids, library_versions
 from scoring.model import ResolvedModel, load_tokenizer, resolve_device, resolve_dtype, resolve_model, tokenizer_fingerprint
-from scoring.output import JOB_FILE, MANIFEST_FILE, ScoresDir
+from scoring.output import SCORES_JOB_FILE, SCORES_MANIFEST_FILE, ScoresDir
 from scoring.sources import Shard, check_columns, find_shards
 from scoring.units import (
     EMPTY_COUNTS,
@@ -75,12 +75,12 @@ def score(cfg: ScoreConfig, progress: bool = True) -> ScoreResult:
             len(shards), sum(s.size for s in shards) / 1e6, time.perf_counter() - t0, len(plan.done),
             len(plan.tasks), sum(len(t.done) for t in plan.tasks),
         )
-        manifest = out.read_json(MANIFEST_FILE)
+        manifest = out.read_json(SCORES_MANIFEST_FILE)
         if not plan.tasks and manifest is not None:
             log.info("%s is complete (%d parts): nothing to score", cfg.output, manifest["parts"])
             return ScoreResult(cfg.output, ScoreManifest.model_validate(manifest), units_scored=0)
         if manifest is not None:
-            out.remove([MANIFEST_FILE])  # the manifest marks a complete directory; it is not, until the end
+            out.remove([SCORES_MANIFEST_FILE])  # the manifest marks a complete directory; it is not, until the end
         compiled = _want_compile(cfg, plan.tasks)
         scored = _run(plan, out, cfg, resolved, compiled, progress) if plan.tasks else _Tally()
         wall = time.perf_counter() - t0  # the whole call: model, planning, Ray start, scoring, writes
@@ -93,11 +93,11 @@ def score(cfg: ScoreConfig, progress: bool = True) -> ScoreResult:
     finally:
         out.unlock()
     result = ScoreResult(cfg.output, manifest, scored.units)
-    log.debug(summary_line(result))  # the CLI prints it; a library caller has it in the result
+    log.debug(scores_summary_line(result))  # the CLI prints it; a library caller has it in the result
     return result
 
 
-def summary_line(result: ScoreResult) -> str:
+def scores_summary_line(result: ScoreResult) -> str:
     """rows per status, tokens, and this run's tokens, wall time and tokens/s (or that nothing was left)."""
     m = result.manifest
     statuses = ", ".join(f"{k} {v}" for k, v in m.rows_by_status.items())
@@ -152,7 +152,7 @@ def _plan(out: ScoresDir, identity: dict, shards: list[Shard], cfg: ScoreConfig)
     A shard is finished when its done marker matches it (same file size) and every part the marker
     implies is there; otherwise its task skips the parts that are there.
     """
-    previous = out.read_json(JOB_FILE)
+    previous = out.read_json(SCORES_JOB_FILE)
     listing = out.parts()
     markers = out.shard_done_markers()
     if previous is not None and previous.get("identity") != identity and not listing and not markers:
@@ -164,7 +164,7 @@ def _plan(out: ScoresDir, identity: dict, shards: list[Shard], cfg: ScoreConfig)
                 f"{out.url} holds scores computed with a different configuration (differs in: {', '.join(differs)}); "
                 "choose another --output, or pass --overwrite to replace them"
             )
-        out.remove(listing + [MANIFEST_FILE])
+        out.remove(listing + [SCORES_MANIFEST_FILE])
         out.remove_shard_done(list(markers))
         listing, markers = [], {}
     n = cfg.rows_per_unit
@@ -203,7 +203,7 @@ def _plan(out: ScoresDir, identity: dict, shards: list[Shard], cfg: ScoreConfig)
     if removed:
         log.info("removed %d temporary files of an interrupted run", removed)
     same_job = previous is not None and previous.get("identity") == identity
-    out.write_json(JOB_FILE, {"identity": identity, "runs": previous.get("runs", []) if same_job else []})
+    out.write_json(SCORES_JOB_FILE, {"identity": identity, "runs": previous.get("runs", []) if same_job else []})
     tasks = [ShardTask(s, tuple(sorted(starts[d]))) for d, s in by_digest.items() if d not in done]
     return _Plan(tasks=sorted(tasks, key=lambda t: t.shard.rel), done=done)
 
@@ -323,9 +323,9 @@ def _finalize(out: ScoresDir, cfg, resolved, identity, shards: list[Shard], done
             "%d rows share a sample id with another row (e.g. %s): ids from --id-column must be unique",
             counts.duplicate_ids, ", ".join(counts.duplicate_id_examples),
         )
-    job = out.read_json(JOB_FILE) or {"identity": identity, "runs": []}
+    job = out.read_json(SCORES_JOB_FILE) or {"identity": identity, "runs": []}
     job["runs"] = job.get("runs", []) + [run.model_dump()]
-    out.write_json(JOB_FILE, job)
+    out.write_json(SCORES_JOB_FILE, job)
     manifest = ScoreManifest(
         model=cfg.model,
         model_path=resolved.path,
@@ -348,5 +348,5 @@ def _finalize(out: ScoresDir, cfg, resolved, identity, shards: list[Shard], done
         runs=[RunInfo.model_validate(r) for r in job["runs"]],
         versions=library_versions(),
     )
-    out.write_json(MANIFEST_FILE, manifest.model_dump())
+    out.write_json(SCORES_MANIFEST_FILE, manifest.model_dump())
     return manifest

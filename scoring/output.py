@@ -28,8 +28,8 @@ from scoring.sources import is_local
 
 log = logging.getLogger(__name__)
 
-JOB_FILE = "job.json"
-MANIFEST_FILE = "manifest.json"
+SCORES_JOB_FILE = "job.json"
+SCORES_MANIFEST_FILE = "manifest.json"
 DONE_DIR = "done"  # one marker per finished shard
 _TMP_PREFIX = ".tmp-"
 

@@ -19,7 +19,7 @@ from fsspec.core import url_to_fs
 
 from scoring.errors import HardfocusError
 from scoring.manifest import ScoreManifest
-from scoring.output import MANIFEST_FILE
+from scoring.output import SCORES_MANIFEST_FILE
 from scoring.schema import ERROR_PREFIX, check_scores_schema
 from scoring.sources import fs_url
 from selection.bands import NO_GROUP
@@ -128,12 +128,12 @@ def open_scores(dirs: list[str]) -> ScoreParts:
     for d in dirs:
         fs, path = url_to_fs(d)
         fs.invalidate_cache(path)  # s3fs caches listings: see parts written since
-        manifest_path = posixpath.join(path, MANIFEST_FILE)
+        manifest_path = posixpath.join(path, SCORES_MANIFEST_FILE)
         if not fs.exists(path):
             raise HardfocusError(f"scores directory '{d}' does not exist")
         if not fs.exists(manifest_path):
             raise HardfocusError(
-                f"'{d}' has no {MANIFEST_FILE}: it is not a finished scores/ directory; (re)run `hardfocus score` on it"
+                f"'{d}' has no {SCORES_MANIFEST_FILE}: it is not a finished scores/ directory; (re)run `hardfocus score` on it"
             )
         with fs.open(manifest_path, "rb") as f:
             manifest = ScoreManifest.model_validate(json.loads(f.read()))

@@ -27,7 +27,7 @@ import torch
 from fsspec.core import url_to_fs
 
 from scoring.errors import HardfocusError
-from scoring.output import MANIFEST_FILE
+from scoring.output import SCORES_MANIFEST_FILE
 from scoring.schema import LOSS_SPANS_TYPE, Status
 from selection.schema import SUMMARY_FILE
 
@@ -60,7 +60,7 @@ def load_training_data(paths: list[str]) -> TrainingData:
         parts = sorted(fs.glob(posixpath.join(root, "part-*.parquet")))
         if fs.exists(posixpath.join(root, SUMMARY_FILE)):
             kind = "selected"
-        elif fs.exists(posixpath.join(root, MANIFEST_FILE)):
+        elif fs.exists(posixpath.join(root, SCORES_MANIFEST_FILE)):
             kind = "scores"
         elif parts and _has_no_marker_but_looks_selected(fs, parts[0]):
             raise HardfocusError(

@@ -25,9 +25,9 @@ from training.data import TokenDataset, TrainingData, load_training_data
 
 log = logging.getLogger(__name__)
 
-JOB_FILE = "train_job.json"
+TRAIN_JOB_FILE = "train_job.json"
 TOKENIZED_DIR = "tokenized"  # where `hardfocus train` puts the tokens of raw shards it was given
-MANIFEST_FILE = "train_manifest.json"
+TRAIN_MANIFEST_FILE = "train_manifest.json"
 
 
 @dataclass
@@ -56,7 +56,7 @@ def train(cfg: TrainConfig, model_path: str, bf16: bool, progress: bool = True) 
         )
     eval_data = load_training_data(cfg.eval_data) if cfg.eval_data else None
     out.mkdir(parents=True, exist_ok=True)
-    (out / JOB_FILE).write_text(json.dumps(identity, indent=2))
+    (out / TRAIN_JOB_FILE).write_text(json.dumps(identity, indent=2))
     resume = get_last_checkpoint(str(out / CHECKPOINTS)) if cfg.resume == "auto" and (out / CHECKPOINTS).is_dir() else None
     if resume:
         log.info("resuming from %s", resume)
@@ -92,7 +92,7 @@ def job_identity(cfg: TrainConfig, model_path: str) -> dict:
 
 
 def _previous_run(out: Path, identity: dict, overwrite: bool) -> TrainResult | None:
-    job = out / JOB_FILE
+    job = out / TRAIN_JOB_FILE
     if not job.exists():
         if out.exists() and any(p.name != TOKENIZED_DIR for p in out.iterdir()):
             raise HardfocusError(f"'{out}' exists and is not a hardfocus training output; choose another --output")
@@ -112,7 +112,7 @@ def _previous_run(out: Path, identity: dict, overwrite: bool) -> TrainResult | N
             f"'{out}' holds a training run with different settings ({', '.join(changed)}); "
             "pass --overwrite to replace it, or choose another --output"
         )
-    manifest = out / MANIFEST_FILE
+    manifest = out / TRAIN_MANIFEST_FILE
     if manifest.exists():
         m = json.loads(manifest.read_text())
         log.info("'%s' already holds this finished run: nothing to do", out)
@@ -145,12 +145,12 @@ def _write_manifest(out: Path, identity: dict, data: TrainingData, result: Train
         "wall_seconds": round(wall, 2),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "ray": ray.__version__},
     }
-    tmp = out / f".{MANIFEST_FILE}.tmp"
+    tmp = out / f".{TRAIN_MANIFEST_FILE}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(out / MANIFEST_FILE)
+    tmp.replace(out / TRAIN_MANIFEST_FILE)
 
 
-def summary_line(result: TrainResult) -> str:
+def train_summary_line(result: TrainResult) -> str:
     if result.skipped:
         return f"{result.output}: already trained ({result.steps} steps); nothing to do"
     loss = f", last logged loss {result.final_loss:.4f}" if result.final_loss is not None else ""

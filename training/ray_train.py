@@ -21,7 +21,7 @@ from fsspec.core import url_to_fs
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from scoring.errors import HardfocusError
-from scoring.output import MANIFEST_FILE
+from scoring.output import SCORES_MANIFEST_FILE
 from scoring.schema import LOSS_SPANS_TYPE, Status
 from selection.schema import SUMMARY_FILE
 from training.config import TrainConfig
@@ -46,7 +46,7 @@ def training_dataset(paths: list[str]):
         parts = sorted(fs.glob(posixpath.join(root, "part-*.parquet")))
         if not parts:
             raise HardfocusError(f"'{path}' holds no part-*.parquet files")
-        if (not fs.exists(posixpath.join(root, SUMMARY_FILE)) and not fs.exists(posixpath.join(root, MANIFEST_FILE))
+        if (not fs.exists(posixpath.join(root, SUMMARY_FILE)) and not fs.exists(posixpath.join(root, SCORES_MANIFEST_FILE))
                 and _has_no_marker_but_looks_selected(fs, parts[0])):
             raise HardfocusError(
                 f"'{path}' has selected/ shards (or an unreadable part) but no {SUMMARY_FILE}: the selection did not "
@@ -56,7 +56,7 @@ def training_dataset(paths: list[str]):
         for p in parts:
             with fs.open(p, "rb") as f:
                 with_spans.append("loss_spans" in pq.read_schema(f).names)
-        is_scores = fs.exists(posixpath.join(root, MANIFEST_FILE))
+        is_scores = fs.exists(posixpath.join(root, SCORES_MANIFEST_FILE))
         for spans in (True, False):  # a directory whose parts differ is read as two datasets
             urls = [fs.unstrip_protocol(p) for p, w in zip(parts, with_spans) if w == spans]
             if urls:

@@ -19,7 +19,7 @@ from tests.training.helpers import (
     write_selected,
 )
 from training import train
-from training.job import MANIFEST_FILE
+from training.job import TRAIN_MANIFEST_FILE
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_checkpoint_log_and_resume(tiny_model_dir, tmp_path):
     assert run(cfg, tiny_model_dir).skipped
     # Simulate a crash after checkpoint-3: remove what came later, rerun, and land on the same parameters
     shutil.rmtree(out / "checkpoints" / "checkpoint-6")
-    (out / MANIFEST_FILE).unlink()
+    (out / TRAIN_MANIFEST_FILE).unlink()
     (out / "model.safetensors").unlink()
     resumed = run(cfg, tiny_model_dir)
     assert resumed.resumed_from.endswith("checkpoint-3")
