@@ -14,7 +14,7 @@ from pipelines.config import build_eval_config, build_score_config, build_select
 from pipelines.demo_corpus import CorpusKind, build_demo_corpus
 from pipelines.evaluate import EVAL_FILE, evaluate
 from pipelines.labels import format_band_labels
-from pipelines.run import run_pipeline
+from pipelines.run import check_stage_range, run_pipeline
 from pipelines.run_config import STAGES, load_run_config
 from pipelines.submit import submit
 from pipelines.train import run_train
@@ -235,11 +235,7 @@ def run_command(
     until: Annotated[str, typer.Option("--until", help="last stage to run")] = "eval",
 ) -> None:
     """score -> select -> train -> eval from one config; stages whose inputs and parameters are unchanged are skipped."""
-    for stage in (from_, until):
-        if stage not in STAGES:
-            raise HardfocusError(f"unknown stage '{stage}': one of {', '.join(STAGES)}")
-    if STAGES.index(from_) > STAGES.index(until):
-        raise HardfocusError(f"--from {from_} comes after --until {until}")
+    check_stage_range(from_, until)  # before loading anything
     cfg = load_run_config(config, set_ or [])
     result = run_pipeline(cfg, from_, until, progress=_show_progress())
     typer.echo(f"stages run: {', '.join(result.ran) or 'none'}; up to date: {', '.join(result.skipped) or 'none'}")

@@ -16,10 +16,13 @@ import hashlib
 import json
 import logging
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import polars as pl
+from pydantic import BaseModel
 
 from pipelines.evaluate import EVAL_FILE, evaluate
 from pipelines.labels import band_labels
@@ -50,76 +53,95 @@ class RunResult:
     band_labels: pl.DataFrame | None = None  # rows per selection band and [run] label_column value
 
 
+@dataclass
+class _Stage:
+    """One row of the pipeline: its config, what its key covers, its completion marker and how it runs.
+
+    ``run(replace)`` runs the stage; ``replace`` says the previous run of this stage had other settings.
+    A stage without a marker (scoring) always runs: it is resumable, a no-op when complete, and says so.
+    """
+
+    name: str
+    config: BaseModel | None  # None: nothing to do (evaluation without held-out data)
+    key_params: dict
+    marker: Path | None
+    run: Callable[[bool], object]
+    upstream: Callable[[], object] | None = None  # more key material, read once the stage is done (scoring's manifest)
+    requires: tuple[Path, str] | None = None  # a finished upstream output it needs, and the error if it is missing
+
+
+def check_stage_range(start: str, until: str) -> list[str]:
+    """The stages from ``start`` to ``until``, or a :class:`HardfocusError` naming what is wrong."""
+    for stage in (start, until):
+        if stage not in STAGES:
+            raise HardfocusError(f"unknown stage '{stage}': one of {', '.join(STAGES)}")
+    if STAGES.index(start) > STAGES.index(until):
+        raise HardfocusError(f"--from {start} comes after --until {until}")
+    return STAGES[STAGES.index(start) : STAGES.index(until) + 1]
+
+
 def run_pipeline(cfg: RunConfig, start: str = "score", until: str = "eval", progress: bool = True) -> RunResult:
-    stages = STAGES[STAGES.index(start) : STAGES.index(until) + 1]
+    selected = check_stage_range(start, until)
     state_path = Path(cfg.run.workdir) / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     result = RunResult(workdir=cfg.run.workdir)
+    score_cfg, select_cfg, train_cfg, eval_cfg = cfg.score_config(), cfg.select_config(), cfg.train_config(), cfg.eval_config()
+    summary, train_done = Path(select_cfg.output) / SUMMARY_FILE, Path(train_cfg.output) / TRAIN_MANIFEST_FILE
 
-    def done(stage: str, key: str) -> None:
-        state[stage] = key
-        state_path.parent.mkdir(parents=True, exist_ok=True)
-        state_path.write_text(json.dumps(state, indent=2))
-        result.ran.append(stage)
+    def run_eval(replace: bool) -> None:
+        result.evaluation = evaluate(eval_cfg, progress=progress)
 
-    score_cfg = cfg.score_config()
-    if "score" in stages:
-        log.info("== score -> %s", score_cfg.output)
-        scored = score(score_cfg, progress=progress)
-    score_key = _key(score_cfg.model_dump(exclude={"overwrite"}), _scores_identity(score_cfg.output))
-    if "score" in stages:
-        if scored.units_scored == 0 and state.get("score") == score_key:
-            result.skipped.append("score")
+    def run_train_stage(replace: bool) -> None:
+        # other settings: replace the old run; the same settings, unfinished: resume it
+        result.training = run_train(train_cfg.model_copy(update={"overwrite": replace}), progress=progress)
+
+    table = [
+        _Stage("score", score_cfg, score_cfg.model_dump(exclude={"overwrite"}), None,
+               lambda replace: score(score_cfg, progress=progress), upstream=lambda: _scores_identity(score_cfg.output)),
+        _Stage("select", select_cfg, select_cfg.model_dump(exclude={"overwrite"}), summary,
+               lambda replace: select(select_cfg.model_copy(update={"overwrite": True}), progress=progress)),
+        _Stage("train", train_cfg, train_cfg.model_dump(exclude={"overwrite", "resume"}), train_done, run_train_stage,
+               requires=(summary, f"'{select_cfg.output}' has no finished selection: run the select stage first")),
+        _Stage("eval", eval_cfg, eval_cfg.model_dump() if eval_cfg else {}, eval_cfg and Path(eval_cfg.output) / EVAL_FILE,
+               run_eval, requires=(train_done, f"'{train_cfg.output}' holds no finished training run: run the train stage first")),
+    ]
+    upstream = None
+    for stage in table:
+        if stage.name in selected and stage.config is None:
+            log.info("no held-out data in [run] heldout: evaluation skipped")
+            break
+        if stage.name in selected and stage.requires and not stage.requires[0].exists():
+            raise HardfocusError(stage.requires[1])
+        key_of = partial(_key, stage.key_params)
+        if stage.name not in selected:
+            upstream = key_of(stage.upstream() if stage.upstream else upstream)
+            continue
+        if stage.marker is not None and state.get(stage.name) == key_of(upstream) and stage.marker.exists():
+            log.info("== %s is up to date: skipped", stage.name)
+            result.skipped.append(stage.name)
+            upstream = key_of(upstream)
+            continue
+        log.info("== %s -> %s", stage.name, stage.config.output)
+        outcome = stage.run(state.get(stage.name) not in (None, key_of(upstream)))
+        key = key_of(stage.upstream() if stage.upstream else upstream)
+        if stage.marker is None and outcome.units_scored == 0 and state.get(stage.name) == key:
+            result.skipped.append(stage.name)  # scoring found everything done, as the state says
         else:
-            done("score", score_key)
-
-    select_cfg = cfg.select_config()
-    select_key = _key(select_cfg.model_dump(exclude={"overwrite"}), score_key)
-    if "select" in stages:
-        if _up_to_date(state, "select", select_key, Path(select_cfg.output) / SUMMARY_FILE):
-            result.skipped.append("select")
-        else:
-            log.info("== select -> %s", select_cfg.output)
-            select(select_cfg.model_copy(update={"overwrite": True}), progress=progress)
-            done("select", select_key)
-    if Path(select_cfg.output, SUMMARY_FILE).exists():
-        result.selection = SelectionSummary.model_validate_json(Path(select_cfg.output, SUMMARY_FILE).read_text())
+            state[stage.name] = key
+            state_path.parent.mkdir(parents=True, exist_ok=True)
+            state_path.write_text(json.dumps(state, indent=2))
+            result.ran.append(stage.name)
+        upstream = key
+    if summary.exists():
+        result.selection = SelectionSummary.model_validate_json(summary.read_text())
         if cfg.run.label_column:
             result.band_labels = band_labels(
                 cfg.run.data, cfg.run.columns(), cfg.run.label_column,
                 sorted(glob.glob(f"{score_cfg.output}/part-*.parquet")), sorted(glob.glob(f"{select_cfg.output}/part-*.parquet")),
                 select_cfg.per_group,
             )
-    elif STAGES.index(until) >= STAGES.index("train"):
-        raise HardfocusError(f"'{select_cfg.output}' has no finished selection: run the select stage first")
-
-    train_cfg = cfg.train_config()
-    train_key = _key(train_cfg.model_dump(exclude={"overwrite", "resume"}), select_key)
-    if "train" in stages:
-        if _up_to_date(state, "train", train_key, Path(train_cfg.output) / TRAIN_MANIFEST_FILE):
-            result.skipped.append("train")
-        else:
-            # a different key means different settings: replace the old run; the same key, unfinished: resume it
-            overwrite = state.get("train") not in (None, train_key)
-            log.info("== train -> %s", train_cfg.output)
-            result.training = run_train(train_cfg.model_copy(update={"overwrite": overwrite}), progress=progress)
-            done("train", train_key)
-
-    eval_cfg = cfg.eval_config()
-    if "eval" in stages and eval_cfg is not None:
-        eval_key = _key(eval_cfg.model_dump(), train_key)
-        eval_file = Path(eval_cfg.output) / EVAL_FILE
-        if not Path(train_cfg.output, TRAIN_MANIFEST_FILE).exists():
-            raise HardfocusError(f"'{train_cfg.output}' holds no finished training run: run the train stage first")
-        if _up_to_date(state, "eval", eval_key, eval_file):
-            result.skipped.append("eval")
-            result.evaluation = _load_evaluation(eval_file)
-        else:
-            log.info("== eval -> %s", eval_cfg.output)
-            result.evaluation = evaluate(eval_cfg, progress=progress)
-            done("eval", eval_key)
-    elif "eval" in stages:
-        log.info("no held-out data in [run] heldout: evaluation skipped")
+    if "eval" in result.skipped:
+        result.evaluation = _load_evaluation(table[-1].marker)
     return result
 
 
@@ -134,13 +156,6 @@ def _scores_identity(output: str) -> dict:
         raise HardfocusError(f"'{output}' holds no finished scores: run the score stage first")
     m = ScoreManifest.model_validate_json(Path(manifest_path).read_text())
     return {"model": m.model_fingerprint, "tokenizer": m.tokenizer_fingerprint, "shards": [s.model_dump() for s in m.shards]}
-
-
-def _up_to_date(state: dict, stage: str, key: str, marker: Path) -> bool:
-    if state.get(stage) == key and marker.exists():
-        log.info("== %s is up to date: skipped", stage)
-        return True
-    return False
 
 
 def _load_evaluation(eval_file: Path) -> list[ModelEval]:
