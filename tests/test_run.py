@@ -126,3 +126,13 @@ def test_shipped_configs_are_valid():
     for name in ("demo.toml", "cluster.toml"):
         cfg = load_run_config(configs / name)
         assert cfg.eval_config() is not None and cfg.train_config().max_steps > 0
+
+
+def test_a_stage_range_is_checked_before_anything_runs():
+    from pipelines.run import check_stage_range
+
+    assert check_stage_range("select", "train") == ["select", "train"]
+    with pytest.raises(HardfocusError, match=r"unknown stage 'trian': one of score, select, train, eval"):
+        check_stage_range("score", "trian")
+    with pytest.raises(HardfocusError, match="--from eval comes after --until select"):
+        check_stage_range("eval", "select")
