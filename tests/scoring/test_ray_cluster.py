@@ -45,9 +45,12 @@ def test_score_runs_on_the_cluster_named_by_ray_address(tmp_path, tiny_model_dir
 # The driver: a process of its own, since Ray reads RAY_AUTH_MODE when it is imported.
 _TWO_NODE_DRIVER = """
 import json, sys
+import ray
 from ray.util.state import list_actors
 from scoring import ScoreConfig, score
 cfg, dashboard = json.loads(sys.argv[1]), sys.argv[2]
+# both actors up before any unit is handed out (else a fast job may end before the second one starts)
+ray.data.DataContext.get_current().wait_for_min_actors_s = 300
 result = score(ScoreConfig(**cfg), progress=False)
 actors = [a.node_id for a in list_actors(address=f"http://127.0.0.1:{dashboard}", detail=True, limit=1000)
           if "MapWorker" in a.class_name]
@@ -82,7 +85,7 @@ def test_two_nodes_one_actor_each_write_to_s3_the_scores_of_one_process(tmp_path
                               str(dashboard)], env=env, capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, run.stderr[-3000:]
     got = json.loads(run.stdout.strip().splitlines()[-1])
-    assert len(got["actors"]) == 2 and len(set(got["actors"])) == 2  # one scoring actor on each node
+    assert len(got["actors"]) == 2 and None not in got["actors"] and len(set(got["actors"])) == 2  # one on each node
     assert sum(got["nodes"].values()) == got["parts"] == reference.manifest.parts
     assert {n.split("/")[1] for n in got["nodes"]} <= {a[:8] for a in got["actors"]}
     assert_same_scores(read_scores(download(f"{s3_url}/scores", tmp_path / "scores")), read_scores(tmp_path / "reference"))
