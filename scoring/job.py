@@ -183,9 +183,9 @@ def _plan(out: ScoresDir, identity: dict, shards: list[Shard], cfg: ScoreConfig)
     for digest, marker in markers.items():
         if digest in stale_markers:
             continue
-        expected = expected_parts(by_digest[digest], marker["rows"], n)
-        stale += sorted(set(starts[digest].values()) - set(expected))
-        if set(expected) <= set(starts[digest].values()):
+        expected, have = set(expected_parts(by_digest[digest], marker["rows"], n)), set(starts[digest].values())
+        stale += sorted(have - expected)
+        if expected <= have:
             done[digest] = marker
     if stale or stale_markers:
         if not cfg.overwrite:

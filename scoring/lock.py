@@ -30,7 +30,7 @@ import uuid
 from datetime import UTC, datetime
 
 from scoring.errors import HardfocusError
-from scoring.sources import _protocol, is_local
+from scoring.sources import fs_protocol, is_local
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class OutputLock:
     @property
     def _cas(self) -> bool:
         """S3's conditional writes (``If-Match`` / ``If-None-Match``) through s3fs."""
-        return _protocol(self.fs) in ("s3", "s3a")
+        return fs_protocol(self.fs) in ("s3", "s3a")
 
     def acquire(self) -> None:
         if self._held:

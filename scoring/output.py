@@ -16,7 +16,10 @@ import json
 import logging
 import posixpath
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,6 +34,9 @@ log = logging.getLogger(__name__)
 SCORES_JOB_FILE = "job.json"
 SCORES_MANIFEST_FILE = "manifest.json"
 DONE_DIR = "done"  # one marker per finished shard
+
+T = TypeVar("T")
+R = TypeVar("R")
 _TMP_PREFIX = ".tmp-"
 
 
@@ -171,12 +177,25 @@ class ScoresDir:
             with self.fs.open(path, "rb") as f:
                 return json.loads(f.read())
 
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            markers = list(pool.map(read, paths))
-        return {posixpath.basename(p).removesuffix(".json"): m for p, m in zip(paths, markers)}
+        return {posixpath.basename(p).removesuffix(".json"): m for p, m in zip(paths, prefetched(read, paths, depth=16))}
 
     def remove_shard_done(self, digests: list[str]) -> None:
         self.remove([posixpath.join(DONE_DIR, f"{d}.json") for d in digests])
 
     def urls(self, names: list[str]) -> list[str]:
         return [self.url.rstrip("/") + "/" + n for n in names]
+
+
+_PREFETCH = 8  # files read at once: an object store answers each request slowly, not rarely
+
+
+def prefetched(read: Callable[[T], R], items: Iterable[T], depth: int = _PREFETCH) -> Iterator[R]:
+    """``read(item)`` for each item, in order, with up to ``depth`` reads in flight on threads."""
+    with ThreadPoolExecutor(max_workers=depth) as pool:
+        pending: deque[Future[R]] = deque()
+        for item in items:
+            pending.append(pool.submit(read, item))
+            if len(pending) >= depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()

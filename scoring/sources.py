@@ -99,17 +99,18 @@ class RowBlock:
         return len(self.values)
 
 
-def _protocol(fs) -> str:
+def fs_protocol(fs) -> str:
+    """The filesystem's main protocol name (``file``, ``s3``, ...)."""
     return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
 
 
 def is_local(fs) -> bool:
-    return _protocol(fs) in ("file", "local")
+    return fs_protocol(fs) in ("file", "local")
 
 
 def fs_url(fs, path: str) -> str:
     """The URL that names ``path`` on ``fs`` again: the bare path locally, ``<protocol>://path`` elsewhere."""
-    return path if is_local(fs) else f"{_protocol(fs)}://{path}"
+    return path if is_local(fs) else f"{fs_protocol(fs)}://{path}"
 
 
 def has_magic(path: str) -> bool:

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import Counter
 from dataclasses import dataclass
-from typing import TypeVar
 
 import numpy as np
 import polars as pl
@@ -19,28 +16,10 @@ from fsspec.core import url_to_fs
 
 from scoring.errors import HardfocusError
 from scoring.manifest import ScoreManifest
-from scoring.output import SCORES_MANIFEST_FILE
+from scoring.output import SCORES_MANIFEST_FILE, prefetched
 from scoring.schema import ERROR_PREFIX, check_scores_schema
 from scoring.sources import fs_url
 from selection.bands import NO_GROUP
-
-T = TypeVar("T")
-R = TypeVar("R")
-
-
-_PREFETCH = 8  # part files read at once: an object store answers each request slowly, not rarely
-
-
-def prefetched(read: Callable[[T], R], items: Iterable[T], depth: int = _PREFETCH) -> Iterator[R]:
-    """``read(item)`` for each item, in order, with up to ``depth`` reads in flight on threads."""
-    with ThreadPoolExecutor(max_workers=depth) as pool:
-        pending: deque[Future[R]] = deque()
-        for item in items:
-            pending.append(pool.submit(read, item))
-            if len(pending) >= depth:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
 
 
 @dataclass(frozen=True)

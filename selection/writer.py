@@ -26,9 +26,10 @@ from fsspec.core import url_to_fs
 from tqdm.auto import tqdm
 
 from scoring.errors import HardfocusError
+from scoring.output import prefetched
 from scoring.sources import fs_url, is_local
 from selection.schema import SUMMARY_FILE, selected_schema
-from selection.scores import ScoreParts, prefetched
+from selection.scores import ScoreParts
 
 log = logging.getLogger(__name__)
 
