@@ -12,11 +12,23 @@ Truncation: a conversation longer than ``max_tokens`` keeps its system prompt an
 turns (a turn starts at a user message that follows an assistant one) until it fits. When even the
 last turn does not fit, it is cut at ``max_tokens``; if no assistant token is left the row gets the
 status ``prompt_too_long``. A conversation with no assistant content gets ``no_response``.
+
+Bytes: ``n_bytes`` counts the UTF-8 bytes of the assistant turns' characters covered by scored tokens,
+the template's special tokens (``<|im_end|>``) excluded: the content a model of another tokenizer and
+template would be scored on too.
+
+IFD (``ifd=True``): each assistant turn's scored tokens are also scored *without their prompt*, behind
+the template's assistant header alone: the tokens its generation prompt renders (``<|im_start|>assistant\n``
+in ChatML), taken from the conversation's own ids, so both passes score the very same response token
+ids, the first one included. A template without a header (the reply follows the user turn directly)
+puts the tokenizer's BOS there instead; a row where neither exists, or where the turns' tokens do not
+add up to the target tokens, gets the status ``ifd_unmatched``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import jinja2
@@ -31,13 +43,36 @@ SYSTEM = "system"
 
 
 @dataclass
+class Layout:
+    """Where a rendering's tokens and turns lie, in characters of ``text``."""
+
+    text: str
+    offsets: np.ndarray  # (T, 2): the characters each token covers
+    spans: list[tuple[int, int]]  # each assistant turn
+    headers: list[int] | None = None  # where each turn's assistant header starts (with ``ifd`` only)
+
+
+@dataclass
+class IfdTurn:
+    """One assistant turn for the unconditioned pass: ``prefix`` ids, then ``input_ids[start:stop]``, all scored."""
+
+    prefix: np.ndarray
+    start: int
+    stop: int
+
+
+@dataclass
 class Encoded:
-    """One conversation: token ids, the target mask (True = a scored assistant token), flags."""
+    """One conversation: token ids, the target mask (True = a scored assistant token), flags, bytes scored,
+    and (with ``ifd``) its turns for the unconditioned pass."""
 
     input_ids: np.ndarray
     target: np.ndarray
     truncated: bool = False
     status: str | None = None
+    n_bytes: int = 0
+    ifd_turns: list[IfdTurn] | None = None
+    layout: Layout | None = field(default=None, repr=False)
 
 
 def is_inline_template(value: str) -> bool:
@@ -68,7 +103,7 @@ def check_chat_tokenizer(tokenizer, template: str | None) -> None:
 
 def encode_conversations(
     tokenizer, conversations: list[list[Message] | None], status: list[str | None], max_tokens: int,
-    template: str | None = None,
+    template: str | None = None, ifd: bool = False,
 ) -> list[Encoded]:
     """Encode each conversation (rows with a status already set are passed through with that status)."""
     out = []
@@ -76,12 +111,29 @@ def encode_conversations(
         if st is not None or messages is None:
             out.append(_empty(st or Status.EMPTY.value))
         else:
-            out.append(encode_conversation(tokenizer, messages, max_tokens, template))
+            out.append(encode_conversation(tokenizer, messages, max_tokens, template, ifd))
     return out
 
 
-def encode_conversation(tokenizer, messages: list[Message], max_tokens: int, template: str | None = None) -> Encoded:
-    """Render, tokenise and mask one conversation, truncated as the module docstring says."""
+def encode_conversation(
+    tokenizer, messages: list[Message], max_tokens: int, template: str | None = None, ifd: bool = False
+) -> Encoded:
+    """Render, tokenise and mask one conversation, truncated as the module docstring says; count its bytes."""
+    encoded = _encode_truncated(tokenizer, messages, max_tokens, template, ifd)
+    if encoded.status is not None:
+        return encoded
+    encoded.n_bytes = _scored_bytes(encoded, _special_ids(tokenizer))
+    if ifd:
+        encoded.ifd_turns = _ifd_turns(encoded, tokenizer.bos_token_id)
+        if encoded.ifd_turns is None:
+            return Encoded(np.zeros(0, np.int32), np.zeros(0, bool), encoded.truncated, Status.IFD_UNMATCHED.value)
+    encoded.layout = None  # its text is not needed any more
+    return encoded
+
+
+def _encode_truncated(
+    tokenizer, messages: list[Message], max_tokens: int, template: str | None, ifd: bool
+) -> Encoded:
     if not any(m["role"] == ASSISTANT and m["content"].strip() for m in messages):
         return _empty(Status.NO_RESPONSE.value)
     system = messages[:1] if messages[0]["role"] == SYSTEM else []
@@ -89,15 +141,16 @@ def encode_conversation(tokenizer, messages: list[Message], max_tokens: int, tem
     last_assistant = max(i for i, m in enumerate(body) if m["role"] == ASSISTANT)
     starts = [i for i in _turn_starts(body) if i <= last_assistant]
     try:
-        encoded = _encode(tokenizer, system + body, template)
+        encoded = _encode(tokenizer, system + body, template, ifd)
         if len(encoded.input_ids) > max_tokens and len(starts) > 1:
-            encoded = _drop_leading_turns(tokenizer, system, body, starts, max_tokens, template)
+            encoded = _drop_leading_turns(tokenizer, system, body, starts, max_tokens, template, ifd)
     except _NotIncremental as exc:
         return _empty(f"{ERROR_PREFIX}{exc}")
     except jinja2.TemplateError as exc:  # e.g. a template's raise_exception('roles must alternate')
         return _empty(f"{ERROR_PREFIX}the chat template refused this conversation: {exc}")
     if len(encoded.input_ids) > max_tokens:
-        encoded = Encoded(encoded.input_ids[:max_tokens], encoded.target[:max_tokens], truncated=True)
+        encoded = Encoded(encoded.input_ids[:max_tokens], encoded.target[:max_tokens], truncated=True,
+                          layout=encoded.layout)
         encoded.target[:1] = False
         if not encoded.target.any():
             return Encoded(encoded.input_ids, encoded.target, True, Status.PROMPT_TOO_LONG.value)
@@ -105,18 +158,19 @@ def encode_conversation(tokenizer, messages: list[Message], max_tokens: int, tem
 
 
 def _drop_leading_turns(
-    tokenizer, system: list[Message], body: list[Message], starts: list[int], max_tokens: int, template: str | None
+    tokenizer, system: list[Message], body: list[Message], starts: list[int], max_tokens: int, template: str | None,
+    ifd: bool = False,
 ) -> Encoded:
     """The conversation without the fewest leading turns that makes it fit (or with only its last turn).
 
     Binary search over how many turns to drop: the token count falls as more turns are dropped.
     """
-    best = _encode(tokenizer, system + body[starts[-1]:], template)
+    best = _encode(tokenizer, system + body[starts[-1]:], template, ifd)
     lo, hi = 1, len(starts) - 1  # invariant, once the last turn fits: dropping starts[hi:] fits
     if len(best.input_ids) <= max_tokens:
         while lo < hi:
             mid = (lo + hi) // 2
-            candidate = _encode(tokenizer, system + body[starts[mid]:], template)
+            candidate = _encode(tokenizer, system + body[starts[mid]:], template, ifd)
             if len(candidate.input_ids) <= max_tokens:
                 best, hi = candidate, mid
             else:
@@ -143,7 +197,20 @@ def render(tokenizer, messages: list[Message], template: str | None = None) -> t
     return text, spans
 
 
-def _encode(tokenizer, messages: list[Message], template: str | None) -> Encoded:
+def header_starts(tokenizer, messages: list[Message], text: str, template: str | None = None) -> list[int] | None:
+    """Where the assistant header of every assistant turn starts in ``text``, the whole rendering: the end of
+    ``messages[:i]`` rendered without the generation prompt. None when that is not a prefix of ``text``."""
+    starts = []
+    for i, m in enumerate(messages):
+        if m["role"] == ASSISTANT:
+            prev = _apply(tokenizer, messages[:i], template) if i else ""
+            if not text.startswith(prev):
+                return None
+            starts.append(len(prev))
+    return starts
+
+
+def _encode(tokenizer, messages: list[Message], template: str | None, ifd: bool = False) -> Encoded:
     text, spans = render(tokenizer, messages, template)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
     offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
@@ -151,7 +218,73 @@ def _encode(tokenizer, messages: list[Message], template: str | None) -> Encoded
     for a, b in spans:
         target |= (offsets[:, 1] > a) & (offsets[:, 0] < b)
     target[:1] = False
-    return Encoded(np.asarray(enc["input_ids"], dtype=np.int32), target)
+    headers = header_starts(tokenizer, messages, text, template) if ifd else None
+    return Encoded(np.asarray(enc["input_ids"], dtype=np.int32), target, layout=Layout(text, offsets, spans, headers))
+
+
+def _ifd_turns(encoded: Encoded, bos_id: int | None) -> list[IfdTurn] | None:
+    """Each kept assistant turn's scored tokens and what they are scored behind without the prompt: the
+    turn's header tokens (those from where the header starts up to the first scored token), else BOS.
+
+    None when the turns cannot reproduce the conditioned targets exactly.
+    """
+    layout, target = encoded.layout, encoded.target
+    if layout.headers is None:
+        return None
+    n = len(encoded.input_ids)
+    offsets, index = layout.offsets[:n], np.arange(n)
+    turns = []
+    for (a, b), h in zip(layout.spans, layout.headers):
+        scored = np.flatnonzero(target & (offsets[:, 1] > a) & (offsets[:, 0] < b))
+        if scored.size == 0:  # cut off by truncation
+            continue
+        start, stop = int(scored[0]), int(scored[-1]) + 1
+        header = np.flatnonzero((offsets[:, 0] >= h) & (index < start))
+        if header.size and header[0] < start:
+            prefix = encoded.input_ids[header[0] : start]
+        elif bos_id is not None:
+            prefix = np.asarray([bos_id], dtype=np.int32)
+        else:
+            return None
+        turns.append(IfdTurn(prefix, start, stop))
+    covered = np.zeros(n, dtype=np.int32)
+    for t in turns:
+        covered[t.start : t.stop] += 1
+    if not np.array_equal(covered, target.astype(np.int32)):  # a gap, or a token shared by two turns
+        return None
+    return turns
+
+
+@lru_cache(maxsize=8)
+def _special_ids(tokenizer) -> np.ndarray:
+    """Ids of the tokenizer's special tokens (the template's markers, BOS/EOS): they cover no content bytes."""
+    ids = set(tokenizer.all_special_ids)
+    ids |= {i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(t, "special", False)}
+    return np.asarray(sorted(ids), dtype=np.int64)
+
+
+def _scored_bytes(encoded: Encoded, special: np.ndarray) -> int:
+    """UTF-8 bytes of the assistant turns' characters that the scored, non-special tokens cover."""
+    layout = encoded.layout
+    n = len(encoded.input_ids)
+    tokens = encoded.target & ~np.isin(encoded.input_ids, special)
+    covered = char_mask(len(layout.text), layout.offsets[:n][tokens])
+    in_turns = char_mask(len(layout.text), np.asarray(layout.spans, dtype=np.int64).reshape(-1, 2))
+    return int(char_bytes(layout.text)[covered & in_turns].sum())
+
+
+def char_mask(length: int, ranges: np.ndarray) -> np.ndarray:
+    """Boolean mask of ``length`` characters: True inside any of the (start, stop) ``ranges``."""
+    delta = np.zeros(length + 1, dtype=np.int64)
+    np.add.at(delta, ranges[:, 0], 1)
+    np.add.at(delta, ranges[:, 1], -1)
+    return np.cumsum(delta[:-1]) > 0
+
+
+def char_bytes(text: str) -> np.ndarray:
+    """The UTF-8 length of every character of ``text`` (a lone surrogate counts 3, as surrogatepass writes it)."""
+    code = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    return 1 + (code >= 0x80).astype(np.int64) + (code >= 0x800) + (code >= 0x10000)
 
 
 def _apply(tokenizer, messages: list[Message], template: str | None, generation_prompt: bool = False) -> str:

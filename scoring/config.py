@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from scoring.model import SMOLLM2_ALIAS
 from scoring.sources import Columns
@@ -72,6 +72,11 @@ class ScoreConfig(SampleFormat):
         "shard: record = status/warning and go on; stop = fail naming the file and row",
     )
     keep_input_ids: bool = Field(True, description="store input_ids so training never re-tokenises")
+    ifd: bool = Field(
+        False,
+        description="also score each response without its prompt (behind the template's assistant header) and write "
+        "IFD = loss with / loss without (formats prompt_response and messages)",
+    )
     executor: Literal["ray", "local"] = Field("ray", description="ray (a Ray Data job) or local (the same code in-process)")
     ray_address: str | None = Field(None, description="Ray cluster address; default $RAY_ADDRESS, else a local Ray")
     actors: int = Field(1, ge=1, description="scoring actors (one model each)")
@@ -82,3 +87,9 @@ class ScoreConfig(SampleFormat):
     )
     torch_threads: int | None = Field(None, ge=1, description="default: the actor's CPUs (all cores on local Ray)")
     overwrite: bool = Field(False, description="delete scores of a different configuration in the output dir")
+
+    @model_validator(mode="after")
+    def _ifd_needs_a_prompt(self) -> ScoreConfig:
+        if self.ifd and self.format == "text":
+            raise ValueError("ifd needs a prompt to condition on: use format prompt_response or messages")
+        return self

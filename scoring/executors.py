@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import scoring
 from scoring.config import ScoreConfig
+from scoring.console import quiet_ray_data_console, ray_log_level
 from scoring.errors import HardfocusError
 from scoring.units import ShardTask, UnitScorer, read_shard_task
 
@@ -24,7 +25,7 @@ def run_local(tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, compil
     scorer = UnitScorer(cfg, fingerprint, torch_threads=cfg.torch_threads or os.cpu_count(), compiled=compiled)
     for task in tasks:
         for record in read_shard_task(task.to_row(), cfg, fingerprint):
-            yield scorer(record)
+            yield from scorer(record)
 
 
 def init_ray(address: str | None, packages: list[str] | None = None) -> bool:
@@ -36,6 +37,7 @@ def init_ray(address: str | None, packages: list[str] | None = None) -> bool:
 
     if ray.is_initialized():
         return False
+    level = ray_log_level()
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         # Ship this package to the cluster's workers, so nodes need only the dependencies installed;
@@ -43,7 +45,7 @@ def init_ray(address: str | None, packages: list[str] | None = None) -> bool:
         in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
         runtime_env = None if in_job else {"py_modules": packages or [os.path.dirname(scoring.__file__)]}
         try:
-            ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
+            ray.init(address=address, logging_level=level, runtime_env=runtime_env)
         except ConnectionError as exc:
             raise HardfocusError(
                 f"cannot connect to the Ray cluster at {address} ({exc.__cause__ or exc}); is it running? "
@@ -52,7 +54,9 @@ def init_ray(address: str | None, packages: list[str] | None = None) -> bool:
             ) from None
         log.info("connected to the Ray cluster at %s", address)
     else:
-        ray.init(logging_level=logging.WARNING, include_dashboard=False)
+        # Ray starts its workers at niceness 15, below its own daemons and the driver: on a small machine
+        # every wake-up of theirs then preempts a thread of the scoring actor's matmuls, which wait for it.
+        ray.init(logging_level=level, include_dashboard=False, _system_config={"worker_niceness": 0, "enable_metrics_collection": False})
         log.info("started a local Ray (set RAY_ADDRESS or --ray-address to use a cluster)")
     return True
 
@@ -69,6 +73,7 @@ def run_ray(
     """Read+tokenise shards as CPU tasks, score with an actor pool (one model per actor), parts written by the actors."""
     import ray
 
+    quiet_ray_data_console()
     ctx = ray.data.DataContext.get_current()
     saved = ctx.enable_progress_bars, ctx.target_max_block_size
     ctx.enable_progress_bars = False  # hardfocus shows one progress bar instead
@@ -104,7 +109,7 @@ def _run_ray(tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, compile
     ds = ds.flat_map(
         read_shard_task, fn_kwargs={"cfg": cfg, "model_fingerprint": fingerprint}, num_cpus=1, memory=_TOKENIZE_MEMORY
     )
-    ds = ds.map(
+    ds = ds.flat_map(  # a unit in; progress records while it is scored, then its summary
         UnitScorer,
         fn_constructor_kwargs={"cfg": cfg, "model_fingerprint": fingerprint, "torch_threads": threads, "compiled": compiled},
         compute=ray.data.ActorPoolStrategy(size=cfg.actors),

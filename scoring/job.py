@@ -8,6 +8,7 @@ task checks its own shard's columns.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -17,15 +18,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import torch
-from tqdm.auto import tqdm
 
 from scoring.chat import check_chat_tokenizer, load_chat_template
 from scoring.config import ScoreConfig
+from scoring.console import native_stderr_to_file
 from scoring.errors import HardfocusError
 from scoring.executors import init_ray, run_local, run_ray
 from scoring.manifest import RunInfo, ScoreCounts, ScoreManifest, ShardInfo, count_duplicate_ids, library_versions
 from scoring.model import ResolvedModel, load_tokenizer, resolve_device, resolve_dtype, resolve_model, tokenizer_fingerprint
 from scoring.output import SCORES_JOB_FILE, SCORES_MANIFEST_FILE, ScoresDir
+from scoring.progress import ScoringProgress
 from scoring.sources import Shard, check_columns, find_shards
 from scoring.units import (
     EMPTY_COUNTS,
@@ -118,7 +120,7 @@ def _job_identity(cfg: ScoreConfig, resolved: ResolvedModel) -> dict:
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
         "chat_template_sha256": _template_sha256(cfg, tokenizer),
     }
-    keys = _IDENTITY_KEYS + (_CHAT_IDENTITY_KEYS if cfg.format != "text" else ())
+    keys = _IDENTITY_KEYS + (_CHAT_IDENTITY_KEYS if cfg.format != "text" else ()) + (("ifd",) if cfg.ifd else ())
     return {k: values[k] for k in keys}
 
 
@@ -158,7 +160,8 @@ def _plan(out: ScoresDir, identity: dict, shards: list[Shard], cfg: ScoreConfig)
     if previous is not None and previous.get("identity") != identity and not listing and not markers:
         previous = None  # nothing was scored with the other configuration (it failed first): nothing to protect
     if previous is not None and previous.get("identity") != identity:
-        differs = sorted(k for k in identity if previous.get("identity", {}).get(k) != identity[k])
+        before = previous.get("identity", {})
+        differs = sorted(k for k in set(identity) | set(before) if before.get(k) != identity.get(k))
         if not cfg.overwrite:
             raise HardfocusError(
                 f"{out.url} holds scores computed with a different configuration (differs in: {', '.join(differs)}); "
@@ -237,7 +240,12 @@ class _ShardProgress:
 
 def _run(plan: _Plan, out: ScoresDir, cfg: ScoreConfig, resolved: ResolvedModel, compiled: bool, progress: bool) -> _Tally:
     """Score the pending shards with a progress bar over their bytes; mark each shard done as its last unit lands."""
-    t0 = time.perf_counter()
+    with native_stderr_to_file() if cfg.executor == "ray" else contextlib.nullcontext():
+        return _score_pending(plan, out, cfg, resolved, compiled, progress)
+
+
+def _score_pending(plan: _Plan, out: ScoresDir, cfg: ScoreConfig, resolved: ResolvedModel, compiled: bool,
+                   progress: bool) -> _Tally:
     tally = _Tally()
     started_ray = False
     if cfg.executor == "ray":
@@ -247,8 +255,9 @@ def _run(plan: _Plan, out: ScoresDir, cfg: ScoreConfig, resolved: ResolvedModel,
     else:
         summaries = run_local(plan.tasks, cfg, resolved.fingerprint, compiled)
     shards = {t.to_row()["task"]: _ShardProgress(t) for t in plan.tasks}
-    bar = tqdm(total=sum(t.shard.size for t in plan.tasks), unit="B", unit_scale=True, disable=not progress,
-               mininterval=1.0)
+    scoring_now: dict[tuple[str, int], tuple[int, int]] = {}  # (task, unit start) -> rows, tokens scored so far
+    bar = ScoringProgress(sum(t.shard.size for t in plan.tasks), enabled=progress)
+    consumed = 0.0
     try:
         for summary in summaries:
             if summary["error"]:
@@ -256,11 +265,16 @@ def _run(plan: _Plan, out: ScoresDir, cfg: ScoreConfig, resolved: ResolvedModel,
             state = shards[summary["task"]]
             size = state.task.shard.size
             if summary["consumed"] > state.consumed:  # units finish out of order on several actors
-                bar.update((summary["consumed"] - state.consumed) * size)
+                consumed += (summary["consumed"] - state.consumed) * size
                 state.consumed = summary["consumed"]
-            if summary["kind"] == "end":
+            if summary["kind"] == "progress":
+                scoring_now[summary["task"], summary["start"]] = (
+                    summary["scored"], json.loads(summary["counts"])["tokens"]
+                )
+            elif summary["kind"] == "end":
                 state.rows = summary["stop"]
             else:
+                scoring_now.pop((summary["task"], summary["start"]), None)
                 counts = json.loads(summary["counts"])
                 state.units += 1
                 state.counts = merge_counts(state.counts, counts)
@@ -272,7 +286,8 @@ def _run(plan: _Plan, out: ScoresDir, cfg: ScoreConfig, resolved: ResolvedModel,
             if state.rows is not None and state.units == math.ceil(state.rows / cfg.rows_per_unit):
                 plan.done[shard_digest(state.task.shard)] = _mark_done(out, state, cfg.rows_per_unit)
                 del shards[summary["task"]]
-            bar.set_postfix(rows=tally.rows, tok_s=f"{tally.tokens / (time.perf_counter() - t0):.0f}")
+            bar.update(consumed, tally.rows + sum(r for r, _ in scoring_now.values()),
+                       tally.tokens + sum(t for _, t in scoring_now.values()))
     finally:
         bar.close()
         summaries.close()  # stop Ray Data's iteration while Ray is still up

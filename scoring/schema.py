@@ -24,10 +24,14 @@ class Status(StrEnum):
     INVALID_UTF8 = "invalid_utf8"
     NO_RESPONSE = "no_response"  # a conversation without an assistant turn: no token to score
     PROMPT_TOO_LONG = "prompt_too_long"  # truncation to max_tokens left no assistant token
+    # --ifd: the response tokens cannot be scored without their prompt exactly as with it (see scoring.chat)
+    IFD_UNMATCHED = "ifd_unmatched"
 
 
 ERROR_PREFIX = "error: "
 NON_FINITE_LOSS = ERROR_PREFIX + "non-finite loss"  # the model produced NaN/inf for this row
+UNCONDITIONED_NLL_SUM = "nll_sum_unconditioned"
+UNCONDITIONED_N_TOKENS = "n_tokens_unconditioned"
 
 
 def is_input_error(status: str) -> bool:
@@ -51,23 +55,39 @@ SCORES_SCHEMA = pa.schema(
         pa.field("status", pa.string(), nullable=False),
         pa.field("input_ids", pa.list_(pa.int32())),
         pa.field("loss_spans", LOSS_SPANS_TYPE),
+        # UTF-8 bytes of what the scored tokens cover (the text, or the assistant turns less the template's special
+        # tokens): bits per byte = nll_sum / (n_bytes * ln 2) compares models with different tokenizers
+        pa.field("n_bytes", pa.int64()),
+        # --ifd: the same response tokens scored without their prompt, and IFD = loss / (that sum / that count)
+        pa.field(UNCONDITIONED_NLL_SUM, pa.float64()),
+        pa.field(UNCONDITIONED_N_TOKENS, pa.int32()),
+        pa.field("ifd", pa.float32()),
     ]
 )
 
-OPTIONAL_COLUMNS = ("input_ids", "loss_spans")
+IFD_COLUMNS = (UNCONDITIONED_NLL_SUM, UNCONDITIONED_N_TOKENS, "ifd")
+# absent in parts written before they existed (n_bytes, IFD) or not asked for: readers must not require them
+OPTIONAL_COLUMNS = ("input_ids", "loss_spans", "n_bytes", *IFD_COLUMNS)
 REQUIRED_COLUMNS = [f.name for f in SCORES_SCHEMA if f.name not in OPTIONAL_COLUMNS]
 
 
-def scores_schema(with_input_ids: bool = True, with_loss_spans: bool = False) -> pa.Schema:
+def scores_schema(
+    with_input_ids: bool = True, with_loss_spans: bool = False, with_n_bytes: bool = False, with_ifd: bool = False
+) -> pa.Schema:
     """The schema of a score part file: ``input_ids`` on by default, ``loss_spans`` for conversations only
-    (so plain-text parts keep the schema they had before conversations existed)."""
-    drop = [name for name, keep in (("input_ids", with_input_ids), ("loss_spans", with_loss_spans)) if not keep]
-    return pa.schema([f for f in SCORES_SCHEMA if f.name not in drop])
+    (so plain-text parts keep the schema they had before conversations existed), ``n_bytes`` in every part
+    ``hardfocus score`` writes now, the IFD columns with ``--ifd``."""
+    keep = {"input_ids": with_input_ids, "loss_spans": with_loss_spans, "n_bytes": with_n_bytes}
+    keep |= dict.fromkeys(IFD_COLUMNS, with_ifd)
+    return pa.schema([f for f in SCORES_SCHEMA if keep.get(f.name, True)])
 
 
 def scores_table(columns: dict[str, Iterable], with_input_ids: bool = True, with_loss_spans: bool = False) -> pa.Table:
-    """Build a table in the exact scores schema (missing columns are an error, extra ones too)."""
-    schema = scores_schema(with_input_ids, with_loss_spans)
+    """Build a table in the exact scores schema (missing columns are an error, extra ones too).
+
+    ``n_bytes`` and the IFD columns are part of it when ``columns`` holds them.
+    """
+    schema = scores_schema(with_input_ids, with_loss_spans, "n_bytes" in columns, "ifd" in columns)
     if set(columns) != set(schema.names):
         raise ValueError(f"scores columns {sorted(columns)} != schema {sorted(schema.names)}")
     return pa.table({name: pa.array(columns[name], type=schema.field(name).type) for name in schema.names}, schema=schema)

@@ -6,7 +6,7 @@ In-process and Ray alike use this class (Ray only decides where it runs).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -51,11 +51,18 @@ class Scorer:
         """(nll_sum float64, n_tokens int64) per sequence, in the order given."""
         nll_sum = np.zeros(len(sequences), dtype=np.float64)
         n_tokens = np.zeros(len(sequences), dtype=np.int64)
+        for batch, sums, counts in self.iter_batches(sequences, loss_masks):
+            nll_sum[batch], n_tokens[batch] = sums, counts
+        return nll_sum, n_tokens
+
+    def iter_batches(
+        self, sequences: Sequence[np.ndarray], loss_masks: Sequence[np.ndarray] | None = None
+    ) -> Iterator[tuple[list[int], np.ndarray, np.ndarray]]:
+        """(indices, nll_sum, n_tokens) of each micro-batch as it is scored: progress within a long unit."""
         for batch in token_budget_batches([len(s) for s in sequences], self.token_budget):
             masks = None if loss_masks is None else [loss_masks[i] for i in batch]
             sums, counts = self.loss.batch_nll([sequences[i] for i in batch], masks, self.pad_id)
-            nll_sum[batch], n_tokens[batch] = sums, counts
-        return nll_sum, n_tokens
+            yield batch, sums, counts
 
     @torch.inference_mode()
     def _self_check(self) -> None:

@@ -19,6 +19,7 @@ import io
 import json
 import socket
 import time
+from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
@@ -27,11 +28,14 @@ import pyarrow as pa
 
 from scoring.config import ScoreConfig
 from scoring.errors import HardfocusError
+from scoring.ifd import IFD_TURNS_COLUMN, ifd_ratio, ifd_turns_array, unconditioned_nll
 from scoring.model import load_tokenizer, resolve_model
 from scoring.output import ScoresDir
 from scoring.schema import (
     ERROR_PREFIX,
     NON_FINITE_LOSS,
+    UNCONDITIONED_N_TOKENS,
+    UNCONDITIONED_NLL_SUM,
     Status,
     is_input_error,
     loss_spans_array,
@@ -43,6 +47,7 @@ from scoring.sources import Columns, RowBlock, Shard, iter_units
 from scoring.tokenize import tokenize_block
 
 _MAX_ERROR_EXAMPLES = 10
+PROGRESS_EVERY_S = 2.0  # how often a unit being scored reports how far it is
 
 
 def shard_digest(shard: Shard) -> str:
@@ -139,10 +144,13 @@ def part_counts(out: ScoresDir, name: str) -> dict:
 
 
 def _record(task: str, kind: str, start: int = 0, stop: int = 0, consumed: float = 0.0, tokenized: bytes = b"",
-            counts: dict | None = None, error: str | None = None) -> dict:
-    """One record of a task; the same flat columns for every kind, so Ray Data blocks share one schema."""
-    return {"task": task, "kind": kind, "start": start, "stop": stop, "consumed": consumed, "tokenized": tokenized,
-            "counts": json.dumps(counts or EMPTY_COUNTS), "error": error}
+            counts: dict | None = None, error: str | None = None, begin: float = 0.0) -> dict:
+    """One record of a task; the same flat columns for every kind, so Ray Data blocks share one schema.
+
+    ``begin`` and ``consumed``: the shares of the shard's bytes read before and after the unit's rows.
+    """
+    return {"task": task, "kind": kind, "start": start, "stop": stop, "begin": begin, "consumed": consumed,
+            "tokenized": tokenized, "counts": json.dumps(counts or EMPTY_COUNTS), "error": error}
 
 
 def read_shard_task(row: dict, cfg: ScoreConfig, model_fingerprint: str):
@@ -153,7 +161,7 @@ def read_shard_task(row: dict, cfg: ScoreConfig, model_fingerprint: str):
     """
     task = ShardTask.from_json(row["task"])
     out = ScoresDir(cfg.output)
-    rows = 0
+    rows, begin = 0, 0.0
     try:
         tokenizer = load_tokenizer(_checkpoint_path(cfg.model, model_fingerprint))
         for unit in iter_units(task.shard, columns_of(cfg), cfg.rows_per_unit, frozenset(task.done)):
@@ -165,10 +173,13 @@ def read_shard_task(row: dict, cfg: ScoreConfig, model_fingerprint: str):
                         f"part {part_name(task.shard, unit.start, unit.stop)} of {out.url} has {counts['rows']} rows, not "
                         f"{unit.stop - unit.start}; did {task.shard.url} change? Pass --overwrite to score it again"
                     )
-                yield _record(row["task"], "reused", unit.start, unit.stop, unit.consumed, counts=counts)
+                yield _record(row["task"], "reused", unit.start, unit.stop, unit.consumed, counts=counts, begin=begin)
+                begin = unit.consumed
                 continue
             tokenized = tokenize_unit(task.shard, unit.start, unit.block, cfg, tokenizer)
-            yield _record(row["task"], "score", unit.start, unit.stop, unit.consumed, table_to_bytes(tokenized))
+            yield _record(row["task"], "score", unit.start, unit.stop, unit.consumed, table_to_bytes(tokenized),
+                          begin=begin)
+            begin = unit.consumed
         stale = [s for s in task.done if s >= rows]
         if stale:
             raise HardfocusError(
@@ -185,7 +196,8 @@ def read_shard_task(row: dict, cfg: ScoreConfig, model_fingerprint: str):
 
 def tokenize_unit(shard: Shard, start: int, block: RowBlock, cfg: ScoreConfig, tokenizer) -> pa.Table:
     """A unit's rows tokenised: one row per input row, with a status where unscoreable."""
-    tok = tokenize_block(tokenizer, block, cfg.format, cfg.max_tokens, cfg.add_special_tokens, cfg.chat_template)
+    tok = tokenize_block(tokenizer, block, cfg.format, cfg.max_tokens, cfg.add_special_tokens, cfg.chat_template,
+                         cfg.ifd)
     rows = np.arange(start, start + len(block), dtype=np.int64)
     if cfg.on_error == "stop":
         for row, status in zip(rows, tok.status):
@@ -204,7 +216,9 @@ def tokenize_unit(shard: Shard, start: int, block: RowBlock, cfg: ScoreConfig, t
             "truncated": pa.array(tok.truncated, pa.bool_()),
             "status": pa.array(tok.status, pa.string()),
             "input_ids": pa.array(tok.input_ids, pa.list_(pa.int32())),
+            "n_bytes": pa.array(tok.n_bytes, pa.int64()),
             **({} if tok.targets is None else {"loss_spans": loss_spans_array(tok.targets)}),
+            **({} if tok.ifd_turns is None else {IFD_TURNS_COLUMN: ifd_turns_array(tok.ifd_turns)}),
         }
     )
 
@@ -251,8 +265,12 @@ class UnitScorer:
             compiled=compiled,
         )
 
-    def score_unit(self, shard: Shard, start: int, tokenized: pa.Table) -> tuple[dict, int]:
-        """Score, write the part (whole or not at all); returns (the part's counts, rows scored)."""
+    def score_unit(self, shard: Shard, start: int, tokenized: pa.Table) -> Generator[dict, None, tuple[dict, int]]:
+        """Score, write the part (whole or not at all); returns (the part's counts, rows scored).
+
+        Yields ``{"rows", "tokens", "share"}`` (scored so far; share of the unit's tokens) every
+        ``PROGRESS_EVERY_S`` while the model runs, so that a long unit shows progress before its part lands.
+        """
         status = tokenized.column("status").to_pylist()
         ids = tokenized.column("input_ids").to_pylist()
         spans = tokenized.column("loss_spans").to_pylist() if "loss_spans" in tokenized.column_names else None
@@ -261,10 +279,28 @@ class UnitScorer:
         n_tokens = np.zeros(len(status), dtype=np.int64)
         if todo:
             masks = None if spans is None else [mask_from_spans(spans[i], len(ids[i])) for i in todo]
-            sums, counts = self.scorer.score([np.asarray(ids[i], dtype=np.int32) for i in todo], masks)
-            nll_sum[todo], n_tokens[todo] = sums, counts
+            sequences = [np.asarray(ids[i], dtype=np.int32) for i in todo]
+            total, done_rows, done_tokens, last = sum(len(q) for q in sequences), 0, 0, time.perf_counter()
+            for batch, sums, counts in self.scorer.iter_batches(sequences, masks):
+                rows = [todo[i] for i in batch]
+                nll_sum[rows], n_tokens[rows] = sums, counts
+                done_rows += len(batch)
+                done_tokens += int(sum(len(sequences[i]) for i in batch))
+                if time.perf_counter() - last >= PROGRESS_EVERY_S and done_rows < len(todo):
+                    last = time.perf_counter()
+                    yield {"rows": done_rows, "tokens": int(n_tokens.sum()), "share": done_tokens / max(total, 1)}
+        ifd = IFD_TURNS_COLUMN in tokenized.column_names
+        if ifd:
+            u_nll_sum, u_n_tokens = unconditioned_nll(
+                self.scorer.score, ids, tokenized.column(IFD_TURNS_COLUMN).to_pylist(), todo, len(status)
+            )
+            for i in todo:  # both passes score the same tokens by construction: a difference is a layout bug
+                if u_n_tokens[i] != n_tokens[i]:
+                    status[i] = Status.IFD_UNMATCHED.value
+                elif not np.isfinite(u_nll_sum[i]):
+                    nll_sum[i] = u_nll_sum[i]  # reported below as a non-finite loss
         for i in todo:
-            if not np.isfinite(nll_sum[i]):
+            if status[i] is None and not np.isfinite(nll_sum[i]):
                 if self.cfg.on_error == "stop":
                     raise HardfocusError(
                         f"{shard.url} row {start + i}: the model's loss is not finite ({nll_sum[i]}); check the model "
@@ -288,6 +324,12 @@ class UnitScorer:
                 "status": status,
                 **({"input_ids": tokenized.column("input_ids")} if self.cfg.keep_input_ids else {}),
                 **({} if spans is None else {"loss_spans": tokenized.column("loss_spans")}),
+                "n_bytes": pa.array(tokenized.column("n_bytes").to_numpy(zero_copy_only=False), mask=~ok),
+                **({} if not ifd else {
+                    UNCONDITIONED_NLL_SUM: pa.array(u_nll_sum, mask=~ok),
+                    UNCONDITIONED_N_TOKENS: pa.array(u_n_tokens.astype(np.int32), mask=~ok),
+                    "ifd": pa.array(ifd_ratio(nll_sum, n_tokens, u_nll_sum, u_n_tokens).astype(np.float32), mask=~ok),
+                }),
             },
             with_input_ids=self.cfg.keep_input_ids,
             with_loss_spans=spans is not None,
@@ -295,20 +337,34 @@ class UnitScorer:
         self.out.write_part(part_name(shard, start, start + len(status)), table)
         return status_counts(status, n_tokens, truncated.to_numpy(zero_copy_only=False)), len(todo)
 
-    def __call__(self, record: dict) -> dict:
-        """Ray Data ``map`` entry point (and the local executor's): a unit record in, its summary out.
+    def __call__(self, record: dict) -> Iterator[dict]:
+        """Ray Data ``flat_map`` entry point (and the local executor's): a unit record in, its summary out,
+        after ``progress`` records while it is scored.
 
-        Records other than ``score`` pass through; ``scored`` is the rows the model ran on.
+        Records other than ``score`` pass through; ``scored`` is the rows the model ran on. A ``progress``
+        record's ``consumed`` is the share of the shard's bytes that its scored share of the unit stands for.
         """
         started = time.perf_counter()
         summary = {k: record[k] for k in ("task", "kind", "start", "stop", "consumed", "counts", "error")}
         summary["scored"], summary["seconds"], summary["node"] = 0, 0.0, self.node
         if record["kind"] != "score":
-            return summary
+            yield summary
+            return
+        begin = record["begin"]
+        unit = self.score_unit(
+            ShardTask.from_json(record["task"]).shard, record["start"], table_from_bytes(record["tokenized"])
+        )
         try:
-            counts, scored = self.score_unit(
-                ShardTask.from_json(record["task"]).shard, record["start"], table_from_bytes(record["tokenized"])
-            )
+            while True:
+                done = next(unit)
+                yield summary | {
+                    "kind": "progress", "scored": done["rows"], "seconds": time.perf_counter() - started,
+                    "consumed": begin + done["share"] * (record["consumed"] - begin),
+                    "counts": json.dumps(EMPTY_COUNTS | {"tokens": done["tokens"]}),
+                }
+        except StopIteration as finished:
+            counts, scored = finished.value
         except HardfocusError as exc:
-            return summary | {"kind": "error", "error": str(exc)}
-        return summary | {"counts": json.dumps(counts), "scored": scored, "seconds": time.perf_counter() - started}
+            yield summary | {"kind": "error", "error": str(exc)}
+            return
+        yield summary | {"counts": json.dumps(counts), "scored": scored, "seconds": time.perf_counter() - started}

@@ -26,9 +26,12 @@ NO_GROUP = "(none)"
 IdLookup = Callable[[np.ndarray], np.ndarray]  # global row indices -> their sample ids
 
 
-def rank_bands(eligible: pl.DataFrame, drop_top: float, keep: float, per_group: bool, ids_of: IdLookup) -> pl.DataFrame:
-    """``eligible`` (``_row``, ``group``, ``loss``) with ``loss_rank`` (0 = highest loss in its scope) and ``band``."""
-    loss = eligible["loss"].to_numpy()
+def rank_bands(
+    eligible: pl.DataFrame, drop_top: float, keep: float, per_group: bool, ids_of: IdLookup, column: str = "loss"
+) -> pl.DataFrame:
+    """``eligible`` (``_row``, ``group``, ``column``) with ``loss_rank`` (0 = the highest ``column`` value in its
+    scope: the loss, or the score selection ranks by) and ``band``."""
+    loss = eligible[column].to_numpy()
     rows = eligible["_row"].to_numpy()
     loss_rank = np.empty(len(loss), dtype=np.float32)
     band = np.empty(len(loss), dtype=np.uint8)  # index into BANDS
@@ -76,12 +79,13 @@ def _band_scope(
 
 
 def band_weights(
-    kept: pl.DataFrame, per_group: bool, weighting: str, temperature: float, max_weight: float | None
+    kept: pl.DataFrame, per_group: bool, weighting: str, temperature: float, max_weight: float | None,
+    column: str = "loss",
 ) -> np.ndarray:
-    """Weights of the kept rows, in their order: IR-DRO (mean 1 per scope) or all ones."""
+    """Weights of the kept rows, in their order: IR-DRO on ``column`` (mean 1 per scope) or all ones."""
     if weighting == "none":
         return np.ones(kept.height)
-    losses = kept["loss"].to_numpy().astype(np.float64)
+    losses = kept[column].to_numpy().astype(np.float64)
     if not per_group:
         return irdro_weights(losses, temperature, max_weight)
     weights = np.empty(kept.height)

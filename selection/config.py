@@ -14,11 +14,25 @@ class SelectConfig(BaseModel):
 
     scores: list[str] = Field(min_length=1, description="scores/ directories written by `hardfocus score`")
     output: str = Field(description="the selected/ directory to write")
-    drop_top: float = Field(0.1, ge=0, lt=1, description="fraction of highest-loss samples dropped as noise")
-    keep: float = Field(0.5, gt=0, le=1, description="fraction kept after the dropped band (moderately high loss)")
+    score: Literal["loss", "ifd", "excess", "bpb"] = Field(
+        "loss",
+        description="what ranks and weights the samples: loss (nats/token); ifd (loss with / without the prompt: "
+        "scores from `score --ifd`); excess (loss minus a --reference model's, nats/token, or bits/byte across "
+        "tokenizers); bpb (bits per byte)",
+    )
+    reference: list[str] = Field(
+        default_factory=list, description="scores/ directories of a reference model on the same inputs (score excess)"
+    )
+    max_ifd: float = Field(
+        1.0, gt=0, description="score ifd: exclude rows with IFD >= this (the prompt does not help); inf keeps them"
+    )
+    drop_top: float = Field(0.1, ge=0, lt=1, description="fraction of highest-scoring samples dropped as noise")
+    keep: float = Field(0.5, gt=0, le=1, description="fraction kept after the dropped band (moderately high score)")
     per_group: bool = Field(False, description="rank and weight within each group instead of globally")
-    weighting: Literal["irdro", "none"] = Field("irdro", description="irdro: softmax(loss / temperature); none: 1")
-    temperature: float = Field(1.0, gt=0, description="IR-DRO temperature r (the reference code's kl_reg)")
+    weighting: Literal["irdro", "none"] = Field("irdro", description="irdro: softmax(score / temperature); none: 1")
+    temperature: float = Field(
+        1.0, gt=0, description="IR-DRO temperature r (the reference code's kl_reg), in the score's units"
+    )
     max_weight: float | None = Field(None, ge=1, description="clip weights at this value, renormalising to mean 1")
     report: bool = Field(True, description="write report.html with its plots")
     overwrite: bool = Field(False, description="replace an existing selected/ directory")
@@ -27,4 +41,8 @@ class SelectConfig(BaseModel):
     def _bands_fit(self) -> SelectConfig:
         if self.drop_top + self.keep > 1 + 1e-12:
             raise ValueError(f"drop_top + keep = {self.drop_top + self.keep:g} > 1: the bands overlap")
+        if self.score == "excess" and not self.reference:
+            raise ValueError("score excess needs the reference model's scores/ directory: pass --reference DIR")
+        if self.reference and self.score != "excess":
+            raise ValueError(f"a reference is only used by score excess (score is {self.score}); drop --reference")
         return self

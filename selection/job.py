@@ -13,6 +13,7 @@ from fsspec.core import url_to_fs
 from scoring.errors import HardfocusError
 from selection.bands import KEPT, NO_GROUP, band_weights, rank_bands
 from selection.config import SelectConfig
+from selection.rank_by import eligible_scores, rank_column
 from selection.report import write_report
 from selection.schema import SUMMARY_FILE
 from selection.scores import ScoreParts, open_scores
@@ -31,7 +32,8 @@ class SelectResult:
 def select(cfg: SelectConfig, progress: bool = True) -> SelectResult:
     """Rank, band and weight every scored row of ``cfg.scores``; write the kept band to ``cfg.output``."""
     parts = open_scores(cfg.scores)
-    excluded, ranked = _rank(parts, cfg)
+    excluded, ranked, units = _rank(parts, cfg)
+    column = rank_column(cfg.score)
     kept = ranked.filter(pl.col("band") == KEPT)
     if kept.height == 0:
         raise HardfocusError(
@@ -39,24 +41,24 @@ def select(cfg: SelectConfig, progress: bool = True) -> SelectResult:
             f"with drop_top={cfg.drop_top}, keep={cfg.keep}; raise --keep or check the scores"
         )
     kept = kept.with_columns(
-        weight=pl.Series(band_weights(kept, cfg.per_group, cfg.weighting, cfg.temperature, cfg.max_weight))
+        weight=pl.Series(band_weights(kept, cfg.per_group, cfg.weighting, cfg.temperature, cfg.max_weight, column))
     )
     with staged_output(cfg.output, cfg.overwrite) as tmp:
         n_parts = write_shards(parts, kept, tmp, progress)
         summary = SelectionSummary(
             parameters=cfg.model_dump(exclude={"scores", "output", "overwrite", "report"}),
-            scores=[
-                {"dir": d, "model": m.model, "model_fingerprint": m.model_fingerprint,
-                 "tokenizer_fingerprint": m.tokenizer_fingerprint, "rows": m.rows}
-                for d, m in zip(cfg.scores, parts.manifests)
-            ],
+            score=cfg.score,
+            score_units=units,
+            scores=_score_dirs(cfg.scores, parts.manifests),
+            reference=_score_dirs(cfg.reference, open_scores(cfg.reference).manifests) if cfg.reference else None,
             rows=sum(parts.rows),
             excluded=excluded,
             eligible=ranked.height,
             bands={str(b): int(n) for b, n in ranked.group_by("band").len().sort("band").iter_rows()},
             groups=group_counts(ranked, kept),
-            thresholds=thresholds(ranked, cfg.per_group),
+            thresholds=thresholds(ranked, cfg.per_group, column),
             loss_quantiles=loss_quantiles(ranked),
+            score_quantiles=loss_quantiles(ranked, column) if column != "loss" else None,
             weights=weight_stats(kept["weight"].to_numpy()),
             output_parts=n_parts,
             has_input_ids=parts.has_input_ids,
@@ -68,9 +70,19 @@ def select(cfg: SelectConfig, progress: bool = True) -> SelectResult:
     return SelectResult(cfg.output, summary)
 
 
-def _rank(parts: ScoreParts, cfg: SelectConfig) -> tuple[dict[str, int], pl.DataFrame]:
-    excluded, eligible = parts.eligible()
-    return excluded, rank_bands(eligible, cfg.drop_top, cfg.keep, cfg.per_group, parts.sample_ids)
+def _rank(parts: ScoreParts, cfg: SelectConfig) -> tuple[dict[str, int], pl.DataFrame, str]:
+    """(rows excluded per reason, the eligible rows with their band, the ranked score's units)."""
+    excluded, eligible, units = eligible_scores(parts, cfg)
+    ranked = rank_bands(eligible, cfg.drop_top, cfg.keep, cfg.per_group, parts.sample_ids, rank_column(cfg.score))
+    return excluded, ranked, units
+
+
+def _score_dirs(dirs: list[str], manifests) -> list[dict]:
+    return [
+        {"dir": d, "model": m.model, "model_fingerprint": m.model_fingerprint,
+         "tokenizer_fingerprint": m.tokenizer_fingerprint, "rows": m.rows}
+        for d, m in zip(dirs, manifests)
+    ]
 
 
 def build_report(scores: list[str], selected: str | None = None, output: str | None = None) -> str:
@@ -85,7 +97,7 @@ def build_report(scores: list[str], selected: str | None = None, output: str | N
     else:
         summary = _read_summary(selected)
         cfg = SelectConfig(scores=scores, output=selected, **summary["parameters"])
-        excluded, ranked = _rank(parts, cfg)
+        excluded, ranked, _ = _rank(parts, cfg)
         kept = pl.read_parquet(f"{selected.rstrip('/')}/part-*.parquet", columns=["group", "loss", "weight"])
         kept = kept.with_columns(pl.col("group").fill_null(NO_GROUP))
     target = output or selected or scores[0]
@@ -108,7 +120,8 @@ def summary_text(s: SelectionSummary, output: str) -> str:
     bands = ", ".join(f"{k} {v}" for k, v in s.bands.items())
     w = s.weights
     return (
-        f"selected {s.bands.get(KEPT, 0)} of {s.eligible} eligible rows ({s.rows} scored; excluded: {excluded}) | "
+        f"selected {s.bands.get(KEPT, 0)} of {s.eligible} eligible rows"
+        f"{'' if s.score == 'loss' else f' by {s.score} ({s.score_units})'} ({s.rows} scored; excluded: {excluded}) | "
         f"bands: {bands} | weights min {w.min:.3f} mean {w.mean:.3f} max {w.max:.3f}, "
         f"effective sample size {w.effective_sample_size:.0f} | {output}"
     )

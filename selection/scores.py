@@ -17,7 +17,7 @@ from fsspec.core import url_to_fs
 from scoring.errors import HardfocusError
 from scoring.manifest import ScoreManifest
 from scoring.output import SCORES_MANIFEST_FILE, prefetched
-from scoring.schema import ERROR_PREFIX, check_scores_schema
+from scoring.schema import ERROR_PREFIX, OPTIONAL_COLUMNS, SCORES_SCHEMA, check_scores_schema
 from scoring.sources import fs_url
 from selection.bands import NO_GROUP
 
@@ -31,6 +31,7 @@ class ScoreParts:
     manifests: list[ScoreManifest]
     has_input_ids: bool
     part_has_loss_spans: list[bool] | None = None  # per part; None = no part has the column (plain text)
+    common_columns: frozenset[str] = frozenset()  # optional columns (n_bytes, ifd, ...) that every part has
 
     @property
     def has_loss_spans(self) -> bool:
@@ -63,11 +64,12 @@ class ScoreParts:
             out[where] = ids.take(pa.array(rows[where] - offsets[index])).to_numpy(zero_copy_only=False)
         return out
 
-    def eligible(self) -> tuple[dict[str, int], pl.DataFrame]:
-        """Rows excluded per reason, and the eligible rows as ``_row`` (global index), ``group`` (Enum), ``loss``.
+    def eligible(self, extra: tuple[str, ...] = ()) -> tuple[dict[str, int], pl.DataFrame]:
+        """Rows excluded per reason, and the eligible rows as ``_row`` (global index), ``group`` (Enum), ``loss``
+        and the ``extra`` columns (what a score other than the loss is computed from).
 
         A row is eligible when its status is ``ok`` and its loss finite. Read part by part into
-        preallocated arrays: 12 bytes per eligible row, whatever the number of parts.
+        preallocated arrays: 12 bytes per eligible row, whatever the number of parts (plus the extras).
         """
         total = sum(self.rows)
         loss = np.empty(total, dtype=np.float32)
@@ -76,7 +78,9 @@ class ScoreParts:
         group_code: dict[str, int] = {}
         excluded: Counter[str] = Counter()
         filled = 0
-        tables = prefetched(lambda index: self.read_part(index, ["group", "loss", "status"]), range(len(self.urls)))
+        extras: dict[str, list[pa.Array]] = {name: [] for name in extra}
+        columns = ["group", "loss", "status", *extra]
+        tables = prefetched(lambda index: self.read_part(index, columns), range(len(self.urls)))
         for offset, table in zip(self.offsets, tables):
             part_loss = table["loss"].to_numpy(zero_copy_only=False).astype(np.float32)  # null -> NaN
             ok_mask = pc.equal(table["status"], "ok")
@@ -88,6 +92,8 @@ class ScoreParts:
             if n_bad := int((ok & ~finite).sum()):
                 excluded["loss not finite"] += n_bad
             keep = np.flatnonzero(ok & finite)
+            for name in extra:
+                extras[name].append(table[name].take(pa.array(keep)))
             end = filled + len(keep)
             loss[filled:end] = part_loss[keep]
             rows[filled:end] = offset + keep
@@ -98,12 +104,18 @@ class ScoreParts:
         names = pl.Series(list(group_code), dtype=pl.String)
         enum = pl.Enum(names.to_list())
         frame = pl.DataFrame({"_row": rows[:filled], "group": names.cast(enum).gather(codes[:filled]), "loss": loss[:filled]})
+        if extra:
+            frame = frame.with_columns(
+                pl.from_arrow(pa.chunked_array(chunks, type=SCORES_SCHEMA.field(name).type)).alias(name)
+                for name, chunks in extras.items()
+            )
         return dict(sorted(excluded.items())), frame
 
 
 def open_scores(dirs: list[str]) -> ScoreParts:
     """Check each directory is a complete scores/ (manifest present) and all were scored alike."""
     urls, rows, manifests, with_ids, with_spans = [], [], [], [], []
+    common = set(OPTIONAL_COLUMNS)
     for d in dirs:
         fs, path = url_to_fs(d)
         fs.invalidate_cache(path)  # s3fs caches listings: see parts written since
@@ -129,6 +141,7 @@ def open_scores(dirs: list[str]) -> ScoreParts:
             schema = meta.schema.to_arrow_schema()
             check_scores_schema(schema, p)
             with_ids.append("input_ids" in schema.names)
+            common &= set(schema.names)
             dir_spans.append("loss_spans" in schema.names)
             rows.append(meta.num_rows)
             urls.append(fs_url(fs, p))
@@ -140,7 +153,7 @@ def open_scores(dirs: list[str]) -> ScoreParts:
         raise HardfocusError(f"the part files hold {sum(rows)} rows but the manifests say {sum(m.rows for m in manifests)}")
     return ScoreParts(
         urls, rows, manifests, has_input_ids=bool(with_ids) and all(with_ids),
-        part_has_loss_spans=with_spans if any(with_spans) else None,
+        part_has_loss_spans=with_spans if any(with_spans) else None, common_columns=frozenset(common),
     )
 
 

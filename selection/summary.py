@@ -22,7 +22,7 @@ class GroupCounts(BaseModel):
 
 
 class Thresholds(BaseModel):
-    """Loss boundaries of a ranking scope: dropped >= dropped_min, kept in [kept_min, kept_max]."""
+    """Boundaries of a ranking scope in the ranked score: dropped >= dropped_min, kept in [kept_min, kept_max]."""
 
     dropped_min: float | None
     kept_max: float | None
@@ -43,7 +43,10 @@ class SelectionSummary(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     parameters: dict
+    score: str = "loss"  # what ranked and weighted the rows (thresholds are in its units)
+    score_units: str = "nats per token"
     scores: list[dict]
+    reference: list[dict] | None = None  # score excess: the reference model's score directories
     rows: int
     excluded: dict[str, int]
     eligible: int
@@ -51,6 +54,7 @@ class SelectionSummary(BaseModel):
     groups: dict[str, GroupCounts]
     thresholds: dict[str, Thresholds]
     loss_quantiles: dict[str, dict[str, float]]
+    score_quantiles: dict[str, dict[str, float]] | None = None  # of the ranked score, when it is not the loss
     weights: WeightStats
     output_parts: int
     has_input_ids: bool
@@ -70,20 +74,20 @@ def group_counts(ranked: pl.DataFrame, kept_weights: pl.DataFrame) -> dict[str, 
     return {row.pop("group"): GroupCounts(**row) for row in per.to_dicts()}
 
 
-def thresholds(ranked: pl.DataFrame, per_group: bool) -> dict[str, Thresholds]:
+def thresholds(ranked: pl.DataFrame, per_group: bool, column: str = "loss") -> dict[str, Thresholds]:
     scope = "group" if per_group else pl.lit("all").alias("scope")
     by = ranked.group_by(scope).agg(
-        dropped_min=pl.col("loss").filter(pl.col("band") == DROPPED).min(),
-        kept_max=pl.col("loss").filter(pl.col("band") == KEPT).max(),
-        kept_min=pl.col("loss").filter(pl.col("band") == KEPT).min(),
+        dropped_min=pl.col(column).filter(pl.col("band") == DROPPED).min(),
+        kept_max=pl.col(column).filter(pl.col("band") == KEPT).max(),
+        kept_min=pl.col(column).filter(pl.col("band") == KEPT).min(),
     )
     key = "group" if per_group else "scope"
     return {row.pop(key): Thresholds(**row) for row in by.sort(key).to_dicts()}
 
 
-def loss_quantiles(ranked: pl.DataFrame) -> dict[str, dict[str, float]]:
-    """Loss quantiles of all eligible rows and of each band (polars: no float64 copies of the column)."""
-    exprs = [pl.col("loss").quantile(q, interpolation="linear").alias(f"q{q:g}") for q in QUANTILES]
+def loss_quantiles(ranked: pl.DataFrame, column: str = "loss") -> dict[str, dict[str, float]]:
+    """Quantiles of ``column`` over all eligible rows and each band (polars: no float64 copies of the column)."""
+    exprs = [pl.col(column).quantile(q, interpolation="linear").alias(f"q{q:g}") for q in QUANTILES]
     out = {"eligible": {k: float(v) for k, v in ranked.select(exprs).row(0, named=True).items()}}
     per_band = ranked.group_by("band").agg(exprs).with_columns(pl.col("band").cast(pl.String)).sort("band")
     for row in per_band.to_dicts():

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from scoring.manifest import ScoreManifest, library_versions
+from scoring.manifest import ScoreManifest, ShardInfo, library_versions
 from scoring.schema import scores_table
 
 
@@ -20,7 +20,9 @@ def write_scores(
     ids: list[str] | None = None,
     rows_per_part: int = 7,
     tokenizer_fingerprint: str = "tok-a",
+    columns: dict[str, list] | None = None,
 ) -> Path:
+    """``columns``: more columns (``n_bytes``, ``ifd``, ...) or replacements of the made-up ones, one value a row."""
     n = len(losses)
     groups = groups or [None] * n
     statuses = statuses or ["ok"] * n
@@ -41,14 +43,15 @@ def write_scores(
                 "loss": [float(x) if o else None for x, o in zip(loss, ok)],
                 "nll_sum": [float(x * t) if o else None for x, t, o in zip(loss, n_tok, ok)],
                 "truncated": [False] * len(loss), "status": statuses[sl], "input_ids": input_ids[sl],
-            }
+            } | {name: values[sl] for name, values in (columns or {}).items()}
         )
         pq.write_table(table, out / f"part-{parts:04d}.parquet")
         parts += 1
     manifest = ScoreManifest(
         model="fake", model_path="/nowhere", model_fingerprint="model-a", tokenizer_fingerprint=tokenizer_fingerprint,
         max_tokens=1024, dtype="float32", device="cpu", add_special_tokens=True, text_column="text", id_column=None,
-        group_column="group", shards=[], parts=parts, rows=n, rows_by_status={}, error_examples=[], tokens=0,
+        group_column="group", parts=parts,
+        shards=[ShardInfo(url="shard.jsonl", rel="shard.jsonl", format="jsonl", compression=None, size=0, rows=n)], rows=n, rows_by_status={}, error_examples=[], tokens=0,
         truncated=0, duplicate_ids=0, duplicate_id_examples=[], runs=[], versions=library_versions(),
     )
     (out / "manifest.json").write_text(json.dumps(manifest.model_dump()))

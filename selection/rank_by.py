@@ -1,0 +1,153 @@
+"""What selection ranks by: the loss, or a score computed from the columns beside it in scores/.
+
+| score    | value                                        | units                                           | needs             |
+|----------|----------------------------------------------|-------------------------------------------------|-------------------|
+| `loss`   | mean NLL of the scored tokens                | nats per token                                  | any scores/       |
+| `ifd`    | loss with the prompt / loss without it       | a ratio (1 = the prompt does not help)          | `score --ifd`     |
+| `bpb`    | nll_sum / (n_bytes ln 2)                     | bits per byte                                   | ``n_bytes``       |
+| `excess` | loss - the reference model's loss            | nats per token (same tokenizer), else bits/byte | ``--reference``   |
+
+A row whose score cannot be computed is excluded and counted by reason, like an ineligible row, so
+a NaN never reaches a band. The reference of ``excess`` is another ``hardfocus score`` run on the same
+inputs, joined on ``sample_id``; with another tokenizer the two are compared in bits per byte.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import polars as pl
+import pyarrow as pa
+
+from scoring.errors import HardfocusError
+from scoring.output import prefetched
+from scoring.schema import ERROR_PREFIX
+from selection.config import SelectConfig
+from selection.scores import ScoreParts, open_scores
+
+SCORE_COLUMN = "score"  # the ranked value when it is not the loss itself
+NATS, BITS_PER_BYTE = "nats per token", "bits per byte"
+UNITS = {"loss": NATS, "ifd": "ratio (loss with prompt / without)", "bpb": BITS_PER_BYTE}
+
+
+def rank_column(score: str) -> str:
+    """The column of the eligible rows that ranking and weighting read."""
+    return "loss" if score == "loss" else SCORE_COLUMN
+
+
+def eligible_scores(parts: ScoreParts, cfg: SelectConfig) -> tuple[dict[str, int], pl.DataFrame, str]:
+    """(rows excluded per reason, eligible rows with ``_row``, ``group``, ``loss`` and, unless ranking by loss,
+    ``score``, the score's units)."""
+    if cfg.score == "loss":
+        excluded, frame = parts.eligible()
+        return excluded, frame, NATS
+    if cfg.score == "ifd":
+        _require(parts, cfg.scores, "ifd", "score it with --ifd (formats prompt_response and messages)")
+        excluded, frame = parts.eligible(("ifd",))
+        frame = frame.rename({"ifd": SCORE_COLUMN})
+    elif cfg.score == "bpb":
+        _require(parts, cfg.scores, "n_bytes", "score it again with this version of hardfocus")
+        excluded, frame = parts.eligible(("nll_sum", "n_bytes"))
+        frame = frame.with_columns(_bpb("nll_sum", "n_bytes").alias(SCORE_COLUMN)).drop("nll_sum", "n_bytes")
+    else:
+        return excess_scores(parts, cfg)
+    return _finite(excluded, frame, cfg), frame.filter(_keep(cfg)), UNITS[cfg.score]
+
+
+def excess_scores(parts: ScoreParts, cfg: SelectConfig) -> tuple[dict[str, int], pl.DataFrame, str]:
+    """Loss minus the reference model's loss on the same sample (RHO-LOSS's reducible loss): in nats per
+    token when both share a tokenizer (and so score the same tokens), else in bits per byte."""
+    reference = open_scores(cfg.reference)
+    _check_same_inputs(parts, reference, cfg)
+    same_tokens = parts.manifests[0].tokenizer_fingerprint == reference.manifests[0].tokenizer_fingerprint
+    if not same_tokens:
+        fix = "score it again with this version of hardfocus (bytes are what tokenizers share)"
+        _require(parts, cfg.scores, "n_bytes", fix)
+        _require(reference, cfg.reference, "n_bytes", fix)
+    values = ["n_tokens"] if same_tokens else ["nll_sum", "n_bytes"]
+    excluded, frame = parts.eligible(("sample_id", *values))
+    ref = _read_reference(reference, values)
+    joined = frame.join(ref, on="sample_id", how="left").sort("_row")
+    reasons = Counter()
+    status = joined["ref_status"]
+    reasons["reference: no row with this sample_id"] = int(status.is_null().sum())
+    for value, count in status.filter(status.is_not_null() & (status != "ok")).value_counts().iter_rows():
+        reasons["reference status: error" if value.startswith(ERROR_PREFIX) else f"reference status: {value}"] += count
+    ok = pl.col("ref_status") == "ok"
+    if same_tokens:
+        differ = ok & (pl.col("n_tokens") != pl.col("ref_n_tokens"))
+        reasons["reference scored other tokens"] = int(joined.select(differ.sum()).item())
+        score = pl.col("loss") - pl.col("ref_loss")
+    else:
+        differ = ok & (pl.col("n_bytes") != pl.col("ref_n_bytes"))
+        reasons["reference scored other bytes"] = int(joined.select(differ.sum()).item())
+        score = _bpb("nll_sum", "n_bytes") - _bpb("ref_nll_sum", "ref_n_bytes")
+    joined = joined.filter(ok & ~differ).select("_row", "group", "loss", score.cast(pl.Float32).alias(SCORE_COLUMN))
+    excluded = _merge(excluded, reasons)
+    return _finite(excluded, joined, cfg), joined.filter(_keep(cfg)), NATS if same_tokens else BITS_PER_BYTE
+
+
+def _bpb(nll_sum: str, n_bytes: str) -> pl.Expr:
+    """Bits per byte; NaN where nothing was scored (excluded as not finite)."""
+    return (pl.col(nll_sum) / (pl.col(n_bytes).cast(pl.Float64) * math.log(2))).cast(pl.Float32)
+
+
+def _keep(cfg: SelectConfig) -> pl.Expr:
+    """Rows that may be ranked: a finite score and, for IFD, below ``max_ifd``."""
+    keep = pl.col(SCORE_COLUMN).is_finite()
+    if cfg.score == "ifd" and math.isfinite(cfg.max_ifd):
+        keep = keep & (pl.col(SCORE_COLUMN) < cfg.max_ifd)
+    return keep
+
+
+def _finite(excluded: dict[str, int], frame: pl.DataFrame, cfg: SelectConfig) -> dict[str, int]:
+    """``excluded`` plus the rows :func:`_keep` drops, by reason."""
+    col = pl.col(SCORE_COLUMN)
+    not_finite = col.is_null() | ~col.is_finite()
+    reasons = {f"{cfg.score} not finite": not_finite.sum()}
+    if cfg.score == "ifd" and math.isfinite(cfg.max_ifd):
+        reasons[f"ifd >= {cfg.max_ifd:g} (the prompt does not help)"] = (~not_finite & (col >= cfg.max_ifd)).sum()
+    counts = frame.select(**reasons).row(0, named=True)
+    return _merge(excluded, counts)
+
+
+def _merge(excluded: dict[str, int], more: dict[str, int]) -> dict[str, int]:
+    out = Counter(excluded)
+    out.update({k: int(v) for k, v in more.items() if v})
+    return dict(sorted(out.items()))
+
+
+def _require(parts: ScoreParts, dirs: list[str], column: str, fix: str) -> None:
+    if column not in parts.common_columns:
+        raise HardfocusError(f"the scores in {', '.join(dirs)} have no '{column}' column in every part: {fix}")
+
+
+def _check_same_inputs(parts: ScoreParts, reference: ScoreParts, cfg: SelectConfig) -> None:
+    """The reference must score the very same shards, row for row; ids are joined on, so they must be unique."""
+    def shards(p: ScoreParts) -> dict[str, int]:
+        return {s.rel: s.rows for m in p.manifests for s in m.shards}
+
+    ours, theirs = shards(parts), shards(reference)
+    if ours != theirs or sum(parts.rows) != sum(reference.rows):
+        only = sorted(set(ours) ^ set(theirs))
+        rows = sorted(k for k in set(ours) & set(theirs) if ours[k] != theirs[k])
+        raise HardfocusError(
+            f"the reference scores ({', '.join(cfg.reference)}) are not of the same inputs as {', '.join(cfg.scores)}: "
+            + (f"shards on one side only (e.g. {only[0]}); " if only else "")
+            + (f"different row counts (e.g. {rows[0]}: {ours[rows[0]]} vs {theirs[rows[0]]}); " if rows else "")
+            + f"{sum(parts.rows)} vs {sum(reference.rows)} rows. Score the reference model on the same inputs"
+        )
+    for dirs, p in ((cfg.scores, parts), (cfg.reference, reference)):
+        if any(m.duplicate_ids for m in p.manifests):
+            raise HardfocusError(
+                f"{', '.join(dirs)} hold duplicate sample ids: excess loss joins on sample_id, which must be unique"
+            )
+
+
+def _read_reference(reference: ScoreParts, values: list[str]) -> pl.DataFrame:
+    """``sample_id``, ``ref_status``, ``ref_loss`` and ``ref_<value>`` of every reference row."""
+    columns = ["sample_id", "status", "loss", *values]
+    tables = list(prefetched(lambda index: reference.read_part(index, columns), range(len(reference.urls))))
+    frame = pl.from_arrow(pa.concat_tables(tables))
+    return frame.rename({c: f"ref_{c}" for c in columns if c != "sample_id"})
