@@ -6,13 +6,14 @@ import functools
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
+import typer.core
 
-from pipelines.config import build_eval_config, build_score_config, build_select_config, build_train_config
 from pipelines.demo_corpus import CorpusKind, build_demo_corpus
 from pipelines.evaluate import EVAL_FILE, evaluate
+from pipelines.flags import config_command
 from pipelines.labels import format_band_labels
 from pipelines.run import check_stage_range, run_pipeline
 from pipelines.run_config import STAGES, load_run_config
@@ -27,7 +28,23 @@ from training.config import EvalConfig
 from training.evaluate import comparison_table
 from training.job import train_summary_line
 
+
+class FullSummaries(typer.core.TyperGroup):
+    """``hardfocus --help`` lists each command with its whole first paragraph, wrapped, not cut at 45 characters."""
+
+    def format_commands(self, ctx, formatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.short_help or " ".join((command.help or "").split("\n\n")[0].split())))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
 app = typer.Typer(
+    cls=FullSummaries,
     help="Hard-sample selection and IR-DRO reweighting for light continual training of LLMs (arXiv 2402.14270).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -35,6 +52,14 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 log = logging.getLogger("hardfocus")
+Stage = Literal[tuple(STAGES)]  # typer lists the choices in the help and refuses others
+# option spellings other than --field-name; every other flag comes from its config field (pipelines/flags.py)
+CLI_NAMES = {
+    "output": ("--output", "-o"),
+    "add_special_tokens": ("--add-special-tokens/--no-special-tokens",),
+    "keep_input_ids": ("--keep-input-ids/--no-input-ids",),
+    "per_group": ("--per-group/--global",),
+}
 
 
 @app.callback()
@@ -62,77 +87,24 @@ def user_errors(fn):
     return wrapper
 
 
-def flag(model: type, name: str, *decls: str):
-    """A typer option whose help is the config field's description and default: one source for both."""
-    field = model.model_fields[name]
-    default = "required" if field.is_required() else field.default
-    suffix = "" if default is None else f"  [default: {default}]"  # a None default is explained in the description
-    return typer.Option(*decls, help=f"{field.description or ''}{suffix}".strip())
-
-
 def _show_progress() -> bool:
     return logging.getLogger().level <= logging.INFO
 
 
 @app.command("score")
 @user_errors
-def score_command(
-    inputs: Annotated[Optional[list[str]], typer.Argument(help=ScoreConfig.model_fields["inputs"].description, show_default=False)] = None,
-    output: Annotated[Optional[str], flag(ScoreConfig, "output", "--output", "-o")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML file; its [score] table sets defaults for every flag")] = None,
-    format: Annotated[Optional[str], flag(ScoreConfig, "format")] = None,
-    text_column: Annotated[Optional[str], flag(ScoreConfig, "text_column")] = None,
-    prompt_column: Annotated[Optional[str], flag(ScoreConfig, "prompt_column")] = None,
-    response_column: Annotated[Optional[str], flag(ScoreConfig, "response_column")] = None,
-    system_column: Annotated[Optional[str], flag(ScoreConfig, "system_column")] = None,
-    messages_column: Annotated[Optional[str], flag(ScoreConfig, "messages_column")] = None,
-    chat_template: Annotated[Optional[str], flag(ScoreConfig, "chat_template")] = None,
-    id_column: Annotated[Optional[str], flag(ScoreConfig, "id_column")] = None,
-    group_column: Annotated[Optional[str], flag(ScoreConfig, "group_column")] = None,
-    model: Annotated[Optional[str], flag(ScoreConfig, "model")] = None,
-    dtype: Annotated[Optional[str], flag(ScoreConfig, "dtype")] = None,
-    device: Annotated[Optional[str], flag(ScoreConfig, "device")] = None,
-    max_tokens: Annotated[Optional[int], flag(ScoreConfig, "max_tokens")] = None,
-    add_special_tokens: Annotated[Optional[bool], flag(ScoreConfig, "add_special_tokens", "--add-special-tokens/--no-special-tokens")] = None,
-    token_budget: Annotated[Optional[int], flag(ScoreConfig, "token_budget")] = None,
-    chunk_tokens: Annotated[Optional[int], flag(ScoreConfig, "chunk_tokens")] = None,
-    compile: Annotated[Optional[str], flag(ScoreConfig, "compile")] = None,
-    rows_per_unit: Annotated[Optional[int], flag(ScoreConfig, "rows_per_unit")] = None,
-    keep_input_ids: Annotated[Optional[bool], flag(ScoreConfig, "keep_input_ids", "--keep-input-ids/--no-input-ids")] = None,
-    on_error: Annotated[Optional[str], flag(ScoreConfig, "on_error")] = None,
-    executor: Annotated[Optional[str], flag(ScoreConfig, "executor")] = None,
-    ray_address: Annotated[Optional[str], flag(ScoreConfig, "ray_address")] = None,
-    actors: Annotated[Optional[int], flag(ScoreConfig, "actors")] = None,
-    cpus_per_actor: Annotated[Optional[float], flag(ScoreConfig, "cpus_per_actor")] = None,
-    gpus_per_actor: Annotated[Optional[float], flag(ScoreConfig, "gpus_per_actor")] = None,
-    torch_threads: Annotated[Optional[int], flag(ScoreConfig, "torch_threads")] = None,
-    overwrite: Annotated[Optional[bool], flag(ScoreConfig, "overwrite", "--overwrite")] = None,
-) -> None:
+@config_command(ScoreConfig, "score", positional="inputs", names=CLI_NAMES)
+def score_command(cfg: ScoreConfig) -> None:
     """Run the base model over the shards and write one row per input row: loss, tokens, status."""
-    overrides = {k: v for k, v in locals().items() if k != "config"}
-    cfg = build_score_config(config, overrides)
     result = score(cfg, progress=_show_progress())
     typer.echo(scores_summary_line(result))
 
 
 @app.command("select")
 @user_errors
-def select_command(
-    scores: Annotated[Optional[list[str]], typer.Argument(help=SelectConfig.model_fields["scores"].description, show_default=False)] = None,
-    output: Annotated[Optional[str], flag(SelectConfig, "output", "--output", "-o")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML file; its [select] table sets defaults for every flag")] = None,
-    drop_top: Annotated[Optional[float], flag(SelectConfig, "drop_top")] = None,
-    keep: Annotated[Optional[float], flag(SelectConfig, "keep")] = None,
-    per_group: Annotated[Optional[bool], flag(SelectConfig, "per_group", "--per-group/--global")] = None,
-    weighting: Annotated[Optional[str], flag(SelectConfig, "weighting")] = None,
-    temperature: Annotated[Optional[float], flag(SelectConfig, "temperature")] = None,
-    max_weight: Annotated[Optional[float], flag(SelectConfig, "max_weight")] = None,
-    report: Annotated[Optional[bool], flag(SelectConfig, "report", "--report/--no-report")] = None,
-    overwrite: Annotated[Optional[bool], flag(SelectConfig, "overwrite", "--overwrite")] = None,
-) -> None:
+@config_command(SelectConfig, "select", positional="scores", names=CLI_NAMES)
+def select_command(cfg: SelectConfig) -> None:
     """Keep the moderately-high-loss band (drop the highest-loss noise) and compute IR-DRO weights."""
-    overrides = {k: v for k, v in locals().items() if k != "config"}
-    cfg = build_select_config(config, overrides)
     result = select(cfg, progress=_show_progress())
     typer.echo(summary_text(result.summary, result.output))
 
@@ -150,77 +122,18 @@ def report_command(
 
 @app.command("train")
 @user_errors
-def train_command(
-    data: Annotated[Optional[list[str]], typer.Argument(help=TrainConfig.model_fields["data"].description, show_default=False)] = None,
-    output: Annotated[Optional[str], flag(TrainConfig, "output", "--output", "-o")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML file; its [train] table sets defaults for every flag")] = None,
-    model: Annotated[Optional[str], flag(TrainConfig, "model")] = None,
-    weighting: Annotated[Optional[str], flag(TrainConfig, "weighting")] = None,
-    online_method: Annotated[Optional[str], flag(TrainConfig, "online_method")] = None,
-    temperature: Annotated[Optional[float], flag(TrainConfig, "temperature")] = None,
-    online_window: Annotated[Optional[int], flag(TrainConfig, "online_window")] = None,
-    online_drop_top: Annotated[Optional[float], flag(TrainConfig, "online_drop_top")] = None,
-    max_steps: Annotated[Optional[int], flag(TrainConfig, "max_steps")] = None,
-    batch_size: Annotated[Optional[int], flag(TrainConfig, "batch_size")] = None,
-    gradient_accumulation_steps: Annotated[Optional[int], flag(TrainConfig, "gradient_accumulation_steps")] = None,
-    max_seq_len: Annotated[Optional[int], flag(TrainConfig, "max_seq_len")] = None,
-    optim: Annotated[Optional[str], flag(TrainConfig, "optim")] = None,
-    learning_rate: Annotated[Optional[float], flag(TrainConfig, "learning_rate")] = None,
-    lr_scheduler: Annotated[Optional[str], flag(TrainConfig, "lr_scheduler")] = None,
-    warmup_ratio: Annotated[Optional[float], flag(TrainConfig, "warmup_ratio")] = None,
-    weight_decay: Annotated[Optional[float], flag(TrainConfig, "weight_decay")] = None,
-    max_grad_norm: Annotated[Optional[float], flag(TrainConfig, "max_grad_norm")] = None,
-    seed: Annotated[Optional[int], flag(TrainConfig, "seed")] = None,
-    precision: Annotated[Optional[str], flag(TrainConfig, "precision")] = None,
-    logging_steps: Annotated[Optional[int], flag(TrainConfig, "logging_steps")] = None,
-    save_steps: Annotated[Optional[int], flag(TrainConfig, "save_steps")] = None,
-    save_total_limit: Annotated[Optional[int], flag(TrainConfig, "save_total_limit")] = None,
-    eval_data: Annotated[Optional[list[str]], flag(TrainConfig, "eval_data")] = None,
-    eval_steps: Annotated[Optional[int], flag(TrainConfig, "eval_steps")] = None,
-    resume: Annotated[Optional[str], flag(TrainConfig, "resume")] = None,
-    overwrite: Annotated[Optional[bool], flag(TrainConfig, "overwrite", "--overwrite")] = None,
-    ray_workers: Annotated[Optional[int], flag(TrainConfig, "ray_workers")] = None,
-    cpus_per_worker: Annotated[Optional[float], flag(TrainConfig, "cpus_per_worker")] = None,
-    use_gpu: Annotated[Optional[bool], flag(TrainConfig, "use_gpu", "--use-gpu")] = None,
-    ray_address: Annotated[Optional[str], flag(TrainConfig, "ray_address")] = None,
-    format: Annotated[Optional[str], flag(TrainConfig, "format")] = None,
-    text_column: Annotated[Optional[str], flag(TrainConfig, "text_column")] = None,
-    prompt_column: Annotated[Optional[str], flag(TrainConfig, "prompt_column")] = None,
-    response_column: Annotated[Optional[str], flag(TrainConfig, "response_column")] = None,
-    system_column: Annotated[Optional[str], flag(TrainConfig, "system_column")] = None,
-    messages_column: Annotated[Optional[str], flag(TrainConfig, "messages_column")] = None,
-    chat_template: Annotated[Optional[str], flag(TrainConfig, "chat_template")] = None,
-    group_column: Annotated[Optional[str], flag(TrainConfig, "group_column")] = None,
-) -> None:
+@config_command(TrainConfig, "train", positional="data", names=CLI_NAMES)
+def train_command(cfg: TrainConfig) -> None:
     """Continual training on selected/ shards with static and/or online IR-DRO weights (HF Trainer, or Ray Train)."""
-    overrides = {k: v for k, v in locals().items() if k != "config"}
-    cfg = build_train_config(config, overrides)
     result = run_train(cfg, progress=_show_progress())
     typer.echo(train_summary_line(result))
 
 
 @app.command("eval")
 @user_errors
-def eval_command(
-    model: Annotated[Optional[list[str]], flag(EvalConfig, "models", "--model", "-m")] = None,
-    data: Annotated[Optional[list[str]], flag(EvalConfig, "data", "--data", "-d")] = None,
-    output: Annotated[Optional[str], flag(EvalConfig, "output", "--output", "-o")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML file; its [eval] table sets defaults for every flag")] = None,
-    format: Annotated[Optional[str], flag(EvalConfig, "format")] = None,
-    text_column: Annotated[Optional[str], flag(EvalConfig, "text_column")] = None,
-    prompt_column: Annotated[Optional[str], flag(EvalConfig, "prompt_column")] = None,
-    response_column: Annotated[Optional[str], flag(EvalConfig, "response_column")] = None,
-    system_column: Annotated[Optional[str], flag(EvalConfig, "system_column")] = None,
-    messages_column: Annotated[Optional[str], flag(EvalConfig, "messages_column")] = None,
-    chat_template: Annotated[Optional[str], flag(EvalConfig, "chat_template")] = None,
-    group_column: Annotated[Optional[str], flag(EvalConfig, "group_column")] = None,
-    max_tokens: Annotated[Optional[int], flag(EvalConfig, "max_tokens")] = None,
-    dtype: Annotated[Optional[str], flag(EvalConfig, "dtype")] = None,
-    executor: Annotated[Optional[str], flag(EvalConfig, "executor")] = None,
-) -> None:
+@config_command(EvalConfig, "eval", names=CLI_NAMES | {"models": ("--model", "-m"), "data": ("--data", "-d")})
+def eval_command(cfg: EvalConfig) -> None:
     """Held-out loss and perplexity per group, several models side by side (e.g. base vs trained)."""
-    overrides = {k: v for k, v in locals().items() if k not in ("config", "model")} | {"models": model}
-    cfg = build_eval_config(config, overrides)
     results = evaluate(cfg, progress=_show_progress())
     typer.echo(comparison_table(results))
     typer.echo(f"held-out evaluation: {Path(cfg.output) / EVAL_FILE}")
@@ -231,8 +144,8 @@ def eval_command(
 def run_command(
     config: Annotated[Path, typer.Argument(help="TOML with [run] (workdir, data, heldout, model) and [score] [select] [train] [eval]")],
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override one key: TABLE.KEY=VALUE (repeatable)")] = None,
-    from_: Annotated[str, typer.Option("--from", help=f"first stage to run: {', '.join(STAGES)}")] = "score",
-    until: Annotated[str, typer.Option("--until", help="last stage to run")] = "eval",
+    from_: Annotated[Stage, typer.Option("--from", help="first stage to run")] = "score",
+    until: Annotated[Stage, typer.Option("--until", help="last stage to run")] = "eval",
 ) -> None:
     """score -> select -> train -> eval from one config; stages whose inputs and parameters are unchanged are skipped."""
     check_stage_range(from_, until)  # before loading anything

@@ -6,8 +6,12 @@ keys, ``[train]`` :class:`training.TrainConfig` keys and ``[eval]`` :class:`trai
 
 from __future__ import annotations
 
+import difflib
 import tomllib
+import types
+import typing
 from pathlib import Path
+from typing import Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -45,46 +49,75 @@ def load_tables(path: str | Path | None) -> StageTables:
     try:
         return StageTables.model_validate(raw)
     except ValidationError as exc:
-        raise HardfocusError(f"config file '{path}': {_describe(exc)}") from None
+        raise HardfocusError(f"config file '{path}': {describe(exc, StageTables)}") from None
 
 
 def build_score_config(config_file: str | Path | None, overrides: dict) -> ScoreConfig:
     """``[score]`` of the config file, with the flags that were given on top."""
-    return _build("score", ScoreConfig, config_file, overrides)
+    return build_config("score", ScoreConfig, config_file, overrides)
 
 
 def build_select_config(config_file: str | Path | None, overrides: dict) -> SelectConfig:
     """``[select]`` of the config file, with the flags that were given on top."""
-    return _build("select", SelectConfig, config_file, overrides)
+    return build_config("select", SelectConfig, config_file, overrides)
 
 
 def build_train_config(config_file: str | Path | None, overrides: dict) -> TrainConfig:
     """``[train]`` of the config file, with the flags that were given on top."""
-    return _build("train", TrainConfig, config_file, overrides)
+    return build_config("train", TrainConfig, config_file, overrides)
 
 
 def build_eval_config(config_file: str | Path | None, overrides: dict) -> EvalConfig:
     """``[eval]`` of the config file, with the flags that were given on top."""
-    return _build("eval", EvalConfig, config_file, overrides)
+    return build_config("eval", EvalConfig, config_file, overrides)
 
 
-def _build(stage: str, model: type[BaseModel], config_file: str | Path | None, overrides: dict):
-    values = getattr(load_tables(config_file), stage) | {k: v for k, v in overrides.items() if v is not None}
+def build_config(table: str, model: type[BaseModel], config_file: str | Path | None, overrides: dict):
+    """``model`` from the config file's ``[table]``, with the overrides that are not None (= flags given) on top."""
+    values = getattr(load_tables(config_file), table) | {k: v for k, v in overrides.items() if v is not None}
     try:
         return model.model_validate(values)
     except ValidationError as exc:
-        where = f"config file '{config_file}' [{stage}] with flags" if config_file else f"{stage} flags"
-        raise HardfocusError(f"{where}: {_describe(exc)}") from None
+        where = f"config file '{config_file}' [{table}] with flags" if config_file else f"{table} flags"
+        raise HardfocusError(f"{where}: {describe(exc, model)}") from None
 
 
-def _describe(exc: ValidationError) -> str:
+def parse_toml_value(text: str):
+    """``text`` read as a TOML value (``0.5``, ``true``, ``["a", "b"]``), else the string itself."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def did_you_mean(name: str, known) -> str:
+    """`` (did you mean 'temperature'?)`` for a misspelt key, else nothing."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def describe(exc: ValidationError, model: type[BaseModel]) -> str:
+    """The errors of validating ``model`` in one line, each naming its key; a misspelt key gets a suggestion."""
     parts = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
-            parts.append(f"unknown key '{key}'")
+            parts.append(f"unknown key '{key}'{did_you_mean(str(err['loc'][-1]), _known_keys(model, err['loc']))}")
         elif err["type"] == "missing":
             parts.append(f"'{key}' is required (--{key.replace('_', '-')})")
         else:
             parts.append(f"'{key}': {err['msg']}")
     return "; ".join(parts)
+
+
+def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys allowed beside the last part of ``loc``, following nested models (``run.tempreature``)."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        inner = field.annotation if field else None
+        if typing.get_origin(inner) in (Union, types.UnionType):
+            inner = next((a for a in typing.get_args(inner) if a is not type(None)), None)
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            return []
+        model = inner
+    return list(model.model_fields)

@@ -7,11 +7,14 @@ unchanged and whose completion marker exists (``selected/summary.json``,
 ``model/train_manifest.json``, ``eval/eval.json``) and redoes the others: a changed temperature
 reruns selection, training and evaluation, not scoring. Scoring is always called: it is resumable
 and a no-op when complete, and it checks the inputs itself.
+
+The workdir may be on an object store (``s3://...``): the state file and the markers are read and
+written through fsspec, training publishes model/ there (:mod:`training.store`) and evaluation
+downloads it back.
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
@@ -19,9 +22,9 @@ import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 
 import polars as pl
+from fsspec.core import url_to_fs
 from pydantic import BaseModel
 
 from pipelines.evaluate import EVAL_FILE, evaluate
@@ -31,6 +34,7 @@ from pipelines.train import run_train
 from scoring import ScoreManifest, score
 from scoring.errors import HardfocusError
 from scoring.output import SCORES_MANIFEST_FILE
+from scoring.sources import fs_url
 from selection import select
 from selection.schema import SUMMARY_FILE
 from selection.summary import SelectionSummary
@@ -64,10 +68,10 @@ class _Stage:
     name: str
     config: BaseModel | None  # None: nothing to do (evaluation without held-out data)
     key_params: dict
-    marker: Path | None
+    marker: str | None  # a path or URL
     run: Callable[[bool], object]
     upstream: Callable[[], object] | None = None  # more key material, read once the stage is done (scoring's manifest)
-    requires: tuple[Path, str] | None = None  # a finished upstream output it needs, and the error if it is missing
+    requires: tuple[str, str] | None = None  # a finished upstream output it needs, and the error if it is missing
 
 
 def check_stage_range(start: str, until: str) -> list[str]:
@@ -82,11 +86,11 @@ def check_stage_range(start: str, until: str) -> list[str]:
 
 def run_pipeline(cfg: RunConfig, start: str = "score", until: str = "eval", progress: bool = True) -> RunResult:
     selected = check_stage_range(start, until)
-    state_path = Path(cfg.run.workdir) / STATE_FILE
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    state_path = posixpath.join(cfg.run.workdir, STATE_FILE)
+    state = json.loads(_read(state_path)) if _exists(state_path) else {}
     result = RunResult(workdir=cfg.run.workdir)
     score_cfg, select_cfg, train_cfg, eval_cfg = cfg.score_config(), cfg.select_config(), cfg.train_config(), cfg.eval_config()
-    summary, train_done = Path(select_cfg.output) / SUMMARY_FILE, Path(train_cfg.output) / TRAIN_MANIFEST_FILE
+    summary, train_done = posixpath.join(select_cfg.output, SUMMARY_FILE), posixpath.join(train_cfg.output, TRAIN_MANIFEST_FILE)
 
     def run_eval(replace: bool) -> None:
         result.evaluation = evaluate(eval_cfg, progress=progress)
@@ -102,7 +106,7 @@ def run_pipeline(cfg: RunConfig, start: str = "score", until: str = "eval", prog
                lambda replace: select(select_cfg.model_copy(update={"overwrite": True}), progress=progress)),
         _Stage("train", train_cfg, train_cfg.model_dump(exclude={"overwrite", "resume"}), train_done, run_train_stage,
                requires=(summary, f"'{select_cfg.output}' has no finished selection: run the select stage first")),
-        _Stage("eval", eval_cfg, eval_cfg.model_dump() if eval_cfg else {}, eval_cfg and Path(eval_cfg.output) / EVAL_FILE,
+        _Stage("eval", eval_cfg, eval_cfg.model_dump() if eval_cfg else {}, eval_cfg and posixpath.join(eval_cfg.output, EVAL_FILE),
                run_eval, requires=(train_done, f"'{train_cfg.output}' holds no finished training run: run the train stage first")),
     ]
     upstream = None
@@ -110,13 +114,13 @@ def run_pipeline(cfg: RunConfig, start: str = "score", until: str = "eval", prog
         if stage.name in selected and stage.config is None:
             log.info("no held-out data in [run] heldout: evaluation skipped")
             break
-        if stage.name in selected and stage.requires and not stage.requires[0].exists():
+        if stage.name in selected and stage.requires and not _exists(stage.requires[0]):
             raise HardfocusError(stage.requires[1])
         key_of = partial(_key, stage.key_params)
         if stage.name not in selected:
             upstream = key_of(stage.upstream() if stage.upstream else upstream)
             continue
-        if stage.marker is not None and state.get(stage.name) == key_of(upstream) and stage.marker.exists():
+        if stage.marker is not None and state.get(stage.name) == key_of(upstream) and _exists(stage.marker):
             log.info("== %s is up to date: skipped", stage.name)
             result.skipped.append(stage.name)
             upstream = key_of(upstream)
@@ -128,16 +132,15 @@ def run_pipeline(cfg: RunConfig, start: str = "score", until: str = "eval", prog
             result.skipped.append(stage.name)  # scoring found everything done, as the state says
         else:
             state[stage.name] = key
-            state_path.parent.mkdir(parents=True, exist_ok=True)
-            state_path.write_text(json.dumps(state, indent=2))
+            _write(state_path, json.dumps(state, indent=2))
             result.ran.append(stage.name)
         upstream = key
-    if summary.exists():
-        result.selection = SelectionSummary.model_validate_json(summary.read_text())
+    if _exists(summary):
+        result.selection = SelectionSummary.model_validate_json(_read(summary))
         if cfg.run.label_column:
             result.band_labels = band_labels(
                 cfg.run.data, cfg.run.columns(), cfg.run.label_column,
-                sorted(glob.glob(f"{score_cfg.output}/part-*.parquet")), sorted(glob.glob(f"{select_cfg.output}/part-*.parquet")),
+                _parts(score_cfg.output), _parts(select_cfg.output),
                 select_cfg.per_group,
             )
     if "eval" in result.skipped:
@@ -152,16 +155,40 @@ def _key(params: dict, upstream) -> str:
 
 def _scores_identity(output: str) -> dict:
     manifest_path = posixpath.join(output, SCORES_MANIFEST_FILE)
-    if not Path(manifest_path).exists():
+    if not _exists(manifest_path):
         raise HardfocusError(f"'{output}' holds no finished scores: run the score stage first")
-    m = ScoreManifest.model_validate_json(Path(manifest_path).read_text())
+    m = ScoreManifest.model_validate_json(_read(manifest_path))
     return {"model": m.model_fingerprint, "tokenizer": m.tokenizer_fingerprint, "shards": [s.model_dump() for s in m.shards]}
 
 
-def _load_evaluation(eval_file: Path) -> list[ModelEval]:
+def _load_evaluation(eval_file: str) -> list[ModelEval]:
     out = []
-    for m in json.loads(eval_file.read_text())["models"]:
+    for m in json.loads(_read(eval_file))["models"]:
         rows = [{"group": g, **v} for g, v in m["groups"].items()]
         table = pl.DataFrame(rows).select("group", "docs", "tokens", "loss", "perplexity", "mean_loss")
         out.append(ModelEval(name=m["name"], model=m["model"], scores=m["scores"], table=table, not_ok=m["rows_not_ok"]))
     return out
+
+
+# the workdir's files, locally or on an object store (s3fs caches listings: other processes write there)
+def _exists(path: str) -> bool:
+    fs, p = url_to_fs(path)
+    fs.invalidate_cache(posixpath.dirname(p))
+    return fs.exists(p)
+
+
+def _read(path: str) -> str:
+    fs, p = url_to_fs(path)
+    return fs.cat_file(p).decode()
+
+
+def _write(path: str, text: str) -> None:
+    fs, p = url_to_fs(path)
+    fs.makedirs(posixpath.dirname(p), exist_ok=True)
+    fs.pipe_file(p, text.encode())
+
+
+def _parts(directory: str) -> list[str]:
+    fs, root = url_to_fs(directory)
+    fs.invalidate_cache(root)
+    return sorted(fs_url(fs, p) for p in fs.glob(posixpath.join(root, "part-*.parquet")))

@@ -9,12 +9,12 @@ Unknown tables and keys are errors that name them.
 
 from __future__ import annotations
 
-import tomllib
+import re
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pipelines.config import _describe, read_toml
+from pipelines.config import describe, did_you_mean, parse_toml_value, read_toml
 from scoring import HardfocusError, ScoreConfig
 from scoring.config import SampleFormat
 from selection import SelectConfig
@@ -49,14 +49,18 @@ class RunSection(SampleFormat):
 
     @field_validator("workdir")
     @classmethod
-    def _local_workdir(cls, value: str) -> str:
-        if "://" in value:  # pathlib would turn s3://b/w into a local directory s3:/b/w
-            raise ValueError(
-                f"'{value}' is a URL: the workdir holds model/, a checkpoint written with save_pretrained, and must be "
-                "a local (or mounted shared) directory; [run] data and heldout may be on an object store, and "
-                "`hardfocus score` / `select` may write to one"
-            )
+    def _workdir(cls, value: str) -> str:
+        """A local directory or a URL (``s3://bucket/work``); ``s3:/b/w`` would become a local directory ``s3:``."""
+        if re.match(r"[a-z][a-z0-9+.-]*:/(?!/)", value):
+            raise ValueError(f"'{value}' looks like a URL missing a '/': write it as scheme://bucket/path")
         return value
+
+
+class _Url(str):
+    """A workdir URL (``s3://bucket/work``) that joins like a Path: ``workdir / "scores"``."""
+
+    def __truediv__(self, name: str) -> _Url:
+        return _Url(f"{self.rstrip('/')}/{name}")
 
 
 class RunConfig(BaseModel):
@@ -69,8 +73,9 @@ class RunConfig(BaseModel):
     eval: dict = {}
 
     @property
-    def workdir(self) -> Path:
-        return Path(self.run.workdir)
+    def workdir(self) -> Path | _Url:
+        """The workdir, joined with ``/``: a Path, or a URL on an object store (pathlib would turn s3://b into s3:/b)."""
+        return _Url(self.run.workdir) if "://" in self.run.workdir else Path(self.run.workdir)
 
     def score_config(self) -> ScoreConfig:
         r = self.run
@@ -102,7 +107,7 @@ def _stage(config_type: type[BaseModel], table: str, values: dict, **derived):
     try:
         return config_type.model_validate(values | derived)
     except ValidationError as exc:
-        raise HardfocusError(f"[{table}]: {_describe(exc)}") from None
+        raise HardfocusError(f"[{table}]: {describe(exc, config_type)}") from None
 
 
 def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
@@ -114,19 +119,14 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
         if not sep or not dot or not name:
             raise HardfocusError(f"--set '{item}': expected TABLE.KEY=VALUE, e.g. select.temperature=0.5")
         if table not in {"run", *STAGES}:
-            raise HardfocusError(f"--set '{item}': unknown table '{table}' (run, {', '.join(STAGES)})")
-        raw.setdefault(table, {})[name] = _parse_value(value)
+            raise HardfocusError(
+                f"--set '{item}': unknown table '{table}'{did_you_mean(table, ['run', *STAGES])} (run, {', '.join(STAGES)})"
+            )
+        raw.setdefault(table, {})[name] = parse_toml_value(value)
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise HardfocusError(f"config file '{path}': {_describe(exc)}") from None
+        raise HardfocusError(f"config file '{path}': {describe(exc, RunConfig)}") from None
     # validate every stage table now, so a typo in [eval] fails before hours of scoring and training
     cfg.score_config(), cfg.select_config(), cfg.train_config(), cfg.eval_config()
     return cfg
-
-
-def _parse_value(text: str):
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text

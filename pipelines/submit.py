@@ -99,10 +99,28 @@ def _carry_relative_template(value: str, config: str, workdir: Path) -> None:
 
 def submit(address: str, args: list[str], wait: bool = True, echo: Callable[[str], None] = print) -> int:
     """Submit ``hardfocus <args>`` to the cluster at ``address`` (its dashboard); returns the job's exit status."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.exceptions import AuthenticationError
 
     if not args:
         raise HardfocusError("nothing to submit: give a stage and its arguments, e.g. `submit --address URL run demo.toml`")
+    try:
+        return _submit(address, args, wait, echo)
+    except AuthenticationError as exc:  # any request of the SDK may raise it; Ray's own text is a screenful
+        raise HardfocusError(auth_hint(address, exc.message)) from None
+
+
+def auth_hint(address: str, message: str) -> str:
+    """One line for a cluster that refused us: what it said (its first line) and the setting that sends the token."""
+    said = message.strip().splitlines()[0] if message.strip() else "authentication failed"
+    return (
+        f"the Ray cluster at {address} refused the request ({said}); it uses token authentication: set "
+        "RAY_AUTH_MODE=token and provide the cluster's token (~/.ray/auth_token, $RAY_AUTH_TOKEN_PATH or $RAY_AUTH_TOKEN)"
+    )
+
+
+def _submit(address: str, args: list[str], wait: bool, echo: Callable[[str], None]) -> int:
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
     try:
         client = JobSubmissionClient(address)
     except (ConnectionError, RuntimeError, ValueError) as exc:

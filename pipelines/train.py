@@ -23,6 +23,7 @@ from scoring.sources import Columns, find_shards, read_shard
 from scoring.tokenize import tokenize_block
 from training import TrainConfig, TrainResult, train
 from training.job import TOKENIZED_DIR
+from training.store import local_output
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def _as_token_dir(path: str, cfg: TrainConfig, model_path: str, role: str) -> st
     if is_stage_dir(path):
         return path
     index = (cfg.data if role == "train" else cfg.eval_data).index(path)
-    out = Path(cfg.output) / TOKENIZED_DIR / f"{role}-{index}"
+    out = Path(local_output(cfg.output)) / TOKENIZED_DIR / f"{role}-{index}"  # beside the staging run of an s3:// output
     identity = {"inputs": path, "group_column": cfg.group_column, "model_path": model_path,
                 "max_tokens": cfg.max_seq_len, **_format_identity(cfg)}
     marker = out / "tokenized.json"

@@ -47,6 +47,32 @@ def test_config_errors_name_the_key(tmp_path, toml, message):
         build_score_config(cfg_file, {})
 
 
+def test_a_misspelt_key_gets_a_suggestion(tmp_path):
+    from pipelines.config import build_select_config
+    from pipelines.run_config import load_run_config
+
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text('[select]\nscores = ["s"]\noutput = "o"\ntempreature = 0.5\n')
+    with pytest.raises(HardfocusError, match=r"unknown key 'tempreature' \(did you mean 'temperature'\?\)"):
+        build_select_config(cfg_file, {})
+    cfg_file.write_text('[scoring]\nx = 1\n')
+    with pytest.raises(HardfocusError, match=r"unknown key 'scoring' \(did you mean 'score'\?\)"):
+        build_select_config(cfg_file, {})
+    cfg_file.write_text('[select]\nzzz = 1\n')  # nothing close: no guess
+    with pytest.raises(HardfocusError, match=r"unknown key 'zzz'$"):
+        build_select_config(cfg_file, {"scores": ["s"], "output": "o"})
+
+    run_file = tmp_path / "run.toml"
+    run_file.write_text(f'[run]\nworkdir = "{tmp_path}/w"\ndata = ["d"]\n')
+    for override, message in [
+        ("select.tempreature=0.5", r"\[select\]: unknown key 'tempreature' \(did you mean 'temperature'\?\)"),
+        ("run.workdri=x", r"unknown key 'run.workdri' \(did you mean 'workdir'\?\)"),
+        ("sellect.keep=0.2", r"unknown table 'sellect' \(did you mean 'select'\?\)"),
+    ]:
+        with pytest.raises(HardfocusError, match=message):
+            load_run_config(run_file, [override])
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -103,8 +129,8 @@ def test_select_and_report_commands(tmp_path):
     out = tmp_path / "scores-report"
     rep = runner.invoke(app, ["-q", "report", str(tmp_path / "scores"), "-o", str(out)])
     assert rep.exit_code == 0, rep.output
-    assert (out / "report.html").exists() and not (out / "weight_vs_loss.png").exists()  # no selection: no weights
+    assert 'alt="weight vs loss"' not in (out / "report.html").read_text()  # no selection: no weights
     rep = runner.invoke(app, ["-q", "report", str(tmp_path / "scores"), str(tmp_path / "sel"), "-o", str(out)])
-    assert rep.exit_code == 0 and (out / "weight_vs_loss.png").exists()
+    assert rep.exit_code == 0 and 'alt="weight vs loss"' in (out / "report.html").read_text()
     missing = runner.invoke(app, ["report", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "does not exist" in missing.output

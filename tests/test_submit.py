@@ -15,10 +15,12 @@ from tests.scoring.helpers import make_corpus, read_scores
 pytestmark = pytest.mark.ray
 
 
-def hardfocus(*args: str, timeout: int = 400) -> subprocess.CompletedProcess:
+def hardfocus(*args: str, timeout: int = 400, token: bool = True) -> subprocess.CompletedProcess:
     # `ray start` enables token authentication; the SDK sends the token once the client opts in
     env = os.environ | {"RAY_AUTH_MODE": "token", "PYTHONPATH": os.getcwd()}
     env.pop("RAY_ADDRESS", None)
+    if not token:
+        env.pop("RAY_AUTH_MODE")
     return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -30,6 +32,11 @@ def test_submit_a_scoring_job_and_get_its_status(tmp_path, tiny_model_dir):
     port = free_port()
     with ray_head(dashboard_port=port) as (_, cluster_dir):
         url = f"http://127.0.0.1:{port}"
+        refused = hardfocus("submit", "--address", url, "score", str(tmp_path / "in"), "-o", str(tmp_path / "o0"),
+                            token=False)  # the client does not send the token: one line saying what to set
+        assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-3000:]
+        assert "Traceback" not in refused.stderr and "set RAY_AUTH_MODE=token" in refused.stderr.strip().splitlines()[-1]
+        assert not (tmp_path / "o0").exists()
         ok = hardfocus("submit", "--address", url, "score", str(tmp_path / "in"), "-o", str(tmp_path / "scores"),
                        "-c", str(config), "--rows-per-unit", "8")
         assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-3000:]

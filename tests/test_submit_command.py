@@ -1,12 +1,14 @@
 """`hardfocus submit`'s rewriting of the command: config and chat template files travel in the working_dir.
 
 The job runs with the working_dir as its current directory (the cluster test in test_submit.py runs a
-job from a carried config), so a file is usable there when it sits at the name the command or the config uses.
+job from a carried config), so a file is usable there when it sits at the name the command or the config uses. A cluster that refuses
+the client for want of a token gets the one-line hint, not Ray's traceback.
 """
 
 from __future__ import annotations
 
 import pytest
+from ray.exceptions import AuthenticationError
 
 from pipelines.submit import job_command
 from scoring import HardfocusError
@@ -63,3 +65,33 @@ def test_template_paths_that_cannot_travel_are_refused_by_name(here, tmp_path):
     absolute = str(here / "templates" / "chatml.jinja")  # cluster storage: left for the cluster to resolve
     (here / "abs.toml").write_text(f'[score]\nchat_template = "{absolute}"\n')
     assert job_command(["score", "in", "-c", "abs.toml"], tmp_path)[-1].startswith("config-")
+
+
+class _RefusingClient:
+    """A JobSubmissionClient whose cluster wants a token: Ray's own exception, raised where Ray raises it."""
+
+    def __init__(self, address, refuse_in="__init__"):
+        self.refuse_in = refuse_in
+        if refuse_in == "__init__":  # the version check of the constructor
+            raise AuthenticationError("Authentication required: Unauthorized: missing token\n\nRay's many lines of help")
+
+    def submit_job(self, **job):
+        raise AuthenticationError("Authentication failed: Forbidden: invalid token\n\nRay's many lines of help")
+
+
+@pytest.mark.parametrize("refuse_in, said", [
+    ("__init__", "Authentication required: Unauthorized: missing token"),
+    ("submit_job", "Authentication failed: Forbidden: invalid token"),
+])
+def test_a_cluster_that_wants_a_token_gets_one_line_and_exit_2(here, monkeypatch, refuse_in, said):
+    import ray.job_submission
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", lambda address: _RefusingClient(address, refuse_in))
+    result = CliRunner().invoke(app, ["submit", "--address", "http://127.0.0.1:8265", "score", "s3://b/in", "-o", "s3://b/o"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert said in lines[0] and "set RAY_AUTH_MODE=token" in lines[0] and "http://127.0.0.1:8265" in lines[0]

@@ -4,21 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from scoring.config import SampleFormat
 
 Weighting = Literal["none", "static", "online", "static+online"]
-
-
-def local_dir(value: str, why: str) -> str:
-    """Refuse a URL where a local directory is needed: pathlib would turn ``s3://b/x`` into a local ``s3:/b/x``."""
-    if "://" in value:
-        raise ValueError(
-            f"'{value}' is a URL, but {why}: give a local (or mounted shared) directory; the input data may be on an "
-            "object store"
-        )
-    return value
 
 
 class TrainConfig(SampleFormat):
@@ -27,7 +17,10 @@ class TrainConfig(SampleFormat):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     data: list[str] = Field(min_length=1, description="selected/ or scores/ directories (or raw shards, tokenised here)")
-    output: str = Field(description="directory for the trained checkpoint, its checkpoints/ and train_log.jsonl")
+    output: str = Field(
+        description="directory for the trained checkpoint, its checkpoints/ and train_log.jsonl; a URL (s3://...) "
+        "trains in a local staging directory and uploads the finished model there"
+    )
     model: str = Field("smollm2-135m", description="base model: hub id, local checkpoint dir, .gguf file, or 'smollm2-135m'")
     weighting: Weighting = Field(
         "static",
@@ -59,6 +52,10 @@ class TrainConfig(SampleFormat):
     logging_steps: int = Field(10, ge=1, description="log loss and weight statistics every N steps")
     save_steps: int = Field(50, ge=1, description="write a resumable checkpoint every N steps")
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept")
+    keep_checkpoints: bool = Field(
+        False, description="keep checkpoints/ (model + optimizer state, ~12x params bytes each) after the final model "
+        "is written; by default they are removed then, as nothing is left to resume"
+    )
     eval_data: list[str] = Field(default_factory=list, description="held-out selected/ or scores/ directories: loss every eval_steps")
     eval_steps: int | None = Field(None, ge=1, description="evaluate every N steps; default: logging_steps")
     resume: Literal["auto", "never"] = Field("auto", description="auto = continue from the newest checkpoint in output")
@@ -68,11 +65,6 @@ class TrainConfig(SampleFormat):
     use_gpu: bool = Field(False, description="one GPU per Ray Train worker")
     ray_address: str | None = Field(None, description="Ray cluster address; default $RAY_ADDRESS, else a local Ray")
     group_column: str | None = Field(None, description="raw shards only: the group column")
-
-    @field_validator("output")
-    @classmethod
-    def _local_output(cls, value: str) -> str:
-        return local_dir(value, "the trained checkpoint is written with save_pretrained")
 
     @model_validator(mode="after")
     def _window_fits_accumulation(self) -> TrainConfig:
@@ -116,11 +108,6 @@ class EvalConfig(SampleFormat):
     max_tokens: int = Field(1024, ge=2, description="longer documents are truncated (the same cut for every model)")
     dtype: Literal["auto", "bfloat16", "float32"] = Field("auto", description="auto = bf16 where native, else float32")
     executor: Literal["ray", "local"] = Field("local", description="local (in-process) or ray (a Ray Data job per model)")
-
-    @field_validator("output")
-    @classmethod
-    def _local_output(cls, value: str) -> str:
-        return local_dir(value, "eval.json and the held-out scores are read and written as local files")
 
     def named_models(self) -> list[tuple[str, str]]:
         """(name, spec) pairs; unnamed specs are named by their last path component, made unique."""

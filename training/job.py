@@ -4,7 +4,11 @@ Output layout (``cfg.output``): the trained Hugging Face checkpoint itself (``co
 ``model.safetensors``, tokenizer files: loadable by ``from_pretrained`` and lm-evaluation-harness),
 ``checkpoints/checkpoint-N`` (resumable Trainer checkpoints), ``train_log.jsonl`` (one record per
 log/eval event), ``train_job.json`` (what the run was started with) and ``train_manifest.json``
-(written last: the run finished).
+(written once the model is: the run finished).
+
+Checkpoints hold the model and the optimizer state (about 12 bytes per parameter each, three times
+the final fp32 model); they exist so that an unfinished run can resume. Once the manifest is
+written nothing is left to resume, so they are removed unless ``keep_checkpoints`` is set.
 """
 
 from __future__ import annotations
@@ -21,13 +25,15 @@ from transformers.trainer_utils import get_last_checkpoint
 from scoring.errors import HardfocusError
 from training.build import CHECKPOINTS, TRAIN_LOG, build_trainer, training_arguments
 from training.config import TrainConfig
-from training.data import TokenDataset, TrainingData, load_training_data
+from training.data import TokenDataset, load_training_data
+from training.sources import TrainingSources, find_sources
 
 log = logging.getLogger(__name__)
 
 TRAIN_JOB_FILE = "train_job.json"
 TOKENIZED_DIR = "tokenized"  # where `hardfocus train` puts the tokens of raw shards it was given
 TRAIN_MANIFEST_FILE = "train_manifest.json"
+RAY_RESULTS = "ray_results"  # Ray Train's storage under the output: its copies of the checkpoints
 
 
 @dataclass
@@ -43,18 +49,24 @@ class TrainResult:
 
 def train(cfg: TrainConfig, model_path: str, bf16: bool, progress: bool = True) -> TrainResult:
     """Train ``model_path`` on ``cfg.data``; ``model_path`` is a local/hub HF checkpoint (aliases resolved upstream)."""
+    if "://" in cfg.output:  # an object store: train in a local staging directory, then publish it there
+        from training.store import train_to_store
+
+        return train_to_store(cfg, model_path, train, bf16=bf16, progress=progress)
     out = Path(cfg.output)
     identity = job_identity(cfg, model_path)
     done = _previous_run(out, identity, cfg.overwrite)
     if done is not None:
+        if not cfg.keep_checkpoints:  # a run that stopped between its manifest and the clean-up
+            remove_checkpoints(out)
         return done
-    data = load_training_data(cfg.data)
+    data = find_sources(cfg.data)  # checked once, here; read once, by the path that trains
     if cfg.uses_static and not data.has_weights:
         raise HardfocusError(
             f"weighting '{cfg.weighting}' needs static weights, but {list(data.kinds.values())} data has none "
             "(scores/ carry no weights): give selected/ directories, or use --weighting none/online"
         )
-    eval_data = load_training_data(cfg.eval_data) if cfg.eval_data else None
+    eval_data = find_sources(cfg.eval_data) if cfg.eval_data else None
     out.mkdir(parents=True, exist_ok=True)
     (out / TRAIN_JOB_FILE).write_text(json.dumps(identity, indent=2))
     resume = get_last_checkpoint(str(out / CHECKPOINTS)) if cfg.resume == "auto" and (out / CHECKPOINTS).is_dir() else None
@@ -64,11 +76,12 @@ def train(cfg: TrainConfig, model_path: str, bf16: bool, progress: bool = True) 
     if cfg.ray_workers:
         from training.ray_train import fit_on_ray
 
-        steps, log_history = fit_on_ray(cfg, model_path, bf16, progress, resume)
+        steps, log_history = fit_on_ray(cfg, data, model_path, bf16, progress, resume)
     else:
         args = training_arguments(cfg, bf16=bf16, progress=progress, with_eval=eval_data is not None)
         trainer = build_trainer(
-            cfg, model_path, args, TokenDataset(data.table), TokenDataset(eval_data.table) if eval_data else None
+            cfg, model_path, args, TokenDataset(load_training_data(data).table),
+            TokenDataset(load_training_data(eval_data).table) if eval_data else None,
         )
         trainer.train(resume_from_checkpoint=resume)
         trainer.save_model(str(out))  # model + tokenizer (the processing_class), save_pretrained format
@@ -82,13 +95,25 @@ def train(cfg: TrainConfig, model_path: str, bf16: bool, progress: bool = True) 
         log_file=str(out / TRAIN_LOG),
     )
     _write_manifest(out, identity, data, result, time.time() - start, log_history)
+    if not cfg.keep_checkpoints:
+        remove_checkpoints(out)
     return result
 
 
 def job_identity(cfg: TrainConfig, model_path: str) -> dict:
     """What makes two runs the same run: everything but where and how it executes."""
-    keys = cfg.model_dump(exclude={"output", "resume", "overwrite", "ray_address", "logging_steps", "save_steps", "save_total_limit"})
+    keys = cfg.model_dump(exclude={
+        "output", "resume", "overwrite", "ray_address", "logging_steps", "save_steps", "save_total_limit", "keep_checkpoints",
+    })
     return {"config": keys, "model_path": model_path}
+
+
+def remove_checkpoints(out: Path) -> None:
+    """Delete the resumable checkpoints of a finished run (the final model is in ``out`` itself)."""
+    for name in (CHECKPOINTS, RAY_RESULTS):
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+            log.info("removed %s (the run is finished; keep_checkpoints keeps them)", out / name)
 
 
 def _previous_run(out: Path, identity: dict, overwrite: bool) -> TrainResult | None:
@@ -128,7 +153,7 @@ def _last(history: list[dict], key: str) -> float | None:
     return values[-1] if values else None
 
 
-def _write_manifest(out: Path, identity: dict, data: TrainingData, result: TrainResult, wall: float, history) -> None:
+def _write_manifest(out: Path, identity: dict, data: TrainingSources, result: TrainResult, wall: float, history) -> None:
     import ray
     import torch
     import transformers

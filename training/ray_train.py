@@ -1,86 +1,58 @@
 """The same training under Ray Train: ``TorchTrainer`` workers, each running a ``WeightedTrainer``.
 
-The shards are read by Ray Data (``read_parquet``) and split across the workers, which take
+The sources are those :func:`training.sources.find_sources` checked in the driver; Ray Data reads
+their parts (``read_parquet``, each once) and splits them across the workers, which take
 token-id batches with ``iter_torch_batches`` and the same collator as a single-process run. The
 Trainer runs under DDP (gloo on CPU, NCCL on GPU) as Ray Train sets it up; ``prepare_trainer``
 makes it use the Ray Data iterator, ``RayTrainReportCallback`` reports each checkpoint to Ray.
 
 The output directory must be on storage every worker sees (a local path on one machine, a shared
 filesystem on a cluster): rank 0 writes the final checkpoint and the log there, as in-process
-training does.
+training does. An ``s3://`` output is a local staging directory here (:mod:`training.store`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import posixpath
 from pathlib import Path
 
-from fsspec.core import url_to_fs
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from scoring.errors import HardfocusError
-from scoring.output import SCORES_MANIFEST_FILE
-from scoring.schema import LOSS_SPANS_TYPE, Status
-from selection.schema import SUMMARY_FILE
 from training.config import TrainConfig
-from training.data import _has_no_marker_but_looks_selected
+from training.sources import TrainingSources, find_sources, training_rows
 
 log = logging.getLogger(__name__)
 
 
-def training_dataset(paths: list[str]):
-    """One Ray dataset of ``input_ids`` and ``weight`` over selected/, scores/ (status ok) or token directories.
+def training_dataset(sources: TrainingSources | list[str]):
+    """One Ray dataset of ``input_ids``, ``weight`` and ``loss_spans`` over the sources (found and checked
+    first when given as paths): the rows the in-process path trains on, through the same checks.
 
-    When any part has ``loss_spans``, every row carries the column (null, i.e. plain text, for rows
-    of parts without it); otherwise the dataset is as it was before conversations.
+    The driver reads nothing more: Ray Data reads each part's columns once and every block goes
+    through :func:`training.sources.training_rows`, so a bad row fails the run as it would in-process.
     """
-    import pyarrow.parquet as pq
     import ray
 
-    sources = []
-    for path in paths:
-        fs, root = url_to_fs(path)
-        fs.invalidate_cache(root)
-        parts = sorted(fs.glob(posixpath.join(root, "part-*.parquet")))
-        if not parts:
-            raise HardfocusError(f"'{path}' holds no part-*.parquet files")
-        if (not fs.exists(posixpath.join(root, SUMMARY_FILE)) and not fs.exists(posixpath.join(root, SCORES_MANIFEST_FILE))
-                and _has_no_marker_but_looks_selected(fs, parts[0])):
-            raise HardfocusError(
-                f"'{path}' has selected/ shards (or an unreadable part) but no {SUMMARY_FILE}: the selection did not "
-                "finish; rerun `hardfocus select`"
-            )
-        with_spans = []
-        for p in parts:
-            with fs.open(p, "rb") as f:
-                with_spans.append("loss_spans" in pq.read_schema(f).names)
-        is_scores = fs.exists(posixpath.join(root, SCORES_MANIFEST_FILE))
-        for spans in (True, False):  # a directory whose parts differ is read as two datasets
-            urls = [fs.unstrip_protocol(p) for p, w in zip(parts, with_spans) if w == spans]
-            if urls:
-                sources.append((urls, is_scores, spans))
-    any_spans = any(spans for _, _, spans in sources)
+    if not isinstance(sources, TrainingSources):
+        sources = find_sources(sources)
     datasets = []
-    for urls, is_scores, spans in sources:
-        columns = ["input_ids", "status"] if is_scores else ["input_ids", "weight"]
-        ds = ray.data.read_parquet(urls, columns=columns + (["loss_spans"] if spans else []))
-        if is_scores:
-            ds = ds.filter(lambda row: row["status"] == Status.OK.value).drop_columns(["status"])
-        if any_spans and not spans:
-            ds = ds.map_batches(_add_null_spans, batch_format="pyarrow")
-        datasets.append(ds)
-    return datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
+    for source in sources.sources:
+        by_columns: dict[tuple[str, ...], list[str]] = {}
+        for part, columns in zip(source.parts, source.columns):  # parts of one directory may differ (loss_spans)
+            by_columns.setdefault(columns, []).append(part)
+        for columns, urls in by_columns.items():
+            ds = ray.data.read_parquet(urls, columns=list(columns))
+            datasets.append(ds.map_batches(
+                training_rows, batch_format="pyarrow", fn_kwargs={"kind": source.kind, "where": source.path}
+            ))
+    ds = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
+    ds.context.raise_original_map_exception = True  # a bad row fails with its HardfocusError, not "UDF failed"
+    return ds
 
 
-def _add_null_spans(batch):
-    import pyarrow as pa
-
-    return batch.append_column(pa.field("loss_spans", LOSS_SPANS_TYPE), pa.nulls(batch.num_rows, LOSS_SPANS_TYPE))
-
-
-def fit_on_ray(cfg: TrainConfig, model_path: str, bf16: bool, progress: bool, resume: str | None):
+def fit_on_ray(cfg: TrainConfig, sources: TrainingSources, model_path: str, bf16: bool, progress: bool, resume: str | None):
     """Run ``cfg.ray_workers`` workers; returns (steps, rank 0's log history)."""
     import ray
     from ray.train import RunConfig, ScalingConfig
@@ -95,13 +67,35 @@ def fit_on_ray(cfg: TrainConfig, model_path: str, bf16: bool, progress: bool, re
             num_workers=cfg.ray_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
         ),
         run_config=RunConfig(name="hardfocus-train", storage_path=str(Path(cfg.output).absolute() / "ray_results")),
-        datasets={"train": _with_read_capacity(training_dataset(cfg.data), cfg)},
+        datasets={"train": _with_read_capacity(training_dataset(sources), cfg)},
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as exc:
+        error = user_error(exc)
+        if error is None:
+            raise
+        raise error from exc
     if result.error:
-        raise result.error
+        raise user_error(result.error) or result.error
     state = _read_state(Path(cfg.output))
     return state["global_step"], state["log_history"]
+
+
+def user_error(exc: BaseException) -> HardfocusError | None:
+    """The :class:`HardfocusError` a Ray task or worker raised (a bad row), from under Ray's wrappers."""
+    pending, seen = [exc], set()
+    while pending:
+        exc = pending.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        cause = getattr(exc, "cause", None)  # RayTaskError: the exception raised in the task
+        if isinstance(exc, HardfocusError) and not isinstance(cause, BaseException):
+            return HardfocusError(str(exc).split("\n", 1)[0])  # without the retry advice Ray Data appends to it
+        pending += [cause if isinstance(cause, BaseException) else None, exc.__cause__, exc.__context__]
+        pending += list(getattr(exc, "worker_failures", {}).values())  # Ray Train: the failures per worker
+    return None
 
 
 def _with_read_capacity(ds, cfg: TrainConfig):

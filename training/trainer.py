@@ -3,6 +3,7 @@
 Only ``compute_loss`` (the objective), ``get_batch_samples`` (to learn the micro-batch sizes of a
 step before its first forward) and ``log`` (weight statistics) change, so the Trainer's schedule,
 accumulation, mixed precision, checkpoints, resume, callbacks, DDP and Ray Train all work as usual.
+The console output is :class:`training.progress.TrainProgress` instead of the stock raw-dict printers.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback
 
+from training.progress import TrainProgress
 from training.weighting import StepWeighter, per_sample_nll
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,9 @@ class WeightedTrainer(Trainer):
 
     def __init__(self, *args, weighter: StepWeighter, **kwargs):
         super().__init__(*args, **kwargs)
+        for stock in (ProgressCallback, PrinterCallback):  # they print each log record as a raw dict
+            self.remove_callback(stock)
+        self.add_callback(TrainProgress(show_bar=not self.args.disable_tqdm))
         self.weighter = weighter
         self.loss_is_scaled_for_ga = True  # compute_loss already divides by the step's sample count
         self.model_accepts_loss_kwargs = False  # no token counting: the objective is per sample

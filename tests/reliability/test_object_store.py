@@ -17,15 +17,15 @@ import pytest
 from typer.testing import CliRunner
 
 from pipelines.cli import app
-from pipelines.run_config import load_run_config
 from scoring import HardfocusError, ScoreConfig, score
 from scoring.lock import OutputLock
 from selection import SelectConfig, select
 from tests.s3 import BUCKET, download, names, s3_fs, upload
 from tests.scoring.helpers import assert_same_scores, make_corpus, read_scores
-from tests.training.helpers import small_config
+from tests.training.helpers import max_param_diff, parameters, small_config
 from training import train
 from training.data import load_training_data
+from training.store import fetch_model
 
 pytestmark = pytest.mark.s3
 
@@ -115,16 +115,12 @@ def test_select_and_train_read_and_write_s3(corpus, s3_url, tmp_path, tiny_model
                    progress=False)
     assert result.steps == 4 and result.train_rows == len(data)
     assert (tmp_path / "model" / "config.json").exists()
-    with pytest.raises(ValueError, match="is a URL"):  # save_pretrained writes local directories only
-        small_config([out], f"{s3_url}/model")
-
-
-def test_run_refuses_a_workdir_on_s3_instead_of_writing_a_local_s3_directory(s3_url, tmp_path):
-    config = tmp_path / "run.toml"
-    config.write_text(f'[run]\nworkdir = "{tmp_path}"\ndata = ["{s3_url}/in"]\n')
-    assert load_run_config(config).score_config().inputs == [f"{s3_url}/in"]  # data on s3 is fine
-    with pytest.raises(HardfocusError, match="is a URL"):
-        load_run_config(config, [f'run.workdir="{s3_url}/work"'])
+    on_s3 = small_config([out], f"{s3_url}/model", model=tiny_model_dir)  # trained in a local staging dir, published
+    published = train(on_s3, tiny_model_dir, bf16=False, progress=False)
+    assert published.output == f"{s3_url}/model" and published.steps == 4
+    assert {"config.json", "model.safetensors", "train_log.jsonl", "train_manifest.json"} <= set(names(f"{s3_url}/model"))
+    assert max_param_diff(parameters(fetch_model(f"{s3_url}/model")), parameters(str(tmp_path / "model"))) < 1e-6
+    assert train(on_s3, tiny_model_dir, bf16=False, progress=False).skipped  # the store's marker says it is done
 
 
 def _lock_record(url: str) -> dict:

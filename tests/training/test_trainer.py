@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import shutil
 
 import pytest
@@ -20,6 +22,7 @@ from tests.training.helpers import (
 )
 from training import train
 from training.job import TRAIN_MANIFEST_FILE
+from training.trainer import WeightedTrainer
 
 
 @pytest.fixture(scope="module")
@@ -102,10 +105,13 @@ def test_online_window_equals_the_same_batch_in_one_micro_batch(tiny_model_dir, 
 def test_checkpoint_log_and_resume(tiny_model_dir, tmp_path):
     seqs = mixed_length_sequences(40, vocab=290, seed=3)
     data = write_selected(tmp_path / "sel", seqs, weights=torch.rand(40).add(0.5).tolist())
-    cfg = small_config([data], tmp_path / "out", weighting="static+online", max_steps=6, save_steps=3, temperature=0.5)
+    cfg = small_config(
+        [data], tmp_path / "out", weighting="static+online", max_steps=6, save_steps=3, temperature=0.5, keep_checkpoints=True
+    )
     full = run(cfg, tiny_model_dir)
     final = parameters(full.output)
     out = tmp_path / "out"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-6"]  # kept: asked to
     # A loadable HF checkpoint with its tokenizer
     from transformers import AutoTokenizer
 
@@ -161,3 +167,78 @@ def test_bf16_autocast_tracks_fp32(tiny_model_dir, equal_data, tmp_path):
     assert b == pytest.approx(a, rel=2e-2)
     assert b != pytest.approx(a, rel=1e-7)  # it really ran in bf16
     assert AutoModelForCausalLM.from_pretrained(bf16.output).dtype == torch.float32  # master weights saved in fp32
+
+
+def test_a_finished_run_removes_its_checkpoints(tiny_model_dir, equal_data, tmp_path):
+    """Nothing is left to resume once the model is written: checkpoints/ goes, the model loads and is the last checkpoint's."""
+    kept = run(small_config([equal_data], tmp_path / "kept", max_steps=4, save_steps=2, keep_checkpoints=True), tiny_model_dir)
+    cleaned_cfg = small_config([equal_data], tmp_path / "cleaned", max_steps=4, save_steps=2)
+    cleaned = run(cleaned_cfg, tiny_model_dir)
+    out = tmp_path / "cleaned"
+    assert not (out / "checkpoints").exists()
+    assert (out / TRAIN_MANIFEST_FILE).exists() and (out / "train_log.jsonl").exists()
+    last_checkpoint = parameters(str(tmp_path / "kept" / "checkpoints" / "checkpoint-4"))
+    assert max_param_diff(parameters(cleaned.output), last_checkpoint) == 0.0
+    assert max_param_diff(parameters(kept.output), last_checkpoint) == 0.0
+    # A run stopped between its manifest and the clean-up: the rerun is a no-op that finishes the clean-up
+    shutil.copytree(tmp_path / "kept" / "checkpoints", out / "checkpoints")
+    assert run(cleaned_cfg, tiny_model_dir).skipped
+    assert not (out / "checkpoints").exists()
+
+
+def test_a_run_killed_before_the_end_resumes_from_its_checkpoint(tiny_model_dir, equal_data, tmp_path, monkeypatch):
+    cfg = small_config([equal_data], tmp_path / "out", weighting="static+online", temperature=0.5, max_steps=5, save_steps=2)
+    uninterrupted = parameters(run(small_config([equal_data], tmp_path / "full", **_same(cfg)), tiny_model_dir).output)
+    original, calls = WeightedTrainer.training_step, []
+
+    def dies_at_step_4(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("killed")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(WeightedTrainer, "training_step", dies_at_step_4)
+    with pytest.raises(RuntimeError, match="killed"):
+        run(cfg, tiny_model_dir)
+    out = tmp_path / "out"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2"]  # kept: the run can resume
+    assert not (out / TRAIN_MANIFEST_FILE).exists()
+    monkeypatch.setattr(WeightedTrainer, "training_step", original)
+    resumed = run(cfg, tiny_model_dir)
+    assert resumed.resumed_from.endswith("checkpoint-2") and resumed.steps == 5
+    assert max_param_diff(parameters(resumed.output), uninterrupted) < 1e-6
+    assert not (out / "checkpoints").exists()
+
+
+def _same(cfg) -> dict:
+    return cfg.model_dump(exclude={"data", "output"})
+
+
+def test_each_logged_step_is_one_readable_line_with_the_logged_values(tiny_model_dir, tmp_path, caplog, capsys):
+    """One line per log record: step/total, loss, weights, s/step, ETA, the values of train_log.jsonl; no raw dicts."""
+    seqs = mixed_length_sequences(24, vocab=290, seed=5)
+    data = write_selected(tmp_path / "sel", seqs, weights=torch.rand(24, generator=torch.Generator().manual_seed(2)).add(0.5).tolist())
+    cfg = small_config([data], tmp_path / "out", weighting="static+online", temperature=0.5, max_steps=6, logging_steps=2)
+    with caplog.at_level(logging.INFO, logger="training.progress"):
+        result = train(cfg, tiny_model_dir, bf16=False, progress=True)  # progress on: the stock printers would print here
+    records = [json.loads(line) for line in open(result.log_file) if '"loss"' in line]
+    lines = [r.getMessage() for r in caplog.records if r.name == "training.progress" and r.getMessage().startswith("step ")]
+    assert len(records) == len(lines) == 3
+    number = r"(-?[\d.]+(?:e-?\d+)?)"
+    pattern = re.compile(
+        rf"step (\d+)/(\d+) \| loss {number} \| weighted {number} \| weights min {number} mean {number} max {number}"
+        rf" \| lr {number} \| {number} s/step \| ETA ((?:\d+h)?(?:\d+m)?\d+s)$"
+    )
+    for line, record in zip(lines, records):
+        m = pattern.match(line)
+        assert m, line
+        step, total, loss, weighted, w_min, w_mean, w_max, lr, sec, eta = m.groups()
+        assert (int(step), int(total)) == (record["step"], 6)
+        assert float(loss) == pytest.approx(record["loss"], abs=5e-5)
+        assert float(weighted) == pytest.approx(record["weighted_loss"], abs=5e-5)
+        for got, key in ((w_min, "weight_min"), (w_mean, "weight_mean"), (w_max, "weight_max")):
+            assert float(got) == pytest.approx(record[key], abs=5e-4)
+        assert float(lr) == pytest.approx(record["learning_rate"], rel=1e-2)
+        assert float(sec) >= 0
+    captured = capsys.readouterr()
+    assert "{'loss'" not in captured.out + captured.err

@@ -1,0 +1,184 @@
+"""One reader of training data: the in-process path and the Ray Train path find, check and refuse the same.
+
+Both entry points (``load_training_data`` and ``training_dataset``) are fed the same directories:
+unfinished ones, a mix of stages in one directory, parts that do not match their contract, rows
+that cannot be trained on. They raise the same errors, and on good data they yield the same rows.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from scoring import HardfocusError
+from tests.selection.fake_scores import write_scores
+from tests.training.helpers import mixed_length_sequences, write_selected
+from tests.training.test_loss_spans import response_spans, with_spans
+from training.data import load_training_data
+from training.sources import find_sources
+
+
+def _rewrite(directory: str | Path, change) -> str:
+    """Apply ``change`` to the table of the directory's first part."""
+    part = Path(directory) / ("part-00000.parquet" if (Path(directory) / "part-00000.parquet").exists() else "part-0000.parquet")
+    pq.write_table(change(pq.read_table(part)), part)
+    return str(directory)
+
+
+def _set(table: pa.Table, name: str, values) -> pa.Table:
+    return table.set_column(table.schema.get_field_index(name), name, values)
+
+
+def bad_directories(tmp: Path) -> dict[str, tuple[list[str], str]]:
+    """name -> (training data paths, the error both readers must raise)."""
+    seqs = mixed_length_sequences(6, vocab=290, seed=1)
+    good = write_selected(tmp / "good", seqs)
+    scores = write_scores(tmp / "scores", [1.0] * 6, rows_per_part=3)
+    cut = tmp / "cut"
+    cut.mkdir()
+    pq.write_table(pa.table({"input_ids": pa.array(seqs, pa.list_(pa.int32()))}), cut / "part-0.parquet")
+    (cut / "part-1.parquet").write_bytes((cut / "part-0.parquet").read_bytes()[:60])  # tokens, the second part cut short
+    mixed = write_selected(tmp / "mixed", seqs)
+    (Path(mixed) / "part-00001.parquet").write_bytes((scores / "part-0000.parquet").read_bytes())
+    unfinished_scores = tmp / "unfinished-scores"
+    unfinished_scores.mkdir()
+    (unfinished_scores / "part-0000.parquet").write_bytes((scores / "part-0000.parquet").read_bytes())
+    return {
+        "unfinished selection": ([good, write_selected(tmp / "partial", seqs, with_summary=False)], "the selection did not finish"),
+        "unfinished scoring": ([str(unfinished_scores)], "the scoring did not finish"),
+        "a part cut short": ([str(cut)], r"cannot read '.*part-1.parquet' of .*written completely"),
+        "scores parts in a selected/": ([mixed], r"part-00001.parquet' is not a hardfocus selected/ shard: missing column 'loss_rank'"),
+        "weight as text": ([_rewrite(write_selected(tmp / "w", seqs), lambda t: _set(t, "weight", pa.array(["1"] * 6)))],
+                           "column 'weight' is string, expected float"),
+        "no input_ids": ([_rewrite(write_selected(tmp / "noids", seqs), lambda t: t.drop_columns(["input_ids"]))],
+                         "has no input_ids column"),
+        "spans of another type": ([_rewrite(write_selected(tmp / "sp", seqs), lambda t: t.append_column("loss_spans", pa.array(["x"] * 6)))],
+                                  "column 'loss_spans' is string, expected"),
+        "empty finished scores/": ([str(_empty_scores(tmp / "empty"))], "finished scores/ directory without rows"),
+        "not a directory": ([str(tmp / "nowhere")], "is not a directory"),
+    }
+
+
+def _empty_scores(path: Path) -> Path:
+    path.mkdir()
+    (path / "manifest.json").write_text("{}")
+    return path
+
+
+def bad_rows(tmp: Path) -> dict[str, tuple[list[str], str]]:
+    """Directories whose footers are fine but some rows are not: caught where the rows are read."""
+    seqs = mixed_length_sequences(6, vocab=290, seed=2)
+    short = [s[:] for s in seqs]
+    short[4] = short[4][:1]
+    spans = response_spans(seqs, seed=1, plain_every=0)
+    no_target = [*spans[:3], [{"start": 0, "stop": 1}], *spans[4:]]
+    backwards = [*spans[:5], [{"start": 4, "stop": 2}]]
+    null_weight = _rewrite(write_selected(tmp / "nullw", seqs), lambda t: _set(t, "weight", pa.array([1.0] * 5 + [None], pa.float32())))
+    return {
+        "a row of one token": ([write_selected(tmp / "short", short)], "have fewer than 2 tokens"),
+        "spans without a target": ([with_spans(write_selected(tmp / "nt", seqs), no_target)], "select no target token"),
+        "spans backwards": ([with_spans(write_selected(tmp / "bw", seqs), backwards)], re.escape("0 <= start <= stop")),
+        "a null weight": ([null_weight], "have a null weight"),
+    }
+
+
+@pytest.mark.parametrize("case", ["unfinished selection", "unfinished scoring", "a part cut short", "scores parts in a selected/",
+                                  "weight as text", "no input_ids", "spans of another type", "empty finished scores/",
+                                  "not a directory"])
+def test_in_process_reader_refuses_bad_directories(tmp_path, case):
+    paths, message = bad_directories(tmp_path)[case]
+    with pytest.raises(HardfocusError, match=message):
+        load_training_data(paths)
+
+
+@pytest.mark.parametrize("case", ["a row of one token", "spans without a target", "spans backwards", "a null weight"])
+def test_in_process_reader_refuses_bad_rows(tmp_path, case):
+    paths, message = bad_rows(tmp_path)[case]
+    find_sources(paths)  # the footers are fine ...
+    with pytest.raises(HardfocusError, match=message):  # ... the rows are not
+        load_training_data(paths)
+
+
+def test_sources_count_the_rows_the_reader_reads(tmp_path):
+    """The driver's counts (footers, and the status column of scores/) equal what is read, without reading it."""
+    seqs = mixed_length_sequences(9, vocab=290, seed=3)
+    sel = write_selected(tmp_path / "sel", seqs, weights=np.linspace(0.5, 1.5, 9).tolist())
+    statuses = ["ok", "empty", "ok", "ok", "too_short", "ok", "ok", "ok", "error: x", "ok"]
+    scores = str(write_scores(tmp_path / "scores", [1.0] * 10, statuses=statuses, rows_per_part=4))
+    sources = find_sources([sel, scores])
+    assert [s.kind for s in sources.sources] == ["selected", "scores"] and not sources.has_weights
+    data = load_training_data(sources)
+    assert sources.rows == len(data) == 9 + statuses.count("ok") and sources.not_ok == data.not_ok == 3
+    assert data.table.column("weight").to_pylist()[:9] == pytest.approx(np.linspace(0.5, 1.5, 9))
+    assert data.table.column("weight").to_pylist()[9:] == [1.0] * statuses.count("ok")  # scores/: ERM
+
+
+# --- the same through Ray Data ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+def _ray_rows(paths: list[str]) -> list[dict]:
+    from training.ray_train import training_dataset
+
+    return training_dataset(paths).take_all()
+
+
+def _user_error(exc: BaseException) -> HardfocusError | None:
+    """The HardfocusError under Ray's wrappers (a Ray Data task raised it)."""
+    from training.ray_train import user_error
+
+    return user_error(exc)
+
+
+@pytest.mark.ray
+def test_ray_reader_refuses_what_the_in_process_reader_refuses(local_ray, tmp_path):
+    # every refusal of a directory, and one of a row: the rows go through the same training_rows in both
+    # paths (test_in_process_reader_refuses_bad_rows has them all); here the error must come out of a Ray task
+    cases = bad_directories(tmp_path / "dirs") | {"a row of one token": bad_rows(tmp_path / "rows")["a row of one token"]}
+    for case, (paths, message) in cases.items():
+        with pytest.raises(HardfocusError) as in_process:
+            load_training_data(paths)
+        with pytest.raises(Exception) as on_ray:  # noqa: PT011 - Ray wraps errors raised in its tasks
+            _ray_rows(paths)
+        error = _user_error(on_ray.value)  # itself when raised in the driver; from under RayTaskError when in a task
+        assert error is not None, f"{case}: {on_ray.value!r}"
+        assert str(error) == str(in_process.value), case
+        assert re.search(message, str(error)), case
+
+
+@pytest.mark.ray
+def test_ray_reader_yields_the_rows_of_the_in_process_reader(local_ray, tmp_path):
+    """Selected (with and without spans, one directory mixing both), scores (not-ok rows) and int64 token parts."""
+    seqs = mixed_length_sequences(12, vocab=290, seed=4)
+    spans = response_spans(seqs, seed=5)
+    chat = with_spans(write_selected(tmp_path / "chat", seqs[:8], weights=np.linspace(0.5, 1.5, 8).tolist()), spans[:8])
+    plain = Path(chat) / "part-00001.parquet"  # a plain-text part beside the conversation part
+    pq.write_table(pq.read_table(Path(write_selected(tmp_path / "plain", seqs[8:])) / "part-00000.parquet"), plain)
+    scores = str(write_scores(tmp_path / "scores", [1.0] * 7, statuses=["ok", "empty"] + ["ok"] * 5, rows_per_part=3))
+    tokens = tmp_path / "tokens"
+    tokens.mkdir()
+    pq.write_table(pa.table({"input_ids": pa.array(seqs[:3], pa.list_(pa.int64()))}), tokens / "part-00000.parquet")
+    paths = [chat, scores, str(tokens)]
+
+    def key(row):
+        return (list(row["input_ids"]), row["weight"], json.dumps(row["loss_spans"], default=int))
+
+    expected = load_training_data(paths).table.select(["input_ids", "weight", "loss_spans"]).to_pylist()
+    got = [{k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in r.items()} for r in _ray_rows(paths)]
+    got = [r | {"loss_spans": None if r["loss_spans"] is None else [dict(s) for s in r["loss_spans"]]} for r in got]
+    assert len(expected) == 12 + 6 + 3 and any(r["loss_spans"] for r in expected)
+    assert sorted(map(key, got)) == sorted(map(key, expected))

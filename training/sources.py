@@ -1,0 +1,232 @@
+"""The one reader of training data's layout: which directories are what, and whether training may use them.
+
+:func:`find_sources` is called once per run, by the in-process path (:mod:`training.data`) and the
+Ray Train path (:mod:`training.ray_train`) alike. It lists the parts and reads their footers only
+(and, for scores/, the ``status`` column, to count the rows that are not trained on); the rows
+themselves are read once, later, by whichever path trains, and each table or block of them goes
+through :func:`training_rows`, which does the row checks the footers cannot.
+
+A source is one of
+- ``selected``: ``summary.json`` (written last) and parts in the :mod:`scoring.selected` contract;
+  parts without ``summary.json`` are an interrupted selection and are refused;
+- ``scores``: ``manifest.json`` (written last) and parts in the :mod:`scoring.schema` contract; the
+  rows with status ``ok`` are trained on, with weight 1;
+- ``tokens``: any other directory of ``part-*.parquet`` with ``input_ids`` (``weight``, ``sample_id``,
+  ``group`` and ``loss_spans`` optional): raw shards tokenised by ``hardfocus train``.
+Every part may carry ``loss_spans`` (:data:`scoring.schema.LOSS_SPANS_TYPE`), or not (plain text).
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
+
+from scoring.errors import HardfocusError
+from scoring.output import SCORES_MANIFEST_FILE, prefetched
+from scoring.schema import LOSS_SPANS_TYPE, Status, check_scores_schema
+from scoring.selected import SUMMARY_FILE, check_selected_schema
+from scoring.sources import fs_url
+
+log = logging.getLogger(__name__)
+
+OPTIONAL = ("sample_id", "group", "weight", "loss_spans")  # what training reads beside input_ids, where a part has it
+
+
+@dataclass(frozen=True)
+class Source:
+    """One checked directory: its kind, its parts (URLs) and the columns training reads from each."""
+
+    path: str  # as given
+    kind: str  # selected | scores | tokens
+    parts: tuple[str, ...]
+    columns: tuple[tuple[str, ...], ...]  # per part: input_ids (+ status for scores) and the OPTIONAL columns it has
+    rows: int  # rows training will use (status ok for scores/)
+    not_ok: int  # scores/ rows whose status is not ok: counted, never trained on
+
+
+@dataclass(frozen=True)
+class TrainingSources:
+    sources: tuple[Source, ...]
+
+    def __len__(self) -> int:
+        return self.rows
+
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in self.sources)
+
+    @property
+    def not_ok(self) -> int:
+        return sum(s.not_ok for s in self.sources)
+
+    @property
+    def kinds(self) -> dict[str, str]:
+        return {s.path: s.kind for s in self.sources}
+
+    @property
+    def has_weights(self) -> bool:
+        """Static weights exist unless a source is scores/ (weight 1 for every row is no selection)."""
+        return all(s.kind != "scores" for s in self.sources)
+
+
+def find_sources(paths: list[str]) -> TrainingSources:
+    """Check every directory; raise a :class:`HardfocusError` that names the one that is unusable and why."""
+    sources = tuple(_source(path) for path in paths)
+    if sum(s.rows for s in sources) == 0:
+        raise HardfocusError(f"no trainable rows in {list(paths)}")
+    return TrainingSources(sources)
+
+
+def _source(path: str) -> Source:
+    fs, root = url_to_fs(path)
+    fs.invalidate_cache(root)  # s3fs caches listings: see parts written since
+    if not fs.isdir(root):
+        raise HardfocusError(f"training data '{path}' is not a directory (give selected/ or scores/ directories)")
+    parts = sorted(fs.glob(posixpath.join(root, "part-*.parquet")))
+    if fs.exists(posixpath.join(root, SUMMARY_FILE)):
+        kind = "selected"
+    elif fs.exists(posixpath.join(root, SCORES_MANIFEST_FILE)):
+        kind = "scores"
+    elif parts:
+        kind = "tokens"
+    else:
+        raise HardfocusError(f"'{path}' holds no part-*.parquet files: not a selected/ or scores/ directory")
+    if not parts:
+        raise HardfocusError(f"'{path}' is a finished {kind}/ directory without rows")
+    footers = list(prefetched(lambda p: _footer(fs, p), parts))
+    if kind == "tokens":
+        _refuse_unfinished(path, footers)
+    for part, footer in zip(parts, footers):
+        if isinstance(footer, Exception):
+            raise HardfocusError(f"cannot read '{fs_url(fs, part)}' of '{path}': {footer}; was it written completely?")
+    columns, rows, not_ok = [], 0, 0
+    for part, footer in zip(parts, footers):
+        columns.append(_check_part(footer.schema.to_arrow_schema(), kind, f"'{fs_url(fs, part)}'"))
+        rows += footer.num_rows
+        if kind == "tokens" and "status" in footer.schema.names:
+            raise HardfocusError(
+                f"'{path}' has scores/ parts but no {SCORES_MANIFEST_FILE}: the scoring did not finish; rerun `hardfocus score`"
+            )
+    if kind == "scores":  # the status column only: which rows are trained on
+        for status in prefetched(lambda p: _read(fs, p, ["status"]).column("status"), parts):
+            not_ok += len(status) - (pc.sum(pc.equal(status, Status.OK.value)).as_py() or 0)
+    return Source(path, kind, tuple(fs_url(fs, p) for p in parts), tuple(columns), rows - not_ok, not_ok)
+
+
+def _footer(fs, part: str) -> pq.FileMetaData | Exception:
+    try:
+        with fs.open(part, "rb") as f:
+            return pq.read_metadata(f)
+    except (pa.ArrowInvalid, OSError) as exc:
+        return exc
+
+
+def _refuse_unfinished(path: str, footers: list) -> None:
+    """Selected/ parts (or a first part cut short) without summary.json: the selection did not finish."""
+    names = [set() if isinstance(f, Exception) else set(f.schema.names) for f in footers]
+    if isinstance(footers[0], Exception) or any("loss_rank" in n for n in names):
+        raise HardfocusError(
+            f"'{path}' has selected/ shards (or an unreadable part) but no {SUMMARY_FILE}: the selection did not "
+            "finish; rerun `hardfocus select`"
+        )
+
+
+def _read(fs, part: str, columns: list[str]) -> pa.Table:
+    with fs.open(part, "rb") as f:
+        return pq.read_table(f, columns=columns)
+
+
+def _check_part(schema: pa.Schema, kind: str, where: str) -> tuple[str, ...]:
+    """The part's contract (selected/ or scores/), then what training itself needs; returns the columns to read."""
+    if kind == "selected":
+        check_selected_schema(schema, where)
+    elif kind == "scores":
+        check_scores_schema(schema, where)
+    if "input_ids" not in schema.names:
+        raise HardfocusError(
+            f"{where} has no input_ids column: score with --keep-input-ids (the default) so training can reuse the tokens"
+        )
+    ids = schema.field("input_ids").type
+    if not (pa.types.is_list(ids) or pa.types.is_large_list(ids)) or not pa.types.is_integer(ids.value_type):
+        raise HardfocusError(f"{where} has an input_ids column of type {ids}, expected a list of integers")
+    for name, target in (("weight", pa.float32()), ("loss_spans", LOSS_SPANS_TYPE)):
+        if name in schema.names and not _castable(schema.field(name).type, target):
+            raise HardfocusError(f"{where} has a {name} column of type {schema.field(name).type}, expected {target}")
+    extra = ("status",) if kind == "scores" else ()
+    return ("input_ids", *extra, *(c for c in OPTIONAL if c in schema.names and not (kind == "scores" and c == "weight")))
+
+
+def _castable(source: pa.DataType, target: pa.DataType) -> bool:
+    try:
+        pa.array([], source).cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
+    return True
+
+
+def training_rows(table: pa.Table, kind: str, where: str, part: str | None = None) -> pa.Table:
+    """The trainable rows of a part (or a Ray Data block of one) in one schema, checked.
+
+    Columns: ``input_ids`` list<int32>, ``weight`` float32 (1 for scores/ and where absent),
+    ``loss_spans`` (null for plain text); given the ``part`` it came from (in-process), also
+    ``sample_id`` and ``group`` (``<part>#<row>`` and null where absent). Errors name ``where``. Scores rows with a status other than ok are dropped
+    (:func:`find_sources` counted them). Raises on rows that cannot be trained on: fewer than 2
+    tokens, a null weight, malformed spans or spans that select no target token.
+    """
+    if kind == "scores":
+        table = table.filter(pc.equal(table.column("status"), Status.OK.value))
+    n = table.num_rows
+    names = table.column_names
+    weight = table.column("weight").cast(pa.float32()) if "weight" in names and kind != "scores" else pa.array(np.ones(n, np.float32))
+    if weight.null_count:
+        raise HardfocusError(f"{weight.null_count} rows of '{where}' have a null weight")
+    columns = {
+        "input_ids": table.column("input_ids").cast(pa.list_(pa.int32())),
+        "weight": weight,
+        "loss_spans": table.column("loss_spans").cast(LOSS_SPANS_TYPE) if "loss_spans" in names else pa.nulls(n, LOSS_SPANS_TYPE),
+    }
+    if part is not None:
+        columns = {
+            "sample_id": table.column("sample_id") if "sample_id" in names else pa.array([f"{part}#{i}" for i in range(n)]),
+            "group": table.column("group").cast(pa.string()) if "group" in names else pa.nulls(n, pa.string()),
+            **columns,
+        }
+    out = pa.table(columns)
+    short = pc.sum(pc.less(pc.list_value_length(out.column("input_ids")), 2)).as_py() or 0
+    if short:
+        raise HardfocusError(f"rows of '{where}' have fewer than 2 tokens: nothing to predict (were they scored ok?)")
+    _check_spans(out, where)
+    return out
+
+
+def _check_spans(table: pa.Table, where: str) -> None:
+    """Refuse malformed spans (null bounds, start < 0, stop < start) and rows whose spans select no target token."""
+    spans = table.column("loss_spans").combine_chunks()
+    if spans.null_count == len(spans):
+        return
+    flat = spans.flatten()  # the spans of the non-null rows, in row order
+    row = pc.list_parent_indices(spans).to_numpy()
+    start, stop = pc.struct_field(flat, "start"), pc.struct_field(flat, "stop")
+    if start.null_count or stop.null_count:
+        raise HardfocusError(f"rows of '{where}' have loss_spans with a null start or stop")
+    start, stop = start.to_numpy().astype(np.int64), stop.to_numpy().astype(np.int64)
+    if (bad := (start < 0) | (stop < start)).any():
+        i = int(np.flatnonzero(bad)[0])
+        raise HardfocusError(
+            f"rows of '{where}' have loss spans that are not ranges [start, stop) with 0 <= start <= stop "
+            f"(e.g. {{start: {start[i]}, stop: {stop[i]}}})"
+        )
+    n_tokens = pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False)
+    has_target = np.zeros(len(spans), dtype=bool)
+    has_target[row[np.minimum(stop, n_tokens[row]) > np.maximum(start, 1)]] = True  # token 0 is never a target
+    if (spans.is_valid().to_numpy(zero_copy_only=False) & ~has_target).any():
+        raise HardfocusError(
+            f"rows of '{where}' have loss_spans that select no target token: nothing to train on (were they scored ok?)"
+        )
