@@ -15,7 +15,7 @@ from pipelines.demo_corpus import CorpusKind, build_demo_corpus
 from pipelines.evaluate import EVAL_FILE, evaluate
 from pipelines.flags import config_command
 from pipelines.labels import format_band_labels
-from pipelines.run import check_stage_range, run_pipeline
+from pipelines.run import check_stage_range, format_seconds, run_pipeline
 from pipelines.run_config import STAGES, load_run_config
 from pipelines.submit import submit
 from pipelines.train import run_train
@@ -151,7 +151,8 @@ def run_command(
     check_stage_range(from_, until)  # before loading anything
     cfg = load_run_config(config, set_ or [])
     result = run_pipeline(cfg, from_, until, progress=_show_progress())
-    typer.echo(f"stages run: {', '.join(result.ran) or 'none'}; up to date: {', '.join(result.skipped) or 'none'}")
+    ran = [f"{name} ({format_seconds(result.seconds[name])})" if name in result.seconds else name for name in result.ran]
+    typer.echo(f"stages run: {', '.join(ran) or 'none'}; up to date: {', '.join(result.skipped) or 'none'}")
     wd = cfg.workdir
     typer.echo(f"outputs: scores {wd / 'scores'} | selected {wd / 'selected'} (report.html) | model {wd / 'model'} | eval {wd / 'eval'}")
     if result.selection is not None:

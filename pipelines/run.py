@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import posixpath
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -43,6 +44,11 @@ from training.job import TRAIN_MANIFEST_FILE, TrainResult
 
 log = logging.getLogger(__name__)
 
+
+def format_seconds(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
 STATE_FILE = "run_state.json"
 
 
@@ -51,6 +57,7 @@ class RunResult:
     workdir: str
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of each stage run, skipped ones included
     selection: SelectionSummary | None = None
     training: TrainResult | None = None
     evaluation: list[ModelEval] = field(default_factory=list)
@@ -104,7 +111,7 @@ def run_pipeline(cfg: RunConfig, start: str = "score", until: str = "eval", prog
                lambda replace: score(score_cfg, progress=progress), upstream=lambda: _scores_identity(score_cfg.output)),
         _Stage("select", select_cfg, select_cfg.model_dump(exclude={"overwrite"}), summary,
                lambda replace: select(select_cfg.model_copy(update={"overwrite": True}), progress=progress)),
-        _Stage("train", train_cfg, train_cfg.model_dump(exclude={"overwrite", "resume"}), train_done, run_train_stage,
+        _Stage("train", train_cfg, train_cfg.model_dump(exclude={"overwrite", "resume", "keep_checkpoints"}), train_done, run_train_stage,
                requires=(summary, f"'{select_cfg.output}' has no finished selection: run the select stage first")),
         _Stage("eval", eval_cfg, eval_cfg.model_dump() if eval_cfg else {}, eval_cfg and posixpath.join(eval_cfg.output, EVAL_FILE),
                run_eval, requires=(train_done, f"'{train_cfg.output}' holds no finished training run: run the train stage first")),
@@ -126,7 +133,10 @@ def run_pipeline(cfg: RunConfig, start: str = "score", until: str = "eval", prog
             upstream = key_of(upstream)
             continue
         log.info("== %s -> %s", stage.name, stage.config.output)
+        started = time.perf_counter()
         outcome = stage.run(state.get(stage.name) not in (None, key_of(upstream)))
+        result.seconds[stage.name] = time.perf_counter() - started
+        log.info("== %s finished in %s", stage.name, format_seconds(result.seconds[stage.name]))
         key = key_of(stage.upstream() if stage.upstream else upstream)
         if stage.marker is None and outcome.units_scored == 0 and state.get(stage.name) == key:
             result.skipped.append(stage.name)  # scoring found everything done, as the state says

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ray.data.collate_fn import NumpyBatchCollateFn
 
+from scoring.console import native_stderr_to_file, quiet_ray_data_console, ray_log_level
 from scoring.errors import HardfocusError
 from training.config import TrainConfig
 from training.sources import TrainingSources, find_sources, training_rows
@@ -59,7 +60,8 @@ def fit_on_ray(cfg: TrainConfig, sources: TrainingSources, model_path: str, bf16
     from ray.train.torch import TorchTrainer
 
     if not ray.is_initialized():
-        ray.init(address=cfg.ray_address or os.environ.get("RAY_ADDRESS"), logging_level=logging.WARNING)
+        ray.init(address=cfg.ray_address or os.environ.get("RAY_ADDRESS"), logging_level=ray_log_level())
+    quiet_ray_data_console()
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"cfg": cfg.model_dump(), "model_path": model_path, "bf16": bf16, "progress": progress, "resume": resume},
@@ -70,7 +72,8 @@ def fit_on_ray(cfg: TrainConfig, sources: TrainingSources, model_path: str, bf16
         datasets={"train": _with_read_capacity(training_dataset(sources), cfg)},
     )
     try:
-        result = trainer.fit()
+        with native_stderr_to_file():  # Ray's C++ warnings go to a file (kept if the run fails), not across our lines
+            result = trainer.fit()
     except Exception as exc:
         error = user_error(exc)
         if error is None:
