@@ -1,4 +1,4 @@
-"""Scoring speed on the real SmolLM2-135M: five ways to compute per-document loss, side by side in one run.
+"""Scoring speed on the real SmolLM2-135M: six ways to compute per-document loss, side by side in one run.
 
     python benchmarks/scoring_speed.py [--docs 300] [--ref-docs 80] [--seed 0] \
         [--out benchmarks/results/scoring_speed.md] [--skip-ray] [--skip-compile] [--ray-compile] \
@@ -9,6 +9,8 @@ Arms (DESIGN.md, "Measuring speed" and "Fast scoring"):
 (0)   the machine's fp32 and bf16 matmul peak (square torch matmuls, best of a few reps, all threads);
 (a)   reference: one document at a time, fp32, ``model(input_ids=ids, labels=ids).loss``;
 (b)   plain padded batches of a fixed size, in input order, bf16, full logits, fp32 masked cross entropy;
+(plain) the plain HF loop a user would write: length-sorted batches under a token budget, bf16, full logits,
+      per-document loss from ``F.cross_entropy``; every arm's tokens/s is also given as a ratio to it;
 (c1)  hardfocus in-process, eager: ``scoring.Scorer(...).score`` (token-budget batches, chunked fp32 loss);
 (c1c) hardfocus in-process, ``Scorer(..., compiled=True)``: the same under ``torch.compile``; its construction
       (load + compile) is reported apart from its steady-state scoring time;
@@ -17,6 +19,7 @@ Arms (DESIGN.md, "Measuring speed" and "Fast scoring"):
 (c2)  hardfocus through Ray: the whole ``scoring.score(ScoreConfig(executor="ray", compile="off"))`` call on a
       JSONL shard of the same texts (``--ray-compile``: ``compile="on"``).
 
+The arms live in ``speed_arms``; peaks, load and the report files in ``harness``.
 Documents: real text from this machine (``speed_corpus``), seeded log-uniform lengths of 30-1024 tokens.
 (a) is slow: it scores a length-stratified subset of ``--ref-docs`` documents, whose tokens/s stands for the
 whole set and whose losses are the reference of the correctness checks. The report (``speed_report``) opens
@@ -32,216 +35,40 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import logging
 import os
-import shlex
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
-import torch.nn.functional as F
 
 # run as `python benchmarks/scoring_speed.py`: this folder is sys.path[0]
-from speed_corpus import Doc, corpus_summary, make_corpus, stratified_subset
-from speed_machine import (
-    combine_peaks,
-    inductor_cache,
-    library_versions,
-    load_average,
-    machine_info,
-    matmul_peaks,
-    timed,
-    timed_with_load,
+from harness import combine_peaks, command_line, library_versions, load_average, machine_info, matmul_peaks
+from speed_arms import (
+    MODEL_SPEC,
+    PADDED_BATCH_SIZE,
+    ArmResult,
+    count_params,
+    load_model,
+    run_hardfocus,
+    run_padded,
+    run_plain_loop,
+    run_ray,
+    run_reference,
 )
-from speed_profile import forward_shapes, profile_scorer
+from speed_corpus import Doc, corpus_summary, make_corpus, stratified_subset
 from speed_report import checks_table, headline, headline_text, results_table, write_outputs
 
 log = logging.getLogger("scoring_speed")
 
-MODEL_SPEC = "smollm2-135m"
-PADDED_BATCH_SIZE = 8
 # bf16 forward vs fp32 forward, per-document mean loss: measured differences are ~0.01 nats.
 TOLERANCE_BF16_MAX_NATS = 0.1
 TOLERANCE_BF16_MEAN_NATS = 0.03
 # (c2) runs the same Scorer on the same token ids as (c1) (or (c1c)): only thread-count effects may differ.
 TOLERANCE_SAME_CODE_NATS = 1e-3
-
-
-@dataclass
-class ArmResult:
-    """What one approach did: per-document NLL sums over ``indices`` of the corpus, and how long it took."""
-
-    key: str
-    title: str
-    indices: list[int]
-    nll_sum: np.ndarray  # float64, one per index
-    n_tokens: np.ndarray  # int64, predicted positions per index
-    seconds: float
-    setup_s: float | None = None  # load (and compile) time, excluded from seconds (None: included in it)
-    other_load: float | None = None  # CPU-seconds per second other processes used while ``seconds`` ran
-    positions: int | None = None  # forward positions computed, padding included (None: not known)
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def scored_tokens(self) -> int:
-        return int(self.n_tokens.sum())
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.scored_tokens / self.seconds
-
-    @property
-    def mean_loss(self) -> np.ndarray:
-        return self.nll_sum / np.maximum(self.n_tokens, 1)
-
-
-# ---- arms ------------------------------------------------------------------------------------
-
-
-def load_model(path: str, dtype: torch.dtype) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
-
-
-def count_params(model: torch.nn.Module) -> int:
-    """Parameters, shared (tied) tensors counted once: ``parameters()`` yields each tensor once."""
-    return sum(p.numel() for p in model.parameters())
-
-
-@torch.inference_mode()
-def reference_nll(model: torch.nn.Module, ids: np.ndarray) -> float:
-    """The model's own mean loss of one unpadded document, times its predicted positions."""
-    t = torch.from_numpy(ids.astype(np.int64)).unsqueeze(0)
-    return float(model(input_ids=t, labels=t).loss) * (len(ids) - 1)
-
-
-def run_reference(path: str, docs: list[Doc], indices: list[int]) -> ArmResult:
-    model, load_s = timed(lambda: load_model(path, torch.float32))
-    reference_nll(model, docs[indices[0]].ids)  # warm-up
-    log.info("(a) reference: %d docs one at a time, fp32", len(indices))
-    sums, seconds, other = timed_with_load(lambda: [reference_nll(model, docs[i].ids) for i in indices])
-    n_tokens = np.array([len(docs[i].ids) - 1 for i in indices], dtype=np.int64)
-    return ArmResult(
-        key="a", title="(a) reference: 1 doc at a time, fp32, model(labels=ids).loss",
-        indices=indices, nll_sum=np.array(sums, dtype=np.float64), n_tokens=n_tokens, seconds=seconds,
-        setup_s=load_s, other_load=other, positions=int(sum(len(docs[i].ids) for i in indices)),
-    )
-
-
-@torch.inference_mode()
-def padded_batch_nll(model: torch.nn.Module, batch: list[np.ndarray], pad_id: int) -> np.ndarray:
-    """Right-pad, full (B, T, V) logits in the model's dtype, fp32 cross entropy, masked sum per row."""
-    width = max(len(s) for s in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, seq in enumerate(batch):
-        ids[row, : len(seq)] = torch.from_numpy(seq.astype(np.int64))
-        mask[row, : len(seq)] = 1
-    logits = model(input_ids=ids, attention_mask=mask).logits
-    nll = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
-    return (nll.view(len(batch), width - 1) * mask[:, 1:]).sum(dim=1, dtype=torch.float64).numpy()
-
-
-def run_padded(path: str, docs: list[Doc], pad_id: int, batch_size: int) -> ArmResult:
-    model, load_s = timed(lambda: load_model(path, torch.bfloat16))
-    batches = [list(range(i, min(i + batch_size, len(docs)))) for i in range(0, len(docs), batch_size)]
-    padded_batch_nll(model, [docs[i].ids for i in batches[0]], pad_id)  # warm-up
-    log.info("(b) padded batches: %d batches of %d in input order, bf16", len(batches), batch_size)
-
-    def score_all() -> np.ndarray:
-        return np.concatenate([padded_batch_nll(model, [docs[i].ids for i in b], pad_id) for b in batches])
-
-    sums, seconds, other = timed_with_load(score_all)
-    return ArmResult(
-        key="b", title=f"(b) padded batches of {batch_size}, bf16, full logits",
-        indices=list(range(len(docs))), nll_sum=sums, n_tokens=np.array([len(d.ids) - 1 for d in docs]),
-        seconds=seconds, setup_s=load_s, other_load=other,
-        positions=sum(len(b) * max(len(docs[i].ids) for i in b) for b in batches),
-    )
-
-
-def _graphs_compiled() -> int:
-    """Graphs torch.compile has compiled in this process so far (recompiles included)."""
-    from torch._dynamo.utils import counters
-
-    return int(counters["stats"]["unique_graphs"])
-
-
-def run_hardfocus(path: str, docs: list[Doc], compiled: bool, profile: bool = False) -> ArmResult:
-    from scoring.scorer import Scorer
-
-    key = "c1c" if compiled else "c1"
-    threads = os.cpu_count() or 1
-    cache = inductor_cache()
-    graphs = [_graphs_compiled()]
-    if compiled:
-        log.info("(c1c) constructing Scorer(compiled=True): load + torch.compile; inductor cache warm: %s",
-                 cache["warm"])
-    scorer, setup_s = timed(lambda: Scorer(path, dtype="bfloat16", torch_threads=threads, compiled=compiled))
-    graphs.append(_graphs_compiled())
-    sequences = [d.ids for d in docs]
-    scorer.score(sequences[:PADDED_BATCH_SIZE])  # warm-up
-    graphs.append(_graphs_compiled())
-    chunk = scorer.loss.chunk_tokens
-    log.info("(%s) hardfocus Scorer: token budget %d, chunk %d, bf16, compiled %s, construction %.1f s",
-             key, scorer.token_budget, chunk, compiled, setup_s)
-    (sums, counts), seconds, other = timed_with_load(lambda: scorer.score(sequences))
-    graphs.append(_graphs_compiled())
-    profiled = profile_scorer(scorer, sequences) if profile else None
-    shapes, _ = forward_shapes(scorer, [len(s) for s in sequences])
-    return ArmResult(
-        key=key, title=f"({key}) hardfocus Scorer in-process, bf16, {'torch.compile' if compiled else 'eager'}",
-        indices=list(range(len(docs))), nll_sum=sums, n_tokens=counts, seconds=seconds, setup_s=setup_s,
-        other_load=other,
-        positions=sum(rows * length for rows, length, _ in shapes),
-        extra={
-            "compiled": compiled, "batches": len(shapes), "token_budget": scorer.token_budget, "chunk_tokens": chunk,
-            "inductor_cache": cache, "graphs_construction": graphs[1] - graphs[0],
-            "graphs_warmup": graphs[2] - graphs[1], "graphs_timed": graphs[3] - graphs[2], "profile": profiled,
-        },
-    )
-
-
-def run_ray(docs: list[Doc], compile_mode: str) -> ArmResult:
-    import scoring
-
-    with tempfile.TemporaryDirectory(prefix="hardfocus-bench-") as tmp:
-        shard = Path(tmp) / "shard.jsonl"
-        with open(shard, "w", encoding="utf-8") as f:
-            for i, d in enumerate(docs):
-                f.write(json.dumps({"id": str(i), "text": d.text}) + "\n")
-        cfg = scoring.ScoreConfig(
-            inputs=[str(shard)], output=str(Path(tmp) / "scores"), model=MODEL_SPEC, dtype="bfloat16",
-            executor="ray", id_column="id", compile=compile_mode,
-        )
-        log.info("(c2) hardfocus through Ray: score(executor='ray', compile=%r), whole call timed", compile_mode)
-        result, seconds, other = timed_with_load(lambda: scoring.score(cfg, progress=False))
-        parts = sorted(Path(cfg.output).glob("part-*.parquet"))
-        table = pq.read_table(parts, columns=["sample_id", "nll_sum", "n_tokens", "status"])
-    rows = table.to_pylist()
-    bad = [r for r in rows if r["status"] != "ok"]
-    if bad:
-        log.warning("(c2): %d rows not ok, e.g. %s", len(bad), bad[0])
-    by_id = {int(r["sample_id"]): r for r in rows}
-    run = result.manifest.runs[-1]
-    return ArmResult(
-        key="c2", title=f"(c2) hardfocus via Ray, whole score() call, compile={compile_mode}",
-        indices=list(range(len(docs))),
-        nll_sum=np.array([np.nan if by_id[i]["nll_sum"] is None else by_id[i]["nll_sum"] for i in range(len(docs))]),
-        n_tokens=np.array([by_id[i]["n_tokens"] for i in range(len(docs))], dtype=np.int64),
-        seconds=seconds, other_load=other,  # Ray's own processes count as "other" here
-        extra={"compile": compile_mode, "manifest_run": run.model_dump(), "manifest_tokens": result.manifest.tokens},
-    )
 
 
 def run_arms(path: str, docs: list[Doc], ref_indices: list[int], pad_id: int, args: argparse.Namespace
@@ -252,6 +79,7 @@ def run_arms(path: str, docs: list[Doc], ref_indices: list[int], pad_id: int, ar
     steps: list[tuple[str, Callable[[], ArmResult]]] = [
         ("a", lambda: run_reference(path, docs, ref_indices)),
         ("b", lambda: run_padded(path, docs, pad_id, PADDED_BATCH_SIZE)),
+        ("plain", lambda: run_plain_loop(path, docs, pad_id)),
         ("c1", lambda: run_hardfocus(path, docs, compiled=False, profile=not args.skip_profile and args.skip_compile)),
     ]
     if not args.skip_compile:
@@ -262,7 +90,7 @@ def run_arms(path: str, docs: list[Doc], ref_indices: list[int], pad_id: int, ar
         try:
             arms[key] = step()
         except Exception as exc:
-            if key in ("a", "b", "c1"):
+            if key in ("a", "b", "plain", "c1"):
                 raise
             log.exception("(%s) failed; the report leaves it out", key)
             failed[key] = f"{type(exc).__name__}: {exc}"
@@ -289,7 +117,7 @@ def loss_difference(arm: ArmResult, ref: ArmResult) -> dict:
 
 def correctness(arms: dict[str, ArmResult]) -> list[dict]:
     bf16, same = (TOLERANCE_BF16_MAX_NATS, TOLERANCE_BF16_MEAN_NATS), (TOLERANCE_SAME_CODE_NATS,) * 2
-    pairs = [(key, "a", bf16) for key in ("b", "c1", "c1c", "c2")]
+    pairs = [(key, "a", bf16) for key in ("b", "plain", "c1", "c1c", "c2")]
     # compiled vs eager: each is within bf16 noise of fp32 (+-0.04 nats on ~30-token documents, and it moves
     # with the batch shape), so they may differ by twice that: the triangle bound of the bf16 tolerances
     pairs.append(("c1c", "c1", (2 * TOLERANCE_BF16_MAX_NATS, 2 * TOLERANCE_BF16_MEAN_NATS)))
@@ -311,7 +139,7 @@ def correctness(arms: dict[str, ArmResult]) -> list[dict]:
     return checks
 
 
-def arm_row(arm: ArmResult, n_params: int, bf16_peak: float, ref_tps: float) -> dict:
+def arm_row(arm: ArmResult, n_params: int, bf16_peak: float, ref_tps: float, plain_tps: float | None) -> dict:
     useful_gflops = 2 * n_params * arm.tokens_per_s / 1e9
     return {
         "arm": arm.key, "title": arm.title, "docs": len(arm.indices), "scored_tokens": arm.scored_tokens,
@@ -319,6 +147,7 @@ def arm_row(arm: ArmResult, n_params: int, bf16_peak: float, ref_tps: float) -> 
         "tokens_per_s": arm.tokens_per_s,
         "useful_gflops": useful_gflops, "utilisation_bf16_peak": useful_gflops / bf16_peak,
         "speedup_vs_a": arm.tokens_per_s / ref_tps, "extra": arm.extra,
+        "vs_plain": None if plain_tps is None else arm.tokens_per_s / plain_tps,
     }
 
 
@@ -362,7 +191,8 @@ def measure(args: argparse.Namespace, command: str) -> dict:
     peaks = combine_peaks(peaks_start, matmul_peaks())
     log.info("peaks: fp32 %.0f, bf16 %.0f GFLOP/s, bf16/fp32 = %.1fx",
              peaks["fp32_peak"], peaks["bf16_peak"], peaks["bf16_over_fp32"])
-    rows = [arm_row(a, n_params, peaks["bf16_peak"], arms["a"].tokens_per_s) for a in arms.values()]
+    plain_tps = arms["plain"].tokens_per_s if "plain" in arms else None
+    rows = [arm_row(a, n_params, peaks["bf16_peak"], arms["a"].tokens_per_s, plain_tps) for a in arms.values()]
     return {
         "command": command,
         "date": started,
@@ -370,7 +200,8 @@ def measure(args: argparse.Namespace, command: str) -> dict:
         "versions": library_versions(),
         "model_path": path,
         "n_params": n_params,
-        "settings": {"padded_batch_size": PADDED_BATCH_SIZE, "model": MODEL_SPEC},
+        "settings": {"padded_batch_size": PADDED_BATCH_SIZE, "model": MODEL_SPEC,
+                     "plain_token_budget": arms["plain"].extra["token_budget"] if "plain" in arms else None},
         "peaks": peaks,
         "corpus": corpus_summary(docs, ref_indices, args.seed),
         "headline": headline(rows, n_params, peaks["bf16_peak"], peaks["fp32_peak"]),
@@ -384,7 +215,7 @@ def measure(args: argparse.Namespace, command: str) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    command = shlex.join(["python", *(sys.argv if argv is None else [sys.argv[0], *argv])])
+    command = command_line(argv)
     torch.set_num_threads(os.cpu_count() or 1)
     report = measure(args, command)
     write_outputs(report, args.out)

@@ -151,7 +151,7 @@ def run_child(args: list[str], mem_limit_gb: float) -> dict:
     from pathlib import Path
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from selection_speed import run_measured
+    from harness import run_measured
 
     log_path = Path(tempfile.mkdtemp(prefix="selection-profile-")) / "child.log"
     run = run_measured([sys.executable, os.path.abspath(__file__), *args], log_path, mem_limit_gb * GB)

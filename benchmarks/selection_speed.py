@@ -1,17 +1,15 @@
 """Selection speed and peak memory: ``hardfocus select`` against a straightforward pandas version, same run.
 
-    python benchmarks/selection_speed.py [--sizes 1e6,1e7,1e8] [--workdir /tmp/hardfocus-selection-speed] \
-        [--out benchmarks/results/selection_speed.md] [--rows-per-part 1000000] [--seed 0] \
+    python benchmarks/selection_speed.py [--sizes 1e6,1e7] [--workdir /tmp/hardfocus-selection-speed] \
+        [--out benchmarks/results/selection_speed.md] [--rows-per-part 2000] [--seed 0] \
         [--mem-limit-gb 16] [--skip-pandas] [--keep-outputs]
 
 For every size N:
 
-1. synthetic scores/ of N rows (the ``scoring`` contract, without ``input_ids``): ids like
-   ``shard-00012.jsonl.zst#123456``, five groups (one per shard) with different loss distributions
-   (lognormal / gamma plus a heavy noise tail), ~0.5% rows with a non-ok status and a few NaN/inf losses on
-   ok rows, part files of ``--rows-per-part`` rows, a valid ``manifest.json``. Generated part by part
-   (numpy + pyarrow), seeded, and reused from ``--workdir`` when a previous run made it with the same
-   parameters;
+1. synthetic scores/ of N rows as ``hardfocus score`` writes them with its defaults, ``input_ids`` included
+   (``selection_data``: about 600 tokens and 1.1 KB of zstd Parquet per row, so 10^8 rows need ~110 GB of
+   disk), in part files of ``--rows-per-part`` rows (scoring's ``rows_per_unit``), seeded, and reused from
+   ``--workdir`` when a previous run made it with the same parameters;
 2. ``hardfocus select <scores> -o <out> --no-report``: the real CLI with its defaults (global ranking,
    drop_top 0.1, keep 0.5, IR-DRO at temperature 1), in a fresh subprocess;
 3. the pandas baseline (``_pandas`` below): read the parquet parts, keep status ok & finite loss, sort by
@@ -35,188 +33,42 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import logging
 import math
 import os
-import platform
 import shlex
 import shutil
-import signal
-import subprocess
 import sys
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-from speed_machine import cpu_busy_seconds, own_cpu_seconds  # this folder is sys.path[0]
 
-GB = 1e9  # targets and the report are in GB (10^9 bytes): stricter than GiB
+# this folder is sys.path[0]
+from harness import GB, code_version, load_average, load_cell, machine_info, run_measured
+from selection_data import (
+    GROUPS,
+    INF_RATE,
+    MAX_TOKENS,
+    NAN_RATE,
+    NOISE_RATE,
+    NON_OK_RATE,
+    ROWS_PER_PART,
+    ROWS_PER_SHARD,
+    VOCAB,
+    ensure_scores,
+)
+
+logger = logging.getLogger("selection_speed")
+
+DROP_TOP, KEEP, TEMPERATURE = 0.1, 0.5, 1.0  # `hardfocus select` defaults; the pandas arm uses the same
+
 TARGET_ROWS = 100_000_000
 TARGET_SECONDS = 120.0
 TARGET_RSS_GB = 8.0
 DATA_VERSION = 1  # bump when the generator changes: the cached data is made again
-
-ROWS_PER_SHARD = 50_000
-MAX_TOKENS = 2048
-DROP_TOP, KEEP, TEMPERATURE = 0.1, 0.5, 1.0  # `hardfocus select` defaults; the pandas arm uses the same
-# (name or None, share of shards): one group per shard, as when each source file is one domain
-GROUPS = [("web", 0.43), ("code", 0.20), ("books", 0.15), ("wiki", 0.12), ("arxiv", 0.08), (None, 0.02)]
-NON_OK_RATE = 0.005
-NON_OK = [("too_short", 0.6), ("empty", 0.3), ("invalid_utf8", 0.08), ("error: RuntimeError: tokenizer failed", 0.02)]
-NAN_RATE, INF_RATE = 2e-4, 2e-5  # of ok rows
-NOISE_RATE = 0.02  # garbage documents with very high loss: what drop_top is for
-
-
-# ----------------------------------------------------------------------------------------------- data
-
-def _group_losses(rng: np.random.Generator, group: str | None, n: int) -> np.ndarray:
-    if group == "web":
-        x = rng.lognormal(np.log(3.0), 0.30, n)
-    elif group == "code":
-        x = 0.3 + rng.gamma(4.0, 0.35, n)
-    elif group == "books":
-        x = rng.lognormal(np.log(2.7), 0.15, n)
-    elif group == "wiki":
-        x = rng.lognormal(np.log(2.3), 0.25, n)
-    elif group == "arxiv":
-        x = rng.gamma(9.0, 0.25, n)
-    else:
-        x = rng.lognormal(np.log(3.5), 0.5, n)
-    noise = rng.random(n) < NOISE_RATE
-    x[noise] = rng.uniform(6.0, 11.0, int(noise.sum()))
-    return x
-
-
-def shard_group(seed: int, shard: int) -> int:
-    """Index into GROUPS of a shard's group (seeded per shard, so it does not depend on N or the part size)."""
-    rng = np.random.default_rng([seed, 1, shard])
-    return int(rng.choice(len(GROUPS), p=[p for _, p in GROUPS]))
-
-
-def make_part(seed: int, start: int, stop: int) -> tuple[pa.Table, dict[str, int], dict[int, int]]:
-    """Rows [start, stop) of the synthetic scores: the table, rows per status, rows per shard."""
-    from scoring.schema import scores_table
-
-    n = stop - start
-    rng = np.random.default_rng([seed, 0, start])
-    g = np.arange(start, stop, dtype=np.int64)
-    shard = g // ROWS_PER_SHARD
-    row = g % ROWS_PER_SHARD
-    shards, shard_inv = np.unique(shard, return_inverse=True)
-    shard_names = pa.array([f"shard-{s:05d}.jsonl.zst" for s in shards], pa.string())
-    shard_col = pc.take(shard_names, pa.array(shard_inv.astype(np.int32)))
-    sample_id = pc.binary_join_element_wise(shard_col, pc.cast(pa.array(row), pa.string()), "#")
-
-    group_of_shard = np.array([shard_group(seed, int(s)) for s in shards])
-    group_idx = group_of_shard[shard_inv]
-    loss = np.empty(n, np.float64)
-    for k, (name, _) in enumerate(GROUPS):
-        where = np.flatnonzero(group_idx == k)
-        if where.size:
-            loss[where] = _group_losses(rng, name, where.size)
-    group_names = pa.array([name or "" for name, _ in GROUPS], pa.string())
-    group_col = pc.take(group_names, pa.array(group_idx.astype(np.int32)))
-    null_group = np.array([name is None for name, _ in GROUPS])[group_idx]
-    group_col = pc.if_else(pa.array(null_group), pa.scalar(None, pa.string()), group_col)
-
-    raw_tokens = np.maximum(rng.lognormal(np.log(400), 1.0, n).astype(np.int64), 2)
-    truncated = raw_tokens > MAX_TOKENS
-    n_tokens = np.minimum(raw_tokens, MAX_TOKENS) - 1
-
-    status_names = ["ok"] + [s for s, _ in NON_OK]
-    non_ok = rng.random(n) < NON_OK_RATE
-    status_idx = np.zeros(n, np.int32)
-    status_idx[non_ok] = 1 + rng.choice(len(NON_OK), size=int(non_ok.sum()), p=[p for _, p in NON_OK])
-    u = rng.random(n)
-    loss[(~non_ok) & (u < NAN_RATE)] = np.nan
-    loss[(~non_ok) & (u >= NAN_RATE) & (u < NAN_RATE + INF_RATE)] = np.inf
-    loss32 = loss.astype(np.float32)
-    n_tokens[non_ok] = 0
-    truncated[non_ok] = False
-
-    table = scores_table(
-        {
-            "sample_id": sample_id,
-            "shard": shard_col,
-            "row": row,
-            "group": group_col,
-            "n_tokens": n_tokens.astype(np.int32),
-            "loss": pa.array(loss32, pa.float32(), mask=non_ok),
-            "nll_sum": pa.array(loss32.astype(np.float64) * n_tokens, pa.float64(), mask=non_ok),
-            "truncated": truncated,
-            "status": pc.take(pa.array(status_names, pa.string()), pa.array(status_idx)),
-        },
-        with_input_ids=False,
-    )
-    kinds = ["ok"] + ["error" if s.startswith("error: ") else s for s, _ in NON_OK]
-    by_status: dict[str, int] = {}
-    for k, c in zip(*np.unique(status_idx, return_counts=True)):
-        by_status[kinds[k]] = by_status.get(kinds[k], 0) + int(c)
-    per_shard = {int(s): int(c) for s, c in zip(shards, np.bincount(shard_inv))}
-    return table, by_status, per_shard
-
-
-def data_params(n: int, rows_per_part: int, seed: int) -> dict:
-    return {"version": DATA_VERSION, "rows": n, "rows_per_part": rows_per_part, "seed": seed,
-            "rows_per_shard": ROWS_PER_SHARD, "groups": GROUPS, "non_ok": NON_OK, "non_ok_rate": NON_OK_RATE,
-            "nan_rate": NAN_RATE, "inf_rate": INF_RATE, "noise_rate": NOISE_RATE}
-
-
-def ensure_scores(workdir: Path, n: int, rows_per_part: int, seed: int) -> tuple[Path, dict]:
-    """The scores/ directory of N rows under ``workdir``, generated unless an identical one is there."""
-    from scoring.manifest import ScoreManifest, ShardInfo, library_versions
-
-    params = data_params(n, rows_per_part, seed)
-    out = workdir / f"scores-n{n}-p{rows_per_part}-s{seed}"
-    marker = out / "generated.json"
-    if marker.is_file():
-        info = json.loads(marker.read_text())
-        if info["params"] == json.loads(json.dumps(params)) and (out / "manifest.json").is_file():
-            log(f"N={n:,}: reusing {out} ({info['bytes'] / GB:.2f} GB, generated in {info['seconds']:.0f} s)")
-            return out, {**info, "reused": True}
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    t0 = time.perf_counter()
-    by_status: dict[str, int] = {}
-    per_shard: dict[int, int] = {}
-    parts = 0
-    for start in range(0, n, rows_per_part):
-        table, status_counts, shard_counts = make_part(seed, start, min(start + rows_per_part, n))
-        pq.write_table(table, out / f"part-{parts:05d}.parquet", compression="zstd")  # as scoring writes them
-        parts += 1
-        for k, v in status_counts.items():
-            by_status[k] = by_status.get(k, 0) + v
-        for k, v in shard_counts.items():
-            per_shard[k] = per_shard.get(k, 0) + v
-        if parts % 10 == 0:
-            log(f"N={n:,}: {parts} parts written ({time.perf_counter() - t0:.0f} s)")
-    seconds = time.perf_counter() - t0
-    shards = [
-        ShardInfo(url=f"file:///data/corpus/shard-{s:05d}.jsonl.zst", rel=f"shard-{s:05d}.jsonl.zst",
-                  format="jsonl", compression="zstd", size=rows * 1500, rows=rows)
-        for s, rows in sorted(per_shard.items())
-    ]
-    manifest = ScoreManifest(
-        model="synthetic", model_path="/nowhere", model_fingerprint="synthetic-model",
-        tokenizer_fingerprint="synthetic-tokenizer", max_tokens=MAX_TOKENS, dtype="bfloat16", device="cpu",
-        add_special_tokens=True, text_column="text", id_column=None, group_column="group", shards=shards,
-        parts=parts, rows=n, rows_by_status=dict(sorted(by_status.items())),
-        error_examples=[s for s, _ in NON_OK if s.startswith("error: ")],
-        tokens=0, truncated=0, duplicate_ids=0, duplicate_id_examples=[], runs=[], versions=library_versions(),
-    )
-    (out / "manifest.json").write_text(json.dumps(manifest.model_dump(), indent=2))
-    size = sum(p.stat().st_size for p in out.glob("part-*.parquet"))
-    info = {"params": params, "dir": str(out), "parts": parts, "bytes": size, "seconds": seconds,
-            "rows_by_status": manifest.rows_by_status}
-    marker.write_text(json.dumps(info, indent=2))
-    log(f"N={n:,}: generated {parts} parts, {size / GB:.2f} GB in {seconds:.0f} s -> {out}")
-    return out, {**info, "reused": False}
-
 
 # ------------------------------------------------------------------------------------- pandas baseline
 
@@ -248,58 +100,6 @@ def pandas_select(scores: str, output: str, drop_top: float, keep: float, temper
 
 # -------------------------------------------------------------------------------------- measuring
 
-def _tree_rss(pid: int) -> int:
-    import psutil
-
-    try:
-        p = psutil.Process(pid)
-        procs = [p, *p.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    total = 0
-    for q in procs:
-        try:
-            total += q.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
-
-
-def run_measured(cmd: list[str], log_path: Path, mem_limit: float) -> dict:
-    """Run ``cmd`` in a fresh process group; wall seconds, peak RSS (ru_maxrss of this child), CPU seconds."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    killed = threading.Event()
-    done = threading.Event()
-    with open(log_path, "wb") as logf:
-        busy0, own0, t0 = cpu_busy_seconds(), own_cpu_seconds(), time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
-
-        def watchdog() -> None:
-            while not done.wait(0.05):
-                if _tree_rss(proc.pid) > mem_limit:
-                    killed.set()
-                    try:
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                    return
-
-        thread = threading.Thread(target=watchdog, daemon=True)
-        thread.start()
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - t0
-        busy = cpu_busy_seconds() - busy0 - (own_cpu_seconds() - own0)  # less this process (the watchdog)
-        done.set()
-        thread.join()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    cpu = usage.ru_utime + usage.ru_stime
-    return {
-        "cmd": cmd, "returncode": proc.returncode, "seconds": seconds, "peak_rss_gb": usage.ru_maxrss * 1024 / GB,
-        "cpu_seconds": cpu, "other_load": max(busy - cpu, 0.0) / seconds, "oom": killed.is_set() or proc.returncode == -9,
-        "log": str(log_path), "log_tail": log_path.read_text(errors="replace")[-1500:],
-    }
-
-
 def hardfocus_cmd() -> list[str]:
     exe = Path(sys.executable).parent / "hardfocus"
     return [str(exe)] if exe.is_file() else [sys.executable, "-m", "pipelines.cli"]
@@ -326,45 +126,19 @@ def compare_outputs(hf_dir: Path, pd_dir: Path) -> dict:
 
 # -------------------------------------------------------------------------------------- the benchmark
 
-def machine_info() -> dict:
+def machine_facts() -> dict:
+    """The shared machine facts, with memory, the load average and the libraries selection runs on."""
     import pandas
     import polars
 
-    info = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "Model name":
-                info["cpu_model"] = value.strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith(("MemTotal:", "MemAvailable:")):
-            key, value = line.split(":")
-            info[key.strip().lower() + "_gb"] = int(value.split()[0]) * 1024 / GB
-    info["load_average_1m"] = float(Path("/proc/loadavg").read_text().split()[0])
+    info = machine_info() | {"load_average_1m": load_average(), "hardfocus_code": code_version()}
     info["polars"], info["polars_threads"] = polars.__version__, polars.thread_pool_size()
-    info["hardfocus_code"] = code_version()
     info["pandas"], info["pyarrow"], info["numpy"] = pandas.__version__, pa.__version__, np.__version__
     return info
 
 
-def code_version() -> str:
-    """The commit of the hardfocus tree measured, and whether selection/ or scoring/ differ from it."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "selection", "scoring", "pipelines"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.split("\n")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    changed = sorted(line[3:] for line in dirty if line.strip())
-    return head + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
-
-
 def log(msg: str) -> None:
-    print(f"{datetime.now():%H:%M:%S} {msg}", file=sys.stderr, flush=True)
+    logger.info(msg)
 
 
 def parse_sizes(text: str) -> list[int]:
@@ -386,7 +160,9 @@ def bench_size(n: int, args, workdir: Path, history: list[dict]) -> dict:
         summary = json.loads((hf_out / "summary.json").read_text())
         result["eligible"], result["kept"] = summary["eligible"], summary["bands"].get("kept", 0)
         result["excluded"] = summary["excluded"]
-    log(f"N={n:,}: hardfocus {'ok' if hf['ok'] else 'FAILED'} {hf['seconds']:.1f} s, peak {hf['peak_rss_gb']:.2f} GB")
+    hf["output_bytes"] = sum(p.stat().st_size for p in hf_out.glob("part-*.parquet"))
+    log(f"N={n:,}: hardfocus {'ok' if hf['ok'] else 'FAILED'} {hf['seconds']:.1f} s, peak {hf['peak_rss_gb']:.2f} GB, "
+        f"selected/ {hf['output_bytes'] / GB:.2f} GB")
     result["hardfocus"] = hf
 
     pd_out = workdir / f"out-pandas-n{n}"
@@ -468,9 +244,9 @@ def headline(results: list[dict]) -> str:
 
 def results_table(results: list[dict]) -> str:
     lines = [
-        "| N | scores on disk | hardfocus s | hardfocus peak RSS GB | hardfocus CPU s | other load "
+        "| N | scores on disk | selected/ on disk | hardfocus s | hardfocus peak RSS GB | hardfocus CPU s | other load "
         "| pandas s | pandas peak RSS GB | pandas ÷ hardfocus (time, RSS) | same selection | targets (100M: <120 s, <8 GB) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in results:
         hf, p, agree = r["hardfocus"], r["pandas"], r.get("agreement")
@@ -493,8 +269,9 @@ def results_table(results: list[dict]) -> str:
         else:
             same = f"**no** ({agree['only_hardfocus']:,} only in hardfocus, {agree['only_pandas']:,} only in pandas)"
         lines.append(
-            f"| {r['rows']:,} | {r['data']['bytes'] / 1e6:,.0f} MB, {r['data']['parts']} parts | {hf_s} "
-            f"| {hf_rss} | {hf['cpu_seconds']:.1f} | {hf['other_load']:.2f} | {p_s} | {p_rss} | {ratio} "
+            f"| {r['rows']:,} | {r['data']['bytes'] / 1e6:,.0f} MB, {r['data']['parts']:,} parts "
+            f"| {hf.get('output_bytes', 0) / 1e6:,.0f} MB | {hf_s} "
+            f"| {hf_rss} | {hf['cpu_seconds']:.1f} | {load_cell(hf['other_load'])} | {p_s} | {p_rss} | {ratio} "
             f"| {same} | {verdict(r)} |"
         )
     return "\n".join(lines)
@@ -513,12 +290,14 @@ def write_report(path: Path, report: dict) -> None:
         for r in results for arm in ("hardfocus", "pandas")
         if "returncode" in r[arm] and not r[arm]["ok"]
     )
+    notes = "".join(f"\n- {a}\n" for a in report.get("annotations", []))  # added after the run, kept in the JSON
+    notes = f"\n## Notes added after the run\n{notes}" if notes else ""
     text = f"""# Selection speed: `hardfocus select` vs plain pandas
 
 Measured {report['finished']} ({report['wall_s'] / 60:.1f} min in all), hardfocus {m.get('hardfocus_code')}.
 
 {headline(results)}
-
+{notes}
 {results_table(results)}
 
 - **hardfocus**: `hardfocus select <scores> -o <out> --no-report`, the real CLI with its defaults (global
@@ -536,16 +315,20 @@ Measured {report['finished']} ({report['wall_s'] / 60:.1f} min in all), hardfocu
 - Same selection: both outputs sorted by sample_id; the id sets must be equal (ties in float32 loss are
   broken by sample_id in both), then weights and loss ranks compared per id (a loss_rank difference of
   ~6e-8 is one float32 ulp: rank × float32(1/(n-1)) against rank / (n-1)).
-- Score files are in the page cache (generated or read just before): the figures are compute, not disk.
+- Score files were generated or read shortly before each run; whether they were still in the page cache
+  is not checked (at 10^7 rows with `input_ids` they are 11 GB), so a figure may include disk reads.
 
 Rows:
 
 {counts}
 
-Synthetic scores (no `input_ids`): ids `shard-NNNNN.jsonl.zst#row`, {ROWS_PER_SHARD:,} rows per shard, one
-group per shard ({', '.join(f'{g or "null"} {p:.0%}' for g, p in GROUPS)}), losses lognormal/gamma per group
-plus {NOISE_RATE:.0%} noise at 6-11 nats, {NON_OK_RATE:.1%} rows with a non-ok status, NaN/inf loss on
-{NAN_RATE + INF_RATE:.3%} of ok rows; zstd part files of {report['args']['rows_per_part']:,} rows.
+Synthetic scores as `hardfocus score` writes them (`benchmarks/selection_data.py`): ids
+`shard-NNNNN.jsonl.zst#row`, {ROWS_PER_SHARD:,} rows per shard, one group per shard
+({', '.join(f'{g or "null"} {p:.0%}' for g, p in GROUPS)}), losses lognormal/gamma per group plus
+{NOISE_RATE:.0%} noise at 6-11 nats, {NON_OK_RATE:.1%} rows with a non-ok status, NaN/inf loss on
+{NAN_RATE + INF_RATE:.3%} of ok rows; `input_ids` of every row (lognormal lengths, median 400 tokens, cut at
+{MAX_TOKENS:,}; Zipf-distributed ids over a {VOCAB:,}-token vocabulary), which `select` carries into
+`selected/`; zstd part files of {report['args']['rows_per_part']:,} rows (scoring's default `rows_per_unit`).
 
 ## Machine
 
@@ -569,11 +352,12 @@ def main(argv: list[str] | None = None) -> int:
         scores, output = argv[1], argv[2]
         pandas_select(scores, output, DROP_TOP, KEEP, TEMPERATURE)
         return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sizes", default="1e6,1e7,1e8", help="comma-separated row counts, e.g. 1e6,1e7,1e8")
+    ap.add_argument("--sizes", default="1e6,1e7", help="comma-separated row counts, e.g. 1e6,1e7,1e8")
     ap.add_argument("--workdir", default="/tmp/hardfocus-selection-speed", help="generated data, outputs and logs")
     ap.add_argument("--out", default="benchmarks/results/selection_speed.md", help="Markdown report; JSON beside it")
-    ap.add_argument("--rows-per-part", type=int, default=1_000_000)
+    ap.add_argument("--rows-per-part", type=int, default=ROWS_PER_PART)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mem-limit-gb", type=float, default=None,
                     help="kill a run past this RSS  [default: 65%% of MemTotal, at most 16]")
@@ -581,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-outputs", action="store_true", help="keep the selected/ outputs in --workdir")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    machine = machine_info()
+    machine = machine_facts()
     if args.mem_limit_gb is None:
         args.mem_limit_gb = round(min(16.0, 0.65 * machine.get("memtotal_gb", 24.0)), 1)
     workdir = Path(args.workdir)

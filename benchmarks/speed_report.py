@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
-import numpy as np
+from harness import CONTENDED_OTHER_LOAD, machine_lines, ratio, write_report
 from speed_profile import profile_table
 
 log = logging.getLogger("scoring_speed")
@@ -15,9 +14,6 @@ log = logging.getLogger("scoring_speed")
 TARGET_SPEEDUP_VS_A = 5.0
 TARGET_UTILISATION_BF16 = 0.5
 STEADY_STATE_ARMS = ("c1", "c1c")  # (c2) times the whole score() call, start-up included
-# Other processes using more than this many CPU-seconds per second while an arm was timed make its figure
-# unreliable: on 2 cores, one busy neighbour slowed the 2-thread fp32 reference 8x in one run.
-CONTENDED_OTHER_LOAD = 0.2
 
 
 def headline(rows: list[dict], n_params: int, bf16_peak: float, fp32_peak: float) -> dict:
@@ -66,12 +62,20 @@ def headline_text(h: dict, rows: list[dict]) -> str:
         f"{h['target_speedup_vs_a']:g}x (a) needs {100 * h['utilisation_for_speedup_target']:.0f}% of the bf16 peak"
         + (" — **out of reach on this machine**." if h["speedup_ceiling"] < h["target_speedup_vs_a"] else "."),
     ]
-    contended = [r for r in rows if r["arm"] != "c2" and (r["other_load"] or 0) > CONTENDED_OTHER_LOAD]
+    contended = [r for r in rows if _load_is_others(r) and (r["other_load"] or 0) > CONTENDED_OTHER_LOAD]
     if contended:
         lines.append(
             "- **Other work shared the CPUs** while " + ", ".join(f"({r['arm']})" for r in contended) + " ran "
             "(column \"other load\"); those figures, and ratios built on them, are not reliable: run it again on a "
             "quiet machine."
+        )
+    plain = next((r for r in rows if r["arm"] == "plain"), None)
+    if plain is not None:
+        lines.append(
+            f"- Against the plain HF loop a user would write ({plain['tokens_per_s']:,.0f} tokens/s, "
+            f"{100 * plain['utilisation_bf16_peak']:.1f}% of the bf16 peak): "
+            + ", ".join(f"({r['arm']}) {ratio(r['tokens_per_s'], plain['tokens_per_s'])}" for r in rows
+                        if r["arm"] != "plain") + "."
         )
     for r in rows:
         if r["arm"] == "c2":
@@ -82,11 +86,20 @@ def headline_text(h: dict, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _load_is_others(row: dict) -> bool:
+    """Whether the row's other load leaves its own work out: (c2) runs in Ray's processes, which runs before
+    ``other_load_excludes_ray`` counted as other load (its scoring actor among them)."""
+    return row["arm"] != "c2" or bool((row["extra"] or {}).get("other_load_excludes_ray"))
+
+
 def results_table(rows: list[dict]) -> str:
+    plain = next((r for r in rows if r["arm"] == "plain"), None)  # results from before the plain loop have none
+    with_plain = plain is not None
     lines = [
         "| arm | docs | scored tokens | positions computed (incl. padding) | setup s (excluded) | seconds "
-        "| other load | tokens/s | useful GFLOP/s | util. of bf16 peak | speed-up vs (a) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| other load | tokens/s | useful GFLOP/s | util. of bf16 peak | speed-up vs (a) |"
+        + (" vs plain loop |" if with_plain else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if with_plain else ""),
     ]
     for r in rows:
         positions = "n/a" if r["positions"] is None else f"{r['positions']:,}"
@@ -97,6 +110,7 @@ def results_table(rows: list[dict]) -> str:
             f"{other} | "
             f"{r['tokens_per_s']:,.0f} | {r['useful_gflops']:.1f} | {100 * r['utilisation_bf16_peak']:.2f}% | "
             f"{r['speedup_vs_a']:.1f}x |"
+            + (f" {ratio(r['tokens_per_s'], plain['tokens_per_s'])} |" if with_plain else "")
         )
     return "\n".join(lines)
 
@@ -128,7 +142,9 @@ def render_markdown(report: dict) -> str:
         "(c1c) the whole `Scorer` construction, compiling included) is timed but left out of seconds and "
         "tokens/s; (c2) times its whole call. Other load: CPU-seconds per second that other processes used while "
         f"seconds ran (/proc/stat less this process); about 0 on a quiet machine, above {CONTENDED_OTHER_LOAD:g} "
-        "the figure is not reliable; for (c2) it includes Ray's own worker processes.\n\n"
+        "the figure is not reliable; "
+        + ("for (c2) it includes Ray's own worker processes.\n\n" if not all(map(_load_is_others, report["arms"]))
+           else "for (c2) less Ray's processes (this process's descendants, sampled every 0.2 s).\n\n")
         + results_table(report["arms"]),
         _profile_section(report),
         "## Correctness\n\n"
@@ -138,6 +154,8 @@ def render_markdown(report: dict) -> str:
         "Absolute speeds on shared CPU machines vary by 2x or more between runs; compare only figures from the "
         "same run.",
     ]
+    if report.get("annotations"):  # notes added to a committed result after the run, kept in its JSON
+        sections.insert(2, "## Notes added after the run\n\n" + "\n".join(f"- {a}" for a in report["annotations"]))
     return "\n\n".join(sections) + "\n"
 
 
@@ -166,20 +184,12 @@ def _header_section(report: dict) -> str:
     )
 
 
-def _yes_no(flag: bool) -> str:
-    return "yes" if flag else "no"
-
-
 def _machine_section(report: dict) -> str:
     m = report["machine"]
-    versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items() if k != "torch")
     return "\n".join([
         "## Machine",
         "",
-        f"- CPU: {m['cpu_model']}, {m['cpus']} logical CPUs ({m['cores_per_socket']} cores/socket, "
-        f"{m['threads_per_core']} thread/core), hypervisor: {m['hypervisor'] or 'none'}",
-        f"- /proc/cpuinfo: avx512_bf16 {_yes_no(m['avx512_bf16'])}, amx_bf16 {_yes_no(m['amx_bf16'])}",
-        f"- torch {m['torch']}, torch.get_num_threads() = {m['torch_threads']}; {versions}",
+        *machine_lines(m, report["versions"]),
         f"- 1-minute load average: {m['load_avg_start']:.2f} at the start, {m['load_avg_end']:.2f} after the last "
         "arm (the run itself adds about its thread count; much more means other work shared the CPUs)",
     ])
@@ -196,7 +206,8 @@ def _peaks_section(p: dict, threads: int) -> str:
     ]
     for when in ("start", "end"):
         for dtype in ("fp32", "bf16"):
-            cells = " | ".join(f"{p[when][dtype]['by_size'][n]:.0f}" for n in sizes)
+            by_size = {int(k): v for k, v in p[when][dtype]["by_size"].items()}  # JSON keys are text
+            cells = " | ".join(f"{by_size[n]:.0f}" for n in sizes)
             label = f"{dtype} ({'before' if when == 'start' else 'after'} the arms)"
             lines.append(f"| {label} | {cells} | {p[when][dtype]['gflops']:.0f} |")
     lines += [
@@ -232,6 +243,15 @@ def _notes_section(arms: dict[str, dict], report: dict) -> str:
         "`model(...).logits` (the full batch x seq x vocab tensor) then fp32 cross entropy, masked; model load and "
         "one warm-up batch excluded.",
     ]
+    if "plain" in arms:
+        lines.append(
+            f"- (plain) the loop a user would write (`speed_arms.plain_loop`, ~25 lines): documents sorted by length, "
+            f"cut into batches of at most {arms['plain']['extra']['token_budget']:,} padded tokens, right-padded with "
+            "no attention mask (causal: no real position sees the padding, so SDPA keeps its causal flash kernel), "
+            "bf16, the full logits, `F.cross_entropy(logits.float(), reduction='none')` summed over each document's "
+            "positions; model load and one warm-up batch excluded. Its column \"vs plain loop\" is every arm's "
+            "tokens/s over this one's."
+        )
     for key in ("c1", "c1c"):
         if key in arms:
             lines.append(_scorer_note(key, arms[key]))
@@ -299,15 +319,4 @@ def _ray_note(row: dict) -> str:
 
 
 def write_outputs(report: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_markdown(report))
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=_json_default) + "\n")
-    log.info("wrote %s and %s", out, out.with_suffix(".json"))
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    write_report(out, report, render_markdown(report))
