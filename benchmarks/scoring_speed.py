@@ -2,7 +2,7 @@
 
     python benchmarks/scoring_speed.py [--docs 300] [--ref-docs 80] [--seed 0] \
         [--out benchmarks/results/scoring_speed.md] [--skip-ray] [--skip-compile] [--ray-compile] \
-        [--skip-profile]
+        [--skip-profile] [--skip-padded]
 
 Arms (DESIGN.md, "Measuring speed" and "Fast scoring"):
 
@@ -17,7 +17,8 @@ Arms (DESIGN.md, "Measuring speed" and "Fast scoring"):
 (p)   where the time of the fastest in-process arm goes: one more pass under ``torch.profiler``, split into
       matmuls, attention and the rest, with the FLOPs each executed (``speed_profile``);
 (c2)  hardfocus through Ray: the whole ``scoring.score(ScoreConfig(executor="ray", compile="off"))`` call on a
-      JSONL shard of the same texts (``--ray-compile``: ``compile="on"``).
+      JSONL shard of the same texts (``--ray-compile``: ``compile="on"``), what ``hardfocus score`` runs;
+(c2l) the same call with ``executor="local"``: what Ray's orchestration costs, start-up and steady state.
 
 The arms live in ``speed_arms``; peaks, load and the report files in ``harness``.
 Documents: real text from this machine (``speed_corpus``), seeded log-uniform lengths of 30-1024 tokens.
@@ -78,19 +79,21 @@ def run_arms(path: str, docs: list[Doc], ref_indices: list[int], pad_id: int, ar
     failed: dict[str, str] = {}
     steps: list[tuple[str, Callable[[], ArmResult]]] = [
         ("a", lambda: run_reference(path, docs, ref_indices)),
-        ("b", lambda: run_padded(path, docs, pad_id, PADDED_BATCH_SIZE)),
         ("plain", lambda: run_plain_loop(path, docs, pad_id)),
         ("c1", lambda: run_hardfocus(path, docs, compiled=False, profile=not args.skip_profile and args.skip_compile)),
     ]
+    if not args.skip_padded:
+        steps.insert(1, ("b", lambda: run_padded(path, docs, pad_id, PADDED_BATCH_SIZE)))
     if not args.skip_compile:
         steps.append(("c1c", lambda: run_hardfocus(path, docs, compiled=True, profile=not args.skip_profile)))
     if not args.skip_ray:
         steps.append(("c2", lambda: run_ray(docs, "on" if args.ray_compile else "off")))
+        steps.append(("c2l", lambda: run_ray(docs, "on" if args.ray_compile else "off", executor="local")))
     for key, step in steps:
         try:
             arms[key] = step()
         except Exception as exc:
-            if key in ("a", "b", "plain", "c1"):
+            if key in ("a", "plain", "c1"):
                 raise
             log.exception("(%s) failed; the report leaves it out", key)
             failed[key] = f"{type(exc).__name__}: {exc}"
@@ -123,6 +126,7 @@ def correctness(arms: dict[str, ArmResult]) -> list[dict]:
     pairs.append(("c1c", "c1", (2 * TOLERANCE_BF16_MAX_NATS, 2 * TOLERANCE_BF16_MEAN_NATS)))
     # (c2) runs the same code as (c1), or as (c1c) with --ray-compile
     pairs.append(("c2", "c1c" if "c2" in arms and arms["c2"].extra["compile"] == "on" else "c1", same))
+    pairs.append(("c2l", "c2", same))  # the same job in-process
     checks = []
     for key, against, (tol_max, tol_mean) in pairs:
         if key in arms and against in arms:
@@ -148,7 +152,14 @@ def arm_row(arm: ArmResult, n_params: int, bf16_peak: float, ref_tps: float, pla
         "useful_gflops": useful_gflops, "utilisation_bf16_peak": useful_gflops / bf16_peak,
         "speedup_vs_a": arm.tokens_per_s / ref_tps, "extra": arm.extra,
         "vs_plain": None if plain_tps is None else arm.tokens_per_s / plain_tps,
+        "steady_tokens_per_s": _steady_tokens_per_s(arm),
     }
+
+
+def _steady_tokens_per_s(arm: ArmResult) -> float | None:
+    """(c2)/(c2l): tokens / the seconds the actor spent on units (``manifest.runs[-1].actor_s``), start-up left out."""
+    run = arm.extra.get("manifest_run") or {}
+    return run["tokens_scored"] / run["actor_s"] if run.get("actor_s") else None
 
 
 # ---- main ------------------------------------------------------------------------------------
@@ -161,7 +172,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="length-stratified subset that the slow reference (a) scores (default 80)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scoring_speed.md"))
-    parser.add_argument("--skip-ray", action="store_true", help="leave out (c2)")
+    parser.add_argument("--skip-ray", action="store_true", help="leave out (c2) and (c2l)")
+    parser.add_argument("--skip-padded", action="store_true", help="leave out (b), the slow padded-batches baseline")
     parser.add_argument("--skip-compile", action="store_true", help="leave out (c1c)")
     parser.add_argument("--skip-profile", action="store_true",
                         help="leave out the profiled pass of the fastest in-process arm (where its time goes)")

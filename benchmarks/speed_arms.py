@@ -225,8 +225,11 @@ def run_hardfocus(path: str, docs: list[Doc], compiled: bool, profile: bool = Fa
     )
 
 
-def run_ray(docs: list[Doc], compile_mode: str) -> ArmResult:
+def run_ray(docs: list[Doc], compile_mode: str, executor: str = "ray") -> ArmResult:
+    """(c2) the whole ``score()`` call as the CLI makes it (Ray by default); (c2l) the same with executor local."""
     import scoring
+
+    key = "c2" if executor == "ray" else "c2l"
 
     with tempfile.TemporaryDirectory(prefix="hardfocus-bench-") as tmp:
         shard = Path(tmp) / "shard.jsonl"
@@ -235,9 +238,9 @@ def run_ray(docs: list[Doc], compile_mode: str) -> ArmResult:
                 f.write(json.dumps({"id": str(i), "text": d.text}) + "\n")
         cfg = scoring.ScoreConfig(
             inputs=[str(shard)], output=str(Path(tmp) / "scores"), model=MODEL_SPEC, dtype="bfloat16",
-            executor="ray", id_column="id", compile=compile_mode,
+            executor=executor, id_column="id", compile=compile_mode,
         )
-        log.info("(c2) hardfocus through Ray: score(executor='ray', compile=%r), whole call timed", compile_mode)
+        log.info("(%s) hardfocus: score(executor=%r, compile=%r), whole call timed", key, executor, compile_mode)
         # tree: Ray's processes (the scoring actor among them) are this job's own work, not other load
         result, seconds, other = timed_with_load(lambda: scoring.score(cfg, progress=False), tree=True)
         parts = sorted(Path(cfg.output).glob("part-*.parquet"))
@@ -245,14 +248,15 @@ def run_ray(docs: list[Doc], compile_mode: str) -> ArmResult:
     rows = table.to_pylist()
     bad = [r for r in rows if r["status"] != "ok"]
     if bad:
-        log.warning("(c2): %d rows not ok, e.g. %s", len(bad), bad[0])
+        log.warning("(%s): %d rows not ok, e.g. %s", key, len(bad), bad[0])
     by_id = {int(r["sample_id"]): r for r in rows}
     run = result.manifest.runs[-1]
     return ArmResult(
-        key="c2", title=f"(c2) hardfocus via Ray, whole score() call, compile={compile_mode}",
+        key=key, title=f"({key}) hardfocus {'via Ray' if executor == 'ray' else 'executor local'}, whole score() call, "
+        f"compile={compile_mode}",
         indices=list(range(len(docs))),
         nll_sum=np.array([np.nan if by_id[i]["nll_sum"] is None else by_id[i]["nll_sum"] for i in range(len(docs))]),
         n_tokens=np.array([by_id[i]["n_tokens"] for i in range(len(docs))], dtype=np.int64),
         seconds=seconds, other_load=other,
-        extra={"other_load_excludes_ray": True, "compile": compile_mode, "manifest_run": run.model_dump(), "manifest_tokens": result.manifest.tokens},
+        extra={"other_load_excludes_ray": True, "compile": compile_mode, "executor": executor, "manifest_run": run.model_dump(), "manifest_tokens": result.manifest.tokens},
     )

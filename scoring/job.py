@@ -90,6 +90,7 @@ def score(cfg: ScoreConfig, progress: bool = True) -> ScoreResult:
         run = RunInfo(
             started_at=started_at, wall_s=wall, units_scored=scored.units, units_reused=parts - scored.units,
             rows_scored=scored.rows, tokens_scored=scored.tokens, tokens_per_s=scored.tokens / wall, nodes=scored.nodes,
+            actor_s=round(scored.actor_s, 3),
         )
         manifest = _finalize(out, cfg, resolved, identity, shards, plan.done, run)
     finally:
@@ -227,6 +228,7 @@ class _Tally:
     rows: int = 0
     tokens: int = 0
     nodes: dict[str, int] = field(default_factory=dict)  # units scored per host / Ray node
+    actor_s: float = 0.0  # seconds spent scoring units, summed over actors
 
 
 @dataclass
@@ -283,6 +285,7 @@ def _score_pending(plan: _Plan, out: ScoresDir, cfg: ScoreConfig, resolved: Reso
                     tally.units += 1
                     tally.rows += summary["scored"]
                     tally.tokens += counts["tokens"]
+                    tally.actor_s += summary["seconds"]
             if state.rows is not None and state.units == math.ceil(state.rows / cfg.rows_per_unit):
                 plan.done[shard_digest(state.task.shard)] = _mark_done(out, state, cfg.rows_per_unit)
                 del shards[summary["task"]]

@@ -37,6 +37,9 @@ class RunInfo(BaseModel):
     tokens_scored: int
     tokens_per_s: float
     nodes: dict[str, int] = {}  # units scored per host (and Ray node)
+    # seconds the scoring actors spent on units (model, loss, part write), summed: tokens_scored / actor_s is the
+    # steady-state rate of one actor, start-up and orchestration left out
+    actor_s: float = 0.0
 
 
 class ScoreCounts(BaseModel):
