@@ -16,6 +16,7 @@ from scoring import HardfocusError
 from tests.conftest import real_texts, write_jsonl
 from tests.s3 import download, names, s3_fs, upload
 from tests.scoring.helpers import assert_same_scores, read_scores
+from tests.test_run import stages_line
 from tests.training.helpers import max_param_diff, mixed_length_sequences, parameters, small_config, write_selected
 from training import train
 from training.store import fetch_model
@@ -82,7 +83,7 @@ max_tokens = 64
 def _run(*args) -> str:
     result = CliRunner().invoke(app, ["-q", "run", *map(str, args)])
     assert result.exit_code == 0, result.output
-    return next(line for line in result.output.splitlines() if line.startswith("stages run:"))
+    return stages_line(result.output)
 
 
 def test_run_with_its_workdir_on_s3_equals_a_local_run(s3_url, tmp_path, tiny_model_dir):

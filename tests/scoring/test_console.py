@@ -27,6 +27,12 @@ def console_logger():
     logger.removeHandler(handler)
 
 
+@pytest.fixture(autouse=True)
+def not_verbose(caplog):
+    """hardfocus logging at INFO (as without -v), whatever level an earlier test left on the root logger."""
+    caplog.set_level(logging.INFO, logger="scoring")
+
+
 def test_native_writes_go_to_a_file_and_python_logs_to_the_console(capfd, console_logger):
     with native_stderr_to_file() as path:
         os.write(2, b"from C++\n")
