@@ -224,7 +224,10 @@ def wait_for_quiet(max_wait_s: float, threshold: float) -> float:
 def run_measured(cmd: list[str], log_path: Path, mem_limit_bytes: float) -> dict:
     """Run ``cmd`` in a fresh process group: wall seconds, peak RSS (``ru_maxrss`` of that child from ``wait4``:
     the kernel's own high-water mark, not sampled), CPU seconds and other load; a watchdog kills it (its whole
-    group) once the RSS of its process tree passes ``mem_limit_bytes`` (``oom`` in the result)."""
+    group) once the RSS of its process tree passes ``mem_limit_bytes`` (``oom`` in the result).
+
+    ``ru_maxrss`` also counts the pages a forked child shared with this process before ``exec``: call it from
+    a small process (a benchmark script), or the peak reads at least this process's own RSS."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     killed, done = threading.Event(), threading.Event()
     with open(log_path, "wb") as logf:
