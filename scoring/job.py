@@ -71,7 +71,7 @@ def score(cfg: ScoreConfig, progress: bool = True) -> ScoreResult:
         identity = _job_identity(cfg, resolved)
         shards = find_shards(cfg.inputs)
         check_columns(shards[0], columns_of(cfg))  # a wrong column fails at once; each task checks its own shard
-        plan = _plan(out, identity, shards, cfg)
+        plan = plan_shards(out, identity, shards, cfg)
         log.info(
             "planned %d shards (%.1f MB) in %.1fs: %d finished, %d to score (%d of their parts already written)",
             len(shards), sum(s.size for s in shards) / 1e6, time.perf_counter() - t0, len(plan.done),
@@ -144,19 +144,20 @@ def _template_sha256(cfg: ScoreConfig, tokenizer) -> str | None:
 
 
 @dataclass
-class _Plan:
+class Plan:
     tasks: list[ShardTask]  # shards to (finish) scoring
     done: dict[str, dict] = field(default_factory=dict)  # shard digest -> done marker, of every finished shard
 
 
-def _plan(out: ScoresDir, identity: dict, shards: list[Shard], cfg: ScoreConfig) -> _Plan:
+def plan_shards(out: ScoresDir, identity: dict, shards: list[Shard], cfg: ScoreConfig) -> Plan:
     """Check the directory holds only parts of this job, and find what is left to do.
 
     A shard is finished when its done marker matches it (same file size) and every part the marker
     implies is there; otherwise its task skips the parts that are there.
     """
     previous = out.read_json(SCORES_JOB_FILE)
-    listing = out.parts()
+    names = out.names()
+    listing = out.parts(names)
     markers = out.shard_done_markers()
     if previous is not None and previous.get("identity") != identity and not listing and not markers:
         previous = None  # nothing was scored with the other configuration (it failed first): nothing to protect
@@ -203,13 +204,13 @@ def _plan(out: ScoresDir, identity: dict, shards: list[Shard], cfg: ScoreConfig)
         out.remove_shard_done(stale_markers)
         gone = set(stale)
         starts = {d: {k: v for k, v in named.items() if v not in gone} for d, named in starts.items()}
-    removed = out.remove_leftovers()
+    removed = out.remove_leftovers(names)
     if removed:
         log.info("removed %d temporary files of an interrupted run", removed)
     same_job = previous is not None and previous.get("identity") == identity
     out.write_json(SCORES_JOB_FILE, {"identity": identity, "runs": previous.get("runs", []) if same_job else []})
     tasks = [ShardTask(s, tuple(sorted(starts[d]))) for d, s in by_digest.items() if d not in done]
-    return _Plan(tasks=sorted(tasks, key=lambda t: t.shard.rel), done=done)
+    return Plan(tasks=sorted(tasks, key=lambda t: t.shard.rel), done=done)
 
 
 def _want_compile(cfg: ScoreConfig, pending: list[ShardTask]) -> bool:
@@ -240,13 +241,13 @@ class _ShardProgress:
     consumed: float = 0.0
 
 
-def _run(plan: _Plan, out: ScoresDir, cfg: ScoreConfig, resolved: ResolvedModel, compiled: bool, progress: bool) -> _Tally:
+def _run(plan: Plan, out: ScoresDir, cfg: ScoreConfig, resolved: ResolvedModel, compiled: bool, progress: bool) -> _Tally:
     """Score the pending shards with a progress bar over their bytes; mark each shard done as its last unit lands."""
     with native_stderr_to_file() if cfg.executor == "ray" else contextlib.nullcontext():
         return _score_pending(plan, out, cfg, resolved, compiled, progress)
 
 
-def _score_pending(plan: _Plan, out: ScoresDir, cfg: ScoreConfig, resolved: ResolvedModel, compiled: bool,
+def _score_pending(plan: Plan, out: ScoresDir, cfg: ScoreConfig, resolved: ResolvedModel, compiled: bool,
                    progress: bool) -> _Tally:
     tally = _Tally()
     started_ray = False
@@ -313,12 +314,12 @@ def _mark_done(out: ScoresDir, state: _ShardProgress, rows_per_unit: int) -> dic
     return marker
 
 
-def _finalize(out: ScoresDir, cfg, resolved, identity, shards: list[Shard], done: dict[str, dict], run: RunInfo
-              ) -> ScoreManifest:
-    """Check that the parts are exactly those the done markers imply, count, and write the manifest last."""
-    expected = {
-        name for s in shards for name in expected_parts(s, done[shard_digest(s)]["rows"], cfg.rows_per_unit)
-    }
+def check_parts(out: ScoresDir, shards: list[Shard], done: dict[str, dict], rows_per_unit: int) -> tuple[set[str], dict]:
+    """The part files, checked to be exactly those the done markers imply, and the counts the markers sum to.
+
+    One listing and a set of names: what a job of N units costs at its end (``benchmarks/scoring_units.py``).
+    """
+    expected = {name for s in shards for name in expected_parts(s, done[shard_digest(s)]["rows"], rows_per_unit)}
     parts = set(out.parts())
     if parts != expected:
         missing, extra = sorted(expected - parts), sorted(parts - expected)
@@ -327,6 +328,13 @@ def _finalize(out: ScoresDir, cfg, resolved, identity, shards: list[Shard], done
     counts = EMPTY_COUNTS
     for marker in done.values():
         counts = merge_counts(counts, marker["counts"])
+    return parts, counts
+
+
+def _finalize(out: ScoresDir, cfg, resolved, identity, shards: list[Shard], done: dict[str, dict], run: RunInfo
+              ) -> ScoreManifest:
+    """Check that the parts are exactly those the done markers imply, count, and write the manifest last."""
+    parts, counts = check_parts(out, shards, done, cfg.rows_per_unit)
     counts = ScoreCounts(**counts)
     if cfg.id_column:  # default ids ('<shard>#<row>') are unique by construction
         counts.duplicate_ids, counts.duplicate_id_examples = count_duplicate_ids(out.urls(sorted(parts)))
@@ -361,7 +369,7 @@ def _finalize(out: ScoresDir, cfg, resolved, identity, shards: list[Shard], done
         chat_template_sha256=identity.get("chat_template_sha256"),
         shards=[ShardInfo(url=s.url, rel=s.rel, format=s.format, compression=s.compression, size=s.size,
                           rows=done[shard_digest(s)]["rows"]) for s in shards],
-        parts=len(expected),
+        parts=len(parts),
         **counts.model_dump(),
         runs=[RunInfo.model_validate(r) for r in job["runs"]],
         versions=library_versions(),
