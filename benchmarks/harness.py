@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 log = logging.getLogger("harness")
@@ -332,6 +332,28 @@ def command_line(script_argv: Sequence[str] | None = None) -> str:
     return shlex.join(["python", *(sys.argv if script_argv is None else [sys.argv[0], *script_argv])])
 
 
+def markdown_table(header: Sequence[object], rows: Iterable[Sequence[object]], align: str = "l") -> str:
+    """A Markdown table of ``str(cell)``s. ``align``: a letter per column, ``l`` (left) or ``r`` (right), the last one
+    standing for every column after it (``"lr"``: the first column left, the others right)."""
+    align = align.ljust(len(header), align[-1])
+    lines = [_table_row(header), "|" + "".join("---:|" if a == "r" else "---|" for a in align)]
+    return "\n".join(lines + [_table_row(row) for row in rows])
+
+
+def _table_row(cells: Sequence[object]) -> str:
+    return "".join(f"| {c} " if str(c) else "| " for c in cells) + "|"
+
+
+def fmt(value: float | None, spec: str = "", missing: str = "n/a") -> str:
+    """``value`` formatted by ``spec``; ``missing`` where it is None or NaN."""
+    return missing if value is None or value != value else format(value, spec)
+
+
+def met(flag: bool | None) -> str:
+    """A target's verdict: met, not met, or not measured (None)."""
+    return {True: "**met**", False: "**NOT met**", None: "not measured"}[flag]
+
+
 def ratio(value: float | None, base: float | None, digits: int = 2) -> str:
     """``value / base`` as ``1.23x``; ``n/a`` where either is missing, NaN or the base is 0."""
     if value is None or base is None or value != value or base != base or base == 0:
@@ -341,9 +363,7 @@ def ratio(value: float | None, base: float | None, digits: int = 2) -> str:
 
 def load_cell(other_load: float | None) -> str:
     """An other-load figure for a table: ``n/a`` where unknown, flagged where above :data:`CONTENDED_OTHER_LOAD`."""
-    if other_load is None or other_load != other_load:
-        return "n/a"
-    return f"{other_load:.2f}" + (" (contended)" if other_load > CONTENDED_OTHER_LOAD else "")
+    return fmt(other_load, ".2f") + (" (contended)" if (other_load or 0) > CONTENDED_OTHER_LOAD else "")
 
 
 def machine_lines(m: dict, versions: dict[str, str]) -> list[str]:
@@ -351,14 +371,10 @@ def machine_lines(m: dict, versions: dict[str, str]) -> list[str]:
     return [
         f"- CPU: {m['cpu_model']}, {m['cpus']} logical CPUs ({m['cores_per_socket']} cores/socket, "
         f"{m['threads_per_core']} thread/core), hypervisor: {m['hypervisor'] or 'none'}",
-        f"- /proc/cpuinfo: avx512_bf16 {yes_no(m['avx512_bf16'])}, amx_bf16 {yes_no(m['amx_bf16'])}",
+        f"- /proc/cpuinfo: avx512_bf16 {'yes' if m['avx512_bf16'] else 'no'}, amx_bf16 {'yes' if m['amx_bf16'] else 'no'}",
         f"- torch {m['torch']}, torch.get_num_threads() = {m['torch_threads']}; "
         + ", ".join(f"{k} {v}" for k, v in versions.items() if k != "torch"),
     ]
-
-
-def yes_no(flag: bool) -> str:
-    return "yes" if flag else "no"
 
 
 def write_report(out: Path, report: dict, markdown: str) -> None:

@@ -47,9 +47,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
+
+# run as `python benchmarks/quality.py`: this folder is sys.path[0]
+from harness import OtherLoad, command_line, machine_info, markdown_table, write_report
+from quality_data import build_data, heldout_tokens, noise_labels, noise_share, sample_format, selection_summary, uniform_sample
 
 log = logging.getLogger("quality")
 
@@ -126,156 +127,6 @@ def arms_for(s: Settings) -> list[Arm]:
     return [a for a in ARMS if s.kind in a.kinds and (not s.arms or a.name in s.arms)]
 
 
-def build_data(workdir: Path, s: Settings, corpus: Path | None = None) -> dict:
-    """Corpus (unless given), base-model scores of the training split, and each band's selected/ dir, keyed
-    (band, weighted, score); with the excess arm, the reference model and its scores first."""
-    from pipelines.demo_corpus import build_demo_corpus
-    from scoring import ScoreConfig, score
-    from selection import SelectConfig, select
-
-    scored_by = {a.score for a in arms_for(s)}
-    if corpus is None:
-        corpus = workdir / "corpus"
-        if not (corpus / "train").exists():
-            build_demo_corpus(corpus, docs_per_group=s.docs_per_group, seed=0, heldout_frac=0.2, noise_frac=s.noise_frac,
-                              kind=s.kind)
-            if "excess" in scored_by:
-                carve_reference_split(corpus, s.reference_frac, seed=0)
-    if "excess" in scored_by and not (corpus / "reference").exists():
-        raise ValueError(f"the excess-loss arm needs a clean reference split in {corpus / 'reference'}: use a fresh workdir")
-    scores = workdir / "scores"
-    score(ScoreConfig(inputs=[str(corpus / "train")], output=str(scores), model=s.model, group_column="group",
-                      max_tokens=s.seq_len, executor="local", dtype=s.score_dtype, overwrite=True,
-                      ifd="ifd" in scored_by, **sample_format(s)), progress=False)
-    bands = {}
-    for band, drop in (("hardest", 0.0), ("midrank", s.drop_top)):
-        for weighted in (False, True):
-            out = workdir / f"selected-{band}-{'irdro' if weighted else 'unweighted'}"
-            select(SelectConfig(scores=[str(scores)], output=str(out), drop_top=drop, keep=s.keep,
-                                weighting="irdro" if weighted else "none", temperature=s.temperature,
-                                report=False, overwrite=True), progress=False)
-            bands[(band, weighted, "loss")] = out
-    kept = _summary(bands[("midrank", False, "loss")])["bands"]["kept"]
-    reference = train_reference(workdir, corpus, s) if "excess" in scored_by else None
-    for name in sorted(scored_by - {"loss"}):
-        extra = {"reference": [reference["scores"]]} if name == "excess" else {}
-        bands[("midrank", False, name)] = select_same_size(scores, workdir / f"selected-midrank-{name}", name, kept, s,
-                                                           **extra)
-    if reference:  # nats per token when the reference kept the tokenizer (it does: a fine-tune), else bits per byte
-        reference["units"] = _summary(bands[("midrank", False, "excess")])["score_units"]
-    return {"corpus": corpus, "scores": scores, "bands": bands, "reference": reference}
-
-
-def _summary(selected: Path) -> dict:
-    return json.loads((selected / "summary.json").read_text())
-
-
-def select_same_size(scores: Path, out: Path, score_name: str, kept: int, s: Settings, **extra) -> Path:
-    """MidRanking on another score, its kept band as large as the loss band's (the same training-set size):
-    a score that excludes rows (IFD >= 1, no reference row) ranks fewer, so ``keep`` is rescaled to them."""
-    from selection import SelectConfig, select
-
-    def run(keep: float) -> dict:
-        select(SelectConfig(scores=[str(scores)], output=str(out), score=score_name, drop_top=s.drop_top, keep=keep,
-                            weighting="none", report=False, overwrite=True, **extra), progress=False)
-        return _summary(out)
-
-    summary = run(s.keep)
-    if summary["bands"]["kept"] != kept:
-        run(min(1 - s.drop_top, (kept + 0.5) / summary["eligible"]))
-    return out
-
-
-def carve_reference_split(corpus: Path, frac: float, seed: int) -> None:
-    """Move ``frac`` of each group's clean training rows to ``reference/``: RHO-LOSS's holdout set, drawn from the
-    training distribution but never trained on by the arms, and apart from the held-out evaluation split."""
-    import random
-
-    for path in sorted((corpus / "train").glob("*.jsonl")):
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        clean = [i for i, r in enumerate(rows) if r.get("noise") is None]
-        picked = set(random.Random(f"{seed}-reference-{path.name}").sample(clean, int(len(clean) * frac)))
-        (corpus / "reference").mkdir(exist_ok=True)
-        (corpus / "reference" / path.name).write_text("".join(json.dumps(rows[i]) + "\n" for i in sorted(picked)))
-        path.write_text("".join(json.dumps(r) + "\n" for i, r in enumerate(rows) if i not in picked))
-
-
-def train_reference(workdir: Path, corpus: Path, s: Settings) -> dict:
-    """RHO-LOSS's irreducible-loss model: the base model trained ``reference_steps`` steps on the reference split,
-    then its scores of the training split (what ``select --score excess --reference`` subtracts)."""
-    from pipelines.train import run_train
-    from scoring import HardfocusError, ScoreConfig, score
-    from training import TrainConfig
-
-    split_scores, model, ref_scores = workdir / "reference-split-scores", workdir / "reference-model", workdir / "reference-scores"
-    common = {"group_column": "group", "max_tokens": s.seq_len, "executor": "local", "dtype": s.score_dtype,
-              "overwrite": True, **sample_format(s)}
-    score(ScoreConfig(inputs=[str(corpus / "reference")], output=str(split_scores), model=s.model, **common), progress=False)
-    cfg = TrainConfig(data=[str(split_scores)], output=str(model), model=s.model, weighting="none",
-                      max_steps=s.reference_steps, batch_size=s.batch_size, max_seq_len=s.seq_len,
-                      learning_rate=s.learning_rate, lr_scheduler="cosine", warmup_ratio=0.1, seed=0,
-                      precision=s.precision, logging_steps=max(1, s.reference_steps // 4), save_steps=10**6)
-    try:
-        run_train(cfg, progress=False)
-    except HardfocusError:
-        run_train(cfg.model_copy(update={"overwrite": True}), progress=False)
-    shutil.rmtree(model / "checkpoints", ignore_errors=True)
-    score(ScoreConfig(inputs=[str(corpus / "train")], output=str(ref_scores), model=str(model), **common), progress=False)
-    rows = pl.read_parquet(f"{split_scores}/part-*.parquet", columns=["status"]).filter(pl.col("status") == "ok").height
-    return {"model": str(model), "scores": str(ref_scores), "split_rows": rows, "steps": s.reference_steps}
-
-
-def sample_format(s: Settings) -> dict:
-    """The stages' sample-format keys: plain text, or conversations with stable ids."""
-    return {} if s.kind == "text" else {"format": "messages", "messages_column": "messages", "id_column": "id"}
-
-
-def uniform_sample(scores: Path, n: int, seed: int, out: Path) -> Path:
-    """``n`` rows drawn uniformly (without replacement) from every scored-ok row, weight 1."""
-    columns = ["sample_id", "group", "status", "input_ids"]
-    spans = "loss_spans" in pq.read_schema(next(scores.glob("part-*.parquet"))).names
-    rows = pl.read_parquet(f"{scores}/part-*.parquet", columns=columns + (["loss_spans"] if spans else []))
-    rows = rows.filter(pl.col("status") == "ok").sort("sample_id")
-    picked = rows.sample(n=n, seed=seed, shuffle=True)
-    out.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({
-        "sample_id": picked["sample_id"].to_arrow(), "group": picked["group"].to_arrow(),
-        "weight": pa.array(np.ones(picked.height, np.float32)),
-        "input_ids": picked["input_ids"].to_arrow().cast(pa.list_(pa.int32())),
-        **({"loss_spans": picked["loss_spans"].to_arrow()} if spans else {}),
-    }), out / "part-00000.parquet")
-    return out
-
-
-def noise_labels(corpus: Path) -> pl.DataFrame:
-    """sample_id -> noise kind (null = clean) for the training split, ids as scoring makes them."""
-    frames = []
-    for path in sorted((corpus / "train").glob("*.jsonl")):
-        df = pl.read_ndjson(path, schema={"id": pl.String, "group": pl.String, "noise": pl.String})
-        sample_id = pl.col("id") if df["id"].null_count() == 0 else pl.lit(f"{path.name}#") + pl.col("row").cast(pl.String)
-        frames.append(df.with_row_index("row").select(sample_id.alias("sample_id"), "noise"))
-    return pl.concat(frames)
-
-
-def noise_share(train_dir: Path, labels: pl.DataFrame) -> dict:
-    rows = pl.read_parquet(f"{train_dir}/part-*.parquet", columns=["sample_id", "weight"]).join(labels, on="sample_id", how="left")
-    noisy = rows.filter(pl.col("noise").is_not_null())
-    return {"rows": rows.height, "noise_rows": noisy.height, "noise_row_share": noisy.height / rows.height,
-            "noise_weight_share": float(noisy["weight"].sum() / rows["weight"].sum())}
-
-
-def heldout_tokens(corpus: Path, model_path: str, s: Settings, out: Path) -> Path:
-    """The held-out split tokenised once (conversations with their response spans), for the Trainer's eval loss."""
-    from pipelines.train import tokenize_shards
-    from scoring.config import SampleFormat
-    from scoring.model import load_tokenizer
-
-    fmt = SampleFormat(**{k: v for k, v in sample_format(s).items() if k != "id_column"})
-    tokenize_shards(str(corpus / "heldout"), out, {"heldout": str(corpus)}, load_tokenizer(model_path),
-                    fmt.columns(None, "group"), s.seq_len)
-    return out
-
-
 def run_quality(workdir: Path, s: Settings, corpus: Path | None = None) -> dict:
     from pipelines.evaluate import evaluate
     from pipelines.train import run_train
@@ -286,9 +137,9 @@ def run_quality(workdir: Path, s: Settings, corpus: Path | None = None) -> dict:
 
     t0 = time.time()
     workdir.mkdir(parents=True, exist_ok=True)
-    data = build_data(workdir, s, corpus)
+    data = build_data(workdir, s, {a.score for a in arms_for(s)}, corpus)
     labels = noise_labels(data["corpus"])
-    kept = _summary(data["bands"][("midrank", False, "loss")])["bands"]["kept"]
+    kept = selection_summary(data["bands"][("midrank", False, "loss")])["bands"]["kept"]
     model_path = resolve_model(s.model).path
     heldout = heldout_tokens(data["corpus"], model_path, s, workdir / "heldout-tokens")
     runs = []
@@ -364,18 +215,15 @@ def _slug(name: str) -> str:
 
 def summarise(report: dict) -> list[dict]:
     """Per arm: mean and std over seeds of macro loss/ppl, per-group ppl and the noise shares."""
-    out = []
+
+    def stat(values) -> tuple[float, float]:
+        v = np.asarray(values, dtype=float)
+        return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
     groups = [g for g in report["base"] if not g.startswith("(")]
-    for arm in ARMS:
-        runs = [r for r in report["runs"] if r["arm"] == arm.name]
-        if not runs:
-            continue
-
-        def stat(values):
-            v = np.asarray(values, dtype=float)
-            return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
-
-        row = {"arm": arm.name, "seeds": len(runs)}
+    out = []
+    for arm, runs in _runs_by_arm(report).items():
+        row = {"arm": arm, "seeds": len(runs)}
         row["macro_loss"] = stat([r["heldout"]["(macro)"]["loss"] for r in runs])
         row["macro_ppl"] = stat([float(np.exp(r["heldout"]["(macro)"]["loss"])) for r in runs])
         row["all_loss"] = stat([r["heldout"]["(all)"]["loss"] for r in runs])
@@ -387,6 +235,12 @@ def summarise(report: dict) -> list[dict]:
     return out
 
 
+def _runs_by_arm(report: dict) -> dict[str, list[dict]]:
+    """The report's runs per arm, in the order of :data:`ARMS`."""
+    by_arm = {a.name: [r for r in report["runs"] if r["arm"] == a.name] for a in ARMS}
+    return {name: runs for name, runs in by_arm.items() if runs}
+
+
 def plot_curves(report: dict, path: Path) -> None:
     import matplotlib
 
@@ -394,14 +248,11 @@ def plot_curves(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for arm in ARMS:
-        runs = [r for r in report["runs"] if r["arm"] == arm.name]
-        if not runs:
-            continue
+    for arm, runs in _runs_by_arm(report).items():
         steps = [p[0] for p in runs[0]["curve"]]
         losses = np.array([[p[1] for p in r["curve"]] for r in runs])
         mean = losses.mean(0)
-        ax.plot(steps, mean, marker="o", label=arm.name)
+        ax.plot(steps, mean, marker="o", label=arm)
         if len(runs) > 1:
             std = losses.std(0, ddof=1)
             ax.fill_between(steps, mean - std, mean + std, alpha=0.15)
@@ -415,8 +266,7 @@ def plot_curves(report: dict, path: Path) -> None:
 
 
 def markdown(report: dict, rows: list[dict], command: str, plot_name: str) -> str:
-    s = report["settings"]
-    base = report["base"]
+    s, base = report["settings"], report["base"]
     groups = [g for g in base if not g.startswith("(")]
 
     def pm(x, digits=4):
@@ -431,6 +281,10 @@ def markdown(report: dict, rows: list[dict], command: str, plot_name: str) -> st
         f"demo corpus ({s['docs_per_group']} documents per group, 20% held out by source file, "
         f"{s['noise_frac']:.0%} injected noise in the training split only)"
     )
+    table = [["base model", f"{base['(macro)']['loss']:.4f}", f"{np.exp(base['(macro)']['loss']):.3f}",
+              *(f"{base[g]['perplexity']:.3f}" for g in groups), "", ""]]
+    table += [[r["arm"], pm(r["macro_loss"]), pm(r["macro_ppl"], 3), *(pm(r[f"ppl:{g}"], 3) for g in groups),
+               f"{r['noise_rows'][0]:.1f}", f"{r['noise_weight_share'][0]:.2%}"] for r in rows]
     lines = [
         "# Quality benchmark" + (" (instruction data)" if chat else "") + ": hard-sample selection and IR-DRO vs ERM",
         "",
@@ -446,26 +300,17 @@ def markdown(report: dict, rows: list[dict], command: str, plot_name: str) -> st
         f"IR-DRO temperature {s['temperature']}.",
         *_score_arm_lines(report),
         f"- Final evaluation: the held-out split scored by each model in {s['eval_dtype']}; curves: the Trainer's eval loss "
-        "(mean per-document loss over the held-out split) every "
-        f"{s['eval_every']} steps.",
+        f"(mean per-document loss over the held-out split) every {s['eval_every']} steps.",
         *([f"- Machine: {report['machine']['cpu_model']}, {report['machine']['cpus']} CPUs; other load "
            f"{report['machine']['other_load']:.2f} CPU-s/s over the run (shared machine: it changes the wall time, "
            "not the losses)."] if "machine" in report else []),
         "",
         "## Results (mean ± std over seeds)",
         "",
-        "| arm | macro loss | macro ppl | " + " | ".join(f"ppl {g}" for g in groups) + " | noise rows trained on | noise weight share |",
-        "|---|---:|---:|" + "---:|" * len(groups) + "---:|---:|",
-        f"| base model | {base['(macro)']['loss']:.4f} | {np.exp(base['(macro)']['loss']):.3f} | "
-        + " | ".join(f"{base[g]['perplexity']:.3f}" for g in groups) + " | | |",
+        markdown_table(["arm", "macro loss", "macro ppl", *(f"ppl {g}" for g in groups), "noise rows trained on",
+                        "noise weight share"], table, "lr"),
+        "", f"![held-out loss against steps]({plot_name})", "",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['arm']} | {pm(r['macro_loss'])} | {pm(r['macro_ppl'], 3)} | "
-            + " | ".join(pm(r[f"ppl:{g}"], 3) for g in groups)
-            + f" | {r['noise_rows'][0]:.1f} | {r['noise_weight_share'][0]:.2%} |"
-        )
-    lines += ["", f"![held-out loss against steps]({plot_name})", ""]
     return "\n".join(lines)
 
 
@@ -518,13 +363,12 @@ def main(argv: list[str] | None = None) -> None:
                         seeds=tuple(int(x) for x in args.seeds.split(",")), batch_size=args.batch_size,
                         seq_len=args.seq_len, eval_every=args.eval_every, learning_rate=args.learning_rate,
                         arms=tuple(a.strip() for a in args.arms.split(",")) if args.arms else None)
-    from harness import OtherLoad, command_line, machine_info, write_report  # this folder is sys.path[0] when run
 
     meter = OtherLoad()
     report = run_quality(args.workdir, s)
     report["machine"] = machine_info() | {"other_load": meter.rate()}
     rows = summarise(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # the plot is written before the report
     plot_name = args.out.stem + "_curves.png"
     plot_curves(report, args.out.parent / plot_name)
     write_report(args.out, {"report": report, "summary": rows}, markdown(report, rows, command_line(argv), plot_name))

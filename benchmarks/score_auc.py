@@ -28,6 +28,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+# run as `python benchmarks/score_auc.py`: this folder is sys.path[0]
+from harness import OtherLoad, command_line, machine_info, markdown_table, write_report
+
 log = logging.getLogger("score_auc")
 
 SCORES = ("loss", "ifd")  # higher = more likely noise, for both
@@ -141,10 +144,9 @@ def run(workdir: Path, s: Settings) -> dict:
 
 
 def markdown(report: dict, command: str) -> str:
-    s = report["settings"]
-    sel = report["selection"]
+    s, sel = report["settings"], report["selection"]
     kinds = sorted({r["noise"] for r in report["auc"] if "," not in r["noise"]})
-    lines = [
+    return "\n".join([
         "# Which score finds which noise: AUC on the chat demo corpus",
         "",
         f"Command: `{command}`  ",
@@ -161,13 +163,9 @@ def markdown(report: dict, command: str) -> str:
         "AUC = P(a noise row scores higher than a clean row), ties half: higher score = more likely noise for both "
         "scores; 0.5 = no signal, < 0.5 = the noise scores lower. ± = Hanley-McNeil standard error.",
         "",
-        "| noise | score | AUC | noise rows | clean rows | mean (noise) | mean (clean) |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for r in report["auc"]:
-        lines.append(f"| {r['noise']} | {r['score']} | {r['auc']:.3f} ± {r['se']:.3f} | {r['n_noise']} | {r['n_clean']} "
-                     f"| {r['mean_noise']:.3f} | {r['mean_clean']:.3f} |")
-    lines += [
+        markdown_table(["noise", "score", "AUC", "noise rows", "clean rows", "mean (noise)", "mean (clean)"], [
+            [r["noise"], r["score"], f"{r['auc']:.3f} ± {r['se']:.3f}", r["n_noise"], r["n_clean"],
+             f"{r['mean_noise']:.3f}", f"{r['mean_clean']:.3f}"] for r in report["auc"]], "llr"),
         "",
         f"Spearman correlation of loss and IFD over all rows: {report['spearman_loss_ifd']:.3f}. Rows with IFD >= 1 "
         f"(dropped by `--score ifd` by default), by noise kind: {report['ifd_at_least_1']}. Rows repeating an "
@@ -176,16 +174,15 @@ def markdown(report: dict, command: str) -> str:
         "",
         f"## What selection keeps (MidRanking: drop_top {s['drop_top']}, keep {s['keep']}, global)",
         "",
-        "| `--score` | rows kept | " + " | ".join(f"{k} kept" for k in kinds) + " | excluded |",
-        "|---|---:|" + "---:|" * len(kinds) + "---|",
-    ]
-    for score, v in sel.items():
-        lines.append(f"| {score} | {v['kept']} | " + " | ".join(str(v["noise_kept"].get(k, 0)) for k in kinds)
-                     + f" | {v['excluded'] or 'none'} |")
-    lines += ["", "Excess loss (RHO-LOSS) is not in this table: it needs a reference model, which this benchmark does "
-              "not train (on CPU that is a training run of its own); `benchmarks/quality.py --kind text` has the "
-              "reference arm.", ""]
-    return "\n".join(lines)
+        markdown_table(["`--score`", "rows kept", *(f"{k} kept" for k in kinds), "excluded"], [
+            [score, v["kept"], *(v["noise_kept"].get(k, 0) for k in kinds), v["excluded"] or "none"]
+            for score, v in sel.items()], "l" + "r" * (len(kinds) + 1) + "l"),
+        "",
+        "Excess loss (RHO-LOSS) is not in this table: it needs a reference model, which this benchmark does "
+        "not train (on CPU that is a training run of its own); `benchmarks/quality.py --kind text` has the "
+        "reference arm.",
+        "",
+    ])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -200,7 +197,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "score_auc.md")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from harness import OtherLoad, command_line, machine_info, write_report  # this folder is sys.path[0] when run
 
     meter = OtherLoad()
     s = Settings(model=args.model, docs_per_group=args.docs_per_group, noise_frac=args.noise_frac,

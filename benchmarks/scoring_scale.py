@@ -51,10 +51,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import zstandard
-from harness import command_line, library_versions, load_average, machine_info
-from scoring_scale_report import LAYOUTS, compare, headline, render, size_name
 
 # run as `python benchmarks/scoring_scale.py`: this folder is sys.path[0]
+from harness import command_line, library_versions, load_average, machine_info, write_report
+from scoring_scale_report import LAYOUTS, compare, headline, render, size_name
 from speed_corpus import source_files
 
 log = logging.getLogger("scoring_scale")
@@ -342,11 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(text)
         return 0
     report = measure(args, command)
-    out = args.out or Path(f"benchmarks/results/scoring_scale-{args.label}.md")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    out.write_text(render(report))
-    log.info("wrote %s and %s", out, out.with_suffix(".json"))
+    write_report(args.out or Path(f"benchmarks/results/scoring_scale-{args.label}.md"), report, render(report))
     sys.stdout.write(render(report))
     arms = [*report["scaling"].items(), *report["extras"].items()]
     lost = [k for k, r in arms if r.get("outcome") == "ok" and r.get("rows_ok") is False]

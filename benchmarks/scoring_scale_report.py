@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import shlex
 
+from harness import fmt, markdown_table, met
+
 LAYOUTS = ("jsonl-1", "jsonl-1000", "parquet-10", "parquet-1rg")
 TARGET_RATIO, TARGET_RSS_MB, TARGET_PLAN_S, TARGET_NOOP_S = 0.8, 2048, 30.0, 10.0
 
@@ -61,10 +63,6 @@ def headline(report: dict) -> list[dict]:
     return out
 
 
-def verdict(met: bool | None) -> str:
-    return {True: "**met**", False: "**NOT met**", None: "not measured"}[met]
-
-
 def cell(r: dict) -> str:
     if "wall_s" not in r:
         return r.get("outcome", "").split(":")[0]  # the reason is given once, below the table
@@ -81,12 +79,11 @@ def render(report: dict) -> str:
              f"at the start, {m['load_avg_end']:.2f} at the end  ",
              f"Score flags: `{shlex.join(report['settings']['score_flags'])}` (1-layer Llama, hidden 16), Ray local",
              "", "## Targets", ""]
-    lines += [f"- {h['target']}: {verdict(h['met'])} ({h['value']})" for h in headline(report)]
+    lines += [f"- {h['target']}: {met(h['met'])} ({h['value']})" for h in headline(report)]
     lines += ["", "## Rows/s of the whole `score` command (wall s, driver peak RSS)", "",
-              "| layout | " + " | ".join(size_name(n) for n in sizes) + " |", "|---|" + "---:|" * len(sizes)]
-    for layout in LAYOUTS:
-        cells = [cell(report["scaling"].get(f"{layout}@{size_name(n)}", {})) for n in sizes]
-        lines.append(f"| {layout} | " + " | ".join(cells) + " |")
+              markdown_table(["layout", *map(size_name, sizes)], [
+                  [layout, *(cell(report["scaling"].get(f"{layout}@{size_name(n)}", {})) for n in sizes)] for layout in LAYOUTS
+              ], "lr")]
     loads = [f"{k} {r['load_avg_start']:.1f}" for k, r in [*report["scaling"].items(), *ex.items(),
                                                           *(("resume rerun", ex["resume"].get("rerun", {})),)]
              if "load_avg_start" in r]
@@ -101,19 +98,19 @@ def render(report: dict) -> str:
     if pairs:
         lines += ["", "## Marginal (steady-state) rate between sizes", "",
                   "Rows added / seconds added, (N2 - N1) / (wall(N2) - wall(N1)), both runs complete: the fixed start-up "
-                  "cancels out. A cost linear in rows keeps the ratio of the later to the earlier rate at ~1.0.", "",
-                  "| layout | " + " | ".join(f"{size_name(a)}->{size_name(b)}" for a, b in pairs)
-                  + "".join(f" | ratio {size_name(b)}->{size_name(c)} / {size_name(a)}->{size_name(b)}"
-                            for (a, b), (_, c) in zip(pairs, pairs[1:])) + " |",
-                  "|---|" + "---:|" * (2 * len(pairs) - 1)]
+                  "cancels out. A cost linear in rows keeps the ratio of the later to the earlier rate at ~1.0.", ""]
+        header = ["layout", *(f"{size_name(a)}->{size_name(b)}" for a, b in pairs),
+                  *(f"ratio {size_name(b)}->{size_name(c)} / {size_name(a)}->{size_name(b)}"
+                    for (a, b), (_, c) in zip(pairs, pairs[1:]))]
+        rows = []
         for layout in LAYOUTS:
             rates = [marginal(report["scaling"], layout, a, b) for a, b in pairs]
-            cells = ["NA" if r is None else f"{r:,.0f} rows/s" for r in rates]
-            cells += ["NA" if not (r1 and r2) else f"{r2 / r1:.2f}x" for r1, r2 in zip(rates, rates[1:])]
-            lines.append(f"| {layout} | " + " | ".join(cells) + " |")
+            rows.append([layout, *("NA" if r is None else f"{r:,.0f} rows/s" for r in rates),
+                         *("NA" if not (r1 and r2) else f"{r2 / r1:.2f}x" for r1, r2 in zip(rates, rates[1:]))])
+        lines.append(markdown_table(header, rows, "lr"))
     lines += ["", f"1-minute load average as each arm started ({m['cpus']} CPUs; a run adds about 2 of its own): "
               + ", ".join(loads) + "."]
-    lines += ["", "## Other arms", "", "| arm | outcome | seconds | driver peak RSS MB | notes |", "|---|---|---:|---:|---|"]
+    lines += ["", "## Other arms", ""]
     notes = {
         "planning": lambda r: f"until the planning line, {r.get('shards', 0):,} shards; "
                               + ("line not seen: NA" if r.get("planned_s") is None else f"{r['planned_s']:.1f} s"),
@@ -124,11 +121,10 @@ def render(report: dict) -> str:
             f"{r['parts_expected']} parts; rerun: {r['rows']:,} rows, {r['unique_ids']:,} distinct ids -> "
             + ("ok" if r["rows_ok"] else "**ROWS LOST OR DUPLICATED**")),
     }
-    for key, r in ex.items():
-        secs = r.get("planned_s") if key == "planning" else r.get("wall_s")
-        rss, note = r.get("driver_peak_rss_mb"), "; ".join(filter(None, [notes[key](r), r.get("skip_reason")]))
-        lines.append(f"| {key} | {r['outcome']} | {'NA' if secs is None else f'{secs:.1f}'} | "
-                     f"{'' if rss is None else f'{rss:,.0f}'} | {note} |")
+    lines.append(markdown_table(["arm", "outcome", "seconds", "driver peak RSS MB", "notes"], [
+        [key, r["outcome"], fmt(r.get("planned_s") if key == "planning" else r.get("wall_s"), ".1f", "NA"),
+         fmt(r.get("driver_peak_rss_mb"), ",.0f", ""), "; ".join(filter(None, [notes[key](r), r.get("skip_reason")]))]
+        for key, r in ex.items()], "llrrl"))
     earlier: dict[str, list[str]] = {}
     for k, r in [*report["scaling"].items(), *ex.items()]:
         if "reused_from" in r:
@@ -164,9 +160,9 @@ def compare(before: dict, after: dict, command: str = "") -> str:
 
     lines = ["# Scoring orchestration at scale: before / after", "",
              *([f"Written by: `{command}`  "] if command else []), *side("Before", before), *side("After", after),
-             "", "| arm | figure | before | after | after / before | load at start, before / after |",
-             "|---|---|---:|---:|---:|---|"]
+             ""]
     load = lambda r: (r.get("load_avg_start") or r.get("rerun", {}).get("load_avg_start"))  # noqa: E731
+    table = []
     for key, what, pick, get in rows:
         b, a = pick(before), pick(after)
         vb, va = get(b), get(a)
@@ -175,11 +171,12 @@ def compare(before: dict, after: dict, command: str = "") -> str:
                   for v, r in ((vb, b), (va, a)))
         same = vb and va and b.get("size") == a.get("size")
         loads = " / ".join("-" if load(r) is None else f"{load(r):.1f}" for r in (b, a))
-        lines.append(f"| {key} | {what} | {fb} | {fa} | {f'{va / vb:.2f}x' if same else '-'} | "
-                     f"{'' if loads == '- / -' else loads} |")
-    lines += ["", "Whole-command rows/s include 35-45 s of fixed start-up; the marginal rates cancel it. NA: not run, "
+        table.append([key, what, fb, fa, f"{va / vb:.2f}x" if same else "-", "" if loads == "- / -" else loads])
+    targets = [[ha["target"], f"{met(hb['met'])} ({hb['value']})", f"{met(ha['met'])} ({ha['value']})"]
+               for hb, ha in zip(headline(before), headline(after))]
+    lines += [markdown_table(["arm", "figure", "before", "after", "after / before", "load at start, before / after"],
+                             table, "llrrrl"),
+              "", "Whole-command rows/s include 35-45 s of fixed start-up; the marginal rates cancel it. NA: not run, "
               "or not complete at one of the two sizes. Load: 1-minute load average as the arm started (2 CPUs; a run "
-              "adds about 2 of its own).", "", "| target | before | after |", "|---|---|---|"]
-    for hb, ha in zip(headline(before), headline(after)):
-        lines.append(f"| {ha['target']} | {verdict(hb['met'])} ({hb['value']}) | {verdict(ha['met'])} ({ha['value']}) |")
+              "adds about 2 of its own).", "", markdown_table(["target", "before", "after"], targets)]
     return "\n".join(lines) + "\n"

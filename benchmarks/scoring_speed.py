@@ -3,6 +3,8 @@
     python benchmarks/scoring_speed.py [--docs 300] [--ref-docs 80] [--seed 0] \
         [--out benchmarks/results/scoring_speed.md] [--skip-ray] [--skip-compile] [--ray-compile] \
         [--skip-profile] [--skip-padded]
+    python benchmarks/scoring_speed.py --only ifd [--conversations 80] [--rounds 2] [--seed 0] \
+        [--out benchmarks/results/scoring_speed-ifd.md]
 
 Arms (DESIGN.md, "Measuring speed" and "Fast scoring"):
 
@@ -18,7 +20,10 @@ Arms (DESIGN.md, "Measuring speed" and "Fast scoring"):
       matmuls, attention and the rest, with the FLOPs each executed (``speed_profile``);
 (c2)  hardfocus through Ray: the whole ``scoring.score(ScoreConfig(executor="ray", compile="off"))`` call on a
       JSONL shard of the same texts (``--ray-compile``: ``compile="on"``), what ``hardfocus score`` runs;
-(c2l) the same call with ``executor="local"``: what Ray's orchestration costs, start-up and steady state.
+(c2l) the same call with ``executor="local"``: what Ray's orchestration costs, start-up and steady state;
+(ifd) run alone (``--only ifd``): the (c2l) call on ``--conversations`` of the chat demo corpus (format messages),
+      ``--ifd`` off and on, alternately, ``--rounds`` times each: what IFD's second pass (each response scored
+      again without its prompt) costs against plain scoring, and a check that the first pass stays the same.
 
 The arms live in ``speed_arms``; peaks, load and the report files in ``harness``.
 Documents: real text from this machine (``speed_corpus``), seeded log-uniform lengths of 30-1024 tokens.
@@ -36,9 +41,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import logging
 import os
+import statistics
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,21 +55,26 @@ import numpy as np
 import torch
 
 # run as `python benchmarks/scoring_speed.py`: this folder is sys.path[0]
-from harness import combine_peaks, command_line, library_versions, load_average, machine_info, matmul_peaks
+from harness import combine_peaks, command_line, library_versions, load_average, machine_info, matmul_peaks, write_report
 from speed_arms import (
+    CONDITIONED,
+    IFD_MAX_TOKENS,
     MODEL_SPEC,
     PADDED_BATCH_SIZE,
     ArmResult,
+    chat_rows,
     count_params,
+    ifd_positions,
     load_model,
     run_hardfocus,
+    run_ifd,
     run_padded,
     run_plain_loop,
     run_ray,
     run_reference,
 )
 from speed_corpus import Doc, corpus_summary, make_corpus, stratified_subset
-from speed_report import checks_table, headline, headline_text, results_table, write_outputs
+from speed_report import headline, render_ifd, render_markdown
 
 log = logging.getLogger("scoring_speed")
 
@@ -70,6 +83,9 @@ TOLERANCE_BF16_MAX_NATS = 0.1
 TOLERANCE_BF16_MEAN_NATS = 0.03
 # (c2) runs the same Scorer on the same token ids as (c1) (or (c1c)): only thread-count effects may differ.
 TOLERANCE_SAME_CODE_NATS = 1e-3
+# (ifd): 16,808 positions in the first pass and 7,566 in the second; at the ~400 tokens/s of (c1) on a 2-core Xeon,
+# 2 rounds of both settings and the warm-up take about 5 min
+IFD_CONVERSATIONS = 80
 
 
 def run_arms(path: str, docs: list[Doc], ref_indices: list[int], pad_id: int, args: argparse.Namespace
@@ -162,6 +178,60 @@ def _steady_tokens_per_s(arm: ArmResult) -> float | None:
     return run["tokens_scored"] / run["actor_s"] if run.get("actor_s") else None
 
 
+# ---- (ifd) -----------------------------------------------------------------------------------
+
+
+def measure_ifd(args: argparse.Namespace, command: str) -> dict:
+    """(ifd) alone: the chat shard scored with ``ifd`` off and on, the order alternating by round."""
+    from scoring.model import resolve_model
+
+    started, load_start = datetime.now(UTC).isoformat(timespec="seconds"), load_average()
+    path, rows = resolve_model(MODEL_SPEC).path, chat_rows(args.conversations, args.seed)
+    runs, compile_mode = [], "on" if args.ray_compile else "off"
+    with tempfile.TemporaryDirectory(prefix="hardfocus-bench-ifd-") as tmp:
+        work = Path(tmp) / "run"
+        run_ifd(rows[:4], work, True, compile_mode)  # warm-up, untimed: imports and first kernels
+        for k in range(args.rounds):
+            for ifd in (False, True) if k % 2 == 0 else (True, False):
+                runs.append(run_ifd(rows, work, ifd, compile_mode) | {"round": k + 1})
+                gc.collect()
+    return {
+        "arm": "ifd", "command": command, "date": started, "model_path": path,
+        "machine": machine_info() | {"load_avg_start": load_start, "load_avg_end": load_average()},
+        "versions": library_versions(),
+        "settings": {"model": MODEL_SPEC, "max_tokens": IFD_MAX_TOKENS, "rounds": args.rounds, "seed": args.seed,
+                     "compile": compile_mode},
+        "corpus": ifd_positions(path, rows) | {"seed": args.seed},
+        "summary": ifd_summary(runs),
+        "runs": [{k: v for k, v in r.items() if k != "scores"} for r in runs],
+    }
+
+
+def ifd_summary(runs: list[dict]) -> dict:
+    """Median wall and unit seconds of each setting, on / off, and whether every run's first pass equals the first
+    plain run's row by row (sample id, status, n_tokens, nll_sum and loss, exactly)."""
+    def median(ifd: bool, get) -> float:
+        return statistics.median(get(r) for r in runs if r["ifd"] == ifd)
+
+    base = next(r["scores"] for r in runs if not r["ifd"])
+    for r in runs:  # null (not scored) rows compare equal; scored rows have finite values
+        r["first_pass_identical"] = all(r["scores"][c] == base[c] for c in CONDITIONED)
+        r["first_pass_max_abs_diff"] = max((abs(a - b) for a, b in zip(r["scores"]["nll_sum"], base["nll_sum"])
+                                            if a is not None and b is not None), default=0.0)
+    on = next(r["scores"] for r in runs if r["ifd"])
+    ok = [s == "ok" for s in on["status"]]
+    out = {
+        "first_pass_identical": all(r["first_pass_identical"] for r in runs),
+        "second_pass_targets": sum(n for n, o in zip(on["n_tokens_unconditioned"], ok) if o),
+        "first_pass_targets": sum(n for n, o in zip(on["n_tokens"], ok) if o),
+        "rows_ok": sum(ok), "ifd_below_1": sum(1 for x, o in zip(on["ifd"], ok) if o and x < 1),
+    }
+    for key, get in (("wall_s", lambda r: r["seconds"]), ("units_s", lambda r: r["manifest_run"]["actor_s"])):
+        out[f"off_{key}"], out[f"on_{key}"] = median(False, get), median(True, get)
+        out[f"{key}_ratio"] = out[f"on_{key}"] / out[f"off_{key}"]
+    return out
+
+
 # ---- main ------------------------------------------------------------------------------------
 
 
@@ -171,7 +241,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ref-docs", type=int, default=80,
                         help="length-stratified subset that the slow reference (a) scores (default 80)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scoring_speed.md"))
+    parser.add_argument("--out", type=Path, help="default benchmarks/results/scoring_speed[-ifd].md")
     parser.add_argument("--skip-ray", action="store_true", help="leave out (c2) and (c2l)")
     parser.add_argument("--skip-padded", action="store_true", help="leave out (b), the slow padded-batches baseline")
     parser.add_argument("--skip-compile", action="store_true", help="leave out (c1c)")
@@ -179,7 +249,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="leave out the profiled pass of the fastest in-process arm (where its time goes)")
     parser.add_argument("--ray-compile", action="store_true",
                         help="run (c2) with compile='on' (default 'off', so the whole call stays comparable)")
-    return parser.parse_args(argv)
+    parser.add_argument("--only", choices=["ifd"], help="run this arm alone, with its own report: ifd = --ifd off vs on")
+    parser.add_argument("--conversations", type=int, default=IFD_CONVERSATIONS,
+                        help=f"(ifd): conversations of the chat demo corpus to score (default {IFD_CONVERSATIONS})")
+    parser.add_argument("--rounds", type=int, default=2, help="(ifd): runs of each setting, interleaved (default 2)")
+    parser.add_argument("--render", type=Path, metavar="RESULTS_JSON",
+                        help="write the Markdown of a results JSON again (default: beside it); measures nothing")
+    args = parser.parse_args(argv)
+    default = args.render.with_suffix(".md") if args.render else f"benchmarks/results/scoring_speed{'-ifd' * bool(args.only)}.md"
+    args.out = args.out or Path(default)
+    return args
 
 
 def measure(args: argparse.Namespace, command: str) -> dict:
@@ -227,20 +306,20 @@ def measure(args: argparse.Namespace, command: str) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    command = command_line(argv)
-    torch.set_num_threads(os.cpu_count() or 1)
-    report = measure(args, command)
-    write_outputs(report, args.out)
-    p = report["peaks"]
-    sys.stdout.write(
-        f"matmul peak: fp32 {p['fp32_peak']:.0f} GFLOP/s, bf16 {p['bf16_peak']:.0f} GFLOP/s, "
-        f"bf16/fp32 = {p['bf16_over_fp32']:.1f}x\n\n"
-        + results_table(report["arms"]) + "\n\n" + checks_table(report["checks"]) + "\n\n"
-        + headline_text(report["headline"], report["arms"]) + "\n"
-        + "".join(f"\n({k}) FAILED: {msg}\n" for k, msg in report["failed"].items())
-    )
+    if args.render:
+        report = json.loads(args.render.read_text())
+    else:
+        torch.set_num_threads(os.cpu_count() or 1)
+        report = measure_ifd(args, command_line(argv)) if args.only == "ifd" else measure(args, command_line(argv))
+    markdown = render_ifd(report) if report.get("arm") == "ifd" else render_markdown(report)
+    if args.render:
+        args.out.write_text(markdown)
+        return 0
+    write_report(args.out, report, markdown)
+    sys.stdout.write(markdown)
+    if report.get("arm") == "ifd":
+        return 0 if report["summary"]["first_pass_identical"] else 1
     return 0 if all(c["passed"] for c in report["checks"]) and not report["failed"] else 1
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

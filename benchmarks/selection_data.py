@@ -22,10 +22,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from harness import GB
 
 log = logging.getLogger("selection_data")
 
-GB = 1e9
 DATA_VERSION = 2  # bump when the generator changes: the cached data is made again (2: input_ids, 2,000-row parts)
 ROWS_PER_PART = 2_000  # scoring's default rows_per_unit: one part file per unit
 VOCAB = 49_152  # SmolLM2's vocabulary
@@ -34,7 +34,6 @@ TOKEN_POOL = 1 << 24  # each row's ids are a window of this seeded pool (16M tok
 
 ROWS_PER_SHARD = 50_000
 MAX_TOKENS = 2048
-DROP_TOP, KEEP, TEMPERATURE = 0.1, 0.5, 1.0  # `hardfocus select` defaults; the pandas arm uses the same
 # (name or None, share of shards): one group per shard, as when each source file is one domain
 GROUPS = [("web", 0.43), ("code", 0.20), ("books", 0.15), ("wiki", 0.12), ("arxiv", 0.08), (None, 0.02)]
 NON_OK_RATE = 0.005

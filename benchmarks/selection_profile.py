@@ -27,12 +27,14 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 import psutil
 
-GB = 1e9
+# run as `python benchmarks/selection_profile.py`: this folder is sys.path[0]
+from harness import GB, run_measured
 
 
 class Meter:
@@ -148,11 +150,6 @@ ALTERNATIVES = {"rank-pieces": alt_rank_pieces}
 
 def run_child(args: list[str], mem_limit_gb: float) -> dict:
     """This script in a fresh process: wall and CPU seconds, peak RSS (wait4), killed past ``mem_limit_gb``."""
-    from pathlib import Path
-
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from harness import run_measured
-
     log_path = Path(tempfile.mkdtemp(prefix="selection-profile-")) / "child.log"
     run = run_measured([sys.executable, os.path.abspath(__file__), *args], log_path, mem_limit_gb * GB)
     print(log_path.read_text(errors="replace"), end="", flush=True)

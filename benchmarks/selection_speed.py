@@ -36,7 +36,6 @@ import json
 import logging
 import math
 import os
-import shlex
 import shutil
 import sys
 import time
@@ -47,7 +46,17 @@ import numpy as np
 import pyarrow as pa
 
 # this folder is sys.path[0]
-from harness import GB, code_version, load_average, load_cell, machine_info, run_measured
+from harness import (
+    GB,
+    code_version,
+    command_line,
+    load_average,
+    load_cell,
+    machine_info,
+    markdown_table,
+    run_measured,
+    write_report,
+)
 from selection_data import (
     GROUPS,
     INF_RATE,
@@ -61,14 +70,13 @@ from selection_data import (
     ensure_scores,
 )
 
-logger = logging.getLogger("selection_speed")
+log = logging.getLogger("selection_speed")
 
 DROP_TOP, KEEP, TEMPERATURE = 0.1, 0.5, 1.0  # `hardfocus select` defaults; the pandas arm uses the same
 
 TARGET_ROWS = 100_000_000
 TARGET_SECONDS = 120.0
 TARGET_RSS_GB = 8.0
-DATA_VERSION = 1  # bump when the generator changes: the cached data is made again
 
 # ------------------------------------------------------------------------------------- pandas baseline
 
@@ -137,10 +145,6 @@ def machine_facts() -> dict:
     return info
 
 
-def log(msg: str) -> None:
-    logger.info(msg)
-
-
 def parse_sizes(text: str) -> list[int]:
     return [int(float(s)) for s in text.split(",") if s.strip()]
 
@@ -152,7 +156,7 @@ def bench_size(n: int, args, workdir: Path, history: list[dict]) -> dict:
 
     hf_out = workdir / f"out-hardfocus-n{n}"
     shutil.rmtree(hf_out, ignore_errors=True)
-    log(f"N={n:,}: hardfocus select ...")
+    log.info(f"N={n:,}: hardfocus select ...")
     hf = run_measured([*hardfocus_cmd(), "select", str(scores), "-o", str(hf_out), "--no-report"],
                       workdir / "logs" / f"hardfocus-n{n}.log", mem_limit)
     hf["ok"] = hf["returncode"] == 0 and (hf_out / "summary.json").is_file()
@@ -161,7 +165,7 @@ def bench_size(n: int, args, workdir: Path, history: list[dict]) -> dict:
         result["eligible"], result["kept"] = summary["eligible"], summary["bands"].get("kept", 0)
         result["excluded"] = summary["excluded"]
     hf["output_bytes"] = sum(p.stat().st_size for p in hf_out.glob("part-*.parquet"))
-    log(f"N={n:,}: hardfocus {'ok' if hf['ok'] else 'FAILED'} {hf['seconds']:.1f} s, peak {hf['peak_rss_gb']:.2f} GB, "
+    log.info(f"N={n:,}: hardfocus {'ok' if hf['ok'] else 'FAILED'} {hf['seconds']:.1f} s, peak {hf['peak_rss_gb']:.2f} GB, "
         f"selected/ {hf['output_bytes'] / GB:.2f} GB")
     result["hardfocus"] = hf
 
@@ -181,13 +185,13 @@ def bench_size(n: int, args, workdir: Path, history: list[dict]) -> dict:
         result["pandas"] = {"ok": False, "skipped": f"predicted peak {predicted:.0f} GB (N-scaled from "
                             f"N={base['rows']:,}) > the {args.mem_limit_gb:g} GB limit"}
     else:
-        log(f"N={n:,}: pandas baseline ...")
+        log.info(f"N={n:,}: pandas baseline ...")
         p = run_measured([sys.executable, str(Path(__file__).resolve()), "_pandas", str(scores), str(pd_out)],
                          workdir / "logs" / f"pandas-n{n}.log", mem_limit)
         p["ok"] = p["returncode"] == 0 and (pd_out / "part-00000.parquet").is_file()
         if not p["ok"] and ("MemoryError" in p["log_tail"] or "bad_alloc" in p["log_tail"]):
             p["oom"] = True
-        log(f"N={n:,}: pandas {'ok' if p['ok'] else 'out of memory' if p['oom'] else 'FAILED'} "
+        log.info(f"N={n:,}: pandas {'ok' if p['ok'] else 'out of memory' if p['oom'] else 'FAILED'} "
             f"{p['seconds']:.1f} s, peak {p['peak_rss_gb']:.2f} GB")
         result["pandas"] = p
     if predicted is not None:
@@ -195,7 +199,7 @@ def bench_size(n: int, args, workdir: Path, history: list[dict]) -> dict:
 
     if hf["ok"] and result["pandas"].get("ok"):
         result["agreement"] = compare_outputs(hf_out, pd_out)
-        log(f"N={n:,}: agreement {result['agreement']}")
+        log.info(f"N={n:,}: agreement {result['agreement']}")
     if not args.keep_outputs:
         shutil.rmtree(hf_out, ignore_errors=True)
         shutil.rmtree(pd_out, ignore_errors=True)
@@ -209,10 +213,6 @@ def startup(args, workdir: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- report
-
-def _fmt(x, spec: str, missing: str = "—") -> str:
-    return missing if x is None else format(x, spec)
-
 
 def verdict(r: dict) -> str:
     hf = r["hardfocus"]
@@ -243,41 +243,36 @@ def headline(results: list[dict]) -> str:
 
 
 def results_table(results: list[dict]) -> str:
-    lines = [
-        "| N | scores on disk | selected/ on disk | hardfocus s | hardfocus peak RSS GB | hardfocus CPU s | other load "
-        "| pandas s | pandas peak RSS GB | pandas ÷ hardfocus (time, RSS) | same selection | targets (100M: <120 s, <8 GB) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
-    ]
-    for r in results:
-        hf, p, agree = r["hardfocus"], r["pandas"], r.get("agreement")
-        hf_s = f"{hf['seconds']:.1f}" if hf["ok"] else (
-            f"out of memory (killed after {hf['seconds']:.0f} s)" if hf["oom"] else "failed")
-        hf_rss = f"> {hf['peak_rss_gb']:.1f} (killed)" if hf["oom"] else f"{hf['peak_rss_gb']:.2f}"
-        if p.get("ok"):
-            p_s, p_rss = f"{p['seconds']:.1f}", f"{p['peak_rss_gb']:.2f}"
-            ratio = f"{p['seconds'] / hf['seconds']:.1f}×, {p['peak_rss_gb'] / hf['peak_rss_gb']:.1f}×" if hf["ok"] else "—"
-        elif "skipped" in p:
-            p_s, p_rss, ratio = "skipped", f"skipped: {p['skipped']}", "—"
-        else:
-            p_s = "out of memory" if p.get("oom") else "failed"
-            p_rss, ratio = f"> {p['peak_rss_gb']:.1f} (killed)" if p.get("oom") else f"{p['peak_rss_gb']:.2f}", "—"
-        if agree is None:
-            same = "—"
-        elif agree["same_set"]:
-            same = (f"yes ({agree['hardfocus_rows']:,} ids; max rel. weight diff {agree['max_rel_weight_diff']:.1e}, "
-                    f"max loss_rank diff {agree['max_loss_rank_diff']:.1e})")
-        else:
-            same = f"**no** ({agree['only_hardfocus']:,} only in hardfocus, {agree['only_pandas']:,} only in pandas)"
-        lines.append(
-            f"| {r['rows']:,} | {r['data']['bytes'] / 1e6:,.0f} MB, {r['data']['parts']:,} parts "
-            f"| {hf.get('output_bytes', 0) / 1e6:,.0f} MB | {hf_s} "
-            f"| {hf_rss} | {hf['cpu_seconds']:.1f} | {load_cell(hf['other_load'])} | {p_s} | {p_rss} | {ratio} "
-            f"| {same} | {verdict(r)} |"
-        )
-    return "\n".join(lines)
+    return markdown_table(["N", "scores on disk", "selected/ on disk", "hardfocus s", "hardfocus peak RSS GB", "hardfocus CPU s",
+                           "other load", "pandas s", "pandas peak RSS GB", "pandas ÷ hardfocus (time, RSS)", "same selection",
+                           "targets (100M: <120 s, <8 GB)"], map(_result_row, results), "rrrrrrrrrrll")
 
 
-def write_report(path: Path, report: dict) -> None:
+def _result_row(r: dict) -> list[str]:
+    hf, p, agree = r["hardfocus"], r["pandas"], r.get("agreement")
+    hf_s = f"{hf['seconds']:.1f}" if hf["ok"] else (f"out of memory (killed after {hf['seconds']:.0f} s)" if hf["oom"] else "failed")
+    if p.get("ok"):
+        p_s, p_rss = f"{p['seconds']:.1f}", f"{p['peak_rss_gb']:.2f}"
+        ratio = f"{p['seconds'] / hf['seconds']:.1f}×, {p['peak_rss_gb'] / hf['peak_rss_gb']:.1f}×" if hf["ok"] else "—"
+    elif "skipped" in p:
+        p_s, p_rss, ratio = "skipped", f"skipped: {p['skipped']}", "—"
+    else:
+        p_s = "out of memory" if p.get("oom") else "failed"
+        p_rss, ratio = f"> {p['peak_rss_gb']:.1f} (killed)" if p.get("oom") else f"{p['peak_rss_gb']:.2f}", "—"
+    if agree is None:
+        same = "—"
+    elif agree["same_set"]:
+        same = (f"yes ({agree['hardfocus_rows']:,} ids; max rel. weight diff {agree['max_rel_weight_diff']:.1e}, "
+                f"max loss_rank diff {agree['max_loss_rank_diff']:.1e})")
+    else:
+        same = f"**no** ({agree['only_hardfocus']:,} only in hardfocus, {agree['only_pandas']:,} only in pandas)"
+    return [f"{r['rows']:,}", f"{r['data']['bytes'] / 1e6:,.0f} MB, {r['data']['parts']:,} parts",
+            f"{hf.get('output_bytes', 0) / 1e6:,.0f} MB", hf_s,
+            f"> {hf['peak_rss_gb']:.1f} (killed)" if hf["oom"] else f"{hf['peak_rss_gb']:.2f}", f"{hf['cpu_seconds']:.1f}",
+            load_cell(hf["other_load"]), p_s, p_rss, ratio, same, verdict(r)]
+
+
+def render_markdown(report: dict) -> str:
     m, results = report["machine"], report["results"]
     counts = "\n".join(
         f"- N={r['rows']:,}: eligible {r.get('eligible', 0):,}, kept {r.get('kept', 0):,}, excluded "
@@ -287,12 +282,11 @@ def write_report(path: Path, report: dict) -> None:
     )
     failures = "\n".join(
         f"- {arm} at N={r['rows']:,}: rc {r[arm]['returncode']}, log `{r[arm]['log']}`:\n\n```\n{r[arm]['log_tail']}\n```"
-        for r in results for arm in ("hardfocus", "pandas")
-        if "returncode" in r[arm] and not r[arm]["ok"]
+        for r in results for arm in ("hardfocus", "pandas") if "returncode" in r[arm] and not r[arm]["ok"]
     )
     notes = "".join(f"\n- {a}\n" for a in report.get("annotations", []))  # added after the run, kept in the JSON
     notes = f"\n## Notes added after the run\n{notes}" if notes else ""
-    text = f"""# Selection speed: `hardfocus select` vs plain pandas
+    return f"""# Selection speed: `hardfocus select` vs plain pandas
 
 Measured {report['finished']} ({report['wall_s'] / 60:.1f} min in all), hardfocus {m.get('hardfocus_code')}.
 
@@ -340,10 +334,6 @@ Synthetic scores as `hardfocus score` writes them (`benchmarks/selection_data.py
 {report['command']}
 ```
 {('## Failures' + chr(10) + chr(10) + failures) if failures else ''}"""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    path.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str))
-    log(f"wrote {path} and {path.with_suffix('.json')}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -371,13 +361,13 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     report = {
-        "command": " ".join(["python benchmarks/selection_speed.py", shlex.join(argv)]).strip(), "args": vars(args),
+        "command": command_line(argv), "args": vars(args),
         "machine": machine, "startup": startup(args, workdir), "results": [],
     }
     for n in parse_sizes(args.sizes):
         report["results"].append(bench_size(n, args, workdir, report["results"]))
         report["finished"], report["wall_s"] = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC", time.perf_counter() - t0
-        write_report(Path(args.out), report)  # after every size: a long run leaves its figures so far
+        write_report(Path(args.out), report, render_markdown(report))  # after every size: a long run leaves its figures so far
     ok = all(r["hardfocus"]["ok"] and r.get("agreement", {"same_set": True})["same_set"] for r in report["results"])
     return 0 if ok else 1
 

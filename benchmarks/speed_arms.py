@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,6 +137,16 @@ def run_padded(path: str, docs: list[Doc], pad_id: int, batch_size: int) -> ArmR
     )
 
 
+def plain_batches(lengths: list[int], token_budget: int) -> list[list[int]]:
+    """The plain loop's batches: indices sorted by length, cut where a batch padded to its longest would pass the budget."""
+    batches: list[list[int]] = [[]]
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):  # ascending: the newest is its batch's longest
+        if batches[-1] and (len(batches[-1]) + 1) * lengths[i] > token_budget:
+            batches.append([])
+        batches[-1].append(i)
+    return batches
+
+
 @torch.inference_mode()
 def plain_loop(model: torch.nn.Module, seqs: list[np.ndarray], pad_id: int, token_budget: int) -> np.ndarray:
     """The loop a user would write: length-sorted batches under a token budget, full logits, cross entropy.
@@ -143,14 +154,8 @@ def plain_loop(model: torch.nn.Module, seqs: list[np.ndarray], pad_id: int, toke
     Right padding needs no attention mask in a causal model (no real position attends to a later one), so
     SDPA runs its causal flash kernel; padded positions are left out of the loss. Returns NLL sums per sequence.
     """
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    batches: list[list[int]] = [[]]
-    for i in order:  # ascending lengths: the newest sequence is the longest of its batch
-        if batches[-1] and (len(batches[-1]) + 1) * len(seqs[i]) > token_budget:
-            batches.append([])
-        batches[-1].append(i)
     sums = np.zeros(len(seqs), dtype=np.float64)
-    for batch in batches:
+    for batch in plain_batches([len(s) for s in seqs], token_budget):
         width = len(seqs[batch[-1]])
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         for row, i in enumerate(batch):
@@ -169,17 +174,12 @@ def run_plain_loop(path: str, docs: list[Doc], pad_id: int, token_budget: int = 
     plain_loop(model, seqs[:PADDED_BATCH_SIZE], pad_id, token_budget)  # warm-up
     log.info("(plain) plain HF loop: length-sorted batches under %d tokens, bf16, full logits", token_budget)
     sums, seconds, other = timed_with_load(lambda: plain_loop(model, seqs, pad_id, token_budget))
-    lengths = sorted(len(s) for s in seqs)
-    positions, rows, longest = 0, 0, 0
-    for n in lengths:  # the same batching as plain_loop, for the padded positions it computed
-        if rows and (rows + 1) * n > token_budget:
-            positions, rows = positions + rows * longest, 0
-        rows, longest = rows + 1, n
+    batches = plain_batches([len(s) for s in seqs], token_budget)
     return ArmResult(
         key="plain", title=f"(plain) plain HF loop: sorted {token_budget}-token batches, bf16, full logits",
         indices=list(range(len(docs))), nll_sum=sums, n_tokens=np.array([len(s) - 1 for s in seqs]),
-        seconds=seconds, setup_s=load_s, other_load=other, positions=positions + rows * longest,
-        extra={"token_budget": token_budget},
+        seconds=seconds, setup_s=load_s, other_load=other, extra={"token_budget": token_budget},
+        positions=sum(len(b) * len(seqs[b[-1]]) for b in batches),  # padded to each batch's longest, its last
     )
 
 
@@ -260,3 +260,58 @@ def run_ray(docs: list[Doc], compile_mode: str, executor: str = "ray") -> ArmRes
         seconds=seconds, other_load=other,
         extra={"other_load_excludes_ray": True, "compile": compile_mode, "executor": executor, "manifest_run": run.model_dump(), "manifest_tokens": result.manifest.tokens},
     )
+
+
+# ---- (ifd): the IFD second pass against plain scoring ---------------------------------------------
+
+IFD_MAX_TOKENS = 384  # the chat demo's (score_auc, quality --kind chat)
+CONDITIONED = ["sample_id", "status", "n_tokens", "nll_sum", "loss"]  # the first pass's columns
+
+
+def chat_rows(n: int, seed: int) -> list[dict]:
+    """``n`` conversations of the chat demo corpus (``pipelines.demo_corpus``, kind chat, no injected noise, its
+    groups in equal parts), the first by id, as rows ``id``, ``group``, ``messages``."""
+    from pipelines.demo_corpus import CHAT_THEMES, build_demo_corpus
+
+    with tempfile.TemporaryDirectory(prefix="hardfocus-bench-chat-") as tmp:
+        per_group = -(-n // (len(CHAT_THEMES) + 1))  # the themes and the free group
+        build_demo_corpus(tmp, docs_per_group=per_group, seed=seed, heldout_frac=0.0, kind="chat")
+        rows = [json.loads(line) for p in sorted(Path(tmp).rglob("*.jsonl")) for line in p.read_text().splitlines()]
+    return [{"id": r["id"], "group": r["group"], "messages": r["messages"]} for r in sorted(rows, key=lambda r: r["id"])[:n]]
+
+
+def ifd_positions(path: str, rows: list[dict]) -> dict:
+    """Positions each pass computes (before padding), laid out as scoring lays them out: the conditioned pass one
+    sequence per conversation; the second pass one per assistant turn, its header (or BOS) then its reply."""
+    from scoring.chat import encode_conversation
+    from scoring.model import load_tokenizer
+
+    tokenizer = load_tokenizer(path)
+    encoded = [encode_conversation(tokenizer, r["messages"], IFD_MAX_TOKENS, ifd=True) for r in rows]
+    turns = [t for e in encoded if e.status is None for t in e.ifd_turns]
+    return {"conversations": len(rows), "scored": sum(e.status is None for e in encoded), "turns": len(turns),
+            "conditioned_positions": sum(len(e.input_ids) for e in encoded if e.status is None),
+            "second_pass_positions": sum(len(t.prefix) + t.stop - t.start for t in turns),
+            "second_pass_prefix_positions": sum(len(t.prefix) for t in turns)}
+
+
+def run_ifd(rows: list[dict], work: Path, ifd: bool, compile_mode: str) -> dict:
+    """The whole in-process ``scoring.score`` call of (c2l) (executor local, bf16) on ``rows`` as a messages shard,
+    ``ifd`` on or off, in ``work`` emptied first (nothing resumes): its wall time, the job's own record of it, other
+    load, and the scores (sorted by sample id)."""
+    import scoring
+
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    (work / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = scoring.ScoreConfig(
+        inputs=[str(work / "chat.jsonl")], output=str(work / "scores"), model=MODEL_SPEC, dtype="bfloat16",
+        executor="local", compile=compile_mode, format="messages", messages_column="messages", id_column="id",
+        group_column="group", max_tokens=IFD_MAX_TOKENS, ifd=ifd,
+    )
+    log.info("(ifd) score(executor='local', ifd=%s, compile=%r), whole call timed", ifd, compile_mode)
+    result, seconds, other = timed_with_load(lambda: scoring.score(cfg, progress=False))
+    columns = CONDITIONED + (["n_tokens_unconditioned", "nll_sum_unconditioned", "ifd"] if ifd else [])
+    table = pq.read_table(sorted(Path(cfg.output).glob("part-*.parquet")), columns=columns).sort_by("sample_id")
+    return {"ifd": ifd, "seconds": seconds, "other_load": other, "manifest_run": result.manifest.runs[-1].model_dump(),
+            "scores": {c: table.column(c).to_pylist() for c in columns}}

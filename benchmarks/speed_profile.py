@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from harness import markdown_table
 
 log = logging.getLogger("scoring_speed")
 
@@ -96,15 +97,9 @@ def profile_table(p: dict, bf16_peak_gflops: float) -> str:
         "attention": "attention (SDPA's CPU flash kernel)",
         "other": "everything else (fused element-wise kernels, norms, RoPE, loss, Python)",
     }
-    lines = [
-        "| kernel class | seconds | share of time | FLOPs executed | GFLOP/s | of bf16 peak |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
     flops = {"matmul": p["matmul_flops"], "attention": p["attention_flops"]}
-    for name, c in p["classes"].items():
-        if name in flops:
-            tail = f"{flops[name] / 1e12:.2f} T | {c['gflops']:.0f} | {100 * c['gflops'] / bf16_peak_gflops:.0f}% |"
-        else:
-            tail = " | | |"
-        lines.append(f"| {labels[name]} | {c['seconds']:.1f} | {100 * c['share']:.0f}% | {tail}")
-    return "\n".join(lines)
+    rows = [[labels[name], f"{c['seconds']:.1f}", f"{100 * c['share']:.0f}%",
+             *([f"{flops[name] / 1e12:.2f} T", f"{c['gflops']:.0f}", f"{100 * c['gflops'] / bf16_peak_gflops:.0f}%"]
+               if name in flops else ["", "", ""])] for name, c in p["classes"].items()]
+    header = ["kernel class", "seconds", "share of time", "FLOPs executed", "GFLOP/s", "of bf16 peak"]
+    return markdown_table(header, rows, "lr")

@@ -59,11 +59,9 @@ import torch
 from harness import (
     OtherLoad,
     command_line,
-    cpu_busy_seconds,
     library_versions,
     load_average,
     machine_info,
-    own_cpu_seconds,
     wait_for_quiet,
     write_report,
 )
@@ -162,22 +160,22 @@ class StepClock(TrainerCallback):
     """
 
     def __init__(self):
-        self.start = 0.0
+        self.start, self.meter = 0.0, None
         self.begins: list[float] = []
         self.ends: list[float] = []
-        self.cpu: list[tuple[float, float]] = []  # (all processes busy, this process) CPU-seconds at train begin, step ends
+        self.other_loads: list[float] = []
         self.logs: list[dict] = []
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.cpu = [(cpu_busy_seconds(), own_cpu_seconds())]
-        self.start = time.perf_counter()
+        self.meter, self.start = OtherLoad(), time.perf_counter()
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.begins.append(time.perf_counter())
 
     def on_step_end(self, args, state, control, **kwargs):
         self.ends.append(time.perf_counter())
-        self.cpu.append((cpu_busy_seconds(), own_cpu_seconds()))
+        self.other_loads.append(self.meter.rate())
+        self.meter = OtherLoad()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs:
@@ -188,12 +186,6 @@ class StepClock(TrainerCallback):
 
     def compute_seconds(self) -> list[float]:
         return [e - b for b, e in zip(self.begins, self.ends)]
-
-    def other_loads(self) -> list[float]:
-        out = []
-        for (busy0, own0), (busy1, own1), dt in zip(self.cpu, self.cpu[1:], self.step_seconds()):
-            out.append(max((busy1 - busy0) - (own1 - own0), 0.0) / dt)
-        return out
 
 
 def log_every(args: argparse.Namespace) -> int:
@@ -256,7 +248,7 @@ def run_arm(arm: str, rnd: int, position: int, model_path: str, dataset, work: P
     losses = [entry["loss"] for entry in clock.logs if "loss" in entry]
     run = Run(
         arm=arm, round=rnd, position=position, step_s=clock.step_seconds(), compute_s=clock.compute_seconds(),
-        step_other_load=clock.other_loads(),
+        step_other_load=clock.other_loads,
         load_s=load_s, train_s=train_s, other_load=other, waited_s=waited, batch_crcs=list(trainer.data_collator.crcs),
         first_loss=losses[0] if losses else None, logs=clock.logs,
     )

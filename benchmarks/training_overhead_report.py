@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from harness import CONTENDED_OTHER_LOAD, QUIET_PROBE_S, machine_lines
+from harness import CONTENDED_OTHER_LOAD, QUIET_PROBE_S, fmt, machine_lines, markdown_table
 
 ARMS = ("plain", "none", "static", "online", "static+online")
 # static+online with training.weighting.per_sample_nll replaced (in this process only) by per_sample_nll_shifted:
@@ -171,25 +171,25 @@ def render_markdown(report: dict) -> str:
               "All steps: every measured step of every round. Quiet: the steps during which other processes took <= "
               f"{summary['quiet_threshold']:g} CPU-s/s. Fastest: the arm's quickest measured step (other work only ever adds "
               f"time). The verdict uses the {summary['basis']}-step ratio.",
-              "",
-              "| arm | steps | median step s | IQR (q1-q3) s | ratio vs plain | per-round ratio min-max | quiet steps "
-              "| quiet median s | quiet ratio | fastest s | fastest ratio | overhead (verdict) | meets 5% |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
-        verdict = "-" if r["arm"] == "plain" else ("yes" if r["meets_target"] else "NO")
-        lines.append(
-            f"| {r['arm']} | {r['steps']} | {r['median_s']:.3f} | {r['q1_s']:.3f}-{r['q3_s']:.3f} | {r['ratio']:.3f} | "
-            f"{min(r['round_ratios']):.3f}-{max(r['round_ratios']):.3f} | {r['quiet_steps']} | "
-            f"{r['quiet_median_s']:.3f} | {r['quiet_ratio']:.3f} | {r['min_s']:.3f} | {r['min_ratio']:.3f} | "
-            f"{r['verdict_overhead']:+.1%} | {verdict} |"
-        )
-    lines += ["", "Per-round median step seconds (round: arm order rotated by one each round):", "",
-              "| arm | " + " | ".join(f"round {k + 1}" for k in range(cfg["rounds"])) + " |",
-              "|---|" + "---:|" * cfg["rounds"]]
-    lines += [f"| {r['arm']} | " + " | ".join(f"{x:.3f}" for x in r["round_medians_s"]) + " |" for r in rows]
-    lines += ["", *checks_section(report), "", *loss_head_section(report), "", "## Reading", "", *reading(report), "",
+              "", results_table(rows), "",
+              "Per-round median step seconds (round: arm order rotated by one each round):", "",
+              markdown_table(["arm", *(f"round {k + 1}" for k in range(cfg["rounds"]))],
+                             [[r["arm"], *(f"{x:.3f}" for x in r["round_medians_s"])] for r in rows], "lr"),
+              "", *checks_section(report), "", *loss_head_section(report), "", "## Reading", "", *reading(report), "",
               "Absolute seconds on a shared 2-core machine vary between runs; compare only ratios from the same run."]
     return "\n".join(lines) + "\n"
+
+
+def results_table(rows: list[dict]) -> str:
+    header = ["arm", "steps", "median step s", "IQR (q1-q3) s", "ratio vs plain", "per-round ratio min-max",
+              "quiet steps", "quiet median s", "quiet ratio", "fastest s", "fastest ratio", "overhead (verdict)",
+              "meets 5%"]
+    return markdown_table(header, [
+        [r["arm"], r["steps"], f"{r['median_s']:.3f}", f"{r['q1_s']:.3f}-{r['q3_s']:.3f}", f"{r['ratio']:.3f}",
+         f"{min(r['round_ratios']):.3f}-{max(r['round_ratios']):.3f}", r["quiet_steps"], f"{r['quiet_median_s']:.3f}",
+         f"{r['quiet_ratio']:.3f}", f"{r['min_s']:.3f}", f"{r['min_ratio']:.3f}", f"{r['verdict_overhead']:+.1%}",
+         "-" if r["arm"] == "plain" else ("yes" if r["meets_target"] else "NO")] for r in rows
+    ], "lrrrrrrrrrrrl")
 
 
 def machine_section(report: dict) -> list[str]:
@@ -259,10 +259,10 @@ def checks_section(report: dict) -> list[str]:
     for pair, c in chk["first_loss_pairs"].items():
         verdict = "not logged" if c["max_abs_diff"] is None else ("ok" if c["ok"] else "FAILED")
         lines.append(f"- First logged loss (mean of the first {report['config']['logging_steps']} steps), {pair} "
-                     f"(the same objective), max abs diff over rounds: {_fmt(c['max_abs_diff'])} nats (tolerance "
+                     f"(the same objective), max abs diff over rounds: {fmt(c['max_abs_diff'], '.4f')} nats (tolerance "
                      f"{chk['tolerance']:g}): **{verdict}**.")
     lines.append("- First logged loss per arm, round 1 (the loss each arm reports is the unweighted mean): "
-                 + ", ".join(f"{r['arm']} {_fmt(r['first_loss'][0])}" for r in rows) + ".")
+                 + ", ".join(f"{r['arm']} {fmt(r['first_loss'][0], '.4f')}" for r in rows) + ".")
     return lines
 
 
@@ -286,24 +286,20 @@ def loss_head_section(report: dict) -> list[str]:
         f"({lh['clone_s'] * 1e3:.0f} ms) subtracted. This is the only computation in which the arms differ: the model's "
         "forward and backward, clipping and AdamW are the same code.",
         "",
-        "| loss head | ms | vs plain | share of plain's median step |",
-        "|---|---:|---:|---:|",
+        markdown_table(["loss head", "ms", "vs plain", "share of plain's median step"],
+                       [[names[k], f"{v * 1e3:.0f}", f"{(v - lh['seconds']['plain']) * 1e3:+.0f} ms", f"{v / plain_step:.1%}"]
+                        for k, v in lh["seconds"].items()], "lr"),
     ]
-    lines += [f"| {names[k]} | {v * 1e3:.0f} | {(v - lh['seconds']['plain']) * 1e3:+.0f} ms | {v / plain_step:.1%} |"
-              for k, v in lh["seconds"].items()]
     lines += ["", f"The candidate's per-sample losses differ from `per_sample_nll`'s by at most "
                   f"{lh['candidate_loss_max_abs_diff']:.2e} nats and its logit gradients by at most "
                   f"{lh['candidate_grad_max_abs_diff']:.2e} (same math, different kernel)."]
     if lh.get("profiles"):
+        ranks = range(max(len(v) for v in lh["profiles"].values()))
         lines += ["", "Where the time goes: the ops with the most self CPU time in one profiled call (torch.profiler; "
                       "the profiler adds its own overhead, so compare within a column):", "",
-                  "| rank | " + " | ".join(f"{k} op (calls): ms" for k in lh["profiles"]) + " |",
-                  "|---:|" + "---|" * len(lh["profiles"])]
-        for i in range(max(len(v) for v in lh["profiles"].values())):
-            cells = []
-            for ops in lh["profiles"].values():
-                cells.append(f"`{ops[i]['op']}` ({ops[i]['calls']}): {ops[i]['self_ms']:.0f}" if i < len(ops) else "")
-            lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
+                  markdown_table(["rank", *(f"{k} op (calls): ms" for k in lh["profiles"])], [
+                      [i + 1, *(f"`{ops[i]['op']}` ({ops[i]['calls']}): {ops[i]['self_ms']:.0f}" if i < len(ops) else ""
+                                for ops in lh["profiles"].values())] for i in ranks], "rl")]
     return lines
 
 
@@ -353,7 +349,3 @@ def reading(report: dict) -> list[str]:
             "plain's, which leaves the weighting with no loss-side overhead to measure."
         )
     return out
-
-
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.4f}"

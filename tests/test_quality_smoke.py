@@ -15,6 +15,8 @@ from tests.conftest import conversations, real_texts, write_jsonl
 
 def load_quality():
     path = Path(__file__).parent.parent / "benchmarks" / "quality.py"
+    if str(path.parent) not in sys.path:  # run as a script, its folder is sys.path[0]: it imports harness, quality_data
+        sys.path.append(str(path.parent))
     spec = importlib.util.spec_from_file_location("quality_benchmark", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
@@ -97,7 +99,7 @@ def test_quality_chat_ifd_arm(tmp_path, tiny_chat_model_dir):
     below_1 = scores.filter(pl.col("ifd").is_finite() & (pl.col("ifd") < 1))
     assert scores["ifd"].null_count() == 0 and 0 < below_1.height
     arm = next(r for r in report["runs"] if r["arm"] == "MidRanking on IFD")
-    summary = q._summary(Path(arm["train_data"]))
+    summary = q.selection_summary(Path(arm["train_data"]))
     assert summary["excluded"].get("ifd >= 1 (the prompt does not help)", 0) == scores.filter(pl.col("ifd") >= 1).height
     trained = set(pl.read_parquet(f"{arm['train_data']}/part-*.parquet")["sample_id"])
     n = below_1.height  # the same size as the loss band, unless fewer rows than that lie below the dropped band

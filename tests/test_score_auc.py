@@ -12,6 +12,8 @@ import polars as pl
 
 def load_score_auc():
     path = Path(__file__).parent.parent / "benchmarks" / "score_auc.py"
+    if str(path.parent) not in sys.path:  # run as a script, its folder is sys.path[0]: it imports harness
+        sys.path.append(str(path.parent))
     spec = importlib.util.spec_from_file_location("score_auc_benchmark", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there

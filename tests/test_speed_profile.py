@@ -17,6 +17,8 @@ BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
 
 def load_speed_profile():
+    if str(BENCHMARKS) not in sys.path:  # run as a script, its folder is sys.path[0]: it imports harness
+        sys.path.append(str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location("speed_profile", BENCHMARKS / "speed_profile.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
