@@ -28,6 +28,43 @@ def _isolated_cache(tmp_path_factory):
     os.environ["HARDFOCUS_CACHE"] = str(tmp_path_factory.mktemp("hardfocus-cache"))
 
 
+@pytest.fixture(scope="session")
+def local_ray(request):
+    """One local Ray for the in-process Ray tests of the session (a start costs ~10 s on 2 cores), started as
+    ``scoring.executors.init_ray`` starts one; ``score`` and ``train`` find it initialised, use it and leave it up.
+    Tests about starting, killing, connecting to or routing the console of a Ray run their own (a CLI subprocess,
+    or ``ray start`` in tests/ray_cluster.py)."""
+    import ray
+
+    from tests.s3 import s3_environment_before_ray
+
+    s3_environment_before_ray(request)
+    if ray.is_initialized():  # a test started a Ray of its own and left it up: not this fixture's to reuse
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
+             _system_config={"worker_niceness": 0, "enable_metrics_collection": False})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def scored_corpus(tmp_path_factory, tiny_model_dir) -> dict:
+    """A corpus of 101 rows (``make_corpus(n_parquet=60, n_jsonl=40)``: a Parquet and a JSONL.gz shard, a few
+    unscoreable rows, one bad JSON line) scored in-process into 21 parts of 5 rows: the reference of the Ray tests
+    that kill, resume or spread this job. ``settings``: the ScoreConfig fields it was scored with (but inputs,
+    output, executor); ``inputs`` and ``reference`` are directories to read, not to write."""
+    from scoring import ScoreConfig, score
+    from tests.scoring.helpers import make_corpus
+
+    root = tmp_path_factory.mktemp("scored-corpus")
+    make_corpus(root, n_parquet=60, n_jsonl=40)
+    settings = dict(model=tiny_model_dir, dtype="float32", device="cpu", group_column="domain", max_tokens=64,
+                    rows_per_unit=5, token_budget=512)
+    result = score(ScoreConfig(inputs=[str(root / "in")], output=str(root / "reference"), executor="local", **settings),
+                   progress=False)
+    return {"inputs": root / "in", "reference": root / "reference", "result": result, "settings": settings}
+
+
 def real_texts(n: int = 200, seed: int = 0) -> list[str]:
     """Real English/code text from this machine (licenses, Python sources), cut to mixed lengths."""
     import sysconfig

@@ -36,7 +36,7 @@ def ray_head(dashboard_port: int | None = None, resources: dict | None = None):
     # the cluster's environment: a job's entrypoint `python` is this interpreter, as on a real cluster's nodes
     env = _cluster_env()
     head = subprocess.Popen(
-        [ray, "start", "--head", "--block", "--num-cpus=2", f"--port={free_port()}", *dashboard,
+        [ray, "start", "--head", "--block", "--num-cpus=2", f"--port={free_port()}", *dashboard, *_agent_port_flag(),
          f"--temp-dir={temp}", "--disable-usage-stats", *_resources_flag(resources)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env,
     )
@@ -60,7 +60,7 @@ def ray_worker_node(address: str, resources: dict | None = None, num_cpus: int =
     with its own raylet and object store; stopped with its process group on exit."""
     node = subprocess.Popen(
         [_ray_command(), "start", f"--address={address}", "--block", f"--num-cpus={num_cpus}", "--disable-usage-stats",
-         *_resources_flag(resources)],
+         *_agent_port_flag(), *_resources_flag(resources)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         env=_cluster_env() | {"RAY_AUTH_MODE": "token"},  # the head enabled token authentication; the token is shared
     )
@@ -81,8 +81,18 @@ def _ray_command() -> str:
 
 
 def _cluster_env() -> dict:
-    """The cluster's environment: a job's entrypoint `python` is this interpreter, as on a real cluster's nodes."""
-    return os.environ | {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+    """The cluster's environment: a job's entrypoint `python` is this interpreter, as on a real cluster's nodes.
+
+    Draining is off: on SIGTERM a node first asks the GCS to drain it and waits up to 30 s (Ray's default, for
+    Kubernetes pods); the GCS got the same SIGTERM, so that wait always ran out (33 s of every teardown)."""
+    return os.environ | {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+                         "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+
+
+def _agent_port_flag() -> list[str]:
+    """A free port for the node's dashboard agent, which serves the Job Submission API: its fixed default (52365)
+    is taken by any other Ray on this machine (the session's, a benchmark's), and then no job can be submitted."""
+    return [f"--dashboard-agent-listen-port={free_port()}"]
 
 
 def _resources_flag(resources: dict | None) -> list[str]:

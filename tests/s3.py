@@ -83,6 +83,15 @@ def s3_server(tmp_path_factory):
             server.wait()
 
 
+def s3_environment_before_ray(request) -> None:
+    """Start the S3 server now (when moto and s3fs are installed) for a Ray about to start: a Ray node's workers
+    inherit the environment of its start, and the s3 tests' workers must find the endpoint there."""
+    import importlib.util
+
+    if importlib.util.find_spec("moto") and importlib.util.find_spec("s3fs"):
+        request.getfixturevalue("s3_server")
+
+
 @pytest.fixture
 def s3_url(s3_server, request) -> str:
     """``s3://<bucket>/<test name>-<random>``: a prefix of this test's own."""

@@ -12,8 +12,9 @@ import pytest
 import typer
 
 from pipelines.cli import app
-from pipelines.config import build_score_config
+from pipelines.config import build_eval_config, build_score_config, build_select_config, build_train_config
 from pipelines.docs import BEGIN, END, config_reference
+from pipelines.run_config import load_run_config
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 
@@ -44,12 +45,21 @@ def test_readme_command_parses(command):
 
 
 def test_readme_toml_examples_validate(tmp_path):
-    for block in re.findall(r"```toml\n(.*?)```", README, flags=re.S):
+    """Every TOML example validates as what it is: a run config, or stage tables (an unknown key is an error)."""
+    blocks = re.findall(r"```toml\n(.*?)```", README, flags=re.S)
+    assert blocks, "the README shows no TOML example"
+    stages = {"score": build_score_config, "select": build_select_config, "train": build_train_config,
+              "eval": build_eval_config}
+    for block in blocks:
         path = tmp_path / "c.toml"
         path.write_text(block)
         raw = tomllib.loads(block)
-        if "score" in raw:
-            build_score_config(path, {})
+        if "run" in raw:
+            load_run_config(path)
+            continue
+        assert raw and set(raw) <= set(stages), f"a TOML example with tables {sorted(raw)}:\n{block}"
+        for table in raw:
+            stages[table](path, {})
 
 
 def test_config_reference_is_generated_from_the_models():

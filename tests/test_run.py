@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 
 import polars as pl
 import pytest
@@ -12,67 +11,18 @@ from typer.testing import CliRunner
 from pipelines.cli import app
 from pipelines.run_config import load_run_config
 from scoring import HardfocusError
-from tests.conftest import real_texts, write_jsonl
+from tests.hardfocus_run import invoke_run, stages_line, write_run_config
 
 runner = CliRunner()
 
 
 @pytest.fixture
 def run_config(tmp_path, tiny_model_dir):
-    texts = real_texts(100, seed=3)
-    rows = [{"text": t, "group": "code" if "def " in t or "import" in t else "prose"} for t in texts]
-    for i in range(0, 80, 10):  # a label only the final report reads
-        rows[i]["mark"] = "labelled"
-    write_jsonl(tmp_path / "corpus" / "train" / "a.jsonl", rows[:80])
-    write_jsonl(tmp_path / "corpus" / "heldout" / "a.jsonl", rows[80:])
-    path = tmp_path / "run.toml"
-    path.write_text(f"""
-[run]
-workdir = "{tmp_path / 'work'}"
-data = ["{tmp_path / 'corpus' / 'train'}"]
-heldout = ["{tmp_path / 'corpus' / 'heldout'}"]
-model = "{tiny_model_dir}"
-label_column = "mark"
-
-[score]
-executor = "local"
-dtype = "float32"
-max_tokens = 64
-
-[select]
-drop_top = 0.1
-keep = 0.5
-
-[train]
-max_steps = 3
-batch_size = 4
-precision = "fp32"
-learning_rate = 1e-3
-
-[eval]
-dtype = "float32"
-max_tokens = 64
-executor = "local"
-""")
-    return path
-
-
-def invoke(*args):
-    result = runner.invoke(app, ["-q", "run", *map(str, args)])
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
-def stages_line(output: str) -> str:
-    """The stages line without the time of each stage run (checked to be there, then dropped)."""
-    line = next(line for line in output.splitlines() if line.startswith("stages run:"))
-    ran = line.removeprefix("stages run: ").split(";")[0]
-    assert ran == "none" or all(re.fullmatch(r"\w+ \((\d+m\d\ds|\d+s)\)", s) for s in ran.split(", ")), line
-    return re.sub(r" \((\d+m\d\ds|\d+s)\)", "", line)
+    return write_run_config(tmp_path, tiny_model_dir)
 
 
 def test_run_skips_what_is_up_to_date(run_config, tmp_path):
-    first = invoke(run_config)
+    first = invoke_run(run_config)
     assert stages_line(first) == "stages run: score, select, train, eval; up to date: none"
     assert "selected 40 of 80 eligible rows" in first
     assert "trained 3 steps on 40 rows" in first
@@ -88,10 +38,10 @@ def test_run_skips_what_is_up_to_date(run_config, tmp_path):
     evaluation = json.loads((tmp_path / "work" / "eval" / "eval.json").read_text())
     assert [m["name"] for m in evaluation["models"]] == ["base", "trained"]
 
-    assert stages_line(invoke(run_config)) == "stages run: none; up to date: score, select, train, eval"
+    assert stages_line(invoke_run(run_config)) == "stages run: none; up to date: score, select, train, eval"
 
     # a new temperature: selection, training and evaluation rerun; scoring does not
-    changed = invoke(run_config, "--set", "select.temperature=0.5")
+    changed = invoke_run(run_config, "--set", "select.temperature=0.5")
     assert stages_line(changed) == "stages run: select, train, eval; up to date: score"
     summary = json.loads((tmp_path / "work" / "selected" / "summary.json").read_text())
     assert summary["parameters"]["temperature"] == 0.5
@@ -99,8 +49,8 @@ def test_run_skips_what_is_up_to_date(run_config, tmp_path):
     assert manifest["steps"] == 3
 
     # a partial run: only selection, with another band
-    partial = invoke(run_config, "--set", "select.temperature=0.5", "--set", "select.keep=0.25", "--from", "select",
-                     "--until", "select")
+    partial = invoke_run(run_config, "--set", "select.temperature=0.5", "--set", "select.keep=0.25", "--from", "select",
+                         "--until", "select")
     assert stages_line(partial) == "stages run: select; up to date: none"
     assert json.loads((tmp_path / "work" / "selected" / "summary.json").read_text())["bands"]["kept"] == 20
 

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import polars as pl
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
@@ -43,7 +44,8 @@ def _direct_group_loss(model_dir: str, rows: list[dict]) -> dict[str, float]:
     return {g: s / n for g, (s, n) in sums.items()}
 
 
-def test_run_on_conversations(tmp_path, tiny_chat_model_dir):
+@pytest.mark.ray
+def test_run_on_conversations(tmp_path, tiny_chat_model_dir, local_ray):
     convs = conversations(70, seed=11)
     rows = [{"id": f"conv-{i}", "group": "short" if len(m) < 5 else "long", "messages": m,
              "noise": "shuffled" if i % 10 == 0 else None} for i, m in enumerate(convs)]

@@ -220,7 +220,8 @@ def test_a_model_that_produces_nan_losses(tmp_path, nan_model_dir):
     assert df["nll_sum"].null_count() == 3
 
 
-def test_stop_mode_error_comes_through_ray_as_itself(tmp_path, tiny_model_dir):
+@pytest.mark.ray
+def test_stop_mode_error_comes_through_ray_as_itself(tmp_path, tiny_model_dir, local_ray):
     path = tmp_path / "in" / "d.jsonl.gz"
     path.parent.mkdir()
     with gzip.open(path, "wb") as f:

@@ -17,7 +17,7 @@ import pytest
 import typer.testing
 
 from pipelines.cli import app
-from scoring import HardfocusError, ScoreConfig, score
+from scoring import HardfocusError
 from tests.scoring.helpers import assert_same_scores, make_corpus, read_scores
 from tests.selection.fake_scores import write_scores
 from tests.training.helpers import max_param_diff, mixed_length_sequences, parameters, write_selected
@@ -59,16 +59,15 @@ def cmdline(pid: int) -> str:
 
 
 @pytest.mark.ray
-def test_sigkill_one_scoring_actor_mid_job(tmp_path, tiny_model_dir):
+def test_sigkill_one_scoring_actor_mid_job(tmp_path, scored_corpus):
     """Ray restarts the actor and retries its unit: still exactly one row per input row, same losses."""
-    make_corpus(tmp_path, n_parquet=150, n_jsonl=90)
-    common = ["--model", tiny_model_dir, "--dtype", "float32", "--group-column", "domain", "--max-tokens", "64",
-              "--rows-per-unit", "5", "--token-budget", "512"]
-    reference = score(ScoreConfig(inputs=[str(tmp_path / "in")], output=str(tmp_path / "ref"), model=tiny_model_dir,
-                                  dtype="float32", group_column="domain", max_tokens=64, rows_per_unit=5,
-                                  token_budget=512, executor="local"), progress=False)
+    s = scored_corpus["settings"]
+    common = ["--model", s["model"], "--dtype", s["dtype"], "--group-column", s["group_column"],
+              "--max-tokens", str(s["max_tokens"]), "--rows-per-unit", str(s["rows_per_unit"]),
+              "--token-budget", str(s["token_budget"])]
+    reference = scored_corpus["result"]
     out = tmp_path / "scores"
-    proc = subprocess.Popen(cli("score", str(tmp_path / "in"), "-o", str(out), *common), env=ENV,
+    proc = subprocess.Popen(cli("score", str(scored_corpus["inputs"]), "-o", str(out), *common), env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         wait_for(lambda: len(list(out.glob("part-*.parquet"))) >= 3, proc)
@@ -81,12 +80,13 @@ def test_sigkill_one_scoring_actor_mid_job(tmp_path, tiny_model_dir):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, stderr.decode()[-3000:]
     df = read_scores(out)
-    assert df.height == reference.manifest.rows == df["sample_id"].n_unique()
-    assert_same_scores(df, read_scores(tmp_path / "ref"))
+    assert df.height == reference.manifest.rows == df["sample_id"].n_unique() == 101
+    assert_same_scores(df, read_scores(scored_corpus["reference"]))
 
 
 def test_two_score_runs_on_one_output(tmp_path, tiny_model_dir):
-    """While one process runs (holds the output's lock), a second `hardfocus score` refuses; then it can run."""
+    """While one process runs (holds the output's lock), a second `hardfocus score` (here, in this process) refuses;
+    then it can run."""
     make_corpus(tmp_path, n_parquet=60, n_jsonl=30)
     out = tmp_path / "scores"
     holder = subprocess.Popen(  # the first run, stopped just after it took the output (deterministic, unlike timing)
@@ -94,18 +94,19 @@ def test_two_score_runs_on_one_output(tmp_path, tiny_model_dir):
          f"d = ScoresDir({str(out)!r}); d.create(); d.lock(); print('locked', flush=True); time.sleep(600)"],
         env=ENV, stdout=subprocess.PIPE, text=True,
     )
-    args = ["score", str(tmp_path / "in"), "-o", str(out), "--model", tiny_model_dir, "--executor", "local", "--dtype", "float32"]
+    args = ["-q", "score", str(tmp_path / "in"), "-o", str(out), "--model", tiny_model_dir, "--executor", "local",
+            "--dtype", "float32"]
     try:
         assert holder.stdout.readline().strip() == "locked"
-        second = subprocess.run(cli(*args), env=ENV, capture_output=True, text=True, timeout=300)
-        assert second.returncode == 2
-        assert "another hardfocus run is writing to" in second.stderr and "Traceback" not in second.stderr
+        second = typer.testing.CliRunner().invoke(app, args)
+        assert second.exit_code == 2, second.output  # a user error (a bug would exit 1 with its traceback)
+        assert second.stderr.strip().splitlines()[-1].startswith("error: another hardfocus run is writing to")
         assert not list(out.glob("part-*"))  # it wrote nothing
     finally:
         holder.kill()
         holder.wait()
-    after = subprocess.run(cli(*args), env=ENV, capture_output=True, text=True, timeout=300)  # the lock died with it
-    assert after.returncode == 0, after.stderr[-2000:]
+    after = typer.testing.CliRunner().invoke(app, args)  # the lock died with its holder
+    assert after.exit_code == 0, after.output
     assert read_scores(out)["sample_id"].n_unique() == 91
 
 
@@ -133,9 +134,8 @@ def test_kill_select_while_it_writes(tmp_path):
     for partial in staging():  # even pointed at the staging directory itself, training refuses it
         with pytest.raises(HardfocusError, match="did not finish"):
             load_training_data([str(partial)])
-    again = subprocess.run(cli("select", str(tmp_path / "scores"), "-o", str(sel), "--no-report"), env=ENV,
-                           capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-2000:]
+    again = typer.testing.CliRunner().invoke(app, ["-q", "select", str(tmp_path / "scores"), "-o", str(sel), "--no-report"])
+    assert again.exit_code == 0, again.output  # in this process: saves a CLI start
     assert not list(tmp_path.glob(".selected.tmp-*"))  # the killed run's staging directory was cleared
     summary = json.loads((sel / "summary.json").read_text())
     kept = pl.read_parquet(f"{sel}/part-*.parquet")
@@ -175,8 +175,8 @@ def test_kill_train_then_resume_from_the_last_checkpoint(tmp_path, tiny_model_di
     assert not (out / "train_manifest.json").exists()
     last = max(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("checkpoint-*"))
     assert 20 <= last < 60
-    resumed = subprocess.run(cli(*args, "-o", str(out)), env=ENV, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    resumed = typer.testing.CliRunner().invoke(app, ["-q", *args, "-o", str(out)])  # in this process: saves a CLI start
+    assert resumed.exit_code == 0, resumed.output
     manifest = json.loads((out / "train_manifest.json").read_text())
     assert manifest["steps"] == 60 and manifest["resumed_from"].endswith(f"checkpoint-{last}")
     assert max_param_diff(parameters(str(out)), parameters(str(tmp_path / "ref"))) < 1e-5

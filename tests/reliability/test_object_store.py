@@ -71,25 +71,18 @@ def test_score_with_inputs_and_output_on_s3_equals_a_local_run(corpus, tmp_path)
 
 
 @pytest.mark.ray
-def test_ray_workers_reach_s3_through_the_environment(corpus, s3_url, tmp_path, tiny_model_dir):
-    """Scoring actors and Ray Data readers are other processes: they find the endpoint in the environment."""
-    import ray
+def test_ray_workers_reach_s3_through_the_environment(corpus, s3_url, tmp_path, tiny_model_dir, local_ray):
+    """Scoring actors and Ray Data readers are other processes: they find the endpoint in the environment (the
+    session's Ray started after the S3 fixture set it)."""
+    on_ray = score(_cfg(corpus["in"], f"{s3_url}/scores", tiny_model_dir, executor="ray", actors=1), progress=False)
+    assert on_ray.manifest.rows == ROWS
+    local = download(f"{s3_url}/scores", tmp_path / "scores")
+    assert_same_scores(read_scores(local), read_scores(corpus["root"] / "reference"))
 
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")  # after the fixture set the environment
-    try:
-        on_ray = score(_cfg(corpus["in"], f"{s3_url}/scores", tiny_model_dir, executor="ray", actors=1), progress=False)
-        assert on_ray.manifest.rows == ROWS
-        local = download(f"{s3_url}/scores", tmp_path / "scores")
-        assert_same_scores(read_scores(local), read_scores(corpus["root"] / "reference"))
+    from training.ray_train import training_dataset
 
-        from training.ray_train import training_dataset
-
-        selected = select(SelectConfig(scores=[corpus["scores"]], output=f"{s3_url}/selected", report=False), progress=False)
-        assert training_dataset([f"{s3_url}/selected"]).count() == selected.summary.bands["kept"] > 0
-    finally:
-        ray.shutdown()
+    selected = select(SelectConfig(scores=[corpus["scores"]], output=f"{s3_url}/selected", report=False), progress=False)
+    assert training_dataset([f"{s3_url}/selected"]).count() == selected.summary.bands["kept"] > 0
 
 
 def test_select_and_train_read_and_write_s3(corpus, s3_url, tmp_path, tiny_model_dir):

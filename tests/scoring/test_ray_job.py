@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -24,7 +25,7 @@ def _cfg(tmp_path, model, output: str, **kw) -> ScoreConfig:
     return ScoreConfig(**(base | kw))
 
 
-def test_ray_job_equals_in_process_job(tmp_path, tiny_model_dir):
+def test_ray_job_equals_in_process_job(tmp_path, tiny_model_dir, local_ray):
     make_corpus(tmp_path)
     local = score(_cfg(tmp_path, tiny_model_dir, "local", executor="local"), progress=False)
     on_ray = score(_cfg(tmp_path, tiny_model_dir, "ray", executor="ray", actors=1), progress=False)
@@ -33,14 +34,15 @@ def test_ray_job_equals_in_process_job(tmp_path, tiny_model_dir):
     assert_same_scores(read_scores(tmp_path / "ray"), read_scores(tmp_path / "local"))
 
 
-def test_sigkill_then_rerun_loses_and_duplicates_nothing(tmp_path, tiny_model_dir):
-    """Kill the whole `hardfocus score` run (driver, Ray and actors) after some parts exist, then rerun."""
-    make_corpus(tmp_path, n_parquet=150, n_jsonl=90)
-    reference = score(_cfg(tmp_path, tiny_model_dir, "reference", executor="local", rows_per_unit=5), progress=False)
+def test_sigkill_then_rerun_loses_and_duplicates_nothing(tmp_path, scored_corpus, local_ray):
+    """Kill the whole `hardfocus score` run (driver, the Ray it started and its actors) after some parts exist, then
+    rerun: the library call the command makes, in this process on the session's Ray (saves a CLI and a Ray start)."""
+    reference, s = scored_corpus["result"], scored_corpus["settings"]
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "pipelines.cli", "-q", "score", str(tmp_path / "in"), "-o", str(out),
-           "--model", tiny_model_dir, "--dtype", "float32", "--device", "cpu", "--group-column", "domain",
-           "--max-tokens", "64", "--rows-per-unit", "5", "--token-budget", "512"]
+    cmd = [sys.executable, "-m", "pipelines.cli", "-q", "score", str(scored_corpus["inputs"]), "-o", str(out),
+           "--model", s["model"], "--dtype", s["dtype"], "--device", s["device"], "--group-column", s["group_column"],
+           "--max-tokens", str(s["max_tokens"]), "--rows-per-unit", str(s["rows_per_unit"]),
+           "--token-budget", str(s["token_budget"])]
     env = os.environ | {"PYTHONPATH": os.getcwd()}
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
@@ -54,17 +56,16 @@ def test_sigkill_then_rerun_loses_and_duplicates_nothing(tmp_path, tiny_model_di
     total = reference.manifest.parts
     assert 3 <= len(finished) < total and not (out / "manifest.json").exists()
 
-    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    cfg = ScoreConfig(inputs=[str(scored_corpus["inputs"])], output=str(out), **s)  # the command's flags
+    rerun = score(cfg, progress=False)
     df = read_scores(out)
-    assert df.height == reference.manifest.rows == 241  # 150 + 90 + one bad JSON line
+    assert df.height == reference.manifest.rows == 101  # 60 + 40 + one bad JSON line
     assert df["sample_id"].n_unique() == df.height  # 0 lost, 0 duplicated
-    assert_same_scores(df, read_scores(tmp_path / "reference"))
-    import json
-
+    assert_same_scores(df, read_scores(scored_corpus["reference"]))
     runs = json.loads((out / "manifest.json").read_text())["runs"]
+    assert len(runs) == 1 and rerun.units_scored == runs[-1]["units_scored"]  # the killed run recorded no run
     assert runs[-1]["units_scored"] + runs[-1]["units_reused"] == total and runs[-1]["units_reused"] >= len(finished)
     assert {n: (out / n).stat().st_mtime_ns for n in finished} == finished  # no finished part scored again
 
-    third = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert third.returncode == 0 and json.loads((out / "manifest.json").read_text())["runs"] == runs  # a no-op
+    third = score(cfg, progress=False)
+    assert third.units_scored == 0 and json.loads((out / "manifest.json").read_text())["runs"] == runs  # a no-op

@@ -40,7 +40,8 @@ def test_converted_checkpoint_equals_the_gguf_model(smollm2):
     assert resolve_model(SMOLLM2_ALIAS).path == smollm2.path  # converted once, then reused
 
 
-def test_prose_scores_lower_than_shuffled_gibberish_on_ray(tmp_path, smollm2):
+@pytest.mark.ray
+def test_prose_scores_lower_than_shuffled_gibberish_on_ray(tmp_path, smollm2, local_ray):
     tokenizer = load_tokenizer(smollm2.path)
     rng = random.Random(0)
     rows = []

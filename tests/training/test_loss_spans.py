@@ -251,11 +251,9 @@ def test_a_weighted_training_run_logs_the_masked_losses(tiny_model_dir, tmp_path
 
 
 @pytest.mark.ray
-def test_ray_dataset_batches_carry_the_spans(tmp_path):
+def test_ray_dataset_batches_carry_the_spans(tmp_path, local_ray):
     """training_dataset (the Ray Train input) + the Ray collate function give each row the labels of the
     single-process path; a plain-text selected/ read together with a conversation one gets null spans."""
-    import ray
-
     from training.ray_train import _RayCollate, training_dataset
 
     seqs = mixed_length_sequences(14, vocab=290, seed=12)
@@ -269,14 +267,10 @@ def test_ray_dataset_batches_carry_the_spans(tmp_path):
         one = collator([dataset[i]])
         expected[tuple(dataset[i]["input_ids"][:24].tolist())] = (one["labels"][0].tolist(), float(one["weight"][0]))
 
-    ray.init(num_cpus=1, include_dashboard=False, logging_level="WARNING")
-    try:
-        ds = training_dataset([chat, plain])
-        got = {}
-        for batch in ds.iter_torch_batches(batch_size=5, collate_fn=_RayCollate(collator)):
-            for ids, mask, labels, weight in zip(batch["input_ids"], batch["attention_mask"], batch["labels"], batch["weight"]):
-                n = int(mask.sum())
-                got[tuple(ids[:n].tolist())] = (labels[:n].tolist(), float(weight))
-    finally:
-        ray.shutdown()
+    ds = training_dataset([chat, plain])
+    got = {}
+    for batch in ds.iter_torch_batches(batch_size=5, collate_fn=_RayCollate(collator)):
+        for ids, mask, labels, weight in zip(batch["input_ids"], batch["attention_mask"], batch["labels"], batch["weight"]):
+            n = int(mask.sum())
+            got[tuple(ids[:n].tolist())] = (labels[:n].tolist(), float(weight))
     assert got == expected and len(got) == 14

@@ -1,4 +1,5 @@
-"""Ray Train: 2 CPU workers on a local Ray follow the single-process loss trajectory."""
+"""Ray Train: 2 CPU workers on a local Ray, streaming selected/ from an object store, follow the single-process
+loss trajectory."""
 
 from __future__ import annotations
 
@@ -7,40 +8,36 @@ import json
 import pytest
 import torch
 
+from tests.s3 import upload
 from tests.training.helpers import max_param_diff, mixed_length_sequences, parameters, small_config, write_selected
 from training import train
 
-pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
+pytestmark = [pytest.mark.ray, pytest.mark.s3]
 
 
 def losses(log_file: str) -> list[float]:
     return [r["loss"] for r in map(json.loads, open(log_file)) if "loss" in r]
 
 
-def test_two_workers_match_one_process(local_ray, tiny_model_dir, tmp_path):
+def test_two_workers_reading_s3_match_one_process(local_ray, s3_url, tiny_model_dir, tmp_path):
     """Full-batch steps (16 rows: 8 per worker, or 16 in one process) with non-uniform static weights.
 
     Per-worker (1/8) sum w*l, averaged by DDP, equals (1/16) sum w*l over all rows, whatever rows
-    each worker gets: the gradients, and so the trajectories, must agree up to float rounding.
+    each worker gets: the gradients, and so the trajectories, must agree up to float rounding. The workers
+    stream selected/ from the store (they find its endpoint in the environment the session's Ray started
+    with); the single process reads a local copy. 3 steps: each is an epoch, and Ray Data runs its pipeline
+    again for every epoch (~8 s each here).
     """
     seqs = mixed_length_sequences(16, vocab=290, seed=5)
     weights = torch.rand(16, generator=torch.Generator().manual_seed(2)).add(0.5).tolist()
     data = write_selected(tmp_path / "sel", seqs, weights=weights)
-    common = dict(weighting="static", max_steps=5, optim="sgd", learning_rate=0.5, save_steps=5)
+    on_s3 = upload(data, f"{s3_url}/selected")
+    common = dict(weighting="static", max_steps=3, optim="sgd", learning_rate=0.5, save_steps=3)
     single = train(small_config([data], tmp_path / "single", batch_size=16, **common), tiny_model_dir, bf16=False, progress=False)
-    ray_cfg = small_config([data], tmp_path / "ray", batch_size=8, ray_workers=2, **common)
+    ray_cfg = small_config([on_s3], tmp_path / "ray", batch_size=8, ray_workers=2, **common)
     distributed = train(ray_cfg, tiny_model_dir, bf16=False, progress=False)
-    assert distributed.steps == 5
+    assert distributed.steps == 3 and distributed.train_rows == single.train_rows == 16
     single_losses, ray_losses = losses(single.log_file), losses(distributed.log_file)
-    assert len(ray_losses) == 5 and single_losses[0] > single_losses[-1] + 0.05  # it trains
+    assert len(ray_losses) == 3 and single_losses[0] > single_losses[-1] + 0.05  # it trains
     assert ray_losses == pytest.approx(single_losses, rel=1e-4)
     assert max_param_diff(parameters(single.output), parameters(distributed.output)) < 1e-5

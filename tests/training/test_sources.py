@@ -122,15 +122,6 @@ def test_sources_count_the_rows_the_reader_reads(tmp_path):
 # --- the same through Ray Data ----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-
-
 def _ray_rows(paths: list[str]) -> list[dict]:
     from training.ray_train import training_dataset
 
