@@ -11,22 +11,16 @@ from typing import Annotated, Literal, Optional
 import typer
 import typer.core
 
-from pipelines.demo_corpus import CorpusKind, build_demo_corpus
-from pipelines.evaluate import EVAL_FILE, evaluate
+from pipelines.demo_corpus import CorpusKind
 from pipelines.flags import config_command
-from pipelines.labels import format_band_labels
-from pipelines.run import check_stage_range, format_seconds, run_pipeline
-from pipelines.run_config import STAGES, load_run_config
-from pipelines.submit import submit
-from pipelines.train import run_train
-from scoring import HardfocusError, ScoreConfig, score
-from scoring.job import scores_summary_line
-from selection import SelectConfig, build_report, select
-from selection.job import summary_text
-from training import TrainConfig
-from training.config import EvalConfig
-from training.evaluate import comparison_table
-from training.job import train_summary_line
+from pipelines.run_config import STAGES, check_stage_range, load_run_config
+from scoring.config import ScoreConfig
+from scoring.errors import HardfocusError
+from selection.config import SelectConfig
+from training.config import EvalConfig, TrainConfig
+
+# The stage libraries (torch, transformers, Ray, the Trainer: ~7 s of imports on 2 cores) are imported inside
+# the command that runs them, so `--help`, a refused flag and `submit` answer in about a second.
 
 
 class FullSummaries(typer.core.TyperGroup):
@@ -96,6 +90,8 @@ def _show_progress() -> bool:
 @config_command(ScoreConfig, "score", positional="inputs", names=CLI_NAMES)
 def score_command(cfg: ScoreConfig) -> None:
     """Run the base model over the shards and write one row per input row: loss, tokens, status."""
+    from scoring.job import score, scores_summary_line
+
     result = score(cfg, progress=_show_progress())
     typer.echo(scores_summary_line(result))
 
@@ -105,6 +101,8 @@ def score_command(cfg: ScoreConfig) -> None:
 @config_command(SelectConfig, "select", positional="scores", names=CLI_NAMES)
 def select_command(cfg: SelectConfig) -> None:
     """Keep the moderately-high-loss band (drop the highest-loss noise) and compute IR-DRO weights."""
+    from selection.job import select, summary_text
+
     result = select(cfg, progress=_show_progress())
     typer.echo(summary_text(result.summary, result.output))
 
@@ -117,6 +115,8 @@ def report_command(
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="where to write report.html  [default: the selected/, else the scores/ directory]")] = None,
 ) -> None:
     """Plot the loss distribution of a scores/ directory (and the bands and weights of a selection)."""
+    from selection.job import build_report
+
     typer.echo(build_report([scores], selected, output))
 
 
@@ -125,6 +125,9 @@ def report_command(
 @config_command(TrainConfig, "train", positional="data", names=CLI_NAMES)
 def train_command(cfg: TrainConfig) -> None:
     """Continual training on selected/ shards with static and/or online IR-DRO weights (HF Trainer, or Ray Train)."""
+    from pipelines.train import run_train
+    from training.job import train_summary_line
+
     result = run_train(cfg, progress=_show_progress())
     typer.echo(train_summary_line(result))
 
@@ -134,6 +137,9 @@ def train_command(cfg: TrainConfig) -> None:
 @config_command(EvalConfig, "eval", names=CLI_NAMES | {"models": ("--model", "-m"), "data": ("--data", "-d")})
 def eval_command(cfg: EvalConfig) -> None:
     """Held-out loss and perplexity per group, several models side by side (e.g. base vs trained)."""
+    from pipelines.evaluate import EVAL_FILE, evaluate
+    from training.evaluate import comparison_table
+
     results = evaluate(cfg, progress=_show_progress())
     typer.echo(comparison_table(results))
     typer.echo(f"held-out evaluation: {Path(cfg.output) / EVAL_FILE}")
@@ -150,6 +156,12 @@ def run_command(
     """score -> select -> train -> eval from one config; stages whose inputs and parameters are unchanged are skipped."""
     check_stage_range(from_, until)  # before loading anything
     cfg = load_run_config(config, set_ or [])
+    from pipelines.labels import format_band_labels
+    from pipelines.run import format_seconds, run_pipeline
+    from selection.job import summary_text
+    from training.evaluate import comparison_table
+    from training.job import train_summary_line
+
     result = run_pipeline(cfg, from_, until, progress=_show_progress())
     ran = [f"{name} ({format_seconds(result.seconds[name])})" if name in result.seconds else name for name in result.ran]
     typer.echo(f"stages run: {', '.join(ran) or 'none'}; up to date: {', '.join(result.skipped) or 'none'}")
@@ -175,6 +187,8 @@ def submit_command(
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="stream the job's log and return its exit status")] = True,
 ) -> None:
     """Run a stage or `run` on a Ray cluster as a Ray job: `hardfocus submit --address URL run cluster.toml`."""
+    from pipelines.submit import submit
+
     code = submit(address, list(ctx.args), wait=wait, echo=typer.echo)
     raise typer.Exit(code)
 
@@ -193,6 +207,8 @@ def demo_corpus_command(
 ) -> None:
     """Build a real corpus with a held-out split: text (license texts, Debian copyright files, Python sources and
     docstrings) or chat (the Chit Chat Challenge's human conversations, grouped by starter topic)."""
+    from pipelines.demo_corpus import build_demo_corpus
+
     counts = build_demo_corpus(out_dir, docs_per_group, max_chars, seed, heldout_frac, noise_frac, kind, max_turns)
     if not counts["train"]:
         raise HardfocusError("no demo source text was found on this machine")

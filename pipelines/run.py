@@ -30,7 +30,7 @@ from pydantic import BaseModel
 
 from pipelines.evaluate import EVAL_FILE, evaluate
 from pipelines.labels import band_labels
-from pipelines.run_config import STAGES, RunConfig
+from pipelines.run_config import RunConfig, check_stage_range
 from pipelines.train import run_train
 from scoring import ScoreManifest, score
 from scoring.errors import HardfocusError
@@ -79,16 +79,6 @@ class _Stage:
     run: Callable[[bool], object]
     upstream: Callable[[], object] | None = None  # more key material, read once the stage is done (scoring's manifest)
     requires: tuple[str, str] | None = None  # a finished upstream output it needs, and the error if it is missing
-
-
-def check_stage_range(start: str, until: str) -> list[str]:
-    """The stages from ``start`` to ``until``, or a :class:`HardfocusError` naming what is wrong."""
-    for stage in (start, until):
-        if stage not in STAGES:
-            raise HardfocusError(f"unknown stage '{stage}': one of {', '.join(STAGES)}")
-    if STAGES.index(start) > STAGES.index(until):
-        raise HardfocusError(f"--from {start} comes after --until {until}")
-    return STAGES[STAGES.index(start) : STAGES.index(until) + 1]
 
 
 def run_pipeline(cfg: RunConfig, start: str = "score", until: str = "eval", progress: bool = True) -> RunResult:

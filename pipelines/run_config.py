@@ -130,3 +130,13 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     # validate every stage table now, so a typo in [eval] fails before hours of scoring and training
     cfg.score_config(), cfg.select_config(), cfg.train_config(), cfg.eval_config()
     return cfg
+
+
+def check_stage_range(start: str, until: str) -> list[str]:
+    """The stages from ``start`` to ``until``, or a :class:`HardfocusError` naming what is wrong."""
+    for stage in (start, until):
+        if stage not in STAGES:
+            raise HardfocusError(f"unknown stage '{stage}': one of {', '.join(STAGES)}")
+    if STAGES.index(start) > STAGES.index(until):
+        raise HardfocusError(f"--from {start} comes after --until {until}")
+    return STAGES[STAGES.index(start) : STAGES.index(until) + 1]

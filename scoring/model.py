@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
+from scoring.config import SMOLLM2_ALIAS
 from scoring.errors import HardfocusError
 
 log = logging.getLogger(__name__)
 
-SMOLLM2_ALIAS = "smollm2-135m"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -21,6 +23,22 @@ def test_help_lists_every_score_flag():
     for flag in ("--output", "--config", "--text-column", "--id-column", "--group-column", "--model", "--max-tokens",
                  "--token-budget", "--executor", "--actors", "--gpus-per-actor", "--overwrite"):
         assert flag in result.output
+
+
+def test_help_and_a_refused_flag_load_no_stage_library():
+    """--help, a config error and `submit` must not pay for torch, transformers and Ray (~7 s on 2 cores)."""
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from pipelines.cli import app\n"
+        "r = CliRunner()\n"
+        "assert r.invoke(app, ['--help']).exit_code == 0\n"
+        "assert r.invoke(app, ['score', '--help']).exit_code == 0\n"
+        "assert r.invoke(app, ['select', 'scores', '--temperature', '-1']).exit_code == 2\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'ray', 'polars') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_toml_config_with_flag_overrides(tmp_path):

@@ -84,7 +84,7 @@ def test_shipped_configs_are_valid():
 
 
 def test_a_stage_range_is_checked_before_anything_runs():
-    from pipelines.run import check_stage_range
+    from pipelines.run_config import check_stage_range
 
     assert check_stage_range("select", "train") == ["select", "train"]
     with pytest.raises(HardfocusError, match=r"unknown stage 'trian': one of score, select, train, eval"):
