@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipelines.config import read_toml
-from pipelines.train import HARDFOCUS_PACKAGES
+from pipelines.packages import HARDFOCUS_PACKAGES
 from scoring.chat import is_inline_template
 from scoring.errors import HardfocusError
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import posixpath
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
+from pipelines.packages import HARDFOCUS_PACKAGES
 from scoring.chat import check_chat_tokenizer, load_chat_template
 from scoring.errors import HardfocusError
 from scoring.executors import init_ray
@@ -48,18 +48,6 @@ def use_bf16(cfg: TrainConfig) -> bool:
     if cfg.use_gpu or torch.cuda.is_available():
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return cpu_has_bf16()
-
-
-def _package_dirs() -> list[str]:
-    import pipelines
-    import scoring
-    import selection
-    import training
-
-    return [os.path.dirname(m.__file__) for m in (scoring, selection, training, pipelines)]
-
-
-HARDFOCUS_PACKAGES = _package_dirs()
 
 
 def is_stage_dir(path: str) -> bool:

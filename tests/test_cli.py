@@ -26,7 +26,8 @@ def test_help_lists_every_score_flag():
 
 
 def test_help_and_a_refused_flag_load_no_stage_library():
-    """--help, a config error and `submit` must not pay for torch, transformers and Ray (~7 s on 2 cores)."""
+    """--help, a config error and `submit` (whose Ray client is imported when it runs) must not pay for torch,
+    transformers and Ray (~7 s on 2 cores)."""
     code = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
@@ -35,6 +36,7 @@ def test_help_and_a_refused_flag_load_no_stage_library():
         "assert r.invoke(app, ['--help']).exit_code == 0\n"
         "assert r.invoke(app, ['score', '--help']).exit_code == 0\n"
         "assert r.invoke(app, ['select', 'scores', '--temperature', '-1']).exit_code == 2\n"
+        "import pipelines.submit\n"
         "print(sorted(m for m in ('torch', 'transformers', 'ray', 'polars') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

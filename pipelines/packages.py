@@ -1,0 +1,20 @@
+"""The hardfocus package directories that Ray ships to a job's driver and workers (``runtime_env`` ``py_modules``).
+
+Its own module so ``hardfocus submit`` can name them without importing the stages.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _package_dirs() -> list[str]:
+    import pipelines
+    import scoring
+    import selection
+    import training
+
+    return [os.path.dirname(m.__file__) for m in (scoring, selection, training, pipelines)]
+
+
+HARDFOCUS_PACKAGES = _package_dirs()
