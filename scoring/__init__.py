@@ -13,7 +13,7 @@ _EXPORTS = {
     "score": "scoring.job",
 }
 __all__ = ["HardfocusError", "ScoreConfig", "ScoreManifest", "ScoreResult", "Scorer", "score"]
-__getattr__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
     from scoring.config import ScoreConfig

@@ -8,12 +8,14 @@ for ``scoring.job``.
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable
 from typing import Any
 
 
-def lazy_exports(package: str, exports: dict[str, str]) -> Callable[[str], Any]:
-    """A module ``__getattr__`` that imports ``exports[name]`` (a module path) when ``name`` is first read."""
+def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """A module's ``__getattr__`` that imports ``exports[name]`` (a module path) when ``name`` is first read,
+    and its ``__dir__``, so ``dir(package)`` and tab completion list the names not yet imported."""
 
     def __getattr__(name: str) -> Any:
         module = exports.get(name)
@@ -21,4 +23,7 @@ def lazy_exports(package: str, exports: dict[str, str]) -> Callable[[str], Any]:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         return getattr(importlib.import_module(module), name)
 
-    return __getattr__
+    def __dir__() -> list[str]:
+        return sorted(set(vars(sys.modules[package])) | set(exports))
+
+    return __getattr__, __dir__

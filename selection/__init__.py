@@ -13,7 +13,7 @@ _EXPORTS = {
     "select": "selection.job",
 }
 __all__ = ["SelectConfig", "SelectResult", "SelectionSummary", "build_report", "irdro_weights", "select"]
-__getattr__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
     from selection.config import SelectConfig

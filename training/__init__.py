@@ -13,7 +13,7 @@ _EXPORTS = {
     "train": "training.job",
 }
 __all__ = ["StepWeighter", "TrainConfig", "TrainResult", "WeightedTrainer", "per_sample_nll", "train"]
-__getattr__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
     from training.config import TrainConfig
