@@ -74,10 +74,21 @@ class WeightedTrainer(Trainer):
 
 
 class JsonLogCallback(TrainerCallback):
-    """Append every log record (step, loss, weights, lr, eval loss) to a JSON Lines file on rank 0."""
+    """Append every log record (step, loss, weights, lr, eval loss) to a JSON Lines file on rank 0.
+
+    A run that restarts (from its last checkpoint, or from scratch when it died before one) first drops the
+    records after the step it restarts at, so the file holds each step once, as an uninterrupted run writes it.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.path.exists():
+            lines = self.path.read_text().splitlines()
+            kept = [line for line in lines if json.loads(line)["step"] <= state.global_step]
+            if len(kept) < len(lines):
+                self.path.write_text("".join(line + "\n" for line in kept))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:

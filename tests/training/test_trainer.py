@@ -208,6 +208,35 @@ def test_a_run_killed_before_the_end_resumes_from_its_checkpoint(tiny_model_dir,
     assert resumed.resumed_from.endswith("checkpoint-2") and resumed.steps == 5
     assert max_param_diff(parameters(resumed.output), uninterrupted) < 1e-6
     assert not (out / "checkpoints").exists()
+    # The log holds each step once (step 3 was logged before the kill and again after the resume), as uninterrupted
+    logged, reference = (_train_records(p / "train_log.jsonl") for p in (out, tmp_path / "full"))
+    assert [r["step"] for r in logged] == [r["step"] for r in reference] == [1, 2, 3, 4, 5]
+    assert [r["loss"] for r in logged] == pytest.approx([r["loss"] for r in reference], rel=1e-5)
+
+
+def test_a_run_killed_before_its_first_checkpoint_restarts_with_a_fresh_log(tiny_model_dir, equal_data, tmp_path, monkeypatch):
+    cfg = small_config([equal_data], tmp_path / "out", max_steps=3, save_steps=10)
+    original, calls = WeightedTrainer.training_step, []
+
+    def dies_at_step_3(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("killed")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(WeightedTrainer, "training_step", dies_at_step_3)
+    with pytest.raises(RuntimeError, match="killed"):
+        run(cfg, tiny_model_dir)
+    log_file = tmp_path / "out" / "train_log.jsonl"
+    assert [r["step"] for r in _train_records(log_file)] == [1, 2]
+    monkeypatch.setattr(WeightedTrainer, "training_step", original)
+    restarted = run(cfg, tiny_model_dir)
+    assert restarted.resumed_from is None
+    assert [r["step"] for r in _train_records(log_file)] == [1, 2, 3]
+
+
+def _train_records(log_file) -> list[dict]:
+    return [r for r in map(json.loads, open(log_file)) if "loss" in r]
 
 
 def _same(cfg) -> dict:
