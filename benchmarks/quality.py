@@ -9,7 +9,9 @@ its training set as large as the others': ``--kind chat`` "MidRanking on IFD" (s
 ``--ifd``); ``--kind text`` "MidRanking on excess loss" (RHO-LOSS: a reference model, the base model
 trained ``--reference-steps`` on a clean reference split carved out of the training split's clean rows
 and kept apart from the held-out split, scores the training split; the band is ranked by loss minus
-its loss). ``--preset gpu`` (bf16, 20x the steps, 2x batch and sequence, a larger corpus; outputs
+its loss). The bands are global, so a score can favour a group; "MidRanking per group" and, for text,
+"MidRanking on excess loss per group" band each group on its own (``select --per-group``), which separates
+which rows a score picks from which groups. ``--preset gpu`` (bf16, 20x the steps, 2x batch and sequence, a larger corpus; outputs
 ``quality[-chat]-gpu.md``) is the budget at which the paper's IR-DRO > ERM claim can be judged;
 ``--arms`` runs a subset.
 
@@ -63,6 +65,7 @@ class Arm:
     static_weights: bool  # whether the selected/ carries IR-DRO weights (else weight 1)
     score: str = "loss"  # what `select --score` ranks by: loss | ifd | excess
     kinds: tuple[str, ...] = ("text", "chat")  # the corpora the arm runs on
+    per_group: bool = False  # `select --per-group`: each group banded on its own (its share of the band kept)
 
 
 ARMS = [
@@ -75,6 +78,9 @@ ARMS = [
     # the same band on another score: IFD needs a prompt (chat); excess loss a reference model (text, RHO-LOSS)
     Arm("MidRanking on IFD", "midrank", "none", False, score="ifd", kinds=("chat",)),
     Arm("MidRanking on excess loss", "midrank", "none", False, score="excess", kinds=("text",)),
+    # the same bands per group: which rows a score picks, apart from which groups it favours
+    Arm("MidRanking per group", "midrank", "none", False, per_group=True),
+    Arm("MidRanking on excess loss per group", "midrank", "none", False, score="excess", kinds=("text",), per_group=True),
 ]
 
 
@@ -137,16 +143,16 @@ def run_quality(workdir: Path, s: Settings, corpus: Path | None = None) -> dict:
 
     t0 = time.time()
     workdir.mkdir(parents=True, exist_ok=True)
-    data = build_data(workdir, s, {a.score for a in arms_for(s)}, corpus)
+    data = build_data(workdir, s, {(a.score, a.per_group) for a in arms_for(s)}, corpus)
     labels = noise_labels(data["corpus"])
-    kept = selection_summary(data["bands"][("midrank", False, "loss")])["bands"]["kept"]
+    kept = selection_summary(data["bands"][("midrank", False, "loss", False)])["bands"]["kept"]
     model_path = resolve_model(s.model).path
     heldout = heldout_tokens(data["corpus"], model_path, s, workdir / "heldout-tokens")
     runs = []
     for seed in s.seeds:
         uniform = uniform_sample(data["scores"], kept, seed, workdir / f"uniform-{seed}")
         for arm in arms_for(s):
-            train_dir = uniform if arm.band == "uniform" else data["bands"][(arm.band, arm.static_weights, arm.score)]
+            train_dir = uniform if arm.band == "uniform" else data["bands"][(arm.band, arm.static_weights, arm.score, arm.per_group)]
             out = workdir / "models" / f"{_slug(arm.name)}-seed{seed}"
             log.info("arm %s, seed %d", arm.name, seed)
             cfg = TrainConfig(
@@ -162,7 +168,7 @@ def run_quality(workdir: Path, s: Settings, corpus: Path | None = None) -> dict:
             shutil.rmtree(out / "checkpoints", ignore_errors=True)  # 1.5 GB per arm (optimizer state); the model stays
             history = [json.loads(line) for line in open(result.log_file)]
             curve = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
-            runs.append({"arm": arm.name, "seed": seed, "model": str(out), "curve": curve,
+            runs.append({"arm": arm.name, "seed": seed, "model": str(out), "curve": curve, "train_rows": result.train_rows,
                          "train_data": str(train_dir), "noise": noise_share(train_dir, labels)})
     models = [f"base={s.model}"] + [f"{_slug(r['arm'])}-seed{r['seed']}={r['model']}" for r in runs]
     fmt = {k: v for k, v in sample_format(s).items() if k != "id_column"}
@@ -298,6 +304,7 @@ def markdown(report: dict, rows: list[dict], command: str, plot_name: str) -> st
         f"{s['learning_rate']:g} (cosine, 10% warm-up), precision {s['precision']}, seeds {s['seeds']}; training sets of "
         f"{report['kept_rows']} rows each (the kept band's size). Bands: drop_top {s['drop_top']}, keep {s['keep']}; "
         f"IR-DRO temperature {s['temperature']}.",
+        *_size_lines(report),
         *_score_arm_lines(report),
         f"- Final evaluation: the held-out split scored by each model in {s['eval_dtype']}; curves: the Trainer's eval loss "
         f"(mean per-document loss over the held-out split) every {s['eval_every']} steps.",
@@ -312,6 +319,12 @@ def markdown(report: dict, rows: list[dict], command: str, plot_name: str) -> st
         "", f"![held-out loss against steps]({plot_name})", "",
     ]
     return "\n".join(lines)
+
+
+def _size_lines(report: dict) -> list[str]:
+    """Arms whose training set is not the kept band's size (a per-group band rounds per group), named."""
+    off = {r["arm"]: r["train_rows"] for r in report["runs"] if r.get("train_rows", report["kept_rows"]) != report["kept_rows"]}
+    return [f"- Training sets not of {report['kept_rows']} rows: " + ", ".join(f"{a} {n}" for a, n in off.items()) + "."] if off else []
 
 
 def _score_arm_lines(report: dict) -> list[str]:
@@ -329,6 +342,9 @@ def _score_arm_lines(report: dict) -> list[str]:
                      "group's clean training rows, moved out of the training split before scoring, so no arm trains on "
                      "them; the held-out split is apart from both); `select --score excess` ranks by loss minus its "
                      f"loss ({ref.get('units', 'nats per token')}), keep rescaled to the same training-set size.")
+    if any(a.per_group and a.name in s.get("arms", kind_arms) for a in ARMS):
+        lines.append("- Per-group arms: `select --per-group` bands each group on its own (its top drop_top dropped, the next "
+                     "keep kept), so every group keeps its share of the rows; the global bands let a score favour a group.")
     missing = [a for a in kind_arms if a not in s.get("arms", kind_arms)]
     if missing:
         lines.append(f"- Not run in this report: {', '.join(missing)}.")

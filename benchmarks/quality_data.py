@@ -14,14 +14,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
-def build_data(workdir: Path, s, scored_by: set[str], corpus: Path | None = None) -> dict:
+def build_data(workdir: Path, s, ranked_by: set[tuple[str, bool]], corpus: Path | None = None) -> dict:
     """Corpus (unless given), base-model scores of the training split, and each band's selected/ dir, keyed
-    (band, weighted, score), for the scores in ``scored_by`` (loss, ifd, excess); with excess, the reference model
-    and its scores first."""
+    (band, weighted, score, per_group), for the (score, per_group) pairs in ``ranked_by`` (scores loss, ifd,
+    excess); with excess, the reference model and its scores first. The global loss bands are always built:
+    their size is every arm's."""
     from pipelines.demo_corpus import build_demo_corpus
     from scoring import ScoreConfig, score
     from selection import SelectConfig, select
 
+    scored_by = {name for name, _ in ranked_by}
     if corpus is None:
         corpus = workdir / "corpus"
         if not (corpus / "train").exists():
@@ -42,15 +44,17 @@ def build_data(workdir: Path, s, scored_by: set[str], corpus: Path | None = None
             select(SelectConfig(scores=[str(scores)], output=str(out), drop_top=drop, keep=s.keep,
                                 weighting="irdro" if weighted else "none", temperature=s.temperature,
                                 report=False, overwrite=True), progress=False)
-            bands[(band, weighted, "loss")] = out
-    kept = selection_summary(bands[("midrank", False, "loss")])["bands"]["kept"]
+            bands[(band, weighted, "loss", False)] = out
+    kept = selection_summary(bands[("midrank", False, "loss", False)])["bands"]["kept"]
     reference = train_reference(workdir, corpus, s) if "excess" in scored_by else None
-    for name in sorted(scored_by - {"loss"}):
+    for name, per_group in sorted(ranked_by - {("loss", False)}):
         extra = {"reference": [reference["scores"]]} if name == "excess" else {}
-        bands[("midrank", False, name)] = select_same_size(scores, workdir / f"selected-midrank-{name}", name, kept, s,
-                                                           **extra)
+        out = workdir / f"selected-midrank-{name}" if not per_group else workdir / f"selected-midrank-{name}-per-group"
+        bands[("midrank", False, name, per_group)] = select_same_size(scores, out, name, kept, s, per_group=per_group,
+                                                                      **extra)
     if reference:  # nats per token when the reference kept the tokenizer (it does: a fine-tune), else bits per byte
-        reference["units"] = selection_summary(bands[("midrank", False, "excess")])["score_units"]
+        excess_band = next(v for k, v in bands.items() if k[2] == "excess")
+        reference["units"] = selection_summary(excess_band)["score_units"]
     return {"corpus": corpus, "scores": scores, "bands": bands, "reference": reference}
 
 
@@ -59,8 +63,9 @@ def selection_summary(selected: Path) -> dict:
 
 
 def select_same_size(scores: Path, out: Path, score_name: str, kept: int, s, **extra) -> Path:
-    """MidRanking on another score, its kept band as large as the loss band's (the same training-set size):
-    a score that excludes rows (IFD >= 1, no reference row) ranks fewer, so ``keep`` is rescaled to them."""
+    """MidRanking on another score (or per group), its kept band as large as the loss band's (the same training-set
+    size): a score that excludes rows (IFD >= 1, no reference row) ranks fewer, so ``keep`` is rescaled to them;
+    per-group rounding can still leave it a few rows off, which the report states."""
     from selection import SelectConfig, select
 
     def run(keep: float) -> dict:

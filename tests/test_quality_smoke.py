@@ -1,6 +1,6 @@
 """The quality benchmark end to end at toy size (tiny model, 2 steps, every arm), so it cannot rot; the arms
-that rank by IFD and by excess loss checked against the bands computed here from the score columns; the gpu
-preset resolved and run tiny on the CPU."""
+that rank by IFD and by excess loss, and the per-group ones, checked against the bands computed here from the score
+columns; the gpu preset resolved and run tiny on the CPU."""
 
 from __future__ import annotations
 
@@ -62,12 +62,19 @@ def test_quality_benchmark_smoke(tmp_path, tiny_model_dir):
     assert set(pl.read_parquet(f"{arm['train_data']}/part-*.parquet")["sample_id"]) == _midrank_ids(
         excess, "excess", report["kept_rows"])
     assert arm["noise"]["rows"] == report["kept_rows"]
+    # the per-group arms: each group's own MidRanking band (of its excess loss, of its loss), recomputed here
+    for name, column, frame in (("MidRanking on excess loss per group", "excess", excess), ("MidRanking per group", "loss", scores)):
+        arm = next(r for r in report["runs"] if r["arm"] == name)
+        expected = set().union(*(_midrank_ids(g, column, g.height // 2) for g in frame.partition_by("group")))
+        assert set(pl.read_parquet(f"{arm['train_data']}/part-*.parquet")["sample_id"]) == expected
+        assert arm["train_rows"] == len(expected) == report["kept_rows"]
 
     rows = q.summarise(report)
-    assert len(rows) == 7 and all(r["seeds"] == 1 for r in rows)
+    assert len(rows) == 9 and all(r["seeds"] == 1 for r in rows)
     q.plot_curves(report, tmp_path / "curves.png")
     text = q.markdown(report, rows, "python benchmarks/quality.py --smoke", "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 0 and "| MidRanking + static IR-DRO |" in text
+    assert "- Per-group arms: `select --per-group`" in text and "Training sets not of" not in text
 
 
 def _midrank_ids(frame: pl.DataFrame, column: str, kept: int) -> set[str]:
