@@ -189,21 +189,10 @@ def test_a_finished_run_removes_its_checkpoints(tiny_model_dir, equal_data, tmp_
 def test_a_run_killed_before_the_end_resumes_from_its_checkpoint(tiny_model_dir, equal_data, tmp_path, monkeypatch):
     cfg = small_config([equal_data], tmp_path / "out", weighting="static+online", temperature=0.5, max_steps=5, save_steps=2)
     uninterrupted = parameters(run(small_config([equal_data], tmp_path / "full", **_same(cfg)), tiny_model_dir).output)
-    original, calls = WeightedTrainer.training_step, []
-
-    def dies_at_step_4(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 4:
-            raise RuntimeError("killed")
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(WeightedTrainer, "training_step", dies_at_step_4)
-    with pytest.raises(RuntimeError, match="killed"):
-        run(cfg, tiny_model_dir)
+    _run_killed_at_step(4, cfg, tiny_model_dir, monkeypatch)
     out = tmp_path / "out"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2"]  # kept: the run can resume
     assert not (out / TRAIN_MANIFEST_FILE).exists()
-    monkeypatch.setattr(WeightedTrainer, "training_step", original)
     resumed = run(cfg, tiny_model_dir)
     assert resumed.resumed_from.endswith("checkpoint-2") and resumed.steps == 5
     assert max_param_diff(parameters(resumed.output), uninterrupted) < 1e-6
@@ -216,23 +205,28 @@ def test_a_run_killed_before_the_end_resumes_from_its_checkpoint(tiny_model_dir,
 
 def test_a_run_killed_before_its_first_checkpoint_restarts_with_a_fresh_log(tiny_model_dir, equal_data, tmp_path, monkeypatch):
     cfg = small_config([equal_data], tmp_path / "out", max_steps=3, save_steps=10)
-    original, calls = WeightedTrainer.training_step, []
-
-    def dies_at_step_3(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("killed")
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(WeightedTrainer, "training_step", dies_at_step_3)
-    with pytest.raises(RuntimeError, match="killed"):
-        run(cfg, tiny_model_dir)
+    _run_killed_at_step(3, cfg, tiny_model_dir, monkeypatch)
     log_file = tmp_path / "out" / "train_log.jsonl"
     assert [r["step"] for r in _train_records(log_file)] == [1, 2]
-    monkeypatch.setattr(WeightedTrainer, "training_step", original)
     restarted = run(cfg, tiny_model_dir)
     assert restarted.resumed_from is None
     assert [r["step"] for r in _train_records(log_file)] == [1, 2, 3]
+
+
+def _run_killed_at_step(step: int, cfg, model_dir, monkeypatch) -> None:
+    """Run ``cfg`` and let it die in its ``step``-th training step (after ``step - 1`` were logged), as a killed job."""
+    original, calls = WeightedTrainer.training_step, []
+
+    def dies(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == step:
+            raise RuntimeError("killed")
+        return original(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(WeightedTrainer, "training_step", dies)
+        with pytest.raises(RuntimeError, match="killed"):
+            run(cfg, model_dir)
 
 
 def _train_records(log_file) -> list[dict]:
