@@ -49,7 +49,7 @@ def build_data(workdir: Path, s, ranked_by: set[tuple[str, bool]], corpus: Path 
     reference = train_reference(workdir, corpus, s) if "excess" in scored_by else None
     for name, per_group in sorted(ranked_by - {("loss", False)}):
         extra = {"reference": [reference["scores"]]} if name == "excess" else {}
-        out = workdir / f"selected-midrank-{name}" if not per_group else workdir / f"selected-midrank-{name}-per-group"
+        out = workdir / f"selected-midrank-{name}{'-per-group' if per_group else ''}"
         bands[("midrank", False, name, per_group)] = select_same_size(scores, out, name, kept, s, per_group=per_group,
                                                                       **extra)
     if reference:  # nats per token when the reference kept the tokenizer (it does: a fine-tune), else bits per byte

@@ -77,7 +77,8 @@ class JsonLogCallback(TrainerCallback):
     """Append every log record (step, loss, weights, lr, eval loss) to a JSON Lines file on rank 0.
 
     A run that restarts (from its last checkpoint, or from scratch when it died before one) first drops the
-    records after the step it restarts at, so the file holds each step once, as an uninterrupted run writes it.
+    records after the step it restarts at, and a last line a kill cut short, so the file holds each step once,
+    as an uninterrupted run writes it.
     """
 
     def __init__(self, path: str | Path):
@@ -86,7 +87,7 @@ class JsonLogCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero and self.path.exists():
             lines = self.path.read_text().splitlines()
-            kept = [line for line in lines if json.loads(line)["step"] <= state.global_step]
+            kept = [line for line in lines if _step(line) <= state.global_step]
             if len(kept) < len(lines):
                 self.path.write_text("".join(line + "\n" for line in kept))
 
@@ -95,3 +96,12 @@ class JsonLogCallback(TrainerCallback):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a") as f:
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+def _step(line: str) -> float:
+    """The step of a ``train_log.jsonl`` line; infinity for a line a kill cut short (it is dropped)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+

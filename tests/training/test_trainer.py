@@ -208,6 +208,8 @@ def test_a_run_killed_before_its_first_checkpoint_restarts_with_a_fresh_log(tiny
     _run_killed_at_step(3, cfg, tiny_model_dir, monkeypatch)
     log_file = tmp_path / "out" / "train_log.jsonl"
     assert [r["step"] for r in _train_records(log_file)] == [1, 2]
+    with open(log_file, "a") as f:  # a record the kill cut short
+        f.write('{"step": 3, "lo')
     restarted = run(cfg, tiny_model_dir)
     assert restarted.resumed_from is None
     assert [r["step"] for r in _train_records(log_file)] == [1, 2, 3]
