@@ -160,7 +160,7 @@ def noise_share(train_dir: Path, labels: pl.DataFrame) -> dict:
 def heldout_tokens(corpus: Path, model_path: str, s, out: Path) -> Path:
     """The held-out split tokenised once (conversations with their response spans), for the Trainer's eval loss."""
     from pipelines.train import tokenize_shards
-    from scoring.config import SampleFormat
+    from scoring.foundation.sample_format import SampleFormat
     from scoring.model import load_tokenizer
 
     fmt = SampleFormat(**{k: v for k, v in sample_format(s).items() if k != "id_column"})

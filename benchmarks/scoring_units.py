@@ -82,8 +82,9 @@ def _marker(shard) -> dict:
 
 def make_directory(workdir: Path, n_shards: int, units: int) -> None:
     """N empty part files with the names the job would write, and a done marker per shard."""
+    from scoring.foundation.scores import DONE_DIR
     from scoring.job import SCORES_JOB_FILE
-    from scoring.output import DONE_DIR, ScoresDir
+    from scoring.output import ScoresDir
     from scoring.units import expected_parts, shard_digest
 
     out = ScoresDir(str(workdir))
@@ -145,8 +146,9 @@ def _pipeline(workdir: Path, n_shards: int, units: int, executor: str) -> dict:
 
 
 def run_phase(phase: str, workdir: Path, n_shards: int, units: int) -> dict:
+    from scoring.foundation.scores import DONE_DIR
     from scoring.job import check_parts, plan_shards
-    from scoring.output import DONE_DIR, ScoresDir
+    from scoring.output import ScoresDir
 
     out, shards, result = ScoresDir(str(workdir)), _shards(n_shards, units), {}
     t0 = time.perf_counter()

@@ -15,7 +15,7 @@ from pipelines.demo_corpus import CorpusKind
 from pipelines.flags import config_command
 from pipelines.run_config import STAGES, check_stage_range, load_run_config
 from scoring.config import ScoreConfig
-from scoring.errors import HardfocusError
+from scoring.foundation.errors import HardfocusError
 from selection.config import SelectConfig
 from training.config import EvalConfig, TrainConfig
 

@@ -13,7 +13,7 @@ import posixpath
 from fsspec.core import url_to_fs
 
 from scoring import ScoreConfig, score
-from scoring.sources import fs_url
+from scoring.foundation.storage import fs_url
 from training.config import EvalConfig
 from training.evaluate import ModelEval, group_perplexity
 from training.store import fetch_model, is_url

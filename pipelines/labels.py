@@ -7,8 +7,9 @@ import dataclasses
 
 import polars as pl
 
-from scoring.schema import Status
-from scoring.sources import Columns, find_shards, read_shard
+from scoring.foundation.sample_format import Columns
+from scoring.foundation.scores import Status
+from scoring.sources import find_shards, read_shard
 
 UNLABELLED = "(none)"
 

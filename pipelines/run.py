@@ -33,9 +33,9 @@ from pipelines.labels import band_labels
 from pipelines.run_config import RunConfig, check_stage_range
 from pipelines.train import run_train
 from scoring import ScoreManifest, score
-from scoring.errors import HardfocusError
-from scoring.output import SCORES_MANIFEST_FILE
-from scoring.sources import fs_url
+from scoring.foundation.errors import HardfocusError
+from scoring.foundation.scores import SCORES_MANIFEST_FILE
+from scoring.foundation.storage import fs_url
 from selection import select
 from selection.schema import SUMMARY_FILE
 from selection.summary import SelectionSummary

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipelines.config import describe, did_you_mean, parse_toml_value, read_toml
 from scoring import HardfocusError, ScoreConfig
-from scoring.config import SampleFormat
+from scoring.foundation.sample_format import SampleFormat
 from selection import SelectConfig
 from training import TrainConfig
 from training.config import EvalConfig

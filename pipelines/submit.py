@@ -23,7 +23,7 @@ from pathlib import Path
 from pipelines.config import read_toml
 from pipelines.packages import HARDFOCUS_PACKAGES
 from scoring.chat import is_inline_template
-from scoring.errors import HardfocusError
+from scoring.foundation.errors import HardfocusError
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,12 @@ from fsspec.core import url_to_fs
 
 from pipelines.packages import HARDFOCUS_PACKAGES
 from scoring.chat import check_chat_tokenizer, load_chat_template
-from scoring.errors import HardfocusError
 from scoring.executors import init_ray
+from scoring.foundation.errors import HardfocusError
+from scoring.foundation.sample_format import Columns
+from scoring.foundation.scores import Status, loss_spans_array
 from scoring.model import cpu_has_bf16, load_tokenizer, resolve_model
-from scoring.schema import Status, loss_spans_array
-from scoring.sources import Columns, find_shards, read_shard
+from scoring.sources import find_shards, read_shard
 from scoring.tokenize import tokenize_block
 from training import TrainConfig, TrainResult, train
 from training.job import TOKENIZED_DIR

@@ -2,12 +2,12 @@
 
 from typing import TYPE_CHECKING
 
-from scoring.lazy import lazy_exports
+from scoring.foundation.lazy import lazy_exports
 
 _EXPORTS = {
-    "HardfocusError": "scoring.errors",
+    "HardfocusError": "scoring.foundation.errors",
     "ScoreConfig": "scoring.config",
-    "ScoreManifest": "scoring.manifest",
+    "ScoreManifest": "scoring.foundation.scores",
     "ScoreResult": "scoring.job",
     "Scorer": "scoring.scorer",
     "score": "scoring.job",
@@ -17,7 +17,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
     from scoring.config import ScoreConfig
-    from scoring.errors import HardfocusError
+    from scoring.foundation.errors import HardfocusError
+    from scoring.foundation.scores import ScoreManifest
     from scoring.job import ScoreResult, score
-    from scoring.manifest import ScoreManifest
     from scoring.scorer import Scorer

@@ -34,9 +34,9 @@ from pathlib import Path
 import jinja2
 import numpy as np
 
-from scoring.errors import HardfocusError
-from scoring.schema import ERROR_PREFIX, Status
-from scoring.sources import Message
+from scoring.foundation.errors import HardfocusError
+from scoring.foundation.sample_format import Message
+from scoring.foundation.scores import ERROR_PREFIX, Status
 
 ASSISTANT = "assistant"
 SYSTEM = "system"

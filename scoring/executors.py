@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import scoring
 from scoring.config import ScoreConfig
-from scoring.console import quiet_ray_data_console, ray_log_level
-from scoring.errors import HardfocusError
+from scoring.foundation.console import quiet_ray_data_console, ray_log_level
+from scoring.foundation.errors import HardfocusError
 from scoring.units import ShardTask, UnitScorer, read_shard_task
 
 log = logging.getLogger(__name__)

@@ -21,12 +21,22 @@ import torch
 
 from scoring.chat import check_chat_tokenizer, load_chat_template
 from scoring.config import ScoreConfig
-from scoring.console import native_stderr_to_file
-from scoring.errors import HardfocusError
 from scoring.executors import init_ray, run_local, run_ray
-from scoring.manifest import RunInfo, ScoreCounts, ScoreManifest, ShardInfo, count_duplicate_ids, library_versions
-from scoring.model import ResolvedModel, load_tokenizer, resolve_device, resolve_dtype, resolve_model, tokenizer_fingerprint
-from scoring.output import SCORES_JOB_FILE, SCORES_MANIFEST_FILE, ScoresDir
+from scoring.foundation.console import native_stderr_to_file
+from scoring.foundation.errors import HardfocusError
+from scoring.foundation.scores import (
+    SCORES_JOB_FILE,
+    SCORES_MANIFEST_FILE,
+    RunInfo,
+    ScoreCounts,
+    ScoreManifest,
+    ShardInfo,
+    tokenizer_fingerprint,
+)
+from scoring.foundation.versions import library_versions
+from scoring.manifest import count_duplicate_ids
+from scoring.model import ResolvedModel, load_tokenizer, resolve_device, resolve_dtype, resolve_model
+from scoring.output import ScoresDir
 from scoring.progress import ScoringProgress
 from scoring.sources import Shard, check_columns, find_shards
 from scoring.units import (

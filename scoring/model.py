@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from scoring.config import SMOLLM2_ALIAS
-from scoring.errors import HardfocusError
+from scoring.foundation.cache import cache_dir
+from scoring.foundation.errors import HardfocusError
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,6 @@ class ResolvedModel:
     spec: str
     path: str
     fingerprint: str
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("HARDFOCUS_CACHE", Path.home() / ".cache" / "hardfocus"))
 
 
 def resolve_model(spec: str) -> ResolvedModel:
@@ -156,12 +153,6 @@ def fingerprint_checkpoint(path: str) -> str:
     memo.parent.mkdir(parents=True, exist_ok=True)
     memo.write_text(value)
     return value
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    """sha256 of the tokenizer's full serialisation and special tokens: equal iff it tokenises the same."""
-    payload = tokenizer.backend_tokenizer.to_str() + json.dumps(tokenizer.special_tokens_map, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
 def resolve_device(device: str) -> torch.device:

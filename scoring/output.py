@@ -1,7 +1,7 @@
 """The scores/ directory: part files written atomically, a lock against concurrent runs, the job identity.
 
 Layout: ``part-*.parquet`` (one per unit), ``job.json`` (what the parts were computed with),
-``manifest.json`` (written last, when every unit is done), ``.lock`` (while a run writes: see :mod:`scoring.lock`).
+``manifest.json`` (written last, when every unit is done), ``.lock`` (while a run writes: see :mod:`scoring.foundation.lock`).
 
 On a local disk a file is written under a temporary name and renamed; on an object store, where a
 rename is copy + delete, it is written under its final name in one PUT (s3fs commits a multipart
@@ -17,18 +17,15 @@ import logging
 import os
 import posixpath
 import uuid
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from scoring.errors import HardfocusError
-from scoring.lock import OutputLock
-from scoring.sources import is_local
+from scoring.foundation.errors import HardfocusError
+from scoring.foundation.lock import OutputLock
+from scoring.foundation.storage import is_local, prefetched
 
 log = logging.getLogger(__name__)
 
@@ -202,18 +199,3 @@ class ScoresDir:
 
     def urls(self, names: list[str]) -> list[str]:
         return [self.url.rstrip("/") + "/" + n for n in names]
-
-
-_PREFETCH = 8  # files read at once: an object store answers each request slowly, not rarely
-
-
-def prefetched(read: Callable[[T], R], items: Iterable[T], depth: int = _PREFETCH) -> Iterator[R]:
-    """``read(item)`` for each item, in order, with up to ``depth`` reads in flight on threads."""
-    with ThreadPoolExecutor(max_workers=depth) as pool:
-        pending: deque[Future[R]] = deque()
-        for item in items:
-            pending.append(pool.submit(read, item))
-            if len(pending) >= depth:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()

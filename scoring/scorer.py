@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from scoring.errors import HardfocusError
+from scoring.foundation.errors import HardfocusError
 from scoring.loss import LossModel, token_budget_batches
 from scoring.model import load_model, load_tokenizer, pad_token_id, resolve_device, resolve_dtype
 

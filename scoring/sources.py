@@ -23,8 +23,10 @@ import pyarrow.parquet as pq
 import zstandard
 from fsspec.core import url_to_fs
 
-from scoring.errors import HardfocusError
-from scoring.schema import ERROR_PREFIX, Status
+from scoring.foundation.errors import HardfocusError
+from scoring.foundation.sample_format import Columns, Message
+from scoring.foundation.scores import ERROR_PREFIX, Status
+from scoring.foundation.storage import fs_url
 
 log = logging.getLogger(__name__)
 
@@ -42,39 +44,6 @@ class Shard:
     format: Literal["parquet", "jsonl"]
     compression: str | None
     size: int
-
-
-Format = Literal["text", "prompt_response", "messages"]
-Message = dict[str, str]  # {"role": ..., "content": ...}
-
-
-@dataclass(frozen=True)
-class Columns:
-    """Which input columns hold the sample (text, or a conversation), the id and the group (domain/source).
-
-    ``format`` says how a sample is read: ``text`` from ``text``; ``prompt_response`` from ``prompt`` and
-    ``response`` (and ``system`` when set) as a one-turn conversation; ``messages`` from a list of
-    ``{role, content}`` objects in ``messages``.
-    """
-
-    text: str = "text"
-    id: str | None = None
-    group: str | None = None
-    format: Format = "text"
-    prompt: str = "prompt"
-    response: str = "response"
-    system: str | None = None
-    messages: str = "messages"
-
-    @property
-    def sample_columns(self) -> list[tuple[str, str]]:
-        """(flag, column) of the columns that make up one sample in this format."""
-        if self.format == "text":
-            return [("--text-column", self.text)]
-        if self.format == "messages":
-            return [("--messages-column", self.messages)]
-        pairs = [("--prompt-column", self.prompt), ("--response-column", self.response)]
-        return pairs + ([("--system-column", self.system)] if self.system else [])
 
 
 @dataclass
@@ -97,20 +66,6 @@ class RowBlock:
 
     def __len__(self) -> int:
         return len(self.values)
-
-
-def fs_protocol(fs) -> str:
-    """The filesystem's main protocol name (``file``, ``s3``, ...)."""
-    return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-
-
-def is_local(fs) -> bool:
-    return fs_protocol(fs) in ("file", "local")
-
-
-def fs_url(fs, path: str) -> str:
-    """The URL that names ``path`` on ``fs`` again: the bare path locally, ``<protocol>://path`` elsewhere."""
-    return path if is_local(fs) else f"{fs_protocol(fs)}://{path}"
 
 
 def has_magic(path: str) -> bool:

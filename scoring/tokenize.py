@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from scoring.chat import IfdTurn, encode_conversations
-from scoring.schema import Status
+from scoring.foundation.scores import Status
 from scoring.sources import RowBlock
 
 # A token of a byte-level BPE rarely covers more than a few dozen characters, so cutting the text

@@ -27,11 +27,9 @@ import numpy as np
 import pyarrow as pa
 
 from scoring.config import ScoreConfig
-from scoring.errors import HardfocusError
-from scoring.ifd import IFD_TURNS_COLUMN, ifd_ratio, ifd_turns_array, unconditioned_nll
-from scoring.model import load_tokenizer, resolve_model
-from scoring.output import ScoresDir
-from scoring.schema import (
+from scoring.foundation.errors import HardfocusError
+from scoring.foundation.sample_format import Columns
+from scoring.foundation.scores import (
     ERROR_PREFIX,
     NON_FINITE_LOSS,
     UNCONDITIONED_N_TOKENS,
@@ -42,8 +40,11 @@ from scoring.schema import (
     mask_from_spans,
     scores_table,
 )
+from scoring.ifd import IFD_TURNS_COLUMN, ifd_ratio, ifd_turns_array, unconditioned_nll
+from scoring.model import load_tokenizer, resolve_model
+from scoring.output import ScoresDir
 from scoring.scorer import Scorer
-from scoring.sources import Columns, RowBlock, Shard, iter_units
+from scoring.sources import RowBlock, Shard, iter_units
 from scoring.tokenize import tokenize_block
 
 _MAX_ERROR_EXAMPLES = 10
@@ -106,7 +107,7 @@ def _checkpoint_path(spec: str, fingerprint: str) -> str:
 
 
 def status_counts(status: list[str], n_tokens, truncated) -> dict:
-    """What a unit's rows hold, in :class:`scoring.manifest.ScoreCounts`' terms (no duplicate ids)."""
+    """What a unit's rows hold, in :class:`scoring.foundation.scores.ScoreCounts`' terms (no duplicate ids)."""
     by_status: dict[str, int] = {}
     for s in status:
         kind = "error" if s.startswith(ERROR_PREFIX) else s

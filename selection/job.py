@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import polars as pl
 from fsspec.core import url_to_fs
 
-from scoring.errors import HardfocusError
+from scoring.foundation.errors import HardfocusError
 from selection.bands import KEPT, NO_GROUP, band_weights, rank_bands
 from selection.config import SelectConfig
 from selection.rank_by import eligible_scores, rank_column

@@ -20,9 +20,9 @@ from collections import Counter
 import polars as pl
 import pyarrow as pa
 
-from scoring.errors import HardfocusError
-from scoring.output import prefetched
-from scoring.schema import ERROR_PREFIX
+from scoring.foundation.errors import HardfocusError
+from scoring.foundation.scores import ERROR_PREFIX
+from scoring.foundation.storage import prefetched
 from selection.config import SelectConfig
 from selection.scores import ScoreParts, open_scores
 

@@ -14,11 +14,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from scoring.errors import HardfocusError
-from scoring.manifest import ScoreManifest
-from scoring.output import SCORES_MANIFEST_FILE, prefetched
-from scoring.schema import ERROR_PREFIX, OPTIONAL_COLUMNS, SCORES_SCHEMA, check_scores_schema
-from scoring.sources import fs_url
+from scoring.foundation.errors import HardfocusError
+from scoring.foundation.scores import (
+    ERROR_PREFIX,
+    OPTIONAL_COLUMNS,
+    SCORES_MANIFEST_FILE,
+    SCORES_SCHEMA,
+    ScoreManifest,
+    check_scores_schema,
+)
+from scoring.foundation.storage import fs_url, prefetched
 from selection.bands import NO_GROUP
 
 

@@ -25,9 +25,8 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 from tqdm.auto import tqdm
 
-from scoring.errors import HardfocusError
-from scoring.output import prefetched
-from scoring.sources import fs_url, is_local
+from scoring.foundation.errors import HardfocusError
+from scoring.foundation.storage import fs_url, is_local, prefetched
 from selection.schema import SUMMARY_FILE, selected_schema
 from selection.scores import ScoreParts
 

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
 from pipelines.cli import app
-from scoring.schema import mask_from_spans
+from scoring.foundation.scores import mask_from_spans
 from tests.conftest import CHATML_GENERATION, conversations, write_jsonl
 
 runner = CliRunner()

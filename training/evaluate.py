@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from scoring.schema import Status
+from scoring.foundation.scores import Status
 
 ALL = "(all)"
 MACRO = "(macro)"

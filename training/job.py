@@ -22,7 +22,7 @@ from pathlib import Path
 
 from transformers.trainer_utils import get_last_checkpoint
 
-from scoring.errors import HardfocusError
+from scoring.foundation.errors import HardfocusError
 from training.build import CHECKPOINTS, TRAIN_LOG, build_trainer, training_arguments
 from training.config import TrainConfig
 from training.data import TokenDataset, load_training_data

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from scoring.console import native_stderr_to_file, quiet_ray_data_console, ray_log_level
-from scoring.errors import HardfocusError
+from scoring.foundation.console import native_stderr_to_file, quiet_ray_data_console, ray_log_level
+from scoring.foundation.errors import HardfocusError
 from training.config import TrainConfig
 from training.sources import TrainingSources, find_sources, training_rows
 

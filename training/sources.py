@@ -7,13 +7,13 @@ themselves are read once, later, by whichever path trains, and each table or blo
 through :func:`training_rows`, which does the row checks the footers cannot.
 
 A source is one of
-- ``selected``: ``summary.json`` (written last) and parts in the :mod:`scoring.selected` contract;
+- ``selected``: ``summary.json`` (written last) and parts in the :mod:`scoring.foundation.selected` contract;
   parts without ``summary.json`` are an interrupted selection and are refused;
-- ``scores``: ``manifest.json`` (written last) and parts in the :mod:`scoring.schema` contract; the
+- ``scores``: ``manifest.json`` (written last) and parts in the :mod:`scoring.foundation.scores` contract; the
   rows with status ``ok`` are trained on, with weight 1;
 - ``tokens``: any other directory of ``part-*.parquet`` with ``input_ids`` (``weight``, ``sample_id``,
   ``group`` and ``loss_spans`` optional): raw shards tokenised by ``hardfocus train``.
-Every part may carry ``loss_spans`` (:data:`scoring.schema.LOSS_SPANS_TYPE`), or not (plain text).
+Every part may carry ``loss_spans`` (:data:`scoring.foundation.scores.LOSS_SPANS_TYPE`), or not (plain text).
 """
 
 from __future__ import annotations
@@ -28,11 +28,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from scoring.errors import HardfocusError
-from scoring.output import SCORES_MANIFEST_FILE, prefetched
-from scoring.schema import LOSS_SPANS_TYPE, Status, check_scores_schema
-from scoring.selected import SUMMARY_FILE, check_selected_schema
-from scoring.sources import fs_url
+from scoring.foundation.errors import HardfocusError
+from scoring.foundation.scores import LOSS_SPANS_TYPE, SCORES_MANIFEST_FILE, Status, check_scores_schema
+from scoring.foundation.selected import SUMMARY_FILE, check_selected_schema
+from scoring.foundation.storage import fs_url, prefetched
 
 log = logging.getLogger(__name__)
 

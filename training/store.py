@@ -21,8 +21,8 @@ from pathlib import Path
 
 from fsspec.core import url_to_fs
 
-from scoring.errors import HardfocusError
-from scoring.model import cache_dir
+from scoring.foundation.cache import cache_dir
+from scoring.foundation.errors import HardfocusError
 from training.build import CHECKPOINTS, TRAIN_LOG
 from training.config import TrainConfig
 from training.job import TOKENIZED_DIR, TRAIN_JOB_FILE, TRAIN_MANIFEST_FILE, TrainResult, job_identity

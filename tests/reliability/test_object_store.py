@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from pipelines.cli import app
 from scoring import HardfocusError, ScoreConfig, score
-from scoring.lock import OutputLock
+from scoring.foundation.lock import OutputLock
 from selection import SelectConfig, select
 from tests.s3 import BUCKET, download, names, s3_fs, upload
 from tests.scoring.helpers import assert_same_scores, make_corpus, read_scores
@@ -303,7 +303,7 @@ def test_sigkill_of_a_score_run_on_s3_then_rerun(corpus, s3_url, tmp_path, tiny_
     assert parts_before and "manifest.json" not in before
     assert ".lock" in before and _lock_record(out)["pid"] == proc.pid  # the killed run's lock is left behind
 
-    with caplog.at_level("WARNING", logger="scoring.lock"):  # the rerun, in-process (saves a CLI start)
+    with caplog.at_level("WARNING", logger="scoring.foundation.lock"):  # the rerun, in-process (saves a CLI start)
         score(_cfg(corpus["in"], out, tiny_model_dir, rows_per_unit=5), progress=False)
     assert f"process {proc.pid} on this host is gone" in caplog.text  # the dead owner's lock was taken over at once
     after = names(out)

@@ -11,10 +11,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from scoring.chat import encode_conversation
 from scoring.config import ScoreConfig
-from scoring.errors import HardfocusError
+from scoring.foundation.errors import HardfocusError
+from scoring.foundation.scores import Status
 from scoring.job import score
 from scoring.output import ScoresDir
-from scoring.schema import Status
 from tests.conftest import CHATML, CHATML_GENERATION, conversations, real_texts, write_jsonl
 
 

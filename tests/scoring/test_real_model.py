@@ -78,7 +78,7 @@ def test_smollm2_chat_template_from_the_gguf_masks_the_assistant_turns(tmp_path,
     """The GGUF's own ChatML template: the scored tokens decode to the replies, and a real reply scores lower
     than the same reply with its words shuffled (response-only loss, executor local, bf16 where native)."""
     from scoring.chat import encode_conversation
-    from scoring.schema import spans_from_mask
+    from scoring.foundation.scores import spans_from_mask
 
     tokenizer = load_tokenizer(smollm2.path)
     assert "<|im_start|>" in tokenizer.chat_template

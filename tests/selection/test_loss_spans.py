@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from scoring import HardfocusError
-from scoring.schema import LOSS_SPANS_TYPE, spans_from_mask
+from scoring.foundation.scores import LOSS_SPANS_TYPE, spans_from_mask
 from selection import SelectConfig, select
 from selection.schema import SELECTED_SCHEMA, check_selected_schema, selected_schema
 from tests.selection.fake_scores import write_scores

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from scoring.errors import HardfocusError
-from scoring.schema import LOSS_SPANS_TYPE
+from scoring.foundation.errors import HardfocusError
+from scoring.foundation.scores import LOSS_SPANS_TYPE
 
 SELECTED_SCHEMA = pa.schema(
     [

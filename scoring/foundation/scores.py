@@ -1,18 +1,28 @@
-"""The Parquet contract of ``scores/``: one row per input row, always.
+"""The contract of ``scores/``: its files, the Parquet schema of its parts (one row per input row, always),
+its ``manifest.json``, and the fingerprints the manifest records.
 
 Writers build tables with :func:`scores_table`, which casts to :data:`SCORES_SCHEMA`;
-readers call :func:`check_scores_schema`, which says what differs.
+readers call :func:`check_scores_schema`, which says what differs. The manifest's counts are summed
+from the shards' done markers, each counted from the rows of its parts as they were written (or read
+back from parts an earlier run wrote), so they are exact after any number of interrupted and resumed
+runs. Selection refuses to mix score directories whose manifests disagree on what was scored how.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from enum import StrEnum
 
 import numpy as np
 import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
 
-from scoring.errors import HardfocusError
+from scoring.foundation.errors import HardfocusError
+
+SCORES_JOB_FILE = "job.json"  # what the parts were computed with: written first
+SCORES_MANIFEST_FILE = "manifest.json"  # written last, when every unit is done: the marker of a complete scores/
+DONE_DIR = "done"  # one marker per finished shard
 
 
 class Status(StrEnum):
@@ -134,3 +144,74 @@ def mask_from_spans(spans: Iterable[dict[str, int]] | None, n_tokens: int) -> np
         mask[span["start"] : span["stop"]] = True
     mask[:1] = False
     return mask
+
+
+class ShardInfo(BaseModel):
+    url: str
+    rel: str
+    format: str
+    compression: str | None
+    size: int
+    rows: int
+
+
+class RunInfo(BaseModel):
+    """One invocation of ``score``: ``wall_s`` is the whole call, ``tokens_per_s`` = tokens_scored / wall_s."""
+
+    started_at: str
+    wall_s: float
+    units_scored: int
+    units_reused: int
+    rows_scored: int
+    tokens_scored: int
+    tokens_per_s: float
+    nodes: dict[str, int] = {}  # units scored per host (and Ray node)
+    # seconds the scoring actors spent on units (model, loss, part write), summed: tokens_scored / actor_s is the
+    # steady-state rate of one actor, start-up and orchestration left out
+    actor_s: float = 0.0
+
+
+class ScoreCounts(BaseModel):
+    """What the part files hold, counted exactly."""
+
+    rows: int = 0
+    rows_by_status: dict[str, int] = {}
+    error_examples: list[str] = []
+    tokens: int = 0
+    truncated: int = 0
+    duplicate_ids: int = 0
+    duplicate_id_examples: list[str] = []
+
+
+class ScoreManifest(ScoreCounts):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str
+    model_path: str
+    model_fingerprint: str
+    tokenizer_fingerprint: str
+    max_tokens: int
+    dtype: str
+    device: str
+    add_special_tokens: bool
+    text_column: str
+    id_column: str | None
+    group_column: str | None
+    format: str = "text"
+    sample_columns: list[str] = Field(default_factory=list)  # the columns a sample was read from
+    chat_template_sha256: str | None = None  # conversations: the template that rendered them
+    shards: list[ShardInfo]
+    parts: int
+    runs: list[RunInfo]
+    versions: dict[str, str]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of the tokenizer's full serialisation and special tokens: equal iff it tokenises the same.
+
+    Manifests record it, and every stage that reads token ids compares it with the tokenizer it uses.
+    """
+    import json
+
+    payload = tokenizer.backend_tokenizer.to_str() + json.dumps(tokenizer.special_tokens_map, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]

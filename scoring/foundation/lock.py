@@ -29,8 +29,8 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-from scoring.errors import HardfocusError
-from scoring.sources import fs_protocol, is_local
+from scoring.foundation.errors import HardfocusError
+from scoring.foundation.storage import fs_protocol, is_local
 
 log = logging.getLogger(__name__)
 
