@@ -173,7 +173,7 @@ def run_quality(workdir: Path, s: Settings, corpus: Path | None = None) -> dict:
     models = [f"base={s.model}"] + [f"{_slug(r['arm'])}-seed{r['seed']}={r['model']}" for r in runs]
     fmt = {k: v for k, v in sample_format(s).items() if k != "id_column"}
     evals = evaluate(EvalConfig(models=models, data=[str(data["corpus"] / "heldout")], output=str(workdir / "eval"),
-                                max_tokens=s.seq_len, dtype=s.eval_dtype, **fmt), progress=False)
+                                max_tokens=s.seq_len, dtype=s.eval_dtype, **fmt), progress=False).models
     tables = {e.name: {r["group"]: {"loss": r["loss"], "perplexity": r["perplexity"]} for r in e.table.iter_rows(named=True)}
               for e in evals}
     base_curve = _base_eval_loss(model_path, heldout, s)

@@ -161,9 +161,15 @@ def heldout_tokens(corpus: Path, model_path: str, s, out: Path) -> Path:
     """The held-out split tokenised once (conversations with their response spans), for the Trainer's eval loss."""
     from pipelines.train import tokenize_shards
     from scoring.foundation.sample_format import SampleFormat
+    from scoring.foundation.stagedir import TOKENS, Opening, StageDir
     from scoring.model import load_tokenizer
 
     fmt = SampleFormat(**{k: v for k, v in sample_format(s).items() if k != "id_column"})
-    tokenize_shards(str(corpus / "heldout"), out, {"heldout": str(corpus)}, load_tokenizer(model_path),
-                    fmt.columns(None, "group"), s.seq_len)
+    identity = {"heldout": str(corpus), "model": model_path, "seq_len": s.seq_len}
+    tokens = StageDir(str(out), TOKENS)
+    with tokens.locked():
+        if tokens.open(identity, overwrite=True) is not Opening.COMPLETE:
+            with tokens.staged(identity) as stage:
+                tokenize_shards(str(corpus / "heldout"), stage, identity, load_tokenizer(model_path),
+                                fmt.columns(None, "group"), s.seq_len)
     return out

@@ -73,15 +73,28 @@ def _config(workdir: Path, **kw):
     return ScoreConfig(inputs=["/data"], output=str(workdir), rows_per_unit=ROWS_PER_UNIT, compile="off", **kw)
 
 
-def _marker(shard) -> dict:
+def _marker(shard, part_bytes: int) -> dict:
     rows = shard.size * ROWS_PER_UNIT
     counts = {"rows": rows, "rows_by_status": {"ok": rows}, "error_examples": [], "tokens": rows * 100, "truncated": 0}
     return {"rel": shard.rel, "url": shard.url, "size": shard.size, "rows": rows, "rows_per_unit": ROWS_PER_UNIT,
-            "counts": counts}
+            "counts": counts, "part_bytes": [part_bytes] * shard.size}
+
+
+def _tiny_part() -> bytes:
+    """The bytes of a smallest real Parquet file: what a rerun checks of each part (its size, its footer's tail)
+    is there, as in a real directory; the rows are not (planning never reads them)."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"x": pa.array([], pa.int8())}), buffer)
+    return buffer.getvalue()
 
 
 def make_directory(workdir: Path, n_shards: int, units: int) -> None:
-    """N empty part files with the names the job would write, and a done marker per shard."""
+    """N tiny part files with the names the job would write, and a done marker per shard."""
     from scoring.foundation.scores import DONE_DIR
     from scoring.job import SCORES_JOB_FILE
     from scoring.output import ScoresDir
@@ -89,10 +102,11 @@ def make_directory(workdir: Path, n_shards: int, units: int) -> None:
 
     out = ScoresDir(str(workdir))
     out.create()
+    part = _tiny_part()
     for shard in _shards(n_shards, units):
         for name in expected_parts(shard, shard.size * ROWS_PER_UNIT, ROWS_PER_UNIT):
-            os.close(os.open(workdir / name, os.O_CREAT | os.O_WRONLY, 0o644))
-        (workdir / DONE_DIR / f"{shard_digest(shard)}.json").write_text(json.dumps(_marker(shard)))
+            (workdir / name).write_bytes(part)
+        (workdir / DONE_DIR / f"{shard_digest(shard)}.json").write_text(json.dumps(_marker(shard, len(part))))
     out.write_json(SCORES_JOB_FILE, {"identity": {"benchmark": "scoring_units"}, "runs": []})
 
 
@@ -113,7 +127,7 @@ def _fake_reader(row: dict, cfg, model_fingerprint: str):
 class _FakeScorer:
     """The summary a scorer returns for a unit (n rows, 100 tokens each), without a model."""
 
-    def __init__(self, cfg, model_fingerprint: str, torch_threads: int | None, compiled: bool = False):
+    def __init__(self, cfg, model_fingerprint: str, torch_threads: int | None, compiled: bool = False, fence=None):
         self.n = cfg.rows_per_unit
 
     def __call__(self, record: dict):
@@ -157,7 +171,7 @@ def run_phase(phase: str, workdir: Path, n_shards: int, units: int) -> dict:
     elif phase == "listing":
         result["parts"] = len(out.parts())
     elif phase == "plan-noop":
-        plan = plan_shards(out, {"benchmark": "scoring_units"}, shards, _config(workdir))
+        plan = plan_shards(out, shards, _config(workdir))
         result["pending"], result["done"] = len(plan.tasks), len(plan.done)
     elif phase == "plan-resume":
         hidden = workdir / "done-hidden"
@@ -165,7 +179,7 @@ def run_phase(phase: str, workdir: Path, n_shards: int, units: int) -> dict:
         (workdir / DONE_DIR).mkdir()
         try:
             t0 = time.perf_counter()
-            plan = plan_shards(out, {"benchmark": "scoring_units"}, shards, _config(workdir))
+            plan = plan_shards(out, shards, _config(workdir))
             seconds = time.perf_counter() - t0
         finally:
             shutil.rmtree(workdir / DONE_DIR)

@@ -105,6 +105,8 @@ def select_command(cfg: SelectConfig) -> None:
 
     result = select(cfg, progress=_show_progress())
     typer.echo(summary_text(result.summary, result.output))
+    if result.skipped:
+        typer.echo(f"{result.output}: this selection of these scores is already complete; nothing to do")
 
 
 @app.command("report")
@@ -126,7 +128,7 @@ def report_command(
 def train_command(cfg: TrainConfig) -> None:
     """Continual training on selected/ shards with static and/or online IR-DRO weights (HF Trainer, or Ray Train)."""
     from pipelines.train import run_train
-    from training.job import train_summary_line
+    from training.output import train_summary_line
 
     result = run_train(cfg, progress=_show_progress())
     typer.echo(train_summary_line(result))
@@ -141,7 +143,7 @@ def eval_command(cfg: EvalConfig) -> None:
     from training.evaluate import comparison_table
 
     results = evaluate(cfg, progress=_show_progress())
-    typer.echo(comparison_table(results))
+    typer.echo(comparison_table(results.models))
     typer.echo(f"held-out evaluation: {Path(cfg.output) / EVAL_FILE}")
 
 
@@ -160,7 +162,7 @@ def run_command(
     from pipelines.run import format_seconds, run_pipeline
     from selection.job import summary_text
     from training.evaluate import comparison_table
-    from training.job import train_summary_line
+    from training.output import train_summary_line
 
     result = run_pipeline(cfg, from_, until, progress=_show_progress())
     ran = [f"{name} ({format_seconds(result.seconds[name])})" if name in result.seconds else name for name in result.ran]

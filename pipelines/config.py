@@ -2,11 +2,17 @@
 
 ``[score]`` holds :class:`scoring.ScoreConfig` keys, ``[select]`` :class:`selection.SelectConfig`
 keys, ``[train]`` :class:`training.TrainConfig` keys and ``[eval]`` :class:`training.config.EvalConfig` keys, spelled exactly as the CLI flags (``max_tokens`` = ``--max-tokens``). Unknown tables and keys are errors that name them.
+
+Values are validated strictly (pydantic's strict mode): TOML has types, so ``max_tokens = "64"``, ``overwrite =
+"true"`` or ``max_tokens = 64.0`` are errors naming the key, not silently converted (an integer where a float is
+expected is fine). The flags typer parsed arrive with their types, so the same strict check holds for them. A key
+that must be a table and is not (``score = 5``) is an error naming it.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import tomllib
 import types
 import typing
@@ -46,10 +52,21 @@ def load_tables(path: str | Path | None) -> StageTables:
     if path is None:
         return StageTables()
     raw = read_toml(path)
+    check_tables(raw, StageTables.model_fields, f"config file '{path}'")
     try:
-        return StageTables.model_validate(raw)
+        return StageTables.model_validate(raw, strict=True)
     except ValidationError as exc:
         raise HardfocusError(f"config file '{path}': {describe(exc, StageTables)}") from None
+
+
+def check_tables(raw: dict, tables, where: str) -> None:
+    """Each of ``tables`` present in ``raw`` is a table (``[score]``); else a one-line error naming the key."""
+    for name in tables:
+        if name in raw and not isinstance(raw[name], dict):
+            raise HardfocusError(
+                f"{where}: '{name}' must be a table ([{name}] with its keys below it), not {_kind(raw[name])} "
+                f"{_shown(raw[name])}"
+            )
 
 
 def build_score_config(config_file: str | Path | None, overrides: dict) -> ScoreConfig:
@@ -76,7 +93,7 @@ def build_config(table: str, model: type[BaseModel], config_file: str | Path | N
     """``model`` from the config file's ``[table]``, with the overrides that are not None (= flags given) on top."""
     values = getattr(load_tables(config_file), table) | {k: v for k, v in overrides.items() if v is not None}
     try:
-        return model.model_validate(values)
+        return model.model_validate(values, strict=True)  # the flags typer parsed have their types already
     except ValidationError as exc:
         where = f"config file '{config_file}' [{table}] with flags" if config_file else f"{table} flags"
         raise HardfocusError(f"{where}: {describe(exc, model)}") from None
@@ -105,9 +122,23 @@ def describe(exc: ValidationError, model: type[BaseModel]) -> str:
             parts.append(f"unknown key '{key}'{did_you_mean(str(err['loc'][-1]), _known_keys(model, err['loc']))}")
         elif err["type"] == "missing":
             parts.append(f"'{key}' is required (--{key.replace('_', '-')})")
+        elif err["type"].endswith("_type") and not isinstance(err.get("input"), dict):  # a value of another type
+            parts.append(f"'{key}': {err['msg']}, not {_kind(err['input'])} {_shown(err['input'])}")
         else:
             parts.append(f"'{key}': {err['msg']}")
     return "; ".join(parts)
+
+
+def _kind(value) -> str:
+    """How TOML calls the type of ``value``, with its article."""
+    kinds = ((bool, "a boolean"), (int, "an integer"), (float, "a float"), (str, "a string"), (list, "an array"),
+             (dict, "a table"))
+    return next((name for t, name in kinds if isinstance(value, t)), f"a {type(value).__name__}")
+
+
+def _shown(value) -> str:
+    text = json.dumps(value, default=str)  # TOML's spelling for strings, booleans, numbers and arrays
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:

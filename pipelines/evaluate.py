@@ -1,49 +1,93 @@
 """``hardfocus eval``: score the held-out shards with each model (the scoring stage, resumable), then
 aggregate loss and perplexity per group (:mod:`training.evaluate`) and write ``eval.json``.
 
+The output is a stage directory (:mod:`scoring.foundation.stagedir`): ``eval_job.json`` holds its identity
+(each model's fingerprint, the held-out shards as listed, the settings), ``scores-<name>/`` each model's
+held-out scores, ``eval.json`` is written last. A rerun with the same identity reads ``eval.json`` back; any
+change rescores what changed (each ``scores-<name>/`` resumes or is replaced by its own identity).
+
 The output may be on an object store; a model published there by training (``s3://.../model``) is
 downloaded once into the local cache (:func:`training.store.fetch_model`), refused if unfinished."""
 
 from __future__ import annotations
 
-import json
 import logging
-import posixpath
+from dataclasses import dataclass, field
 
-from fsspec.core import url_to_fs
+import polars as pl
 
 from scoring import ScoreConfig, score
-from scoring.foundation.storage import fs_url
+from scoring.foundation.errors import HardfocusError
+from scoring.foundation.stagedir import EVAL, MODEL, Opening, StageDir, identify
+from scoring.foundation.storage import redact
+from scoring.model import resolve_model
+from scoring.output import ScoresDir
+from scoring.sources import find_shards
 from training.config import EvalConfig
 from training.evaluate import ModelEval, group_perplexity
 from training.store import fetch_model, is_url
 
 log = logging.getLogger(__name__)
 
-EVAL_FILE = "eval.json"
+EVAL_FILE = EVAL.marker
 
 
-def evaluate(cfg: EvalConfig, progress: bool = True) -> list[ModelEval]:
-    results = []
-    for name, spec in cfg.named_models():
-        scores_dir = posixpath.join(cfg.output, f"scores-{name}")
-        log.info("held-out scoring with %s (%s)", name, spec)
-        score(
-            ScoreConfig(
-                inputs=cfg.data, output=scores_dir, model=fetch_model(spec) if is_url(spec) else spec,
-                group_column=cfg.group_column, **cfg.sample_format(),
-                max_tokens=cfg.max_tokens, dtype=cfg.dtype, executor=cfg.executor, keep_input_ids=False,
-                overwrite=True,  # a retrained model in the same directory must be rescored, not refused
-            ),
-            progress=progress,
-        )
-        fs, root = url_to_fs(scores_dir)
-        fs.invalidate_cache(root)
-        parts = sorted(fs_url(fs, p) for p in fs.glob(posixpath.join(root, "part-*.parquet")))
-        table, not_ok = group_perplexity(parts)
-        results.append(ModelEval(name=name, model=spec, scores=scores_dir, table=table, not_ok=not_ok))
-    payload = {"data": cfg.data, "max_tokens": cfg.max_tokens, "dtype": cfg.dtype, "models": [r.to_json() for r in results]}
-    fs, root = url_to_fs(cfg.output)
-    fs.makedirs(root, exist_ok=True)
-    fs.pipe_file(posixpath.join(root, EVAL_FILE), json.dumps(payload, indent=2).encode())
-    return results
+@dataclass
+class EvalResult:
+    output: str
+    models: list[ModelEval] = field(default_factory=list)
+    skipped: bool = False  # eval.json was up to date: read back, nothing scored
+
+
+def evaluate(cfg: EvalConfig, progress: bool = True) -> EvalResult:
+    models = [(name, spec, _local_model(spec)) for name, spec in cfg.named_models()]
+    out = StageDir(cfg.output, EVAL)
+    identity = {
+        "models": {name: resolve_model(path).fingerprint for name, _, path in models},
+        "data": [[s.rel, s.size, getattr(s, "modified", None)] for s in find_shards(cfg.data)],
+        "settings": cfg.model_dump(exclude={"models", "data", "output", "executor"}),
+    }
+    local_models = [spec for _, spec, _ in models if not is_url(spec)]
+    with out.locked():
+        if out.open(identity, overwrite=True, inputs=[*cfg.data, *local_models]) is Opening.COMPLETE:
+            log.info("'%s' already holds this evaluation: nothing to do", redact(cfg.output))
+            return EvalResult(cfg.output, load_evaluation(out.read_json(EVAL_FILE)), skipped=True)
+        out.unmark()
+        results = []
+        for name, spec, path in models:
+            scores_dir = out.url_of(f"scores-{name}")
+            log.info("held-out scoring with %s (%s)", name, redact(spec))
+            score(
+                ScoreConfig(
+                    inputs=cfg.data, output=scores_dir, model=path, group_column=cfg.group_column, **cfg.sample_format(),
+                    max_tokens=cfg.max_tokens, dtype=cfg.dtype, executor=cfg.executor, keep_input_ids=False,
+                    overwrite=True,  # a retrained model in the same directory must be rescored, not refused
+                ),
+                progress=progress,
+            )
+            table, not_ok = group_perplexity(ScoresDir(scores_dir).urls(ScoresDir(scores_dir).parts()))
+            results.append(ModelEval(name=name, model=spec, scores=scores_dir, table=table, not_ok=not_ok))
+        payload = {"data": cfg.data, "max_tokens": cfg.max_tokens, "dtype": cfg.dtype, "models": [r.to_json() for r in results]}
+        out.mark(payload)
+    return EvalResult(cfg.output, results)
+
+
+def _local_model(spec: str) -> str:
+    """A model spec as a local path: a published training run fetched from its store; a local training output
+    must be finished (its model files are the final ones only then)."""
+    if is_url(spec):
+        return fetch_model(spec)
+    found = identify(spec)
+    if found.kind == "model" and not found.complete:
+        raise HardfocusError(f"'{redact(spec)}' holds no finished training run (no {MODEL.marker}): train it first")
+    return spec
+
+
+def load_evaluation(payload: dict) -> list[ModelEval]:
+    """The per-model tables of an ``eval.json``."""
+    out = []
+    for m in payload["models"]:
+        rows = [{"group": g, **v} for g, v in m["groups"].items()]
+        table = pl.DataFrame(rows).select("group", "docs", "tokens", "loss", "perplexity", "mean_loss")
+        out.append(ModelEval(name=m["name"], model=m["model"], scores=m["scores"], table=table, not_ok=m["rows_not_ok"]))
+    return out

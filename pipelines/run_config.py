@@ -4,7 +4,8 @@
 stage tables (``[score]``, ``[select]``, ``[train]``, ``[eval]``) hold each stage's own keys, spelled
 as its CLI flags. Paths between stages are derived (``<workdir>/scores``, ``selected``, ``model``,
 ``eval``), so a stage table may not set them. ``--set table.key=value`` overrides one key.
-Unknown tables and keys are errors that name them.
+Unknown tables and keys are errors that name them; values, from the file and from ``--set`` (TOML too), are
+validated strictly (:mod:`pipelines.config`), and a table that is not one (``score = 5``) is an error naming it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pipelines.config import describe, did_you_mean, parse_toml_value, read_toml
+from pipelines.config import check_tables, describe, did_you_mean, parse_toml_value, read_toml
 from scoring import HardfocusError, ScoreConfig
 from scoring.foundation.sample_format import SampleFormat
 from selection import SelectConfig
@@ -105,7 +106,7 @@ def _stage(config_type: type[BaseModel], table: str, values: dict, **derived):
     if clash:
         raise HardfocusError(f"[{table}] may not set {', '.join(clash)}: `run` derives it from [run] and the workdir")
     try:
-        return config_type.model_validate(values | derived)
+        return config_type.model_validate(values | derived, strict=True)  # TOML has types: "64" is not 64
     except ValidationError as exc:
         raise HardfocusError(f"[{table}]: {describe(exc, config_type)}") from None
 
@@ -113,6 +114,7 @@ def _stage(config_type: type[BaseModel], table: str, values: dict, **derived):
 def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     """Read the TOML, apply ``table.key=value`` overrides (values in TOML syntax, else strings), validate."""
     raw = read_toml(path)
+    check_tables(raw, ["run", *STAGES], f"config file '{path}'")  # before --set adds keys to them
     for item in overrides:
         key, sep, value = item.partition("=")
         table, dot, name = key.strip().partition(".")
@@ -124,7 +126,7 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
             )
         raw.setdefault(table, {})[name] = parse_toml_value(value)
     try:
-        cfg = RunConfig.model_validate(raw)
+        cfg = RunConfig.model_validate(raw, strict=True)
     except ValidationError as exc:
         raise HardfocusError(f"config file '{path}': {describe(exc, RunConfig)}") from None
     # validate every stage table now, so a typo in [eval] fails before hours of scoring and training

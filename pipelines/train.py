@@ -3,33 +3,28 @@ baseline, choose the precision, connect Ray when asked, then call :func:`trainin
 
 from __future__ import annotations
 
-import json
 import logging
-import posixpath
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.core import url_to_fs
 
 from pipelines.packages import HARDFOCUS_PACKAGES
 from scoring.chat import check_chat_tokenizer, load_chat_template
-from scoring.executors import init_ray
+from scoring.foundation.cache import cache_dir
 from scoring.foundation.errors import HardfocusError
+from scoring.foundation.fingerprints import digest, tokenizer_fingerprint
+from scoring.foundation.ray_local import init_ray
 from scoring.foundation.sample_format import Columns
 from scoring.foundation.scores import Status, loss_spans_array
+from scoring.foundation.stagedir import TOKENS, Opening, StageDir, identify
+from scoring.foundation.storage import redact
 from scoring.model import cpu_has_bf16, load_tokenizer, resolve_model
 from scoring.sources import find_shards, read_shard
 from scoring.tokenize import tokenize_block
 from training import TrainConfig, TrainResult, train
-from training.job import TOKENIZED_DIR
-from training.store import local_output
 
 log = logging.getLogger(__name__)
-
-_STAGE_MARKERS = ("summary.json", "manifest.json")
-
 
 def run_train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     resolved = resolve_model(cfg.model)
@@ -52,42 +47,43 @@ def use_bf16(cfg: TrainConfig) -> bool:
 
 
 def is_stage_dir(path: str) -> bool:
-    fs, root = url_to_fs(path)
-    if not fs.isdir(root):
-        return False
-    return any(fs.exists(posixpath.join(root, m)) for m in _STAGE_MARKERS) or bool(fs.glob(posixpath.join(root, "part-*.parquet")))
+    """Whether a training input is a stage's output (selected/, scores/, token parts) rather than raw shards."""
+    return identify(path).kind in ("selected", "scores", "tokens", "parts")
 
 
 def _as_token_dir(path: str, cfg: TrainConfig, model_path: str, role: str) -> str:
-    """A selected/ or scores/ dir as is; raw text shards tokenised once into ``<output>/tokenized/<role>-N``."""
+    """A selected/ or scores/ dir as is; raw text shards tokenised once into the cache (``tokenized/<identity>``),
+    a stage directory of their own: keyed by the shards as listed (sizes, modification stamps), the tokenizer and
+    the settings, so changed shards or another tokenizer are tokenised again, and a finished one is reused."""
     if is_stage_dir(path):
         return path
-    index = (cfg.data if role == "train" else cfg.eval_data).index(path)
-    out = Path(local_output(cfg.output)) / TOKENIZED_DIR / f"{role}-{index}"  # beside the staging run of an s3:// output
-    identity = {"inputs": path, "group_column": cfg.group_column, "model_path": model_path,
-                "max_tokens": cfg.max_seq_len, **_format_identity(cfg)}
-    marker = out / "tokenized.json"
-    if marker.exists() and json.loads(marker.read_text()).get("identity") == identity:
-        return str(out)
     tokenizer = load_tokenizer(model_path)
-    template = load_chat_template(cfg.chat_template)
-    if cfg.format != "text":
-        check_chat_tokenizer(tokenizer, template)
-    tokenize_shards(path, out, identity, tokenizer, cfg.columns(None, cfg.group_column), cfg.max_seq_len, template)
-    return str(out)
+    identity = {"shards": [[s.rel, s.size, getattr(s, "modified", None)] for s in find_shards([path])],
+                "group_column": cfg.group_column, "tokenizer": tokenizer_fingerprint(tokenizer),
+                "max_tokens": cfg.max_seq_len, **_format_identity(cfg)}
+    out = StageDir(str(cache_dir() / "tokenized" / digest(identity)), TOKENS)
+    with out.locked():
+        if out.open(identity, overwrite=True, inputs=[path]) is Opening.COMPLETE:
+            return out.url
+        template = load_chat_template(cfg.chat_template)
+        if cfg.format != "text":
+            check_chat_tokenizer(tokenizer, template)
+        log.info("tokenising %s (%s) into %s", redact(path), role, out.url)
+        with out.staged(identity) as stage:
+            tokenize_shards(path, stage, identity, tokenizer, cfg.columns(None, cfg.group_column), cfg.max_seq_len,
+                            template)
+    return out.url
 
 
 def _format_identity(cfg: TrainConfig) -> dict:
-    """The sample format's keys; only text_column for plain text, so token dirs of before still match."""
+    """The sample format's keys; only text_column for plain text."""
     return {"text_column": cfg.text_column} if cfg.format == "text" else cfg.sample_format()
 
 
-def tokenize_shards(
-    inputs: str, out: Path, identity: dict, tokenizer, columns: Columns, max_tokens: int, chat_template: str | None = None
-) -> None:
-    """Every row of the shards tokenised (conversations with their loss spans); rows with a status other than
-    ok are counted in tokenized.json."""
-    out.mkdir(parents=True, exist_ok=True)
+def tokenize_shards(inputs: str, out: StageDir, identity: dict, tokenizer, columns: Columns, max_tokens: int,
+                    chat_template: str | None = None) -> None:
+    """Every row of the shards tokenised (conversations with their loss spans) into one part; rows with a status
+    other than ok are counted in tokenized.json, written last."""
     tables, counts = [], {}
     for shard in find_shards([inputs]):
         block = read_shard(shard, columns)
@@ -108,8 +104,11 @@ def tokenize_shards(
             )
         )
     if not tables:
-        raise HardfocusError(f"no shards found in '{inputs}'")
-    pq.write_table(pa.concat_tables(tables), out / "part-00000.parquet")
-    (out / "tokenized.json").write_text(json.dumps({"identity": identity, "rows_per_status": counts}, indent=2))
+        raise HardfocusError(f"no shards found in '{redact(inputs)}'")
+    table = pa.concat_tables(tables)
+    out.commit("part-00000.parquet", lambda f: pq.write_table(table, f))
+    out.mark({"identity": identity, "rows_per_status": counts, "parts": 1, "rows": table.num_rows,
+              "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer)})
     if set(counts) - {Status.OK.value}:
-        log.warning("%s: rows not trained on, by status: %s", inputs, {k: v for k, v in counts.items() if k != "ok"})
+        log.warning("%s: rows not trained on, by status: %s", redact(inputs),
+                    {k: v for k, v in counts.items() if k != "ok"})

@@ -11,7 +11,10 @@ which), the rule transformers applies to templates with ``{% generation %}`` mar
 Truncation: a conversation longer than ``max_tokens`` keeps its system prompt and drops whole leading
 turns (a turn starts at a user message that follows an assistant one) until it fits. When even the
 last turn does not fit, it is cut at ``max_tokens``; if no assistant token is left the row gets the
-status ``prompt_too_long``. A conversation with no assistant content gets ``no_response``.
+status ``prompt_too_long``. A conversation with no assistant content gets ``no_response``. The turns to
+keep are searched from the end (the token count falls as turns are dropped), and a conversation with far
+more characters than ``max_tokens`` tokens hold is never rendered whole: the cost follows the turns kept,
+not the conversation's length (so a template refusing a turn that is dropped anyway is not asked about it).
 
 Bytes: ``n_bytes`` counts the UTF-8 bytes of the assistant turns' characters covered by scored tokens,
 the template's special tokens (``<|im_end|>``) excluded: the content a model of another tokenizer and
@@ -141,9 +144,12 @@ def _encode_truncated(
     last_assistant = max(i for i, m in enumerate(body) if m["role"] == ASSISTANT)
     starts = [i for i in _turn_starts(body) if i <= last_assistant]
     try:
-        encoded = _encode(tokenizer, system + body, template, ifd)
-        if len(encoded.input_ids) > max_tokens and len(starts) > 1:
-            encoded = _drop_leading_turns(tokenizer, system, body, starts, max_tokens, template, ifd)
+        if len(starts) == 1 or _may_fit(messages, max_tokens):
+            encoded = _encode(tokenizer, system + body, template, ifd)
+            if len(encoded.input_ids) > max_tokens and len(starts) > 1:
+                encoded = _drop_leading_turns(tokenizer, system, body, starts, max_tokens, template, ifd, too_long=0)
+        else:  # far too long to render whole: only the turns that can fit are rendered
+            encoded = _drop_leading_turns(tokenizer, system, body, starts, max_tokens, template, ifd, too_long=-1)
     except _NotIncremental as exc:
         return _empty(f"{ERROR_PREFIX}{exc}")
     except jinja2.TemplateError as exc:  # e.g. a template's raise_exception('roles must alternate')
@@ -157,25 +163,58 @@ def _encode_truncated(
     return encoded
 
 
+# A token rarely covers more characters than this (scoring.tokenize cuts texts with a bound of 32): a conversation
+# with more characters than this many per wanted token is not rendered whole, as it is going to lose leading turns.
+_CHARS_PER_TOKEN_GUESS = 16
+
+
+def _may_fit(messages: list[Message], max_tokens: int) -> bool:
+    """Whether the conversation is short enough, in characters, that it may fit in ``max_tokens`` tokens."""
+    chars = 0
+    limit = _CHARS_PER_TOKEN_GUESS * max_tokens
+    for m in messages:
+        chars += len(m["content"]) + len(m["role"]) + 4  # the template's markers around each message count too
+        if chars > limit:
+            return False
+    return True
+
+
 def _drop_leading_turns(
     tokenizer, system: list[Message], body: list[Message], starts: list[int], max_tokens: int, template: str | None,
-    ifd: bool = False,
+    ifd: bool = False, too_long: int = 0,
 ) -> Encoded:
-    """The conversation without the fewest leading turns that makes it fit (or with only its last turn).
+    """The conversation without the fewest leading turns that makes it fit (or with only its last turn); flagged
+    ``truncated`` unless that is none (``starts[0]``).
 
-    Binary search over how many turns to drop: the token count falls as more turns are dropped.
+    ``too_long``: the most turns dropped (an index into ``starts``) known not to fit, -1 for none known. The token
+    count falls as more turns are dropped, so the search goes from the end: the last turn, the last 2, 4, 8, ...,
+    then bisection between the last that fits and the first that does not. Only about twice the turns that fit are
+    ever rendered, however long the conversation is.
     """
-    best = _encode(tokenizer, system + body[starts[-1]:], template, ifd)
-    lo, hi = 1, len(starts) - 1  # invariant, once the last turn fits: dropping starts[hi:] fits
+
+    def encode(k: int) -> Encoded:
+        return _encode(tokenizer, system + body[starts[k]:], template, ifd)
+
+    hi = len(starts) - 1  # invariant, once the last turn fits: dropping starts[hi:] fits
+    best = encode(hi)
+    lo = too_long
     if len(best.input_ids) <= max_tokens:
-        while lo < hi:
+        step = 1
+        while hi - lo > 1:  # gallop towards the start
+            k = max(hi - step, lo + 1)
+            candidate = encode(k)
+            if len(candidate.input_ids) > max_tokens:
+                lo = k
+                break
+            best, hi, step = candidate, k, step * 2
+        while hi - lo > 1:
             mid = (lo + hi) // 2
-            candidate = _encode(tokenizer, system + body[starts[mid]:], template, ifd)
+            candidate = encode(mid)
             if len(candidate.input_ids) <= max_tokens:
                 best, hi = candidate, mid
             else:
-                lo = mid + 1
-    best.truncated = True
+                lo = mid
+    best.truncated = hi > 0
     return best
 
 

@@ -8,10 +8,9 @@ import math
 import os
 from collections.abc import Iterator
 
-import scoring
 from scoring.config import ScoreConfig
-from scoring.foundation.console import quiet_ray_data_console, ray_log_level
-from scoring.foundation.errors import HardfocusError
+from scoring.foundation.console import quiet_ray_data_console
+from scoring.foundation.ray_local import init_ray  # noqa: F401 - scoring.job starts Ray through here
 from scoring.units import ShardTask, UnitScorer, read_shard_task
 
 log = logging.getLogger(__name__)
@@ -20,45 +19,13 @@ _TOKENIZE_MEMORY = 512 * 1024**2  # a unit's text and token ids, with room to sp
 _MAX_INPUT_BLOCKS = 10_000  # beyond that, a block holds several shard tasks (read one after the other)
 
 
-def run_local(tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, compiled: bool) -> Iterator[dict]:
+def run_local(tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, compiled: bool, fence=None) -> Iterator[dict]:
     """The same task and scorer functions as the Ray job, one after the other, in this process."""
-    scorer = UnitScorer(cfg, fingerprint, torch_threads=cfg.torch_threads or os.cpu_count(), compiled=compiled)
+    scorer = UnitScorer(cfg, fingerprint, torch_threads=cfg.torch_threads or os.cpu_count(), compiled=compiled,
+                        fence=fence)
     for task in tasks:
         for record in read_shard_task(task.to_row(), cfg, fingerprint):
             yield from scorer(record)
-
-
-def init_ray(address: str | None, packages: list[str] | None = None) -> bool:
-    """Connect to ``address`` / ``$RAY_ADDRESS``, or start a local Ray; True if this call started it.
-
-    On a cluster, ``packages`` (directories; default: this package) are shipped to the workers.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return False
-    level = ray_log_level()
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        # Ship this package to the cluster's workers, so nodes need only the dependencies installed;
-        # a Ray job's driver (submitted with its runtime env, which Ray announces in this variable) has them already.
-        in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-        runtime_env = None if in_job else {"py_modules": packages or [os.path.dirname(scoring.__file__)]}
-        try:
-            ray.init(address=address, logging_level=level, runtime_env=runtime_env)
-        except ConnectionError as exc:
-            raise HardfocusError(
-                f"cannot connect to the Ray cluster at {address} ({exc.__cause__ or exc}); is it running? "
-                "If it uses token authentication, set RAY_AUTH_MODE=token and provide the token "
-                "(~/.ray/auth_token or RAY_AUTH_TOKEN)"
-            ) from None
-        log.info("connected to the Ray cluster at %s", address)
-    else:
-        # Ray starts its workers at niceness 15, below its own daemons and the driver: on a small machine
-        # every wake-up of theirs then preempts a thread of the scoring actor's matmuls, which wait for it.
-        ray.init(logging_level=level, include_dashboard=False, _system_config={"worker_niceness": 0, "enable_metrics_collection": False})
-        log.info("started a local Ray (set RAY_ADDRESS or --ray-address to use a cluster)")
-    return True
 
 
 def _largest_node_cpus() -> float:
@@ -68,7 +35,7 @@ def _largest_node_cpus() -> float:
 
 
 def run_ray(
-    tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, compiled: bool, started_local: bool
+    tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, compiled: bool, started_local: bool, fence=None
 ) -> Iterator[dict]:
     """Read+tokenise shards as CPU tasks, score with an actor pool (one model per actor), parts written by the actors."""
     import ray
@@ -81,12 +48,12 @@ def run_ray(
     # scoring starts on the first unit and a shard's tokens never pile up in one block.
     ctx.target_max_block_size = 1
     try:
-        yield from _run_ray(tasks, cfg, fingerprint, compiled, started_local)
+        yield from _run_ray(tasks, cfg, fingerprint, compiled, started_local, fence)
     finally:
         ctx.enable_progress_bars, ctx.target_max_block_size = saved
 
 
-def _run_ray(tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, compiled: bool, started_local: bool):
+def _run_ray(tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, compiled: bool, started_local: bool, fence):
     import ray
 
     node_cpus = _largest_node_cpus()
@@ -111,7 +78,8 @@ def _run_ray(tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, compile
     )
     ds = ds.flat_map(  # a unit in; progress records while it is scored, then its summary
         UnitScorer,
-        fn_constructor_kwargs={"cfg": cfg, "model_fingerprint": fingerprint, "torch_threads": threads, "compiled": compiled},
+        fn_constructor_kwargs={"cfg": cfg, "model_fingerprint": fingerprint, "torch_threads": threads, "compiled": compiled,
+                               "fence": fence},
         compute=ray.data.ActorPoolStrategy(size=cfg.actors),
         num_cpus=cpus,
         num_gpus=cfg.gpus_per_actor,

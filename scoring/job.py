@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from scoring.chat import check_chat_tokenizer, load_chat_template
@@ -24,6 +26,7 @@ from scoring.config import ScoreConfig
 from scoring.executors import init_ray, run_local, run_ray
 from scoring.foundation.console import native_stderr_to_file
 from scoring.foundation.errors import HardfocusError
+from scoring.foundation.fingerprints import tokenizer_fingerprint
 from scoring.foundation.scores import (
     SCORES_JOB_FILE,
     SCORES_MANIFEST_FILE,
@@ -31,8 +34,10 @@ from scoring.foundation.scores import (
     ScoreCounts,
     ScoreManifest,
     ShardInfo,
-    tokenizer_fingerprint,
+    parse_part_name,
 )
+from scoring.foundation.stagedir import refuse_inside, refuse_overlap
+from scoring.foundation.storage import prefetched, redact
 from scoring.foundation.versions import library_versions
 from scoring.manifest import count_duplicate_ids
 from scoring.model import ResolvedModel, load_tokenizer, resolve_device, resolve_dtype, resolve_model
@@ -45,7 +50,6 @@ from scoring.units import (
     columns_of,
     expected_parts,
     merge_counts,
-    parse_part_name,
     shard_digest,
 )
 
@@ -66,6 +70,7 @@ class ScoreResult:
     output: str
     manifest: ScoreManifest
     units_scored: int
+    skipped: bool = False  # the output was complete for these inputs: nothing was written
 
 
 def score(cfg: ScoreConfig, progress: bool = True) -> ScoreResult:
@@ -74,14 +79,17 @@ def score(cfg: ScoreConfig, progress: bool = True) -> ScoreResult:
     # workers get the template's text, and the device and dtype decided here, once, for every actor
     cfg = cfg.model_copy(update={"chat_template": load_chat_template(cfg.chat_template), **_device_and_dtype(cfg)})
     out = ScoresDir(cfg.output)
-    out.create()
-    out.lock()
+    refuse_overlap(cfg.output, cfg.inputs)
+    out.lock()  # before anything slow: a second run on this output refuses at once
     try:
         resolved = resolve_model(cfg.model)
         identity = _job_identity(cfg, resolved)
         shards = find_shards(cfg.inputs)
+        refuse_inside(cfg.output, [s.url for s in shards])
         check_columns(shards[0], columns_of(cfg))  # a wrong column fails at once; each task checks its own shard
-        plan = plan_shards(out, identity, shards, cfg)
+        out.open(identity, cfg.overwrite, inputs=cfg.inputs)
+        out.create()
+        plan = plan_shards(out, shards, cfg)
         log.info(
             "planned %d shards (%.1f MB) in %.1fs: %d finished, %d to score (%d of their parts already written)",
             len(shards), sum(s.size for s in shards) / 1e6, time.perf_counter() - t0, len(plan.done),
@@ -89,10 +97,9 @@ def score(cfg: ScoreConfig, progress: bool = True) -> ScoreResult:
         )
         manifest = out.read_json(SCORES_MANIFEST_FILE)
         if not plan.tasks and manifest is not None:
-            log.info("%s is complete (%d parts): nothing to score", cfg.output, manifest["parts"])
-            return ScoreResult(cfg.output, ScoreManifest.model_validate(manifest), units_scored=0)
-        if manifest is not None:
-            out.remove([SCORES_MANIFEST_FILE])  # the manifest marks a complete directory; it is not, until the end
+            log.info("%s is complete (%d parts): nothing to score", redact(cfg.output), manifest["parts"])
+            return ScoreResult(cfg.output, ScoreManifest.model_validate(manifest), units_scored=0, skipped=True)
+        out.unmark()  # the manifest marks a complete directory; it is not, until the end
         compiled = _want_compile(cfg, plan.tasks)
         scored = _run(plan, out, cfg, resolved, compiled, progress) if plan.tasks else _Tally()
         wall = time.perf_counter() - t0  # the whole call: model, planning, Ray start, scoring, writes
@@ -159,32 +166,20 @@ class Plan:
     done: dict[str, dict] = field(default_factory=dict)  # shard digest -> done marker, of every finished shard
 
 
-def plan_shards(out: ScoresDir, identity: dict, shards: list[Shard], cfg: ScoreConfig) -> Plan:
-    """Check the directory holds only parts of this job, and find what is left to do.
+def plan_shards(out: ScoresDir, shards: list[Shard], cfg: ScoreConfig) -> Plan:
+    """Check the directory (opened for this job) holds only parts of these inputs, and find what is left to do.
 
-    A shard is finished when its done marker matches it (same file size) and every part the marker
-    implies is there; otherwise its task skips the parts that are there.
+    A shard is finished when its done marker matches it (same file size and modification stamp) and every part
+    the marker implies is there, whole (the size the marker recorded; a footer with the unit's row count for
+    markers of older versions); otherwise its task skips the parts that are there. A damaged part (cut short or
+    emptied after its run, e.g. by a power cut before it reached the disk) is removed and scored again.
     """
-    previous = out.read_json(SCORES_JOB_FILE)
     names = out.names()
     listing = out.parts(names)
     markers = out.shard_done_markers()
-    if previous is not None and previous.get("identity") != identity and not listing and not markers:
-        previous = None  # nothing was scored with the other configuration (it failed first): nothing to protect
-    if previous is not None and previous.get("identity") != identity:
-        before = previous.get("identity", {})
-        differs = sorted(k for k in set(identity) | set(before) if before.get(k) != identity.get(k))
-        if not cfg.overwrite:
-            raise HardfocusError(
-                f"{out.url} holds scores computed with a different configuration (differs in: {', '.join(differs)}); "
-                "choose another --output, or pass --overwrite to replace them"
-            )
-        out.remove(listing + [SCORES_MANIFEST_FILE])
-        out.remove_shard_done(list(markers))
-        listing, markers = [], {}
     n = cfg.rows_per_unit
     by_digest = {shard_digest(s): s for s in shards}
-    stale_markers = [d for d, m in markers.items() if d not in by_digest or m.get("size") != by_digest[d].size]
+    stale_markers = [d for d, m in markers.items() if d not in by_digest or not _marker_matches(m, by_digest[d])]
     starts: dict[str, dict[int, str]] = {d: {} for d in by_digest}
     stale = []
     for name in listing:
@@ -198,16 +193,28 @@ def plan_shards(out: ScoresDir, identity: dict, shards: list[Shard], cfg: ScoreC
     for digest, marker in markers.items():
         if digest in stale_markers:
             continue
-        expected, have = set(expected_parts(by_digest[digest], marker["rows"], n)), set(starts[digest].values())
-        stale += sorted(have - expected)
-        if expected <= have:
+        expected = expected_parts(by_digest[digest], marker["rows"], n)
+        have = set(starts[digest].values())
+        stale += sorted(have - set(expected))
+        if set(expected) <= have:
             done[digest] = marker
+    damaged = _damaged_parts(out, {d: by_digest[d] for d in done}, done, n)
+    for digest, broken in damaged.items():
+        log.warning("%s: %d parts of %s are damaged (e.g. %s): scoring them again", redact(out.url), len(broken),
+                    redact(by_digest[digest].url), broken[0])
+        del done[digest]
+    if damaged:
+        gone = {name for broken in damaged.values() for name in broken}
+        out.remove(sorted(gone))
+        out.remove_shard_done(list(damaged))
+        starts = {d: {k: v for k, v in named.items() if v not in gone} for d, named in starts.items()}
     if stale or stale_markers:
         if not cfg.overwrite:
             changed = [by_digest[d].url for d in stale_markers if d in by_digest]
             raise HardfocusError(
-                f"{out.url} holds {len(stale)} part files that the current inputs do not produce (e.g. {min(stale or ['-'])})"
-                + (f", and scores of {len(changed)} shards that changed since (e.g. {changed[0]})" if changed else "")
+                f"{redact(out.url)} holds {len(stale)} part files that the current inputs do not produce (e.g. "
+                f"{min(stale or ['-'])})"
+                + (f", and scores of {len(changed)} shards that changed since (e.g. {redact(changed[0])})" if changed else "")
                 + ": the inputs changed since they were scored. Choose another --output, or pass --overwrite"
             )
         out.remove(sorted(stale))
@@ -217,10 +224,49 @@ def plan_shards(out: ScoresDir, identity: dict, shards: list[Shard], cfg: ScoreC
     removed = out.remove_leftovers(names)
     if removed:
         log.info("removed %d temporary files of an interrupted run", removed)
-    same_job = previous is not None and previous.get("identity") == identity
-    out.write_json(SCORES_JOB_FILE, {"identity": identity, "runs": previous.get("runs", []) if same_job else []})
     tasks = [ShardTask(s, tuple(sorted(starts[d]))) for d, s in by_digest.items() if d not in done]
     return Plan(tasks=sorted(tasks, key=lambda t: t.shard.rel), done=done)
+
+
+def _marker_matches(marker: dict, shard: Shard) -> bool:
+    """Whether a done marker describes this shard as it is now: its size, and its modification stamp (mtime or
+    ETag) where both the marker and the listing have one (markers of older versions have none)."""
+    if marker.get("size") != shard.size:
+        return False
+    recorded, now = marker.get("modified"), getattr(shard, "modified", None)
+    return recorded is None or now is None or recorded == now
+
+
+def _damaged_parts(out: ScoresDir, shards: dict[str, Shard], done: dict[str, dict], n: int) -> dict[str, list[str]]:
+    """digest -> the parts of that finished shard that are not whole: a size other than the one its marker
+    recorded (from one listing) or, on a local disk, no Parquet footer at the end (8 bytes read each); for
+    markers without sizes, a footer that does not read or has another row count."""
+    sized = {d: m for d, m in done.items() if isinstance(m.get("part_bytes"), list)}
+    expected = {d: expected_parts(shards[d], done[d]["rows"], n) for d in done}
+    sizes = out.part_sizes([name for d in sized for name in expected[d]])
+    broken: dict[str, list[str]] = {}
+    for d, marker in sized.items():
+        bad = [name for name, size in zip(expected[d], marker["part_bytes"]) if sizes.get(name) != size]
+        if out.is_local:
+            whole = set(name for name in expected[d] if name not in bad)
+            bad += [name for name, ok in zip(sorted(whole), prefetched(out.footer_at_end, sorted(whole), depth=16)) if not ok]
+        if bad or len(marker["part_bytes"]) != len(expected[d]):
+            broken[d] = sorted(bad) or expected[d][:1]
+    unsized = [(d, name) for d in done if d not in sized for name in expected[d]]
+    for (d, name), rows in zip(unsized, prefetched(lambda item: _footer_rows(out, item[1]), unsized, depth=16)):
+        parsed = parse_part_name(name)
+        if rows != parsed[2] - parsed[1]:
+            broken.setdefault(d, []).append(name)
+    return broken
+
+
+def _footer_rows(out: ScoresDir, name: str) -> int | None:
+    """A part's row count from its footer, or None when the footer cannot be read."""
+    try:
+        with out.fs.open(out.join(name), "rb") as f:
+            return pq.read_metadata(f).num_rows
+    except (OSError, pa.ArrowException):
+        return None
 
 
 def _want_compile(cfg: ScoreConfig, pending: list[ShardTask]) -> bool:
@@ -249,6 +295,7 @@ class _ShardProgress:
     units: int = 0
     rows: int | None = None  # known when the task's end record arrives
     consumed: float = 0.0
+    part_bytes: dict[int, int] = field(default_factory=dict)  # unit start -> its part's size (0: not known)
 
 
 def _run(plan: Plan, out: ScoresDir, cfg: ScoreConfig, resolved: ResolvedModel, compiled: bool, progress: bool) -> _Tally:
@@ -264,9 +311,9 @@ def _score_pending(plan: Plan, out: ScoresDir, cfg: ScoreConfig, resolved: Resol
     if cfg.executor == "ray":
         started_ray = init_ray(cfg.ray_address)
         summaries = run_ray(plan.tasks, cfg, resolved.fingerprint, compiled,
-                            started_local=started_ray and not cfg.ray_address)
+                            started_local=started_ray and not cfg.ray_address, fence=out.fence())
     else:
-        summaries = run_local(plan.tasks, cfg, resolved.fingerprint, compiled)
+        summaries = run_local(plan.tasks, cfg, resolved.fingerprint, compiled, fence=out.fence())
     shards = {t.to_row()["task"]: _ShardProgress(t) for t in plan.tasks}
     scoring_now: dict[tuple[str, int], tuple[int, int]] = {}  # (task, unit start) -> rows, tokens scored so far
     bar = ScoringProgress(sum(t.shard.size for t in plan.tasks), enabled=progress)
@@ -291,6 +338,7 @@ def _score_pending(plan: Plan, out: ScoresDir, cfg: ScoreConfig, resolved: Resol
                 counts = json.loads(summary["counts"])
                 state.units += 1
                 state.counts = merge_counts(state.counts, counts)
+                state.part_bytes[summary["start"]] = int(summary.get("bytes") or 0)
                 if summary["kind"] == "score":
                     tally.nodes[summary["node"]] = tally.nodes.get(summary["node"], 0) + 1
                     tally.units += 1
@@ -310,16 +358,19 @@ def _score_pending(plan: Plan, out: ScoresDir, cfg: ScoreConfig, resolved: Resol
 
             ray.shutdown()
     if shards:
-        raise RuntimeError(f"{len(shards)} shards did not finish (e.g. {next(iter(shards.values())).task.shard.url})")
+        raise RuntimeError(f"{len(shards)} shards did not finish (e.g. {redact(next(iter(shards.values())).task.shard.url)})")
     return tally
 
 
 def _mark_done(out: ScoresDir, state: _ShardProgress, rows_per_unit: int) -> dict:
     shard = state.task.shard
     if state.rows == 0:
-        log.warning("input shard %s has no rows (listed in the manifest with rows 0)", shard.url)
-    marker = {"rel": shard.rel, "url": shard.url, "size": shard.size, "rows": state.rows,
-              "rows_per_unit": rows_per_unit, "counts": state.counts}
+        log.warning("input shard %s has no rows (listed in the manifest with rows 0)", redact(shard.url))
+    marker = {"rel": shard.rel, "url": redact(shard.url), "size": shard.size, "modified": getattr(shard, "modified", None),
+              "rows": state.rows, "rows_per_unit": rows_per_unit, "counts": state.counts}
+    sizes = [state.part_bytes.get(start, 0) for start in range(0, state.rows, rows_per_unit)]
+    if all(sizes):  # what a resume checks each finished part against (one stat each)
+        marker["part_bytes"] = sizes
     out.write_shard_done(shard_digest(shard), marker)
     return marker
 
@@ -361,7 +412,7 @@ def _finalize(out: ScoresDir, cfg, resolved, identity, shards: list[Shard], done
         )
     job = out.read_json(SCORES_JOB_FILE) or {"identity": identity, "runs": []}
     job["runs"] = job.get("runs", []) + [run.model_dump()]
-    out.write_json(SCORES_JOB_FILE, job)
+    out.commit_json(SCORES_JOB_FILE, job)
     manifest = ScoreManifest(
         model=cfg.model,
         model_path=resolved.path,
@@ -377,12 +428,12 @@ def _finalize(out: ScoresDir, cfg, resolved, identity, shards: list[Shard], done
         format=cfg.format,
         sample_columns=[c for _, c in columns_of(cfg).sample_columns],
         chat_template_sha256=identity.get("chat_template_sha256"),
-        shards=[ShardInfo(url=s.url, rel=s.rel, format=s.format, compression=s.compression, size=s.size,
-                          rows=done[shard_digest(s)]["rows"]) for s in shards],
+        shards=[ShardInfo(url=redact(s.url), rel=s.rel, format=s.format, compression=s.compression, size=s.size,
+                          modified=getattr(s, "modified", None), rows=done[shard_digest(s)]["rows"]) for s in shards],
         parts=len(parts),
         **counts.model_dump(),
         runs=[RunInfo.model_validate(r) for r in job["runs"]],
         versions=library_versions(),
     )
-    out.write_json(SCORES_MANIFEST_FILE, manifest.model_dump())
+    out.mark(manifest.model_dump())
     return manifest

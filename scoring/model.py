@@ -9,11 +9,7 @@ into an ordinary checkpoint under the cache (``$HARDFOCUS_CACHE``, default
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import importlib.util
-import json
 import logging
 import os
 import tempfile
@@ -26,11 +22,13 @@ import torch
 from scoring.config import SMOLLM2_ALIAS
 from scoring.foundation.cache import cache_dir
 from scoring.foundation.errors import HardfocusError
+from scoring.foundation.fingerprints import fingerprint_checkpoint, sha256_file
+from scoring.foundation.lock import waiting_lock
+from scoring.foundation.storage import fsync_tree, rename_durably
 
 log = logging.getLogger(__name__)
 
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -88,34 +86,15 @@ def _hub_snapshot(spec: str) -> str:
     )
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def convert_gguf(gguf: Path) -> Path:
     """Dequantise a GGUF file into a cached ordinary checkpoint (float32 weights); idempotent."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    digest = _sha256_file(gguf)[:16]
+    digest = sha256_file(gguf)[:16]
     target = cache_dir() / "models" / f"{gguf.stem}-{digest}"
     if (target / "config.json").is_file():
         return target
-    with _file_lock(cache_dir() / "models" / f".{target.name}.lock"):
+    with waiting_lock(cache_dir() / "models" / f".{target.name}.lock"):
         if (target / "config.json").is_file():  # another process converted it meanwhile
             return target
         log.info("converting %s to a Hugging Face checkpoint in %s (once)", gguf, target)
@@ -130,29 +109,9 @@ def convert_gguf(gguf: Path) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         fresh.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
+        fsync_tree(str(tmp))  # whole on disk before it is found by its name
+        rename_durably(str(tmp), str(target))
     return target
-
-
-def fingerprint_checkpoint(path: str) -> str:
-    """sha256 over config.json and the weight files, cached by (path, sizes, mtimes)."""
-    files = sorted(
-        p for p in Path(path).iterdir() if p.name == "config.json" or p.name.endswith(_WEIGHT_SUFFIXES)
-    )
-    key = hashlib.sha256(
-        json.dumps([(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]).encode()
-    ).hexdigest()
-    memo = cache_dir() / "fingerprints" / f"{key}.txt"
-    if memo.is_file():
-        return memo.read_text().strip()
-    digest = hashlib.sha256()
-    for p in files:
-        digest.update(p.name.encode())
-        digest.update(_sha256_file(p).encode())
-    value = digest.hexdigest()[:32]
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    memo.write_text(value)
-    return value
 
 
 def resolve_device(device: str) -> torch.device:

@@ -40,6 +40,7 @@ from scoring.foundation.scores import (
     mask_from_spans,
     scores_table,
 )
+from scoring.foundation.storage import redact
 from scoring.ifd import IFD_TURNS_COLUMN, ifd_ratio, ifd_turns_array, unconditioned_nll
 from scoring.model import load_tokenizer, resolve_model
 from scoring.output import ScoresDir
@@ -57,15 +58,6 @@ def shard_digest(shard: Shard) -> str:
 
 def part_name(shard: Shard, start: int, stop: int) -> str:
     return f"part-{shard_digest(shard)}-{start:010d}-{stop:010d}.parquet"
-
-
-def parse_part_name(name: str) -> tuple[str, int, int] | None:
-    """(shard digest, start, stop) of a part file name, or None for another file."""
-    stem = name.removeprefix("part-").removesuffix(".parquet")
-    bits = stem.split("-")
-    if len(bits) != 3 or not (bits[1].isdigit() and bits[2].isdigit()):
-        return None
-    return bits[0], int(bits[1]), int(bits[2])
 
 
 def expected_parts(shard: Shard, rows: int, rows_per_unit: int) -> list[str]:
@@ -170,10 +162,10 @@ def read_shard_task(row: dict, cfg: ScoreConfig, model_fingerprint: str):
             if unit.block is None:
                 counts = part_counts(out, part_name(task.shard, unit.start, unit.stop))
                 if counts["rows"] != unit.stop - unit.start:
-                    raise HardfocusError(
+                    raise HardfocusError(redact(
                         f"part {part_name(task.shard, unit.start, unit.stop)} of {out.url} has {counts['rows']} rows, not "
                         f"{unit.stop - unit.start}; did {task.shard.url} change? Pass --overwrite to score it again"
-                    )
+                    ))
                 yield _record(row["task"], "reused", unit.start, unit.stop, unit.consumed, counts=counts, begin=begin)
                 begin = unit.consumed
                 continue
@@ -183,14 +175,16 @@ def read_shard_task(row: dict, cfg: ScoreConfig, model_fingerprint: str):
             begin = unit.consumed
         stale = [s for s in task.done if s >= rows]
         if stale:
-            raise HardfocusError(
+            raise HardfocusError(redact(
                 f"{out.url} holds parts of {task.shard.url} past its last row ({rows}; e.g. rows from {stale[0]}): the "
                 "shard changed since they were scored. Choose another --output, or pass --overwrite"
-            )
+            ))
         if rows == 0 and cfg.on_error == "stop":
-            raise HardfocusError(f"input shard {task.shard.url} has no rows; remove it, or pass --on-error record to go on")
+            raise HardfocusError(redact(
+                f"input shard {task.shard.url} has no rows; remove it, or pass --on-error record to go on"
+            ))
     except HardfocusError as exc:
-        yield _record(row["task"], "error", error=str(exc))
+        yield _record(row["task"], "error", error=redact(str(exc)))
         return
     yield _record(row["task"], "end", stop=rows, consumed=1.0)
 
@@ -203,10 +197,10 @@ def tokenize_unit(shard: Shard, start: int, block: RowBlock, cfg: ScoreConfig, t
     if cfg.on_error == "stop":
         for row, status in zip(rows, tok.status):
             if status is not None and is_input_error(status):
-                raise HardfocusError(
+                raise HardfocusError(redact(
                     f"{shard.url} row {row}: {status}; fix the input, or pass --on-error record to score the "
                     "other rows and record this one's status"
-                )
+                ))
     sample_ids = [i if i is not None else f"{shard.rel}#{r}" for i, r in zip(block.ids, rows)]
     return pa.table(
         {
@@ -252,9 +246,10 @@ def _node_name() -> str:
 class UnitScorer:
     """Scores tokenised units and writes each as one part file (a Ray actor, or a plain object)."""
 
-    def __init__(self, cfg: ScoreConfig, model_fingerprint: str, torch_threads: int | None, compiled: bool = False):
+    def __init__(self, cfg: ScoreConfig, model_fingerprint: str, torch_threads: int | None, compiled: bool = False,
+                 fence=None):
         self.cfg = cfg
-        self.out = ScoresDir(cfg.output)
+        self.out = ScoresDir(cfg.output, fence=fence)  # each part write checks the run still holds the lock
         self.node = _node_name()
         self.scorer = Scorer(
             _checkpoint_path(cfg.model, model_fingerprint),
@@ -266,8 +261,8 @@ class UnitScorer:
             compiled=compiled,
         )
 
-    def score_unit(self, shard: Shard, start: int, tokenized: pa.Table) -> Generator[dict, None, tuple[dict, int]]:
-        """Score, write the part (whole or not at all); returns (the part's counts, rows scored).
+    def score_unit(self, shard: Shard, start: int, tokenized: pa.Table) -> Generator[dict, None, tuple[dict, int, int]]:
+        """Score, write the part (whole or not at all); returns (the part's counts, rows scored, its bytes).
 
         Yields ``{"rows", "tokens", "share"}`` (scored so far; share of the unit's tokens) every
         ``PROGRESS_EVERY_S`` while the model runs, so that a long unit shows progress before its part lands.
@@ -335,8 +330,8 @@ class UnitScorer:
             with_input_ids=self.cfg.keep_input_ids,
             with_loss_spans=spans is not None,
         )
-        self.out.write_part(part_name(shard, start, start + len(status)), table)
-        return status_counts(status, n_tokens, truncated.to_numpy(zero_copy_only=False)), len(todo)
+        size = self.out.write_part(part_name(shard, start, start + len(status)), table)
+        return status_counts(status, n_tokens, truncated.to_numpy(zero_copy_only=False)), len(todo), size
 
     def __call__(self, record: dict) -> Iterator[dict]:
         """Ray Data ``flat_map`` entry point (and the local executor's): a unit record in, its summary out,
@@ -347,7 +342,7 @@ class UnitScorer:
         """
         started = time.perf_counter()
         summary = {k: record[k] for k in ("task", "kind", "start", "stop", "consumed", "counts", "error")}
-        summary["scored"], summary["seconds"], summary["node"] = 0, 0.0, self.node
+        summary["scored"], summary["seconds"], summary["node"], summary["bytes"] = 0, 0.0, self.node, record.get("bytes", 0)
         if record["kind"] != "score":
             yield summary
             return
@@ -364,8 +359,9 @@ class UnitScorer:
                     "counts": json.dumps(EMPTY_COUNTS | {"tokens": done["tokens"]}),
                 }
         except StopIteration as finished:
-            counts, scored = finished.value
+            counts, scored, size = finished.value
         except HardfocusError as exc:
             yield summary | {"kind": "error", "error": str(exc)}
             return
-        yield summary | {"counts": json.dumps(counts), "scored": scored, "seconds": time.perf_counter() - started}
+        yield summary | {"counts": json.dumps(counts), "scored": scored, "seconds": time.perf_counter() - started,
+                         "bytes": size}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import posixpath
 from dataclasses import dataclass
@@ -11,14 +10,17 @@ import polars as pl
 from fsspec.core import url_to_fs
 
 from scoring.foundation.errors import HardfocusError
+from scoring.foundation.fingerprints import manifest_digest
+from scoring.foundation.stagedir import SELECTED, Opening, StageDir, identify, refuse_overlap
+from scoring.foundation.storage import read_json, redact
 from selection.bands import KEPT, NO_GROUP, band_weights, rank_bands
 from selection.config import SelectConfig
 from selection.rank_by import eligible_scores, rank_column
 from selection.report import write_report
 from selection.schema import SUMMARY_FILE
-from selection.scores import ScoreParts, open_scores
+from selection.scores import ScoreParts, open_scores, refuse_repeated
 from selection.summary import SelectionSummary, group_counts, loss_quantiles, thresholds, weight_stats
-from selection.writer import staged_output, write_shards, write_summary
+from selection.writer import write_shards
 
 log = logging.getLogger(__name__)
 
@@ -27,47 +29,72 @@ log = logging.getLogger(__name__)
 class SelectResult:
     output: str
     summary: SelectionSummary
+    skipped: bool = False  # the output already held this selection, complete: nothing was written
 
 
 def select(cfg: SelectConfig, progress: bool = True) -> SelectResult:
-    """Rank, band and weight every scored row of ``cfg.scores``; write the kept band to ``cfg.output``."""
-    parts = open_scores(cfg.scores)
-    excluded, ranked, units = _rank(parts, cfg)
-    column = rank_column(cfg.score)
-    kept = ranked.filter(pl.col("band") == KEPT)
-    if kept.height == 0:
-        raise HardfocusError(
-            f"the selection would keep zero samples: {ranked.height} eligible rows (excluded: {excluded or 'none'}) "
-            f"with drop_top={cfg.drop_top}, keep={cfg.keep}; raise --keep or check the scores"
+    """Rank, band and weight every scored row of ``cfg.scores``; write the kept band to ``cfg.output``.
+
+    The output's identity is the parameters and the identity of the scores (their manifests): a rerun of the
+    same selection over the same scores finds it complete and writes nothing.
+    """
+    inputs = cfg.scores + cfg.reference
+    refuse_repeated(inputs)
+    out = StageDir(cfg.output, SELECTED)
+    refuse_overlap(cfg.output, inputs)
+    with out.locked():
+        parts = open_scores(cfg.scores)
+        reference = open_scores(cfg.reference) if cfg.reference else None
+        identity = selection_identity(cfg, parts, reference)
+        if out.open(identity, cfg.overwrite, inputs=inputs) is Opening.COMPLETE:
+            log.info("'%s' already holds this selection: nothing to do", redact(cfg.output))
+            summary = SelectionSummary.model_validate(out.read_json(SUMMARY_FILE))
+            return SelectResult(cfg.output, summary, skipped=True)
+        excluded, ranked, units = _rank(parts, cfg)
+        column = rank_column(cfg.score)
+        kept = ranked.filter(pl.col("band") == KEPT)
+        if kept.height == 0:
+            raise HardfocusError(
+                f"the selection would keep zero samples: {ranked.height} eligible rows (excluded: {excluded or 'none'}) "
+                f"with drop_top={cfg.drop_top}, keep={cfg.keep}; raise --keep or check the scores"
+            )
+        kept = kept.with_columns(
+            weight=pl.Series(band_weights(kept, cfg.per_group, cfg.weighting, cfg.temperature, cfg.max_weight, column))
         )
-    kept = kept.with_columns(
-        weight=pl.Series(band_weights(kept, cfg.per_group, cfg.weighting, cfg.temperature, cfg.max_weight, column))
-    )
-    with staged_output(cfg.output, cfg.overwrite) as tmp:
-        n_parts = write_shards(parts, kept, tmp, progress)
-        summary = SelectionSummary(
-            parameters=cfg.model_dump(exclude={"scores", "output", "overwrite", "report"}),
-            score=cfg.score,
-            score_units=units,
-            scores=_score_dirs(cfg.scores, parts.manifests),
-            reference=_score_dirs(cfg.reference, open_scores(cfg.reference).manifests) if cfg.reference else None,
-            rows=sum(parts.rows),
-            excluded=excluded,
-            eligible=ranked.height,
-            bands={str(b): int(n) for b, n in ranked.group_by("band").len().sort("band").iter_rows()},
-            groups=group_counts(ranked, kept),
-            thresholds=thresholds(ranked, cfg.per_group, column),
-            loss_quantiles=loss_quantiles(ranked),
-            score_quantiles=loss_quantiles(ranked, column) if column != "loss" else None,
-            weights=weight_stats(kept["weight"].to_numpy()),
-            output_parts=n_parts,
-            has_input_ids=parts.has_input_ids,
-        )
-        if cfg.report:
-            write_report(tmp, ranked, kept, summary.model_dump(), title=f"hardfocus selection: {cfg.output}")
-        write_summary(tmp, summary.model_dump())  # last: the marker of a complete selected/
+        with out.staged(identity) as stage:
+            n_parts = write_shards(parts, kept, stage, progress)
+            summary = SelectionSummary(
+                parameters=cfg.model_dump(exclude={"scores", "output", "overwrite", "report"}),
+                score=cfg.score,
+                score_units=units,
+                scores=_score_dirs(cfg.scores, parts.manifests),
+                reference=_score_dirs(cfg.reference, reference.manifests) if reference else None,
+                rows=sum(parts.rows),
+                excluded=excluded,
+                eligible=ranked.height,
+                bands={str(b): int(n) for b, n in ranked.group_by("band").len().sort("band").iter_rows()},
+                groups=group_counts(ranked, kept),
+                thresholds=thresholds(ranked, cfg.per_group, column),
+                loss_quantiles=loss_quantiles(ranked),
+                score_quantiles=loss_quantiles(ranked, column) if column != "loss" else None,
+                weights=weight_stats(kept["weight"].to_numpy()),
+                output_parts=n_parts,
+                has_input_ids=parts.has_input_ids,
+            )
+            if cfg.report:
+                write_report(stage.url, ranked, kept, summary.model_dump(), title=f"hardfocus selection: {cfg.output}")
+            stage.mark(summary.model_dump(), sync_tree=True)  # last: the marker of a complete selected/
     log.debug(summary_text(summary, cfg.output))  # the CLI prints it
     return SelectResult(cfg.output, summary)
+
+
+def selection_identity(cfg: SelectConfig, parts: ScoreParts, reference: ScoreParts | None) -> dict:
+    """What makes two selections the same: the parameters and the scores they were made from."""
+    return {
+        "parameters": cfg.model_dump(exclude={"scores", "reference", "output", "overwrite"}),
+        "scores": [manifest_digest(m) for m in parts.manifests],
+        "reference": [manifest_digest(m) for m in reference.manifests] if reference else [],
+    }
 
 
 def _rank(parts: ScoreParts, cfg: SelectConfig) -> tuple[dict[str, int], pl.DataFrame, str]:
@@ -107,12 +134,11 @@ def build_report(scores: list[str], selected: str | None = None, output: str | N
 
 
 def _read_summary(selected: str) -> dict:
+    found = identify(selected)
+    if found.kind != "selected" or not found.complete:
+        raise HardfocusError(f"'{redact(selected)}' is {found.describe()}, not a complete selected/ directory")
     fs, path = url_to_fs(selected)
-    summary_path = posixpath.join(path, SUMMARY_FILE)
-    if not fs.exists(summary_path):
-        raise HardfocusError(f"'{selected}' has no {SUMMARY_FILE}: not a complete selected/ directory")
-    with fs.open(summary_path, "rb") as f:
-        return json.loads(f.read())
+    return read_json(fs, posixpath.join(path, SUMMARY_FILE), "selection summary")
 
 
 def summary_text(s: SelectionSummary, output: str) -> str:

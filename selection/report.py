@@ -4,6 +4,10 @@ The plots are embedded as base64 PNG data URIs, so the page keeps them when it i
 alone. With one ranking scope the histogram is stacked by band with the two band boundaries drawn;
 with per-group ranking each group gets its own panel and boundaries (one histogram over all groups
 would interleave bands whose boundaries differ from group to group).
+
+Text from the data (group names, paths, titles) reaches no parser: the figures are made and drawn with
+mathtext and TeX off (:func:`literal_text`; a group named ``x $a$ y`` would otherwise be parsed as math, and a
+name that is not valid math would fail the selection), and the page escapes every such text.
 """
 
 from __future__ import annotations
@@ -41,11 +45,12 @@ def write_report(out_url: str, ranked: pl.DataFrame, kept: pl.DataFrame | None, 
     """
     fs, out = url_to_fs(out_url)
     fs.makedirs(out, exist_ok=True)
-    figures = report_figures(ranked, kept, summary)
-    images = {}
-    for name, fig in figures.items():
-        images[name] = _png_data_uri(fig)
-        plt.close(fig)
+    with literal_text():  # texts made and drawn (tick labels are made when drawn) as plain text
+        figures = report_figures(ranked, kept, summary)
+        images = {}
+        for name, fig in figures.items():
+            images[name] = _png_data_uri(fig)
+            plt.close(fig)
     page = _html(title, ranked, summary, images)
     path = posixpath.join(out, REPORT_FILE)
     with fs.open(path, "wb") as f:
@@ -53,13 +58,22 @@ def write_report(out_url: str, ranked: pl.DataFrame, kept: pl.DataFrame | None, 
     return path
 
 
+def literal_text():
+    """matplotlib settings under which every text is drawn as written: no mathtext (``$...$``), no TeX.
+
+    A Text takes ``text.parse_math`` when it is made, so figures must be made, and drawn (tick labels and
+    legends are made then too), inside it."""
+    return matplotlib.rc_context({"text.parse_math": False, "text.usetex": False})
+
+
 def report_figures(ranked: pl.DataFrame, kept: pl.DataFrame | None, summary: dict | None) -> dict:
-    """The report's matplotlib figures by name (the caller closes them)."""
-    figures = {"loss_histogram.png": _loss_histogram(ranked, summary)}
-    if kept is not None and kept.height:
-        figures["weight_vs_loss.png"] = _weight_curve(kept, summary)
-    figures["loss_by_group.png"] = _group_boxes(ranked)
-    figures.update(score_figures(ranked, summary))  # ranked by IFD, bpb or excess: that score, and it vs the loss
+    """The report's matplotlib figures by name (the caller closes them, and draws them under :func:`literal_text`)."""
+    with literal_text():
+        figures = {"loss_histogram.png": _loss_histogram(ranked, summary)}
+        if kept is not None and kept.height:
+            figures["weight_vs_loss.png"] = _weight_curve(kept, summary)
+        figures["loss_by_group.png"] = _group_boxes(ranked)
+        figures.update(score_figures(ranked, summary))  # ranked by IFD, bpb or excess: that score, and it vs the loss
     return figures
 
 
@@ -193,7 +207,7 @@ def _html(title: str, ranked: pl.DataFrame, summary: dict | None, images: dict[s
         facts = (
             f"<p>{summary['eligible']:,} eligible of {summary['rows']:,} rows; excluded: "
             f"{html.escape(', '.join(f'{k} {v:,}' for k, v in summary['excluded'].items()) or 'none')}. "
-            f"Bands: {', '.join(f'{k} {v:,}' for k, v in summary['bands'].items())}. "
+            f"Bands: {html.escape(', '.join(f'{k} {v:,}' for k, v in summary['bands'].items()))}. "
             f"Weights: min {w['min']:.3f}, mean {w['mean']:.3f}, max {w['max']:.3f}, "
             f"effective sample size {w['effective_sample_size']:,.0f}.</p>"
             f"<h2>Parameters</h2>{_table(_parameter_rows(summary['parameters']), 'parameters')}"

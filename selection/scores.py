@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import posixpath
 from collections import Counter
 from dataclasses import dataclass
@@ -22,8 +21,10 @@ from scoring.foundation.scores import (
     SCORES_SCHEMA,
     ScoreManifest,
     check_scores_schema,
+    parse_part_name,
 )
-from scoring.foundation.storage import fs_url, prefetched
+from scoring.foundation.stagedir import identify
+from scoring.foundation.storage import canonical, fs_url, prefetched, read_json, redact
 from selection.bands import NO_GROUP
 
 
@@ -53,10 +54,13 @@ class ScoreParts:
         return out
 
     def read_part(self, index: int, columns: list[str]) -> pa.Table:
-        """Some columns of one part file."""
+        """Some columns of one part file; a part that cannot be read is named, with how to repair it."""
         fs, path = url_to_fs(self.urls[index])
-        with fs.open(path, "rb") as f:
-            return pq.read_table(f, columns=columns)
+        try:
+            with fs.open(path, "rb") as f:
+                return pq.read_table(f, columns=columns)
+        except (OSError, pa.ArrowException) as exc:
+            raise damaged_part(self.urls[index], exc) from exc
 
     def sample_ids(self, rows: np.ndarray) -> np.ndarray:
         """Sample ids of these global row indices, reading only the ``sample_id`` column of their parts."""
@@ -118,31 +122,40 @@ class ScoreParts:
 
 
 def open_scores(dirs: list[str]) -> ScoreParts:
-    """Check each directory is a complete scores/ (manifest present) and all were scored alike."""
+    """Check each directory is a complete scores/ (manifest present, every part whole) and all were scored alike."""
+    refuse_repeated(dirs)
     urls, rows, manifests, with_ids, with_spans = [], [], [], [], []
     common = set(OPTIONAL_COLUMNS)
     for d in dirs:
         fs, path = url_to_fs(d)
         fs.invalidate_cache(path)  # s3fs caches listings: see parts written since
-        manifest_path = posixpath.join(path, SCORES_MANIFEST_FILE)
-        if not fs.exists(path):
-            raise HardfocusError(f"scores directory '{d}' does not exist")
-        if not fs.exists(manifest_path):
+        found = identify(d)
+        if found.kind == "absent":
+            raise HardfocusError(f"scores directory '{redact(d)}' does not exist")
+        if found.kind != "scores" or not found.complete:
             raise HardfocusError(
-                f"'{d}' has no {SCORES_MANIFEST_FILE}: it is not a finished scores/ directory; (re)run `hardfocus score` on it"
+                f"'{redact(d)}' is {found.describe()}, not a finished scores/ directory (no {SCORES_MANIFEST_FILE}): "
+                "(re)run `hardfocus score` on it"
             )
-        with fs.open(manifest_path, "rb") as f:
-            manifest = ScoreManifest.model_validate(json.loads(f.read()))
-        parts = sorted(fs.glob(posixpath.join(path, "part-*.parquet")))
+        manifest = ScoreManifest.model_validate(read_json(fs, posixpath.join(path, SCORES_MANIFEST_FILE), "scores manifest"))
+        parts = sorted(posixpath.join(path, n) for n in found.names if n.startswith("part-") and n.endswith(".parquet"))
         if len(parts) != manifest.parts:
-            raise HardfocusError(f"'{d}' holds {len(parts)} part files but its manifest lists {manifest.parts}")
+            raise HardfocusError(f"'{redact(d)}' holds {len(parts)} part files but its manifest lists {manifest.parts}")
         dir_spans = []
 
-        def footer(part: str, fs=fs) -> pq.FileMetaData:
-            with fs.open(part, "rb") as f:
-                return pq.read_metadata(f)
+        def footer(part: str, fs=fs) -> pq.FileMetaData | Exception:
+            try:
+                with fs.open(part, "rb") as f:
+                    return pq.read_metadata(f)
+            except (OSError, pa.ArrowException) as exc:
+                return exc
 
         for p, meta in zip(parts, prefetched(footer, parts)):
+            if isinstance(meta, Exception):
+                raise damaged_part(fs_url(fs, p), meta)
+            parsed = parse_part_name(posixpath.basename(p))
+            if parsed is not None and meta.num_rows != parsed[2] - parsed[1]:
+                raise damaged_part(fs_url(fs, p), f"{meta.num_rows} rows where its name says {parsed[2] - parsed[1]}")
             schema = meta.schema.to_arrow_schema()
             check_scores_schema(schema, p)
             with_ids.append("input_ids" in schema.names)
@@ -153,13 +166,65 @@ def open_scores(dirs: list[str]) -> ScoreParts:
         _check_spans_alike(d, parts, dir_spans)
         with_spans.extend(dir_spans)
         manifests.append(manifest)
-    _check_same_model(dirs, manifests)
+    check_scored_alike(dirs, manifests)
     if sum(rows) != sum(m.rows for m in manifests):
         raise HardfocusError(f"the part files hold {sum(rows)} rows but the manifests say {sum(m.rows for m in manifests)}")
-    return ScoreParts(
+    parts = ScoreParts(
         urls, rows, manifests, has_input_ids=bool(with_ids) and all(with_ids),
         part_has_loss_spans=with_spans if any(with_spans) else None, common_columns=frozenset(common),
     )
+    _check_unique_ids(dirs, parts)
+    return parts
+
+
+def damaged_part(url: str, why) -> HardfocusError:
+    return HardfocusError(
+        f"the score part {redact(url)} is damaged ({why}); it was changed after it was written (a power cut, a "
+        "partial copy): delete it and rerun `hardfocus score` with the same arguments, which scores only the missing "
+        "part again"
+    )
+
+
+def refuse_repeated(dirs: list[str]) -> None:
+    """The same directory twice would count every row twice."""
+    seen: dict[str, str] = {}
+    for d in dirs:
+        key = canonical(d)
+        if key in seen:
+            raise HardfocusError(
+                f"the scores directory '{redact(d)}' is given twice ({redact(seen[key])} and {redact(d)}): every row would "
+                "count twice; give each directory once"
+            )
+        seen[key] = d
+
+
+def _check_unique_ids(dirs: list[str], parts: ScoreParts) -> None:
+    """Sample ids must be unique across the directories of one selection: ranks, joins and exports go by them.
+
+    Default ids (``<shard>#<row>``) collide exactly when two directories scored shards of the same relative path,
+    which their manifests say; ids from an id column are read (the ``sample_id`` column of every part).
+    """
+    if len(dirs) < 2:
+        return
+    owner: dict[str, str] = {}
+    for d, m in zip(dirs, parts.manifests):
+        if m.id_column is None:
+            for shard in m.shards:
+                if shard.rel in owner:
+                    raise HardfocusError(
+                        f"'{redact(owner[shard.rel])}' and '{redact(d)}' both scored a shard '{shard.rel}', so their default "
+                        f"sample ids ('{shard.rel}#<row>') collide: score both inputs into one scores/ directory (their "
+                        "common parent as the input), or score with an --id-column of unique ids"
+                    )
+                owner[shard.rel] = d
+    if all(m.id_column is None for m in parts.manifests):
+        return
+    ids = pl.scan_parquet(parts.urls).select("sample_id").group_by("sample_id").agg(pl.len().alias("n")).filter(pl.col("n") > 1).head(3).collect(engine="streaming")
+    if ids.height:
+        raise HardfocusError(
+            f"sample ids repeat across {', '.join(redact(d) for d in dirs)} (e.g. {', '.join(ids['sample_id'].to_list())}): "
+            "ids must be unique across the directories of one selection; give each sample a unique id"
+        )
 
 
 def _check_spans_alike(d: str, parts: list[str], with_spans: list[bool]) -> None:
@@ -174,13 +239,19 @@ def _check_spans_alike(d: str, parts: list[str], with_spans: list[bool]) -> None
         )
 
 
-def _check_same_model(dirs: list[str], manifests: list[ScoreManifest]) -> None:
+# what two scores/ directories must share for their scores to rank against each other
+ALIKE_KEYS = ("model_fingerprint", "tokenizer_fingerprint", "max_tokens", "dtype", "format", "add_special_tokens",
+              "chat_template_sha256")
+
+
+def check_scored_alike(dirs: list[str], manifests: list[ScoreManifest]) -> None:
+    """Losses of different models, tokenizers, truncations, dtypes or formats do not rank against each other."""
     first = manifests[0]
     for d, m in zip(dirs[1:], manifests[1:]):
-        for key in ("model_fingerprint", "tokenizer_fingerprint"):
+        for key in ALIKE_KEYS:
             if getattr(m, key) != getattr(first, key):
                 raise HardfocusError(
-                    f"'{d}' was scored with a different {key.split('_')[0]} than '{dirs[0]}' "
-                    f"({m.model} {getattr(m, key)} vs {first.model} {getattr(first, key)}); losses of different "
-                    "models or tokenizers do not rank against each other"
+                    f"'{redact(d)}' was scored with another {key} than '{redact(dirs[0])}' ({getattr(m, key)!r} vs "
+                    f"{getattr(first, key)!r}; models {m.model} and {first.model}): scores of different settings do "
+                    "not rank against each other; score both alike"
                 )

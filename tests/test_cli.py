@@ -144,7 +144,8 @@ def test_select_and_report_commands(tmp_path):
     assert summary["parameters"]["temperature"] == 0.5 and summary["bands"]["kept"] == kept
 
     again = runner.invoke(app, ["select", str(tmp_path / "scores"), "-o", str(tmp_path / "sel")])
-    assert again.exit_code == 2 and "already exists; pass --overwrite" in again.output
+    assert again.exit_code == 2 and "holds a selection made with other settings" in again.output
+    assert "pass --overwrite to replace it" in again.output
 
     out = tmp_path / "scores-report"
     rep = runner.invoke(app, ["-q", "report", str(tmp_path / "scores"), "-o", str(out)])

@@ -7,7 +7,7 @@ from scoring.foundation.lazy import lazy_exports
 _EXPORTS = {
     "StepWeighter": "training.weighting",
     "TrainConfig": "training.config",
-    "TrainResult": "training.job",
+    "TrainResult": "training.output",
     "WeightedTrainer": "training.trainer",
     "per_sample_nll": "training.weighting",
     "train": "training.job",
@@ -17,6 +17,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
     from training.config import TrainConfig
-    from training.job import TrainResult, train
+    from training.job import train
+    from training.output import TrainResult
     from training.trainer import WeightedTrainer
     from training.weighting import StepWeighter, per_sample_nll

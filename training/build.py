@@ -9,15 +9,15 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 from transformers.utils import logging as hf_logging
 
+from training.checkpoints import MarkComplete
 from training.collator import WeightedCollator
 from training.config import TrainConfig
+from training.output import CHECKPOINTS, TRAIN_LOG
 from training.trainer import JsonLogCallback, WeightedTrainer
 from training.weighting import StepWeighter
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS = "checkpoints"
-TRAIN_LOG = "train_log.jsonl"
 
 
 def make_weighter(cfg: TrainConfig) -> StepWeighter:
@@ -49,6 +49,7 @@ def training_arguments(cfg: TrainConfig, bf16: bool, progress: bool, with_eval: 
         bf16=bf16,
         use_cpu=not torch.cuda.is_available(),  # also what lets bf16 autocast run on a CPU
         logging_steps=cfg.logging_steps,
+        logging_nan_inf_filter=False,  # a NaN loss is logged as NaN (and stops the run: trainer.FiniteSteps), not hidden
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
@@ -97,5 +98,6 @@ def build_trainer(
         data_collator=collator,
         processing_class=tokenizer,
         weighter=make_weighter(cfg),
-        callbacks=[JsonLogCallback(Path(cfg.output) / TRAIN_LOG), *(extra_callbacks or [])],
+        # MarkComplete before the extra callbacks: Ray's report copies a checkpoint once it is marked complete
+        callbacks=[JsonLogCallback(Path(cfg.output) / TRAIN_LOG), MarkComplete(), *(extra_callbacks or [])],
     )

@@ -4,7 +4,7 @@ The sources are those :func:`training.sources.find_sources` checked in the drive
 their parts (``read_parquet``, each once) and splits them across the workers, which take
 token-id batches with ``iter_torch_batches`` and the same collator as a single-process run. The
 Trainer runs under DDP (gloo on CPU, NCCL on GPU) as Ray Train sets it up; ``prepare_trainer``
-makes it use the Ray Data iterator, ``RayTrainReportCallback`` reports each checkpoint to Ray.
+makes it use the Ray Data iterator, and rank 0 reports each checkpoint to Ray once it is complete.
 
 The output directory must be on storage every worker sees (a local path on one machine, a shared
 filesystem on a cluster): rank 0 writes the final checkpoint and the log there, as in-process
@@ -15,13 +15,18 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
+from tempfile import TemporaryDirectory
 
 from ray.data.collate_fn import NumpyBatchCollateFn
+from transformers import TrainerCallback
 
-from scoring.foundation.console import native_stderr_to_file, quiet_ray_data_console, ray_log_level
+from scoring.foundation.console import native_stderr_to_file, quiet_ray_data_console
 from scoring.foundation.errors import HardfocusError
+from training.checkpoints import COMPLETE_MARKER
 from training.config import TrainConfig
+from training.output import RAY_RESULTS
 from training.sources import TrainingSources, find_sources, training_rows
 
 log = logging.getLogger(__name__)
@@ -59,8 +64,14 @@ def fit_on_ray(cfg: TrainConfig, sources: TrainingSources, model_path: str, bf16
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if not ray.is_initialized():
-        ray.init(address=cfg.ray_address or os.environ.get("RAY_ADDRESS"), logging_level=ray_log_level())
+    if not ray.is_initialized():  # the training API on its own (`hardfocus train` has started it already)
+        import scoring.foundation
+        import training
+        from scoring.foundation.ray_local import init_ray
+
+        # a cluster gets the packages its workers import (scoring for its foundation); a local Ray listens on 127.0.0.1
+        scoring_dir = os.path.dirname(os.path.dirname(scoring.foundation.__file__))
+        init_ray(cfg.ray_address, packages=[scoring_dir, os.path.dirname(training.__file__)])
     quiet_ray_data_console()
     trainer = TorchTrainer(
         _worker_loop,
@@ -68,7 +79,7 @@ def fit_on_ray(cfg: TrainConfig, sources: TrainingSources, model_path: str, bf16
         scaling_config=ScalingConfig(
             num_workers=cfg.ray_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
         ),
-        run_config=RunConfig(name="hardfocus-train", storage_path=str(Path(cfg.output).absolute() / "ray_results")),
+        run_config=RunConfig(name="hardfocus-train", storage_path=str(Path(cfg.output).absolute() / RAY_RESULTS)),
         datasets={"train": _with_read_capacity(training_dataset(sources), cfg)},
     )
     try:
@@ -117,7 +128,7 @@ def _worker_loop(config: dict) -> None:
 
     import ray.train
     import torch
-    from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
+    from ray.train.huggingface.transformers import prepare_trainer
 
     from training.build import build_trainer, training_arguments
     cfg = TrainConfig.model_validate(config["cfg"])
@@ -126,7 +137,7 @@ def _worker_loop(config: dict) -> None:
     shard = ray.train.get_dataset_shard("train")
     # use_cpu: accelerate treats a CPU process group as MULTI_CPU (DDP over gloo) only when told it is on CPU
     args = training_arguments(cfg, bf16=config["bf16"], progress=config["progress"], with_eval=False, use_cpu=not cfg.use_gpu)
-    trainer = build_trainer(cfg, config["model_path"], args, train_dataset=None, extra_callbacks=[RayTrainReportCallback()])
+    trainer = build_trainer(cfg, config["model_path"], args, train_dataset=None, extra_callbacks=[_ReportCheckpoints()])
     trainer.train_dataset = shard.iter_torch_batches(batch_size=cfg.batch_size, collate_fn=_RayCollate(trainer.data_collator))
     trainer = prepare_trainer(trainer)
     trainer.train(resume_from_checkpoint=config["resume"])
@@ -134,6 +145,31 @@ def _worker_loop(config: dict) -> None:
         trainer.save_model(cfg.output)
         state = {"global_step": trainer.state.global_step, "log_history": trainer.state.log_history}
         (Path(cfg.output) / ".ray_state.json").write_text(json.dumps(state))
+
+
+class _ReportCheckpoints(TrainerCallback):
+    """Report each checkpoint to Ray Train once it is complete, from rank 0 only.
+
+    Ray's ``RayTrainReportCallback`` copies the newest checkpoint directory on every rank, and a rank
+    other than 0 can copy it while rank 0 is still writing (a vanished temp file fails the copy). Here
+    rank 0, whose ``on_save`` runs after it wrote the checkpoint and after :class:`training.checkpoints.MarkComplete`
+    marked it, copies that step's checkpoint; the other ranks report the metrics without a checkpoint
+    (``ray.train.report`` is called by every rank).
+    """
+
+    def on_save(self, args, state, control, **kwargs):
+        import ray.train
+
+        metrics = {}
+        for record in state.log_history:
+            metrics.update(record)
+        source = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if ray.train.get_context().get_world_rank() != 0 or not (source / COMPLETE_MARKER).exists():
+            ray.train.report(metrics=metrics, checkpoint=None)
+            return
+        with TemporaryDirectory() as tmp:
+            shutil.copytree(source, Path(tmp, "checkpoint"))
+            ray.train.report(metrics=metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 class _RayCollate(NumpyBatchCollateFn):

@@ -6,14 +6,16 @@ Ray Train path (:mod:`training.ray_train`) alike. It lists the parts and reads t
 themselves are read once, later, by whichever path trains, and each table or block of them goes
 through :func:`training_rows`, which does the row checks the footers cannot.
 
-A source is one of
+A source is one of (as :func:`scoring.foundation.stagedir.identify` tells them apart)
 - ``selected``: ``summary.json`` (written last) and parts in the :mod:`scoring.foundation.selected` contract;
-  parts without ``summary.json`` are an interrupted selection and are refused;
+  an unfinished selection is refused;
 - ``scores``: ``manifest.json`` (written last) and parts in the :mod:`scoring.foundation.scores` contract; the
   rows with status ``ok`` are trained on, with weight 1;
-- ``tokens``: any other directory of ``part-*.parquet`` with ``input_ids`` (``weight``, ``sample_id``,
-  ``group`` and ``loss_spans`` optional): raw shards tokenised by ``hardfocus train``.
+- ``tokens``: raw shards tokenised by ``hardfocus train`` (``tokenized.json``), or any other directory of
+  ``part-*.parquet`` with ``input_ids`` (``weight``, ``sample_id``, ``group`` and ``loss_spans`` optional).
 Every part may carry ``loss_spans`` (:data:`scoring.foundation.scores.LOSS_SPANS_TYPE`), or not (plain text).
+Each source's marker must count the parts and rows the directory holds, and gives the source's identity (part of
+the training run's) and the fingerprint of the tokenizer that made its ``input_ids``.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from scoring.foundation.errors import HardfocusError
-from scoring.foundation.scores import LOSS_SPANS_TYPE, SCORES_MANIFEST_FILE, Status, check_scores_schema
+from scoring.foundation.fingerprints import digest, manifest_digest
+from scoring.foundation.scores import LOSS_SPANS_TYPE, SCORES_MANIFEST_FILE, ScoreManifest, Status, check_scores_schema
 from scoring.foundation.selected import SUMMARY_FILE, check_selected_schema
-from scoring.foundation.storage import fs_url, prefetched
+from scoring.foundation.stagedir import PathInfo, identify
+from scoring.foundation.storage import fs_url, prefetched, read_json, redact
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,8 @@ class Source:
     columns: tuple[tuple[str, ...], ...]  # per part: input_ids (+ status for scores) and the OPTIONAL columns it has
     rows: int  # rows training will use (status ok for scores/)
     not_ok: int  # scores/ rows whose status is not ok: counted, never trained on
+    identity: str = ""  # a digest of its marker (summary.json, manifest.json, tokenized.json) or of its parts
+    tokenizer: str | None = None  # the fingerprint of the tokenizer that made its input_ids, where recorded
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,11 @@ class TrainingSources:
         return {s.path: s.kind for s in self.sources}
 
     @property
+    def identity(self) -> list[str]:
+        """What a training run on these sources depends on: each source's identity (part of the run's key)."""
+        return [s.identity for s in self.sources]
+
+    @property
     def has_weights(self) -> bool:
         """Static weights exist unless a source is scores/ (weight 1 for every row is no selection)."""
         return all(s.kind != "scores" for s in self.sources)
@@ -85,38 +96,71 @@ def find_sources(paths: list[str]) -> TrainingSources:
 
 def _source(path: str) -> Source:
     fs, root = url_to_fs(path)
-    fs.invalidate_cache(root)  # s3fs caches listings: see parts written since
-    if not fs.isdir(root):
-        raise HardfocusError(f"training data '{path}' is not a directory (give selected/ or scores/ directories)")
-    parts = sorted(fs.glob(posixpath.join(root, "part-*.parquet")))
-    if fs.exists(posixpath.join(root, SUMMARY_FILE)):
-        kind = "selected"
-    elif fs.exists(posixpath.join(root, SCORES_MANIFEST_FILE)):
-        kind = "scores"
-    elif parts:
-        kind = "tokens"
-    else:
-        raise HardfocusError(f"'{path}' holds no part-*.parquet files: not a selected/ or scores/ directory")
+    found = identify(path)
+    if found.kind in ("absent", "file"):
+        raise HardfocusError(f"training data '{redact(path)}' is not a directory (give selected/ or scores/ directories)")
+    kind = {"selected": "selected", "scores": "scores", "tokens": "tokens", "parts": "tokens"}.get(found.kind)
+    if kind is None:
+        raise HardfocusError(f"'{redact(path)}' is {found.describe()}: not training data (give selected/ or scores/ directories)")
+    if found.stage is not None and not found.complete:
+        stage = {"selected": "select", "scores": "score"}.get(found.kind, "train")
+        raise HardfocusError(
+            f"'{redact(path)}' is {found.describe()} (no {found.stage.marker}): it did not finish; rerun `hardfocus {stage}`"
+        )
+    parts = sorted(posixpath.join(root, n) for n in found.names if n.startswith("part-") and n.endswith(".parquet"))
     if not parts:
-        raise HardfocusError(f"'{path}' is a finished {kind}/ directory without rows")
+        raise HardfocusError(f"'{redact(path)}' is a finished {kind}/ directory without rows")
     footers = list(prefetched(lambda p: _footer(fs, p), parts))
-    if kind == "tokens":
+    if found.kind == "parts":
         _refuse_unfinished(path, footers)
     for part, footer in zip(parts, footers):
         if isinstance(footer, Exception):
-            raise HardfocusError(f"cannot read '{fs_url(fs, part)}' of '{path}': {footer}; was it written completely?")
+            raise HardfocusError(
+                f"cannot read '{redact(fs_url(fs, part))}' of '{redact(path)}' ({footer}): it was damaged after it was "
+                f"written; write it again (rerun the stage that wrote '{redact(path)}' with --overwrite)"
+            )
     columns, rows, not_ok = [], 0, 0
     for part, footer in zip(parts, footers):
-        columns.append(_check_part(footer.schema.to_arrow_schema(), kind, f"'{fs_url(fs, part)}'"))
+        columns.append(_check_part(footer.schema.to_arrow_schema(), kind, f"'{redact(fs_url(fs, part))}'"))
         rows += footer.num_rows
         if kind == "tokens" and "status" in footer.schema.names:
             raise HardfocusError(
                 f"'{path}' has scores/ parts but no {SCORES_MANIFEST_FILE}: the scoring did not finish; rerun `hardfocus score`"
             )
+    identity, tokenizer = _recorded(fs, root, found, len(parts), rows, footers)
     if kind == "scores":  # the status column only: which rows are trained on
         for status in prefetched(lambda p: _read(fs, p, ["status"]).column("status"), parts):
             not_ok += len(status) - (pc.sum(pc.equal(status, Status.OK.value)).as_py() or 0)
-    return Source(path, kind, tuple(fs_url(fs, p) for p in parts), tuple(columns), rows - not_ok, not_ok)
+    return Source(path, kind, tuple(fs_url(fs, p) for p in parts), tuple(columns), rows - not_ok, not_ok,
+                  identity=identity, tokenizer=tokenizer)
+
+
+def _recorded(fs, root: str, found: PathInfo, n_parts: int, rows: int, footers: list) -> tuple[str, str | None]:
+    """(identity, tokenizer fingerprint) from the source's marker, checked against its parts: a marker that counts
+    other parts or rows than the directory holds means parts were lost or added after it was written."""
+    where = f"'{redact(found.url)}'"
+    if found.kind == "parts":  # a token directory written by hand: its parts are its identity; no tokenizer recorded
+        return digest([[f.num_rows, f.serialized_size] for f in footers]), None
+    marker = read_json(fs, posixpath.join(root, found.stage.marker), f"{found.kind}/ marker")
+    if found.kind == "selected":
+        expected_parts, expected_rows = marker.get("output_parts"), (marker.get("bands") or {}).get("kept")
+        tokenizers = {s.get("tokenizer_fingerprint") for s in marker.get("scores", [])}
+        tokenizer = tokenizers.pop() if len(tokenizers) == 1 else None
+        identity = digest(marker)
+    elif found.kind == "scores":
+        manifest = ScoreManifest.model_validate(marker)
+        expected_parts, expected_rows, tokenizer = manifest.parts, manifest.rows, manifest.tokenizer_fingerprint
+        identity = manifest_digest(manifest)
+    else:
+        expected_parts, expected_rows = marker.get("parts"), marker.get("rows")
+        tokenizer, identity = marker.get("tokenizer_fingerprint"), digest(marker)
+    if expected_parts is not None and expected_parts != n_parts or expected_rows is not None and expected_rows != rows:
+        raise HardfocusError(
+            f"{where} holds {n_parts} part files with {rows} rows, but its {found.stage.marker} says {expected_parts} "
+            f"with {expected_rows}: parts were lost or added after it was written; write it again (rerun the stage "
+            "with --overwrite)"
+        )
+    return identity, tokenizer
 
 
 def _footer(fs, part: str) -> pq.FileMetaData | Exception:
@@ -177,7 +221,7 @@ def training_rows(table: pa.Table, kind: str, where: str, part: str | None = Non
     ``loss_spans`` (null for plain text); given the ``part`` it came from (in-process), also
     ``sample_id`` and ``group`` (``<part>#<row>`` and null where absent). Errors name ``where``. Scores rows with a status other than ok are dropped
     (:func:`find_sources` counted them). Raises on rows that cannot be trained on: fewer than 2
-    tokens, a null weight, malformed spans or spans that select no target token.
+    tokens, a null, NaN, infinite or negative weight, malformed spans or spans that select no target token.
     """
     if kind == "scores":
         table = table.filter(pc.equal(table.column("status"), Status.OK.value))
@@ -186,6 +230,7 @@ def training_rows(table: pa.Table, kind: str, where: str, part: str | None = Non
     weight = table.column("weight").cast(pa.float32()) if "weight" in names and kind != "scores" else pa.array(np.ones(n, np.float32))
     if weight.null_count:
         raise HardfocusError(f"{weight.null_count} rows of '{where}' have a null weight")
+    _check_weights(weight, where)
     columns = {
         "input_ids": table.column("input_ids").cast(pa.list_(pa.int32())),
         "weight": weight,
@@ -203,6 +248,18 @@ def training_rows(table: pa.Table, kind: str, where: str, part: str | None = Non
         raise HardfocusError(f"rows of '{where}' have fewer than 2 tokens: nothing to predict (were they scored ok?)")
     _check_spans(out, where)
     return out
+
+
+def _check_weights(weight: pa.Array | pa.ChunkedArray, where: str) -> None:
+    """Refuse NaN, infinite and negative weights: one would make the loss, and so the model, NaN or train it backwards."""
+    values = weight.to_numpy()  # no nulls: checked before
+    for bad, what in ((~np.isfinite(values), "not finite (NaN or infinite)"), (values < 0, "negative")):
+        if n := int(np.count_nonzero(bad)):
+            example = values[np.flatnonzero(bad)[0]]
+            raise HardfocusError(
+                f"{n} rows of '{where}' have a weight that is {what} (e.g. {example}): weights must be finite and >= 0; "
+                "rerun `hardfocus select`, or fix the weight column"
+            )
 
 
 def _check_spans(table: pa.Table, where: str) -> None:

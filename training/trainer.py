@@ -3,7 +3,8 @@
 Only ``compute_loss`` (the objective), ``get_batch_samples`` (to learn the micro-batch sizes of a
 step before its first forward) and ``log`` (weight statistics) change, so the Trainer's schedule,
 accumulation, mixed precision, checkpoints, resume, callbacks, DDP and Ray Train all work as usual.
-The console output is :class:`training.progress.TrainProgress` instead of the stock raw-dict printers.
+The console output is :class:`training.progress.TrainProgress` instead of the stock raw-dict printers;
+:class:`FiniteSteps` stops a run whose loss or gradient norm is not finite before that step is applied.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback
 
+from scoring.foundation.errors import HardfocusError
 from training.progress import TrainProgress
 from training.weighting import StepWeighter, per_sample_nll
 
@@ -33,10 +35,12 @@ class WeightedTrainer(Trainer):
         for stock in (ProgressCallback, PrinterCallback):  # they print each log record as a raw dict
             self.remove_callback(stock)
         self.add_callback(TrainProgress(show_bar=not self.args.disable_tqdm))
+        self.add_callback(FiniteSteps(self))
         self.weighter = weighter
         self.loss_is_scaled_for_ga = True  # compute_loss already divides by the step's sample count
         self.model_accepts_loss_kwargs = False  # no token counting: the objective is per sample
         self._reported_loss: torch.Tensor | None = None
+        self._step_loss: torch.Tensor | None = None  # sum of the step's micro-batch losses, checked before it is applied
         if self.weighter.window > 1 and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
             raise ValueError("online_window > 1 rescales param.grad in place, which DeepSpeed and FSDP do not expose")
 
@@ -61,6 +65,8 @@ class WeightedTrainer(Trainer):
                 torch._foreach_mul_(grads, plan.grad_scale)
         self._reported_loss = plan.mean_loss_share.detach()
         loss = (plan.coef.to(losses.device) * losses).sum()
+        checked = loss.detach() + self._reported_loss.to(loss.device)  # NaN or infinite if either is
+        self._step_loss = checked if self._step_loss is None else self._step_loss + checked.to(self._step_loss.device)
         return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -71,6 +77,47 @@ class WeightedTrainer(Trainer):
         if "loss" in logs:
             logs.update(self.weighter.stats.pop())
         super().log(logs, start_time)
+
+
+class FiniteSteps(TrainerCallback):
+    """Stop a run whose loss or gradient norm is not finite, before the optimizer applies that step.
+
+    A NaN step would make every parameter NaN, and the run would still log, save and "finish" (the
+    Trainer's ``logging_nan_inf_filter``, off in :func:`training.build.training_arguments`, even hides
+    it in the log). One check per optimizer step, after the gradients are reduced (DDP) and clipped:
+    the step's accumulated loss and the per-tensor gradient norms (``torch._foreach_norm``) in one
+    device-to-host sync. Under DDP every rank sees the same reduced gradients, so every rank stops at
+    the same step. The checkpoints written before that step are kept; no final model or manifest is.
+    """
+
+    def __init__(self, trainer: WeightedTrainer):
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        trainer = self.trainer
+        loss, trainer._step_loss = trainer._step_loss, None
+        grads = [_local(p.grad) for p in (model or trainer.model).parameters() if p.grad is not None]
+        norms = list(torch._foreach_norm(grads)) if grads else []  # none under DeepSpeed: the loss is checked
+        device = loss.device if loss is not None else (norms[0].device if norms else None)
+        if device is None:
+            return
+        values = [v.to(device=device, dtype=torch.float32) for v in ([loss] if loss is not None else []) + norms]
+        if bool(torch.isfinite(torch.stack(values)).all()):
+            return
+        if loss is not None and not bool(torch.isfinite(loss)):
+            what = f"the loss is not finite ({float(loss)})"
+        else:
+            what = f"the gradient norm is not finite ({float(torch.stack(values[1 if loss is not None else 0:]).norm())})"
+        raise HardfocusError(
+            f"training step {state.global_step + 1} of {state.max_steps}: {what}; stopped before the optimizer applied it, "
+            "no model or manifest is written (earlier checkpoints are kept). Check the training data, lower the "
+            "learning rate, or train with --precision fp32"
+        )
+
+
+def _local(grad: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (FSDP2), else the gradient itself."""
+    return grad.to_local() if hasattr(grad, "to_local") else grad
 
 
 class JsonLogCallback(TrainerCallback):
@@ -85,9 +132,14 @@ class JsonLogCallback(TrainerCallback):
         self.path = Path(path)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero and self.path.exists():
+        if state.is_world_process_zero:
+            self.trim(state.global_step)
+
+    def trim(self, step: int) -> None:
+        """Drop the records after ``step`` and a last line a kill cut short."""
+        if self.path.exists():
             lines = self.path.read_text().splitlines()
-            kept = [line for line in lines if _step(line) <= state.global_step]
+            kept = [line for line in lines if _step(line) <= step]
             if len(kept) < len(lines):
                 self.path.write_text("".join(line + "\n" for line in kept))
 

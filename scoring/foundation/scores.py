@@ -10,7 +10,6 @@ runs. Selection refuses to mix score directories whose manifests disagree on wha
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from enum import StrEnum
 
@@ -23,6 +22,16 @@ from scoring.foundation.errors import HardfocusError
 SCORES_JOB_FILE = "job.json"  # what the parts were computed with: written first
 SCORES_MANIFEST_FILE = "manifest.json"  # written last, when every unit is done: the marker of a complete scores/
 DONE_DIR = "done"  # one marker per finished shard
+
+
+def parse_part_name(name: str) -> tuple[str, int, int] | None:
+    """(shard digest, start, stop) of a part file name (``part-<digest>-<start>-<stop>.parquet``: rows
+    ``[start, stop)`` of the shard), or None for another file."""
+    stem = name.removeprefix("part-").removesuffix(".parquet")
+    bits = stem.split("-")
+    if len(bits) != 3 or not (bits[1].isdigit() and bits[2].isdigit()):
+        return None
+    return bits[0], int(bits[1]), int(bits[2])
 
 
 class Status(StrEnum):
@@ -152,6 +161,7 @@ class ShardInfo(BaseModel):
     format: str
     compression: str | None
     size: int
+    modified: str | None = None  # mtime (ns) locally, the ETag / last-modified on a store: a change at the same size
     rows: int
 
 
@@ -204,14 +214,3 @@ class ScoreManifest(ScoreCounts):
     parts: int
     runs: list[RunInfo]
     versions: dict[str, str]
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    """sha256 of the tokenizer's full serialisation and special tokens: equal iff it tokenises the same.
-
-    Manifests record it, and every stage that reads token ids compares it with the tokenizer it uses.
-    """
-    import json
-
-    payload = tokenizer.backend_tokenizer.to_str() + json.dumps(tokenizer.special_tokens_map, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]

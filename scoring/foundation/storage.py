@@ -85,7 +85,7 @@ def list_names(fs, path: str) -> list[str]:
     return [posixpath.basename(p.rstrip("/")) for p in entries]
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -118,7 +118,7 @@ def commit(fs, path: str, write: Callable[[IO[bytes]], object]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(folder or ".")
+    fsync_dir(folder or ".")
 
 
 def commit_bytes(fs, path: str, data: bytes) -> None:
@@ -159,13 +159,13 @@ def fsync_tree(path: str) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(root)
+        fsync_dir(root)
 
 
 def rename_durably(src: str, dst: str) -> None:
     """Rename a local file or directory and make the rename survive a power cut."""
     os.replace(src, dst)
-    _fsync_dir(os.path.dirname(os.path.abspath(dst)))
+    fsync_dir(os.path.dirname(os.path.abspath(dst)))
 
 
 def canonical(url: str) -> str:

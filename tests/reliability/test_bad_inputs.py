@@ -152,7 +152,7 @@ def test_schema_drift_between_shards(tmp_path, tiny_model_dir):
     with pytest.raises(HardfocusError, match=r"2.parquet has no column 'group'.*pass --group-column"):
         run(tmp_path, tiny_model_dir, [tmp_path / "in"], group_column="group")
     # without groups both shards are fine; the parts scored with groups before the error are replaced
-    with pytest.raises(HardfocusError, match=r"different configuration \(differs in: group_column\)"):
+    with pytest.raises(HardfocusError, match=r"made with other settings \(differs in: group_column\)"):
         run(tmp_path, tiny_model_dir, [tmp_path / "in"])
     result = run(tmp_path, tiny_model_dir, [tmp_path / "in"], overwrite=True)
     assert result.manifest.rows == 9

@@ -91,7 +91,7 @@ def test_two_score_runs_on_one_output(tmp_path, tiny_model_dir):
     out = tmp_path / "scores"
     holder = subprocess.Popen(  # the first run, stopped just after it took the output (deterministic, unlike timing)
         [sys.executable, "-c", "import sys, time\nfrom scoring.output import ScoresDir\n"
-         f"d = ScoresDir({str(out)!r}); d.create(); d.lock(); print('locked', flush=True); time.sleep(600)"],
+         f"d = ScoresDir({str(out)!r}); d.lock(); print('locked', flush=True); time.sleep(600)"],
         env=ENV, stdout=subprocess.PIPE, text=True,
     )
     args = ["-q", "score", str(tmp_path / "in"), "-o", str(out), "--model", tiny_model_dir, "--executor", "local",
@@ -156,7 +156,7 @@ def test_a_part_cut_short_by_a_kill_is_refused_with_what_to_do(tmp_path):
     (tmp_path / "tokens").mkdir()  # a directory of token parts (no marker) whose second part is cut short
     (tmp_path / "tokens" / "part-0.parquet").write_bytes(part.read_bytes())
     (tmp_path / "tokens" / "part-1.parquet").write_bytes(part.read_bytes()[:100])
-    with pytest.raises(HardfocusError, match="part-1.parquet.*written completely"):
+    with pytest.raises(HardfocusError, match="part-1.parquet.*damaged after it was written"):
         load_training_data([str(tmp_path / "tokens")])
 
 
@@ -173,7 +173,9 @@ def test_kill_train_then_resume_from_the_last_checkpoint(tmp_path, tiny_model_di
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "train_manifest.json").exists()
-    last = max(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("checkpoint-*"))
+    from training.checkpoints import resumable_checkpoint  # the newest complete one: a kill may cut the next one short
+
+    last = int(Path(resumable_checkpoint(out / "checkpoints")).name.split("-")[1])
     assert 20 <= last < 60
     resumed = typer.testing.CliRunner().invoke(app, ["-q", *args, "-o", str(out)])  # in this process: saves a CLI start
     assert resumed.exit_code == 0, resumed.output

@@ -60,7 +60,7 @@ def test_score_with_inputs_and_output_on_s3_equals_a_local_run(corpus, tmp_path)
     assert result.manifest.rows_by_status == corpus["reference"].manifest.rows_by_status
     assert all(s.url.startswith("s3://") for s in result.manifest.shards)
     listed = names(corpus["scores"])
-    assert "manifest.json" in listed and ".lock" not in listed  # complete, lock released (deleted)
+    assert "manifest.json" in listed and ".scores.lock" not in names(corpus["scores"].rsplit("/", 1)[0])  # lock released
     assert not [n for n in listed if ".tmp-" in n]  # no temporary objects: parts are written in one PUT
     local = download(corpus["scores"], tmp_path / "scores")
     assert_same_scores(read_scores(local), read_scores(corpus["root"] / "reference"))
@@ -99,8 +99,10 @@ def test_select_and_train_read_and_write_s3(corpus, s3_url, tmp_path, tiny_model
     a, b = pl.read_parquet(f"{remote}/part-*.parquet"), pl.read_parquet(f"{tmp_path / 'local-sel'}/part-*.parquet")
     assert a.select("sample_id", "weight").equals(b.select("sample_id", "weight"))
 
-    again = CliRunner().invoke(app, ["-q", "select", corpus["scores"], "-o", out])  # exists: refused without --overwrite
-    assert again.exit_code == 2 and "already exists" in again.output
+    again = CliRunner().invoke(app, ["-q", "select", corpus["scores"], "-o", out])  # the same selection: nothing to do
+    assert again.exit_code == 0 and "already complete" in again.output
+    other = CliRunner().invoke(app, ["-q", "select", corpus["scores"], "-o", out, "--keep", "0.4"])
+    assert other.exit_code == 2 and "made with other settings (differs in: parameters.keep)" in other.output
 
     data = load_training_data([out])
     assert data.kinds == {out: "selected"} and len(data) == summary["bands"]["kept"]
@@ -116,13 +118,41 @@ def test_select_and_train_read_and_write_s3(corpus, s3_url, tmp_path, tiny_model
     assert train(on_s3, tiny_model_dir, bf16=False, progress=False).skipped  # the store's marker says it is done
 
 
+def _lock_of(url: str) -> str:
+    """The lock object of an output: ``.<name>.lock`` beside it."""
+    parent, name = url.rstrip("/").rsplit("/", 1)
+    return f"{parent}/.{name}.lock"
+
+
 def _lock_record(url: str) -> dict:
-    return json.loads(s3_fs().cat_file(f"{url}/.lock"))
+    """The record of the lock of the output ``url``."""
+    return _record_at(_lock_of(url))
+
+
+def _record_at(path: str) -> dict:
+    return json.loads(s3_fs().cat_file(path))
+
+
+def _wait_until_old(path: str, ttl_s: float) -> None:
+    """Until the store says the object at ``path`` is older than ``ttl_s`` (its Date against its Last-Modified)."""
+    from email.utils import parsedate_to_datetime
+
+    from scoring.foundation.lock import TIMESTAMP_RESOLUTION_S
+
+    fs, deadline = s3_fs(), time.monotonic() + 60
+    bucket, key, _ = fs.split_path(path)
+    while True:
+        head = fs.call_s3("head_object", Bucket=bucket, Key=key)
+        age = parsedate_to_datetime(head["ResponseMetadata"]["HTTPHeaders"]["date"]) - head["LastModified"]
+        if age.total_seconds() > ttl_s + TIMESTAMP_RESOLUTION_S:
+            return
+        assert time.monotonic() < deadline, "the store's clock did not advance"
+        time.sleep(0.1)
 
 
 def test_a_second_score_run_is_refused_while_the_lock_is_held(corpus, s3_url, tiny_model_dir):
     fs = s3_fs()
-    holder = OutputLock(fs, f"{s3_url}/scores/.lock".removeprefix("s3://"))
+    holder = OutputLock(fs, _lock_of(f"{s3_url}/scores").removeprefix("s3://"))
     holder.acquire()
     try:
         record = _lock_record(f"{s3_url}/scores")
@@ -133,7 +163,7 @@ def test_a_second_score_run_is_refused_while_the_lock_is_held(corpus, s3_url, ti
         assert _lock_record(f"{s3_url}/scores")["token"] == holder.token  # and left the holder's lock alone
     finally:
         holder.release()
-    assert ".lock" not in names(f"{s3_url}/scores")  # released = deleted
+    assert ".scores.lock" not in names(s3_url)  # released = deleted
     assert score(_cfg(corpus["in"], f"{s3_url}/scores", tiny_model_dir), progress=False).manifest.rows == ROWS
 
 
@@ -158,7 +188,7 @@ def test_exactly_one_of_concurrent_acquirers_gets_the_lock(s3_url):
     for t in threads:
         t.join()
     assert len(won) == 1 and len(refused) == 5
-    assert _lock_record(s3_url)["token"] == won[0].token
+    assert _record_at(f"{s3_url}/.lock")["token"] == won[0].token
     won[0].release()
 
 
@@ -167,15 +197,21 @@ def test_a_stale_lock_is_taken_over_and_its_old_owner_cannot_delete_the_new_one(
     path = f"{s3_url}/.lock".removeprefix("s3://")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
-    # this host, a process that is gone, not yet expired: taken over at once (a SIGKILLed run can be rerun)
-    fs.pipe_file(path, json.dumps({"host": socket.gethostname(), "pid": dead_pid, "token": "t0",
+    # this host (and boot, and PID namespace), a process that is gone, not yet expired: taken over at once (a
+    # SIGKILLed run can be rerun)
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        boot_id = f.read().strip()
+    fs.pipe_file(path, json.dumps({"host": socket.gethostname(), "boot_id": boot_id,
+                                   "pid_namespace": os.readlink("/proc/self/ns/pid"), "pid": dead_pid, "token": "t0",
                                    "expires_at": time.time() + 3600}).encode())
     first = OutputLock(s3_fs(), path)
     first.acquire()
-    assert _lock_record(s3_url)["token"] == first.token
+    assert _record_at(f"{s3_url}/.lock")["token"] == first.token
     first.release()
-    # another host, expired: taken over
-    fs.pipe_file(path, json.dumps({"host": "elsewhere", "pid": 1, "token": "t1", "expires_at": time.time() - 1}).encode())
+    # another host, expired (by the store's clock: its owner's TTL passed since the store last saw it): taken over
+    fs.pipe_file(path, json.dumps({"host": "elsewhere", "pid": 1, "token": "t1", "ttl_s": 0.5,
+                                   "expires_at": time.time() + 3600}).encode())
+    _wait_until_old(path, 0.5)
     second = OutputLock(s3_fs(), path)
     second.acquire()
     second.release()
@@ -191,15 +227,14 @@ def test_a_stale_lock_is_taken_over_and_its_old_owner_cannot_delete_the_new_one(
     old.acquire()
     old._stop.set()  # its heartbeat stops (a stalled process)
     old._thread.join()
-    while time.time() <= _lock_record(s3_url)["expires_at"]:
-        time.sleep(0.05)
+    _wait_until_old(path, 1)
     new = OutputLock(s3_fs(), path)
     new.acquire()
     assert not old.lost  # it does not know yet ...
     with pytest.raises(OSError):  # ... its next refresh (If-Match on its old version) fails ...
         old._put(old._etag, create=False)
     old.release()  # ... and its release does not delete the new owner's lock
-    assert _lock_record(s3_url)["token"] == new.token
+    assert _record_at(f"{s3_url}/.lock")["token"] == new.token
     new.release()
     assert ".lock" not in names(s3_url)
 
@@ -210,12 +245,12 @@ def test_the_heartbeat_refreshes_the_lock(s3_url, monkeypatch):
     lock = OutputLock(s3_fs(), f"{s3_url}/.lock".removeprefix("s3://"))
     lock.acquire()
     try:
-        first = _lock_record(s3_url)["expires_at"]
+        first = _record_at(f"{s3_url}/.lock")["expires_at"]
         deadline = time.time() + 60
-        while _lock_record(s3_url)["expires_at"] == first:
+        while _record_at(f"{s3_url}/.lock")["expires_at"] == first:
             assert time.time() < deadline, "the heartbeat never refreshed the lock"
             time.sleep(0.05)
-        assert _lock_record(s3_url)["token"] == lock.token and not lock.lost
+        assert _record_at(f"{s3_url}/.lock")["token"] == lock.token and not lock.lost
     finally:
         lock.release()
 
@@ -258,7 +293,7 @@ def test_a_store_without_conditional_writes_gets_a_best_effort_lock(monkeypatch)
 def test_a_failed_local_run_leaves_no_lock_file(tmp_path, tiny_model_dir):
     with pytest.raises(HardfocusError):
         score(_cfg(str(tmp_path / "missing"), str(tmp_path / "out"), tiny_model_dir), progress=False)
-    assert (tmp_path / "out").is_dir() and not (tmp_path / "out" / ".lock").exists()
+    assert not (tmp_path / ".out.lock").exists() and not (tmp_path / "out").exists()
 
 
 # the CLI, with ScoresDir.write_part stopping for good before its 4th part: a kill with exactly 3 parts written
@@ -301,13 +336,13 @@ def test_sigkill_of_a_score_run_on_s3_then_rerun(corpus, s3_url, tmp_path, tiny_
     before = names(out)
     parts_before = [n for n in before if n.startswith("part-")]
     assert parts_before and "manifest.json" not in before
-    assert ".lock" in before and _lock_record(out)["pid"] == proc.pid  # the killed run's lock is left behind
+    assert _lock_record(out)["pid"] == proc.pid  # the killed run's lock is left behind
 
     with caplog.at_level("WARNING", logger="scoring.foundation.lock"):  # the rerun, in-process (saves a CLI start)
         score(_cfg(corpus["in"], out, tiny_model_dir, rows_per_unit=5), progress=False)
     assert f"process {proc.pid} on this host is gone" in caplog.text  # the dead owner's lock was taken over at once
     after = names(out)
-    assert ".lock" not in after and "manifest.json" in after
+    assert ".scores.lock" not in names(s3_url) and "manifest.json" in after
     df = read_scores(download(out, tmp_path / "scores"))
     assert df.height == ROWS and df["sample_id"].n_unique() == ROWS  # nothing lost, nothing twice
     assert_same_scores(df, read_scores(corpus["root"] / "reference"))
@@ -329,7 +364,7 @@ def stalled(*args, **kwargs):
     write_table(*args, **kwargs)
     written.append(1)
 writer.pq.write_table = stalled
-select(SelectConfig(scores=[sys.argv[1]], output=sys.argv[2], overwrite=True, report=False), progress=False)
+select(SelectConfig(scores=[sys.argv[1]], output=sys.argv[2], keep=0.4, overwrite=True, report=False), progress=False)
 """
 
 

@@ -32,7 +32,7 @@ def test_run_with_its_workdir_on_s3_equals_a_local_run(s3_url, tmp_path, tiny_mo
     assert _run(config, *on_s3) == "stages run: score, select, train, eval; up to date: none"
     local, remote = tmp_path / "work", download(work, tmp_path / "from-s3")
     listed = names(work)
-    assert "run_state.json" in listed and "model/train_manifest.json" in listed and "eval/eval.json" in listed
+    assert "model/train_manifest.json" in listed and "eval/eval.json" in listed and "selected/summary.json" in listed
     assert not [n for n in listed if n.startswith(("model/checkpoints", "model/tokenized", "model/ray_results"))]
 
     assert_same_scores(read_scores(remote / "scores"), read_scores(local / "scores"))

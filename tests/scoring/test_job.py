@@ -81,7 +81,7 @@ def test_resume_scores_only_missing_units_and_finished_rerun_is_a_noop(tmp_path,
 def test_other_configuration_or_changed_inputs_are_refused_then_overwritten(tmp_path, tiny_model_dir):
     make_corpus(tmp_path)
     score(_cfg(tmp_path, tiny_model_dir), progress=False)
-    with pytest.raises(HardfocusError, match=r"different configuration \(differs in: max_tokens\)"):
+    with pytest.raises(HardfocusError, match=r"made with other settings \(differs in: max_tokens\)"):
         score(_cfg(tmp_path, tiny_model_dir, max_tokens=32), progress=False)
     result = score(_cfg(tmp_path, tiny_model_dir, max_tokens=32, overwrite=True), progress=False)
     assert result.manifest.max_tokens == 32 and read_scores(tmp_path / "scores")["n_tokens"].max() == 31
@@ -104,7 +104,6 @@ def test_concurrent_run_on_same_output_is_refused(tmp_path, tiny_model_dir):
     make_corpus(tmp_path)
     cfg = _cfg(tmp_path, tiny_model_dir)
     holder = ScoresDir(cfg.output)
-    holder.create()
     holder.lock()
     try:
         with pytest.raises(HardfocusError, match="another hardfocus run is writing to"):

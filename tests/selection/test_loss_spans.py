@@ -84,8 +84,8 @@ def test_parts_of_one_scores_dir_that_disagree_are_refused(tmp_path):
 
 
 def test_a_plain_text_dir_selected_with_a_conversation_dir_gets_null_spans(tmp_path):
-    write_scores(tmp_path / "chat", _losses(30, 4), ids=[f"chat#{i}" for i in range(30)])
-    write_scores(tmp_path / "text", _losses(30, 5), ids=[f"text#{i}" for i in range(30)])
+    write_scores(tmp_path / "chat", _losses(30, 4), ids=[f"chat#{i}" for i in range(30)], shard="chat")
+    write_scores(tmp_path / "text", _losses(30, 5), ids=[f"text#{i}" for i in range(30)], shard="text")
     spans = _add_spans(tmp_path / "chat")
     cfg = SelectConfig(scores=[str(tmp_path / "chat"), str(tmp_path / "text")], output=str(tmp_path / "sel"), keep=0.6)
     select(cfg, progress=False)

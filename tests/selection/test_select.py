@@ -103,7 +103,7 @@ def test_deterministic_and_weighting_none(tmp_path):
 def test_refusals(tmp_path):
     write_scores(tmp_path / "a", [1.0, 2.0, 3.0])
     write_scores(tmp_path / "b", [1.0, 2.0, 3.0], tokenizer_fingerprint="tok-b")
-    with pytest.raises(HardfocusError, match="different tokenizer"):
+    with pytest.raises(HardfocusError, match="another tokenizer_fingerprint"):
         select(SelectConfig(scores=[str(tmp_path / "a"), str(tmp_path / "b")], output=str(tmp_path / "o")), progress=False)
     with pytest.raises(HardfocusError, match="would keep zero samples"):
         select(SelectConfig(scores=[str(tmp_path / "a")], output=str(tmp_path / "o"), drop_top=0.0, keep=0.2), progress=False)
@@ -115,19 +115,22 @@ def test_refusals(tmp_path):
 
 
 def test_two_score_dirs_rank_together_and_output_is_replaced_atomically(tmp_path, monkeypatch):
-    write_scores(tmp_path / "a", [1.0, 5.0, 3.0, 4.0], ids=["a0", "a1", "a2", "a3"])
-    write_scores(tmp_path / "b", [2.0, 6.0, 7.0, 0.5], ids=["b0", "b1", "b2", "b3"])
+    write_scores(tmp_path / "a", [1.0, 5.0, 3.0, 4.0], ids=["a0", "a1", "a2", "a3"], shard="a.jsonl")
+    write_scores(tmp_path / "b", [2.0, 6.0, 7.0, 0.5], ids=["b0", "b1", "b2", "b3"], shard="b.jsonl")
     cfg = SelectConfig(scores=[str(tmp_path / "a"), str(tmp_path / "b")], output=str(tmp_path / "sel"), drop_top=0.25, keep=0.5)
     select(cfg, progress=False)
     assert set(_selected(tmp_path / "sel")["sample_id"]) == {"a1", "a3", "a2", "b0"}  # 7 and 6 dropped
-    with pytest.raises(HardfocusError, match="already exists"):
-        select(cfg, progress=False)
+    written = (tmp_path / "sel" / "summary.json").stat().st_mtime_ns
+    assert select(cfg, progress=False).skipped  # the same selection of the same scores: nothing to do
+    assert (tmp_path / "sel" / "summary.json").stat().st_mtime_ns == written
+    with pytest.raises(HardfocusError, match=r"made with other settings \(differs in: parameters.keep\); pass --overwrite"):
+        select(cfg.model_copy(update={"keep": 0.25}), progress=False)
 
     import selection.job
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt  # a kill while writing
-    monkeypatch.setattr(selection.job, "write_summary", crash)
+    monkeypatch.setattr(selection.job, "write_report", crash)
     with pytest.raises(KeyboardInterrupt):
         select(cfg.model_copy(update={"overwrite": True, "keep": 0.25}), progress=False)
     # the previous complete output is untouched, and no temporary directory is left behind

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import polars as pl
 
 from pipelines.train import run_train
 from scoring import ScoreConfig, score
 from tests.conftest import conversations, write_jsonl
 from training import TrainConfig
-from training.job import TOKENIZED_DIR
 
 
 def test_raw_conversation_shards_are_tokenised_with_the_scoring_spans(tmp_path, tiny_chat_model_dir):
@@ -21,7 +23,10 @@ def test_raw_conversation_shards_are_tokenised_with_the_scoring_spans(tmp_path, 
     run_train(TrainConfig(data=[str(tmp_path / "chat")], output=str(tmp_path / "model"), model=tiny_chat_model_dir,
                           weighting="none", max_steps=1, batch_size=2, max_seq_len=200, precision="fp32", **fmt),
               progress=False)
-    tokens = pl.read_parquet(tmp_path / "model" / TOKENIZED_DIR / "train-0" / "part-00000.parquet")
+    tokenized = next(iter(json.loads((tmp_path / "model" / "train_manifest.json").read_text())["data"]))
+    counts = json.loads((Path(tokenized) / "tokenized.json").read_text())["rows_per_status"]
+    assert sum(counts.values()) == 13 and counts["no_response"] == 1  # every row counted, the silent one not trained on
+    tokens = pl.read_parquet(Path(tokenized) / "part-00000.parquet")
     scores = pl.read_parquet(tmp_path / "scores" / "part-*.parquet").filter(pl.col("status") == "ok")
     by_row = scores.with_columns(sample_id=pl.lit("a.jsonl#") + pl.col("row").cast(pl.String))
     joined = tokens.join(by_row, on="sample_id", suffix="_scored")

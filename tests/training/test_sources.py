@@ -52,7 +52,7 @@ def bad_directories(tmp: Path) -> dict[str, tuple[list[str], str]]:
     return {
         "unfinished selection": ([good, write_selected(tmp / "partial", seqs, with_summary=False)], "the selection did not finish"),
         "unfinished scoring": ([str(unfinished_scores)], "the scoring did not finish"),
-        "a part cut short": ([str(cut)], r"cannot read '.*part-1.parquet' of .*written completely"),
+        "a part cut short": ([str(cut)], r"cannot read '.*part-1.parquet' of .*damaged after it was written"),
         "scores parts in a selected/": ([mixed], r"part-00001.parquet' is not a hardfocus selected/ shard: missing column 'loss_rank'"),
         "weight as text": ([_rewrite(write_selected(tmp / "w", seqs), lambda t: _set(t, "weight", pa.array(["1"] * 6)))],
                            "column 'weight' is string, expected float"),

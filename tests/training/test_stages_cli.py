@@ -58,7 +58,8 @@ def test_score_select_train_eval(tmp_path, tiny_model_dir):
     # the ERM baseline straight from raw shards: tokenised by `train` itself
     invoke("train", str(tmp_path / "train"), "-o", str(tmp_path / "erm"), "--max-steps", "2", "--weighting", "none",
            "--precision", "fp32", "--max-seq-len", "64", *common)
-    erm_rows = pl.read_parquet(tmp_path / "erm" / "tokenized" / "train-0" / "part-00000.parquet")
+    tokenized = next(iter(json.loads((tmp_path / "erm" / "train_manifest.json").read_text())["data"]))
+    erm_rows = pl.read_parquet(f"{tokenized}/part-00000.parquet")
     assert erm_rows.height == 90 and erm_rows["input_ids"].list.len().max() <= 64
 
     result = invoke("eval", "-m", f"base={tiny_model_dir}", "-m", str(tmp_path / "model"), "-d", str(tmp_path / "heldout"),

@@ -21,7 +21,7 @@ from tests.training.helpers import (
     write_selected,
 )
 from training import train
-from training.job import TRAIN_MANIFEST_FILE
+from training.output import TRAIN_MANIFEST_FILE
 from training.trainer import WeightedTrainer
 
 
@@ -148,7 +148,7 @@ def test_refusals(tiny_model_dir, tmp_path):
         run(small_config([partial], tmp_path / "o1"), tiny_model_dir)
     done = write_selected(tmp_path / "done", seqs)
     run(small_config([done], tmp_path / "o2", max_steps=1), tiny_model_dir)
-    with pytest.raises(HardfocusError, match="different settings.*learning_rate"):
+    with pytest.raises(HardfocusError, match=r"other settings \(differs in: config.learning_rate\)"):
         run(small_config([done], tmp_path / "o2", max_steps=1, learning_rate=5e-4), tiny_model_dir)
     with pytest.raises(ValueError, match="online_window"):
         small_config([done], tmp_path / "o3", weighting="online", online_window=2, gradient_accumulation_steps=3)

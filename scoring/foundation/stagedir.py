@@ -1,0 +1,432 @@
+"""The stage-directory protocol: how every stage (score, select, train, eval, tokenise) writes its output.
+
+A stage directory ``D`` holds
+- ``D/<job file>``: the run's *identity* (its parameters and the identity of its inputs), a commit, written
+  before anything else;
+- the stage's data;
+- ``D/<marker>``: written last, a commit; ``D`` is complete iff the marker exists.
+Beside it, in ``D``'s parent: ``.<name>.lock`` (held while a run writes ``D``: a ``flock`` locally, a lock
+object with fencing on object stores, :mod:`scoring.foundation.lock`) and, for stages that replace their
+output whole, ``.<name>.tmp-<id>/`` (the staging directory, renamed into place at the end; local disks only).
+
+:meth:`StageDir.open` decides, in one place, what a run does with what it finds:
+
+| found at ``D``                                 | without ``--overwrite``       | with ``--overwrite``  |
+|------------------------------------------------|-------------------------------|-----------------------|
+| nothing, or an empty directory                 | new                           | new                   |
+| this stage's output, same identity, complete   | complete (nothing to do)      | complete              |
+| this stage's output, same identity, unfinished | resume (or redo, if staged)   | resume                |
+| this stage's output, other identity            | refused, naming the keys      | replace               |
+| another stage's output, or anything else       | refused                       | refused               |
+| an input of the run, or a directory holding one / held by one | refused        | refused               |
+
+Staging directories and temporary files belong to the holder of the lock: the next holder removes them,
+since the lock is free only once their writer is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import posixpath
+import shutil
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import IO
+
+from fsspec.core import url_to_fs
+
+from scoring.foundation.errors import HardfocusError
+from scoring.foundation.lock import OutputLock
+from scoring.foundation.storage import (
+    TMP_PREFIX,
+    canonical,
+    commit,
+    fresh,
+    fs_url,
+    fsync_tree,
+    is_local,
+    list_names,
+    overlaps,
+    read_json,
+    redact,
+    rename_durably,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageKind:
+    """What a stage's output directory is called and which files mark it."""
+
+    name: str  # scores, selected, model, eval, tokens
+    marker: str  # written last: the directory is complete iff it exists
+    job: str  # the identity, written first
+    staged: bool  # replaced whole through a staging directory (locally) instead of written in place
+    noun: str  # what it holds, in messages
+
+    def __str__(self) -> str:
+        return f"{self.name}/"
+
+
+SCORES = StageKind("scores", "manifest.json", "job.json", staged=False, noun="scores")
+SELECTED = StageKind("selected", "summary.json", "selection_job.json", staged=True, noun="selection")
+MODEL = StageKind("model", "train_manifest.json", "train_job.json", staged=False, noun="training run")
+EVAL = StageKind("eval", "eval.json", "eval_job.json", staged=False, noun="evaluation")
+TOKENS = StageKind("tokens", "tokenized.json", "tokenize_job.json", staged=True, noun="tokenised shards")
+KINDS = (SCORES, SELECTED, MODEL, EVAL, TOKENS)
+
+
+# ---- what a path is ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PathInfo:
+    """What :func:`identify` found at a path.
+
+    ``kind``: ``absent``, ``file``, ``empty`` (a directory without entries), a stage kind's name (its job file
+    or marker is there), ``parts`` (``part-*.parquet`` and no marker: a token directory, or an interrupted
+    selection of an older version), ``checkpoint`` (a Hugging Face model: ``config.json``), or ``other``.
+    """
+
+    url: str
+    kind: str
+    complete: bool = False
+    names: tuple[str, ...] = ()
+
+    @property
+    def stage(self) -> StageKind | None:
+        return next((k for k in KINDS if k.name == self.kind), None)
+
+    def describe(self) -> str:
+        stage = self.stage
+        if stage is not None:
+            return f"{'a finished' if self.complete else 'an unfinished'} {stage.name}/ directory ({stage.noun})"
+        shown = ", ".join(sorted(self.names)[:3]) + (", ..." if len(self.names) > 3 else "")
+        return {
+            "absent": "absent", "file": "a file", "empty": "an empty directory",
+            "parts": f"a directory of part files without a marker ({shown})",
+            "checkpoint": "a model checkpoint (config.json)",
+        }.get(self.kind, f"a directory that no hardfocus stage wrote ({shown})")
+
+
+def _visible(names: list[str]) -> list[str]:
+    return [n for n in names if not n.startswith(".")]
+
+
+def identify(url: str) -> PathInfo:
+    """Say what ``url`` is, from one listing (no file is read)."""
+    fs, path = url_to_fs(url)
+    fresh(fs, posixpath.dirname(path.rstrip("/")))
+    if not fs.exists(path):
+        return PathInfo(url, "absent")
+    if not fs.isdir(path):
+        return PathInfo(url, "file")
+    names = _visible(list_names(fs, path))
+    if not names:
+        return PathInfo(url, "empty")
+    present = set(names)
+    found = [k for k in KINDS if k.marker in present or k.job in present]
+    # a model directory holds tokenised shards of its own (tokenized/), never the other way round
+    if found:
+        kind = found[0]
+        return PathInfo(url, kind.name, complete=kind.marker in present, names=tuple(names))
+    if any(n.startswith("part-") and n.endswith(".parquet") for n in names):
+        return PathInfo(url, "parts", names=tuple(names))
+    if "config.json" in present:
+        return PathInfo(url, "checkpoint", names=tuple(names))
+    return PathInfo(url, "other", names=tuple(names))
+
+
+# ---- identities -----------------------------------------------------------------------------------------------
+
+
+def differing_keys(before: dict | None, now: dict, prefix: str = "") -> list[str]:
+    """The keys whose values differ, dotted into nested tables (``config.learning_rate``)."""
+    if not isinstance(before, dict):
+        return ["(no recorded identity: written by an older hardfocus or damaged)"]
+    keys = []
+    for k in sorted(set(before) | set(now)):
+        a, b = before.get(k), now.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += differing_keys(a, b, f"{prefix}{k}.")
+        elif a != b:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+class Opening(Enum):
+    NEW = "new"  # nothing there: write it
+    COMPLETE = "complete"  # the same run finished: nothing to do (a resumable stage may still find work)
+    RESUME = "resume"  # the same run, unfinished: continue it (a staged stage redoes it)
+    REPLACE = "replace"  # another run of this stage, and --overwrite: replace it
+
+
+@dataclass
+class StageDir:
+    """A stage's output directory on any fsspec filesystem, and the protocol of writing it."""
+
+    url: str
+    kind: StageKind
+    _lock: OutputLock | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.fs, self.path = url_to_fs(self.url)
+        self.path = self.path.rstrip("/") or self.path
+        parent, name = posixpath.split(self.path)
+        if not name or not parent:
+            raise HardfocusError(f"'{redact(self.url)}' cannot be an output: give a directory below a bucket or a root")
+        self.parent, self.name = parent, name
+
+    # -- files ----------------------------------------------------------------------------------------------
+
+    @property
+    def is_local(self) -> bool:
+        return is_local(self.fs)
+
+    def join(self, name: str) -> str:
+        return posixpath.join(self.path, name)
+
+    def names(self, folder: str = "") -> list[str]:
+        return list_names(self.fs, self.join(folder) if folder else self.path)
+
+    def exists(self, name: str) -> bool:
+        self.fs.invalidate_cache(self.join(name))
+        return self.fs.exists(self.join(name))
+
+    def read_json(self, name: str):
+        return read_json(self.fs, self.join(name), what=f"{self.kind.name}/ file")
+
+    def commit(self, name: str, write: Callable[[IO[bytes]], object]) -> None:
+        """Write ``name`` whole or not at all, durably, after checking this run still holds the lock."""
+        self.check_lock()
+        try:
+            commit(self.fs, self.join(name), write)
+        except OSError as exc:  # a full disk, a quota, a file-size limit, a vanished mount
+            raise HardfocusError(
+                f"cannot write {name} to {redact(self.url)}: {exc}; free space (or fix the storage) and rerun: "
+                "what was committed is kept"
+            ) from exc
+
+    def commit_json(self, name: str, obj) -> None:
+        data = json.dumps(obj, indent=2, default=str).encode()
+        self.commit(name, lambda f: f.write(data))
+
+    def remove(self, names: Sequence[str]) -> None:
+        """Delete these files; names that do not exist are ignored."""
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(self.join(name))
+        fresh(self.fs, self.path)
+
+    def url_of(self, name: str) -> str:
+        return self.url.rstrip("/") + "/" + name
+
+    # -- the lock -------------------------------------------------------------------------------------------
+
+    @property
+    def lock_path(self) -> str:
+        return posixpath.join(self.parent, f".{self.name}.lock")
+
+    def lock(self) -> None:
+        """Hold the output's lock for this run; a second run on the same output refuses, naming the owner."""
+        if self._lock is not None:
+            return
+        lock = OutputLock(self.fs, self.lock_path, redact(self.url))
+        try:
+            self.fs.makedirs(self.parent, exist_ok=True)
+            lock.acquire()
+        except OSError as exc:
+            raise HardfocusError(f"cannot write to output directory {redact(self.url)}: {exc}") from exc
+        self._lock = lock
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def check_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.check()
+
+    def fence(self):
+        """What another process (an actor) checks before each commit: that this run still holds the lock."""
+        return None if self._lock is None else self._lock.fence()
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[StageDir]:
+        self.lock()
+        try:
+            yield self
+        finally:
+            self.unlock()
+
+    # -- the protocol ---------------------------------------------------------------------------------------
+
+    def open(self, identity: dict, overwrite: bool, inputs: Sequence[str] = (), record: dict | None = None) -> Opening:
+        """Lock the output, clear what dead writers left, and decide what this run does (see the module docstring).
+
+        Writes the job file (``{"identity": ..., **record}``) for a run that goes on, unless the stage is staged
+        (its job file goes into the staging directory). Raises a :class:`HardfocusError` for a refusal.
+        """
+        refuse_overlap(self.url, inputs)
+        self.lock()
+        try:
+            self._remove_leftovers()
+            found = identify(self.url)
+            opening = self._decide(found, identity, overwrite)
+            if opening is Opening.REPLACE and not self.kind.staged:
+                self.clear()
+            if opening is not Opening.COMPLETE and not self.kind.staged:
+                self.fs.makedirs(self.path, exist_ok=True)
+                previous = self.read_json(self.kind.job) if opening is Opening.RESUME else None
+                kept = {k: v for k, v in (previous or {}).items() if k != "identity"}
+                self.commit_json(self.kind.job, {"identity": identity, **kept, **(record or {})})
+        except BaseException:
+            self.unlock()
+            raise
+        return opening
+
+    def _decide(self, found: PathInfo, identity: dict, overwrite: bool) -> Opening:
+        if found.kind in ("absent", "empty"):
+            return Opening.NEW
+        if found.kind != self.kind.name:
+            raise HardfocusError(
+                f"'{redact(self.url)}' is {found.describe()}, not a {self.kind.name}/ output; hardfocus writes (and "
+                f"--overwrite replaces) only a {self.kind.name}/ directory there: choose another --output"
+            )
+        job = self.read_json(self.kind.job)
+        before = job.get("identity") if isinstance(job, dict) else None
+        if before == identity:
+            return Opening.COMPLETE if found.complete else Opening.RESUME
+        if not found.complete and not self.holds_data():
+            return Opening.REPLACE  # a run with other settings that failed before writing anything: nothing to keep
+        if overwrite:
+            log.info("replacing %s (%s made with other settings)", redact(self.url), self.kind.noun)
+            return Opening.REPLACE
+        noun = self.kind.noun
+        plural = noun.endswith("s")
+        what = ("unfinished " if not found.complete else "") + noun if plural else f"{'an unfinished' if not found.complete else 'a'} {noun}"
+        raise HardfocusError(
+            f"'{redact(self.url)}' holds {what} made with other settings (differs in: "
+            f"{', '.join(differing_keys(before, identity))}); pass --overwrite to replace it, or choose another --output"
+        )
+
+    def holds_data(self) -> bool:
+        """Whether the directory holds anything but its job file (an unfinished run that wrote nothing does not)."""
+        return bool(set(_visible(self.names())) - {self.kind.job})
+
+    def clear(self) -> None:
+        """Empty the directory, the marker first: from its removal on, the old output reads as unfinished."""
+        self.unmark()
+        for name in self.names():
+            target = self.join(name)
+            if self.fs.isdir(target):
+                self.fs.rm(target, recursive=True)
+            else:
+                self.fs.rm_file(target)
+        fresh(self.fs, self.path)
+
+    def unmark(self) -> None:
+        """Remove the marker before changing a complete output."""
+        self.check_lock()
+        self.remove([self.kind.marker])
+
+    def mark(self, obj, sync_tree: bool = False) -> None:
+        """Write the marker: the last write of a run, after which the output is complete. ``sync_tree``: first
+        fsync every file under the directory (what a library wrote without syncing, e.g. ``save_pretrained``)."""
+        if sync_tree and self.is_local:
+            fsync_tree(self.path)
+        self.commit_json(self.kind.marker, obj)
+
+    def is_complete(self) -> bool:
+        return self.exists(self.kind.marker)
+
+    def _remove_leftovers(self) -> None:
+        """Staging directories and temporary files of runs that held this lock before (they are gone)."""
+        if self.is_local:
+            for name in list_names(self.fs, self.parent):
+                if name.startswith((f".{self.name}.tmp-", f".{self.name}.old-")):
+                    log.warning("removing %s, left by an interrupted run", posixpath.join(self.parent, name))
+                    shutil.rmtree(posixpath.join(self.parent, name), ignore_errors=True)
+        for name in list_names(self.fs, self.path):
+            if name.startswith(TMP_PREFIX):
+                self.remove([name])
+
+    @contextlib.contextmanager
+    def staged(self, identity: dict, record: dict | None = None) -> Iterator[StageDir]:
+        """A directory to write the whole output into (its marker last, with :meth:`mark`); on success it
+        replaces this one. Locally a sibling staging directory, renamed into place; on an object store the output
+        itself, emptied first (its marker before the rest), so an interrupted write never reads as complete."""
+        if not self.kind.staged:
+            raise TypeError(f"{self.kind.name}/ is written in place")
+        if self.is_local:
+            tmp = posixpath.join(self.parent, f".{self.name}.tmp-{uuid.uuid4().hex[:8]}")
+            self.fs.makedirs(tmp, exist_ok=False)
+            stage = StageDir(fs_url(self.fs, tmp), self.kind)
+            stage._lock = self._lock
+        else:
+            if identify(self.url).kind != "absent":
+                self.clear()
+            stage = self
+        stage.fs.makedirs(stage.path, exist_ok=True)
+        stage.commit_json(self.kind.job, {"identity": identity, **(record or {})})
+        try:
+            yield stage
+        except BaseException:
+            if stage is not self:
+                shutil.rmtree(stage.path, ignore_errors=True)
+            raise
+        if stage is not self:
+            if not stage.is_complete():
+                raise RuntimeError(f"{stage.url} was staged without its marker")
+            self._swap_in(stage.path)
+
+    def _swap_in(self, tmp: str) -> None:
+        self.check_lock()
+        old = None
+        if self.fs.exists(self.path):
+            old = posixpath.join(self.parent, f".{self.name}.old-{uuid.uuid4().hex[:8]}")
+            rename_durably(self.path, old)
+        rename_durably(tmp, self.path)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def refuse_overlap(output: str, inputs: Sequence[str]) -> None:
+    """An output may not be an input, nor hold one, nor lie inside one: writing it would change what is read.
+
+    A glob is checked on the files it matches (:func:`refuse_inside`): ``data/*.jsonl`` never reads ``data/scores/``.
+    """
+    out = canonical(output)
+    for spec in inputs:
+        if _is_glob(spec):
+            continue
+        base = canonical(spec)
+        if overlaps(out, base):
+            where = "is" if base == out else "overlaps"
+            raise HardfocusError(
+                f"the output '{redact(output)}' {where} the input '{redact(spec)}': a stage never writes where it reads; "
+                "choose another --output"
+            )
+
+
+def refuse_inside(output: str, files: Sequence[str]) -> None:
+    """No input file may lie inside the output (a glob that matches what the stage writes)."""
+    out = canonical(output)
+    for url in files:
+        if overlaps(out, canonical(url)):
+            raise HardfocusError(
+                f"the input '{redact(url)}' lies inside the output '{redact(output)}': a stage never reads what it "
+                "writes; choose another --output, or an input that leaves it out"
+            )
+
+
+def _is_glob(spec: str) -> bool:
+    """A spec that names no existing path and has wildcards (an existing path with ``[`` in its name is literal)."""
+    fs, path = url_to_fs(spec)
+    return any(c in path for c in "*?[") and not fs.exists(path)
