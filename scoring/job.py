@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import torch
 
 from scoring.chat import check_chat_tokenizer, load_chat_template
-from scoring.config import ScoreConfig
+from scoring.config import MAX_ROW_BYTES, ScoreConfig
 from scoring.executors import init_ray, run_local, run_ray
 from scoring.foundation.console import native_stderr_to_file
 from scoring.foundation.errors import HardfocusError
@@ -138,7 +138,8 @@ def _job_identity(cfg: ScoreConfig, resolved: ResolvedModel) -> dict:
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
         "chat_template_sha256": _template_sha256(cfg, tokenizer),
     }
-    keys = _IDENTITY_KEYS + (_CHAT_IDENTITY_KEYS if cfg.format != "text" else ()) + (("ifd",) if cfg.ifd else ())
+    keys = (_IDENTITY_KEYS + (_CHAT_IDENTITY_KEYS if cfg.format != "text" else ()) + (("ifd",) if cfg.ifd else ())
+            + (("max_row_bytes",) if cfg.max_row_bytes != MAX_ROW_BYTES else ()))  # kept out at the default: old dirs match
     return {k: values[k] for k in keys}
 
 
@@ -224,7 +225,8 @@ def plan_shards(out: ScoresDir, shards: list[Shard], cfg: ScoreConfig) -> Plan:
     removed = out.remove_leftovers(names)
     if removed:
         log.info("removed %d temporary files of an interrupted run", removed)
-    tasks = [ShardTask(s, tuple(sorted(starts[d]))) for d, s in by_digest.items() if d not in done]
+    tasks = [ShardTask(s, tuple(sorted(starts[d])), tuple(starts[d][k] for k in sorted(starts[d])))
+             for d, s in by_digest.items() if d not in done]
     return Plan(tasks=sorted(tasks, key=lambda t: t.shard.rel), done=done)
 
 

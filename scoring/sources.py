@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import zstandard
 from fsspec.core import url_to_fs
 
+from scoring.config import MAX_ROW_BYTES
 from scoring.foundation.errors import HardfocusError
 from scoring.foundation.sample_format import Columns, Message
 from scoring.foundation.scores import ERROR_PREFIX, Status
@@ -43,29 +44,8 @@ _PARQUET_BATCH_ROWS = 1 << 16  # the most rows asked of pyarrow at once (fewer w
 
 # A row whose text (a JSON line, or a Parquet row's sample cells) is longer than this is not parsed: it gets the
 # status ``error: row of N bytes over the cap of M bytes`` (time and memory follow the unit, not one giant row).
-MAX_ROW_BYTES = 64 << 20
-MAX_ROW_BYTES_ENV = "HARDFOCUS_MAX_ROW_BYTES"
-
-
-def max_row_bytes() -> int:
-    """The row size cap: :data:`MAX_ROW_BYTES`, or ``$HARDFOCUS_MAX_ROW_BYTES`` (bytes) where set."""
-    value = os.environ.get(MAX_ROW_BYTES_ENV, "").strip()
-    if not value:
-        return MAX_ROW_BYTES
-    try:
-        cap = int(value)
-    except ValueError:
-        cap = 0
-    if cap <= 0:
-        raise HardfocusError(
-            f"{MAX_ROW_BYTES_ENV}={value!r} is not a positive number of bytes; set it to one (e.g. {MAX_ROW_BYTES}, "
-            "the default), or unset it"
-        )
-    return cap
-
-
 def _over_cap(size: int, cap: int) -> str:
-    return f"{ERROR_PREFIX}row of {size} bytes over the cap of {cap} bytes ({MAX_ROW_BYTES_ENV})"
+    return f"{ERROR_PREFIX}row of {size} bytes over the cap of {cap} bytes (--max-row-bytes)"
 
 
 def _one_line(exc: BaseException) -> str:
@@ -271,23 +251,24 @@ class UnitRows:
     consumed: float
 
 
-def iter_units(shard: Shard, columns: Columns, rows_per_unit: int, skip: frozenset[int] = frozenset()) -> Iterator[UnitRows]:
+def iter_units(shard: Shard, columns: Columns, rows_per_unit: int, skip: frozenset[int] = frozenset(),
+               max_row_bytes: int = MAX_ROW_BYTES) -> Iterator[UnitRows]:
     """The shard as consecutive units ``[k*n, min((k+1)*n, rows))``, every byte read and decompressed once.
 
     Units whose start is in ``skip`` (finished in an earlier run) are counted but not parsed; a Parquet
     row group that only skipped units need is not read at all. The last unit is shorter; a shard
-    without rows yields nothing.
+    without rows yields nothing. A row over ``max_row_bytes`` gets a status instead of being parsed.
     """
     if shard.format == "parquet":
-        yield from _parquet_units(shard, columns, rows_per_unit, skip)
+        yield from _parquet_units(shard, columns, rows_per_unit, skip, max_row_bytes)
     else:
-        yield from _jsonl_units(shard, columns, rows_per_unit, skip)
+        yield from _jsonl_units(shard, columns, rows_per_unit, skip, max_row_bytes)
 
 
-def read_shard(shard: Shard, columns: Columns) -> RowBlock:
+def read_shard(shard: Shard, columns: Columns, max_row_bytes: int = MAX_ROW_BYTES) -> RowBlock:
     """Every row of a (small) shard, in one block."""
     block = RowBlock()
-    for unit in iter_units(shard, columns, rows_per_unit=1 << 30):
+    for unit in iter_units(shard, columns, rows_per_unit=1 << 30, max_row_bytes=max_row_bytes):
         block = unit.block
     return block
 
@@ -325,12 +306,11 @@ def _check_parquet_columns(shard: Shard, schema: pa.Schema, columns: Columns) ->
             ))
 
 
-def _parquet_units(shard: Shard, columns: Columns, n: int, skip: frozenset[int]) -> Iterator[UnitRows]:
+def _parquet_units(shard: Shard, columns: Columns, n: int, skip: frozenset[int], cap: int) -> Iterator[UnitRows]:
     """Units of a Parquet shard, its row groups read in batches of at most a unit's rows: a unit never needs a
     whole row group as Python objects, and a row group that only skipped units need is not read."""
     pf = _parquet_file(shard)
     _check_parquet_columns(shard, pf.schema_arrow, columns)
-    cap = max_row_bytes()
     wanted = list(dict.fromkeys([c for _, c in columns.sample_columns] + [c for c in (columns.id, columns.group) if c]))
     sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
     total = sum(sizes)
@@ -494,10 +474,9 @@ def _messages(value, name: str) -> tuple[list[Message] | None, str | None]:
 # ---- JSON Lines ------------------------------------------------------------------------------
 
 
-def _jsonl_units(shard: Shard, columns: Columns, n: int, skip: frozenset[int]) -> Iterator[UnitRows]:
+def _jsonl_units(shard: Shard, columns: Columns, n: int, skip: frozenset[int], cap: int) -> Iterator[UnitRows]:
     block: RowBlock | None = None
     start = rows = 0
-    cap = max_row_bytes()
     for index, (line, position) in _jsonl_lines(shard, position=True, cap=cap):
         if index == 0 and not isinstance(line, _Oversized):
             _check_first_json_row(shard, line, columns)
@@ -530,7 +509,7 @@ def _jsonl_lines(shard: Shard, position: bool = False, buffer_size: int | None =
 
     With ``position``, the line is ``(line, compressed bytes read so far)``.
     """
-    cap = max_row_bytes() if cap is None else cap
+    cap = MAX_ROW_BYTES if cap is None else cap
     buffer_size = buffer_size or _READ_BYTES
     try:
         with fsspec.open(shard.url, "rb") as raw, _decompressed(raw, shard.compression, buffer_size) as f:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import socket
 import time
 from collections.abc import Generator, Iterator
@@ -38,6 +39,7 @@ from scoring.foundation.scores import (
     is_input_error,
     loss_spans_array,
     mask_from_spans,
+    parse_part_name,
     scores_table,
 )
 from scoring.foundation.storage import redact
@@ -47,6 +49,8 @@ from scoring.output import ScoresDir
 from scoring.scorer import Scorer
 from scoring.sources import RowBlock, Shard, iter_units
 from scoring.tokenize import tokenize_block
+
+log = logging.getLogger(__name__)
 
 _MAX_ERROR_EXAMPLES = 10
 PROGRESS_EVERY_S = 2.0  # how often a unit being scored reports how far it is
@@ -66,10 +70,12 @@ def expected_parts(shard: Shard, rows: int, rows_per_unit: int) -> list[str]:
 
 @dataclass(frozen=True)
 class ShardTask:
-    """Score one shard; ``done`` holds the starts of units whose part an earlier run wrote."""
+    """Score one shard; ``done`` holds the starts of units whose part an earlier run wrote, ``parts`` their names
+    as the planner listed them (a shard's last part is shorter: its stop is known from its name only)."""
 
     shard: Shard
     done: tuple[int, ...] = ()
+    parts: tuple[str, ...] = ()
 
     def to_row(self) -> dict:
         return {"task": json.dumps(asdict(self))}
@@ -77,7 +83,7 @@ class ShardTask:
     @staticmethod
     def from_json(text: str) -> ShardTask:
         d = json.loads(text)
-        return ShardTask(Shard(**d["shard"]), tuple(d["done"]))
+        return ShardTask(Shard(**d["shard"]), tuple(d["done"]), tuple(d.get("parts", ())))
 
 
 def columns_of(cfg: ScoreConfig) -> Columns:
@@ -133,17 +139,39 @@ def part_counts(out: ScoresDir, name: str) -> dict:
     return status_counts(t["status"].to_pylist(), t["n_tokens"].to_numpy(), t["truncated"].to_numpy())
 
 
+def reusable_parts(out: ScoresDir, task: ShardTask, n: int) -> dict[int, tuple[str, dict, int]]:
+    """unit start -> (part name, its counts, its bytes) of the parts an earlier run wrote for this task's shard that
+    read whole and hold the rows their name says; a damaged one is left out, so its unit is scored again (the new
+    part replaces it)."""
+    reused = {}
+    names = task.parts or tuple(part_name(task.shard, start, start + n) for start in task.done)
+    for start, name in zip(task.done, names):
+        try:
+            counts = part_counts(out, name)
+            size = out.part_sizes([name]).get(name, 0)
+        except (OSError, pa.ArrowException) as exc:
+            log.warning("part %s of %s is damaged (%s): scoring its rows again", name, redact(out.url), exc)
+            continue
+        bounds = parse_part_name(name)
+        if bounds is None or counts["rows"] != bounds[2] - bounds[1]:
+            log.warning("part %s of %s holds %d rows, not what its name says: scoring its rows again", name,
+                        redact(out.url), counts["rows"])
+            continue
+        reused[start] = (name, counts, size)
+    return reused
+
+
 # ---- the reading side: one shard in, one record per unit out -------------------------------------------
 
 
 def _record(task: str, kind: str, start: int = 0, stop: int = 0, consumed: float = 0.0, tokenized: bytes = b"",
-            counts: dict | None = None, error: str | None = None, begin: float = 0.0) -> dict:
+            counts: dict | None = None, error: str | None = None, begin: float = 0.0, size: int = 0) -> dict:
     """One record of a task; the same flat columns for every kind, so Ray Data blocks share one schema.
 
     ``begin`` and ``consumed``: the shares of the shard's bytes read before and after the unit's rows.
     """
     return {"task": task, "kind": kind, "start": start, "stop": stop, "begin": begin, "consumed": consumed,
-            "tokenized": tokenized, "counts": json.dumps(counts or EMPTY_COUNTS), "error": error}
+            "tokenized": tokenized, "counts": json.dumps(counts or EMPTY_COUNTS), "error": error, "bytes": size}
 
 
 def read_shard_task(row: dict, cfg: ScoreConfig, model_fingerprint: str):
@@ -157,16 +185,18 @@ def read_shard_task(row: dict, cfg: ScoreConfig, model_fingerprint: str):
     rows, begin = 0, 0.0
     try:
         tokenizer = load_tokenizer(_checkpoint_path(cfg.model, model_fingerprint))
-        for unit in iter_units(task.shard, columns_of(cfg), cfg.rows_per_unit, frozenset(task.done)):
+        reused = reusable_parts(out, task, cfg.rows_per_unit)  # a damaged part is scored again, not counted
+        for unit in iter_units(task.shard, columns_of(cfg), cfg.rows_per_unit, frozenset(reused), cfg.max_row_bytes):
             rows = unit.stop
             if unit.block is None:
-                counts = part_counts(out, part_name(task.shard, unit.start, unit.stop))
-                if counts["rows"] != unit.stop - unit.start:
+                name, counts, size = reused[unit.start]
+                if name != part_name(task.shard, unit.start, unit.stop):
                     raise HardfocusError(redact(
-                        f"part {part_name(task.shard, unit.start, unit.stop)} of {out.url} has {counts['rows']} rows, not "
-                        f"{unit.stop - unit.start}; did {task.shard.url} change? Pass --overwrite to score it again"
+                        f"part {name} of {out.url} does not hold rows {unit.start}-{unit.stop}; did {task.shard.url} "
+                        "change? Pass --overwrite to score it again"
                     ))
-                yield _record(row["task"], "reused", unit.start, unit.stop, unit.consumed, counts=counts, begin=begin)
+                yield _record(row["task"], "reused", unit.start, unit.stop, unit.consumed, counts=counts, begin=begin,
+                              size=size)
                 begin = unit.consumed
                 continue
             tokenized = tokenize_unit(task.shard, unit.start, unit.block, cfg, tokenizer)
@@ -299,7 +329,7 @@ class UnitScorer:
             if status[i] is None and not np.isfinite(nll_sum[i]):
                 if self.cfg.on_error == "stop":
                     raise HardfocusError(
-                        f"{shard.url} row {start + i}: the model's loss is not finite ({nll_sum[i]}); check the model "
+                        f"{redact(shard.url)} row {start + i}: the model's loss is not finite ({nll_sum[i]}); check the model "
                         "and the dtype, or pass --on-error record"
                     )
                 status[i] = NON_FINITE_LOSS

@@ -35,7 +35,9 @@ class SelectConfig(BaseModel):
     )
     max_weight: float | None = Field(None, ge=1, description="clip weights at this value, renormalising to mean 1")
     report: bool = Field(True, description="write report.html with its plots")
-    overwrite: bool = Field(False, description="replace an existing selected/ directory")
+    overwrite: bool = Field(
+        False, description="replace a selection made with other settings (the same selection of the same scores is kept)"
+    )
 
     @model_validator(mode="after")
     def _bands_fit(self) -> SelectConfig:

@@ -43,15 +43,19 @@ def fs_url(fs, path: str) -> str:
 
 
 _CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s]*@)")
+# query parameters that carry secrets: presigned URLs (X-Amz-Signature, X-Goog-Credential, sig), tokens, keys
+_SECRET_QUERY = re.compile(r"(?P<key>[?&][^=&\s]*(?:sig|token|key|secret|password|credential|auth)[^=&\s]*=)[^&\s'\"]*",
+                           re.IGNORECASE)
 
 
 def redact(text: str) -> str:
-    """``text`` with the user and password of every URL in it replaced: ``https://***@host/x``.
+    """``text`` with the credentials of every URL in it replaced: the user and password (``https://***@host/x``)
+    and the values of query parameters that carry secrets (``?X-Amz-Signature=***``).
 
     Every message and manifest that names an input goes through this, so a credential given in a URL never
     reaches a log, an error or a file.
     """
-    return _CREDENTIALS.sub(lambda m: f"{m['scheme']}***@", text)
+    return _SECRET_QUERY.sub(lambda m: f"{m['key']}***", _CREDENTIALS.sub(lambda m: f"{m['scheme']}***@", text))
 
 
 def fresh(fs, path: str) -> None:

@@ -328,8 +328,7 @@ def test_a_big_row_group_is_read_in_batches_of_at_most_a_unit(tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("name", ["d.jsonl", "d.jsonl.zst", "d.parquet"])
-def test_a_row_over_the_size_cap_gets_a_status_and_is_not_parsed(tmp_path, tiny_model_dir, monkeypatch, name):
-    monkeypatch.setenv("HARDFOCUS_MAX_ROW_BYTES", "2000")
+def test_a_row_over_the_size_cap_gets_a_status_and_is_not_parsed(tmp_path, tiny_model_dir, name):
     rows = [{"text": ENGLISH[i]} for i in range(4)]
     rows[1]["text"] = "the river " * 300  # 3,000 bytes of text
     path = tmp_path / "in" / name
@@ -343,19 +342,18 @@ def test_a_row_over_the_size_cap_gets_a_status_and_is_not_parsed(tmp_path, tiny_
         path.write_bytes(zstandard.ZstdCompressor().compress(data) if name.endswith(".zst") else data)
     status = f"error: row of {size} bytes over the cap of 2000 bytes"
     with pytest.raises(HardfocusError, match=rf"{name} row 1: {status}"):
-        run(tmp_path, tiny_model_dir, [path], on_error="stop", max_tokens=16)
-    result = run(tmp_path, tiny_model_dir, [path], max_tokens=16, out="recorded")
+        run(tmp_path, tiny_model_dir, [path], on_error="stop", max_tokens=16, max_row_bytes=2000)
+    result = run(tmp_path, tiny_model_dir, [path], max_tokens=16, out="recorded", max_row_bytes=2000)
     assert result.manifest.rows == 4 and result.manifest.rows_by_status == {"ok": 3, "error": 1}
     df = scores(tmp_path, "recorded")
     assert df["status"][1].startswith(status) and df["status"].to_list()[::2] == ["ok", "ok"]
 
 
-def test_a_huge_jsonl_line_is_skipped_without_being_held_whole(tmp_path, monkeypatch):
+def test_a_huge_jsonl_line_is_skipped_without_being_held_whole(tmp_path):
     """A 20 MB line over the cap: the reader's peak of Python memory stays far below the line (tracemalloc counts
     allocations, deterministically), and the rows after it are read."""
     import tracemalloc
 
-    monkeypatch.setenv("HARDFOCUS_MAX_ROW_BYTES", "1000")
     line = b'{"text": "' + b"x" * 20_000_000 + b'"}'
     for name, data in (("d.jsonl", b'{"text": "a"}\n' + line + b'\n{"text": "b"}\n'),
                        ("d.jsonl.zst", zstandard.ZstdCompressor().compress(b'{"text": "a"}\n' + line + b'\n{"text": "b"}'))):
@@ -364,12 +362,12 @@ def test_a_huge_jsonl_line_is_skipped_without_being_held_whole(tmp_path, monkeyp
         del data
         tracemalloc.start()
         try:
-            block = read_shard(shard, Columns())
+            block = read_shard(shard, Columns(), max_row_bytes=1000)
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
         assert block.values == ["a", None, "b"], name
-        assert block.status[1] == f"error: row of {len(line)} bytes over the cap of 1000 bytes (HARDFOCUS_MAX_ROW_BYTES)"
+        assert block.status[1] == f"error: row of {len(line)} bytes over the cap of 1000 bytes (--max-row-bytes)"
         assert peak < 8_000_000, (name, peak)
 
 
@@ -378,28 +376,26 @@ def test_jsonl_rows_are_the_same_whatever_the_chunks_the_stream_is_read_in(tmp_p
     import scoring.sources
 
     monkeypatch.setattr(scoring.sources, "_READ_BYTES", chunk, raising=False)
-    monkeypatch.setenv("HARDFOCUS_MAX_ROW_BYTES", "40")
     long = b'{"text": "' + b"x" * 60 + b'"}'
     data = (b'{"text": "a"}\n\n   \t\n{"text": "b"}\r\n' + long + b"\n" + b" " * 100 + b'\n{"text": "c"}')
     for name, packed in (("d.jsonl", data), ("d.jsonl.zst", zstandard.ZstdCompressor().compress(data)),
                          ("d.jsonl.gz", gzip.compress(data))):
         (tmp_path / name).write_bytes(packed)
-        block = read_shard(find_shards([str(tmp_path / name)])[0], Columns())
+        block = read_shard(find_shards([str(tmp_path / name)])[0], Columns(), max_row_bytes=40)
         assert block.values == ["a", "b", None, "c"], name  # blank lines, even long ones, are not rows
         assert block.status == [None, None, f"error: row of {len(long)} bytes over the cap of 40 bytes "
-                                "(HARDFOCUS_MAX_ROW_BYTES)", None], name
+                                "(--max-row-bytes)", None], name
 
 
-def test_a_messages_cell_over_the_size_cap_gets_a_status(tmp_path, monkeypatch):
-    monkeypatch.setenv("HARDFOCUS_MAX_ROW_BYTES", "2000")
+def test_a_messages_cell_over_the_size_cap_gets_a_status(tmp_path):
     convs = conversations(6, seed=12)
     convs[3] = [{"role": "user", "content": "q" * 1200}, {"role": "assistant", "content": "a" * 1200}]
     pq.write_table(pa.Table.from_pylist([{"messages": m} for m in convs]), tmp_path / "c.parquet", row_group_size=4)
-    block = read_shard(find_shards([str(tmp_path / "c.parquet")])[0], Columns(format="messages"))
+    block = read_shard(find_shards([str(tmp_path / "c.parquet")])[0], Columns(format="messages"), max_row_bytes=2000)
     sizes = [sum(len(m["role"].encode()) + len(m["content"].encode()) for m in c) for c in convs]
     for i, (conv, size) in enumerate(zip(convs, sizes)):
         if size > 2000:
-            assert block.status[i] == f"error: row of {size} bytes over the cap of 2000 bytes (HARDFOCUS_MAX_ROW_BYTES)"
+            assert block.status[i] == f"error: row of {size} bytes over the cap of 2000 bytes (--max-row-bytes)"
             assert block.values[i] is None
         else:
             assert block.status[i] is None and block.values[i] == conv
@@ -460,3 +456,13 @@ def test_s3_shards_take_their_etag_from_the_listing_without_a_request_per_file(s
     shards = find_shards([f"{s3_url}/in"])
     assert {s.url: s.modified for s in shards} == etags
     assert not [p for p in per_file if p.endswith(".jsonl")], per_file
+
+
+def test_redact_hides_userinfo_and_secret_query_values_and_nothing_else():
+    from scoring.foundation.storage import redact
+
+    text = "cannot read 'https://alice:s3cr3t@host/x.jsonl?X-Amz-Signature=abc&X-Amz-Date=20260101&sig=q&token=t'"
+    out = redact(text)
+    assert "s3cr3t" not in out and "alice" not in out and "abc" not in out and "=q" not in out and "=t'" not in out
+    assert "X-Amz-Date=20260101" in out and "https://***@host/x.jsonl" in out
+    assert redact("s3://bucket/data/part-1.parquet and /local/path#3") == "s3://bucket/data/part-1.parquet and /local/path#3"

@@ -210,6 +210,19 @@ def test_damaged_parts_are_found_also_under_markers_without_part_sizes(tmp_path,
     assert_same_scores(read_scores(tmp_path / "scores"), reference)
 
 
+def test_a_damaged_part_of_an_unfinished_shard_is_scored_again(tmp_path, scored):
+    """A shard without its done marker (a run killed before it finished) reuses its parts: only whole ones."""
+    cfg, result, reference = scored
+    (tmp_path / "scores" / "manifest.json").unlink()
+    for marker in (tmp_path / "scores" / "done").glob("*.json"):
+        marker.unlink()
+    part = sorted((tmp_path / "scores").glob("part-*.parquet"))[2]
+    part.write_bytes(part.read_bytes()[:100])
+    again = score(cfg, progress=False)
+    assert again.units_scored == 1 and again.manifest.rows == result.manifest.rows
+    assert_same_scores(read_scores(tmp_path / "scores"), reference)
+
+
 def test_a_damaged_shard_marker_is_recovered(tmp_path, scored):
     """Before: a cut-short done/ marker crashed every rerun with a JSONDecodeError."""
     cfg, result, reference = scored
