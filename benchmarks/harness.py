@@ -74,15 +74,9 @@ def _lscpu() -> dict[str, str]:
 
 
 def library_versions(names: Sequence[str] = ("torch", "transformers", "ray", "numpy", "hardfocus")) -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+    from scoring.foundation.versions import library_versions as versions
 
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
+    return versions(tuple(names))
 
 
 def code_version(paths: Sequence[str] = ("scoring", "selection", "training", "pipelines")) -> str:

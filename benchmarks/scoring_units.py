@@ -7,9 +7,10 @@
 time per unit grows with the unit; what the driver spends per unit does not, so this script measures the latter
 alone, on the real library functions, with no model:
 
-- ``listing``: ``ScoresDir.parts()`` (the glob every plan and the final check starts with) on a directory of N
-  empty part files (planning and the check read names only) and one ``done/`` marker per shard;
-- ``plan, rerun of a complete job``: ``scoring.job.plan_shards`` with every shard's marker (the no-op rerun);
+- ``listing``: ``ScoresDir.parts()`` (the listing every plan and the final check starts with) on a directory of N
+  tiny part files (a smallest real Parquet file each: planning reads no rows) and one ``done/`` marker per shard;
+- ``plan, rerun of a complete job``: ``scoring.job.plan_shards`` with every shard's marker (the no-op rerun: it
+  checks each finished part, its size against the marker's record and, locally, the Parquet footer at its end);
 - ``plan, resume``: the same without markers, so every shard is pending with all its parts to skip (a resume
   after a kill at the very end: the most names the plan hands to the tasks);
 - ``final check``: ``scoring.job.check_parts`` (the listing against the names the markers imply, and the sum of

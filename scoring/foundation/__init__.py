@@ -7,9 +7,11 @@ Stages (``scoring``, ``selection``, ``training``) import from one another only w
 - :mod:`~scoring.foundation.lock`: the lock on an output (``flock`` locally, a lock object with fencing on stores);
 - :mod:`~scoring.foundation.stagedir`: the stage-directory protocol (identity, refuse/resume/replace, staged writes,
   marker last) and :func:`~scoring.foundation.stagedir.identify`, which says what a path is;
-- :mod:`~scoring.foundation.scores` and :mod:`~scoring.foundation.selected`: the Parquet contracts of ``scores/`` and
-  ``selected/`` and the fingerprints their markers record;
+- :mod:`~scoring.foundation.scores` and :mod:`~scoring.foundation.selected`: the contracts of ``scores/`` (files,
+  Parquet schema, manifest) and ``selected/``;
+- :mod:`~scoring.foundation.fingerprints`: of a checkpoint, a tokenizer, a manifest, an identity;
 - :mod:`~scoring.foundation.sample_format`: how an input row becomes a sample;
+- :mod:`~scoring.foundation.ray_local`: a cluster joined, or a local Ray bound to 127.0.0.1;
 - :mod:`~scoring.foundation.console`, :mod:`~scoring.foundation.lazy`, :mod:`~scoring.foundation.cache`,
   :mod:`~scoring.foundation.versions`.
 

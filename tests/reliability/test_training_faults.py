@@ -20,6 +20,7 @@ from tests.training.helpers import (
     max_param_diff,
     mixed_length_sequences,
     parameters,
+    run_killed_at_step,
     small_config,
     write_selected,
 )
@@ -127,22 +128,6 @@ def test_the_trainer_logs_a_non_finite_loss_as_it_is(tiny_model_dir, tmp_path):
 # --- checkpoints cut short, a run killed after its last one -------------------------------------------------------
 
 
-def _killed_at_step(step: int, cfg, model_dir, monkeypatch) -> None:
-    """Run ``cfg`` and let it die in its ``step``-th training step, as a killed job."""
-    original, calls = WeightedTrainer.training_step, []
-
-    def dies(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == step:
-            raise RuntimeError("killed")
-        return original(self, *args, **kwargs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(WeightedTrainer, "training_step", dies)
-        with pytest.raises(RuntimeError, match="killed"):
-            run(cfg, model_dir)
-
-
 def _cut_short(checkpoint: Path) -> None:
     """What a kill during the checkpoint's save leaves: weights cut short, no trainer_state.json, no marker."""
     weights = checkpoint / "model.safetensors"
@@ -163,7 +148,7 @@ def test_a_checkpoint_cut_short_resumes_from_the_newest_complete_one(tiny_model_
     uninterrupted = parameters(run(small_config([data], tmp_path / "full", **common), tiny_model_dir).output)
     out = tmp_path / "out"
     cfg = small_config([data], out, keep_checkpoints=True, **common)
-    _killed_at_step(7, cfg, tiny_model_dir, monkeypatch)  # after checkpoints 2, 4 and 6
+    run_killed_at_step(7, cfg, tiny_model_dir, monkeypatch)  # after checkpoints 2, 4 and 6
     checkpoints = out / "checkpoints"
     _cut_short(checkpoints / "checkpoint-6")
     (checkpoints / "checkpoint-4" / MARKER).unlink(missing_ok=True)  # as written before markers existed: still whole
@@ -181,7 +166,7 @@ def test_only_cut_short_checkpoints_start_the_run_afresh(tiny_model_dir, tmp_pat
     data = write_selected(tmp_path / "sel", equal_length_sequences(16, 12, vocab=290))
     reference = parameters(run(small_config([data], tmp_path / "full", max_steps=3, save_steps=2), tiny_model_dir).output)
     cfg = small_config([data], tmp_path / "out", max_steps=3, save_steps=2)
-    _killed_at_step(3, cfg, tiny_model_dir, monkeypatch)
+    run_killed_at_step(3, cfg, tiny_model_dir, monkeypatch)
     _cut_short(tmp_path / "out" / "checkpoints" / "checkpoint-2")
     restarted = run(cfg, tiny_model_dir)
     assert restarted.resumed_from is None and restarted.steps == 3

@@ -10,8 +10,8 @@ import pytest
 from scoring import HardfocusError, ScoreConfig, score
 from selection import SelectConfig, select
 from tests.conftest import write_jsonl
-from tests.training.helpers import small_config
-from training import WeightedTrainer, train
+from tests.training.helpers import run_killed_at_step, small_config
+from training import train
 
 
 @pytest.fixture
@@ -54,18 +54,7 @@ def test_a_new_selection_is_not_already_trained(tmp_path, selected, tiny_model_d
 def test_an_unfinished_run_is_not_resumed_on_a_new_selection(tmp_path, selected, tiny_model_dir, monkeypatch):
     """Before: a checkpoint of the old selection's run was resumed on the new rows."""
     cfg = small_config([str(selected)], tmp_path / "model", max_steps=4, save_steps=2)
-    original, calls = WeightedTrainer.training_step, []
-
-    def dies_at_step_3(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("killed")
-        return original(self, *args, **kwargs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(WeightedTrainer, "training_step", dies_at_step_3)
-        with pytest.raises(RuntimeError, match="killed"):
-            train(cfg, tiny_model_dir, bf16=False, progress=False)
+    run_killed_at_step(3, cfg, tiny_model_dir, monkeypatch)
     assert (tmp_path / "model" / "checkpoints" / "checkpoint-2").is_dir()
     select(SelectConfig(scores=[str(tmp_path / "scores")], output=str(selected), drop_top=0.2, overwrite=True),
            progress=False)

@@ -60,3 +60,23 @@ def parameters(model_dir: str) -> dict[str, torch.Tensor]:
 def max_param_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def run_killed_at_step(step: int, cfg: TrainConfig, model_dir: str, monkeypatch) -> None:
+    """Train ``cfg`` and let it die in its ``step``-th training step (after ``step - 1`` were taken), as a killed job."""
+    import pytest
+
+    from training import WeightedTrainer, train
+
+    original, calls = WeightedTrainer.training_step, []
+
+    def dies(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == step:
+            raise RuntimeError("killed")
+        return original(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(WeightedTrainer, "training_step", dies)
+        with pytest.raises(RuntimeError, match="killed"):
+            train(cfg, model_dir, bf16=cfg.precision == "bf16", progress=False)

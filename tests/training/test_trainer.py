@@ -17,12 +17,12 @@ from tests.training.helpers import (
     max_param_diff,
     mixed_length_sequences,
     parameters,
+    run_killed_at_step,
     small_config,
     write_selected,
 )
 from training import train
 from training.output import TRAIN_MANIFEST_FILE
-from training.trainer import WeightedTrainer
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +189,7 @@ def test_a_finished_run_removes_its_checkpoints(tiny_model_dir, equal_data, tmp_
 def test_a_run_killed_before_the_end_resumes_from_its_checkpoint(tiny_model_dir, equal_data, tmp_path, monkeypatch):
     cfg = small_config([equal_data], tmp_path / "out", weighting="static+online", temperature=0.5, max_steps=5, save_steps=2)
     uninterrupted = parameters(run(small_config([equal_data], tmp_path / "full", **_same(cfg)), tiny_model_dir).output)
-    _run_killed_at_step(4, cfg, tiny_model_dir, monkeypatch)
+    run_killed_at_step(4, cfg, tiny_model_dir, monkeypatch)
     out = tmp_path / "out"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2"]  # kept: the run can resume
     assert not (out / TRAIN_MANIFEST_FILE).exists()
@@ -205,7 +205,7 @@ def test_a_run_killed_before_the_end_resumes_from_its_checkpoint(tiny_model_dir,
 
 def test_a_run_killed_before_its_first_checkpoint_restarts_with_a_fresh_log(tiny_model_dir, equal_data, tmp_path, monkeypatch):
     cfg = small_config([equal_data], tmp_path / "out", max_steps=3, save_steps=10)
-    _run_killed_at_step(3, cfg, tiny_model_dir, monkeypatch)
+    run_killed_at_step(3, cfg, tiny_model_dir, monkeypatch)
     log_file = tmp_path / "out" / "train_log.jsonl"
     assert [r["step"] for r in _train_records(log_file)] == [1, 2]
     with open(log_file, "a") as f:  # a record the kill cut short
@@ -213,22 +213,6 @@ def test_a_run_killed_before_its_first_checkpoint_restarts_with_a_fresh_log(tiny
     restarted = run(cfg, tiny_model_dir)
     assert restarted.resumed_from is None
     assert [r["step"] for r in _train_records(log_file)] == [1, 2, 3]
-
-
-def _run_killed_at_step(step: int, cfg, model_dir, monkeypatch) -> None:
-    """Run ``cfg`` and let it die in its ``step``-th training step (after ``step - 1`` were logged), as a killed job."""
-    original, calls = WeightedTrainer.training_step, []
-
-    def dies(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == step:
-            raise RuntimeError("killed")
-        return original(self, *args, **kwargs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(WeightedTrainer, "training_step", dies)
-        with pytest.raises(RuntimeError, match="killed"):
-            run(cfg, model_dir)
 
 
 def _train_records(log_file) -> list[dict]:
