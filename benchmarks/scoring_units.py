@@ -111,7 +111,7 @@ def make_directory(workdir: Path, n_shards: int, units: int) -> None:
     out.write_json(SCORES_JOB_FILE, {"identity": {"benchmark": "scoring_units"}, "runs": []})
 
 
-def _fake_reader(row: dict, cfg, model_fingerprint: str):
+def _fake_reader(row: dict, cfg, model_fingerprint: str, job: str = ""):
     """One empty ``score`` record per unit of the shard, then its ``end``: the records' shape, not their payload."""
     from scoring.units import EMPTY_COUNTS, ShardTask
 
@@ -128,7 +128,8 @@ def _fake_reader(row: dict, cfg, model_fingerprint: str):
 class _FakeScorer:
     """The summary a scorer returns for a unit (n rows, 100 tokens each), without a model."""
 
-    def __init__(self, cfg, model_fingerprint: str, torch_threads: int | None, compiled: bool = False, fence=None):
+    def __init__(self, cfg, model_fingerprint: str, torch_threads: int | None, compiled: bool = False, fence=None,
+                 job: str = ""):
         self.n = cfg.rows_per_unit
 
     def __call__(self, record: dict):

@@ -12,6 +12,7 @@ downloaded once into the local cache (:func:`training.store.fetch_model`), refus
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -47,12 +48,15 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> EvalResult:
         "data": [[s.rel, s.size, getattr(s, "modified", None)] for s in find_shards(cfg.data)],
         "settings": cfg.model_dump(exclude={"models", "data", "output", "executor"}),
     }
-    local_models = [spec for _, spec, _ in models if not is_url(spec)]
+    local_models = [spec for _, spec, _ in models if is_url(spec) or os.path.exists(spec)]  # paths, not hub ids
     with out.locked():
         if out.open(identity, overwrite=True, inputs=[*cfg.data, *local_models]) is Opening.COMPLETE:
             log.info("'%s' already holds this evaluation: nothing to do", redact(cfg.output))
             return EvalResult(cfg.output, load_evaluation(out.read_json(EVAL_FILE)), skipped=True)
         out.unmark()
+        current = {f"scores-{name}" for name, _, _ in models}
+        for stale in sorted(n for n in out.names() if n.startswith("scores-") and n not in current):
+            out.fs.rm(out.join(stale), recursive=True)  # a model no longer evaluated; the others resume by identity
         results = []
         for name, spec, path in models:
             scores_dir = out.url_of(f"scores-{name}")

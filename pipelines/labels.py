@@ -23,8 +23,8 @@ def band_labels(inputs: list[str], columns: Columns, label_column: str, scores_p
         block = read_shard(shard, with_label)
         labels.append(pl.DataFrame({"shard": [shard.rel] * len(block), "row": range(len(block)), "label": block.groups},
                                    schema={"shard": pl.String, "row": pl.Int64, "label": pl.String}))
-    scores = pl.read_parquet(scores_parts, columns=["sample_id", "shard", "row", "group", "loss", "status"])
-    kept = pl.read_parquet(selected_parts, columns=["sample_id"]).with_columns(kept=pl.lit(True))
+    scores = pl.read_parquet(scores_parts, glob=False, columns=["sample_id", "shard", "row", "group", "loss", "status"])
+    kept = pl.read_parquet(selected_parts, glob=False, columns=["sample_id"]).with_columns(kept=pl.lit(True))
     kept_max = pl.col("loss").filter("kept").max()  # the top of the kept band, per group when banded per group
     rows = scores.join(kept, on="sample_id", how="left").with_columns(pl.col("kept").fill_null(False))
     rows = rows.with_columns(kept_max=kept_max.over("group") if per_group else kept_max)

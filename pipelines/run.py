@@ -29,7 +29,7 @@ from pipelines.run_config import RunConfig, check_stage_range
 from pipelines.train import run_train
 from scoring import score
 from scoring.foundation.stagedir import identify
-from scoring.foundation.storage import fs_url, list_names, read_json
+from scoring.foundation.storage import fs_url, list_names, read_record
 from selection import select
 from selection.schema import SUMMARY_FILE
 from selection.summary import SelectionSummary
@@ -92,7 +92,7 @@ def run_pipeline(cfg: RunConfig, start: str = "score", until: str = "eval", prog
     summary = posixpath.join(select_cfg.output, SUMMARY_FILE)
     if result.selection is None and identify(select_cfg.output).complete:
         fs, path = url_to_fs(summary)
-        result.selection = SelectionSummary.model_validate(read_json(fs, path, "selection summary"))
+        result.selection = read_record(fs, path, SelectionSummary, "selection summary")
     if result.selection is not None and cfg.run.label_column:
         result.band_labels = band_labels(
             cfg.run.data, cfg.run.columns(), cfg.run.label_column,

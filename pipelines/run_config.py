@@ -10,6 +10,7 @@ validated strictly (:mod:`pipelines.config`), and a table that is not one (``sco
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -51,10 +52,11 @@ class RunSection(SampleFormat):
     @field_validator("workdir")
     @classmethod
     def _workdir(cls, value: str) -> str:
-        """A local directory or a URL (``s3://bucket/work``); ``s3:/b/w`` would become a local directory ``s3:``."""
+        """A local directory or a URL (``s3://bucket/work``); ``s3:/b/w`` would become a local directory ``s3:``, and
+        ``~/work`` (TOML has no shell to expand it) a directory named ``~``: it is expanded."""
         if re.match(r"[a-z][a-z0-9+.-]*:/(?!/)", value):
             raise ValueError(f"'{value}' looks like a URL missing a '/': write it as scheme://bucket/path")
-        return value
+        return os.path.expanduser(value) if value.startswith("~") else value
 
 
 class _Url(str):

@@ -15,9 +15,9 @@ SMOLLM2_ALIAS = "smollm2-135m"
 
 
 class ScoreConfig(SampleFormat):
-    """Everything ``hardfocus score`` needs. Unknown keys are an error."""
+    """Everything ``hardfocus score`` needs. Unknown keys are an error, and so is NaN or inf for any number."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     inputs: list[str] = Field(min_length=1, description="shard files, directories or globs (local or fsspec URLs)")
     output: str = Field(description="the scores/ directory to write (local path or fsspec URL)")

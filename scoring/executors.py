@@ -19,12 +19,13 @@ _TOKENIZE_MEMORY = 512 * 1024**2  # a unit's text and token ids, with room to sp
 _MAX_INPUT_BLOCKS = 10_000  # beyond that, a block holds several shard tasks (read one after the other)
 
 
-def run_local(tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, compiled: bool, fence=None) -> Iterator[dict]:
+def run_local(tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, compiled: bool, fence=None, job: str = ""
+              ) -> Iterator[dict]:
     """The same task and scorer functions as the Ray job, one after the other, in this process."""
     scorer = UnitScorer(cfg, fingerprint, torch_threads=cfg.torch_threads or os.cpu_count(), compiled=compiled,
-                        fence=fence)
+                        fence=fence, job=job)
     for task in tasks:
-        for record in read_shard_task(task.to_row(), cfg, fingerprint):
+        for record in read_shard_task(task.to_row(), cfg, fingerprint, job):
             yield from scorer(record)
 
 
@@ -35,7 +36,8 @@ def _largest_node_cpus() -> float:
 
 
 def run_ray(
-    tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, compiled: bool, started_local: bool, fence=None
+    tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, compiled: bool, started_local: bool, fence=None,
+    job: str = "",
 ) -> Iterator[dict]:
     """Read+tokenise shards as CPU tasks, score with an actor pool (one model per actor), parts written by the actors."""
     import ray
@@ -48,12 +50,13 @@ def run_ray(
     # scoring starts on the first unit and a shard's tokens never pile up in one block.
     ctx.target_max_block_size = 1
     try:
-        yield from _run_ray(tasks, cfg, fingerprint, compiled, started_local, fence)
+        yield from _run_ray(tasks, cfg, fingerprint, compiled, started_local, fence, job)
     finally:
         ctx.enable_progress_bars, ctx.target_max_block_size = saved
 
 
-def _run_ray(tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, compiled: bool, started_local: bool, fence):
+def _run_ray(tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, compiled: bool, started_local: bool, fence,
+             job: str):
     import ray
 
     node_cpus = _largest_node_cpus()
@@ -74,12 +77,13 @@ def _run_ray(tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, compile
     # (which would stall a GPU): Ray Data fuses a task map into the next actor map only when their
     # resource requests are identical, and the memory request here makes them differ.
     ds = ds.flat_map(
-        read_shard_task, fn_kwargs={"cfg": cfg, "model_fingerprint": fingerprint}, num_cpus=1, memory=_TOKENIZE_MEMORY
+        read_shard_task, fn_kwargs={"cfg": cfg, "model_fingerprint": fingerprint, "job": job}, num_cpus=1,
+        memory=_TOKENIZE_MEMORY
     )
     ds = ds.flat_map(  # a unit in; progress records while it is scored, then its summary
         UnitScorer,
         fn_constructor_kwargs={"cfg": cfg, "model_fingerprint": fingerprint, "torch_threads": threads, "compiled": compiled,
-                               "fence": fence},
+                               "fence": fence, "job": job},
         compute=ray.data.ActorPoolStrategy(size=cfg.actors),
         num_cpus=cpus,
         num_gpus=cfg.gpus_per_actor,

@@ -26,7 +26,7 @@ from scoring.config import MAX_ROW_BYTES, ScoreConfig
 from scoring.executors import init_ray, run_local, run_ray
 from scoring.foundation.console import native_stderr_to_file
 from scoring.foundation.errors import HardfocusError
-from scoring.foundation.fingerprints import tokenizer_fingerprint
+from scoring.foundation.fingerprints import digest, tokenizer_fingerprint
 from scoring.foundation.scores import (
     SCORES_JOB_FILE,
     SCORES_MANIFEST_FILE,
@@ -95,13 +95,13 @@ def score(cfg: ScoreConfig, progress: bool = True) -> ScoreResult:
             len(shards), sum(s.size for s in shards) / 1e6, time.perf_counter() - t0, len(plan.done),
             len(plan.tasks), sum(len(t.done) for t in plan.tasks),
         )
-        manifest = out.read_json(SCORES_MANIFEST_FILE)
-        if not plan.tasks and manifest is not None:
-            log.info("%s is complete (%d parts): nothing to score", redact(cfg.output), manifest["parts"])
-            return ScoreResult(cfg.output, ScoreManifest.model_validate(manifest), units_scored=0, skipped=True)
+        manifest = out.read_record(SCORES_MANIFEST_FILE, ScoreManifest)
+        if not plan.tasks and not plan.changed and manifest is not None:
+            log.info("%s is complete (%d parts): nothing to score", redact(cfg.output), manifest.parts)
+            return ScoreResult(cfg.output, manifest, units_scored=0, skipped=True)
         out.unmark()  # the manifest marks a complete directory; it is not, until the end
         compiled = _want_compile(cfg, plan.tasks)
-        scored = _run(plan, out, cfg, resolved, compiled, progress) if plan.tasks else _Tally()
+        scored = _run(plan, out, cfg, resolved, compiled, progress, digest(identity)) if plan.tasks else _Tally()
         wall = time.perf_counter() - t0  # the whole call: model, planning, Ray start, scoring, writes
         parts = sum(math.ceil(m["rows"] / cfg.rows_per_unit) for m in plan.done.values())
         run = RunInfo(
@@ -165,6 +165,7 @@ def _template_sha256(cfg: ScoreConfig, tokenizer) -> str | None:
 class Plan:
     tasks: list[ShardTask]  # shards to (finish) scoring
     done: dict[str, dict] = field(default_factory=dict)  # shard digest -> done marker, of every finished shard
+    changed: bool = False  # planning removed parts or markers (of shards that changed or left the inputs)
 
 
 def plan_shards(out: ScoresDir, shards: list[Shard], cfg: ScoreConfig) -> Plan:
@@ -227,7 +228,7 @@ def plan_shards(out: ScoresDir, shards: list[Shard], cfg: ScoreConfig) -> Plan:
         log.info("removed %d temporary files of an interrupted run", removed)
     tasks = [ShardTask(s, tuple(sorted(starts[d])), tuple(starts[d][k] for k in sorted(starts[d])))
              for d, s in by_digest.items() if d not in done]
-    return Plan(tasks=sorted(tasks, key=lambda t: t.shard.rel), done=done)
+    return Plan(tasks=sorted(tasks, key=lambda t: t.shard.rel), done=done, changed=bool(stale or stale_markers or damaged))
 
 
 def _marker_matches(marker: dict, shard: Shard) -> bool:
@@ -300,22 +301,23 @@ class _ShardProgress:
     part_bytes: dict[int, int] = field(default_factory=dict)  # unit start -> its part's size (0: not known)
 
 
-def _run(plan: Plan, out: ScoresDir, cfg: ScoreConfig, resolved: ResolvedModel, compiled: bool, progress: bool) -> _Tally:
+def _run(plan: Plan, out: ScoresDir, cfg: ScoreConfig, resolved: ResolvedModel, compiled: bool, progress: bool,
+         job: str) -> _Tally:
     """Score the pending shards with a progress bar over their bytes; mark each shard done as its last unit lands."""
     with native_stderr_to_file() if cfg.executor == "ray" else contextlib.nullcontext():
-        return _score_pending(plan, out, cfg, resolved, compiled, progress)
+        return _score_pending(plan, out, cfg, resolved, compiled, progress, job)
 
 
 def _score_pending(plan: Plan, out: ScoresDir, cfg: ScoreConfig, resolved: ResolvedModel, compiled: bool,
-                   progress: bool) -> _Tally:
+                   progress: bool, job: str = "") -> _Tally:
     tally = _Tally()
     started_ray = False
     if cfg.executor == "ray":
         started_ray = init_ray(cfg.ray_address)
         summaries = run_ray(plan.tasks, cfg, resolved.fingerprint, compiled,
-                            started_local=started_ray and not cfg.ray_address, fence=out.fence())
+                            started_local=started_ray and not cfg.ray_address, fence=out.fence(), job=job)
     else:
-        summaries = run_local(plan.tasks, cfg, resolved.fingerprint, compiled, fence=out.fence())
+        summaries = run_local(plan.tasks, cfg, resolved.fingerprint, compiled, fence=out.fence(), job=job)
     shards = {t.to_row()["task"]: _ShardProgress(t) for t in plan.tasks}
     scoring_now: dict[tuple[str, int], tuple[int, int]] = {}  # (task, unit start) -> rows, tokens scored so far
     bar = ScoringProgress(sum(t.shard.size for t in plan.tasks), enabled=progress)

@@ -10,7 +10,7 @@ def count_duplicate_ids(part_urls: list[str]) -> tuple[int, list[str]]:
     if not part_urls:
         return 0, []
     dups = (
-        pl.scan_parquet(part_urls).group_by("sample_id").agg(pl.len().alias("n")).filter(pl.col("n") > 1)
+        pl.scan_parquet(part_urls, glob=False).group_by("sample_id").agg(pl.len().alias("n")).filter(pl.col("n") > 1)
         .sort("sample_id").collect(engine="streaming")
     )
     return (int(dups["n"].sum() - len(dups)) if len(dups) else 0), dups["sample_id"].head(5).to_list()

@@ -40,7 +40,9 @@ from scoring.foundation.scores import (
     loss_spans_array,
     mask_from_spans,
     parse_part_name,
+    part_stamp,
     scores_table,
+    stamp_of,
 )
 from scoring.foundation.storage import redact
 from scoring.ifd import IFD_TURNS_COLUMN, ifd_ratio, ifd_turns_array, unconditioned_nll
@@ -133,25 +135,48 @@ def merge_counts(a: dict, b: dict) -> dict:
 EMPTY_COUNTS = {"rows": 0, "rows_by_status": {}, "error_examples": [], "tokens": 0, "truncated": 0}
 
 
-def part_counts(out: ScoresDir, name: str) -> dict:
-    """The counts of a part an earlier run wrote (three small columns read)."""
+def part_counts(out: ScoresDir, name: str, with_stamp: bool = False):
+    """The counts of a part an earlier run wrote (three small columns read), and with ``with_stamp`` its stamp."""
     t = out.read_part(name, ["status", "n_tokens", "truncated"])
-    return status_counts(t["status"].to_pylist(), t["n_tokens"].to_numpy(), t["truncated"].to_numpy())
+    counts = status_counts(t["status"].to_pylist(), t["n_tokens"].to_numpy(), t["truncated"].to_numpy())
+    return (counts, stamp_of(t.schema.metadata)) if with_stamp else counts
 
 
-def reusable_parts(out: ScoresDir, task: ShardTask, n: int) -> dict[int, tuple[str, dict, int]]:
+def _stamp_differs(stamp: dict | None, job: str, shard: Shard) -> str | None:
+    """Why a part's stamp says it was not scored by this job from this shard as it is now, or None."""
+    if stamp is None:
+        return None
+    if job and stamp.get("job") != job:
+        return "it was scored by another job"
+    if stamp.get("shard_size") != shard.size or (shard.modified and stamp.get("shard_modified") not in (None, shard.modified)):
+        return f"{redact(shard.url)} changed since it was scored (size or modification stamp)"
+    return None
+
+
+def reusable_parts(out: ScoresDir, task: ShardTask, n: int, job: str = "", overwrite: bool = False
+                   ) -> dict[int, tuple[str, dict, int]]:
     """unit start -> (part name, its counts, its bytes) of the parts an earlier run wrote for this task's shard that
     read whole and hold the rows their name says; a damaged one is left out, so its unit is scored again (the new
-    part replaces it)."""
+    part replaces it). A part whose stamp says the shard changed since (or another job wrote it) is refused, or
+    with ``overwrite`` the shard's old parts are all removed and every unit is scored again."""
     reused = {}
     names = task.parts or tuple(part_name(task.shard, start, start + n) for start in task.done)
     for start, name in zip(task.done, names):
         try:
-            counts = part_counts(out, name)
+            counts, stamp = part_counts(out, name, with_stamp=True)
             size = out.part_sizes([name]).get(name, 0)
         except (OSError, pa.ArrowException) as exc:
             log.warning("part %s of %s is damaged (%s): scoring its rows again", name, redact(out.url), exc)
             continue
+        if why := _stamp_differs(stamp, job, task.shard):
+            if not overwrite:
+                raise HardfocusError(
+                    f"{redact(out.url)} holds part {name}, but {why}: choose another --output, or pass --overwrite to "
+                    "score the shard again"
+                )
+            log.warning("%s: %s; scoring the shard again", name, why)
+            out.remove(list(names))
+            return {}
         bounds = parse_part_name(name)
         if bounds is None or counts["rows"] != bounds[2] - bounds[1]:
             log.warning("part %s of %s holds %d rows, not what its name says: scoring its rows again", name,
@@ -174,7 +199,7 @@ def _record(task: str, kind: str, start: int = 0, stop: int = 0, consumed: float
             "tokenized": tokenized, "counts": json.dumps(counts or EMPTY_COUNTS), "error": error, "bytes": size}
 
 
-def read_shard_task(row: dict, cfg: ScoreConfig, model_fingerprint: str):
+def read_shard_task(row: dict, cfg: ScoreConfig, model_fingerprint: str, job: str = ""):
     """Ray Data ``flat_map`` entry point (and the local executor's): a task in, its unit records out.
 
     A :class:`HardfocusError` (a missing column, ``--on-error stop``) travels as an ``error`` record:
@@ -185,7 +210,7 @@ def read_shard_task(row: dict, cfg: ScoreConfig, model_fingerprint: str):
     rows, begin = 0, 0.0
     try:
         tokenizer = load_tokenizer(_checkpoint_path(cfg.model, model_fingerprint))
-        reused = reusable_parts(out, task, cfg.rows_per_unit)  # a damaged part is scored again, not counted
+        reused = reusable_parts(out, task, cfg.rows_per_unit, job, cfg.overwrite)  # damaged parts are scored again
         for unit in iter_units(task.shard, columns_of(cfg), cfg.rows_per_unit, frozenset(reused), cfg.max_row_bytes):
             rows = unit.stop
             if unit.block is None:
@@ -277,8 +302,8 @@ class UnitScorer:
     """Scores tokenised units and writes each as one part file (a Ray actor, or a plain object)."""
 
     def __init__(self, cfg: ScoreConfig, model_fingerprint: str, torch_threads: int | None, compiled: bool = False,
-                 fence=None):
-        self.cfg = cfg
+                 fence=None, job: str = ""):
+        self.cfg, self.job = cfg, job
         self.out = ScoresDir(cfg.output, fence=fence)  # each part write checks the run still holds the lock
         self.node = _node_name()
         self.scorer = Scorer(
@@ -360,6 +385,8 @@ class UnitScorer:
             with_input_ids=self.cfg.keep_input_ids,
             with_loss_spans=spans is not None,
         )
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               **part_stamp(self.job, shard, start, start + len(status))})
         size = self.out.write_part(part_name(shard, start, start + len(status)), table)
         return status_counts(status, n_tokens, truncated.to_numpy(zero_copy_only=False)), len(todo), size
 

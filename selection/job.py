@@ -11,14 +11,14 @@ from fsspec.core import url_to_fs
 
 from scoring.foundation.errors import HardfocusError
 from scoring.foundation.fingerprints import manifest_digest
-from scoring.foundation.stagedir import SELECTED, Opening, StageDir, identify, refuse_overlap
-from scoring.foundation.storage import read_json, redact
+from scoring.foundation.stagedir import SELECTED, Opening, StageDir, identify, refuse_overlap, refuse_repeated
+from scoring.foundation.storage import fs_url, list_names, read_json, redact
 from selection.bands import KEPT, NO_GROUP, band_weights, rank_bands
 from selection.config import SelectConfig
 from selection.rank_by import eligible_scores, rank_column
-from selection.report import write_report
+from selection.report import REPORT_FILE, write_report
 from selection.schema import SUMMARY_FILE
-from selection.scores import ScoreParts, open_scores, refuse_repeated
+from selection.scores import ScoreParts, open_scores
 from selection.summary import SelectionSummary, group_counts, loss_quantiles, thresholds, weight_stats
 from selection.writer import write_shards
 
@@ -39,7 +39,7 @@ def select(cfg: SelectConfig, progress: bool = True) -> SelectResult:
     same selection over the same scores finds it complete and writes nothing.
     """
     inputs = cfg.scores + cfg.reference
-    refuse_repeated(inputs)
+    refuse_repeated(inputs, "scores directory")
     out = StageDir(cfg.output, SELECTED)
     refuse_overlap(cfg.output, inputs)
     with out.locked():
@@ -48,7 +48,9 @@ def select(cfg: SelectConfig, progress: bool = True) -> SelectResult:
         identity = selection_identity(cfg, parts, reference)
         if out.open(identity, cfg.overwrite, inputs=inputs) is Opening.COMPLETE:
             log.info("'%s' already holds this selection: nothing to do", redact(cfg.output))
-            summary = SelectionSummary.model_validate(out.read_json(SUMMARY_FILE))
+            summary = out.read_record(SUMMARY_FILE, SelectionSummary)
+            if cfg.report and not out.exists(REPORT_FILE):  # the report is not part of the selection: made on request
+                build_report(cfg.scores, cfg.output)
             return SelectResult(cfg.output, summary, skipped=True)
         excluded, ranked, units = _rank(parts, cfg)
         column = rank_column(cfg.score)
@@ -89,9 +91,10 @@ def select(cfg: SelectConfig, progress: bool = True) -> SelectResult:
 
 
 def selection_identity(cfg: SelectConfig, parts: ScoreParts, reference: ScoreParts | None) -> dict:
-    """What makes two selections the same: the parameters and the scores they were made from."""
+    """What makes two selections the same: the parameters and the scores they were made from (``report`` writes a
+    page beside the selection and changes nothing in it)."""
     return {
-        "parameters": cfg.model_dump(exclude={"scores", "reference", "output", "overwrite"}),
+        "parameters": cfg.model_dump(exclude={"scores", "reference", "output", "overwrite", "report"}),
         "scores": [manifest_digest(m) for m in parts.manifests],
         "reference": [manifest_digest(m) for m in reference.manifests] if reference else [],
     }
@@ -125,7 +128,10 @@ def build_report(scores: list[str], selected: str | None = None, output: str | N
         summary = _read_summary(selected)
         cfg = SelectConfig(scores=scores, output=selected, **summary["parameters"])
         excluded, ranked, _ = _rank(parts, cfg)
-        kept = pl.read_parquet(f"{selected.rstrip('/')}/part-*.parquet", columns=["group", "loss", "weight"])
+        fs, root = url_to_fs(selected)
+        kept_parts = sorted(fs_url(fs, posixpath.join(root, n)) for n in list_names(fs, root)
+                            if n.startswith("part-") and n.endswith(".parquet"))
+        kept = pl.read_parquet(kept_parts, glob=False, columns=["group", "loss", "weight"])
         kept = kept.with_columns(pl.col("group").fill_null(NO_GROUP))
     target = output or selected or scores[0]
     path = write_report(target, ranked, kept, summary, title=f"hardfocus report: {', '.join(scores)}")
@@ -138,7 +144,7 @@ def _read_summary(selected: str) -> dict:
     if found.kind != "selected" or not found.complete:
         raise HardfocusError(f"'{redact(selected)}' is {found.describe()}, not a complete selected/ directory")
     fs, path = url_to_fs(selected)
-    return read_json(fs, posixpath.join(path, SUMMARY_FILE), "selection summary")
+    return read_json(fs, posixpath.join(path, SUMMARY_FILE), "selection summary", kind=dict)
 
 
 def summary_text(s: SelectionSummary, output: str) -> str:

@@ -14,17 +14,20 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from scoring.foundation.errors import HardfocusError
+from scoring.foundation.fingerprints import digest
 from scoring.foundation.scores import (
     ERROR_PREFIX,
     OPTIONAL_COLUMNS,
+    SCORES_JOB_FILE,
     SCORES_MANIFEST_FILE,
     SCORES_SCHEMA,
     ScoreManifest,
     check_scores_schema,
     parse_part_name,
+    stamp_of,
 )
-from scoring.foundation.stagedir import identify
-from scoring.foundation.storage import canonical, fs_url, prefetched, read_json, redact
+from scoring.foundation.stagedir import identify, refuse_repeated
+from scoring.foundation.storage import fs_url, prefetched, read_json, read_record, redact
 from selection.bands import NO_GROUP
 
 
@@ -123,7 +126,7 @@ class ScoreParts:
 
 def open_scores(dirs: list[str]) -> ScoreParts:
     """Check each directory is a complete scores/ (manifest present, every part whole) and all were scored alike."""
-    refuse_repeated(dirs)
+    refuse_repeated(dirs, "scores directory")
     urls, rows, manifests, with_ids, with_spans = [], [], [], [], []
     common = set(OPTIONAL_COLUMNS)
     for d in dirs:
@@ -137,7 +140,7 @@ def open_scores(dirs: list[str]) -> ScoreParts:
                 f"'{redact(d)}' is {found.describe()}, not a finished scores/ directory (no {SCORES_MANIFEST_FILE}): "
                 "(re)run `hardfocus score` on it"
             )
-        manifest = ScoreManifest.model_validate(read_json(fs, posixpath.join(path, SCORES_MANIFEST_FILE), "scores manifest"))
+        manifest = read_record(fs, posixpath.join(path, SCORES_MANIFEST_FILE), ScoreManifest, "scores manifest")
         parts = sorted(posixpath.join(path, n) for n in found.names if n.startswith("part-") and n.endswith(".parquet"))
         if len(parts) != manifest.parts:
             raise HardfocusError(f"'{redact(d)}' holds {len(parts)} part files but its manifest lists {manifest.parts}")
@@ -150,12 +153,16 @@ def open_scores(dirs: list[str]) -> ScoreParts:
             except (OSError, pa.ArrowException) as exc:
                 return exc
 
+        job = read_json(fs, posixpath.join(path, SCORES_JOB_FILE), "scores job file")
+        job_digest = digest(job["identity"]) if isinstance(job, dict) and "identity" in job else None
+        shards = {s.rel: s for s in manifest.shards}
         for p, meta in zip(parts, prefetched(footer, parts)):
             if isinstance(meta, Exception):
                 raise damaged_part(fs_url(fs, p), meta)
             parsed = parse_part_name(posixpath.basename(p))
             if parsed is not None and meta.num_rows != parsed[2] - parsed[1]:
                 raise damaged_part(fs_url(fs, p), f"{meta.num_rows} rows where its name says {parsed[2] - parsed[1]}")
+            _check_stamp(fs_url(fs, p), stamp_of(meta.metadata), job_digest, shards)
             schema = meta.schema.to_arrow_schema()
             check_scores_schema(schema, p)
             with_ids.append("input_ids" in schema.names)
@@ -177,25 +184,31 @@ def open_scores(dirs: list[str]) -> ScoreParts:
     return parts
 
 
+def _check_stamp(url: str, stamp: dict | None, job: str | None, shards: dict) -> None:
+    """A part records the job and the shard version that made it: one copied in from another scores/ directory,
+    or left over from another version of its shard, is refused (parts of older versions carry no stamp)."""
+    if stamp is None:
+        return
+    shard = shards.get(stamp.get("shard"))
+    if job is not None and stamp.get("job") != job:
+        why = "it was written by another scoring job than this directory's (other settings, or another directory)"
+    elif shard is None or stamp.get("shard_size") != shard.size or (
+            shard.modified and stamp.get("shard_modified") not in (None, shard.modified)):
+        why = "it was scored from another version of its shard than the manifest lists"
+    else:
+        return
+    raise HardfocusError(
+        f"the score part {redact(url)} does not belong to its directory: {why}; delete it and rerun `hardfocus score` "
+        "with the same arguments, which scores only the missing part again"
+    )
+
+
 def damaged_part(url: str, why) -> HardfocusError:
     return HardfocusError(
         f"the score part {redact(url)} is damaged ({why}); it was changed after it was written (a power cut, a "
         "partial copy): delete it and rerun `hardfocus score` with the same arguments, which scores only the missing "
         "part again"
     )
-
-
-def refuse_repeated(dirs: list[str]) -> None:
-    """The same directory twice would count every row twice."""
-    seen: dict[str, str] = {}
-    for d in dirs:
-        key = canonical(d)
-        if key in seen:
-            raise HardfocusError(
-                f"the scores directory '{redact(d)}' is given twice ({redact(seen[key])} and {redact(d)}): every row would "
-                "count twice; give each directory once"
-            )
-        seen[key] = d
 
 
 def _check_unique_ids(dirs: list[str], parts: ScoreParts) -> None:
@@ -219,7 +232,7 @@ def _check_unique_ids(dirs: list[str], parts: ScoreParts) -> None:
                 owner[shard.rel] = d
     if all(m.id_column is None for m in parts.manifests):
         return
-    ids = pl.scan_parquet(parts.urls).select("sample_id").group_by("sample_id").agg(pl.len().alias("n")).filter(pl.col("n") > 1).head(3).collect(engine="streaming")
+    ids = pl.scan_parquet(parts.urls, glob=False).select("sample_id").group_by("sample_id").agg(pl.len().alias("n")).filter(pl.col("n") > 1).head(3).collect(engine="streaming")
     if ids.height:
         raise HardfocusError(
             f"sample ids repeat across {', '.join(redact(d) for d in dirs)} (e.g. {', '.join(ids['sample_id'].to_list())}): "
@@ -233,7 +246,7 @@ def _check_spans_alike(d: str, parts: list[str], with_spans: list[bool]) -> None
         have = [posixpath.basename(p) for p, w in zip(parts, with_spans) if w]
         lack = [posixpath.basename(p) for p, w in zip(parts, with_spans) if not w]
         raise HardfocusError(
-            f"'{d}' mixes part files with a loss_spans column ({', '.join(have[:3])}{', ...' if len(have) > 3 else ''}) "
+            f"'{redact(d)}' mixes part files with a loss_spans column ({', '.join(have[:3])}{', ...' if len(have) > 3 else ''}) "
             f"and without one ({', '.join(lack[:3])}{', ...' if len(lack) > 3 else ''}): they were not written by one "
             "scoring run of one input format; rescore the directory"
         )

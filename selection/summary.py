@@ -40,7 +40,7 @@ class WeightStats(BaseModel):
 
 
 class SelectionSummary(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())  # a newer version's fields are read past
 
     parameters: dict
     score: str = "loss"  # what ranked and weighted the rows (thresholds are in its units)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
@@ -12,9 +13,9 @@ Weighting = Literal["none", "static", "online", "static+online"]
 
 
 class TrainConfig(SampleFormat):
-    """Everything ``hardfocus train`` needs. Unknown keys are an error."""
+    """Everything ``hardfocus train`` needs. Unknown keys are an error, and so is NaN or inf for any number."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     data: list[str] = Field(min_length=1, description="selected/ or scores/ directories (or raw shards, tokenised here)")
     output: str = Field(
@@ -97,7 +98,7 @@ class TrainConfig(SampleFormat):
 class EvalConfig(SampleFormat):
     """Everything ``hardfocus eval`` needs: held-out text shards and the models to compare on them."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     models: list[str] = Field(
         min_length=1, description="models to compare, first = baseline; NAME=SPEC names one (SPEC: dir, hub id, .gguf, alias)"
@@ -113,7 +114,8 @@ class EvalConfig(SampleFormat):
         """(name, spec) pairs; unnamed specs are named by their last path component, made unique."""
         named, seen = [], {}
         for entry in self.models:
-            name, _, spec = entry.partition("=") if "=" in entry and not entry.startswith(("/", ".")) else ("", "", entry)
+            literal = entry.startswith(("/", ".")) or os.path.exists(entry)  # a path that holds '=' is still a path
+            name, _, spec = entry.partition("=") if "=" in entry and not literal else ("", "", entry)
             name = name or spec.rstrip("/").split("/")[-1].removesuffix(".gguf") or "model"
             seen[name] = seen.get(name, 0) + 1
             named.append((name if seen[name] == 1 else f"{name}-{seen[name]}", spec))

@@ -25,6 +25,7 @@ from training.data import TokenDataset, load_training_data
 from training.output import (
     CHECKPOINTS,
     TRAIN_LOG,
+    TrainManifest,
     TrainResult,
     finished,
     last_logged,
@@ -33,6 +34,7 @@ from training.output import (
 )
 from training.sources import TrainingSources, find_sources
 from training.store import publish, staging_dir
+from training.trainer import check_finite_parameters
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +49,18 @@ def train(cfg: TrainConfig, model_path: str, bf16: bool, progress: bool = True) 
         )
     eval_data = find_sources(cfg.eval_data) if cfg.eval_data else None
     check_tokenizer(model_path, data, eval_data)
+    check_token_ids(model_path, data, eval_data)
     identity = training_identity(cfg, fingerprint_checkpoint(model_path), data.identity,
                                  eval_data.identity if eval_data else [])
     out = StageDir(cfg.output, MODEL)
-    inputs = [*cfg.data, *cfg.eval_data]
+    inputs = [*cfg.data, *cfg.eval_data, model_path]  # a model is an input too: never trained over itself
     refuse_overlap(cfg.output, inputs)
     with out.locked():
         if out.open(identity, cfg.overwrite, inputs=inputs) is Opening.COMPLETE:
             log.info("'%s' already holds this finished run: nothing to do", redact(cfg.output))
             if out.is_local and not cfg.keep_checkpoints:  # a run that stopped between its manifest and the clean-up
                 remove_checkpoints(Path(out.path))
-            return finished(cfg.output, out.read_json(MODEL.marker))
+            return finished(cfg.output, out.read_record(MODEL.marker, TrainManifest))
         local = Path(out.path) if out.is_local else staging_dir(cfg.output, identity)
         started = time.time()
         steps, history, resumed = _fit(cfg.model_copy(update={"output": str(local)}), model_path, bf16, progress,
@@ -65,8 +68,8 @@ def train(cfg: TrainConfig, model_path: str, bf16: bool, progress: bool = True) 
         result = TrainResult(output=cfg.output, steps=steps, train_rows=len(data), final_loss=last_logged(history, "loss"),
                              resumed_from=resumed, log_file=f"{cfg.output.rstrip('/')}/{TRAIN_LOG}")
         _write_manifest(out, local, identity, data, result, time.time() - started, history)
-    if not cfg.keep_checkpoints:
-        remove_checkpoints(local)
+        if not cfg.keep_checkpoints:
+            remove_checkpoints(local)  # while the lock is held: a run after this one may resume from checkpoints/
     return result
 
 
@@ -84,6 +87,24 @@ def check_tokenizer(model_path: str, *sources: TrainingSources | None) -> None:
                 f"'{redact(path)}' holds token ids of another tokenizer ({theirs}) than the model's '{redact(model_path)}' "
                 f"({ours}): train with the model that scored it, or score the data with this model"
             )
+
+
+def check_token_ids(model_path: str, *sources: TrainingSources | None) -> None:
+    """Every token id must index the model's embedding (its footers' statistics give each source's range)."""
+    from transformers import AutoConfig
+
+    vocab = AutoConfig.from_pretrained(model_path).vocab_size
+    for group in sources:
+        for source in group.sources if group else ():
+            if source.token_range is None:
+                continue
+            low, high = source.token_range
+            if low < 0 or high >= vocab:
+                raise HardfocusError(
+                    f"'{redact(source.path)}' holds token ids from {low} to {high}, outside the vocabulary of "
+                    f"'{redact(model_path)}' (0 to {vocab - 1}): they were made for another model; train with that "
+                    "model, or tokenise the data with this one"
+                )
 
 
 def _fit(cfg: TrainConfig, model_path: str, bf16: bool, progress: bool, data: TrainingSources,
@@ -106,6 +127,7 @@ def _fit(cfg: TrainConfig, model_path: str, bf16: bool, progress: bool, data: Tr
             TokenDataset(load_training_data(eval_data).table) if eval_data else None,
         )
         trainer.train(resume_from_checkpoint=resume)
+        check_finite_parameters(trainer.model, trainer.state.global_step)
         trainer.save_model(str(out))  # model + tokenizer (the processing_class), save_pretrained format
         steps, history = trainer.state.global_step, trainer.state.log_history
     return steps, history, resume

@@ -18,6 +18,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict
+
 from scoring.foundation.stagedir import MODEL
 from training.config import TrainConfig
 
@@ -54,10 +56,20 @@ def training_identity(cfg: TrainConfig, model_fingerprint: str, data: list[str],
             "eval_data": eval_data}
 
 
-def finished(output: str, manifest: dict) -> TrainResult:
+class TrainManifest(BaseModel):
+    """What a reader needs of ``train_manifest.json`` (it holds more: the identity, the data, versions)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    steps: int
+    train_rows: int
+    final_loss: float | None
+
+
+def finished(output: str, manifest: TrainManifest) -> TrainResult:
     """The result of a run whose manifest says it finished."""
-    return TrainResult(output=output, steps=manifest["steps"], train_rows=manifest["train_rows"],
-                       final_loss=manifest["final_loss"], resumed_from=None, log_file=f"{output.rstrip('/')}/{TRAIN_LOG}",
+    return TrainResult(output=output, steps=manifest.steps, train_rows=manifest.train_rows,
+                       final_loss=manifest.final_loss, resumed_from=None, log_file=f"{output.rstrip('/')}/{TRAIN_LOG}",
                        skipped=True)
 
 

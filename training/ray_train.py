@@ -131,6 +131,7 @@ def _worker_loop(config: dict) -> None:
     from ray.train.huggingface.transformers import prepare_trainer
 
     from training.build import build_trainer, training_arguments
+    from training.trainer import check_finite_parameters
     cfg = TrainConfig.model_validate(config["cfg"])
     if not cfg.use_gpu:
         torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
@@ -141,6 +142,7 @@ def _worker_loop(config: dict) -> None:
     trainer.train_dataset = shard.iter_torch_batches(batch_size=cfg.batch_size, collate_fn=_RayCollate(trainer.data_collator))
     trainer = prepare_trainer(trainer)
     trainer.train(resume_from_checkpoint=config["resume"])
+    check_finite_parameters(trainer.model, trainer.state.global_step)  # every rank holds the same weights (DDP)
     if ray.train.get_context().get_world_rank() == 0:
         trainer.save_model(cfg.output)
         state = {"global_step": trainer.state.global_step, "log_history": trainer.state.log_history}

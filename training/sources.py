@@ -34,8 +34,8 @@ from scoring.foundation.errors import HardfocusError
 from scoring.foundation.fingerprints import digest, manifest_digest
 from scoring.foundation.scores import LOSS_SPANS_TYPE, SCORES_MANIFEST_FILE, ScoreManifest, Status, check_scores_schema
 from scoring.foundation.selected import SUMMARY_FILE, check_selected_schema
-from scoring.foundation.stagedir import PathInfo, identify
-from scoring.foundation.storage import fs_url, prefetched, read_json, redact
+from scoring.foundation.stagedir import PathInfo, identify, refuse_repeated
+from scoring.foundation.storage import fresh, fs_url, prefetched, read_json, read_record, redact
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class Source:
     not_ok: int  # scores/ rows whose status is not ok: counted, never trained on
     identity: str = ""  # a digest of its marker (summary.json, manifest.json, tokenized.json) or of its parts
     tokenizer: str | None = None  # the fingerprint of the tokenizer that made its input_ids, where recorded
+    token_range: tuple[int, int] | None = None  # the lowest and highest token id (footer statistics), where known
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class TrainingSources:
 
 def find_sources(paths: list[str]) -> TrainingSources:
     """Check every directory; raise a :class:`HardfocusError` that names the one that is unusable and why."""
+    refuse_repeated(paths, "training data directory")
     sources = tuple(_source(path) for path in paths)
     if sum(s.rows for s in sources) == 0:
         raise HardfocusError(f"no trainable rows in {list(paths)}")
@@ -125,30 +127,53 @@ def _source(path: str) -> Source:
         rows += footer.num_rows
         if kind == "tokens" and "status" in footer.schema.names:
             raise HardfocusError(
-                f"'{path}' has scores/ parts but no {SCORES_MANIFEST_FILE}: the scoring did not finish; rerun `hardfocus score`"
+                f"'{redact(path)}' has scores/ parts but no {SCORES_MANIFEST_FILE}: the scoring did not finish; rerun `hardfocus score`"
             )
-    identity, tokenizer = _recorded(fs, root, found, len(parts), rows, footers)
+    identity, tokenizer = _recorded(fs, root, found, len(parts), rows, footers, parts)
     if kind == "scores":  # the status column only: which rows are trained on
         for status in prefetched(lambda p: _read(fs, p, ["status"]).column("status"), parts):
             not_ok += len(status) - (pc.sum(pc.equal(status, Status.OK.value)).as_py() or 0)
     return Source(path, kind, tuple(fs_url(fs, p) for p in parts), tuple(columns), rows - not_ok, not_ok,
-                  identity=identity, tokenizer=tokenizer)
+                  identity=identity, tokenizer=tokenizer, token_range=_token_range(footers))
 
 
-def _recorded(fs, root: str, found: PathInfo, n_parts: int, rows: int, footers: list) -> tuple[str, str | None]:
+def _token_range(footers: list[pq.FileMetaData]) -> tuple[int, int] | None:
+    """(min, max) of ``input_ids`` over every row group, from the footers' statistics; None where one lacks them."""
+    low = high = None
+    for footer in footers:
+        leaf = next((i for i in range(footer.num_columns) if footer.schema.column(i).path.startswith("input_ids.")), None)
+        if leaf is None:
+            return None
+        for g in range(footer.num_row_groups):
+            stats = footer.row_group(g).column(leaf).statistics
+            if footer.row_group(g).num_rows == 0:
+                continue
+            if stats is None or not stats.has_min_max:
+                return None
+            low = stats.min if low is None else min(low, stats.min)
+            high = stats.max if high is None else max(high, stats.max)
+    return None if low is None else (int(low), int(high))
+
+
+def _recorded(fs, root: str, found: PathInfo, n_parts: int, rows: int, footers: list, parts: list[str]
+              ) -> tuple[str, str | None]:
     """(identity, tokenizer fingerprint) from the source's marker, checked against its parts: a marker that counts
     other parts or rows than the directory holds means parts were lost or added after it was written."""
     where = f"'{redact(found.url)}'"
-    if found.kind == "parts":  # a token directory written by hand: its parts are its identity; no tokenizer recorded
-        return digest([[f.num_rows, f.serialized_size] for f in footers]), None
-    marker = read_json(fs, posixpath.join(root, found.stage.marker), f"{found.kind}/ marker")
+    if found.kind == "parts":  # a token directory written by hand: its parts as listed are its identity, no tokenizer
+        fresh(fs, root)
+        listed = {e["name"].rstrip("/"): e for e in fs.ls(root, detail=True)}
+        stamps = [[posixpath.basename(p), (listed.get(p) or {}).get("size"), _changed(listed.get(p) or {})] for p in parts]
+        return digest([stamps, [f.num_rows for f in footers]]), None
+    marker_path = posixpath.join(root, found.stage.marker)
+    marker = read_json(fs, marker_path, f"{found.kind}/ marker", kind=dict)
     if found.kind == "selected":
         expected_parts, expected_rows = marker.get("output_parts"), (marker.get("bands") or {}).get("kept")
         tokenizers = {s.get("tokenizer_fingerprint") for s in marker.get("scores", [])}
         tokenizer = tokenizers.pop() if len(tokenizers) == 1 else None
         identity = digest(marker)
     elif found.kind == "scores":
-        manifest = ScoreManifest.model_validate(marker)
+        manifest = read_record(fs, marker_path, ScoreManifest, "scores manifest")
         expected_parts, expected_rows, tokenizer = manifest.parts, manifest.rows, manifest.tokenizer_fingerprint
         identity = manifest_digest(manifest)
     else:
@@ -161,6 +186,14 @@ def _recorded(fs, root: str, found: PathInfo, n_parts: int, rows: int, footers: 
             "with --overwrite)"
         )
     return identity, tokenizer
+
+
+def _changed(info: dict) -> str | None:
+    """A listing entry's modification stamp: mtime locally, the ETag or last-modified on a store."""
+    for key in ("mtime", "ETag", "LastModified", "last_modified", "updated"):
+        if info.get(key) is not None:
+            return str(info[key])
+    return None
 
 
 def _footer(fs, part: str) -> pq.FileMetaData | Exception:
@@ -176,7 +209,7 @@ def _refuse_unfinished(path: str, footers: list) -> None:
     names = [set() if isinstance(f, Exception) else set(f.schema.names) for f in footers]
     if isinstance(footers[0], Exception) or any("loss_rank" in n for n in names):
         raise HardfocusError(
-            f"'{path}' has selected/ shards (or an unreadable part) but no {SUMMARY_FILE}: the selection did not "
+            f"'{redact(path)}' has selected/ shards (or an unreadable part) but no {SUMMARY_FILE}: the selection did not "
             "finish; rerun `hardfocus select`"
         )
 
@@ -223,6 +256,7 @@ def training_rows(table: pa.Table, kind: str, where: str, part: str | None = Non
     (:func:`find_sources` counted them). Raises on rows that cannot be trained on: fewer than 2
     tokens, a null, NaN, infinite or negative weight, malformed spans or spans that select no target token.
     """
+    where = redact(where)
     if kind == "scores":
         table = table.filter(pc.equal(table.column("status"), Status.OK.value))
     n = table.num_rows

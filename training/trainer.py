@@ -115,6 +115,18 @@ class FiniteSteps(TrainerCallback):
         )
 
 
+def check_finite_parameters(model: torch.nn.Module, step: int) -> None:
+    """A run's model is published only if every weight is finite: a step can still make them inf or NaN after
+    finite gradients (an infinite learning rate or weight decay, an overflow in the optimizer's update)."""
+    params = [_local(p.detach()) for p in model.parameters()]
+    if params and not bool(torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(params)])).all()):
+        bad = next(name for name, p in model.named_parameters() if not bool(torch.isfinite(_local(p.detach())).all()))
+        raise HardfocusError(
+            f"after training step {step} the model's weights are not finite (e.g. {bad}): no model or manifest is "
+            "written; check the learning rate, weight decay and data, or train with --precision fp32"
+        )
+
+
 def _local(grad: torch.Tensor) -> torch.Tensor:
     """A DTensor's local shard (FSDP2), else the gradient itself."""
     return grad.to_local() if hasattr(grad, "to_local") else grad

@@ -40,6 +40,7 @@ import logging
 import os
 import posixpath
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -313,7 +314,18 @@ class OutputLock:
 
     def _acquire_local(self) -> None:
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:  # never through a link: a planted .NAME.lock symlink would have us truncate the file it names
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            except OSError as exc:
+                if not os.path.islink(self.path):
+                    raise
+                raise HardfocusError(
+                    f"the lock file {self.path} of {self.name} is a symbolic link, not a lock hardfocus made ({exc}): "
+                    "remove it"
+                ) from None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise HardfocusError(f"the lock file {self.path} of {self.name} is not a regular file: remove it")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

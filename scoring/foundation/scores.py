@@ -10,6 +10,7 @@ runs. Selection refuses to mix score directories whose manifests disagree on wha
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from enum import StrEnum
 
@@ -22,6 +23,27 @@ from scoring.foundation.errors import HardfocusError
 SCORES_JOB_FILE = "job.json"  # what the parts were computed with: written first
 SCORES_MANIFEST_FILE = "manifest.json"  # written last, when every unit is done: the marker of a complete scores/
 DONE_DIR = "done"  # one marker per finished shard
+
+
+PART_STAMP = b"hardfocus"  # the Parquet key-value metadata of a part: what it was scored from (part_stamp)
+
+
+def part_stamp(job: str, shard, start: int, stop: int) -> dict[bytes, bytes]:
+    """What a part records of its making (``shard``: a :class:`scoring.sources.Shard`): the job's identity digest
+    and the shard as it was (size, modification stamp), so a part is never taken for another job's or for a part of
+    another version of its shard."""
+    stamp = {"job": job, "shard": shard.rel, "shard_size": shard.size, "shard_modified": shard.modified,
+             "start": start, "stop": stop}
+    return {PART_STAMP: json.dumps(stamp).encode()}
+
+
+def stamp_of(metadata: dict | None) -> dict | None:
+    """The stamp in a part's schema or footer metadata, or None (a part of an older version)."""
+    raw = (metadata or {}).get(PART_STAMP)
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
 
 
 def parse_part_name(name: str) -> tuple[str, int, int] | None:
@@ -194,7 +216,8 @@ class ScoreCounts(BaseModel):
 
 
 class ScoreManifest(ScoreCounts):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # a newer version's extra fields are read past, not refused: an older reader still knows what it needs
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
 
     model: str
     model_path: str

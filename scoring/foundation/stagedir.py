@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import posixpath
 import shutil
 import uuid
@@ -52,6 +53,7 @@ from scoring.foundation.storage import (
     list_names,
     overlaps,
     read_json,
+    read_record,
     redact,
     rename_durably,
 )
@@ -61,23 +63,37 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StageKind:
-    """What a stage's output directory is called and which files mark it."""
+    """What a stage's output directory is called, which files mark it, and how to recognise them.
+
+    A job file written now says ``{"stage": name, "identity": ...}``; ``legacy_job`` and ``marker_keys`` are the
+    keys by which the job files and markers of earlier versions (which carry no tag) are still recognised. A
+    directory that merely holds a file of one of these names is not taken for a stage's output.
+    """
 
     name: str  # scores, selected, model, eval, tokens
     marker: str  # written last: the directory is complete iff it exists
     job: str  # the identity, written first
     staged: bool  # replaced whole through a staging directory (locally) instead of written in place
     noun: str  # what it holds, in messages
+    marker_keys: frozenset[str]  # keys every marker of this kind has
+    legacy_job: frozenset[str] = frozenset()  # keys of an untagged job file of an earlier version
+    replace_clears: bool = True  # replacing empties it; else its parts replace themselves by their own identity
 
     def __str__(self) -> str:
         return f"{self.name}/"
 
 
-SCORES = StageKind("scores", "manifest.json", "job.json", staged=False, noun="scores")
-SELECTED = StageKind("selected", "summary.json", "selection_job.json", staged=True, noun="selection")
-MODEL = StageKind("model", "train_manifest.json", "train_job.json", staged=False, noun="training run")
-EVAL = StageKind("eval", "eval.json", "eval_job.json", staged=False, noun="evaluation")
-TOKENS = StageKind("tokens", "tokenized.json", "tokenize_job.json", staged=True, noun="tokenised shards")
+SCORES = StageKind("scores", "manifest.json", "job.json", staged=False, noun="scores",
+                   marker_keys=frozenset({"model_fingerprint", "tokenizer_fingerprint", "parts", "shards"}),
+                   legacy_job=frozenset({"identity", "runs"}))
+SELECTED = StageKind("selected", "summary.json", "selection_job.json", staged=True, noun="selection",
+                     marker_keys=frozenset({"parameters", "bands", "output_parts"}))
+MODEL = StageKind("model", "train_manifest.json", "train_job.json", staged=False, noun="training run",
+                  marker_keys=frozenset({"steps", "train_rows"}), legacy_job=frozenset({"config", "model_path"}))
+EVAL = StageKind("eval", "eval.json", "eval_job.json", staged=False, noun="evaluation",
+                 marker_keys=frozenset({"models", "data"}), replace_clears=False)
+TOKENS = StageKind("tokens", "tokenized.json", "tokenize_job.json", staged=True, noun="tokenised shards",
+                   marker_keys=frozenset({"identity", "rows_per_status"}))
 KINDS = (SCORES, SELECTED, MODEL, EVAL, TOKENS)
 
 
@@ -89,8 +105,9 @@ class PathInfo:
     """What :func:`identify` found at a path.
 
     ``kind``: ``absent``, ``file``, ``empty`` (a directory without entries), a stage kind's name (its job file
-    or marker is there), ``parts`` (``part-*.parquet`` and no marker: a token directory, or an interrupted
-    selection of an older version), ``checkpoint`` (a Hugging Face model: ``config.json``), or ``other``.
+    or marker is there and reads as that stage's), ``parts`` (``part-*.parquet`` and no marker: a token directory,
+    or an interrupted selection of an older version), ``checkpoint`` (a Hugging Face model: ``config.json``), or
+    ``other``.
     """
 
     url: str
@@ -118,10 +135,20 @@ def _visible(names: list[str]) -> list[str]:
     return [n for n in names if not n.startswith(".")]
 
 
+def _reads_as(fs, path: str, name: str, keys: frozenset[str], tag: str | None = None) -> bool:
+    """Whether the JSON file ``name`` in ``path`` is an object with ``keys`` (or the stage ``tag``). A damaged one
+    of a stage's own names is a :class:`HardfocusError` naming it (:func:`read_json`)."""
+    obj = read_json(fs, posixpath.join(path, name), what="the file")
+    if not isinstance(obj, dict):
+        return False
+    return (tag is not None and obj.get("stage") == tag) or bool(keys) and keys <= set(obj)
+
+
 def identify(url: str) -> PathInfo:
-    """Say what ``url`` is, from one listing (no file is read)."""
+    """Say what ``url`` is, from one listing and, where a stage's file names are there, those small files."""
     fs, path = url_to_fs(url)
-    fresh(fs, posixpath.dirname(path.rstrip("/")))
+    path = normalized(fs, path)
+    fresh(fs, posixpath.dirname(path))
     if not fs.exists(path):
         return PathInfo(url, "absent")
     if not fs.isdir(path):
@@ -130,16 +157,29 @@ def identify(url: str) -> PathInfo:
     if not names:
         return PathInfo(url, "empty")
     present = set(names)
-    found = [k for k in KINDS if k.marker in present or k.job in present]
-    # a model directory holds tokenised shards of its own (tokenized/), never the other way round
-    if found:
-        kind = found[0]
-        return PathInfo(url, kind.name, complete=kind.marker in present, names=tuple(names))
+    for kind in KINDS:
+        marked = kind.marker in present and _reads_as(fs, path, kind.marker, kind.marker_keys)
+        if marked or kind.job in present and _reads_as(fs, path, kind.job, kind.legacy_job, tag=kind.name):
+            if kind.marker in present and not marked:  # this stage's directory, its marker damaged into other JSON
+                raise HardfocusError(
+                    f"{kind.marker} of {redact(url)} is not the marker hardfocus wrote (it lacks "
+                    f"{', '.join(sorted(kind.marker_keys))}): restore it, or delete it (the stage then treats the output "
+                    "as unfinished)"
+                )
+            return PathInfo(url, kind.name, complete=marked, names=tuple(names))
     if any(n.startswith("part-") and n.endswith(".parquet") for n in names):
         return PathInfo(url, "parts", names=tuple(names))
     if "config.json" in present:
         return PathInfo(url, "checkpoint", names=tuple(names))
     return PathInfo(url, "other", names=tuple(names))
+
+
+def normalized(fs, path: str) -> str:
+    """One spelling of a path: symlinks resolved and ``.``/``..`` folded locally, ``.`` segments and a trailing
+    slash dropped elsewhere; so ``out``, ``out/``, ``out/.`` and a link to it are one output with one lock."""
+    if is_local(fs):
+        return os.path.realpath(path)
+    return posixpath.normpath(path).rstrip("/") if path not in ("", "/") else path
 
 
 # ---- identities -----------------------------------------------------------------------------------------------
@@ -175,8 +215,8 @@ class StageDir:
     _lock: OutputLock | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.fs, self.path = url_to_fs(self.url)
-        self.path = self.path.rstrip("/") or self.path
+        self.fs, path = url_to_fs(self.url)
+        self.path = normalized(self.fs, path)
         parent, name = posixpath.split(self.path)
         if not name or not parent:
             raise HardfocusError(f"'{redact(self.url)}' cannot be an output: give a directory below a bucket or a root")
@@ -200,6 +240,10 @@ class StageDir:
 
     def read_json(self, name: str):
         return read_json(self.fs, self.join(name), what=f"{self.kind.name}/ file")
+
+    def read_record(self, name: str, model):
+        """``name`` validated as the pydantic ``model`` (None if absent), or an error naming the file."""
+        return read_record(self.fs, self.join(name), model, what=f"{self.kind.name}/ file")
 
     def commit(self, name: str, write: Callable[[IO[bytes]], object]) -> None:
         """Write ``name`` whole or not at all, durably, after checking this run still holds the lock."""
@@ -280,12 +324,12 @@ class StageDir:
             found = identify(self.url)
             opening = self._decide(found, identity, overwrite)
             if opening is Opening.REPLACE and not self.kind.staged:
-                self.clear()
+                self.clear() if self.kind.replace_clears else self.unmark()
             if opening is not Opening.COMPLETE and not self.kind.staged:
                 self.fs.makedirs(self.path, exist_ok=True)
                 previous = self.read_json(self.kind.job) if opening is Opening.RESUME else None
-                kept = {k: v for k, v in (previous or {}).items() if k != "identity"}
-                self.commit_json(self.kind.job, {"identity": identity, **kept, **(record or {})})
+                kept = {k: v for k, v in (previous or {}).items() if k not in ("stage", "identity")}
+                self.commit_json(self.kind.job, {"stage": self.kind.name, "identity": identity, **kept, **(record or {})})
         except BaseException:
             self.unlock()
             raise
@@ -374,7 +418,7 @@ class StageDir:
                 self.clear()
             stage = self
         stage.fs.makedirs(stage.path, exist_ok=True)
-        stage.commit_json(self.kind.job, {"identity": identity, **(record or {})})
+        stage.commit_json(self.kind.job, {"stage": self.kind.name, "identity": identity, **(record or {})})
         try:
             yield stage
         except BaseException:
@@ -430,3 +474,16 @@ def _is_glob(spec: str) -> bool:
     """A spec that names no existing path and has wildcards (an existing path with ``[`` in its name is literal)."""
     fs, path = url_to_fs(spec)
     return any(c in path for c in "*?[") and not fs.exists(path)
+
+
+def refuse_repeated(dirs: Sequence[str], what: str = "directory") -> None:
+    """The same directory twice (``sel`` and ``sel/``, or a link to it) would read every row twice."""
+    seen: dict[str, str] = {}
+    for d in dirs:
+        key = canonical(d)
+        if key in seen:
+            raise HardfocusError(
+                f"the {what} '{redact(d)}' is given twice ({redact(seen[key])} and {redact(d)}): every row would "
+                "count twice; give each directory once"
+            )
+        seen[key] = d

@@ -133,24 +133,51 @@ def commit_json(fs, path: str, obj) -> None:
     commit_bytes(fs, path, json.dumps(obj, indent=2, default=str).encode())
 
 
-def read_json(fs, path: str, what: str | None = None):
-    """The JSON object at ``path``, or None if there is none. A file that is not JSON is an error naming it:
-    every JSON file hardfocus writes is a commit, so a damaged one was changed by something else."""
+def read_json(fs, path: str, what: str | None = None, kind: type = object):
+    """The JSON value at ``path`` (of type ``kind``: ``dict`` for a record), or None if there is none. A file that
+    is not JSON, a value of another type, or a directory in the file's place is an error naming it: every JSON
+    file hardfocus writes is a commit, so a damaged one was changed by something else."""
     from scoring.foundation.errors import HardfocusError
 
+    name = f"{what or 'the file'} {redact(fs_url(fs, path))}"
     fs.invalidate_cache(path)
     try:
         with fs.open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
         return None
+    except (IsADirectoryError, NotADirectoryError) as exc:
+        raise HardfocusError(f"{name} is not a file ({exc}): remove what is there, or restore the file") from None
     try:
-        return json.loads(data)
+        value = json.loads(data)
     except ValueError as exc:
         raise HardfocusError(
-            f"{what or 'the file'} {fs_url(fs, path)} is damaged ({len(data)} bytes, not JSON: {exc}); "
-            "hardfocus writes it whole or not at all, so something else changed it: restore it, or delete it "
-            "(the stage then treats its output as unfinished)"
+            f"{name} is damaged ({len(data)} bytes, not JSON: {exc}); hardfocus writes it whole or not at all, so "
+            "something else changed it: restore it, or delete it (the stage then treats its output as unfinished)"
+        ) from None
+    if not isinstance(value, kind):
+        raise HardfocusError(f"{name} holds a JSON {type(value).__name__}, not the {kind.__name__} hardfocus wrote: "
+                             "restore it, or delete it (the stage then treats its output as unfinished)")
+    return value
+
+
+def read_record(fs, path: str, model, what: str):
+    """The JSON object at ``path`` validated as the pydantic ``model`` (None if absent); a record that is JSON but
+    not such a record (a field of the wrong type, a missing one) is an error naming the file and the field."""
+    from pydantic import ValidationError
+
+    from scoring.foundation.errors import HardfocusError
+
+    obj = read_json(fs, path, what, kind=dict)
+    if obj is None:
+        return None
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in exc.errors()[:3])
+        raise HardfocusError(
+            f"{what} {redact(fs_url(fs, path))} is not a record hardfocus wrote ({problems}): restore it, or rerun the "
+            "stage that wrote it with --overwrite"
         ) from None
 
 

@@ -30,7 +30,9 @@ def write_selected(path: Path, sequences: list[list[int]], weights=None, groups=
     )
     pq.write_table(table, path / "part-00000.parquet")
     if with_summary:
-        (path / "summary.json").write_text(json.dumps({"rows": n}))
+        # what a selection's marker records that training reads: the bands and parts (checked against the directory)
+        summary = {"parameters": {}, "bands": {"kept": n}, "output_parts": 1, "rows": n, "scores": []}
+        (path / "summary.json").write_text(json.dumps(summary))
     return str(path)
 
 

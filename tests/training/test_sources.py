@@ -66,8 +66,10 @@ def bad_directories(tmp: Path) -> dict[str, tuple[list[str], str]]:
 
 
 def _empty_scores(path: Path) -> Path:
+    """A finished scores/ of an input without rows: its manifest, no part."""
+    manifest = json.loads((write_scores(path.with_name("one-row"), [1.0]) / "manifest.json").read_text())
     path.mkdir()
-    (path / "manifest.json").write_text("{}")
+    (path / "manifest.json").write_text(json.dumps(manifest | {"parts": 0, "rows": 0, "shards": []}))
     return path
 
 
@@ -159,6 +161,8 @@ def test_ray_reader_yields_the_rows_of_the_in_process_reader(local_ray, tmp_path
     chat = with_spans(write_selected(tmp_path / "chat", seqs[:8], weights=np.linspace(0.5, 1.5, 8).tolist()), spans[:8])
     plain = Path(chat) / "part-00001.parquet"  # a plain-text part beside the conversation part
     pq.write_table(pq.read_table(Path(write_selected(tmp_path / "plain", seqs[8:])) / "part-00000.parquet"), plain)
+    summary = json.loads((Path(chat) / "summary.json").read_text())  # it counts both parts, as select's would
+    (Path(chat) / "summary.json").write_text(json.dumps(summary | {"bands": {"kept": 12}, "output_parts": 2}))
     scores = str(write_scores(tmp_path / "scores", [1.0] * 7, statuses=["ok", "empty"] + ["ok"] * 5, rows_per_part=3))
     tokens = tmp_path / "tokens"
     tokens.mkdir()
