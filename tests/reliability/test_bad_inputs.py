@@ -61,8 +61,6 @@ def test_unreadable_file(tmp_path, tiny_model_dir, monkeypatch):
     if os.geteuid() == 0:  # root reads any file: make opening it fail the way it fails for everyone else
         import fsspec
 
-        import scoring.sources
-
         real_open = fsspec.open
 
         def denying_open(url, *args, **kwargs):
@@ -70,7 +68,7 @@ def test_unreadable_file(tmp_path, tiny_model_dir, monkeypatch):
                 raise PermissionError(13, "Permission denied", str(url))
             return real_open(url, *args, **kwargs)
 
-        monkeypatch.setattr(scoring.sources.fsspec, "open", denying_open)
+        monkeypatch.setattr(fsspec, "open", denying_open)
     for mode in ("record", "stop"):
         with pytest.raises(HardfocusError, match=r"cannot read JSON Lines shard .*secret.jsonl.*Permission denied"):
             run(tmp_path, tiny_model_dir, [shard], on_error=mode)

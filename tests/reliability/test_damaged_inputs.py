@@ -53,9 +53,9 @@ def _lines(n: int, seed: int = 0) -> bytes:
 @pytest.mark.parametrize("suffix", [".jsonl.zst", ".jsonl.gz"])
 def test_a_compressed_shard_cut_short_is_an_unreadable_shard_in_both_modes(tmp_path, tiny_model_dir, suffix,
                                                                           monkeypatch):
-    import scoring.sources
+    import scoring.read_jsonl
 
-    monkeypatch.setattr(scoring.sources, "_READ_BYTES", 16 * 1024, raising=False)  # rows before the cut are read first
+    monkeypatch.setattr(scoring.read_jsonl, "_READ_BYTES", 16 * 1024)  # rows before the cut are read first
     data = _lines(1200)
     packed = zstandard.ZstdCompressor().compress(data) if suffix.endswith("zst") else gzip.compress(data)
     path = tmp_path / "in" / f"cut{suffix}"
@@ -373,9 +373,9 @@ def test_a_huge_jsonl_line_is_skipped_without_being_held_whole(tmp_path):
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 64, 1 << 20])
 def test_jsonl_rows_are_the_same_whatever_the_chunks_the_stream_is_read_in(tmp_path, monkeypatch, chunk):
-    import scoring.sources
+    import scoring.read_jsonl
 
-    monkeypatch.setattr(scoring.sources, "_READ_BYTES", chunk, raising=False)
+    monkeypatch.setattr(scoring.read_jsonl, "_READ_BYTES", chunk)
     long = b'{"text": "' + b"x" * 60 + b'"}'
     data = (b'{"text": "a"}\n\n   \t\n{"text": "b"}\r\n' + long + b"\n" + b" " * 100 + b'\n{"text": "c"}')
     for name, packed in (("d.jsonl", data), ("d.jsonl.zst", zstandard.ZstdCompressor().compress(data)),
