@@ -242,19 +242,17 @@ def _marker_matches(marker: dict, shard: Shard) -> bool:
 
 def _damaged_parts(out: ScoresDir, shards: dict[str, Shard], done: dict[str, dict], n: int) -> dict[str, list[str]]:
     """digest -> the parts of that finished shard that are not whole: a size other than the one its marker
-    recorded (from one listing) or, on a local disk, no Parquet footer at the end (8 bytes read each); for
-    markers without sizes, a footer that does not read or has another row count."""
+    recorded or, on a local disk, no Parquet footer at its end (an open and 8 bytes read each; on a store the
+    sizes of one listing); for markers without sizes, a footer that does not read or has another row count."""
     sized = {d: m for d, m in done.items() if isinstance(m.get("part_bytes"), list)}
     expected = {d: expected_parts(shards[d], done[d]["rows"], n) for d in done}
-    sizes = out.part_sizes([name for d in sized for name in expected[d]])
+    names = [name for d in sized for name in expected[d]]
+    ends = out.local_part_ends(names) if out.is_local else {k: (v, True) for k, v in out.part_sizes(names).items()}
     broken: dict[str, list[str]] = {}
     for d, marker in sized.items():
-        bad = [name for name, size in zip(expected[d], marker["part_bytes"]) if sizes.get(name) != size]
-        if out.is_local:
-            whole = set(name for name in expected[d] if name not in bad)
-            bad += [name for name, ok in zip(sorted(whole), prefetched(out.footer_at_end, sorted(whole), depth=16)) if not ok]
+        bad = [name for name, size in zip(expected[d], marker["part_bytes"]) if ends.get(name) != (size, True)]
         if bad or len(marker["part_bytes"]) != len(expected[d]):
-            broken[d] = sorted(bad) or expected[d][:1]
+            broken[d] = bad or expected[d][:1]
     unsized = [(d, name) for d in done if d not in sized for name in expected[d]]
     for (d, name), rows in zip(unsized, prefetched(lambda item: _footer_rows(out, item[1]), unsized, depth=16)):
         parsed = parse_part_name(name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import posixpath
 import uuid
 
@@ -87,36 +88,32 @@ class ScoresDir(StageDir):
             return pq.read_table(f, columns=columns)
 
     def part_sizes(self, names: list[str]) -> dict[str, int]:
-        """The sizes of these part files as the filesystem has them now (a stat each locally)."""
+        """The sizes of these part files as the filesystem has them now (a stat each locally, one listing elsewhere)."""
         if self.is_local:
-            import os
-
-            sizes = {}
-            for name in names:
-                try:
-                    sizes[name] = os.stat(self.join(name)).st_size
-                except FileNotFoundError:
-                    pass
-            return sizes
+            return {name: size for name, (size, _) in self.local_part_ends(names).items()}
         self.fs.invalidate_cache(self.path)
         listed = self.fs.ls(self.path, detail=True)
         self.fs.invalidate_cache(self.path)
         wanted = set(names)
         return {posixpath.basename(e["name"]): int(e["size"]) for e in listed if posixpath.basename(e["name"]) in wanted}
 
-    def footer_at_end(self, name: str) -> bool:
-        """Whether a local part ends as a Parquet file does (its footer's length, then ``PAR1``): what a zeroed
-        or cut-short tail lacks. Eight bytes read."""
-        try:
-            with open(self.join(name), "rb") as f:
-                size = f.seek(0, 2)
-                if size < 12:
-                    return False
-                f.seek(-8, 2)
-                tail = f.read(8)
-        except OSError:
-            return False
-        return tail[4:] == b"PAR1" and 0 < int.from_bytes(tail[:4], "little") <= size - 12
+    def local_part_ends(self, names: list[str]) -> dict[str, tuple[int, bool]]:
+        """name -> (size, whether it ends as a Parquet file does: its footer's length, then ``PAR1``) for the local
+        parts that exist: what a part emptied, cut short or zeroed at its end lacks. One open, one fstat and an
+        8-byte read each, in this thread (a pool's per-file overhead would cost more than the read)."""
+        ends = {}
+        for name in names:
+            try:
+                fd = os.open(self.join(name), os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                size = os.fstat(fd).st_size
+                tail = os.pread(fd, 8, size - 8) if size >= 12 else b""
+            finally:
+                os.close(fd)
+            ends[name] = (size, tail[4:] == b"PAR1" and 0 < int.from_bytes(tail[:4], "little") <= size - 12)
+        return ends
 
     def write_shard_done(self, digest: str, done: dict) -> None:
         """The marker of a shard whose every part is written (``done/<digest>.json``), after its parts."""
