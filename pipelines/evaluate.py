@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from scoring import ScoreConfig, score
+from scoring.chat import load_chat_template, template_sha256
 from scoring.foundation.errors import HardfocusError
+from scoring.foundation.fingerprints import tokenizer_fingerprint
 from scoring.foundation.stagedir import EVAL, MODEL, Opening, StageDir, identify
 from scoring.foundation.storage import redact
-from scoring.model import resolve_model
+from scoring.model import load_tokenizer, resolve_model
 from scoring.output import ScoresDir
 from scoring.sources import find_shards
 from training.config import EvalConfig
@@ -43,10 +45,13 @@ class EvalResult:
 def evaluate(cfg: EvalConfig, progress: bool = True) -> EvalResult:
     models = [(name, spec, _local_model(spec)) for name, spec in cfg.named_models()]
     out = StageDir(cfg.output, EVAL)
-    identity = {
-        "models": {name: resolve_model(path).fingerprint for name, _, path in models},
-        "data": [[s.rel, s.size, getattr(s, "modified", None)] for s in find_shards(cfg.data)],
-        "settings": cfg.model_dump(exclude={"models", "data", "output", "executor"}),
+    template = load_chat_template(cfg.chat_template)
+    identity = {  # the models in order (the first is the baseline), each by its weights, tokenizer and template
+        "models": [[name, resolve_model(path).fingerprint, tokenizer_fingerprint(load_tokenizer(path)),
+                    template_sha256(template, load_tokenizer(path)) if cfg.format != "text" else None]
+                   for name, _, path in models],
+        "data": [[s.rel, s.size, s.modified] for s in find_shards(cfg.data)],
+        "settings": cfg.model_dump(exclude={"models", "data", "output", "executor", "chat_template"}),
     }
     local_models = [spec for _, spec, _ in models if is_url(spec) or os.path.exists(spec)]  # paths, not hub ids
     with out.locked():

@@ -10,23 +10,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.packages import HARDFOCUS_PACKAGES
-from scoring.chat import check_chat_tokenizer, load_chat_template
+from scoring.chat import check_chat_tokenizer, load_chat_template, template_sha256
 from scoring.foundation.cache import cache_dir
 from scoring.foundation.errors import HardfocusError
 from scoring.foundation.fingerprints import digest, tokenizer_fingerprint
 from scoring.foundation.ray_local import init_ray
 from scoring.foundation.sample_format import Columns
 from scoring.foundation.scores import Status, loss_spans_array
-from scoring.foundation.stagedir import TOKENS, Opening, StageDir, identify
+from scoring.foundation.stagedir import TOKENS, Opening, StageDir, identify, refuse_overlap
 from scoring.foundation.storage import redact
 from scoring.model import cpu_has_bf16, load_tokenizer, resolve_model
 from scoring.sources import find_shards, read_shard
 from scoring.tokenize import tokenize_block
 from training import TrainConfig, TrainResult, train
+from training.sources import find_sources
 
 log = logging.getLogger(__name__)
 
 def run_train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
+    refuse_overlap(cfg.output, [*cfg.data, *cfg.eval_data])  # raw shards too, before they become cache entries
     resolved = resolve_model(cfg.model)
     data = [_as_token_dir(p, cfg, resolved.path, "train") for p in cfg.data]
     eval_data = [_as_token_dir(p, cfg, resolved.path, "eval") for p in cfg.eval_data]
@@ -58,14 +60,18 @@ def _as_token_dir(path: str, cfg: TrainConfig, model_path: str, role: str) -> st
     if is_stage_dir(path):
         return path
     tokenizer = load_tokenizer(model_path)
-    identity = {"shards": [[s.rel, s.size, getattr(s, "modified", None)] for s in find_shards([path])],
+    template = load_chat_template(cfg.chat_template)
+    identity = {"shards": [[s.rel, s.size, s.modified] for s in find_shards([path])],
                 "group_column": cfg.group_column, "tokenizer": tokenizer_fingerprint(tokenizer),
-                "max_tokens": cfg.max_seq_len, **_format_identity(cfg)}
+                "max_tokens": cfg.max_seq_len, **_format_identity(cfg, template, tokenizer)}
     out = StageDir(str(cache_dir() / "tokenized" / digest(identity)), TOKENS)
-    with out.locked():
+    with out.locked(wait=True):  # a shared cache entry: runs that need it wait for whichever makes it, never refuse
         if out.open(identity, overwrite=True, inputs=[path]) is Opening.COMPLETE:
-            return out.url
-        template = load_chat_template(cfg.chat_template)
+            try:
+                find_sources([out.url])  # whole: its part's footer and rows as tokenized.json counts them
+                return out.url
+            except HardfocusError as exc:
+                log.warning("the tokenisation cache entry %s is damaged (%s): tokenising again", out.url, exc)
         if cfg.format != "text":
             check_chat_tokenizer(tokenizer, template)
         log.info("tokenising %s (%s) into %s", redact(path), role, out.url)
@@ -75,9 +81,12 @@ def _as_token_dir(path: str, cfg: TrainConfig, model_path: str, role: str) -> st
     return out.url
 
 
-def _format_identity(cfg: TrainConfig) -> dict:
-    """The sample format's keys; only text_column for plain text."""
-    return {"text_column": cfg.text_column} if cfg.format == "text" else cfg.sample_format()
+def _format_identity(cfg: TrainConfig, template: str | None, tokenizer) -> dict:
+    """The sample format's keys (only text_column for plain text), with the chat template as its text's digest: a
+    template file edited in place renders other token ids."""
+    if cfg.format == "text":
+        return {"text_column": cfg.text_column}
+    return cfg.sample_format() | {"chat_template": template_sha256(template, tokenizer)}
 
 
 def tokenize_shards(inputs: str, out: StageDir, identity: dict, tokenizer, columns: Columns, max_tokens: int,

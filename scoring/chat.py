@@ -30,6 +30,7 @@ add up to the target tokens, gets the status ``ifd_unmatched``.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -91,6 +92,13 @@ def load_chat_template(value: str | None) -> str | None:
     if not path.is_file():
         raise HardfocusError(f"chat template file '{value}' does not exist (give a Jinja file, or the template itself)")
     return path.read_text(encoding="utf-8")
+
+
+def template_sha256(template: str | None, tokenizer) -> str:
+    """The sha256 of the chat template that renders conversations: ``template`` (the text :func:`load_chat_template`
+    returns), else the tokenizer's own. Part of every identity that conversations' token ids depend on: a template
+    file edited in place is another template."""
+    return hashlib.sha256(str(template or tokenizer.chat_template).encode()).hexdigest()
 
 
 def check_chat_tokenizer(tokenizer, template: str | None) -> None:

@@ -9,7 +9,6 @@ task checks its own shard's columns.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -21,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from scoring.chat import check_chat_tokenizer, load_chat_template
+from scoring.chat import check_chat_tokenizer, load_chat_template, template_sha256
 from scoring.config import MAX_ROW_BYTES, ScoreConfig
 from scoring.executors import init_ray, run_local, run_ray
 from scoring.foundation.console import native_stderr_to_file
@@ -87,7 +86,7 @@ def score(cfg: ScoreConfig, progress: bool = True) -> ScoreResult:
         shards = find_shards(cfg.inputs)
         refuse_inside(cfg.output, [s.url for s in shards])
         check_columns(shards[0], columns_of(cfg))  # a wrong column fails at once; each task checks its own shard
-        out.open(identity, cfg.overwrite, inputs=cfg.inputs)
+        out.open(identity, cfg.overwrite, inputs=cfg.inputs, fresh={"stamped_parts": True})  # every part stamped
         out.create()
         plan = plan_shards(out, shards, cfg)
         log.info(
@@ -136,7 +135,7 @@ def _job_identity(cfg: ScoreConfig, resolved: ResolvedModel) -> dict:
     values = cfg.model_dump() | {
         "model_fingerprint": resolved.fingerprint,
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
-        "chat_template_sha256": _template_sha256(cfg, tokenizer),
+        "chat_template_sha256": template_sha256(cfg.chat_template, tokenizer) if cfg.format != "text" else None,
     }
     keys = (_IDENTITY_KEYS + (_CHAT_IDENTITY_KEYS if cfg.format != "text" else ()) + (("ifd",) if cfg.ifd else ())
             + (("max_row_bytes",) if cfg.max_row_bytes != MAX_ROW_BYTES else ()))  # kept out at the default: old dirs match
@@ -151,14 +150,6 @@ def _device_and_dtype(cfg: ScoreConfig) -> dict[str, str]:
                 "dtype": "bfloat16" if cfg.dtype == "auto" else cfg.dtype}
     device = resolve_device(cfg.device)
     return {"device": str(device), "dtype": str(resolve_dtype(cfg.dtype, device)).removeprefix("torch.")}
-
-
-def _template_sha256(cfg: ScoreConfig, tokenizer) -> str | None:
-    """The chat template that renders conversations (the configured one, else the tokenizer's)."""
-    if cfg.format == "text":
-        return None
-    template = cfg.chat_template or tokenizer.chat_template
-    return hashlib.sha256(str(template).encode()).hexdigest()
 
 
 @dataclass

@@ -14,7 +14,6 @@ shard, whether the records travel through Ray Data or stay in this process.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -41,8 +40,10 @@ from scoring.foundation.scores import (
     mask_from_spans,
     parse_part_name,
     part_stamp,
+    rel_digest,
     scores_table,
     stamp_of,
+    stamp_problem,
 )
 from scoring.foundation.storage import redact
 from scoring.ifd import IFD_TURNS_COLUMN, ifd_ratio, ifd_turns_array, unconditioned_nll
@@ -59,7 +60,7 @@ PROGRESS_EVERY_S = 2.0  # how often a unit being scored reports how far it is
 
 
 def shard_digest(shard: Shard) -> str:
-    return hashlib.sha1(shard.rel.encode()).hexdigest()[:12]
+    return rel_digest(shard.rel)
 
 
 def part_name(shard: Shard, start: int, stop: int) -> str:
@@ -142,17 +143,6 @@ def part_counts(out: ScoresDir, name: str, with_stamp: bool = False):
     return (counts, stamp_of(t.schema.metadata)) if with_stamp else counts
 
 
-def _stamp_differs(stamp: dict | None, job: str, shard: Shard) -> str | None:
-    """Why a part's stamp says it was not scored by this job from this shard as it is now, or None."""
-    if stamp is None:
-        return None
-    if job and stamp.get("job") != job:
-        return "it was scored by another job"
-    if stamp.get("shard_size") != shard.size or (shard.modified and stamp.get("shard_modified") not in (None, shard.modified)):
-        return f"{redact(shard.url)} changed since it was scored (size or modification stamp)"
-    return None
-
-
 def reusable_parts(out: ScoresDir, task: ShardTask, n: int, job: str = "", overwrite: bool = False
                    ) -> dict[int, tuple[str, dict, int]]:
     """unit start -> (part name, its counts, its bytes) of the parts an earlier run wrote for this task's shard that
@@ -168,11 +158,12 @@ def reusable_parts(out: ScoresDir, task: ShardTask, n: int, job: str = "", overw
         except (OSError, pa.ArrowException) as exc:
             log.warning("part %s of %s is damaged (%s): scoring its rows again", name, redact(out.url), exc)
             continue
-        if why := _stamp_differs(stamp, job, task.shard):
+        shards = {task.shard.rel: (task.shard.size, task.shard.modified)}
+        if why := stamp_problem(name, stamp, job or None, shards, required=False):
             if not overwrite:
                 raise HardfocusError(
-                    f"{redact(out.url)} holds part {name}, but {why}: choose another --output, or pass --overwrite to "
-                    "score the shard again"
+                    f"{redact(out.url)} holds part {name} of {redact(task.shard.url)}, but {why}: choose another --output, "
+                    "or pass --overwrite to score the shard again"
                 )
             log.warning("%s: %s; scoring the shard again", name, why)
             out.remove(list(names))

@@ -126,6 +126,7 @@ def build_report(scores: list[str], selected: str | None = None, output: str | N
         excluded, ranked = parts.eligible()
     else:
         summary = _read_summary(selected)
+        _check_made_from(selected, parts)
         cfg = SelectConfig(scores=scores, output=selected, **summary["parameters"])
         excluded, ranked, _ = _rank(parts, cfg)
         fs, root = url_to_fs(selected)
@@ -137,6 +138,19 @@ def build_report(scores: list[str], selected: str | None = None, output: str | N
     path = write_report(target, ranked, kept, summary, title=f"hardfocus report: {', '.join(scores)}")
     log.info("report: %s (%d eligible rows, excluded %s)", path, ranked.height, excluded or "none")
     return path
+
+
+def _check_made_from(selected: str, parts: ScoreParts) -> None:
+    """A selection's report shows its bands over the scores it was made from, never over others."""
+    fs, root = url_to_fs(selected)
+    job = read_json(fs, posixpath.join(root, SELECTED.job), "selection job file", kind=dict) or {}
+    made_from = (job.get("identity") or {}).get("scores")
+    given = [manifest_digest(m) for m in parts.manifests]
+    if made_from is not None and made_from != given:
+        raise HardfocusError(
+            f"'{redact(selected)}' was not selected from the scores given (its job file records other scores "
+            "manifests): give the scores/ directories it was made from, in the same order"
+        )
 
 
 def _read_summary(selected: str) -> dict:

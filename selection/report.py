@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 from fsspec.core import url_to_fs  # noqa: E402
 
+from scoring.foundation.storage import commit_bytes  # noqa: E402
 from selection.bands import DROPPED, EASY, KEPT  # noqa: E402
 from selection.report_scores import ranks_by_loss, score_figures  # noqa: E402
 
@@ -53,8 +54,7 @@ def write_report(out_url: str, ranked: pl.DataFrame, kept: pl.DataFrame | None, 
             plt.close(fig)
     page = _html(title, ranked, summary, images)
     path = posixpath.join(out, REPORT_FILE)
-    with fs.open(path, "wb") as f:
-        f.write(page.encode())
+    commit_bytes(fs, path, page.encode())  # whole or not at all: a report being replaced is never half of two
     return path
 
 

@@ -14,20 +14,18 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from scoring.foundation.errors import HardfocusError
-from scoring.foundation.fingerprints import digest
 from scoring.foundation.scores import (
     ERROR_PREFIX,
     OPTIONAL_COLUMNS,
-    SCORES_JOB_FILE,
     SCORES_MANIFEST_FILE,
     SCORES_SCHEMA,
+    PartCheck,
     ScoreManifest,
     check_scores_schema,
     parse_part_name,
-    stamp_of,
 )
 from scoring.foundation.stagedir import identify, refuse_repeated
-from scoring.foundation.storage import fs_url, prefetched, read_json, read_record, redact
+from scoring.foundation.storage import fs_url, prefetched, read_record, redact
 from selection.bands import NO_GROUP
 
 
@@ -153,16 +151,14 @@ def open_scores(dirs: list[str]) -> ScoreParts:
             except (OSError, pa.ArrowException) as exc:
                 return exc
 
-        job = read_json(fs, posixpath.join(path, SCORES_JOB_FILE), "scores job file")
-        job_digest = digest(job["identity"]) if isinstance(job, dict) and "identity" in job else None
-        shards = {s.rel: s for s in manifest.shards}
+        stamps = PartCheck.of(fs, path, manifest)
         for p, meta in zip(parts, prefetched(footer, parts)):
             if isinstance(meta, Exception):
                 raise damaged_part(fs_url(fs, p), meta)
             parsed = parse_part_name(posixpath.basename(p))
             if parsed is not None and meta.num_rows != parsed[2] - parsed[1]:
                 raise damaged_part(fs_url(fs, p), f"{meta.num_rows} rows where its name says {parsed[2] - parsed[1]}")
-            _check_stamp(fs_url(fs, p), stamp_of(meta.metadata), job_digest, shards)
+            stamps.check(fs_url(fs, p), meta.metadata)
             schema = meta.schema.to_arrow_schema()
             check_scores_schema(schema, p)
             with_ids.append("input_ids" in schema.names)
@@ -182,25 +178,6 @@ def open_scores(dirs: list[str]) -> ScoreParts:
     )
     _check_unique_ids(dirs, parts)
     return parts
-
-
-def _check_stamp(url: str, stamp: dict | None, job: str | None, shards: dict) -> None:
-    """A part records the job and the shard version that made it: one copied in from another scores/ directory,
-    or left over from another version of its shard, is refused (parts of older versions carry no stamp)."""
-    if stamp is None:
-        return
-    shard = shards.get(stamp.get("shard"))
-    if job is not None and stamp.get("job") != job:
-        why = "it was written by another scoring job than this directory's (other settings, or another directory)"
-    elif shard is None or stamp.get("shard_size") != shard.size or (
-            shard.modified and stamp.get("shard_modified") not in (None, shard.modified)):
-        why = "it was scored from another version of its shard than the manifest lists"
-    else:
-        return
-    raise HardfocusError(
-        f"the score part {redact(url)} does not belong to its directory: {why}; delete it and rerun `hardfocus score` "
-        "with the same arguments, which scores only the missing part again"
-    )
 
 
 def damaged_part(url: str, why) -> HardfocusError:

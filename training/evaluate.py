@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from scoring.foundation.errors import HardfocusError
 from scoring.foundation.scores import Status
 
 ALL = "(all)"
@@ -46,6 +47,12 @@ def group_perplexity(parts: list[str]) -> tuple[pl.DataFrame, int]:
         pl.col("loss").cast(pl.Float64).mean().alias("mean_loss"),
     ]
     per_group = ok.group_by("group").agg(aggs).sort("group").collect()
+    if per_group.height == 0:
+        statuses = scan.group_by("status").len().sort("status").collect().rows()
+        raise HardfocusError(
+            f"no held-out row could be scored (rows by status: {dict(statuses) or 'none'}): give held-out data the "
+            "model can score (a larger max_tokens, text that is not empty)"
+        )
     overall = ok.select(aggs).collect().with_columns(pl.lit(ALL).alias("group")).select(per_group.columns)
     macro = pl.DataFrame(
         {

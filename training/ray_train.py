@@ -49,7 +49,7 @@ def training_dataset(sources: TrainingSources | list[str]):
         for part, columns in zip(source.parts, source.columns):  # parts of one directory may differ (loss_spans)
             by_columns.setdefault(columns, []).append(part)
         for columns, urls in by_columns.items():
-            ds = ray.data.read_parquet(urls, columns=list(columns))
+            ds = ray.data.read_parquet(urls, columns=list(columns), partitioning=None)  # 'weight=2/' is a path
             datasets.append(ds.map_batches(
                 training_rows, batch_format="pyarrow", fn_kwargs={"kind": source.kind, "where": source.path}
             ))

@@ -32,7 +32,14 @@ from fsspec.core import url_to_fs
 
 from scoring.foundation.errors import HardfocusError
 from scoring.foundation.fingerprints import digest, manifest_digest
-from scoring.foundation.scores import LOSS_SPANS_TYPE, SCORES_MANIFEST_FILE, ScoreManifest, Status, check_scores_schema
+from scoring.foundation.scores import (
+    LOSS_SPANS_TYPE,
+    SCORES_MANIFEST_FILE,
+    PartCheck,
+    ScoreManifest,
+    Status,
+    check_scores_schema,
+)
 from scoring.foundation.selected import SUMMARY_FILE, check_selected_schema
 from scoring.foundation.stagedir import PathInfo, identify, refuse_repeated
 from scoring.foundation.storage import fresh, fs_url, prefetched, read_json, read_record, redact
@@ -176,6 +183,9 @@ def _recorded(fs, root: str, found: PathInfo, n_parts: int, rows: int, footers: 
         manifest = read_record(fs, marker_path, ScoreManifest, "scores manifest")
         expected_parts, expected_rows, tokenizer = manifest.parts, manifest.rows, manifest.tokenizer_fingerprint
         identity = manifest_digest(manifest)
+        stamps = PartCheck.of(fs, root, manifest)
+        for part, footer in zip(parts, footers):
+            stamps.check(fs_url(fs, part), footer.metadata)
     else:
         expected_parts, expected_rows = marker.get("parts"), marker.get("rows")
         tokenizer, identity = marker.get("tokenizer_fingerprint"), digest(marker)

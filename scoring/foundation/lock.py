@@ -251,13 +251,14 @@ class OutputLock:
     def url(self) -> str:
         return fs_url(self.fs, self.path)
 
-    def acquire(self) -> None:
+    def acquire(self, wait: bool = False) -> None:
+        """Take the lock, or refuse naming its owner; with ``wait`` (local disks only), wait for it instead."""
         if self._held:
             raise RuntimeError("lock already held")
         self.lost = False
         self.token = uuid.uuid4().hex  # a fence of an earlier acquisition must not pass
         if self.is_local:
-            self._acquire_local()
+            self._acquire_local(wait)
         else:
             self._acquire_remote()
             self._stop.clear()
@@ -312,7 +313,7 @@ class OutputLock:
 
     # -- local: flock ---------------------------------------------------------------------------------------
 
-    def _acquire_local(self) -> None:
+    def _acquire_local(self, wait: bool = False) -> None:
         while True:
             try:  # never through a link: a planted .NAME.lock symlink would have us truncate the file it names
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
@@ -327,7 +328,7 @@ class OutputLock:
                 os.close(fd)
                 raise HardfocusError(f"the lock file {self.path} of {self.name} is not a regular file: remove it")
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 owner = _owner(_parse(os.pread(fd, 4096, 0)))
                 os.close(fd)

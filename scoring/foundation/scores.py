@@ -10,8 +10,11 @@ runs. Selection refuses to mix score directories whose manifests disagree on wha
 
 from __future__ import annotations
 
+import hashlib
 import json
+import posixpath
 from collections.abc import Iterable
+from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
@@ -35,6 +38,31 @@ def part_stamp(job: str, shard, start: int, stop: int) -> dict[bytes, bytes]:
     stamp = {"job": job, "shard": shard.rel, "shard_size": shard.size, "shard_modified": shard.modified,
              "start": start, "stop": stop}
     return {PART_STAMP: json.dumps(stamp).encode()}
+
+
+def rel_digest(rel: str) -> str:
+    """The shard part of a part's name: a digest of the shard's relative path."""
+    return hashlib.sha1(rel.encode()).hexdigest()[:12]
+
+
+def stamp_problem(name: str, stamp: dict | None, job: str | None, shards: dict[str, tuple[int, str | None]],
+                  required: bool) -> str | None:
+    """Why the part ``name`` does not belong to a scores/ directory of the job ``job`` over ``shards`` (rel ->
+    (size, modification stamp)), or None. Its stamp must name this job, a shard of the directory as it is, and the
+    very rows its name says; a part without a stamp is refused where the directory's parts are all ``required`` to
+    carry one (a part rewritten by a tool that drops Parquet metadata, or copied in from another directory)."""
+    if stamp is None:
+        return "it carries no stamp of the job that wrote it" if required else None
+    parsed = parse_part_name(name)
+    shard = shards.get(stamp.get("shard"))
+    if job is not None and stamp.get("job") != job:
+        return "it was written by another scoring job than this directory's (other settings, or another directory)"
+    if shard is None or parsed is None or parsed != (rel_digest(stamp["shard"]), stamp.get("start"), stamp.get("stop")):
+        return "its stamp names other rows (another shard, or another range) than its name"
+    size, modified = shard
+    if stamp.get("shard_size") != size or (modified and stamp.get("shard_modified") not in (None, modified)):
+        return "it was scored from another version of its shard (size or modification stamp)"
+    return None
 
 
 def stamp_of(metadata: dict | None) -> dict | None:
@@ -237,3 +265,33 @@ class ScoreManifest(ScoreCounts):
     parts: int
     runs: list[RunInfo]
     versions: dict[str, str]
+
+
+@dataclass(frozen=True)
+class PartCheck:
+    """What every reader of a scores/ directory checks each part's stamp against (:func:`stamp_problem`): the digest
+    of the directory's job identity, whether its parts all carry a stamp, its shards as ``rel -> (size, stamp)``."""
+
+    job: str | None
+    required: bool
+    shards: dict[str, tuple[int, str | None]]
+
+    @classmethod
+    def of(cls, fs, root: str, manifest: ScoreManifest) -> PartCheck:
+        from scoring.foundation.fingerprints import digest
+        from scoring.foundation.storage import read_json
+
+        job = read_json(fs, posixpath.join(root, SCORES_JOB_FILE), "scores job file", kind=dict) or {}
+        job_digest = digest(job["identity"]) if isinstance(job.get("identity"), dict) else None
+        return cls(job_digest, job.get("stamped_parts") is True, {s.rel: (s.size, s.modified) for s in manifest.shards})
+
+    def check(self, url: str, metadata: dict | None) -> None:
+        """Raise a :class:`HardfocusError` naming the part at ``url`` if its footer's stamp says it is foreign."""
+        from scoring.foundation.storage import redact
+
+        why = stamp_problem(posixpath.basename(url), stamp_of(metadata), self.job, self.shards, self.required)
+        if why:
+            raise HardfocusError(
+                f"the score part {redact(url)} does not belong to its directory: {why}; delete it and rerun "
+                "`hardfocus score` with the same arguments, which scores only the missing part again"
+            )

@@ -27,9 +27,9 @@ since the lock is free only once their writer is gone.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import logging
-import os
 import posixpath
 import shutil
 import uuid
@@ -51,6 +51,7 @@ from scoring.foundation.storage import (
     fsync_tree,
     is_local,
     list_names,
+    normalized,
     overlaps,
     read_json,
     read_record,
@@ -76,24 +77,38 @@ class StageKind:
     staged: bool  # replaced whole through a staging directory (locally) instead of written in place
     noun: str  # what it holds, in messages
     marker_keys: frozenset[str]  # keys every marker of this kind has
-    legacy_job: frozenset[str] = frozenset()  # keys of an untagged job file of an earlier version
+    writes: tuple[str, ...]  # the names (patterns) it writes: replacing it removes these, and refuses anything else
+    legacy_job: Callable[[dict], bool] | None = None  # recognises an untagged job file of an earlier version
     replace_clears: bool = True  # replacing empties it; else its parts replace themselves by their own identity
 
     def __str__(self) -> str:
         return f"{self.name}/"
 
 
-SCORES = StageKind("scores", "manifest.json", "job.json", staged=False, noun="scores",
-                   marker_keys=frozenset({"model_fingerprint", "tokenizer_fingerprint", "parts", "shards"}),
-                   legacy_job=frozenset({"identity", "runs"}))
+SCORES = StageKind(
+    "scores", "manifest.json", "job.json", staged=False, noun="scores",
+    marker_keys=frozenset({"model_fingerprint", "tokenizer_fingerprint", "parts", "shards"}),
+    writes=("part-*.parquet", "done", "job.json", "manifest.json", "report.html"),  # `hardfocus report` may add one
+    legacy_job=lambda job: isinstance(job.get("identity"), dict) and "model_fingerprint" in job["identity"]
+    and isinstance(job.get("runs"), list),
+)
 SELECTED = StageKind("selected", "summary.json", "selection_job.json", staged=True, noun="selection",
-                     marker_keys=frozenset({"parameters", "bands", "output_parts"}))
-MODEL = StageKind("model", "train_manifest.json", "train_job.json", staged=False, noun="training run",
-                  marker_keys=frozenset({"steps", "train_rows"}), legacy_job=frozenset({"config", "model_path"}))
+                     marker_keys=frozenset({"parameters", "bands", "output_parts"}),
+                     writes=("part-*.parquet", "summary.json", "selection_job.json", "report.html"))
+MODEL = StageKind(
+    "model", "train_manifest.json", "train_job.json", staged=False, noun="training run",
+    marker_keys=frozenset({"steps", "train_rows"}),
+    # what save_pretrained writes (config, weights, tokenizer files, a chat template, remote code) and training's own
+    writes=("*.json", "*.jsonl", "*.safetensors", "*.bin", "*.txt", "*.model", "*.jinja", "*.py", "checkpoints",
+            "ray_results", "tokenized"),  # tokenized/: raw shards tokenised there by earlier versions
+    legacy_job=lambda job: isinstance(job.get("config"), dict) and isinstance(job.get("model_path"), str),
+)
 EVAL = StageKind("eval", "eval.json", "eval_job.json", staged=False, noun="evaluation",
-                 marker_keys=frozenset({"models", "data"}), replace_clears=False)
+                 marker_keys=frozenset({"models", "data"}), writes=("eval.json", "eval_job.json", "scores-*"),
+                 replace_clears=False)
 TOKENS = StageKind("tokens", "tokenized.json", "tokenize_job.json", staged=True, noun="tokenised shards",
-                   marker_keys=frozenset({"identity", "rows_per_status"}))
+                   marker_keys=frozenset({"identity", "rows_per_status"}),
+                   writes=("part-*.parquet", "tokenized.json", "tokenize_job.json"))
 KINDS = (SCORES, SELECTED, MODEL, EVAL, TOKENS)
 
 
@@ -135,13 +150,19 @@ def _visible(names: list[str]) -> list[str]:
     return [n for n in names if not n.startswith(".")]
 
 
-def _reads_as(fs, path: str, name: str, keys: frozenset[str], tag: str | None = None) -> bool:
-    """Whether the JSON file ``name`` in ``path`` is an object with ``keys`` (or the stage ``tag``). A damaged one
-    of a stage's own names is a :class:`HardfocusError` naming it (:func:`read_json`)."""
-    obj = read_json(fs, posixpath.join(path, name), what="the file")
+def _is_marker(fs, path: str, kind: StageKind) -> bool:
+    """Whether the kind's marker in ``path`` is an object with the keys its markers have."""
+    obj = read_json(fs, posixpath.join(path, kind.marker), what="the file")
+    return isinstance(obj, dict) and kind.marker_keys <= set(obj)
+
+
+def _is_job(fs, path: str, kind: StageKind) -> bool:
+    """Whether the kind's job file in ``path`` says it is this stage's (its tag, or an earlier version's shape).
+    A damaged one of a stage's own names is a :class:`HardfocusError` naming it (:func:`read_json`)."""
+    obj = read_json(fs, posixpath.join(path, kind.job), what="the file")
     if not isinstance(obj, dict):
         return False
-    return (tag is not None and obj.get("stage") == tag) or bool(keys) and keys <= set(obj)
+    return obj.get("stage") == kind.name or "stage" not in obj and kind.legacy_job is not None and kind.legacy_job(obj)
 
 
 def identify(url: str) -> PathInfo:
@@ -158,8 +179,8 @@ def identify(url: str) -> PathInfo:
         return PathInfo(url, "empty")
     present = set(names)
     for kind in KINDS:
-        marked = kind.marker in present and _reads_as(fs, path, kind.marker, kind.marker_keys)
-        if marked or kind.job in present and _reads_as(fs, path, kind.job, kind.legacy_job, tag=kind.name):
+        marked = kind.marker in present and _is_marker(fs, path, kind)
+        if marked or kind.job in present and _is_job(fs, path, kind):
             if kind.marker in present and not marked:  # this stage's directory, its marker damaged into other JSON
                 raise HardfocusError(
                     f"{kind.marker} of {redact(url)} is not the marker hardfocus wrote (it lacks "
@@ -172,14 +193,6 @@ def identify(url: str) -> PathInfo:
     if "config.json" in present:
         return PathInfo(url, "checkpoint", names=tuple(names))
     return PathInfo(url, "other", names=tuple(names))
-
-
-def normalized(fs, path: str) -> str:
-    """One spelling of a path: symlinks resolved and ``.``/``..`` folded locally, ``.`` segments and a trailing
-    slash dropped elsewhere; so ``out``, ``out/``, ``out/.`` and a link to it are one output with one lock."""
-    if is_local(fs):
-        return os.path.realpath(path)
-    return posixpath.normpath(path).rstrip("/") if path not in ("", "/") else path
 
 
 # ---- identities -----------------------------------------------------------------------------------------------
@@ -276,14 +289,15 @@ class StageDir:
     def lock_path(self) -> str:
         return posixpath.join(self.parent, f".{self.name}.lock")
 
-    def lock(self) -> None:
-        """Hold the output's lock for this run; a second run on the same output refuses, naming the owner."""
+    def lock(self, wait: bool = False) -> None:
+        """Hold the output's lock for this run; a second run on the same output refuses, naming the owner (with
+        ``wait``, on a local disk, it waits: for a shared cache entry that whichever run comes first makes)."""
         if self._lock is not None:
             return
         lock = OutputLock(self.fs, self.lock_path, redact(self.url))
         try:
             self.fs.makedirs(self.parent, exist_ok=True)
-            lock.acquire()
+            lock.acquire(wait=wait and self.is_local)
         except OSError as exc:
             raise HardfocusError(f"cannot write to output directory {redact(self.url)}: {exc}") from exc
         self._lock = lock
@@ -302,8 +316,8 @@ class StageDir:
         return None if self._lock is None else self._lock.fence()
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[StageDir]:
-        self.lock()
+    def locked(self, wait: bool = False) -> Iterator[StageDir]:
+        self.lock(wait)
         try:
             yield self
         finally:
@@ -311,11 +325,12 @@ class StageDir:
 
     # -- the protocol ---------------------------------------------------------------------------------------
 
-    def open(self, identity: dict, overwrite: bool, inputs: Sequence[str] = (), record: dict | None = None) -> Opening:
+    def open(self, identity: dict, overwrite: bool, inputs: Sequence[str] = (), fresh: dict | None = None) -> Opening:
         """Lock the output, clear what dead writers left, and decide what this run does (see the module docstring).
 
-        Writes the job file (``{"identity": ..., **record}``) for a run that goes on, unless the stage is staged
-        (its job file goes into the staging directory). Raises a :class:`HardfocusError` for a refusal.
+        Writes the job file (``{"stage": ..., "identity": ...}``, plus ``fresh`` for an output begun now, plus what
+        a resumed one's job file held) for a run that goes on, unless the stage is staged (its job file goes into
+        the staging directory). Raises a :class:`HardfocusError` for a refusal.
         """
         refuse_overlap(self.url, inputs)
         self.lock()
@@ -329,7 +344,8 @@ class StageDir:
                 self.fs.makedirs(self.path, exist_ok=True)
                 previous = self.read_json(self.kind.job) if opening is Opening.RESUME else None
                 kept = {k: v for k, v in (previous or {}).items() if k not in ("stage", "identity")}
-                self.commit_json(self.kind.job, {"stage": self.kind.name, "identity": identity, **kept, **(record or {})})
+                begun = (fresh or {}) if opening in (Opening.NEW, Opening.REPLACE) else {}
+                self.commit_json(self.kind.job, {"stage": self.kind.name, "identity": identity, **begun, **kept})
         except BaseException:
             self.unlock()
             raise
@@ -365,10 +381,20 @@ class StageDir:
         return bool(set(_visible(self.names())) - {self.kind.job})
 
     def clear(self) -> None:
-        """Empty the directory, the marker first: from its removal on, the old output reads as unfinished."""
+        """Empty the directory, the marker first: from its removal on, the old output reads as unfinished. Only the
+        names the stage writes are removed: anything else there is refused, never deleted."""
+        names = self.names()
+        foreign = sorted(n for n in _visible(names) if not any(fnmatch.fnmatchcase(n, w) for w in self.kind.writes))
+        if foreign:
+            raise HardfocusError(
+                f"'{redact(self.url)}' holds files a {self.kind.name}/ stage does not write ({', '.join(foreign[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}): move them away, or choose another --output; nothing was removed"
+            )
         self.unmark()
-        for name in self.names():
+        for name in names:
             target = self.join(name)
+            if name == self.kind.marker:
+                continue  # removed first
             if self.fs.isdir(target):
                 self.fs.rm(target, recursive=True)
             else:

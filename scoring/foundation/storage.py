@@ -199,13 +199,24 @@ def rename_durably(src: str, dst: str) -> None:
     fsync_dir(os.path.dirname(os.path.abspath(dst)))
 
 
-def canonical(url: str) -> str:
-    """One spelling per location: an absolute, symlink-free path locally, ``protocol://path`` without a trailing
-    slash elsewhere. Two inputs with the same canonical form are the same directory."""
-    fs, path = url_to_fs(url)
+def normalized(fs, path: str) -> str:
+    """One spelling of a path: symlinks resolved and ``.``/``..`` folded locally, ``.`` segments and a trailing
+    slash dropped elsewhere; so ``out``, ``out/``, ``out/.`` and a link to it are one output with one lock."""
     if is_local(fs):
-        return os.path.realpath(path)
-    return fs_url(fs, path.rstrip("/"))
+        resolved = os.path.realpath(path)
+        if os.path.islink(resolved):  # realpath stops where links loop
+            from scoring.foundation.errors import HardfocusError
+
+            raise HardfocusError(f"'{redact(path)}' is a loop of symbolic links: point it at a directory")
+        return resolved
+    return posixpath.normpath(path).rstrip("/") if path not in ("", "/") else path
+
+
+def canonical(url: str) -> str:
+    """One spelling per location (:func:`normalized`, as a URL): two inputs with the same canonical form are the
+    same directory."""
+    fs, path = url_to_fs(url)
+    return fs_url(fs, normalized(fs, path))
 
 
 def overlaps(a: str, b: str) -> bool:

@@ -243,7 +243,7 @@ def test_eval_after_its_chat_template_file_was_edited_is_not_up_to_date(tmp_path
     template = tmp_path / "chat.jinja"
     template.write_text(CHATML)
     cfg = EvalConfig(models=[f"base={tiny_chat_model_dir}"], data=[str(tmp_path / "held")], output=str(tmp_path / "eval"),
-                     group_column=None, max_tokens=64, dtype="float32", format="messages", chat_template=str(template))
+                     group_column=None, max_tokens=200, dtype="float32", format="messages", chat_template=str(template))
     first = evaluate(cfg, progress=False).models[0].table["loss"].to_list()
     template.write_text(CHATML.replace("You are a helpful assistant", "Reply in one short sentence, always politely"))
     again = evaluate(cfg, progress=False)
