@@ -160,8 +160,9 @@ def noise_share(train_dir: Path, labels: pl.DataFrame) -> dict:
 def heldout_tokens(corpus: Path, model_path: str, s, out: Path) -> Path:
     """The held-out split tokenised once (conversations with their response spans), for the Trainer's eval loss."""
     from pipelines.train import tokenize_shards
+    from scoring.foundation.kinds import TOKENS
     from scoring.foundation.sample_format import SampleFormat
-    from scoring.foundation.stagedir import TOKENS, Opening, StageDir
+    from scoring.foundation.stagedir import Opening, StageDir
     from scoring.model import load_tokenizer
 
     fmt = SampleFormat(**{k: v for k, v in sample_format(s).items() if k != "id_column"})

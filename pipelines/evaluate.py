@@ -21,7 +21,8 @@ from scoring import ScoreConfig, score
 from scoring.chat import load_chat_template, template_sha256
 from scoring.foundation.errors import HardfocusError
 from scoring.foundation.fingerprints import tokenizer_fingerprint
-from scoring.foundation.stagedir import EVAL, MODEL, Opening, StageDir, identify
+from scoring.foundation.kinds import EVAL, MODEL, identify
+from scoring.foundation.stagedir import Opening, StageDir
 from scoring.foundation.storage import redact
 from scoring.model import load_tokenizer, resolve_model
 from scoring.output import ScoresDir

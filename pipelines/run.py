@@ -28,7 +28,7 @@ from pipelines.labels import band_labels
 from pipelines.run_config import RunConfig, check_stage_range
 from pipelines.train import run_train
 from scoring import score
-from scoring.foundation.stagedir import identify
+from scoring.foundation.kinds import identify
 from scoring.foundation.storage import fs_url, list_names, read_record
 from selection import select
 from selection.schema import SUMMARY_FILE

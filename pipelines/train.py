@@ -14,10 +14,11 @@ from scoring.chat import check_chat_tokenizer, load_chat_template, template_sha2
 from scoring.foundation.cache import cache_dir
 from scoring.foundation.errors import HardfocusError
 from scoring.foundation.fingerprints import digest, tokenizer_fingerprint
+from scoring.foundation.kinds import TOKENS, identify
 from scoring.foundation.ray_local import init_ray
 from scoring.foundation.sample_format import Columns
 from scoring.foundation.scores import Status, loss_spans_array
-from scoring.foundation.stagedir import TOKENS, Opening, StageDir, identify, refuse_overlap
+from scoring.foundation.stagedir import Opening, StageDir, refuse_overlap
 from scoring.foundation.storage import redact
 from scoring.model import cpu_has_bf16, load_tokenizer, resolve_model
 from scoring.sources import find_shards, read_shard

@@ -19,8 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scoring.foundation.errors import HardfocusError
+from scoring.foundation.kinds import SCORES
 from scoring.foundation.scores import DONE_DIR
-from scoring.foundation.stagedir import SCORES, StageDir
+from scoring.foundation.stagedir import StageDir
 from scoring.foundation.storage import TMP_PREFIX, prefetched, redact
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,8 @@ from fsspec.core import url_to_fs
 
 from scoring.foundation.errors import HardfocusError
 from scoring.foundation.fingerprints import manifest_digest
-from scoring.foundation.stagedir import SELECTED, Opening, StageDir, identify, refuse_overlap, refuse_repeated
+from scoring.foundation.kinds import SELECTED, identify
+from scoring.foundation.stagedir import Opening, StageDir, refuse_overlap, refuse_repeated
 from scoring.foundation.storage import fs_url, list_names, read_json, redact
 from selection.bands import KEPT, NO_GROUP, band_weights, rank_bands
 from selection.config import SelectConfig

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from scoring.foundation.errors import HardfocusError
+from scoring.foundation.kinds import identify
 from scoring.foundation.scores import (
     ERROR_PREFIX,
     OPTIONAL_COLUMNS,
@@ -24,7 +25,7 @@ from scoring.foundation.scores import (
     check_scores_schema,
     parse_part_name,
 )
-from scoring.foundation.stagedir import identify, refuse_repeated
+from scoring.foundation.stagedir import refuse_repeated
 from scoring.foundation.storage import fs_url, prefetched, read_record, redact
 from selection.bands import NO_GROUP
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from scoring.foundation.errors import HardfocusError
 from scoring.foundation.fingerprints import fingerprint_checkpoint, tokenizer_fingerprint
-from scoring.foundation.stagedir import MODEL, Opening, StageDir, refuse_overlap
+from scoring.foundation.kinds import MODEL
+from scoring.foundation.stagedir import Opening, StageDir, refuse_overlap
 from scoring.foundation.storage import redact
 from scoring.foundation.versions import library_versions
 from training.build import build_trainer, training_arguments

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from scoring.foundation.stagedir import MODEL
+from scoring.foundation.kinds import MODEL
 from training.config import TrainConfig
 
 log = logging.getLogger(__name__)

@@ -32,6 +32,7 @@ from fsspec.core import url_to_fs
 
 from scoring.foundation.errors import HardfocusError
 from scoring.foundation.fingerprints import digest, manifest_digest
+from scoring.foundation.kinds import PathInfo, identify
 from scoring.foundation.scores import (
     LOSS_SPANS_TYPE,
     SCORES_MANIFEST_FILE,
@@ -41,7 +42,7 @@ from scoring.foundation.scores import (
     check_scores_schema,
 )
 from scoring.foundation.selected import SUMMARY_FILE, check_selected_schema
-from scoring.foundation.stagedir import PathInfo, identify, refuse_repeated
+from scoring.foundation.stagedir import refuse_repeated
 from scoring.foundation.storage import fresh, fs_url, prefetched, read_json, read_record, redact
 
 log = logging.getLogger(__name__)

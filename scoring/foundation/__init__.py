@@ -6,7 +6,9 @@ Stages (``scoring``, ``selection``, ``training``) import from one another only w
 - :mod:`~scoring.foundation.storage`: fsspec helpers, durable writes, fresh listings, concurrent reads, redaction;
 - :mod:`~scoring.foundation.lock`: the lock on an output (``flock`` locally, a lock object with fencing on stores);
 - :mod:`~scoring.foundation.stagedir`: the stage-directory protocol (identity, refuse/resume/replace, staged writes,
-  marker last) and :func:`~scoring.foundation.stagedir.identify`, which says what a path is;
+  marker last, the overlap checks between outputs and inputs);
+- :mod:`~scoring.foundation.kinds`: the kinds of stage output and :func:`~scoring.foundation.kinds.identify`, which
+  says what a path is;
 - :mod:`~scoring.foundation.scores` and :mod:`~scoring.foundation.selected`: the contracts of ``scores/`` (files,
   Parquet schema, manifest) and ``selected/``;
 - :mod:`~scoring.foundation.fingerprints`: of a checkpoint, a tokenizer, a manifest, an identity;

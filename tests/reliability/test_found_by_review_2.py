@@ -114,7 +114,8 @@ def test_two_trainings_on_the_same_raw_shards_share_the_cache_instead_of_refusin
     import threading
 
     from pipelines.train import run_train
-    from scoring.foundation.stagedir import TOKENS, StageDir
+    from scoring.foundation.kinds import TOKENS
+    from scoring.foundation.stagedir import StageDir
 
     monkeypatch.setenv("HARDFOCUS_CACHE", str(tmp_path / "cache"))
     _jsonl(tmp_path / "raw" / "a.jsonl", TEXTS)
