@@ -180,13 +180,17 @@ def _text_rows(group: str, docs: list[tuple[str, str | None]]) -> list[dict[str,
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]], rng: random.Random) -> None:
-    """Rows in random order, so a reader that takes a file's head gets no block of noise or of one source."""
+    """Rows in random order, so a reader that takes a file's head gets no block of noise or of one source.
+
+    A file that already holds exactly these bytes is left alone: its modification time is part of what its
+    scores were computed from, so rebuilding the same corpus (a rerun of ``make demo``) must not make it stale."""
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = list(rows)
     rng.shuffle(rows)
-    with open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+    data = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    if path.is_file() and path.read_bytes() == data:
+        return
+    path.write_bytes(data)
 
 
 # ---- chat -------------------------------------------------------------------------------------

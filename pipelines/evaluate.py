@@ -47,10 +47,12 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> EvalResult:
     models = [(name, spec, _local_model(spec)) for name, spec in cfg.named_models()]
     out = StageDir(cfg.output, EVAL)
     template = load_chat_template(cfg.chat_template)
+    resolved = [resolve_model(path) for _, _, path in models]  # aliases and GGUF files to their checkpoints
+    tokenizers = [load_tokenizer(r.path) for r in resolved]
     identity = {  # the models in order (the first is the baseline), each by its weights, tokenizer and template
-        "models": [[name, resolve_model(path).fingerprint, tokenizer_fingerprint(load_tokenizer(path)),
-                    template_sha256(template, load_tokenizer(path)) if cfg.format != "text" else None]
-                   for name, _, path in models],
+        "models": [[name, r.fingerprint, tokenizer_fingerprint(tok),
+                    template_sha256(template, tok) if cfg.format != "text" else None]
+                   for (name, _, _), r, tok in zip(models, resolved, tokenizers)],
         "data": [[s.rel, s.size, s.modified] for s in find_shards(cfg.data)],
         "settings": cfg.model_dump(exclude={"models", "data", "output", "executor", "chat_template"}),
     }

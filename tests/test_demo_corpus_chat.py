@@ -119,6 +119,20 @@ def test_seed_reproducible(tmp_path):
     assert other.keys() == first.keys() and other != first
 
 
+def test_rebuilding_the_same_corpus_leaves_its_files_alone(tmp_path):
+    """A file's modification time is part of what its scores were computed from: a rerun of `make demo` rebuilds
+    the corpus, and must not make every shard look changed (and rescored); another seed rewrites them."""
+    def stamps() -> dict[str, int]:
+        return {str(p.relative_to(tmp_path)): p.stat().st_mtime_ns for p in sorted(tmp_path.rglob("*.jsonl"))}
+
+    build_demo_corpus(tmp_path, docs_per_group=5, seed=1, noise_frac=0.2, kind="chat")
+    before = stamps()
+    build_demo_corpus(tmp_path, docs_per_group=5, seed=1, noise_frac=0.2, kind="chat")
+    assert stamps() == before
+    build_demo_corpus(tmp_path, docs_per_group=5, seed=2, noise_frac=0.2, kind="chat")
+    assert all(stamps()[k] != before[k] for k in before)
+
+
 def test_chat_messages_and_groups():
     def turn(sender: str, *texts: str) -> list[dict]:
         return [{"sender": sender, "text": t, "timestamp": ""} for t in texts]

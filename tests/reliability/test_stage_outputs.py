@@ -287,3 +287,29 @@ def test_a_damaged_job_file_is_named_not_a_traceback(tmp_path, scored):
     (tmp_path / "scores" / "job.json").write_text('{"identity": {"model_fin')
     with pytest.raises(HardfocusError, match=r"job.json is damaged \(.*not JSON"):
         score(cfg, progress=False)
+
+
+def test_eval_reads_each_models_tokenizer_from_its_resolved_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
+    """A model given by alias (`smollm2-135m`, a GGUF file) is no directory: its identity's tokenizer is read from the
+    checkpoint the alias resolves to, never looked up under the alias (that went to the hub, and failed offline)."""
+    import pipelines.evaluate as evaluate_module
+    import scoring.job as job_module
+    import scoring.units as units_module
+    from scoring.model import resolve_model
+    from tests.conftest import write_jsonl
+    from training.config import EvalConfig
+
+    def aliased(spec: str):
+        return resolve_model(tiny_model_dir if spec == "tiny-alias" else spec)
+
+    monkeypatch.setattr(evaluate_module, "resolve_model", aliased)
+    monkeypatch.setattr(job_module, "resolve_model", aliased)
+    monkeypatch.setattr(units_module, "resolve_model", aliased)
+    units_module._checkpoint_path.cache_clear()
+    write_jsonl(tmp_path / "held" / "h.jsonl", [{"text": t} for t in ("The river flows to the sea.",
+                                                                       "A committee met on Tuesday.")])
+    cfg = EvalConfig(models=["base=tiny-alias"], data=[str(tmp_path / "held")], output=str(tmp_path / "eval"),
+                     group_column=None, max_tokens=32, dtype="float32")
+    result = evaluate_module.evaluate(cfg, progress=False)
+    assert result.models[0].table.filter(pl.col("group") == "(all)")["docs"].item() == 2
+    assert evaluate_module.evaluate(cfg, progress=False).skipped
