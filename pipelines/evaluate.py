@@ -54,7 +54,8 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> EvalResult:
                     template_sha256(template, tok) if cfg.format != "text" else None]
                    for (name, _, _), r, tok in zip(models, resolved, tokenizers)],
         "data": [[s.rel, s.size, s.modified] for s in find_shards(cfg.data)],
-        "settings": cfg.model_dump(exclude={"models", "data", "output", "executor", "chat_template"}),
+        "settings": cfg.model_dump(exclude={"models", "data", "output", "executor", "chat_template"}
+                                   | ({"long_documents", "window_context"} if cfg.long_documents == "truncate" else set())),
     }
     local_models = [spec for _, spec, _ in models if is_url(spec) or os.path.exists(spec)]  # paths, not hub ids
     with out.locked():
@@ -72,14 +73,16 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> EvalResult:
             score(
                 ScoreConfig(
                     inputs=cfg.data, output=scores_dir, model=path, group_column=cfg.group_column, **cfg.sample_format(),
-                    max_tokens=cfg.max_tokens, dtype=cfg.dtype, executor=cfg.executor, keep_input_ids=False,
+                    max_tokens=cfg.max_tokens, long_documents=cfg.long_documents, window_context=cfg.window_context,
+                    dtype=cfg.dtype, executor=cfg.executor, keep_input_ids=False,
                     overwrite=True,  # a retrained model in the same directory must be rescored, not refused
                 ),
                 progress=progress,
             )
             table, not_ok = group_perplexity(ScoresDir(scores_dir).urls(ScoresDir(scores_dir).parts()))
             results.append(ModelEval(name=name, model=spec, scores=scores_dir, table=table, not_ok=not_ok))
-        payload = {"data": cfg.data, "max_tokens": cfg.max_tokens, "dtype": cfg.dtype, "models": [r.to_json() for r in results]}
+        payload = {"data": cfg.data, "max_tokens": cfg.max_tokens, "long_documents": cfg.long_documents,
+                   "window_context": cfg.window_context, "dtype": cfg.dtype, "models": [r.to_json() for r in results]}
         out.mark(payload)
     return EvalResult(cfg.output, results)
 

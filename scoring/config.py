@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from scoring.foundation.sample_format import SampleFormat
+from scoring.foundation.sample_format import LongDocuments, SampleFormat, check_long_documents
 
 MAX_ROW_BYTES = 64 << 20  # the default --max-row-bytes
 
@@ -29,7 +29,16 @@ class ScoreConfig(SampleFormat):
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     max_tokens: int = Field(
-        1024, ge=2, description="longer documents are truncated and flagged; conversations lose whole leading turns"
+        1024, ge=2, description="tokens per scored sequence: a longer text is truncated and flagged, or cut into windows "
+        "(long_documents); a conversation loses whole leading turns"
+    )
+    long_documents: LongDocuments = Field(
+        "truncate", description="a text longer than max_tokens: truncate (score its first max_tokens tokens) or windows "
+        "(score every token: one row per window of at most max_tokens tokens, sample_id '<id>#w<k>'; format text)"
+    )
+    window_context: int = Field(
+        0, ge=0, description="windows: each window after the first first reads this many tokens of the text before it, "
+        "unscored, so its first tokens are not predicted cold (each token is still scored once)"
     )
     add_special_tokens: bool = Field(
         True, description="let the tokenizer add BOS/EOS as the model was trained (text; a chat template adds its own)"
@@ -70,4 +79,9 @@ class ScoreConfig(SampleFormat):
     def _ifd_needs_a_prompt(self) -> ScoreConfig:
         if self.ifd and self.format == "text":
             raise ValueError("ifd needs a prompt to condition on: use format prompt_response or messages")
+        return self
+
+    @model_validator(mode="after")
+    def _windows_fit(self) -> ScoreConfig:
+        check_long_documents(self.format, self.long_documents, self.window_context, self.max_tokens)
         return self

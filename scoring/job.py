@@ -34,6 +34,7 @@ from scoring.foundation.scores import (
     ScoreManifest,
     ShardInfo,
     parse_part_name,
+    stamped_rows,
 )
 from scoring.foundation.stagedir import refuse_inside, refuse_overlap
 from scoring.foundation.storage import prefetched, redact
@@ -125,7 +126,8 @@ def scores_summary_line(result: ScoreResult) -> str:
         f"this run: {run.tokens_scored} tokens in {run.wall_s:.1f}s, {run.tokens_per_s:.0f} tokens/s"
         if result.units_scored else "already complete, nothing scored in this run"
     )
-    return f"scored {m.rows} rows ({statuses}) | {m.tokens} tokens | {this_run} | {result.output}"
+    rows = f"{m.rows} rows" if m.long_documents == "truncate" else f"{m.documents} documents in {m.rows} windows"
+    return f"scored {rows} ({statuses}) | {m.tokens} tokens | {this_run} | {result.output}"
 
 
 def _job_identity(cfg: ScoreConfig, resolved: ResolvedModel) -> dict:
@@ -138,7 +140,8 @@ def _job_identity(cfg: ScoreConfig, resolved: ResolvedModel) -> dict:
         "chat_template_sha256": template_sha256(cfg.chat_template, tokenizer) if cfg.format != "text" else None,
     }
     keys = (_IDENTITY_KEYS + (_CHAT_IDENTITY_KEYS if cfg.format != "text" else ()) + (("ifd",) if cfg.ifd else ())
-            + (("max_row_bytes",) if cfg.max_row_bytes != MAX_ROW_BYTES else ()))  # kept out at the default: old dirs match
+            + (("max_row_bytes",) if cfg.max_row_bytes != MAX_ROW_BYTES else ())  # kept out at the default: old dirs match
+            + (("long_documents", "window_context") if cfg.long_documents != "truncate" else ()))
     return {k: values[k] for k in keys}
 
 
@@ -245,18 +248,17 @@ def _damaged_parts(out: ScoresDir, shards: dict[str, Shard], done: dict[str, dic
         if bad or len(marker["part_bytes"]) != len(expected[d]):
             broken[d] = bad or expected[d][:1]
     unsized = [(d, name) for d in done if d not in sized for name in expected[d]]
-    for (d, name), rows in zip(unsized, prefetched(lambda item: _footer_rows(out, item[1]), unsized, depth=16)):
-        parsed = parse_part_name(name)
-        if rows != parsed[2] - parsed[1]:
+    for (d, name), meta in zip(unsized, prefetched(lambda item: _footer(out, item[1]), unsized, depth=16)):
+        if meta is None or meta.num_rows != stamped_rows(meta.metadata, name):
             broken.setdefault(d, []).append(name)
     return broken
 
 
-def _footer_rows(out: ScoresDir, name: str) -> int | None:
-    """A part's row count from its footer, or None when the footer cannot be read."""
+def _footer(out: ScoresDir, name: str) -> pq.FileMetaData | None:
+    """A part's footer, or None when it cannot be read."""
     try:
         with out.fs.open(out.join(name), "rb") as f:
-            return pq.read_metadata(f).num_rows
+            return pq.read_metadata(f)
     except (OSError, pa.ArrowException):
         return None
 
@@ -419,6 +421,8 @@ def _finalize(out: ScoresDir, cfg, resolved, identity, shards: list[Shard], done
         id_column=cfg.id_column,
         group_column=cfg.group_column,
         format=cfg.format,
+        long_documents=cfg.long_documents,
+        window_context=cfg.window_context,
         sample_columns=[c for _, c in columns_of(cfg).sample_columns],
         chat_template_sha256=identity.get("chat_template_sha256"),
         shards=[ShardInfo(url=redact(s.url), rel=s.rel, format=s.format, compression=s.compression, size=s.size,

@@ -13,6 +13,7 @@ import numpy as np
 from scoring.chat import IfdTurn, encode_conversations
 from scoring.foundation.scores import Status
 from scoring.sources import RowBlock
+from scoring.windows import encodable
 
 # A token of a byte-level BPE rarely covers more than a few dozen characters, so cutting the text
 # at this many characters per wanted token avoids tokenising a 5 MB document in full; when the cut
@@ -72,7 +73,7 @@ def tokenize_texts(
             continue
         if text is None or not text.strip():
             status[i] = Status.EMPTY.value
-        elif not _encodable(text):
+        elif not encodable(text):
             status[i] = Status.INVALID_UTF8.value  # lone surrogates from a JSON "\ud800" escape
         else:
             todo.append(i)
@@ -117,9 +118,3 @@ def _kept_bytes(tokenizer, docs: list[tuple[str, list[int]]], add_special_tokens
     return [len(text[:end].encode("utf-8")) for end, (text, _) in zip(ends, docs)]
 
 
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

@@ -25,15 +25,21 @@ from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from scoring.config import ScoreConfig
 from scoring.foundation.errors import HardfocusError
 from scoring.foundation.sample_format import Columns
 from scoring.foundation.scores import (
+    DOCUMENT_ID,
     ERROR_PREFIX,
+    LOSS_SPANS_TYPE,
     NON_FINITE_LOSS,
     UNCONDITIONED_N_TOKENS,
     UNCONDITIONED_NLL_SUM,
+    WINDOW,
+    WINDOW_COLUMNS,
+    WINDOWS,
     Status,
     is_input_error,
     loss_spans_array,
@@ -52,6 +58,7 @@ from scoring.output import ScoresDir
 from scoring.scorer import Scorer
 from scoring.sources import RowBlock, Shard, iter_units
 from scoring.tokenize import tokenize_block
+from scoring.windows import special_layout, window_texts
 
 log = logging.getLogger(__name__)
 
@@ -107,15 +114,17 @@ def _checkpoint_path(spec: str, fingerprint: str) -> str:
 # ---- counts of a unit's rows, merged per shard and over the whole directory ----------------------------
 
 
-def status_counts(status: list[str], n_tokens, truncated) -> dict:
-    """What a unit's rows hold, in :class:`scoring.foundation.scores.ScoreCounts`' terms (no duplicate ids)."""
+def status_counts(status: list[str], n_tokens, truncated, documents: int | None = None) -> dict:
+    """What a unit's rows hold, in :class:`scoring.foundation.scores.ScoreCounts`' terms (no duplicate ids);
+    ``documents``: the input rows they come from, where a row is a window (default: one row per input row)."""
     by_status: dict[str, int] = {}
     for s in status:
         kind = "error" if s.startswith(ERROR_PREFIX) else s
         by_status[kind] = by_status.get(kind, 0) + 1
     errors = sorted({s for s in status if s.startswith(ERROR_PREFIX)})[:_MAX_ERROR_EXAMPLES]
     return {
-        "rows": len(status), "rows_by_status": by_status, "error_examples": errors,
+        "rows": len(status), "documents": len(status) if documents is None else documents,
+        "rows_by_status": by_status, "error_examples": errors,
         "tokens": int(np.sum(n_tokens)), "truncated": int(np.sum(truncated)),
     }
 
@@ -126,6 +135,7 @@ def merge_counts(a: dict, b: dict) -> dict:
         by_status[k] = by_status.get(k, 0) + v
     return {
         "rows": a["rows"] + b["rows"],
+        "documents": documents_of(a) + documents_of(b),
         "rows_by_status": dict(sorted(by_status.items())),
         "error_examples": sorted(set(a["error_examples"]) | set(b["error_examples"]))[:_MAX_ERROR_EXAMPLES],
         "tokens": a["tokens"] + b["tokens"],
@@ -133,18 +143,26 @@ def merge_counts(a: dict, b: dict) -> dict:
     }
 
 
-EMPTY_COUNTS = {"rows": 0, "rows_by_status": {}, "error_examples": [], "tokens": 0, "truncated": 0}
+def documents_of(counts: dict) -> int:
+    """The input rows of some counts (markers of before windows have none: one row per input row then)."""
+    documents = counts.get("documents")
+    return counts["rows"] if documents is None else documents
 
 
-def part_counts(out: ScoresDir, name: str, with_stamp: bool = False):
-    """The counts of a part an earlier run wrote (three small columns read), and with ``with_stamp`` its stamp."""
-    t = out.read_part(name, ["status", "n_tokens", "truncated"])
-    counts = status_counts(t["status"].to_pylist(), t["n_tokens"].to_numpy(), t["truncated"].to_numpy())
+EMPTY_COUNTS = {"rows": 0, "documents": 0, "rows_by_status": {}, "error_examples": [], "tokens": 0, "truncated": 0}
+
+
+def part_counts(out: ScoresDir, name: str, with_stamp: bool = False, windowed: bool = False):
+    """The counts of a part an earlier run wrote (three small columns read, and the window index of ``windowed``
+    parts), and with ``with_stamp`` its stamp."""
+    t = out.read_part(name, ["status", "n_tokens", "truncated", *([WINDOW] if windowed else [])])
+    documents = int(pc.sum(pc.equal(t[WINDOW], 0)).as_py() or 0) if windowed else None
+    counts = status_counts(t["status"].to_pylist(), t["n_tokens"].to_numpy(), t["truncated"].to_numpy(), documents)
     return (counts, stamp_of(t.schema.metadata)) if with_stamp else counts
 
 
-def reusable_parts(out: ScoresDir, task: ShardTask, n: int, job: str = "", overwrite: bool = False
-                   ) -> dict[int, tuple[str, dict, int]]:
+def reusable_parts(out: ScoresDir, task: ShardTask, n: int, job: str = "", overwrite: bool = False,
+                   windowed: bool = False) -> dict[int, tuple[str, dict, int]]:
     """unit start -> (part name, its counts, its bytes) of the parts an earlier run wrote for this task's shard that
     read whole and hold the rows their name says; a damaged one is left out, so its unit is scored again (the new
     part replaces it). A part whose stamp says the shard changed since (or another job wrote it) is refused, or
@@ -153,7 +171,7 @@ def reusable_parts(out: ScoresDir, task: ShardTask, n: int, job: str = "", overw
     names = task.parts or tuple(part_name(task.shard, start, start + n) for start in task.done)
     for start, name in zip(task.done, names):
         try:
-            counts, stamp = part_counts(out, name, with_stamp=True)
+            counts, stamp = part_counts(out, name, with_stamp=True, windowed=windowed)
             size = out.part_sizes([name]).get(name, 0)
         except (OSError, pa.ArrowException) as exc:
             log.warning("part %s of %s is damaged (%s): scoring its rows again", name, redact(out.url), exc)
@@ -169,9 +187,11 @@ def reusable_parts(out: ScoresDir, task: ShardTask, n: int, job: str = "", overw
             out.remove(list(names))
             return {}
         bounds = parse_part_name(name)
-        if bounds is None or counts["rows"] != bounds[2] - bounds[1]:
-            log.warning("part %s of %s holds %d rows, not what its name says: scoring its rows again", name,
-                        redact(out.url), counts["rows"])
+        documents = None if bounds is None else bounds[2] - bounds[1]
+        rows = (stamp or {}).get("rows", counts["rows"]) if windowed else documents  # a window is a row
+        if documents is None or counts["documents"] != documents or counts["rows"] != rows:
+            log.warning("part %s of %s holds %d rows of %d input rows, not what its name and stamp say: scoring its "
+                        "rows again", name, redact(out.url), counts["rows"], counts["documents"])
             continue
         reused[start] = (name, counts, size)
     return reused
@@ -201,7 +221,8 @@ def read_shard_task(row: dict, cfg: ScoreConfig, model_fingerprint: str, job: st
     rows, begin = 0, 0.0
     try:
         tokenizer = load_tokenizer(_checkpoint_path(cfg.model, model_fingerprint))
-        reused = reusable_parts(out, task, cfg.rows_per_unit, job, cfg.overwrite)  # damaged parts are scored again
+        reused = reusable_parts(out, task, cfg.rows_per_unit, job, cfg.overwrite,  # damaged parts are scored again
+                                windowed=cfg.long_documents == "windows")
         for unit in iter_units(task.shard, columns_of(cfg), cfg.rows_per_unit, frozenset(reused), cfg.max_row_bytes):
             rows = unit.stop
             if unit.block is None:
@@ -236,7 +257,9 @@ def read_shard_task(row: dict, cfg: ScoreConfig, model_fingerprint: str, job: st
 
 
 def tokenize_unit(shard: Shard, start: int, block: RowBlock, cfg: ScoreConfig, tokenizer) -> pa.Table:
-    """A unit's rows tokenised: one row per input row, with a status where unscoreable."""
+    """A unit's rows tokenised: one row per input row (or per window of it), with a status where unscoreable."""
+    if cfg.long_documents == "windows":
+        return tokenize_windows(shard, start, block, cfg, tokenizer)
     tok = tokenize_block(tokenizer, block, cfg.format, cfg.max_tokens, cfg.add_special_tokens, cfg.chat_template,
                          cfg.ifd)
     rows = np.arange(start, start + len(block), dtype=np.int64)
@@ -262,6 +285,49 @@ def tokenize_unit(shard: Shard, start: int, block: RowBlock, cfg: ScoreConfig, t
             **({} if tok.ifd_turns is None else {IFD_TURNS_COLUMN: ifd_turns_array(tok.ifd_turns)}),
         }
     )
+
+
+def tokenize_windows(shard: Shard, start: int, block: RowBlock, cfg: ScoreConfig, tokenizer) -> pa.Table:
+    """A unit's texts cut into windows (:mod:`scoring.windows`): one row per window, ``sample_id`` '<id>#w<k>'."""
+    w = window_texts(tokenizer, block.values, block.status, cfg.max_tokens, cfg.window_context, cfg.add_special_tokens)
+    doc = np.asarray(w.doc, dtype=np.int64)
+    if cfg.on_error == "stop":
+        for d, status in zip(doc, w.status):
+            if status is not None and is_input_error(status):
+                raise HardfocusError(redact(
+                    f"{shard.url} row {start + d}: {status}; fix the input, or pass --on-error record to score the "
+                    "other rows and record this one's status"
+                ))
+    ids = [i if i is not None else f"{shard.rel}#{start + r}" for r, i in enumerate(block.ids)]
+    document_ids = pa.array(ids, pa.string()).take(pa.array(doc))
+    columns = {
+        "sample_id": pa.array([f"{ids[d]}#w{k}" for d, k in zip(w.doc, w.window)], pa.string()),
+        "shard": pa.array([shard.rel] * len(doc), pa.string()),
+        "row": pa.array(start + doc, pa.int64()),
+        "group": pa.array(block.groups, pa.string()).take(pa.array(doc)),
+        "truncated": pa.array(np.zeros(len(doc), dtype=bool)),
+        "status": pa.array(w.status, pa.string()),
+        "input_ids": pa.array(w.input_ids, pa.list_(pa.int32())),
+        "n_bytes": pa.array(w.n_bytes, pa.int64()),
+        DOCUMENT_ID: document_ids,
+        WINDOW: pa.array(w.window, pa.int32()),
+        WINDOWS: pa.array(w.windows, pa.int32()),
+        "prefix_tokens": pa.array(w.prefix_tokens, pa.int32()),
+        "char_start": pa.array(w.char_start, pa.int64()),
+        "char_stop": pa.array(w.char_stop, pa.int64()),
+    }
+    if windows_need_spans(cfg, tokenizer):  # targets other than "every token but the first": the window's own
+        columns["loss_spans"] = pa.array(
+            [None if lead <= 1 else [{"start": lead, "stop": len(seq)}] for lead, seq in zip(w.prefix_tokens, w.input_ids)],
+            LOSS_SPANS_TYPE,
+        )
+    return pa.table(columns)
+
+
+def windows_need_spans(cfg: ScoreConfig, tokenizer) -> bool:
+    """Whether windows' parts carry ``loss_spans``: where a window reads more than one token before its own (a
+    context, or several leading special tokens), as every part of one job must, or none."""
+    return cfg.window_context > 0 or len(special_layout(tokenizer, cfg.add_special_tokens)[0]) > 1
 
 
 def table_to_bytes(table: pa.Table) -> bytes:
@@ -353,6 +419,8 @@ class UnitScorer:
         loss = np.where(ok, nll_sum / np.maximum(n_tokens, 1), np.nan)
         status = [Status.OK.value if s is None else s for s in status]
         truncated = tokenized.column("truncated")
+        windowed = WINDOW in tokenized.column_names
+        documents = int(pc.sum(pc.equal(tokenized[WINDOW], 0)).as_py() or 0) if windowed else len(status)
         table = scores_table(
             {
                 "sample_id": tokenized.column("sample_id"),
@@ -372,14 +440,17 @@ class UnitScorer:
                     UNCONDITIONED_N_TOKENS: pa.array(u_n_tokens.astype(np.int32), mask=~ok),
                     "ifd": pa.array(ifd_ratio(nll_sum, n_tokens, u_nll_sum, u_n_tokens).astype(np.float32), mask=~ok),
                 }),
+                **({name: tokenized[name] for name in WINDOW_COLUMNS} if windowed else {}),
             },
             with_input_ids=self.cfg.keep_input_ids,
             with_loss_spans=spans is not None,
         )
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                               **part_stamp(self.job, shard, start, start + len(status))})
-        size = self.out.write_part(part_name(shard, start, start + len(status)), table)
-        return status_counts(status, n_tokens, truncated.to_numpy(zero_copy_only=False)), len(todo), size
+        stop = start + documents
+        stamp = part_stamp(self.job, shard, start, stop, rows=len(status) if windowed else None)
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **stamp})
+        size = self.out.write_part(part_name(shard, start, stop), table)
+        counts = status_counts(status, n_tokens, truncated.to_numpy(zero_copy_only=False), documents)
+        return counts, len(todo), size
 
     def __call__(self, record: dict) -> Iterator[dict]:
         """Ray Data ``flat_map`` entry point (and the local executor's): a unit record in, its summary out,

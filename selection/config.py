@@ -26,6 +26,12 @@ class SelectConfig(BaseModel):
     max_ifd: float = Field(
         1.0, gt=0, description="score ifd: exclude rows with IFD >= this (the prompt does not help); inf keeps them"
     )
+    by: Literal["window", "document"] = Field(
+        "window",
+        description="on windowed scores (score --long-documents windows): rank windows (each a sample, as the paper's "
+        "fixed-length training sequences) or whole documents by their token-weighted score (a document kept or "
+        "dropped whole, each of its windows weighted by the document's score)",
+    )
     drop_top: float = Field(0.1, ge=0, lt=1, description="fraction of highest-scoring samples dropped as noise")
     keep: float = Field(0.5, gt=0, le=1, description="fraction kept after the dropped band (moderately high score)")
     per_group: bool = Field(False, description="rank and weight within each group instead of globally")
@@ -47,4 +53,7 @@ class SelectConfig(BaseModel):
             raise ValueError("score excess needs the reference model's scores/ directory: pass --reference DIR")
         if self.reference and self.score != "excess":
             raise ValueError(f"a reference is only used by score excess (score is {self.score}); drop --reference")
+        if self.by == "document" and self.score == "ifd":
+            raise ValueError("score ifd cannot rank by document: IFD is for conversations, windows are plain text; "
+                             "use --by window or another --score")
         return self

@@ -15,6 +15,7 @@ from scoring.foundation.kinds import SELECTED, identify
 from scoring.foundation.stagedir import Opening, StageDir, refuse_overlap, refuse_repeated
 from scoring.foundation.storage import fs_url, list_names, read_json, redact
 from selection.bands import KEPT, NO_GROUP, band_weights, rank_bands
+from selection.by_document import check_by_document, documents_per_band, rank_documents
 from selection.config import SelectConfig
 from selection.rank_by import eligible_scores, rank_column
 from selection.report import REPORT_FILE, write_report
@@ -46,6 +47,8 @@ def select(cfg: SelectConfig, progress: bool = True) -> SelectResult:
     with out.locked():
         parts = open_scores(cfg.scores)
         reference = open_scores(cfg.reference) if cfg.reference else None
+        if cfg.by == "document":
+            check_by_document(parts, cfg)
         identity = selection_identity(cfg, parts, reference)
         if out.open(identity, cfg.overwrite, inputs=inputs) is Opening.COMPLETE:
             log.info("'%s' already holds this selection: nothing to do", redact(cfg.output))
@@ -53,8 +56,8 @@ def select(cfg: SelectConfig, progress: bool = True) -> SelectResult:
             if cfg.report and not out.exists(REPORT_FILE):  # the report is not part of the selection: made on request
                 build_report(cfg.scores, cfg.output)
             return SelectResult(cfg.output, summary, skipped=True)
-        excluded, ranked, units = _rank(parts, cfg)
-        column = rank_column(cfg.score)
+        excluded, ranked, units, documents = _rank(parts, cfg, count_documents=True)
+        column = rank_column(cfg.score, cfg.by)
         kept = ranked.filter(pl.col("band") == KEPT)
         if kept.height == 0:
             raise HardfocusError(
@@ -76,6 +79,7 @@ def select(cfg: SelectConfig, progress: bool = True) -> SelectResult:
                 excluded=excluded,
                 eligible=ranked.height,
                 bands={str(b): int(n) for b, n in ranked.group_by("band").len().sort("band").iter_rows()},
+                documents=documents,
                 groups=group_counts(ranked, kept),
                 thresholds=thresholds(ranked, cfg.per_group, column),
                 loss_quantiles=loss_quantiles(ranked),
@@ -94,18 +98,24 @@ def select(cfg: SelectConfig, progress: bool = True) -> SelectResult:
 def selection_identity(cfg: SelectConfig, parts: ScoreParts, reference: ScoreParts | None) -> dict:
     """What makes two selections the same: the parameters and the scores they were made from (``report`` writes a
     page beside the selection and changes nothing in it)."""
+    default_by = {"by"} if cfg.by == "window" else set()  # left out at its default: selections made before it stay
     return {
-        "parameters": cfg.model_dump(exclude={"scores", "reference", "output", "overwrite", "report"}),
+        "parameters": cfg.model_dump(exclude={"scores", "reference", "output", "overwrite", "report", *default_by}),
         "scores": [manifest_digest(m) for m in parts.manifests],
         "reference": [manifest_digest(m) for m in reference.manifests] if reference else [],
     }
 
 
-def _rank(parts: ScoreParts, cfg: SelectConfig) -> tuple[dict[str, int], pl.DataFrame, str]:
-    """(rows excluded per reason, the eligible rows with their band, the ranked score's units)."""
+def _rank(parts: ScoreParts, cfg: SelectConfig, count_documents: bool = False
+          ) -> tuple[dict[str, int], pl.DataFrame, str, dict[str, int] | None]:
+    """(rows excluded per reason, the eligible rows with their band, the ranked score's units, and on windowed
+    scores the documents per band: counted by window only when ``count_documents``, a pass over the parts)."""
+    if cfg.by == "document":
+        return rank_documents(parts, cfg)
     excluded, eligible, units = eligible_scores(parts, cfg)
     ranked = rank_bands(eligible, cfg.drop_top, cfg.keep, cfg.per_group, parts.sample_ids, rank_column(cfg.score))
-    return excluded, ranked, units
+    windowed = count_documents and parts.manifests[0].long_documents == "windows"
+    return excluded, ranked, units, documents_per_band(parts, ranked) if windowed else None
 
 
 def _score_dirs(dirs: list[str], manifests) -> list[dict]:
@@ -129,7 +139,7 @@ def build_report(scores: list[str], selected: str | None = None, output: str | N
         summary = _read_summary(selected)
         _check_made_from(selected, parts)
         cfg = SelectConfig(scores=scores, output=selected, **summary["parameters"])
-        excluded, ranked, _ = _rank(parts, cfg)
+        excluded, ranked, _, _ = _rank(parts, cfg)
         fs, root = url_to_fs(selected)
         kept_parts = sorted(fs_url(fs, posixpath.join(root, n)) for n in list_names(fs, root)
                             if n.startswith("part-") and n.endswith(".parquet"))
@@ -166,8 +176,13 @@ def summary_text(s: SelectionSummary, output: str) -> str:
     excluded = ", ".join(f"{k} {v}" for k, v in s.excluded.items()) or "none"
     bands = ", ".join(f"{k} {v}" for k, v in s.bands.items())
     w = s.weights
+    d = s.documents or {}
+    by_document = s.parameters.get("by") == "document"
+    what = (f"selected {d.get(KEPT, 0)} of {d.get('eligible', 0)} eligible documents "
+            f"({s.bands.get(KEPT, 0)} of {s.eligible} eligible windows)") if by_document else (
+        f"selected {s.bands.get(KEPT, 0)} of {s.eligible} eligible rows")
     return (
-        f"selected {s.bands.get(KEPT, 0)} of {s.eligible} eligible rows"
+        f"{what}"
         f"{'' if s.score == 'loss' else f' by {s.score} ({s.score_units})'} ({s.rows} scored; excluded: {excluded}) | "
         f"bands: {bands} | weights min {w.min:.3f} mean {w.mean:.3f} max {w.max:.3f}, "
         f"effective sample size {w.effective_sample_size:.0f} | {output}"

@@ -9,7 +9,9 @@
 
 A row whose score cannot be computed is excluded and counted by reason, like an ineligible row, so
 a NaN never reaches a band. The reference of ``excess`` is another ``hardfocus score`` run on the same
-inputs, joined on ``sample_id``; with another tokenizer the two are compared in bits per byte.
+inputs, joined on ``sample_id``; with another tokenizer the two are compared in bits per byte. With
+``--by document`` (windowed scores) each score is a document's, summed over its windows
+(:mod:`selection.by_document`), and the reference is joined on ``document_id``.
 """
 
 from __future__ import annotations
@@ -31,25 +33,32 @@ NATS, BITS_PER_BYTE = "nats per token", "bits per byte"
 UNITS = {"loss": NATS, "ifd": "ratio (loss with prompt / without)", "bpb": BITS_PER_BYTE}
 
 
-def rank_column(score: str) -> str:
-    """The column of the eligible rows that ranking and weighting read."""
-    return "loss" if score == "loss" else SCORE_COLUMN
+def rank_column(score: str, by: str = "window") -> str:
+    """The column of the eligible rows that ranking and weighting read: by document always the document's score
+    (``loss`` stays each window's own, which the selected parts carry)."""
+    return "loss" if score == "loss" and by == "window" else SCORE_COLUMN
 
 
 def eligible_scores(parts: ScoreParts, cfg: SelectConfig) -> tuple[dict[str, int], pl.DataFrame, str]:
     """(rows excluded per reason, eligible rows with ``_row``, ``group``, ``loss`` and, unless ranking by loss,
-    ``score``, the score's units)."""
+    ``score``, the score's units). By document the rows are the eligible windows and ``score`` their document's
+    (:mod:`selection.by_document`, which also says which windows are eligible then)."""
+    if cfg.by == "document":
+        from selection.by_document import document_scores  # it builds on this module's helpers
+
+        excluded, windows, _, units = document_scores(parts, cfg)
+        return excluded, windows.drop("_doc"), units
     if cfg.score == "loss":
         excluded, frame = parts.eligible()
         return excluded, frame, NATS
     if cfg.score == "ifd":
-        _require(parts, cfg.scores, "ifd", "score it with --ifd (formats prompt_response and messages)")
+        require_column(parts, cfg.scores, "ifd", "score it with --ifd (formats prompt_response and messages)")
         excluded, frame = parts.eligible(("ifd",))
         frame = frame.rename({"ifd": SCORE_COLUMN})
     elif cfg.score == "bpb":
-        _require(parts, cfg.scores, "n_bytes", "score it again with this version of hardfocus")
+        require_column(parts, cfg.scores, "n_bytes", "score it again with this version of hardfocus")
         excluded, frame = parts.eligible(("nll_sum", "n_bytes"))
-        frame = frame.with_columns(_bpb("nll_sum", "n_bytes").alias(SCORE_COLUMN)).drop("nll_sum", "n_bytes")
+        frame = frame.with_columns(bpb("nll_sum", "n_bytes").alias(SCORE_COLUMN)).drop("nll_sum", "n_bytes")
     else:
         return excess_scores(parts, cfg)
     return _finite(excluded, frame, cfg), frame.filter(_keep(cfg)), UNITS[cfg.score]
@@ -59,12 +68,12 @@ def excess_scores(parts: ScoreParts, cfg: SelectConfig) -> tuple[dict[str, int],
     """Loss minus the reference model's loss on the same sample (RHO-LOSS's reducible loss): in nats per
     token when both share a tokenizer (and so score the same tokens), else in bits per byte."""
     reference = open_scores(cfg.reference)
-    _check_same_inputs(parts, reference, cfg)
+    check_same_inputs(parts, reference, cfg)
     same_tokens = parts.manifests[0].tokenizer_fingerprint == reference.manifests[0].tokenizer_fingerprint
     if not same_tokens:
         fix = "score it again with this version of hardfocus (bytes are what tokenizers share)"
-        _require(parts, cfg.scores, "n_bytes", fix)
-        _require(reference, cfg.reference, "n_bytes", fix)
+        require_column(parts, cfg.scores, "n_bytes", fix)
+        require_column(reference, cfg.reference, "n_bytes", fix)
     values = ["n_tokens"] if same_tokens else ["nll_sum", "n_bytes"]
     excluded, frame = parts.eligible(("sample_id", *values))
     ref = _read_reference(reference, values)
@@ -82,13 +91,13 @@ def excess_scores(parts: ScoreParts, cfg: SelectConfig) -> tuple[dict[str, int],
     else:
         differ = ok & (pl.col("n_bytes") != pl.col("ref_n_bytes"))
         reasons["reference scored other bytes"] = int(joined.select(differ.sum()).item())
-        score = _bpb("nll_sum", "n_bytes") - _bpb("ref_nll_sum", "ref_n_bytes")
+        score = bpb("nll_sum", "n_bytes") - bpb("ref_nll_sum", "ref_n_bytes")
     joined = joined.filter(ok & ~differ).select("_row", "group", "loss", score.cast(pl.Float32).alias(SCORE_COLUMN))
-    excluded = _merge(excluded, reasons)
+    excluded = merge_reasons(excluded, reasons)
     return _finite(excluded, joined, cfg), joined.filter(_keep(cfg)), NATS if same_tokens else BITS_PER_BYTE
 
 
-def _bpb(nll_sum: str, n_bytes: str) -> pl.Expr:
+def bpb(nll_sum: str, n_bytes: str) -> pl.Expr:
     """Bits per byte; NaN where nothing was scored (excluded as not finite)."""
     return (pl.col(nll_sum) / (pl.col(n_bytes).cast(pl.Float64) * math.log(2))).cast(pl.Float32)
 
@@ -109,34 +118,40 @@ def _finite(excluded: dict[str, int], frame: pl.DataFrame, cfg: SelectConfig) ->
     if cfg.score == "ifd" and math.isfinite(cfg.max_ifd):
         reasons[f"ifd >= {cfg.max_ifd:g} (the prompt does not help)"] = (~not_finite & (col >= cfg.max_ifd)).sum()
     counts = frame.select(**reasons).row(0, named=True)
-    return _merge(excluded, counts)
+    return merge_reasons(excluded, counts)
 
 
-def _merge(excluded: dict[str, int], more: dict[str, int]) -> dict[str, int]:
+def merge_reasons(excluded: dict[str, int], more: dict[str, int]) -> dict[str, int]:
     out = Counter(excluded)
     out.update({k: int(v) for k, v in more.items() if v})
     return dict(sorted(out.items()))
 
 
-def _require(parts: ScoreParts, dirs: list[str], column: str, fix: str) -> None:
+def require_column(parts: ScoreParts, dirs: list[str], column: str, fix: str) -> None:
     if column not in parts.common_columns:
         raise HardfocusError(f"the scores in {', '.join(dirs)} have no '{column}' column in every part: {fix}")
 
 
-def _check_same_inputs(parts: ScoreParts, reference: ScoreParts, cfg: SelectConfig) -> None:
-    """The reference must score the very same shards, row for row; ids are joined on, so they must be unique."""
+def check_same_inputs(parts: ScoreParts, reference: ScoreParts, cfg: SelectConfig, documents: bool = False) -> None:
+    """The reference must score the very same shards, row for row; ids are joined on, so they must be unique.
+    ``documents``: compare input rows, not score rows (by document the two may cut their documents into other
+    windows, or not at all)."""
     def shards(p: ScoreParts) -> dict[str, int]:
         return {s.rel: s.rows for m in p.manifests for s in m.shards}
 
+    def count(p: ScoreParts) -> int:
+        return sum(m.rows if m.documents is None else m.documents for m in p.manifests) if documents else sum(p.rows)
+
     ours, theirs = shards(parts), shards(reference)
-    if ours != theirs or sum(parts.rows) != sum(reference.rows):
+    if ours != theirs or count(parts) != count(reference):
         only = sorted(set(ours) ^ set(theirs))
         rows = sorted(k for k in set(ours) & set(theirs) if ours[k] != theirs[k])
         raise HardfocusError(
             f"the reference scores ({', '.join(cfg.reference)}) are not of the same inputs as {', '.join(cfg.scores)}: "
             + (f"shards on one side only (e.g. {only[0]}); " if only else "")
             + (f"different row counts (e.g. {rows[0]}: {ours[rows[0]]} vs {theirs[rows[0]]}); " if rows else "")
-            + f"{sum(parts.rows)} vs {sum(reference.rows)} rows. Score the reference model on the same inputs"
+            + f"{count(parts)} vs {count(reference)} {'documents' if documents else 'rows'}. Score the reference model on "
+            "the same inputs"
         )
     for dirs, p in ((cfg.scores, parts), (cfg.reference, reference)):
         if any(m.duplicate_ids for m in p.manifests):

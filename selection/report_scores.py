@@ -21,8 +21,10 @@ MAX_POINTS = 20_000  # a scatter of millions of points says no more than a sampl
 
 
 def ranks_by_loss(summary: dict | None) -> bool:
-    """Whether the selection (if any) ranked by the loss, so loss thresholds belong on the loss histogram."""
-    return (summary or {}).get("score", "loss") == "loss"
+    """Whether the selection (if any) ranked by each row's loss, so loss thresholds belong on the loss histogram
+    (by document they are documents' losses, drawn on the score histogram)."""
+    summary = summary or {}
+    return summary.get("score", "loss") == "loss" and summary.get("parameters", {}).get("by", "window") == "window"
 
 
 def score_figures(ranked: pl.DataFrame, summary: dict | None) -> dict:
@@ -30,6 +32,8 @@ def score_figures(ranked: pl.DataFrame, summary: dict | None) -> dict:
     if SCORE_COLUMN not in ranked.columns or ranked.height == 0:
         return {}
     name = f"{summary.get('score', SCORE_COLUMN)} ({summary.get('score_units', '')})" if summary else SCORE_COLUMN
+    if summary and summary.get("parameters", {}).get("by") == "document":
+        name = f"document {name}"
     return {"score_histogram.png": _histogram(ranked, summary or {}, name), "score_vs_loss.png": _scatter(ranked, name)}
 
 

@@ -23,7 +23,7 @@ from scoring.foundation.scores import (
     PartCheck,
     ScoreManifest,
     check_scores_schema,
-    parse_part_name,
+    stamped_rows,
 )
 from scoring.foundation.stagedir import refuse_repeated
 from scoring.foundation.storage import fs_url, prefetched, read_record, redact
@@ -156,9 +156,9 @@ def open_scores(dirs: list[str]) -> ScoreParts:
         for p, meta in zip(parts, prefetched(footer, parts)):
             if isinstance(meta, Exception):
                 raise damaged_part(fs_url(fs, p), meta)
-            parsed = parse_part_name(posixpath.basename(p))
-            if parsed is not None and meta.num_rows != parsed[2] - parsed[1]:
-                raise damaged_part(fs_url(fs, p), f"{meta.num_rows} rows where its name says {parsed[2] - parsed[1]}")
+            want = stamped_rows(meta.metadata, posixpath.basename(p))
+            if want is not None and meta.num_rows != want:
+                raise damaged_part(fs_url(fs, p), f"{meta.num_rows} rows where its name and stamp say {want}")
             stamps.check(fs_url(fs, p), meta.metadata)
             schema = meta.schema.to_arrow_schema()
             check_scores_schema(schema, p)
@@ -232,7 +232,7 @@ def _check_spans_alike(d: str, parts: list[str], with_spans: list[bool]) -> None
 
 # what two scores/ directories must share for their scores to rank against each other
 ALIKE_KEYS = ("model_fingerprint", "tokenizer_fingerprint", "max_tokens", "dtype", "format", "add_special_tokens",
-              "chat_template_sha256")
+              "chat_template_sha256", "long_documents", "window_context")
 
 
 def check_scored_alike(dirs: list[str], manifests: list[ScoreManifest]) -> None:

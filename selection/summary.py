@@ -51,6 +51,9 @@ class SelectionSummary(BaseModel):
     excluded: dict[str, int]
     eligible: int
     bands: dict[str, int]
+    # windowed scores: "scored" and "eligible" documents, and per band the documents (by document) or the documents
+    # with a window in it (by window: they overlap); None for truncated scores and summaries of before windows
+    documents: dict[str, int] | None = None
     groups: dict[str, GroupCounts]
     thresholds: dict[str, Thresholds]
     loss_quantiles: dict[str, dict[str, float]]

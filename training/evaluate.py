@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from scoring.foundation.errors import HardfocusError
-from scoring.foundation.scores import Status
+from scoring.foundation.scores import DOCUMENT_ID, Status
 
 ALL = "(all)"
 MACRO = "(macro)"
@@ -37,9 +37,14 @@ class ModelEval:
 
 
 def group_perplexity(parts: list[str]) -> tuple[pl.DataFrame, int]:
-    """Per-group docs, tokens, token-level loss, perplexity and mean sample loss of ``ok`` rows."""
+    """Per-group docs, tokens, token-level loss, perplexity and mean sample loss of ``ok`` rows; on windowed scores
+    a sample is a document (its ``ok`` windows summed), so ``mean_loss`` is the mean document loss."""
     scan = pl.scan_parquet(parts, glob=False)  # the names as listed: a path with [ ] is no pattern
     ok = scan.filter(pl.col("status") == Status.OK.value).with_columns(pl.col("group").fill_null("(none)"))
+    if DOCUMENT_ID in scan.collect_schema().names():  # windows: a document is the sum of its scored windows
+        ok = ok.group_by(DOCUMENT_ID).agg(
+            pl.col("group").first(), pl.col("nll_sum").sum(), pl.col("n_tokens").cast(pl.Int64).sum()
+        ).with_columns(loss=pl.col("nll_sum") / pl.col("n_tokens"))
     aggs = [
         pl.len().alias("docs"),
         pl.col("n_tokens").cast(pl.Int64).sum().alias("tokens"),

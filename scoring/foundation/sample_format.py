@@ -69,3 +69,19 @@ class SampleFormat(BaseModel):
             text=self.text_column, id=id_column, group=group_column, format=self.format, prompt=self.prompt_column,
             response=self.response_column, system=self.system_column, messages=self.messages_column,
         )
+
+
+LongDocuments = Literal["truncate", "windows"]
+
+
+def check_long_documents(fmt: str, long_documents: str, window_context: int, max_tokens: int) -> None:
+    """What ``--long-documents`` and ``--window-context`` allow (scoring and eval share it): windows are for text,
+    a context is read only by windows and leaves each window at least one token of its own (and its BOS)."""
+    if long_documents == "windows" and fmt != "text":
+        raise ValueError(f"long_documents windows is for format text; a {fmt} conversation keeps its turn-dropping "
+                         "truncation (use long_documents truncate)")
+    if window_context and long_documents != "windows":
+        raise ValueError("window_context is read only with long_documents windows")
+    if window_context > max_tokens - 2:
+        raise ValueError(f"window_context {window_context} leaves no room in a window of max_tokens {max_tokens}: "
+                         "it must be at most max_tokens - 2")

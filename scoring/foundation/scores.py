@@ -31,13 +31,26 @@ DONE_DIR = "done"  # one marker per finished shard
 PART_STAMP = b"hardfocus"  # the Parquet key-value metadata of a part: what it was scored from (part_stamp)
 
 
-def part_stamp(job: str, shard, start: int, stop: int) -> dict[bytes, bytes]:
+def part_stamp(job: str, shard, start: int, stop: int, rows: int | None = None) -> dict[bytes, bytes]:
     """What a part records of its making (``shard``: a :class:`scoring.sources.Shard`): the job's identity digest
     and the shard as it was (size, modification stamp), so a part is never taken for another job's or for a part of
-    another version of its shard."""
+    another version of its shard; ``rows``: the rows it holds where they are not the documents ``[start, stop)``
+    of its name (windows)."""
     stamp = {"job": job, "shard": shard.rel, "shard_size": shard.size, "shard_modified": shard.modified,
              "start": start, "stop": stop}
+    if rows is not None:
+        stamp["rows"] = rows
     return {PART_STAMP: json.dumps(stamp).encode()}
+
+
+def stamped_rows(metadata: dict | None, name: str) -> int | None:
+    """How many rows the part ``name`` must hold: its stamp's count (a part of windows holds more rows than the
+    documents its name spans), else the row range of its name; None for a file that is not a part."""
+    stamp = stamp_of(metadata)
+    if stamp is not None and isinstance(stamp.get("rows"), int):
+        return stamp["rows"]
+    parsed = parse_part_name(name)
+    return None if parsed is None else parsed[2] - parsed[1]
 
 
 def rel_digest(rel: str) -> str:
@@ -107,6 +120,9 @@ def is_input_error(status: str) -> bool:
     """A row that could not be read as text (``empty`` and ``too_short`` are valid, if useless, data)."""
     return status == Status.INVALID_UTF8.value or status.startswith(ERROR_PREFIX)
 
+# --long-documents windows: a row is one window of a document (sample_id '<document_id>#w<window>')
+DOCUMENT_ID, WINDOW, WINDOWS = "document_id", "window", "windows"
+
 # Token ranges [start, stop) of the *target* tokens whose prediction is scored (and trained on): the
 # assistant turns of a conversation. Absent (or null) = every token but the first, as for plain text.
 LOSS_SPANS_TYPE = pa.list_(pa.struct([pa.field("start", pa.int32()), pa.field("stop", pa.int32())]))
@@ -131,35 +147,55 @@ SCORES_SCHEMA = pa.schema(
         pa.field(UNCONDITIONED_NLL_SUM, pa.float64()),
         pa.field(UNCONDITIONED_N_TOKENS, pa.int32()),
         pa.field("ifd", pa.float32()),
+        # windows: the document's id, the window's index and the document's window count; prefix_tokens: the
+        # leading tokens of input_ids the window reads but does not own (a per-window BOS and the context of the
+        # window before; 0 in the first window); char_start/char_stop: the characters of the text its own tokens
+        # cover (the windows of a document partition its text)
+        pa.field(DOCUMENT_ID, pa.string()),
+        pa.field(WINDOW, pa.int32()),
+        pa.field(WINDOWS, pa.int32()),
+        pa.field("prefix_tokens", pa.int32()),
+        pa.field("char_start", pa.int64()),
+        pa.field("char_stop", pa.int64()),
     ]
 )
 
 IFD_COLUMNS = (UNCONDITIONED_NLL_SUM, UNCONDITIONED_N_TOKENS, "ifd")
+WINDOW_COLUMNS = (DOCUMENT_ID, WINDOW, WINDOWS, "prefix_tokens", "char_start", "char_stop")
 # absent in parts written before they existed (n_bytes, IFD) or not asked for: readers must not require them
-OPTIONAL_COLUMNS = ("input_ids", "loss_spans", "n_bytes", *IFD_COLUMNS)
+OPTIONAL_COLUMNS = ("input_ids", "loss_spans", "n_bytes", *IFD_COLUMNS, *WINDOW_COLUMNS)
 REQUIRED_COLUMNS = [f.name for f in SCORES_SCHEMA if f.name not in OPTIONAL_COLUMNS]
 
 
 def scores_schema(
-    with_input_ids: bool = True, with_loss_spans: bool = False, with_n_bytes: bool = False, with_ifd: bool = False
+    with_input_ids: bool = True, with_loss_spans: bool = False, with_n_bytes: bool = False, with_ifd: bool = False,
+    with_windows: bool = False,
 ) -> pa.Schema:
-    """The schema of a score part file: ``input_ids`` on by default, ``loss_spans`` for conversations only
-    (so plain-text parts keep the schema they had before conversations existed), ``n_bytes`` in every part
-    ``hardfocus score`` writes now, the IFD columns with ``--ifd``."""
+    """The schema of a score part file: ``input_ids`` on by default, ``loss_spans`` for conversations (and windows
+    read after a context) only, so plain-text parts keep the schema they had before conversations existed,
+    ``n_bytes`` in every part ``hardfocus score`` writes now, the IFD columns with ``--ifd``, the window columns
+    with ``--long-documents windows``."""
     keep = {"input_ids": with_input_ids, "loss_spans": with_loss_spans, "n_bytes": with_n_bytes}
-    keep |= dict.fromkeys(IFD_COLUMNS, with_ifd)
+    keep |= dict.fromkeys(IFD_COLUMNS, with_ifd) | dict.fromkeys(WINDOW_COLUMNS, with_windows)
     return pa.schema([f for f in SCORES_SCHEMA if keep.get(f.name, True)])
 
 
 def scores_table(columns: dict[str, Iterable], with_input_ids: bool = True, with_loss_spans: bool = False) -> pa.Table:
     """Build a table in the exact scores schema (missing columns are an error, extra ones too).
 
-    ``n_bytes`` and the IFD columns are part of it when ``columns`` holds them.
+    ``n_bytes``, the IFD columns and the window columns are part of it when ``columns`` holds them.
     """
-    schema = scores_schema(with_input_ids, with_loss_spans, "n_bytes" in columns, "ifd" in columns)
+    schema = scores_schema(with_input_ids, with_loss_spans, "n_bytes" in columns, "ifd" in columns, WINDOW in columns)
     if set(columns) != set(schema.names):
         raise ValueError(f"scores columns {sorted(columns)} != schema {sorted(schema.names)}")
-    return pa.table({name: pa.array(columns[name], type=schema.field(name).type) for name in schema.names}, schema=schema)
+    return pa.table({name: _as_array(columns[name], schema.field(name).type) for name in schema.names}, schema=schema)
+
+
+def _as_array(values, type_: pa.DataType):
+    """An Arrow column of ``type_``: Arrow data cast (``pa.array`` would walk it row by row), anything else built."""
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values if values.type == type_ else values.cast(type_)
+    return pa.array(values, type=type_)
 
 
 def check_scores_schema(schema: pa.Schema, where: str) -> None:
@@ -234,7 +270,8 @@ class RunInfo(BaseModel):
 class ScoreCounts(BaseModel):
     """What the part files hold, counted exactly."""
 
-    rows: int = 0
+    rows: int = 0  # the rows of the parts: one per input row, or one per window of it
+    documents: int | None = None  # the input rows (None in manifests of before windows: the rows)
     rows_by_status: dict[str, int] = {}
     error_examples: list[str] = []
     tokens: int = 0
@@ -259,6 +296,8 @@ class ScoreManifest(ScoreCounts):
     id_column: str | None
     group_column: str | None
     format: str = "text"
+    long_documents: str = "truncate"  # or windows: every token of a long document, a row per window
+    window_context: int = 0  # windows: tokens of the window before that each later window reads first
     sample_columns: list[str] = Field(default_factory=list)  # the columns a sample was read from
     chat_template_sha256: str | None = None  # conversations: the template that rendered them
     shards: list[ShardInfo]

@@ -22,10 +22,12 @@ def write_scores(
     tokenizer_fingerprint: str = "tok-a",
     columns: dict[str, list] | None = None,
     shard: str = "shard.jsonl",
+    documents: int | None = None,
 ) -> Path:
     """``columns``: more columns (``n_bytes``, ``ifd``, ...) or replacements of the made-up ones, one value a row.
     ``shard``: the input shard the rows claim to come from (default ids ``<shard>#<row>``); two directories
-    selected together need different ones, as two real scoring runs of different inputs have."""
+    selected together need different ones, as two real scoring runs of different inputs have. ``documents``: the
+    rows are windows of this many input rows (``--long-documents windows``; see :func:`write_windowed_scores`)."""
     n = len(losses)
     groups = groups or [None] * n
     statuses = statuses or ["ok"] * n
@@ -54,8 +56,47 @@ def write_scores(
         model="fake", model_path="/nowhere", model_fingerprint="model-a", tokenizer_fingerprint=tokenizer_fingerprint,
         max_tokens=1024, dtype="float32", device="cpu", add_special_tokens=True, text_column="text", id_column=None,
         group_column="group", parts=parts,
-        shards=[ShardInfo(url=shard, rel=shard, format="jsonl", compression=None, size=0, rows=n)], rows=n, rows_by_status={}, error_examples=[], tokens=0,
+        shards=[ShardInfo(url=shard, rel=shard, format="jsonl", compression=None, size=0, rows=documents or n)], rows=n,
+        rows_by_status={}, error_examples=[], tokens=0,
         truncated=0, duplicate_ids=0, duplicate_id_examples=[], runs=[], versions=library_versions(),
+        **({"long_documents": "windows", "documents": documents} if documents is not None else {}),
     )
     (out / "manifest.json").write_text(json.dumps(manifest.model_dump()))
     return out
+
+
+def write_windowed_scores(
+    out: Path,
+    windows: dict[str, list[tuple[float, int]]],
+    groups: dict[str, str | None] | None = None,
+    statuses: dict[str, list[str]] | None = None,
+    n_bytes: dict[str, list[int]] | None = None,
+    **kwargs,
+) -> Path:
+    """Windowed scores: ``windows`` maps each document id to its windows' (loss, scored tokens), in order;
+    ``statuses``/``n_bytes`` per window where given (default ok, 3 bytes a token). ``nll_sum`` = loss * tokens.
+    ``rows_per_part`` may split a document across parts (real scoring never does; selection must not rely on it)."""
+    ids, losses, status, tokens, nbytes, group, starts = [], [], [], [], [], [], []
+    doc_of, window, count, row = [], [], [], []
+    for d, (doc, spec) in enumerate(windows.items()):
+        doc_bytes = (n_bytes or {}).get(doc, [3 * n_tok for _, n_tok in spec])
+        doc_status = (statuses or {}).get(doc, ["ok"] * len(spec))
+        for k, (loss, n_tok) in enumerate(spec):
+            ids.append(f"{doc}#w{k}")
+            losses.append(loss)
+            status.append(doc_status[k])
+            tokens.append(n_tok if doc_status[k] == "ok" else 0)
+            nbytes.append(doc_bytes[k])
+            starts.append(sum(doc_bytes[:k]))
+            group.append((groups or {}).get(doc))
+            doc_of.append(doc)
+            window.append(k)
+            count.append(len(spec))
+            row.append(d)
+    columns = {
+        "n_tokens": tokens, "nll_sum": [x * t if s == "ok" else None for x, t, s in zip(losses, tokens, status)],
+        "n_bytes": nbytes, "row": row, "document_id": doc_of, "window": window, "windows": count,
+        "prefix_tokens": [0] * len(ids), "char_start": starts, "char_stop": [a + b for a, b in zip(starts, nbytes)],
+    }
+    return write_scores(out, losses, group, status, ids, columns=columns | kwargs.pop("columns", {}),
+                        documents=len(windows), **kwargs)

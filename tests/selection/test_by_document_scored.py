@@ -1,0 +1,133 @@
+"""``select --by document`` (and ``--by window``) on windows scored by the tiny model, against an independent
+polars/numpy computation from the part files: token-weighted loss, bits per byte, excess against a reference of
+the same tokenizer (nats per token) and of another (bits per byte: other windows, the same documents)."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import numpy as np
+import polars as pl
+import pytest
+
+from scoring import ScoreConfig, score
+from selection import SelectConfig, select
+from selection.job import build_report
+from tests.conftest import real_texts, write_jsonl
+from tests.selection.test_by_document import (
+    _check_whole_documents,
+    _doc_of,
+    _expected_documents,
+    _selected,
+    _softmax_over_windows,
+)
+from tests.selection.test_select import _expected_bands
+
+
+@pytest.fixture(scope="module")
+def windowed(tmp_path_factory, tiny_model_dir, tiny_chat_model_dir) -> dict:
+    """Real texts (some of one window, some of dozens) scored in windows of 64 tokens by the tiny model, by a
+    perturbed copy of it (the same tokenizer) and by the chat model (another tokenizer)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("windowed")
+    texts = [t for t in real_texts(40, seed=11) if t.strip()][:30]
+    write_jsonl(root / "in" / "docs.jsonl", [{"text": t, "domain": "ab"[i % 2]} for i, t in enumerate(texts)])
+    other = shutil.copytree(tiny_model_dir, root / "other-weights")
+    model = AutoModelForCausalLM.from_pretrained(other)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model.save_pretrained(other)
+    dirs = {}
+    for name, path in (("scores", tiny_model_dir), ("ref", str(other)), ("ref_tok", tiny_chat_model_dir)):
+        score(ScoreConfig(inputs=[str(root / "in")], output=str(root / name), model=path, executor="local",
+                          dtype="float32", device="cpu", max_tokens=64, long_documents="windows", group_column="domain",
+                          rows_per_unit=8), progress=False)
+        dirs[name] = root / name
+    return {"root": root, **dirs}
+
+
+def _parts(d) -> pl.DataFrame:
+    return pl.read_parquet(f"{d}/part-*.parquet")
+
+
+def _doc_sums(d, value: str) -> pl.DataFrame:
+    """Per document, from the part files: the sums over its ok windows, and whether all its windows are ok."""
+    return _parts(d).group_by("document_id").agg(
+        pl.col("nll_sum").filter(pl.col("status") == "ok").sum(), pl.col(value).filter(pl.col("status") == "ok").sum(),
+        all_ok=(pl.col("status") == "ok").all(), windows=pl.len())
+
+
+def _check_real(out, result, doc_score: dict[str, float], parts: pl.DataFrame, drop_top=0.1, keep=0.5, t=1.0) -> None:
+    kept, _ = _expected_documents(doc_score, drop_top, keep)
+    ok = parts.filter(pl.col("status") == "ok")
+    windows = {d: set(g["sample_id"]) for (d,), g in ok.group_by("document_id")}
+    got = _selected(out)
+    _check_whole_documents(got, windows, kept)
+    want = _softmax_over_windows({d: doc_score[d] for d in kept}, {d: len(windows[d]) for d in kept}, t)
+    np.testing.assert_allclose(got["weight"].to_numpy(), [want[_doc_of(i)] for i in got["sample_id"]], rtol=1e-4)
+    assert result.summary.documents["kept"] == len(kept) and result.summary.documents["eligible"] == len(doc_score)
+
+
+def test_real_windows_by_document_loss_and_report(windowed):
+    parts = _parts(windowed["scores"])
+    assert parts["windows"].max() > 5 and parts["windows"].min() == 1 and (parts["status"] == "ok").all()
+    sums = _doc_sums(windowed["scores"], "n_tokens")
+    doc_loss = dict(zip(sums["document_id"], (sums["nll_sum"] / sums["n_tokens"]).cast(pl.Float32).to_list()))
+    out = windowed["root"] / "sel-loss"
+    cfg = SelectConfig(scores=[str(windowed["scores"])], output=str(out), by="document", temperature=0.05)
+    result = select(cfg, progress=False)
+    _check_real(out, result, doc_loss, parts, t=0.05)
+    page = (out / "report.html").read_text()
+    assert 'alt="score histogram"' in page
+    ranked_again = build_report(cfg.scores, str(out), output=str(windowed["root"] / "report"))
+    assert ranked_again.endswith("report.html")
+
+
+def test_real_windows_bpb_by_document(windowed):
+    sums = _doc_sums(windowed["scores"], "n_bytes")
+    bpb = dict(zip(sums["document_id"], (sums["nll_sum"] / (sums["n_bytes"] * math.log(2))).cast(pl.Float32).to_list()))
+    out = windowed["root"] / "sel-bpb"
+    result = select(SelectConfig(scores=[str(windowed["scores"])], output=str(out), by="document", score="bpb"),
+                    progress=False)
+    _check_real(out, result, bpb, _parts(windowed["scores"]))
+    assert result.summary.score_units == "bits per byte"
+
+
+@pytest.mark.parametrize("ref, value, units", [("ref", "n_tokens", "nats per token"), ("ref_tok", "n_bytes", "bits per byte")])
+def test_real_windows_excess_by_document(windowed, ref, value, units):
+    ours, theirs = _doc_sums(windowed["scores"], value), _doc_sums(windowed[ref], value)
+    joined = ours.join(theirs, on="document_id", suffix="_ref")
+    assert (joined[value] == joined[f"{value}_ref"]).all()  # the same documents: the same tokens, or bytes
+    scale = 1.0 if value == "n_tokens" else 1 / math.log(2)
+    excess = (joined["nll_sum"] / joined[value] - joined["nll_sum_ref"] / joined[f"{value}_ref"]) * scale
+    want = dict(zip(joined["document_id"], excess.cast(pl.Float32).to_list()))
+    if ref == "ref_tok":  # another tokenizer cuts other windows: not the same rows, the same documents
+        assert _parts(windowed[ref]).height != _parts(windowed["scores"]).height
+    out = windowed["root"] / f"sel-excess-{ref}"
+    cfg = SelectConfig(scores=[str(windowed["scores"])], output=str(out), by="document", score="excess",
+                       reference=[str(windowed[ref])], temperature=0.02)
+    result = select(cfg, progress=False)
+    _check_real(out, result, want, _parts(windowed["scores"]), t=0.02)
+    assert result.summary.score_units == units and result.summary.excluded == {}
+
+
+def test_real_windows_by_window_rank_each_window(windowed):
+    parts = _parts(windowed["scores"]).sort("sample_id")
+    out = windowed["root"] / "sel-window"
+    result = select(SelectConfig(scores=[str(windowed["scores"])], output=str(out), keep=0.3), progress=False)
+    kept, dropped = _expected_bands(parts["loss"].to_list(), parts["sample_id"].to_list(), 0.1, 0.3)
+    got = _selected(out)
+    assert set(got["sample_id"]) == set(kept)
+    np.testing.assert_allclose(got["loss_rank"].to_numpy(), [kept[i] for i in got["sample_id"]], atol=1e-6)
+    docs_kept = {_doc_of(i) for i in kept}
+    assert any(len({f"{d}#w{k}" for k in range(n)} - set(kept)) for d, n in
+               parts.group_by("document_id").agg(pl.len()).iter_rows() if d in docs_kept)  # windows split apart
+    assert result.summary.documents == {
+        "scored": 30, "eligible": 30, "kept": len(docs_kept), "dropped": len({_doc_of(i) for i in dropped}),
+        "easy": len({_doc_of(i) for i in set(parts["sample_id"]) - set(kept) - dropped})}
+    assert "by" not in result.summary.parameters or result.summary.parameters["by"] == "window"
