@@ -2,7 +2,7 @@
 on the demo corpus, with the real SmolLM2-135M, in one run.
 
     python benchmarks/long_documents.py [--max-chars 4000] [--max-tokens 512] [--context 64] [--seed 0] \
-        [--big-doc-mb 5] [--out benchmarks/results/long_documents.md]
+        [--docs-per-group 150] [--big-doc-mb 5] [--out benchmarks/results/long_documents.md]
 
 Each arm is the whole ``scoring.score(...)`` call (``executor="local"``, ``compile="off"``: the same work on the
 same corpus, no compile time in the figures) on the corpus ``hardfocus demo-corpus`` builds (``--max-chars``:
@@ -21,10 +21,10 @@ import argparse
 import hashlib
 import json
 import logging
-import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -58,10 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--big-doc-mb", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/long_documents.md"))
-    parser.add_argument("--tokenise", choices=["pieces", "whole"], help=argparse.SUPPRESS)  # the child of the last arm
+    parser.add_argument("--docs-per-group", type=int, default=150)
+    parser.add_argument("--tokenise", nargs=2, metavar=("HOW", "FILE"), help=argparse.SUPPRESS)  # the last arm's child
     args = parser.parse_args(argv)
     if args.tokenise:
-        return _tokenise_big_document(args.tokenise, args.big_doc_mb)
+        return _tokenise_big_document(args.tokenise[0], Path(args.tokenise[1]))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from pipelines.demo_corpus import build_demo_corpus
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="hardfocus-long-docs-") as tmp:
         root = Path(tmp)
-        build_demo_corpus(root / "corpus", max_chars=args.max_chars, seed=args.seed, noise_frac=0.05)
+        build_demo_corpus(root / "corpus", docs_per_group=args.docs_per_group, max_chars=args.max_chars, seed=args.seed,
+                          noise_frac=0.05)
         corpus = root / "corpus" / "train"
         texts = pl.read_ndjson(sorted(corpus.glob("*.jsonl")))["text"].to_list()
         tokenizer = load_tokenizer(resolve_model("smollm2-135m").path)
@@ -89,9 +91,10 @@ def main(argv: list[str] | None = None) -> int:
                              "later_windows": _later_windows(scores)}
             log.info("%s: %d tokens in %.1f s", name, result.manifest.tokens, seconds)
         bands = _bands(results, root)
-    big = {how: json.loads(subprocess.run([sys.executable, __file__, "--tokenise", how, "--big-doc-mb", str(args.big_doc_mb)],
-                                          check=True, capture_output=True, text=True).stdout.splitlines()[-1])
-           for how in ("pieces", "whole")}
+        document = _big_document(args.big_doc_mb, root / "big.txt")
+        big = {how: json.loads(subprocess.run([sys.executable, __file__, "--tokenise", how, str(document)], check=True,
+                                              capture_output=True, text=True).stdout.splitlines()[-1])
+               for how in ("pieces", "whole")}
     report = {"command": command_line(), "machine": machine_info(), "versions": library_versions(),
               "settings": vars(args) | {"out": str(args.out)}, "quiet_before": quiet, "corpus_documents": len(texts),
               "corpus_tokens": sum(lengths), "documents_longer_than_max_tokens": sum(n > args.max_tokens for n in lengths),
@@ -101,27 +104,63 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _tokenise_big_document(how: str, megabytes: float) -> int:
-    """In a fresh process: tokenise one document of real text repeated to ``megabytes`` MB; print a JSON line."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+def _big_document(megabytes: float, path: Path) -> Path:
+    """One document of real text (the demo corpus's, joined) repeated to ``megabytes`` MB, written to ``path``."""
     from pipelines.demo_corpus import build_demo_corpus
-    from scoring.model import load_tokenizer, resolve_model
-    from scoring.windows import encode_long
 
-    tokenizer = load_tokenizer(resolve_model("smollm2-135m").path)
     with tempfile.TemporaryDirectory() as tmp:
         build_demo_corpus(tmp, max_chars=40_000)
         base = "\n\n".join(pl.read_ndjson(sorted(Path(tmp, "train").glob("*.jsonl")))["text"].to_list())
     size = int(megabytes * 1e6)
-    text = (base * (size // len(base) + 1))[:size]
-    before, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
+    path.write_text((base * (size // len(base) + 1))[:size])
+    return path
+
+
+class _PeakRss:
+    """The most this process's resident memory grew above what it was at the start, sampled every 2 ms (the
+    lifetime peak of ``getrusage`` would also hold what loading took)."""
+
+    def __init__(self):
+        self.base = self.peak = _rss()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.002):
+            self.peak = max(self.peak, _rss())
+
+    def stop(self) -> int:
+        self._done.set()
+        self._thread.join()
+        return max(self.peak, _rss()) - self.base
+
+
+def _rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _tokenise_big_document(how: str, path: Path) -> int:
+    """In a fresh process: tokenise the document at ``path`` in pieces or whole; print a JSON line of what it cost."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from scoring.model import load_tokenizer, resolve_model
+    from scoring.windows import encode_long
+
+    tokenizer = load_tokenizer(resolve_model("smollm2-135m").path)
+    text = path.read_text()
+    tokenizer("warm up", return_offsets_mapping=True)
+    peak = _PeakRss()
+    t0 = time.perf_counter()
     if how == "pieces":
         ids = encode_long(tokenizer, text)[0]
     else:
         ids = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["input_ids"]
     seconds = time.perf_counter() - t0
     tokens, digest = len(ids), hashlib.sha1(np.asarray(ids, dtype=np.int32).tobytes()).hexdigest()
-    added = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024  # ru_maxrss is in KiB on Linux
+    added = peak.stop()
     print(json.dumps({"characters": len(text), "tokens": tokens, "seconds": seconds, "peak_bytes_added": added,
                       "digest": digest}))
     return 0
@@ -173,7 +212,8 @@ def _markdown(r: dict) -> str:
         *machine_lines(r["machine"], r["versions"]),
         f"- other load before the run: {r['quiet_before']:.2f} CPU-s/s",
         "",
-        f"The demo corpus (documents of at most {s['max_chars']:,} characters, seed {s['seed']}): "
+        f"The demo corpus ({s['docs_per_group']} documents per group of at most {s['max_chars']:,} characters, seed "
+        f"{s['seed']}): "
         f"{r['corpus_documents']:,} documents, {r['corpus_tokens']:,} tokens (SmolLM2's tokenizer); "
         f"{r['documents_longer_than_max_tokens']:,} are longer than max_tokens {s['max_tokens']}, and "
         f"{r['tokens_past_max_tokens']:,} tokens ({r['tokens_past_max_tokens'] / r['corpus_tokens']:.1%}) lie past "

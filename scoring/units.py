@@ -263,13 +263,7 @@ def tokenize_unit(shard: Shard, start: int, block: RowBlock, cfg: ScoreConfig, t
     tok = tokenize_block(tokenizer, block, cfg.format, cfg.max_tokens, cfg.add_special_tokens, cfg.chat_template,
                          cfg.ifd)
     rows = np.arange(start, start + len(block), dtype=np.int64)
-    if cfg.on_error == "stop":
-        for row, status in zip(rows, tok.status):
-            if status is not None and is_input_error(status):
-                raise HardfocusError(redact(
-                    f"{shard.url} row {row}: {status}; fix the input, or pass --on-error record to score the "
-                    "other rows and record this one's status"
-                ))
+    _stop_at_input_errors(shard, rows, tok.status, cfg)
     sample_ids = [i if i is not None else f"{shard.rel}#{r}" for i, r in zip(block.ids, rows)]
     return pa.table(
         {
@@ -287,17 +281,23 @@ def tokenize_unit(shard: Shard, start: int, block: RowBlock, cfg: ScoreConfig, t
     )
 
 
+def _stop_at_input_errors(shard: Shard, rows, statuses: list[str | None], cfg: ScoreConfig) -> None:
+    """``--on-error stop``: the first row that could not be read as text stops the job, named."""
+    if cfg.on_error != "stop":
+        return
+    for row, status in zip(rows, statuses):
+        if status is not None and is_input_error(status):
+            raise HardfocusError(redact(
+                f"{shard.url} row {row}: {status}; fix the input, or pass --on-error record to score the "
+                "other rows and record this one's status"
+            ))
+
+
 def tokenize_windows(shard: Shard, start: int, block: RowBlock, cfg: ScoreConfig, tokenizer) -> pa.Table:
     """A unit's texts cut into windows (:mod:`scoring.windows`): one row per window, ``sample_id`` '<id>#w<k>'."""
     w = window_texts(tokenizer, block.values, block.status, cfg.max_tokens, cfg.window_context, cfg.add_special_tokens)
     doc = np.asarray(w.doc, dtype=np.int64)
-    if cfg.on_error == "stop":
-        for d, status in zip(doc, w.status):
-            if status is not None and is_input_error(status):
-                raise HardfocusError(redact(
-                    f"{shard.url} row {start + d}: {status}; fix the input, or pass --on-error record to score the "
-                    "other rows and record this one's status"
-                ))
+    _stop_at_input_errors(shard, start + doc, w.status, cfg)
     ids = [i if i is not None else f"{shard.rel}#{start + r}" for r, i in enumerate(block.ids)]
     document_ids = pa.array(ids, pa.string()).take(pa.array(doc))
     columns = {

@@ -24,9 +24,9 @@ import pyarrow as pa
 
 from scoring.foundation.errors import HardfocusError
 from scoring.foundation.scores import ERROR_PREFIX
-from scoring.foundation.storage import prefetched
+from scoring.foundation.storage import prefetched, redact
 from selection.config import SelectConfig
-from selection.scores import ScoreParts, open_scores
+from selection.scores import ScoreParts, differing_key, open_scores
 
 SCORE_COLUMN = "score"  # the ranked value when it is not the loss itself
 NATS, BITS_PER_BYTE = "nats per token", "bits per byte"
@@ -68,6 +68,7 @@ def excess_scores(parts: ScoreParts, cfg: SelectConfig) -> tuple[dict[str, int],
     """Loss minus the reference model's loss on the same sample (RHO-LOSS's reducible loss): in nats per
     token when both share a tokenizer (and so score the same tokens), else in bits per byte."""
     reference = open_scores(cfg.reference)
+    check_same_windows(parts, reference, cfg)  # first: other windows have other row counts too
     check_same_inputs(parts, reference, cfg)
     same_tokens = parts.manifests[0].tokenizer_fingerprint == reference.manifests[0].tokenizer_fingerprint
     if not same_tokens:
@@ -125,6 +126,23 @@ def merge_reasons(excluded: dict[str, int], more: dict[str, int]) -> dict[str, i
     out = Counter(excluded)
     out.update({k: int(v) for k, v in more.items() if v})
     return dict(sorted(out.items()))
+
+
+WINDOW_LAYOUT = ("long_documents", "tokenizer_fingerprint", "add_special_tokens", "max_tokens", "window_context")
+
+
+def check_same_windows(parts: ScoreParts, reference: ScoreParts, cfg: SelectConfig) -> None:
+    """Windows are joined on ``sample_id`` ('<document>#w<k>'): window k of the reference must hold the same text as
+    window k of the scores, so both must cut documents alike (one tokenizer, one window size and context)."""
+    ours, theirs = parts.manifests[0], reference.manifests[0]
+    if "windows" not in (ours.long_documents, theirs.long_documents):
+        return
+    if key := differing_key(ours, theirs, WINDOW_LAYOUT):
+        raise HardfocusError(
+            f"the reference scores ({', '.join(map(redact, cfg.reference))}) cut documents into other windows than "
+            f"{', '.join(map(redact, cfg.scores))} ({key} {getattr(theirs, key)!r} vs {getattr(ours, key)!r}), so "
+            "window k of one is not window k of the other: select --by document, which compares whole documents"
+        )
 
 
 def require_column(parts: ScoreParts, dirs: list[str], column: str, fix: str) -> None:

@@ -239,10 +239,14 @@ def check_scored_alike(dirs: list[str], manifests: list[ScoreManifest]) -> None:
     """Losses of different models, tokenizers, truncations, dtypes or formats do not rank against each other."""
     first = manifests[0]
     for d, m in zip(dirs[1:], manifests[1:]):
-        for key in ALIKE_KEYS:
-            if getattr(m, key) != getattr(first, key):
-                raise HardfocusError(
-                    f"'{redact(d)}' was scored with another {key} than '{redact(dirs[0])}' ({getattr(m, key)!r} vs "
-                    f"{getattr(first, key)!r}; models {m.model} and {first.model}): scores of different settings do "
-                    "not rank against each other; score both alike"
-                )
+        if key := differing_key(m, first, ALIKE_KEYS):
+            raise HardfocusError(
+                f"'{redact(d)}' was scored with another {key} than '{redact(dirs[0])}' ({getattr(m, key)!r} vs "
+                f"{getattr(first, key)!r}; models {m.model} and {first.model}): scores of different settings do "
+                "not rank against each other; score both alike"
+            )
+
+
+def differing_key(a: ScoreManifest, b: ScoreManifest, keys: tuple[str, ...]) -> str | None:
+    """The first of ``keys`` whose value differs between two manifests, or None."""
+    return next((key for key in keys if getattr(a, key) != getattr(b, key)), None)

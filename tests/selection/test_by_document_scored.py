@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from scoring import ScoreConfig, score
+from scoring import HardfocusError, ScoreConfig, score
 from selection import SelectConfig, select
 from selection.job import build_report
 from tests.conftest import real_texts, write_jsonl
@@ -131,3 +131,17 @@ def test_real_windows_by_window_rank_each_window(windowed):
         "scored": 30, "eligible": 30, "kept": len(docs_kept), "dropped": len({_doc_of(i) for i in dropped}),
         "easy": len({_doc_of(i) for i in set(parts["sample_id"]) - set(kept) - dropped})}
     assert "by" not in result.summary.parameters or result.summary.parameters["by"] == "window"
+
+
+def test_excess_by_window_against_windows_cut_otherwise_is_refused(windowed, tmp_path):
+    """Windows are joined on '<document>#w<k>': against a reference cut into other windows (another tokenizer, here;
+    or another window size or context) window k holds other text, so by window is refused, by document is not."""
+    cfg = SelectConfig(scores=[str(windowed["scores"])], reference=[str(windowed["ref_tok"])], score="excess",
+                       output=str(tmp_path / "sel"), report=False)
+    with pytest.raises(HardfocusError, match="cut documents into other windows .*select --by document"):
+        select(cfg, progress=False)
+    assert not (tmp_path / "sel").exists()
+    assert select(cfg.model_copy(update={"by": "document"}), progress=False).summary.score_units == "bits per byte"
+    same_cut = select(cfg.model_copy(update={"reference": [str(windowed["ref"])], "output": str(tmp_path / "s2")}),
+                      progress=False)
+    assert same_cut.summary.score_units == "nats per token"
