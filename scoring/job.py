@@ -52,6 +52,7 @@ from scoring.units import (
     merge_counts,
     shard_digest,
 )
+from scoring.windows import check_windows_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,8 @@ def _job_identity(cfg: ScoreConfig, resolved: ResolvedModel) -> dict:
     tokenizer = load_tokenizer(resolved.path)
     if cfg.format != "text":
         check_chat_tokenizer(tokenizer, cfg.chat_template)
+    if cfg.long_documents == "windows":
+        check_windows_tokenizer(tokenizer)
     values = cfg.model_dump() | {
         "model_fingerprint": resolved.fingerprint,
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),

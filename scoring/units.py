@@ -155,9 +155,12 @@ EMPTY_COUNTS = {"rows": 0, "documents": 0, "rows_by_status": {}, "error_examples
 def part_counts(out: ScoresDir, name: str, with_stamp: bool = False, windowed: bool = False):
     """The counts of a part an earlier run wrote (three small columns read, and the window index of ``windowed``
     parts), and with ``with_stamp`` its stamp."""
-    t = out.read_part(name, ["status", "n_tokens", "truncated", *([WINDOW] if windowed else [])])
+    t = out.read_part(name, ["status", "n_tokens", "truncated", *([WINDOW, WINDOWS] if windowed else [])])
     documents = int(pc.sum(pc.equal(t[WINDOW], 0)).as_py() or 0) if windowed else None
     counts = status_counts(t["status"].to_pylist(), t["n_tokens"].to_numpy(), t["truncated"].to_numpy(), documents)
+    if windowed:  # the windows its documents say they have: a part that lost some (and its stamp) is not whole
+        first = pc.equal(t[WINDOW], 0)
+        counts["expected_rows"] = int(pc.sum(pc.filter(t[WINDOWS], first)).as_py() or 0)
     return (counts, stamp_of(t.schema.metadata)) if with_stamp else counts
 
 
@@ -175,6 +178,11 @@ def reusable_parts(out: ScoresDir, task: ShardTask, n: int, job: str = "", overw
             size = out.part_sizes([name]).get(name, 0)
         except (OSError, pa.ArrowException) as exc:
             log.warning("part %s of %s is damaged (%s): scoring its rows again", name, redact(out.url), exc)
+            continue
+        if windowed and (stamp is None or counts.pop("expected_rows") != counts["rows"]):
+            # only its stamp and its documents' window counts say how many rows a part of windows holds
+            log.warning("part %s of %s has lost its stamp or some of its windows: scoring its rows again", name,
+                        redact(out.url))
             continue
         shards = {task.shard.rel: (task.shard.size, task.shard.modified)}
         if why := stamp_problem(name, stamp, job or None, shards, required=False):
@@ -421,6 +429,9 @@ class UnitScorer:
         truncated = tokenized.column("truncated")
         windowed = WINDOW in tokenized.column_names
         documents = int(pc.sum(pc.equal(tokenized[WINDOW], 0)).as_py() or 0) if windowed else len(status)
+        # a window's bytes are its text's, scored or not (a one-token tail too), so a document's windows sum to its
+        # size; a row's otherwise go with its loss
+        has_bytes = np.array([len(i) > 0 for i in ids]) if windowed else ok
         table = scores_table(
             {
                 "sample_id": tokenized.column("sample_id"),
@@ -434,7 +445,7 @@ class UnitScorer:
                 "status": status,
                 **({"input_ids": tokenized.column("input_ids")} if self.cfg.keep_input_ids else {}),
                 **({} if spans is None else {"loss_spans": tokenized.column("loss_spans")}),
-                "n_bytes": pa.array(tokenized.column("n_bytes").to_numpy(zero_copy_only=False), mask=~ok),
+                "n_bytes": pa.array(tokenized.column("n_bytes").to_numpy(zero_copy_only=False), mask=~has_bytes),
                 **({} if not ifd else {
                     UNCONDITIONED_NLL_SUM: pa.array(u_nll_sum, mask=~ok),
                     UNCONDITIONED_N_TOKENS: pa.array(u_n_tokens.astype(np.int32), mask=~ok),

@@ -43,8 +43,8 @@ class Windowed:
     """The windows of a block of texts, flat, in document order; ``doc`` is each window's index in the block.
 
     A text that cannot be scored (empty, bad UTF-8, a status already set) is one window with its status.
-    ``char_start``/``char_stop``: the characters of the text the window's own tokens cover (None with a slow
-    tokenizer, which has no offsets); ``n_bytes``: their UTF-8 bytes.
+    ``char_start``/``char_stop``: the characters of the text the window's own tokens cover (from the tokenizer's
+    offsets); ``n_bytes``: their UTF-8 bytes.
     """
 
     doc: list[int] = field(default_factory=list)
@@ -52,8 +52,8 @@ class Windowed:
     windows: list[int] = field(default_factory=list)
     input_ids: list[np.ndarray] = field(default_factory=list)
     prefix_tokens: list[int] = field(default_factory=list)
-    char_start: list[int | None] = field(default_factory=list)
-    char_stop: list[int | None] = field(default_factory=list)
+    char_start: list[int] = field(default_factory=list)
+    char_stop: list[int] = field(default_factory=list)
     n_bytes: list[int] = field(default_factory=list)
     status: list[str | None] = field(default_factory=list)
 
@@ -73,6 +73,7 @@ class Windowed:
 def window_texts(tokenizer, texts: list[str | None], status: list[str | None], max_tokens: int, context: int = 0,
                  add_special_tokens: bool = True) -> Windowed:
     """Cut every text of a block into windows (see the module docstring); rows with a status pass through."""
+    check_windows_tokenizer(tokenizer)
     prefix, suffix = special_layout(tokenizer, add_special_tokens)
     own_first, own_later = max_tokens - len(prefix), max_tokens - len(prefix) - context
     if own_later < 1:
@@ -99,31 +100,26 @@ def window_texts(tokenizer, texts: list[str | None], status: list[str | None], m
             continue
         body_ids, body_starts = bodies.pop(i)
         ids = np.concatenate([body_ids, suffix_ids])
-        starts = None if body_starts is None else np.concatenate([body_starts, np.full(len(suffix), len(text))])
-        _add_document(out, tokenizer, i, text, ids, starts, prefix_ids, own_first, own_later, context)
+        starts = np.concatenate([body_starts, np.full(len(suffix), len(text))])
+        _add_document(out, i, text, ids, starts, prefix_ids, own_first, own_later, context)
     return out
 
 
-def _add_document(out: Windowed, tokenizer, doc: int, text: str, ids: np.ndarray, starts: np.ndarray | None,
-                  prefix: np.ndarray, own_first: int, own_later: int, context: int) -> None:
+def _add_document(out: Windowed, doc: int, text: str, ids: np.ndarray, starts: np.ndarray, prefix: np.ndarray,
+                  own_first: int, own_later: int, context: int) -> None:
     """Append the windows of one document: ``ids``/``starts`` are its tokens after the prefix, with their offsets."""
     bounds = [0, *range(own_first, len(ids), own_later), len(ids)]  # own tokens of window k: ids[bounds[k]:bounds[k+1]]
     n = len(bounds) - 1
-    if starts is not None:
-        chars = [0] + [int(min(starts[b], len(text))) for b in bounds[1:-1]] + [len(text)]
-        chars = np.maximum.accumulate(chars).tolist()  # offsets of trimmed tokens may step back; keep a partition
+    chars = [0] + [int(min(starts[b], len(text))) for b in bounds[1:-1]] + [len(text)]
+    chars = np.maximum.accumulate(chars).tolist()  # offsets of trimmed tokens may step back; keep a partition
     for k in range(n):
         lo, hi = bounds[k], bounds[k + 1]
         if k == 0:
             seq, lead = np.concatenate([prefix, ids[:hi]]), 0
         else:
             seq, lead = np.concatenate([prefix, ids[lo - context : lo], ids[lo:hi]]), len(prefix) + context
-        if starts is not None:
-            span = (chars[k], chars[k + 1])
-            n_bytes = len(text[span[0] : span[1]].encode("utf-8"))
-        else:  # a slow tokenizer has no offsets: the bytes of the own tokens decoded
-            span = (None, None)
-            n_bytes = len(tokenizer.decode(ids[lo:hi].tolist(), skip_special_tokens=True).encode("utf-8"))
+        span = (chars[k], chars[k + 1])
+        n_bytes = len(text[span[0] : span[1]].encode("utf-8"))
         scored = len(seq) - max(lead, 1)
         out.add(doc, k, n, seq.astype(np.int32, copy=False), lead, span, n_bytes,
                 None if scored > 0 else Status.TOO_SHORT.value)
@@ -154,15 +150,20 @@ def special_layout(tokenizer, add_special_tokens: bool) -> tuple[list[int], list
     return list(before), list(after)
 
 
-def encode_bodies(tokenizer, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """Each text's tokens without special tokens (int32) and each token's first character (int64; None with a slow
-    tokenizer); texts up to ``PIECE_CHARS`` in one batched call, longer ones in pieces."""
-    out: list[tuple[np.ndarray, np.ndarray | None]] = [None] * len(texts)  # type: ignore[list-item]
+def check_windows_tokenizer(tokenizer) -> None:
+    """Windows need a fast tokenizer: its offsets say which characters (and bytes) each window covers; a slow one's
+    decoded tokens lose the bytes of a character split between two windows."""
     if not getattr(tokenizer, "is_fast", False):
-        for i, text in enumerate(texts):
-            ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-            out[i] = (np.asarray(ids, dtype=np.int32), None)
-        return out
+        raise HardfocusError(
+            f"--long-documents windows needs a fast tokenizer (for token offsets), and {type(tokenizer).__name__} is "
+            "a slow one: convert it (transformers' convert_slow_tokenizer) or score with --long-documents truncate"
+        )
+
+
+def encode_bodies(tokenizer, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each text's tokens without special tokens (int32) and each token's first character (int64); texts up to
+    ``PIECE_CHARS`` in one batched call, longer ones in pieces."""
+    out: list[tuple[np.ndarray, np.ndarray]] = [None] * len(texts)  # type: ignore[list-item]
     short = [i for i, t in enumerate(texts) if len(t) <= PIECE_CHARS]
     if short:
         enc = tokenizer([texts[i] for i in short], add_special_tokens=False, return_offsets_mapping=True,

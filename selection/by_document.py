@@ -44,10 +44,11 @@ class Documents:
     excluded: dict[str, int]
 
 
-def read_documents(parts: ScoreParts, sums: tuple[str, ...], id_column: str = DOCUMENT_ID) -> Documents:
+def read_documents(parts: ScoreParts, sums: tuple[str, ...], id_column: str = DOCUMENT_ID,
+                   with_truncated: bool = False) -> Documents:
     """Aggregate the windows of ``parts`` per document (``id_column``: ``sample_id`` for truncated scores, a
     document per row). Sums are partial per part and added up after, so no layout of parts is assumed."""
-    columns = [id_column, "group", "status", "loss", *sums]
+    columns = [id_column, "group", "status", "loss", *sums, *(["truncated"] if with_truncated else [])]
     partials, windows, excluded, seen = [], [], Counter(), 0
     tables = prefetched(lambda index: parts.read_part(index, columns), range(len(parts.urls)))
     if not parts.urls:  # nothing scored: the frames below, empty but typed
@@ -59,8 +60,9 @@ def read_documents(parts: ScoreParts, sums: tuple[str, ...], id_column: str = DO
         excluded.update(dict(frame.filter(~pl.col("_ok")).group_by(_reason()).len().iter_rows()))
         part_docs = frame.group_by("document_id", maintain_order=True).agg(
             pl.col("group").first().fill_null(NO_GROUP),
-            *(pl.col(c).filter(pl.col("_ok")).cast(pl.Float64 if c == "nll_sum" else pl.Int64).sum() for c in sums),
+            *(pl.col(c).filter(_counted(c)).cast(pl.Float64 if c == "nll_sum" else pl.Int64).sum() for c in sums),
             windows=pl.col("_ok").sum().cast(pl.Int64), bad=pl.col("_bad").any(),
+            **({"truncated": pl.col("truncated").any()} if with_truncated else {}),
         ).with_row_index("_part", offset=seen)
         seen += part_docs.height
         eligible = frame.filter(pl.col("_ok")).join(part_docs.select("document_id", "_part"), on="document_id",
@@ -69,12 +71,19 @@ def read_documents(parts: ScoreParts, sums: tuple[str, ...], id_column: str = DO
         partials.append(part_docs)
     partial = pl.concat(partials)
     docs = partial.group_by("document_id").agg(
-        pl.col("group").first(), *(pl.col(c).sum() for c in (*sums, "windows")), pl.col("bad").any()
+        pl.col("group").first(), *(pl.col(c).sum() for c in (*sums, "windows")), pl.col("bad").any(),
+        *([pl.col("truncated").any()] if with_truncated else []),
     ).sort("document_id").with_row_index("_doc")
     doc_of = partial.join(docs.select("document_id", "_doc"), on="document_id", maintain_order="left")["_doc"]
     window = pl.concat(windows)
     window = window.with_columns(_doc=pl.Series(doc_of.to_numpy()[window["_part"].to_numpy()], dtype=pl.UInt32))
     return Documents(docs, window.drop("_part"), dict(excluded))
+
+
+def _counted(column: str) -> pl.Expr:
+    """The windows a document's sum of ``column`` is over: the scored ones; for bytes also a ``too_short`` one-token
+    tail, whose text is the document's too (so a document's bytes are its UTF-8 size, whatever the tokenizer)."""
+    return ~pl.col("_bad") if column == "n_bytes" else pl.col("_ok")
 
 
 def _reason() -> pl.Expr:
@@ -85,10 +94,16 @@ def _reason() -> pl.Expr:
             .otherwise(pl.lit("status: ") + status)).alias("reason")
 
 
-def check_by_document(parts: ScoreParts, cfg: SelectConfig) -> None:
-    """Refuse ``--by document`` where it means nothing, before an output is begun."""
+def check_by_document(parts: ScoreParts, cfg: SelectConfig, reference: ScoreParts | None = None) -> None:
+    """Refuse ``--by document`` where it means nothing (or would merge two documents), before an output is begun."""
     if cfg.score == "ifd":
         raise HardfocusError("score ifd cannot rank by document: IFD is for conversations, windows are plain text")
+    for dirs, p in ((cfg.scores, parts), (cfg.reference, reference)):
+        if p is not None and any(m.duplicate_ids for m in p.manifests):
+            raise HardfocusError(
+                f"{', '.join(map(redact, dirs))} hold duplicate sample ids (see their manifests): --by document sums "
+                "the windows of each document id, which must be unique; give each document a unique --id-column value"
+            )
     if any(m.long_documents != "windows" for m in parts.manifests):
         raise HardfocusError(
             f"--by document ranks the documents of windowed scores, and {', '.join(map(redact, cfg.scores))} were "
@@ -100,8 +115,8 @@ def check_by_document(parts: ScoreParts, cfg: SelectConfig) -> None:
 def document_scores(parts: ScoreParts, cfg: SelectConfig) -> tuple[dict[str, int], pl.DataFrame, pl.DataFrame, str]:
     """(windows excluded per reason, the eligible windows: ``_row``, ``loss``, ``_doc``, ``group``, ``score``,
     the eligible documents: ``_doc``, ``document_id``, ``group``, ``score``, the score's units)."""
-    check_by_document(parts, cfg)
     reference = open_scores(cfg.reference) if cfg.score == "excess" else None
+    check_by_document(parts, cfg, reference)
     same_tokens = reference is None or parts.manifests[0].tokenizer_fingerprint == reference.manifests[0].tokenizer_fingerprint
     with_bytes = cfg.score == "bpb" or not same_tokens
     if with_bytes:
@@ -136,22 +151,25 @@ def _excess(parts: ScoreParts, reference: ScoreParts, cfg: SelectConfig, docs: p
         require_column(reference, cfg.reference, "n_bytes", NEEDS_BYTES)
     sums = ("nll_sum", "n_tokens") if same_tokens else ("nll_sum", "n_bytes")
     id_column = DOCUMENT_ID if DOCUMENT_ID in reference.common_columns else "sample_id"
-    ref = read_documents(reference, sums, id_column).docs.select(
-        "document_id", *(pl.col(c).alias(f"ref_{c}") for c in (*sums, "bad")), _found=pl.lit(True))
+    ref = read_documents(reference, sums, id_column, with_truncated=True).docs.select(
+        "document_id", *(pl.col(c).alias(f"ref_{c}") for c in (*sums, "bad", "truncated")), _found=pl.lit(True))
     joined = docs.join(ref, on="document_id", how="left", maintain_order="left")
     found, bad = pl.col("_found").fill_null(False), pl.col("ref_bad").fill_null(False)
-    value = "n_tokens" if same_tokens else "n_bytes"
-    differ = found & ~bad & (pl.col(value) != pl.col(f"ref_{value}"))
+    cut = found & ~bad & pl.col("ref_truncated").fill_null(False)
+    # one tokenizer: each side's mean over the tokens it scored (other windows leave a few first tokens of a window
+    # unscored on one side); another: the same bytes, which only a reference that read the whole document has
+    differ = found & ~bad & ~cut & (pl.lit(False) if same_tokens else pl.col("n_bytes") != pl.col("ref_n_bytes"))
     counts = joined.select(
         **{"reference: no document with this document_id": pl.col("windows").filter(~found).sum(),
            "reference: a window of its document is not scored": pl.col("windows").filter(found & bad).sum(),
-           f"reference scored other {'tokens' if same_tokens else 'bytes'}": pl.col("windows").filter(differ).sum()}
+           "reference: truncated the document (scored its prefix only)": pl.col("windows").filter(cut).sum(),
+           "reference scored other bytes": pl.col("windows").filter(differ).sum()}
     ).row(0, named=True)
     if same_tokens:
         score = pl.col("nll_sum") / pl.col("n_tokens") - pl.col("ref_nll_sum") / pl.col("ref_n_tokens")
     else:
         score = bpb("nll_sum", "n_bytes").cast(pl.Float64) - bpb("ref_nll_sum", "ref_n_bytes").cast(pl.Float64)
-    return joined.filter(found & ~bad & ~differ), counts, score
+    return joined.filter(found & ~bad & ~cut & ~differ), counts, score
 
 
 def rank_documents(parts: ScoreParts, cfg: SelectConfig) -> tuple[dict[str, int], pl.DataFrame, str, dict[str, int]]:

@@ -25,7 +25,8 @@ class WeightedCollator:
     ``attention_mask = 0`` and ``labels = -100``, so a padded sample's loss equals its unpadded
     loss. ``weight`` (float32, 1 where a row has none) travels as its own tensor.
 
-    Spans are clipped to the ``max_seq_len`` cut. A sample whose targets all lie beyond the cut
+    A sample longer than ``max_seq_len`` is cut, and a warning says how many were (first one, then at 10, 100, ...):
+    its tokens past the cut are never trained on. Spans are clipped to the cut. A sample whose targets all lie beyond the cut
     (a prompt longer than ``max_seq_len``) keeps its place in the batch with all labels -100: its
     loss is 0 with no gradient (see :func:`training.weighting.per_sample_nll`), and a warning says
     how many such samples were seen (first one, then at 10, 100, ...): raise ``max_seq_len``, or
@@ -35,9 +36,13 @@ class WeightedCollator:
     pad_token_id: int
     max_seq_len: int
     samples_without_targets: int = 0  # seen so far by this collator (per process: Ray workers count their own)
+    samples_cut: int = 0  # samples longer than max_seq_len seen so far: their tokens past it are never trained on
 
     def __call__(self, rows: Sequence[Mapping]) -> dict[str, torch.Tensor]:
-        seqs = [np.asarray(r["input_ids"], dtype=np.int64)[: self.max_seq_len] for r in rows]
+        full = [np.asarray(r["input_ids"], dtype=np.int64) for r in rows]
+        if cut := [len(s) for s in full if len(s) > self.max_seq_len]:
+            self._warn_cut(len(cut), max(cut))
+        seqs = [s[: self.max_seq_len] for s in full]
         longest = max(len(s) for s in seqs)
         input_ids = torch.full((len(seqs), longest), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(seqs), longest), dtype=torch.long)
@@ -69,6 +74,15 @@ class WeightedCollator:
             for i in range(n)
         ]
         return self(rows)
+
+    def _warn_cut(self, count: int, longest: int) -> None:
+        before, self.samples_cut = self.samples_cut, self.samples_cut + count
+        if before == 0 or len(str(before)) < len(str(self.samples_cut)):  # the first, then each power of 10
+            log.warning(
+                "%d samples so far are longer than max_seq_len=%d (up to %d tokens): their tokens past it are not "
+                "trained on. Raise --max-seq-len to the scoring max_tokens (with --long-documents windows, every "
+                "window is a sequence of up to max_tokens tokens)", self.samples_cut, self.max_seq_len, longest,
+            )
 
     def _warn_no_targets(self, count: int, batch_size: int) -> None:
         before, self.samples_without_targets = self.samples_without_targets, self.samples_without_targets + count

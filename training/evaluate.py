@@ -37,14 +37,15 @@ class ModelEval:
 
 
 def group_perplexity(parts: list[str]) -> tuple[pl.DataFrame, int]:
-    """Per-group docs, tokens, token-level loss, perplexity and mean sample loss of ``ok`` rows; on windowed scores
-    a sample is a document (its ``ok`` windows summed), so ``mean_loss`` is the mean document loss."""
+    """Per-group docs, tokens, token-level loss, perplexity and mean sample loss of ``ok`` rows, and the rows not ok;
+    on windowed scores a sample is a document (:func:`_documents`), so ``mean_loss`` is the mean document loss and
+    the count not ok is of documents."""
     scan = pl.scan_parquet(parts, glob=False)  # the names as listed: a path with [ ] is no pattern
-    ok = scan.filter(pl.col("status") == Status.OK.value).with_columns(pl.col("group").fill_null("(none)"))
-    if DOCUMENT_ID in scan.collect_schema().names():  # windows: a document is the sum of its scored windows
-        ok = ok.group_by(DOCUMENT_ID).agg(
-            pl.col("group").first(), pl.col("nll_sum").sum(), pl.col("n_tokens").cast(pl.Int64).sum()
-        ).with_columns(loss=pl.col("nll_sum") / pl.col("n_tokens"))
+    if DOCUMENT_ID in scan.collect_schema().names():
+        ok, not_ok = _documents(scan)
+    else:
+        ok = scan.filter(pl.col("status") == Status.OK.value).with_columns(pl.col("group").fill_null("(none)"))
+        not_ok = scan.filter(pl.col("status") != Status.OK.value).select(pl.len()).collect().item()
     aggs = [
         pl.len().alias("docs"),
         pl.col("n_tokens").cast(pl.Int64).sum().alias("tokens"),
@@ -70,8 +71,23 @@ def group_perplexity(parts: list[str]) -> tuple[pl.DataFrame, int]:
         schema=per_group.schema,
     )
     table = pl.concat([per_group, overall, macro]).with_columns(pl.col("loss").exp().alias("perplexity"))
-    not_ok = scan.filter(pl.col("status") != Status.OK.value).select(pl.len()).collect().item()
     return table.select("group", "docs", "tokens", "loss", "perplexity", "mean_loss"), not_ok
+
+
+def _documents(scan: pl.LazyFrame) -> tuple[pl.LazyFrame, int]:
+    """Windows: a sample is a document, its scored windows summed; a document with a window that could not be scored
+    (other than a ``too_short`` one, whose token is a documented unscored position) is left out whole and counted,
+    like a document with no scored token, so no model is judged on part of a document."""
+    ok = pl.col("status") == Status.OK.value
+    docs = scan.group_by(DOCUMENT_ID).agg(
+        pl.col("group").first().fill_null("(none)"),
+        pl.col("nll_sum").filter(ok).sum(),
+        pl.col("n_tokens").filter(ok).cast(pl.Int64).sum(),
+        scored=ok.any(),
+        whole=pl.col("status").is_in([Status.OK.value, Status.TOO_SHORT.value]).all(),
+    ).collect()
+    good = docs.filter(pl.col("scored") & pl.col("whole")).with_columns(loss=pl.col("nll_sum") / pl.col("n_tokens"))
+    return good.lazy(), docs.height - good.height
 
 
 def comparison_table(evals: list[ModelEval]) -> str:
