@@ -37,8 +37,8 @@ class ScoreConfig(SampleFormat):
         "(score every token: one row per window of at most max_tokens tokens, sample_id '<id>#w<k>'; format text)"
     )
     window_context: int = Field(
-        0, ge=0, description="windows: each window after the first first reads this many tokens of the text before it, "
-        "unscored, so its first tokens are not predicted cold (each token is still scored once)"
+        0, ge=0, description="windows: tokens of the text before a window that it reads, unscored, ahead of its own "
+        "(every window but the first), so its first tokens are not predicted cold; each token is still scored once"
     )
     add_special_tokens: bool = Field(
         True, description="let the tokenizer add BOS/EOS as the model was trained (text; a chat template adds its own)"
