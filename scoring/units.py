@@ -14,7 +14,6 @@ shard, whether the records travel through Ray Data or stay in this process.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import socket
@@ -31,9 +30,7 @@ from scoring.config import ScoreConfig
 from scoring.foundation.errors import HardfocusError
 from scoring.foundation.sample_format import Columns
 from scoring.foundation.scores import (
-    DOCUMENT_ID,
     ERROR_PREFIX,
-    LOSS_SPANS_TYPE,
     NON_FINITE_LOSS,
     UNCONDITIONED_N_TOKENS,
     UNCONDITIONED_NLL_SUM,
@@ -41,8 +38,6 @@ from scoring.foundation.scores import (
     WINDOW_COLUMNS,
     WINDOWS,
     Status,
-    is_input_error,
-    loss_spans_array,
     mask_from_spans,
     parse_part_name,
     part_stamp,
@@ -52,13 +47,12 @@ from scoring.foundation.scores import (
     stamp_problem,
 )
 from scoring.foundation.storage import redact
-from scoring.ifd import IFD_TURNS_COLUMN, ifd_ratio, ifd_turns_array, unconditioned_nll
+from scoring.ifd import IFD_TURNS_COLUMN, ifd_ratio, unconditioned_nll
 from scoring.model import load_tokenizer, resolve_model
 from scoring.output import ScoresDir
 from scoring.scorer import Scorer
-from scoring.sources import RowBlock, Shard, iter_units
-from scoring.tokenize import tokenize_block
-from scoring.windows import special_layout, window_texts
+from scoring.sources import Shard, iter_units
+from scoring.unit_tables import table_from_bytes, table_to_bytes, tokenize_unit
 
 log = logging.getLogger(__name__)
 
@@ -262,91 +256,6 @@ def read_shard_task(row: dict, cfg: ScoreConfig, model_fingerprint: str, job: st
         yield _record(row["task"], "error", error=redact(str(exc)))
         return
     yield _record(row["task"], "end", stop=rows, consumed=1.0)
-
-
-def tokenize_unit(shard: Shard, start: int, block: RowBlock, cfg: ScoreConfig, tokenizer) -> pa.Table:
-    """A unit's rows tokenised: one row per input row (or per window of it), with a status where unscoreable."""
-    if cfg.long_documents == "windows":
-        return tokenize_windows(shard, start, block, cfg, tokenizer)
-    tok = tokenize_block(tokenizer, block, cfg.format, cfg.max_tokens, cfg.add_special_tokens, cfg.chat_template,
-                         cfg.ifd)
-    rows = np.arange(start, start + len(block), dtype=np.int64)
-    _stop_at_input_errors(shard, rows, tok.status, cfg)
-    sample_ids = [i if i is not None else f"{shard.rel}#{r}" for i, r in zip(block.ids, rows)]
-    return pa.table(
-        {
-            "sample_id": pa.array(sample_ids, pa.string()),
-            "shard": pa.array([shard.rel] * len(rows), pa.string()),
-            "row": pa.array(rows, pa.int64()),
-            "group": pa.array(block.groups, pa.string()),
-            "truncated": pa.array(tok.truncated, pa.bool_()),
-            "status": pa.array(tok.status, pa.string()),
-            "input_ids": pa.array(tok.input_ids, pa.list_(pa.int32())),
-            "n_bytes": pa.array(tok.n_bytes, pa.int64()),
-            **({} if tok.targets is None else {"loss_spans": loss_spans_array(tok.targets)}),
-            **({} if tok.ifd_turns is None else {IFD_TURNS_COLUMN: ifd_turns_array(tok.ifd_turns)}),
-        }
-    )
-
-
-def _stop_at_input_errors(shard: Shard, rows, statuses: list[str | None], cfg: ScoreConfig) -> None:
-    """``--on-error stop``: the first row that could not be read as text stops the job, named."""
-    if cfg.on_error != "stop":
-        return
-    for row, status in zip(rows, statuses):
-        if status is not None and is_input_error(status):
-            raise HardfocusError(redact(
-                f"{shard.url} row {row}: {status}; fix the input, or pass --on-error record to score the "
-                "other rows and record this one's status"
-            ))
-
-
-def tokenize_windows(shard: Shard, start: int, block: RowBlock, cfg: ScoreConfig, tokenizer) -> pa.Table:
-    """A unit's texts cut into windows (:mod:`scoring.windows`): one row per window, ``sample_id`` '<id>#w<k>'."""
-    w = window_texts(tokenizer, block.values, block.status, cfg.max_tokens, cfg.window_context, cfg.add_special_tokens)
-    doc = np.asarray(w.doc, dtype=np.int64)
-    _stop_at_input_errors(shard, start + doc, w.status, cfg)
-    ids = [i if i is not None else f"{shard.rel}#{start + r}" for r, i in enumerate(block.ids)]
-    document_ids = pa.array(ids, pa.string()).take(pa.array(doc))
-    columns = {
-        "sample_id": pa.array([f"{ids[d]}#w{k}" for d, k in zip(w.doc, w.window)], pa.string()),
-        "shard": pa.array([shard.rel] * len(doc), pa.string()),
-        "row": pa.array(start + doc, pa.int64()),
-        "group": pa.array(block.groups, pa.string()).take(pa.array(doc)),
-        "truncated": pa.array(np.zeros(len(doc), dtype=bool)),
-        "status": pa.array(w.status, pa.string()),
-        "input_ids": pa.array(w.input_ids, pa.list_(pa.int32())),
-        "n_bytes": pa.array(w.n_bytes, pa.int64()),
-        DOCUMENT_ID: document_ids,
-        WINDOW: pa.array(w.window, pa.int32()),
-        WINDOWS: pa.array(w.windows, pa.int32()),
-        "prefix_tokens": pa.array(w.prefix_tokens, pa.int32()),
-        "char_start": pa.array(w.char_start, pa.int64()),
-        "char_stop": pa.array(w.char_stop, pa.int64()),
-    }
-    if windows_need_spans(cfg, tokenizer):  # targets other than "every token but the first": the window's own
-        columns["loss_spans"] = pa.array(
-            [None if lead <= 1 else [{"start": lead, "stop": len(seq)}] for lead, seq in zip(w.prefix_tokens, w.input_ids)],
-            LOSS_SPANS_TYPE,
-        )
-    return pa.table(columns)
-
-
-def windows_need_spans(cfg: ScoreConfig, tokenizer) -> bool:
-    """Whether windows' parts carry ``loss_spans``: where a window reads more than one token before its own (a
-    context, or several leading special tokens), as every part of one job must, or none."""
-    return cfg.window_context > 0 or len(special_layout(tokenizer, cfg.add_special_tokens)[0]) > 1
-
-
-def table_to_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue()
-
-
-def table_from_bytes(data: bytes) -> pa.Table:
-    return pa.ipc.open_stream(data).read_all()
 
 
 # ---- the scoring side: tokenised units in, part files out ------------------------------------------------
