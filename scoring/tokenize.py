@@ -13,7 +13,6 @@ import numpy as np
 from scoring.chat import IfdTurn, encode_conversations
 from scoring.foundation.scores import Status
 from scoring.sources import RowBlock
-from scoring.windows import encodable
 
 # A token of a byte-level BPE rarely covers more than a few dozen characters, so cutting the text
 # at this many characters per wanted token avoids tokenising a 5 MB document in full; when the cut
@@ -66,18 +65,7 @@ def tokenize_texts(
     Documents longer than ``max_tokens`` keep their first ``max_tokens`` tokens and are flagged
     ``truncated``; empty or whitespace-only texts get ``empty``, fewer than two tokens ``too_short``.
     """
-    status = list(status)
-    todo = []
-    for i, text in enumerate(texts):
-        if status[i] is not None:
-            continue
-        if text is None or not text.strip():
-            status[i] = Status.EMPTY.value
-        elif not encodable(text):
-            status[i] = Status.INVALID_UTF8.value  # lone surrogates from a JSON "\ud800" escape
-        else:
-            todo.append(i)
-
+    status, todo = text_statuses(texts, status)
     limit = max_tokens * _CHARS_PER_TOKEN_BOUND
     cut = [texts[i][:limit] for i in todo]
     encoded = tokenizer(cut, add_special_tokens=add_special_tokens, return_attention_mask=False)["input_ids"] if cut else []
@@ -100,6 +88,31 @@ def tokenize_texts(
     for i, count in zip(cut_docs, _kept_bytes(tokenizer, list(cut_docs.values()), add_special_tokens)):
         n_bytes[i] = count
     return Tokenized(ids, truncated, status, n_bytes=n_bytes)
+
+
+def text_statuses(texts: list[str | None], status: list[str | None]) -> tuple[list[str | None], list[int]]:
+    """Each text's status before tokenising (``empty``: null or whitespace only; ``invalid_utf8``; a status already
+    set passes through), and the indices of the texts left to tokenise."""
+    status = list(status)
+    todo = []
+    for i, text in enumerate(texts):
+        if status[i] is not None:
+            continue
+        if text is None or not text.strip():
+            status[i] = Status.EMPTY.value
+        elif not _encodable(text):
+            status[i] = Status.INVALID_UTF8.value  # lone surrogates from a JSON "\ud800" escape
+        else:
+            todo.append(i)
+    return status, todo
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _kept_bytes(tokenizer, docs: list[tuple[str, list[int]]], add_special_tokens: bool) -> list[int]:

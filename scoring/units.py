@@ -146,16 +146,19 @@ def documents_of(counts: dict) -> int:
 EMPTY_COUNTS = {"rows": 0, "documents": 0, "rows_by_status": {}, "error_examples": [], "tokens": 0, "truncated": 0}
 
 
-def part_counts(out: ScoresDir, name: str, with_stamp: bool = False, windowed: bool = False):
-    """The counts of a part an earlier run wrote (three small columns read, and the window index of ``windowed``
-    parts), and with ``with_stamp`` its stamp."""
+def documents_in(table: pa.Table) -> int:
+    """The documents a table of windows holds: its rows of window 0."""
+    return int(pc.sum(pc.equal(table[WINDOW], 0)).as_py() or 0)
+
+
+def part_counts(out: ScoresDir, name: str, windowed: bool = False) -> tuple[dict, dict | None, int | None]:
+    """The counts of a part an earlier run wrote (three small columns read, and the window columns of ``windowed``
+    parts), its stamp, and for windows the rows its documents say they have (a part that lost some is not whole)."""
     t = out.read_part(name, ["status", "n_tokens", "truncated", *([WINDOW, WINDOWS] if windowed else [])])
-    documents = int(pc.sum(pc.equal(t[WINDOW], 0)).as_py() or 0) if windowed else None
+    documents = documents_in(t) if windowed else None
+    declared = int(pc.sum(pc.filter(t[WINDOWS], pc.equal(t[WINDOW], 0))).as_py() or 0) if windowed else None
     counts = status_counts(t["status"].to_pylist(), t["n_tokens"].to_numpy(), t["truncated"].to_numpy(), documents)
-    if windowed:  # the windows its documents say they have: a part that lost some (and its stamp) is not whole
-        first = pc.equal(t[WINDOW], 0)
-        counts["expected_rows"] = int(pc.sum(pc.filter(t[WINDOWS], first)).as_py() or 0)
-    return (counts, stamp_of(t.schema.metadata)) if with_stamp else counts
+    return counts, stamp_of(t.schema.metadata), declared
 
 
 def reusable_parts(out: ScoresDir, task: ShardTask, n: int, job: str = "", overwrite: bool = False,
@@ -168,12 +171,12 @@ def reusable_parts(out: ScoresDir, task: ShardTask, n: int, job: str = "", overw
     names = task.parts or tuple(part_name(task.shard, start, start + n) for start in task.done)
     for start, name in zip(task.done, names):
         try:
-            counts, stamp = part_counts(out, name, with_stamp=True, windowed=windowed)
+            counts, stamp, declared = part_counts(out, name, windowed)
             size = out.part_sizes([name]).get(name, 0)
         except (OSError, pa.ArrowException) as exc:
             log.warning("part %s of %s is damaged (%s): scoring its rows again", name, redact(out.url), exc)
             continue
-        if windowed and (stamp is None or counts.pop("expected_rows") != counts["rows"]):
+        if windowed and (stamp is None or declared != counts["rows"]):
             # only its stamp and its documents' window counts say how many rows a part of windows holds
             log.warning("part %s of %s has lost its stamp or some of its windows: scoring its rows again", name,
                         redact(out.url))
@@ -190,7 +193,7 @@ def reusable_parts(out: ScoresDir, task: ShardTask, n: int, job: str = "", overw
             return {}
         bounds = parse_part_name(name)
         documents = None if bounds is None else bounds[2] - bounds[1]
-        rows = (stamp or {}).get("rows", counts["rows"]) if windowed else documents  # a window is a row
+        rows = stamp.get("rows", counts["rows"]) if windowed else documents  # a window is a row
         if documents is None or counts["documents"] != documents or counts["rows"] != rows:
             log.warning("part %s of %s holds %d rows of %d input rows, not what its name and stamp say: scoring its "
                         "rows again", name, redact(out.url), counts["rows"], counts["documents"])
@@ -337,7 +340,7 @@ class UnitScorer:
         status = [Status.OK.value if s is None else s for s in status]
         truncated = tokenized.column("truncated")
         windowed = WINDOW in tokenized.column_names
-        documents = int(pc.sum(pc.equal(tokenized[WINDOW], 0)).as_py() or 0) if windowed else len(status)
+        documents = documents_in(tokenized) if windowed else len(status)
         # a window's bytes are its text's, scored or not (a one-token tail too), so a document's windows sum to its
         # size; a row's otherwise go with its loss
         has_bytes = np.array([len(i) > 0 for i in ids]) if windowed else ok

@@ -30,6 +30,7 @@ import numpy as np
 
 from scoring.foundation.errors import HardfocusError
 from scoring.foundation.scores import Status
+from scoring.tokenize import text_statuses
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +82,7 @@ def window_texts(tokenizer, texts: list[str | None], status: list[str | None], m
             f"a window of max_tokens {max_tokens} holds the tokenizer's {len(prefix)} leading special tokens and "
             f"window_context {context}: no room for a token of its own; raise max_tokens or lower window_context"
         )
-    status = list(status)
-    todo = []
-    for i, text in enumerate(texts):
-        if status[i] is None and (text is None or not text.strip()):
-            status[i] = Status.EMPTY.value
-        elif status[i] is None and not encodable(text):
-            status[i] = Status.INVALID_UTF8.value  # lone surrogates from a JSON "\ud800" escape
-        elif status[i] is None:
-            todo.append(i)
+    status, todo = text_statuses(texts, status)
     bodies = dict(zip(todo, encode_bodies(tokenizer, [texts[i] for i in todo])))
     out = Windowed()
     suffix_ids = np.asarray(suffix, dtype=np.int32)
@@ -236,10 +229,3 @@ def _agrees(check: tuple[np.ndarray, np.ndarray], ids: np.ndarray, starts: np.nd
     got = slice(first, first + len(want_ids))
     return bool(np.array_equal(ids[got], want_ids) and np.array_equal(starts[got], want_starts))
 
-
-def encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

@@ -112,10 +112,12 @@ def check_by_document(parts: ScoreParts, cfg: SelectConfig, reference: ScorePart
         )
 
 
-def document_scores(parts: ScoreParts, cfg: SelectConfig) -> tuple[dict[str, int], pl.DataFrame, pl.DataFrame, str]:
+def document_scores(parts: ScoreParts, cfg: SelectConfig, reference: ScoreParts | None = None
+                    ) -> tuple[dict[str, int], pl.DataFrame, pl.DataFrame, str]:
     """(windows excluded per reason, the eligible windows: ``_row``, ``loss``, ``_doc``, ``group``, ``score``,
     the eligible documents: ``_doc``, ``document_id``, ``group``, ``score``, the score's units)."""
-    reference = open_scores(cfg.reference) if cfg.score == "excess" else None
+    if cfg.score == "excess" and reference is None:  # else the caller's, opened already
+        reference = open_scores(cfg.reference)
     check_by_document(parts, cfg, reference)
     same_tokens = reference is None or parts.manifests[0].tokenizer_fingerprint == reference.manifests[0].tokenizer_fingerprint
     with_bytes = cfg.score == "bpb" or not same_tokens
@@ -172,10 +174,11 @@ def _excess(parts: ScoreParts, reference: ScoreParts, cfg: SelectConfig, docs: p
     return joined.filter(found & ~bad & ~cut & ~differ), counts, score
 
 
-def rank_documents(parts: ScoreParts, cfg: SelectConfig) -> tuple[dict[str, int], pl.DataFrame, str, dict[str, int]]:
+def rank_documents(parts: ScoreParts, cfg: SelectConfig, reference: ScoreParts | None = None
+                   ) -> tuple[dict[str, int], pl.DataFrame, str, dict[str, int]]:
     """(windows excluded per reason, the eligible windows with their document's ``score``, ``loss_rank`` and
     ``band``, the units, documents per band)."""
-    excluded, windows, docs, units = document_scores(parts, cfg)
+    excluded, windows, docs, units = document_scores(parts, cfg, reference)
     ids = docs["document_id"].to_numpy()
     frame = docs.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row"), "group", SCORE_COLUMN)
     ranked_docs = rank_bands(frame, cfg.drop_top, cfg.keep, cfg.per_group, lambda rows: ids[rows], SCORE_COLUMN)

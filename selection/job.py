@@ -48,7 +48,7 @@ def select(cfg: SelectConfig, progress: bool = True) -> SelectResult:
         parts = open_scores(cfg.scores)
         reference = open_scores(cfg.reference) if cfg.reference else None
         if cfg.by == "document":
-            check_by_document(parts, cfg)
+            check_by_document(parts, cfg, reference)
         identity = selection_identity(cfg, parts, reference)
         if out.open(identity, cfg.overwrite, inputs=inputs) is Opening.COMPLETE:
             log.info("'%s' already holds this selection: nothing to do", redact(cfg.output))
@@ -56,7 +56,7 @@ def select(cfg: SelectConfig, progress: bool = True) -> SelectResult:
             if cfg.report and not out.exists(REPORT_FILE):  # the report is not part of the selection: made on request
                 build_report(cfg.scores, cfg.output)
             return SelectResult(cfg.output, summary, skipped=True)
-        excluded, ranked, units, documents = _rank(parts, cfg, count_documents=True)
+        excluded, ranked, units, documents = _rank(parts, cfg, count_documents=True, reference=reference)
         column = rank_column(cfg.score, cfg.by)
         kept = ranked.filter(pl.col("band") == KEPT)
         if kept.height == 0:
@@ -106,13 +106,14 @@ def selection_identity(cfg: SelectConfig, parts: ScoreParts, reference: ScorePar
     }
 
 
-def _rank(parts: ScoreParts, cfg: SelectConfig, count_documents: bool = False
+def _rank(parts: ScoreParts, cfg: SelectConfig, count_documents: bool = False, reference: ScoreParts | None = None
           ) -> tuple[dict[str, int], pl.DataFrame, str, dict[str, int] | None]:
     """(rows excluded per reason, the eligible rows with their band, the ranked score's units, and on windowed
-    scores the documents per band: counted by window only when ``count_documents``, a pass over the parts)."""
+    scores the documents per band: counted by window only when ``count_documents``, a pass over the parts).
+    ``reference``: the reference scores where the caller opened them already (else opened here, if needed)."""
     if cfg.by == "document":
-        return rank_documents(parts, cfg)
-    excluded, eligible, units = eligible_scores(parts, cfg)
+        return rank_documents(parts, cfg, reference)
+    excluded, eligible, units = eligible_scores(parts, cfg, reference)
     ranked = rank_bands(eligible, cfg.drop_top, cfg.keep, cfg.per_group, parts.sample_ids, rank_column(cfg.score))
     windowed = count_documents and parts.manifests[0].long_documents == "windows"
     return excluded, ranked, units, documents_per_band(parts, ranked) if windowed else None
@@ -182,8 +183,8 @@ def summary_text(s: SelectionSummary, output: str) -> str:
             f"({s.bands.get(KEPT, 0)} of {s.eligible} eligible windows)") if by_document else (
         f"selected {s.bands.get(KEPT, 0)} of {s.eligible} eligible rows")
     return (
-        f"{what}"
-        f"{'' if s.score == 'loss' else f' by {s.score} ({s.score_units})'} ({s.rows} scored; excluded: {excluded}) | "
+        what
+        + f"{'' if s.score == 'loss' else f' by {s.score} ({s.score_units})'} ({s.rows} scored; excluded: {excluded}) | "
         f"bands: {bands} | weights min {w.min:.3f} mean {w.mean:.3f} max {w.max:.3f}, "
         f"effective sample size {w.effective_sample_size:.0f} | {output}"
     )

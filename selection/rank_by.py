@@ -39,14 +39,15 @@ def rank_column(score: str, by: str = "window") -> str:
     return "loss" if score == "loss" and by == "window" else SCORE_COLUMN
 
 
-def eligible_scores(parts: ScoreParts, cfg: SelectConfig) -> tuple[dict[str, int], pl.DataFrame, str]:
+def eligible_scores(parts: ScoreParts, cfg: SelectConfig, reference: ScoreParts | None = None
+                    ) -> tuple[dict[str, int], pl.DataFrame, str]:
     """(rows excluded per reason, eligible rows with ``_row``, ``group``, ``loss`` and, unless ranking by loss,
     ``score``, the score's units). By document the rows are the eligible windows and ``score`` their document's
     (:mod:`selection.by_document`, which also says which windows are eligible then)."""
     if cfg.by == "document":
         from selection.by_document import document_scores  # it builds on this module's helpers
 
-        excluded, windows, _, units = document_scores(parts, cfg)
+        excluded, windows, _, units = document_scores(parts, cfg, reference)
         return excluded, windows.drop("_doc"), units
     if cfg.score == "loss":
         excluded, frame = parts.eligible()
@@ -60,14 +61,15 @@ def eligible_scores(parts: ScoreParts, cfg: SelectConfig) -> tuple[dict[str, int
         excluded, frame = parts.eligible(("nll_sum", "n_bytes"))
         frame = frame.with_columns(bpb("nll_sum", "n_bytes").alias(SCORE_COLUMN)).drop("nll_sum", "n_bytes")
     else:
-        return excess_scores(parts, cfg)
+        return excess_scores(parts, cfg, reference)
     return _finite(excluded, frame, cfg), frame.filter(_keep(cfg)), UNITS[cfg.score]
 
 
-def excess_scores(parts: ScoreParts, cfg: SelectConfig) -> tuple[dict[str, int], pl.DataFrame, str]:
+def excess_scores(parts: ScoreParts, cfg: SelectConfig, reference: ScoreParts | None = None
+                  ) -> tuple[dict[str, int], pl.DataFrame, str]:
     """Loss minus the reference model's loss on the same sample (RHO-LOSS's reducible loss): in nats per
     token when both share a tokenizer (and so score the same tokens), else in bits per byte."""
-    reference = open_scores(cfg.reference)
+    reference = reference or open_scores(cfg.reference)  # the caller's, where it opened it already
     check_same_windows(parts, reference, cfg)  # first: other windows have other row counts too
     check_same_inputs(parts, reference, cfg)
     same_tokens = parts.manifests[0].tokenizer_fingerprint == reference.manifests[0].tokenizer_fingerprint

@@ -119,6 +119,23 @@ def tiny_model_dir(tmp_path_factory) -> str:
     return _tiny_llama(tmp_path_factory.mktemp("tiny-model"), ["<pad>", "<s>", "</s>"], 300, seed=0)
 
 
+@pytest.fixture(scope="session")
+def bos_model_dir(tiny_model_dir, tmp_path_factory) -> str:
+    """The tiny model with a tokenizer that puts BOS before every text, as Llama's does (the tiny one adds none)."""
+    import shutil
+
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    path = tmp_path_factory.mktemp("tiny-bos") / "model"
+    shutil.copytree(tiny_model_dir, path)
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok.save_pretrained(path)
+    assert AutoTokenizer.from_pretrained(path)("a b")["input_ids"][0] == 1
+    return str(path)
+
+
 # ChatML as SmolLM2 ships it (a default system prompt when the conversation has none) ...
 CHATML = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"

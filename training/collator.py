@@ -77,7 +77,7 @@ class WeightedCollator:
 
     def _warn_cut(self, count: int, longest: int) -> None:
         before, self.samples_cut = self.samples_cut, self.samples_cut + count
-        if before == 0 or len(str(before)) < len(str(self.samples_cut)):  # the first, then each power of 10
+        if _tenfold(before, self.samples_cut):
             log.warning(
                 "%d samples so far are longer than max_seq_len=%d (up to %d tokens): their tokens past it are not "
                 "trained on. Raise --max-seq-len to the scoring max_tokens (with --long-documents windows, every "
@@ -86,13 +86,18 @@ class WeightedCollator:
 
     def _warn_no_targets(self, count: int, batch_size: int) -> None:
         before, self.samples_without_targets = self.samples_without_targets, self.samples_without_targets + count
-        if before == 0 or len(str(before)) < len(str(self.samples_without_targets)):  # the first, then each power of 10
+        if _tenfold(before, self.samples_without_targets):
             log.warning(
                 "%d of %d samples in a batch have no target token within max_seq_len=%d (their loss spans start "
                 "beyond the cut; %d such samples so far): they are trained on with loss 0 and no gradient. Raise "
                 "--max-seq-len, or score with max_tokens <= max_seq_len so they are excluded as prompt_too_long",
                 count, batch_size, self.max_seq_len, self.samples_without_targets,
             )
+
+
+def _tenfold(before: int, after: int) -> bool:
+    """Whether a count going from ``before`` to ``after`` earns a warning: the first, then at each power of 10."""
+    return before == 0 or len(str(before)) < len(str(after))
 
 
 def _spans(value) -> list[Mapping[str, int]] | None:

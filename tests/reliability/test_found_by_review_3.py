@@ -3,30 +3,16 @@ document``, eval in windows). Each test fails on the code as reviewed and passes
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
-from tokenizers.processors import TemplateProcessing
 from transformers import AutoTokenizer
 
 from scoring import HardfocusError, ScoreConfig, score
 from tests.conftest import real_texts, write_jsonl
 
 MAX_TOKENS = 16
-
-
-@pytest.fixture(scope="module")
-def bos_model_dir(tiny_model_dir, tmp_path_factory) -> str:
-    """The tiny model with a tokenizer that puts BOS before every text (as tests/scoring/test_windows.py makes it)."""
-    path = tmp_path_factory.mktemp("tiny-bos") / "model"
-    shutil.copytree(tiny_model_dir, path)
-    tok = AutoTokenizer.from_pretrained(path)
-    tok.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    tok.save_pretrained(path)
-    return str(path)
 
 
 def _cfg(inputs, output, model, **kw) -> ScoreConfig:

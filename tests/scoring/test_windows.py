@@ -20,7 +20,6 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from tokenizers.processors import TemplateProcessing
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from scoring import HardfocusError, ScoreConfig, score
@@ -29,18 +28,6 @@ from tests.conftest import real_texts, write_jsonl
 
 MAX_TOKENS = 48
 README = Path(__file__).resolve().parents[2] / "README.md"
-
-
-@pytest.fixture(scope="module")
-def bos_model_dir(tiny_model_dir, tmp_path_factory) -> str:
-    """The tiny model with a tokenizer that puts BOS before every text, as Llama's does (the tiny one adds none)."""
-    path = tmp_path_factory.mktemp("tiny-bos") / "model"
-    shutil.copytree(tiny_model_dir, path)
-    tok = AutoTokenizer.from_pretrained(path)
-    tok.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    tok.save_pretrained(path)
-    assert AutoTokenizer.from_pretrained(path)("a b")["input_ids"][0] == 1
-    return str(path)
 
 
 def text_of_tokens(tok, n: int, seed: int = 0) -> str:
