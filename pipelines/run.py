@@ -29,7 +29,7 @@ from pipelines.run_config import RunConfig, check_stage_range
 from pipelines.train import run_train
 from scoring import score
 from scoring.foundation.kinds import identify
-from scoring.foundation.storage import fs_url, list_names, read_record
+from scoring.foundation.storage import read_record
 from selection import select
 from selection.schema import SUMMARY_FILE
 from selection.summary import SelectionSummary
@@ -95,13 +95,5 @@ def run_pipeline(cfg: RunConfig, start: str = "score", until: str = "eval", prog
         result.selection = read_record(fs, path, SelectionSummary, "selection summary")
     if result.selection is not None and cfg.run.label_column:
         result.band_labels = band_labels(
-            cfg.run.data, cfg.run.columns(), cfg.run.label_column,
-            _parts(score_cfg.output), _parts(select_cfg.output), select_cfg.per_group,
-        )
+            cfg.run.data, cfg.run.columns(), cfg.run.label_column, select_cfg.output)
     return result
-
-
-def _parts(directory: str) -> list[str]:
-    fs, root = url_to_fs(directory)
-    return sorted(fs_url(fs, posixpath.join(root, n)) for n in list_names(fs, root)
-                  if n.startswith("part-") and n.endswith(".parquet"))

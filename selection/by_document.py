@@ -15,18 +15,18 @@ bytes an eligible window (row, loss, document index) and a row per document.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
 from scoring.foundation.errors import HardfocusError
-from scoring.foundation.scores import DOCUMENT_ID, ERROR_PREFIX, SCORES_SCHEMA, Status
+from scoring.foundation.scores import DOCUMENT_ID, SCORES_SCHEMA, Status
 from scoring.foundation.storage import prefetched, redact
 from selection.bands import NO_GROUP, rank_bands
 from selection.config import SelectConfig
-from selection.rank_by import BITS_PER_BYTE, NATS, SCORE_COLUMN, bpb, check_same_inputs, merge_reasons, require_column
+from selection.excluded import excluded_rows, merge_excluded, status_reason
+from selection.rank_by import BITS_PER_BYTE, NATS, SCORE_COLUMN, bpb, check_same_inputs, require_column
 from selection.scores import ScoreParts, open_scores
 
 SIBLING = "another window of its document is not scored"
@@ -37,11 +37,11 @@ NEEDS_BYTES = "score it again with this version of hardfocus (bytes are what tok
 class Documents:
     """The documents of some score parts: ``docs`` (``_doc``, ``document_id``, ``group``, sums over the eligible
     windows, ``windows``: their count, ``bad``: a window not scored), ``windows`` (``_row``, ``loss``, ``_doc`` of
-    each eligible window) and the windows excluded per reason."""
+    each eligible window) and the windows excluded, with their reason (:mod:`selection.excluded`)."""
 
     docs: pl.DataFrame
     windows: pl.DataFrame
-    excluded: dict[str, int]
+    excluded: pl.DataFrame
 
 
 def read_documents(parts: ScoreParts, sums: tuple[str, ...], id_column: str = DOCUMENT_ID,
@@ -49,7 +49,7 @@ def read_documents(parts: ScoreParts, sums: tuple[str, ...], id_column: str = DO
     """Aggregate the windows of ``parts`` per document (``id_column``: ``sample_id`` for truncated scores, a
     document per row). Sums are partial per part and added up after, so no layout of parts is assumed."""
     columns = [id_column, "group", "status", "loss", *sums, *(["truncated"] if with_truncated else [])]
-    partials, windows, excluded, seen = [], [], Counter(), 0
+    partials, windows, excluded, seen = [], [], [], 0
     tables = prefetched(lambda index: parts.read_part(index, columns), range(len(parts.urls)))
     if not parts.urls:  # nothing scored: the frames below, empty but typed
         tables = [SCORES_SCHEMA.empty_table().select(columns)]
@@ -57,7 +57,7 @@ def read_documents(parts: ScoreParts, sums: tuple[str, ...], id_column: str = DO
         frame = pl.from_arrow(table).rename({id_column: "document_id"}).with_row_index("_row", offset=offset)
         ok = (pl.col("status") == Status.OK.value) & pl.col("loss").is_finite().fill_null(False)
         frame = frame.with_columns(_ok=ok, _bad=~ok & (pl.col("status") != Status.TOO_SHORT.value))
-        excluded.update(dict(frame.filter(~pl.col("_ok")).group_by(_reason()).len().iter_rows()))
+        excluded.append(excluded_rows(frame.filter(~pl.col("_ok")), status_reason()))
         part_docs = frame.group_by("document_id", maintain_order=True).agg(
             pl.col("group").first().fill_null(NO_GROUP),
             *(pl.col(c).filter(_counted(c)).cast(pl.Float64 if c == "nll_sum" else pl.Int64).sum() for c in sums),
@@ -77,21 +77,13 @@ def read_documents(parts: ScoreParts, sums: tuple[str, ...], id_column: str = DO
     doc_of = partial.join(docs.select("document_id", "_doc"), on="document_id", maintain_order="left")["_doc"]
     window = pl.concat(windows)
     window = window.with_columns(_doc=pl.Series(doc_of.to_numpy()[window["_part"].to_numpy()], dtype=pl.UInt32))
-    return Documents(docs, window.drop("_part"), dict(excluded))
+    return Documents(docs, window.drop("_part"), merge_excluded(*excluded))
 
 
 def _counted(column: str) -> pl.Expr:
     """The windows a document's sum of ``column`` is over: the scored ones; for bytes also a ``too_short`` one-token
     tail, whose text is the document's too (so a document's bytes are its UTF-8 size, whatever the tokenizer)."""
     return ~pl.col("_bad") if column == "n_bytes" else pl.col("_ok")
-
-
-def _reason() -> pl.Expr:
-    """Why a window is not eligible, named as :meth:`ScoreParts.eligible` names it."""
-    status = pl.col("status")
-    return (pl.when(status == Status.OK.value).then(pl.lit("loss not finite"))
-            .when(status.str.starts_with(ERROR_PREFIX)).then(pl.lit("status: error"))
-            .otherwise(pl.lit("status: ") + status)).alias("reason")
 
 
 def check_by_document(parts: ScoreParts, cfg: SelectConfig, reference: ScoreParts | None = None) -> None:
@@ -113,9 +105,10 @@ def check_by_document(parts: ScoreParts, cfg: SelectConfig, reference: ScorePart
 
 
 def document_scores(parts: ScoreParts, cfg: SelectConfig, reference: ScoreParts | None = None
-                    ) -> tuple[dict[str, int], pl.DataFrame, pl.DataFrame, str]:
-    """(windows excluded per reason, the eligible windows: ``_row``, ``loss``, ``_doc``, ``group``, ``score``,
-    the eligible documents: ``_doc``, ``document_id``, ``group``, ``score``, the score's units)."""
+                    ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, str]:
+    """(the windows excluded, with their reason, the eligible windows: ``_row``, ``loss``, ``_doc``, ``group``,
+    ``score``, the eligible documents: ``_doc``, ``document_id``, ``group``, ``score``, the score's units).
+    A document left out leaves out its eligible windows, each with the document's reason."""
     if cfg.score == "excess" and reference is None:  # else the caller's, opened already
         reference = open_scores(cfg.reference)
     check_by_document(parts, cfg, reference)
@@ -126,28 +119,29 @@ def document_scores(parts: ScoreParts, cfg: SelectConfig, reference: ScoreParts 
     sums = ("nll_sum", "n_tokens", *(("n_bytes",) if with_bytes else ()))
     found = read_documents(parts, sums)
     docs = found.docs.filter(pl.col("windows") > 0)
-    reasons = {SIBLING: docs.filter(pl.col("bad"))["windows"].sum()}
+    left_out = [docs.filter(pl.col("bad")).select("_doc", reason=pl.lit(SIBLING))]
     docs = docs.filter(~pl.col("bad"))
     if reference is not None:
-        docs, more, score = _excess(parts, reference, cfg, docs, same_tokens)
-        reasons |= more
+        docs, unmatched, score = _excess(parts, reference, cfg, docs, same_tokens)
+        left_out.append(unmatched)
     else:
         score = (pl.col("nll_sum") / pl.col("n_tokens")) if cfg.score == "loss" else bpb("nll_sum", "n_bytes")
     docs = docs.with_columns(score.cast(pl.Float32).alias(SCORE_COLUMN))
     finite = pl.col(SCORE_COLUMN).is_finite().fill_null(False)
-    reasons[f"{cfg.score} not finite"] = docs.filter(~finite)["windows"].sum()
+    left_out.append(docs.filter(~finite).select("_doc", reason=pl.lit(f"{cfg.score} not finite")))
     groups = pl.Enum(sorted(docs["group"].unique().to_list()))
     docs = docs.filter(finite).select("_doc", "document_id", pl.col("group").cast(groups), SCORE_COLUMN)
     windows = found.windows.join(docs.select("_doc", "group", SCORE_COLUMN), on="_doc").sort("_row")
+    their_windows = found.windows.join(pl.concat(left_out), on="_doc")
     units = BITS_PER_BYTE if cfg.score == "bpb" or not same_tokens else NATS
-    return merge_reasons(found.excluded, reasons), windows, docs, units
+    return merge_excluded(found.excluded, excluded_rows(their_windows, pl.col("reason"))), windows, docs, units
 
 
 def _excess(parts: ScoreParts, reference: ScoreParts, cfg: SelectConfig, docs: pl.DataFrame, same_tokens: bool
-            ) -> tuple[pl.DataFrame, dict[str, int], pl.Expr]:
+            ) -> tuple[pl.DataFrame, pl.DataFrame, pl.Expr]:
     """``docs`` joined on ``document_id`` with the reference's documents (a truncated reference: a row each) that
-    it scored alike, the windows left out per reason, and the excess score: nats per token with one tokenizer,
-    else bits per byte."""
+    it scored alike, the documents left out (``_doc``, ``reason``), and the excess score: nats per token with one
+    tokenizer, else bits per byte."""
     check_same_inputs(parts, reference, cfg, documents=True)
     if not same_tokens:
         require_column(reference, cfg.reference, "n_bytes", NEEDS_BYTES)
@@ -157,26 +151,25 @@ def _excess(parts: ScoreParts, reference: ScoreParts, cfg: SelectConfig, docs: p
         "document_id", *(pl.col(c).alias(f"ref_{c}") for c in (*sums, "bad", "truncated")), _found=pl.lit(True))
     joined = docs.join(ref, on="document_id", how="left", maintain_order="left")
     found, bad = pl.col("_found").fill_null(False), pl.col("ref_bad").fill_null(False)
-    cut = found & ~bad & pl.col("ref_truncated").fill_null(False)
     # one tokenizer: each side's mean over the tokens it scored (other windows leave a few first tokens of a window
     # unscored on one side); another: the same bytes, which only a reference that read the whole document has
-    differ = found & ~bad & ~cut & (pl.lit(False) if same_tokens else pl.col("n_bytes") != pl.col("ref_n_bytes"))
-    counts = joined.select(
-        **{"reference: no document with this document_id": pl.col("windows").filter(~found).sum(),
-           "reference: a window of its document is not scored": pl.col("windows").filter(found & bad).sum(),
-           "reference: truncated the document (scored its prefix only)": pl.col("windows").filter(cut).sum(),
-           "reference scored other bytes": pl.col("windows").filter(differ).sum()}
-    ).row(0, named=True)
+    differ = pl.lit(False) if same_tokens else pl.col("n_bytes") != pl.col("ref_n_bytes")
+    reason = (pl.when(~found).then(pl.lit("reference: no document with this document_id"))
+              .when(bad).then(pl.lit("reference: a window of its document is not scored"))
+              .when(pl.col("ref_truncated").fill_null(False)).then(pl.lit("reference: truncated the document (scored its prefix only)"))
+              .when(differ).then(pl.lit("reference scored other bytes")))
+    joined = joined.with_columns(reason=reason)
     if same_tokens:
         score = pl.col("nll_sum") / pl.col("n_tokens") - pl.col("ref_nll_sum") / pl.col("ref_n_tokens")
     else:
         score = bpb("nll_sum", "n_bytes").cast(pl.Float64) - bpb("ref_nll_sum", "ref_n_bytes").cast(pl.Float64)
-    return joined.filter(found & ~bad & ~cut & ~differ), counts, score
+    left_out = joined.filter(pl.col("reason").is_not_null()).select("_doc", "reason")
+    return joined.filter(pl.col("reason").is_null()).drop("reason"), left_out, score
 
 
 def rank_documents(parts: ScoreParts, cfg: SelectConfig, reference: ScoreParts | None = None
                    ) -> tuple[dict[str, int], pl.DataFrame, str, dict[str, int]]:
-    """(windows excluded per reason, the eligible windows with their document's ``score``, ``loss_rank`` and
+    """(the windows excluded, with their reason, the eligible windows with their document's ``score``, ``loss_rank`` and
     ``band``, the units, documents per band)."""
     excluded, windows, docs, units = document_scores(parts, cfg, reference)
     ids = docs["document_id"].to_numpy()

@@ -6,23 +6,26 @@ import logging
 import posixpath
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 from fsspec.core import url_to_fs
 
+from scoring.foundation.decisions import EXCLUDED, decision_parts
 from scoring.foundation.errors import HardfocusError
 from scoring.foundation.fingerprints import manifest_digest
 from scoring.foundation.kinds import SELECTED, identify
 from scoring.foundation.stagedir import Opening, StageDir, refuse_overlap, refuse_repeated
-from scoring.foundation.storage import fs_url, list_names, read_json, redact
-from selection.bands import KEPT, NO_GROUP, band_weights, rank_bands
+from scoring.foundation.storage import read_json, redact
+from selection.bands import BANDS, KEPT, NO_GROUP, band_weights, rank_bands
 from selection.by_document import check_by_document, documents_per_band, rank_documents
 from selection.config import SelectConfig
-from selection.rank_by import eligible_scores, rank_column
+from selection.excluded import reason_counts
+from selection.rank_by import SCORE_COLUMN, eligible_scores, rank_column
 from selection.report import REPORT_FILE, write_report
 from selection.schema import SUMMARY_FILE
 from selection.scores import ScoreParts, open_scores
 from selection.summary import SelectionSummary, group_counts, loss_quantiles, thresholds, weight_stats
-from selection.writer import write_shards
+from selection.writer import Decided, write_selection
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +59,23 @@ def select(cfg: SelectConfig, progress: bool = True) -> SelectResult:
             if cfg.report and not out.exists(REPORT_FILE):  # the report is not part of the selection: made on request
                 build_report(cfg.scores, cfg.output)
             return SelectResult(cfg.output, summary, skipped=True)
-        excluded, ranked, units, documents = _rank(parts, cfg, count_documents=True, reference=reference)
+        excluded_rows, ranked, units, documents = _rank(parts, cfg, count_documents=True, reference=reference)
+        excluded = reason_counts(excluded_rows)
         column = rank_column(cfg.score, cfg.by)
-        kept = ranked.filter(pl.col("band") == KEPT)
+        is_kept = ranked["band"] == KEPT
+        kept = ranked.filter(is_kept)
         if kept.height == 0:
             raise HardfocusError(
                 f"the selection would keep zero samples: {ranked.height} eligible rows (excluded: {excluded or 'none'}) "
                 f"with drop_top={cfg.drop_top}, keep={cfg.keep}; raise --keep or check the scores"
             )
-        kept = kept.with_columns(
-            weight=pl.Series(band_weights(kept, cfg.per_group, cfg.weighting, cfg.temperature, cfg.max_weight, column))
-        )
+        weights = band_weights(kept, cfg.per_group, cfg.weighting, cfg.temperature, cfg.max_weight, column)
+        kept = kept.with_columns(weight=pl.Series(weights))
+        all_weights = np.full(ranked.height, np.nan, dtype=np.float32)
+        all_weights[is_kept.to_numpy()] = weights
+        ranked = ranked.with_columns(weight=pl.Series(all_weights).fill_nan(None))
         with out.staged(identity) as stage:
-            n_parts = write_shards(parts, kept, stage, progress)
+            n_parts = write_selection(parts, Decided.of(ranked, excluded_rows, column), stage, progress)
             summary = SelectionSummary(
                 parameters=cfg.model_dump(exclude={"scores", "output", "overwrite", "report"}),
                 score=cfg.score,
@@ -86,6 +93,7 @@ def select(cfg: SelectConfig, progress: bool = True) -> SelectResult:
                 score_quantiles=loss_quantiles(ranked, column) if column != "loss" else None,
                 weights=weight_stats(kept["weight"].to_numpy()),
                 output_parts=n_parts,
+                decision_parts=len(parts.urls),
                 has_input_ids=parts.has_input_ids,
             )
             if cfg.report:
@@ -107,8 +115,8 @@ def selection_identity(cfg: SelectConfig, parts: ScoreParts, reference: ScorePar
 
 
 def _rank(parts: ScoreParts, cfg: SelectConfig, count_documents: bool = False, reference: ScoreParts | None = None
-          ) -> tuple[dict[str, int], pl.DataFrame, str, dict[str, int] | None]:
-    """(rows excluded per reason, the eligible rows with their band, the ranked score's units, and on windowed
+          ) -> tuple[pl.DataFrame, pl.DataFrame, str, dict[str, int] | None]:
+    """(the rows excluded, with their reason, the eligible rows with their band, the ranked score's units, and on windowed
     scores the documents per band: counted by window only when ``count_documents``, a pass over the parts).
     ``reference``: the reference scores where the caller opened them already (else opened here, if needed)."""
     if cfg.by == "document":
@@ -139,17 +147,26 @@ def build_report(scores: list[str], selected: str | None = None, output: str | N
     else:
         summary = _read_summary(selected)
         _check_made_from(selected, parts)
-        cfg = SelectConfig(scores=scores, output=selected, **summary["parameters"])
-        excluded, ranked, _, _ = _rank(parts, cfg)
-        fs, root = url_to_fs(selected)
-        kept_parts = sorted(fs_url(fs, posixpath.join(root, n)) for n in list_names(fs, root)
-                            if n.startswith("part-") and n.endswith(".parquet"))
-        kept = pl.read_parquet(kept_parts, glob=False, columns=["group", "loss", "weight"])
-        kept = kept.with_columns(pl.col("group").fill_null(NO_GROUP))
+        excluded, ranked, kept = _decided(selected, rank_column(summary.get("score", "loss"), summary["parameters"].get("by", "window")))
     target = output or selected or scores[0]
     path = write_report(target, ranked, kept, summary, title=f"hardfocus report: {', '.join(scores)}")
-    log.info("report: %s (%d eligible rows, excluded %s)", path, ranked.height, excluded or "none")
+    log.info("report: %s (%d eligible rows, excluded %s)", path, ranked.height, reason_counts(excluded) or "none")
     return path
+
+
+def _decided(selected: str, column: str) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """What the report shows of a selection, read from its decisions: (excluded ``_row``/``reason``, the ranked rows
+    with ``group``, ``loss``, ``band`` and the ranked score, the kept rows with their weight)."""
+    urls = [url for url, _ in decision_parts(selected)]
+    frame = pl.read_parquet(urls, glob=False, columns=["group", "loss", "score", "band", "reason", "weight"])
+    frame = frame.with_columns(pl.col("group").fill_null(NO_GROUP), pl.col("band").cast(pl.String))
+    ranked = frame.filter(pl.col("band") != EXCLUDED)
+    groups = pl.Enum(sorted(ranked["group"].unique().to_list()))
+    ranked = ranked.with_columns(pl.col("group").cast(groups), pl.col("band").cast(BANDS))
+    excluded = frame.filter(pl.col("band") == EXCLUDED).select(pl.int_range(pl.len(), dtype=pl.UInt64).alias("_row"), "reason")
+    kept = ranked.filter(pl.col("band") == KEPT).select("group", "loss", "weight")
+    keep = ["group", "loss", "band", *([SCORE_COLUMN] if column == SCORE_COLUMN else [])]
+    return excluded, ranked.select(keep), kept
 
 
 def _check_made_from(selected: str, parts: ScoreParts) -> None:

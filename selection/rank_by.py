@@ -17,7 +17,6 @@ inputs, joined on ``sample_id``; with another tokenizer the two are compared in 
 from __future__ import annotations
 
 import math
-from collections import Counter
 
 import polars as pl
 import pyarrow as pa
@@ -26,6 +25,7 @@ from scoring.foundation.errors import HardfocusError
 from scoring.foundation.scores import ERROR_PREFIX
 from scoring.foundation.storage import prefetched, redact
 from selection.config import SelectConfig
+from selection.excluded import excluded_rows, merge_excluded
 from selection.scores import ScoreParts, differing_key, open_scores
 
 SCORE_COLUMN = "score"  # the ranked value when it is not the loss itself
@@ -40,8 +40,8 @@ def rank_column(score: str, by: str = "window") -> str:
 
 
 def eligible_scores(parts: ScoreParts, cfg: SelectConfig, reference: ScoreParts | None = None
-                    ) -> tuple[dict[str, int], pl.DataFrame, str]:
-    """(rows excluded per reason, eligible rows with ``_row``, ``group``, ``loss`` and, unless ranking by loss,
+                    ) -> tuple[pl.DataFrame, pl.DataFrame, str]:
+    """(the rows excluded, with their reason: :mod:`selection.excluded`, eligible rows with ``_row``, ``group``, ``loss`` and, unless ranking by loss,
     ``score``, the score's units). By document the rows are the eligible windows and ``score`` their document's
     (:mod:`selection.by_document`, which also says which windows are eligible then)."""
     if cfg.by == "document":
@@ -66,7 +66,7 @@ def eligible_scores(parts: ScoreParts, cfg: SelectConfig, reference: ScoreParts 
 
 
 def excess_scores(parts: ScoreParts, cfg: SelectConfig, reference: ScoreParts | None = None
-                  ) -> tuple[dict[str, int], pl.DataFrame, str]:
+                  ) -> tuple[pl.DataFrame, pl.DataFrame, str]:
     """Loss minus the reference model's loss on the same sample (RHO-LOSS's reducible loss): in nats per
     token when both share a tokenizer (and so score the same tokens), else in bits per byte."""
     reference = reference or open_scores(cfg.reference)  # the caller's, where it opened it already
@@ -81,22 +81,19 @@ def excess_scores(parts: ScoreParts, cfg: SelectConfig, reference: ScoreParts | 
     excluded, frame = parts.eligible(("sample_id", *values))
     ref = _read_reference(reference, values)
     joined = frame.join(ref, on="sample_id", how="left").sort("_row")
-    reasons = Counter()
-    status = joined["ref_status"]
-    reasons["reference: no row with this sample_id"] = int(status.is_null().sum())
-    for value, count in status.filter(status.is_not_null() & (status != "ok")).value_counts().iter_rows():
-        reasons["reference status: error" if value.startswith(ERROR_PREFIX) else f"reference status: {value}"] += count
-    ok = pl.col("ref_status") == "ok"
+    status, ok = pl.col("ref_status"), pl.col("ref_status") == "ok"
     if same_tokens:
-        differ = ok & (pl.col("n_tokens") != pl.col("ref_n_tokens"))
-        reasons["reference scored other tokens"] = int(joined.select(differ.sum()).item())
+        differ, other = ok & (pl.col("n_tokens") != pl.col("ref_n_tokens")), "reference scored other tokens"
         score = pl.col("loss") - pl.col("ref_loss")
     else:
-        differ = ok & (pl.col("n_bytes") != pl.col("ref_n_bytes"))
-        reasons["reference scored other bytes"] = int(joined.select(differ.sum()).item())
+        differ, other = ok & (pl.col("n_bytes") != pl.col("ref_n_bytes")), "reference scored other bytes"
         score = bpb("nll_sum", "n_bytes") - bpb("ref_nll_sum", "ref_n_bytes")
+    reason = (pl.when(status.is_null()).then(pl.lit("reference: no row with this sample_id"))
+              .when(status.str.starts_with(ERROR_PREFIX)).then(pl.lit("reference status: error"))
+              .when(~ok).then(pl.lit("reference status: ") + status)
+              .when(differ).then(pl.lit(other)))
+    excluded = merge_excluded(excluded, excluded_rows(joined, reason))
     joined = joined.filter(ok & ~differ).select("_row", "group", "loss", score.cast(pl.Float32).alias(SCORE_COLUMN))
-    excluded = merge_reasons(excluded, reasons)
     return _finite(excluded, joined, cfg), joined.filter(_keep(cfg)), NATS if same_tokens else BITS_PER_BYTE
 
 
@@ -113,21 +110,13 @@ def _keep(cfg: SelectConfig) -> pl.Expr:
     return keep
 
 
-def _finite(excluded: dict[str, int], frame: pl.DataFrame, cfg: SelectConfig) -> dict[str, int]:
-    """``excluded`` plus the rows :func:`_keep` drops, by reason."""
+def _finite(excluded: pl.DataFrame, frame: pl.DataFrame, cfg: SelectConfig) -> pl.DataFrame:
+    """``excluded`` plus the rows :func:`_keep` drops, with their reason."""
     col = pl.col(SCORE_COLUMN)
-    not_finite = col.is_null() | ~col.is_finite()
-    reasons = {f"{cfg.score} not finite": not_finite.sum()}
+    reason = pl.when(col.is_null() | ~col.is_finite()).then(pl.lit(f"{cfg.score} not finite"))
     if cfg.score == "ifd" and math.isfinite(cfg.max_ifd):
-        reasons[f"ifd >= {cfg.max_ifd:g} (the prompt does not help)"] = (~not_finite & (col >= cfg.max_ifd)).sum()
-    counts = frame.select(**reasons).row(0, named=True)
-    return merge_reasons(excluded, counts)
-
-
-def merge_reasons(excluded: dict[str, int], more: dict[str, int]) -> dict[str, int]:
-    out = Counter(excluded)
-    out.update({k: int(v) for k, v in more.items() if v})
-    return dict(sorted(out.items()))
+        reason = reason.when(col >= cfg.max_ifd).then(pl.lit(f"ifd >= {cfg.max_ifd:g} (the prompt does not help)"))
+    return merge_excluded(excluded, excluded_rows(frame, reason))
 
 
 WINDOW_LAYOUT = ("long_documents", "tokenizer_fingerprint", "add_special_tokens", "max_tokens", "window_context")

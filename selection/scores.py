@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import posixpath
-from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +15,6 @@ from fsspec.core import url_to_fs
 from scoring.foundation.errors import HardfocusError
 from scoring.foundation.kinds import identify
 from scoring.foundation.scores import (
-    ERROR_PREFIX,
     OPTIONAL_COLUMNS,
     SCORES_MANIFEST_FILE,
     SCORES_SCHEMA,
@@ -28,6 +26,7 @@ from scoring.foundation.scores import (
 from scoring.foundation.stagedir import refuse_repeated
 from scoring.foundation.storage import fs_url, prefetched, read_record, redact
 from selection.bands import NO_GROUP
+from selection.excluded import excluded_rows, merge_excluded, status_reason
 
 
 @dataclass(frozen=True)
@@ -75,9 +74,10 @@ class ScoreParts:
             out[where] = ids.take(pa.array(rows[where] - offsets[index])).to_numpy(zero_copy_only=False)
         return out
 
-    def eligible(self, extra: tuple[str, ...] = ()) -> tuple[dict[str, int], pl.DataFrame]:
-        """Rows excluded per reason, and the eligible rows as ``_row`` (global index), ``group`` (Enum), ``loss``
-        and the ``extra`` columns (what a score other than the loss is computed from).
+    def eligible(self, extra: tuple[str, ...] = ()) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """The rows excluded (``_row``, ``reason``: :mod:`selection.excluded`), and the eligible rows as ``_row``
+        (global index), ``group`` (Enum), ``loss`` and the ``extra`` columns (what a score other than the loss is
+        computed from).
 
         A row is eligible when its status is ``ok`` and its loss finite. Read part by part into
         preallocated arrays: 12 bytes per eligible row, whatever the number of parts (plus the extras).
@@ -87,22 +87,18 @@ class ScoreParts:
         rows = np.empty(total, dtype=np.uint32 if total < 2**32 else np.uint64)
         codes = np.empty(total, dtype=np.uint32)
         group_code: dict[str, int] = {}
-        excluded: Counter[str] = Counter()
+        excluded: list[pl.DataFrame] = []
         filled = 0
         extras: dict[str, list[pa.Array]] = {name: [] for name in extra}
         columns = ["group", "loss", "status", *extra]
         tables = prefetched(lambda index: self.read_part(index, columns), range(len(self.urls)))
         for offset, table in zip(self.offsets, tables):
             part_loss = table["loss"].to_numpy(zero_copy_only=False).astype(np.float32)  # null -> NaN
-            ok_mask = pc.equal(table["status"], "ok")
-            ok = ok_mask.to_numpy(zero_copy_only=False)
-            finite = np.isfinite(part_loss)
-            for item in pc.value_counts(table["status"].filter(pc.invert(ok_mask))).to_pylist():
-                reason = item["values"]
-                excluded["status: error" if reason.startswith(ERROR_PREFIX) else f"status: {reason}"] += item["counts"]
-            if n_bad := int((ok & ~finite).sum()):
-                excluded["loss not finite"] += n_bad
-            keep = np.flatnonzero(ok & finite)
+            ok = pc.equal(table["status"], "ok").to_numpy(zero_copy_only=False) & np.isfinite(part_loss)
+            if len(bad := np.flatnonzero(~ok)):
+                status = pl.from_arrow(table["status"].take(pa.array(bad))).alias("status")
+                excluded.append(excluded_rows(pl.DataFrame({"_row": offset + bad, "status": status}), status_reason()))
+            keep = np.flatnonzero(ok)
             for name in extra:
                 extras[name].append(table[name].take(pa.array(keep)))
             end = filled + len(keep)
@@ -120,7 +116,7 @@ class ScoreParts:
                 pl.from_arrow(pa.chunked_array(chunks, type=SCORES_SCHEMA.field(name).type)).alias(name)
                 for name, chunks in extras.items()
             )
-        return dict(sorted(excluded.items())), frame
+        return merge_excluded(*excluded), frame
 
 
 def open_scores(dirs: list[str]) -> ScoreParts:

@@ -60,6 +60,7 @@ class SelectionSummary(BaseModel):
     score_quantiles: dict[str, dict[str, float]] | None = None  # of the ranked score, when it is not the loss
     weights: WeightStats
     output_parts: int
+    decision_parts: int | None = None  # decisions/ parts, one per score part (None: a selection of before them)
     has_input_ids: bool
 
 

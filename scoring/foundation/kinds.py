@@ -47,7 +47,7 @@ SCORES = StageKind(
 )
 SELECTED = StageKind("selected", "summary.json", "selection_job.json", staged=True, noun="selection",
                      marker_keys=frozenset({"parameters", "bands", "output_parts"}),
-                     writes=("part-*.parquet", "summary.json", "selection_job.json", "report.html"))
+                     writes=("part-*.parquet", "decisions", "summary.json", "selection_job.json", "report.html"))
 MODEL = StageKind(
     "model", "train_manifest.json", "train_job.json", staged=False, noun="training run",
     marker_keys=frozenset({"steps", "train_rows"}),

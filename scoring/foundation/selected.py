@@ -15,6 +15,8 @@ from scoring.foundation.scores import LOSS_SPANS_TYPE
 SELECTED_SCHEMA = pa.schema(
     [
         pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("shard", pa.string()),  # where the row came from (absent in selections of before decisions/)
+        pa.field("row", pa.int64()),
         pa.field("group", pa.string()),
         pa.field("loss", pa.float32(), nullable=False),
         pa.field("loss_rank", pa.float32(), nullable=False),  # share of its scope with a higher loss: 0 = the highest
@@ -23,7 +25,7 @@ SELECTED_SCHEMA = pa.schema(
         pa.field("loss_spans", LOSS_SPANS_TYPE),  # the scores' target token ranges; absent for plain-text scores
     ]
 )
-OPTIONAL_COLUMNS = ("input_ids", "loss_spans")
+OPTIONAL_COLUMNS = ("shard", "row", "input_ids", "loss_spans")
 
 SUMMARY_FILE = "summary.json"  # written last: a selected/ without it is incomplete and is refused
 
