@@ -62,6 +62,7 @@ def select(cfg: SelectConfig, progress: bool = True) -> SelectResult:
         excluded_rows, ranked, units, documents = _rank(parts, cfg, count_documents=True, reference=reference)
         excluded = reason_counts(excluded_rows)
         column = rank_column(cfg.score, cfg.by)
+        ranked = ranked if ranked["_row"].is_sorted() else ranked.sort("_row")  # the order the parts are written in
         is_kept = ranked["band"] == KEPT
         kept = ranked.filter(is_kept)
         if kept.height == 0:
@@ -73,9 +74,8 @@ def select(cfg: SelectConfig, progress: bool = True) -> SelectResult:
         kept = kept.with_columns(weight=pl.Series(weights))
         all_weights = np.full(ranked.height, np.nan, dtype=np.float32)
         all_weights[is_kept.to_numpy()] = weights
-        ranked = ranked.with_columns(weight=pl.Series(all_weights).fill_nan(None))
         with out.staged(identity) as stage:
-            n_parts = write_selection(parts, Decided.of(ranked, excluded_rows, column), stage, progress)
+            n_parts = write_selection(parts, Decided.of(ranked, all_weights, excluded_rows, column), stage, progress)
             summary = SelectionSummary(
                 parameters=cfg.model_dump(exclude={"scores", "output", "overwrite", "report"}),
                 score=cfg.score,

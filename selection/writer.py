@@ -26,6 +26,7 @@ from scoring.foundation.decisions import DECISION_BANDS, DECISIONS_DIR, EXCLUDED
 from scoring.foundation.errors import HardfocusError
 from scoring.foundation.stagedir import StageDir
 from scoring.foundation.storage import redact
+from selection.bands import BANDS
 from selection.schema import selected_schema
 from selection.scores import ScoreParts
 
@@ -38,8 +39,8 @@ _DECISION_WINDOW_COLUMNS = ("document_id", "window", "windows", "char_start", "c
 
 @dataclass(frozen=True)
 class Decided:
-    """Every row's decision as arrays sorted by global row: the ranked rows (band index into DECISION_BANDS,
-    rank, score, weight: NaN outside kept) and the excluded ones (reason)."""
+    """Every row's decision as arrays sorted by global row: the ranked rows (band: an index into DECISION_BANDS,
+    rank, score, loss, weight: NaN outside kept) and the excluded ones (with their reason)."""
 
     rows: np.ndarray
     band: np.ndarray
@@ -51,17 +52,18 @@ class Decided:
     reasons: pl.Series
 
     @classmethod
-    def of(cls, ranked: pl.DataFrame, excluded: pl.DataFrame, column: str) -> Decided:
-        ranked = ranked if ranked["_row"].is_sorted() else ranked.sort("_row")
+    def of(cls, ranked: pl.DataFrame, weight: np.ndarray, excluded: pl.DataFrame, column: str) -> Decided:
+        """``ranked`` sorted by ``_row`` (as ranking leaves it), ``weight`` aligned with it (NaN outside kept).
+        The arrays are views of the frame's columns where polars allows it: no second copy of a corpus' rows."""
+        if not ranked["_row"].is_sorted():
+            raise ValueError("ranked rows must be sorted by _row")
         excluded = excluded.sort("_row")
-        codes = {name: i for i, name in enumerate(DECISION_BANDS)}
-        band = ranked["band"].cast(pl.String).replace_strict(codes, return_dtype=pl.UInt8).to_numpy()
+        band = ranked["band"].to_physical().to_numpy()  # BANDS' codes are DECISION_BANDS' first three
+        assert BANDS.categories.to_list() == list(DECISION_BANDS[:3])
         return cls(
-            rows=ranked["_row"].to_numpy().astype(np.int64), band=band,
-            rank=ranked["loss_rank"].to_numpy().astype(np.float32), score=ranked[column].to_numpy().astype(np.float32),
-            loss=ranked["loss"].to_numpy().astype(np.float32),
-            weight=ranked["weight"].fill_null(np.nan).to_numpy().astype(np.float32),
-            excluded_rows=excluded["_row"].to_numpy().astype(np.int64), reasons=excluded["reason"],
+            rows=ranked["_row"].to_numpy(), band=band, rank=ranked["loss_rank"].to_numpy(),
+            score=ranked[column].to_numpy(), loss=ranked["loss"].to_numpy(), weight=weight,
+            excluded_rows=excluded["_row"].to_numpy(), reasons=excluded["reason"],
         )
 
 

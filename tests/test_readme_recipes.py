@@ -49,7 +49,7 @@ def workdir(tmp_path, tiny_model_dir, monkeypatch):
 
 def test_readme_recipes_run_and_are_right(workdir):
     recipes = _recipes()
-    assert len(recipes) == 4
+    assert len(recipes) == 5
     ns: dict = {}
     for code in recipes:
         exec(compile(code, "README.md", "exec"), ns)  # noqa: S102 - the README's own code
@@ -71,6 +71,16 @@ def test_readme_recipes_run_and_are_right(workdir):
     assert hardest["loss"][0] == ok["loss"].max()
     assert set(ns["thresholds"]) == {"alpha", "beta"}  # per group, as the demo selects
     assert ns["kept_per_group"]["kept"].sum() == ns["summary"]["bands"]["kept"]
+    # the decisions: every scored row once, counted as the summary counts it; dropped rows by score, with text
+    per_band = ns["per_band"].with_columns(pl.col("band").cast(pl.String))
+    assert per_band["len"].sum() == scores.height
+    bands = {b: n for b, n in per_band.group_by("band").agg(pl.col("len").sum()).iter_rows() if b != "excluded"}
+    assert bands == ns["summary"]["bands"]
+    excluded = {r: n for b, r, n in per_band.iter_rows() if b == "excluded"}
+    assert excluded == ns["summary"]["excluded"] and excluded  # the empty beta row is excluded, with its reason
+    dropped = ns["dropped"]
+    assert dropped.height == min(20, bands["dropped"]) and dropped["text"].null_count() == 0
+    assert dropped["score"].to_list() == sorted(dropped["score"].to_list(), reverse=True)
 
 
 def test_readme_conversation_recipes_run_and_are_right(tmp_path, tiny_chat_model_dir, monkeypatch):
