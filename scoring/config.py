@@ -50,7 +50,7 @@ class ScoreConfig(SampleFormat):
     )
     rows_per_unit: int = Field(2000, ge=1, description="rows per resumable unit of work (one part file each)")
     max_row_bytes: int = Field(
-        MAX_ROW_BYTES, ge=1, description="a row (JSON line, or a Parquet row's sample cells) longer than this is not "
+        MAX_ROW_BYTES, ge=1, description="a row (JSON line, or a Parquet or Arrow row's sample cells) longer than this is not "
         "parsed: it gets an error status, so time and memory follow the unit, not one giant row"
     )
     on_error: Literal["record", "stop"] = Field(

@@ -62,7 +62,7 @@ def parquet_units(shard: Shard, columns: Columns, n: int, skip: frozenset[int], 
         bounds.append(bounds[-1] + size)
     needed = [g for g in range(len(sizes))  # the row groups a unit to parse has rows in
               if any(s not in skip for s in range(bounds[g] // n * n, bounds[g + 1], n))]
-    batches = _parquet_batches(shard, pf, needed, bounds, wanted, min(n, _PARQUET_BATCH_ROWS))
+    batches = parquet_batches(shard, pf, needed, bounds, wanted, min(n, _PARQUET_BATCH_ROWS))
     buffered: list[tuple[int, pa.RecordBatch]] = []  # (first row, batch) read and not yet used up
     for start in range(0, total, n):
         stop = min(start + n, total)
@@ -75,11 +75,11 @@ def parquet_units(shard: Shard, columns: Columns, n: int, skip: frozenset[int], 
             if offset + batch.num_rows > start:
                 buffered.append((offset, batch))
         table = pa.Table.from_batches([b for _, b in buffered], schema=buffered[0][1].schema)
-        block = _block_from_table(table.slice(start - buffered[0][0], stop - start), columns, cap)
+        block = block_from_table(table.slice(start - buffered[0][0], stop - start), columns, cap)
         yield UnitRows(start, stop, block, stop / total)
 
 
-def _parquet_batches(shard: Shard, pf: pq.ParquetFile, groups: list[int], bounds: list[int], columns: list[str],
+def parquet_batches(shard: Shard, pf: pq.ParquetFile, groups: list[int], bounds: list[int], columns: list[str],
                      batch_size: int) -> Iterator[tuple[int, pa.RecordBatch]]:
     """(first row, batch) of the row groups ``groups``, in order; a damaged one is an error naming it."""
     for g in groups:
@@ -104,7 +104,7 @@ def _parquet_batches(shard: Shard, pf: pq.ParquetFile, groups: list[int], bounds
             ))
 
 
-def _block_from_table(table: pa.Table, columns: Columns, cap: int) -> RowBlock:
+def block_from_table(table: pa.Table, columns: Columns, cap: int) -> RowBlock:
     n = table.num_rows
     size = np.zeros(n, dtype=np.int64)
     for _, c in columns.sample_columns:

@@ -1,5 +1,5 @@
-"""A shard (one input file) and the rows read from it: what both readers (:mod:`scoring.read_parquet`,
-:mod:`scoring.read_jsonl`) produce, and how a row's cells become a sample or a status."""
+"""A shard (one input file) and the rows read from it: what the readers (:mod:`scoring.read_parquet`,
+:mod:`scoring.read_jsonl`, :mod:`scoring.read_arrow`) produce, and how a row's cells become a sample or a status."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class Shard:
 
     url: str
     rel: str
-    format: Literal["parquet", "jsonl"]
+    format: Literal["parquet", "jsonl", "arrow"]
     compression: str | None
     size: int
     modified: str | None = None

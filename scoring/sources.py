@@ -1,12 +1,20 @@
-"""Find input shards and read row ranges of them (the readers: :mod:`scoring.read_parquet`, :mod:`scoring.read_jsonl`).
+"""Find input shards and read row ranges of them (the readers: :mod:`scoring.read_parquet`, :mod:`scoring.read_jsonl`,
+:mod:`scoring.read_arrow`).
 
-A shard is one Parquet or JSON Lines file (plain, ``.gz``, ``.zst``), local or any fsspec URL.
-A row is a Parquet row or a non-blank JSONL line; its index is stable across runs, so the
+A shard is one Parquet, Arrow IPC (``.arrow``) or JSON Lines file (plain, ``.gz``, ``.zst``), local or any fsspec URL.
+A row is a Parquet row, an Arrow row or a non-blank JSONL line; its index is stable across runs, so the
 default sample id ``"<shard relative path>#<row index>"`` is stable too.
+
+A Hugging Face ``datasets`` directory (``Dataset.save_to_disk``: ``data-*.arrow``, ``state.json``,
+``dataset_info.json``; ``DatasetDict.save_to_disk``: ``dataset_dict.json`` and one such directory per split) is
+an input directory like any other, except that in a directory holding ``state.json`` the shards are exactly the
+data files its ``_data_files`` lists: the ``cache-*.arrow`` files ``.map()`` leaves there, and the JSON metadata,
+are not data.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import posixpath
@@ -19,6 +27,7 @@ from scoring.config import MAX_ROW_BYTES
 from scoring.foundation.errors import HardfocusError
 from scoring.foundation.sample_format import Columns
 from scoring.foundation.storage import fs_protocol, fs_url, is_local, redact
+from scoring.read_arrow import arrow_units, check_arrow_columns
 from scoring.read_jsonl import PEEK_BYTES, PEEK_LINE_BYTES, Oversized, check_first_json_row, jsonl_lines, jsonl_units
 from scoring.read_parquet import check_parquet_columns, parquet_file, parquet_units
 from scoring.shard import RowBlock, Shard, UnitRows, one_line
@@ -29,13 +38,16 @@ log = logging.getLogger(__name__)
 
 _COMPRESSION = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 _JSONL_EXT = (".jsonl", ".json", ".ndjson")
+_FORMATS_TEXT = ".parquet, .arrow, .jsonl/.json/.ndjson (plain, .gz or .zst)"
+_DATASET_STATE = "state.json"  # a datasets.save_to_disk directory's: `_data_files` names its data files
+_DATASET_METADATA = (_DATASET_STATE, "dataset_info.json", "dataset_dict.json")  # never shards in such a directory
 
 
 def has_magic(path: str) -> bool:
     return any(c in path for c in "*?[")
 
 
-def shard_format(path: str) -> tuple[Literal["parquet", "jsonl"], str | None] | None:
+def shard_format(path: str) -> tuple[Literal["parquet", "jsonl", "arrow"], str | None] | None:
     """(format, compression) from the file name, or None for a file that is not a shard."""
     name = path.lower()
     compression = None
@@ -45,6 +57,8 @@ def shard_format(path: str) -> tuple[Literal["parquet", "jsonl"], str | None] | 
             break
     if name.endswith(".parquet") and compression is None:
         return "parquet", None
+    if name.endswith(".arrow") and compression is None:
+        return "arrow", None
     if name.endswith(_JSONL_EXT):
         return "jsonl", compression
     return None
@@ -81,11 +95,9 @@ def _expand(spec: str) -> list[Shard]:
         if info is not None and (info.get("type") == "directory" or _is_index_page(fs, path, info)):
             base = path
             listing = fs.find(path, detail=True)
-            entries = sorted((p, i) for p, i in listing.items() if shard_format(p) is not None)
+            entries = _datasets_data_files(fs, spec, sorted((p, i) for p, i in listing.items() if shard_format(p) is not None))
             if not entries:
-                raise HardfocusError(redact(
-                    f"directory '{spec}' holds no .parquet or .jsonl/.json/.ndjson (.gz, .zst) file"
-                ))
+                raise HardfocusError(redact(f"directory '{spec}' holds no {_FORMATS_TEXT} file"))
         elif info is not None:
             base, entries = posixpath.dirname(path), [(path, info)]
         elif has_magic(path):
@@ -105,8 +117,7 @@ def _expand(spec: str) -> list[Shard]:
         fmt = shard_format(p)
         if fmt is None:
             raise HardfocusError(redact(
-                f"'{_url(fs, p)}' is not a shard format hardfocus reads (.parquet, .jsonl/.json/.ndjson, plain, .gz "
-                "or .zst)"
+                f"'{_url(fs, p)}' is not a shard format hardfocus reads ({_FORMATS_TEXT})"
             ))
         rel = posixpath.relpath(p, base) if base else posixpath.basename(p)
         if i.get("size") is None:  # a listing without details (an HTTP index page): one request for them
@@ -114,6 +125,61 @@ def _expand(spec: str) -> list[Shard]:
         shards.append(Shard(url=_url(fs, p), rel=rel, format=fmt[0], compression=fmt[1], size=int(i.get("size") or 0),
                             modified=_modified(fs, p, i)))
     return shards
+
+
+def _datasets_data_files(fs, spec: str, entries: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """``entries`` (a directory's shard-like files) less what is not data in the Hugging Face ``datasets`` directories
+    among them: in a directory holding ``state.json`` (beside ``dataset_info.json`` or ``.arrow`` files), the files its
+    ``_data_files`` lists, and no other file of that directory; a ``DatasetDict``'s ``dataset_dict.json``. What is
+    left out is logged; a listed file that is not there is an error (an incomplete copy), never a smaller dataset."""
+    by_dir: dict[str, list[str]] = {}
+    for p, _ in entries:
+        by_dir.setdefault(posixpath.dirname(p), []).append(posixpath.basename(p))
+    datasets = {d: names for d, names in by_dir.items() if _DATASET_STATE in names
+                and ("dataset_info.json" in names or any(shard_format(n) == ("arrow", None) for n in names))}
+    if not datasets:
+        return entries
+    keep: dict[str, set[str]] = {}
+    for d, names in datasets.items():
+        listed = _listed_data_files(fs, spec, posixpath.join(d, _DATASET_STATE))
+        missing = [n for n in listed if n not in names]
+        if missing:
+            raise HardfocusError(redact(
+                f"'{_url(fs, d)}' (of input '{spec}') is a Hugging Face datasets directory whose {_DATASET_STATE} lists "
+                f"{', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not there: is the copy complete? Copy the "
+                "whole directory again"
+            ))
+        keep[d] = set(listed)
+        left_out = [n for n in names if n not in keep[d] and n not in _DATASET_METADATA]
+        if left_out:
+            log.info("'%s' is a Hugging Face datasets directory: its shards are the %d data files its %s lists; left "
+                     "out (not data, e.g. a .map() cache): %s", redact(_url(fs, d)), len(listed), _DATASET_STATE,
+                     ", ".join(left_out))
+    dataset_parents = {posixpath.dirname(d) for d in datasets}
+    out = []
+    for p, i in entries:
+        d, name = posixpath.dirname(p), posixpath.basename(p)
+        if d in keep and name not in keep[d]:
+            continue
+        if name == "dataset_dict.json" and d in dataset_parents:
+            continue
+        out.append((p, i))
+    return out
+
+
+def _listed_data_files(fs, spec: str, state: str) -> list[str]:
+    """The file names a datasets directory's ``state.json`` lists in ``_data_files``."""
+    try:
+        obj = json.loads(fs.cat_file(state))
+        names = [f["filename"] for f in obj["_data_files"]]
+        if not all(isinstance(n, str) and n for n in names):
+            raise ValueError("a file name that is not a string")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise HardfocusError(redact(
+            f"cannot read the list of data files (_data_files) in '{_url(fs, state)}' of input '{spec}', a Hugging Face "
+            f"datasets directory: {one_line(exc)}; save the dataset again (Dataset.save_to_disk)"
+        )) from None
+    return [posixpath.basename(n) for n in names]
 
 
 def _info_or_raise(fs, path: str, spec: str) -> dict:
@@ -163,10 +229,13 @@ def _modified(fs, path: str, info: dict) -> str | None:
 
 
 def check_columns(shard: Shard, columns: Columns) -> None:
-    """Fail early, cheaply, when the configured columns are not there: a Parquet footer, or a JSONL shard's first row
-    (when it is not longer than a look reads)."""
+    """Fail early, cheaply, when the configured columns are not there: a Parquet footer, an Arrow schema, or a JSONL
+    shard's first row (when it is not longer than a look reads)."""
     if shard.format == "parquet":
         check_parquet_columns(shard, parquet_file(shard).schema_arrow, columns)
+        return
+    if shard.format == "arrow":
+        check_arrow_columns(shard, columns)
         return
     for _, line in jsonl_lines(shard, buffer_size=PEEK_BYTES, cap=PEEK_LINE_BYTES, peek=True):
         if not isinstance(line, Oversized):
@@ -179,11 +248,13 @@ def iter_units(shard: Shard, columns: Columns, rows_per_unit: int, skip: frozens
     """The shard as consecutive units ``[k*n, min((k+1)*n, rows))``, every byte read and decompressed once.
 
     Units whose start is in ``skip`` (finished in an earlier run) are counted but not parsed; a Parquet
-    row group that only skipped units need is not read at all. The last unit is shorter; a shard
+    row group that only skipped units need is not read at all (an Arrow record batch is, to count its rows). The last unit is shorter; a shard
     without rows yields nothing. A row over ``max_row_bytes`` gets a status instead of being parsed.
     """
     if shard.format == "parquet":
         yield from parquet_units(shard, columns, rows_per_unit, skip, max_row_bytes)
+    elif shard.format == "arrow":
+        yield from arrow_units(shard, columns, rows_per_unit, skip, max_row_bytes)
     else:
         yield from jsonl_units(shard, columns, rows_per_unit, skip, max_row_bytes)
 

@@ -1,0 +1,226 @@
+"""A shard's full rows, every source column unchanged, by the row indices scoring assigns: what a later stage reads to
+put the source rows next to their scores (``(shard, row)`` of scores/ points at one row here).
+
+Row indices are :mod:`scoring.sources`' own: a Parquet row, a non-blank JSON Lines line (the same line splitter,
+:func:`scoring.read_jsonl.jsonl_lines`), an Arrow row.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Iterable, Iterator
+
+import pyarrow as pa
+
+from scoring.foundation.errors import HardfocusError
+from scoring.foundation.storage import redact
+from scoring.read_arrow import ArrowShard, checked
+from scoring.read_jsonl import jsonl_lines
+from scoring.read_parquet import parquet_batches, parquet_file
+from scoring.shard import Shard, one_line
+
+__all__ = ["FORMATS", "source_batches"]
+
+FORMATS = ("parquet", "jsonl", "arrow")
+_NO_CAP = 1 << 62  # full rows are wanted here: no line is too long to read (scoring's --max-row-bytes is its own)
+
+
+def source_batches(url: str, format: str, compression: str | None, start: int = 0, stop: int | None = None,  # noqa: A002
+                   batch_rows: int = 8192) -> Iterator[tuple[int, pa.Table]]:
+    """Rows [start, stop) of one input shard, in order, as (index of the batch's first row, a table of those rows
+    with every source column unchanged). Row indices are exactly the ones scoring assigns (scoring/sources.py:
+    a Parquet row; a non-blank JSON Lines line; an Arrow row), so (shard, row) from scores/ points at the same row.
+
+    ``format`` and ``compression`` as :class:`scoring.foundation.scores.ShardInfo` records them. Every table but the
+    last holds ``batch_rows`` rows; a ``stop`` past the shard's end stops at its last row (so compare the rows
+    yielded with the rows expected), and a ``start`` at or past it yields nothing.
+
+    Parquet: only the row groups with rows in the range are read; the schema is the file's. Arrow: the record
+    batches are read in order (memory-mapped locally: those before ``start`` are not touched); the schema is the
+    file's. JSON Lines: the lines before ``start`` are split, never parsed; each row is parsed with :func:`json.loads`
+    and the tables built with :meth:`pyarrow.Table.from_pylist`, all under one schema, the columns in order of first
+    appearance with their types unified over the range (so a range longer than ``batch_rows`` is read twice: once
+    for the schema, once for the rows). A line that is not a JSON object, or a column whose types cannot be unified,
+    is a :class:`HardfocusError` that names the shard and the row.
+    """
+    if format not in FORMATS:
+        raise HardfocusError(f"unknown shard format '{format}' (one of: {', '.join(FORMATS)})")
+    if start < 0 or (stop is not None and stop < start) or batch_rows < 1:
+        raise ValueError(f"bad row range [{start}, {stop}) or batch_rows {batch_rows}")
+    shard = Shard(url=url, rel=posixpath.basename(url), format=format, compression=compression, size=0)
+    if stop == start:
+        return
+    if format == "parquet":
+        batches = _parquet_range(shard, start, stop, batch_rows)
+    elif format == "arrow":
+        batches = _arrow_range(shard, stop)
+    else:
+        yield from _jsonl_range(shard, start, stop, batch_rows)
+        return
+    try:
+        for first, table in _rebatched(batches, start, stop, batch_rows):
+            yield first, (checked(shard, table, first) if format == "arrow" else table)
+    finally:
+        batches.close()
+
+
+def _parquet_range(shard: Shard, start: int, stop: int | None, batch_rows: int) -> Iterator[tuple[int, pa.RecordBatch]]:
+    pf = parquet_file(shard)
+    bounds = [0]
+    for g in range(pf.metadata.num_row_groups):
+        bounds.append(bounds[-1] + pf.metadata.row_group(g).num_rows)
+    end = bounds[-1] if stop is None else min(stop, bounds[-1])
+    groups = [g for g in range(len(bounds) - 1) if bounds[g + 1] > start and bounds[g] < end]
+    try:
+        yield from parquet_batches(shard, pf, groups, bounds, None, batch_rows)
+    finally:
+        pf.close(force=True)
+
+
+def _arrow_range(shard: Shard, stop: int | None) -> Iterator[tuple[int, pa.RecordBatch]]:
+    with ArrowShard(shard) as arrow:
+        for offset, batch in arrow.batches():
+            if stop is not None and offset >= stop:
+                return
+            yield offset, batch
+
+
+def _rebatched(batches: Iterable[tuple[int, pa.RecordBatch]], start: int, stop: int | None,
+               batch_rows: int) -> Iterator[tuple[int, pa.Table]]:
+    """The rows [start, stop) of consecutive (first row, batch) pairs, as tables of ``batch_rows`` rows (the last
+    one shorter)."""
+    held: list[pa.RecordBatch] = []
+    have, first = 0, start
+    for offset, batch in batches:
+        lo = max(start - offset, 0)
+        hi = batch.num_rows if stop is None else min(batch.num_rows, stop - offset)
+        if hi <= lo:
+            if stop is not None and offset >= stop:
+                break
+            continue
+        held.append(batch.slice(lo, hi - lo))
+        have += hi - lo
+        while have >= batch_rows:
+            table = pa.Table.from_batches(held)
+            yield first, table.slice(0, batch_rows)
+            rest = table.slice(batch_rows)
+            held, have, first = rest.to_batches(), rest.num_rows, first + batch_rows
+        if stop is not None and offset + batch.num_rows >= stop:
+            break
+    if have:
+        yield first, pa.Table.from_batches(held)
+
+
+# ---- JSON Lines -----------------------------------------------------------------------------------------------
+
+
+def _jsonl_rows(shard: Shard, start: int, stop: int | None, batch_rows: int) -> Iterator[tuple[int, list[dict]]]:
+    """(first row, parsed objects) of the range, ``batch_rows`` at a time."""
+    objs: list[dict] = []
+    first = start
+    lines = jsonl_lines(shard, cap=_NO_CAP)
+    try:
+        for index, line in lines:
+            if index < start:
+                continue
+            if stop is not None and index >= stop:
+                break
+            objs.append(_json_object(shard, index, line))
+            if len(objs) == batch_rows:
+                yield first, objs
+                objs, first = [], index + 1
+    finally:
+        lines.close()
+    if objs:
+        yield first, objs
+
+
+def _json_object(shard: Shard, index: int, line: bytes) -> dict:
+    try:
+        obj = json.loads(line)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise HardfocusError(redact(f"row {index} of JSON Lines shard {shard.url} is not valid JSON: {one_line(exc)}")
+                             ) from None
+    if not isinstance(obj, dict):
+        raise HardfocusError(redact(
+            f"row {index} of JSON Lines shard {shard.url} is a JSON {type(obj).__name__}, not an object"
+        ))
+    return obj
+
+
+def _jsonl_range(shard: Shard, start: int, stop: int | None, batch_rows: int) -> Iterator[tuple[int, pa.Table]]:
+    batches = _jsonl_rows(shard, start, stop, batch_rows)
+    head = next(batches, None)
+    if head is None:
+        return
+    second = next(batches, None)
+    if second is None:  # the whole range in one batch: its own schema is the range's
+        yield head[0], _table(shard, *head, _schema(shard, *head, None))
+        return
+    schema = _schema(shard, *head, None)
+    for first, objs in (second, *batches):
+        schema = _schema(shard, first, objs, schema)
+    batches.close()
+    for first, objs in _jsonl_rows(shard, start, stop, batch_rows):  # again, every batch under the range's schema
+        yield first, _table(shard, first, objs, schema)
+
+
+def _schema(shard: Shard, first: int, objs: list[dict], schema: pa.Schema | None) -> pa.Schema:
+    """``schema`` unified with the one ``objs`` infer (from row ``first``)."""
+    try:
+        return _unified(_inferred(objs).schema, schema)
+    except (pa.ArrowException, OverflowError, TypeError, ValueError) as exc:
+        bad = _first_bad_row(objs, schema)
+        raise HardfocusError(redact(
+            f"row {first + bad} of JSON Lines shard {shard.url}: its columns' types cannot be unified with the rows "
+            f"before it ({one_line(exc)})"
+        )) from None
+
+
+def _inferred(objs: list[dict]) -> pa.Table:
+    """The table ``objs`` make, every key a column (in order of first appearance; from_pylist takes the first
+    object's keys only), the types inferred."""
+    names = dict.fromkeys(k for obj in objs for k in obj)
+    return pa.Table.from_pydict({k: [obj.get(k) for obj in objs] for k in names})
+
+
+def _unified(found: pa.Schema, schema: pa.Schema | None) -> pa.Schema:
+    return found if schema is None else pa.unify_schemas([schema, found], promote_options="permissive")
+
+
+def _first_bad_row(objs: list[dict], schema: pa.Schema | None) -> int:
+    """The index of the first object with which ``objs`` no longer make one table (whose schema unifies with
+    ``schema``): a binary search, as a conflict once there stays with more rows."""
+    def fails(k: int) -> bool:
+        try:
+            _unified(_inferred(objs[:k]).schema, schema)
+            return False
+        except (pa.ArrowException, OverflowError, TypeError, ValueError):
+            return True
+
+    lo, hi = 0, len(objs)  # fails(lo) is False (no rows), fails(hi) is True
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fails(mid) else (mid, hi)
+    return hi - 1
+
+
+def _table(shard: Shard, first: int, objs: list[dict], schema: pa.Schema) -> pa.Table:
+    try:
+        return pa.Table.from_pylist(objs, schema=schema)
+    except (pa.ArrowException, OverflowError, TypeError, ValueError) as exc:
+        bad = _first_unfit_row(objs, schema)
+        raise HardfocusError(redact(
+            f"row {first + bad} of JSON Lines shard {shard.url}: its columns' types cannot be unified with the rows "
+            f"around it ({one_line(exc)})"
+        )) from None
+
+
+def _first_unfit_row(objs: list[dict], schema: pa.Schema) -> int:
+    for i, obj in enumerate(objs):
+        try:
+            pa.Table.from_pylist([obj], schema=schema)
+        except (pa.ArrowException, OverflowError, TypeError, ValueError):
+            return i
+    return 0
