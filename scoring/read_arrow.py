@@ -22,7 +22,6 @@ __all__ = ["ArrowShard", "arrow_units", "check_arrow_columns"]
 
 _FILE_MAGIC = b"ARROW1"  # the IPC file format begins (and ends) with it; the stream format has none
 _EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # the end-of-stream marker a stream writer's close() leaves
-_OLD_EOS = b"\x00\x00\x00\x00"  # the same before Arrow 0.15
 _DAMAGED = "the file is damaged: replace it, or remove it from the inputs"
 
 
@@ -49,7 +48,8 @@ class ArrowShard:
             if not self._file:
                 self._check_stream_end()
             self._reader = pa.ipc.open_file(self._source) if self._file else pa.ipc.open_stream(self._source)
-            self.schema: pa.Schema = self._reader.schema
+            self.schema: pa.Schema = _plain(self._reader.schema)
+            self._cast = self.schema != self._reader.schema
         except HardfocusError:
             self.close()
             raise
@@ -71,7 +71,7 @@ class ArrowShard:
             self._source.seek(self.size - len(_EOS))
             tail = self._source.read(len(_EOS))
             self._source.seek(0)
-        if not (tail == _EOS or (tail.endswith(_OLD_EOS) and not tail.startswith(b"\xff\xff\xff\xff"))):
+        if tail != _EOS:  # (the 4-byte marker of Arrow < 0.15 is refused: a batch's zero padding ends alike)
             raise HardfocusError(redact(
                 f"Arrow shard {self.shard.url} ({self.size} bytes) does not end with the end-of-stream marker a finished "
                 "write leaves: it is cut short (a partial copy, a full disk?) or not an Arrow IPC file; replace it, or "
@@ -93,7 +93,7 @@ class ArrowShard:
                     f"cannot read record batch {k} (from row {offset}) of Arrow shard {self.shard.url}: {one_line(exc)}; "
                     + _DAMAGED
                 )) from None
-            yield offset, batch
+            yield offset, batch.cast(self.schema) if self._cast else batch
             offset += batch.num_rows
             k += 1
 
@@ -112,6 +112,21 @@ class ArrowShard:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _plain(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with view and dictionary-encoded text as plain text (polars writes ``string_view``; ``datasets``
+    may dictionary-encode): the readers downstream handle string/binary, and the values are the same."""
+    def plain(kind: pa.DataType) -> pa.DataType:
+        if pa.types.is_dictionary(kind):
+            return plain(kind.value_type)
+        if kind == pa.string_view():
+            return pa.large_string()
+        if kind == pa.binary_view():
+            return pa.large_binary()
+        return kind
+
+    return pa.schema([f.with_type(plain(f.type)) for f in schema], metadata=schema.metadata)
 
 
 def checked(shard: Shard, table: pa.Table, start: int) -> pa.Table:

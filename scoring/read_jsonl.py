@@ -266,7 +266,7 @@ def check_first_json_row(shard: Shard, line: bytes, columns: Columns) -> None:
 
 def _parse_json_row(line: bytes, columns: Columns, block: RowBlock) -> None:
     try:
-        decoded = line.decode("utf-8")
+        decoded = line.removeprefix(b"\xef\xbb\xbf").decode("utf-8")  # a file's byte order mark is not its row's
     except UnicodeDecodeError:
         block.append(status=Status.INVALID_UTF8.value)
         return

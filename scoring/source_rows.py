@@ -182,7 +182,15 @@ def _inferred(objs: list[dict]) -> pa.Table:
     """The table ``objs`` make, every key a column (in order of first appearance; from_pylist takes the first
     object's keys only), the types inferred."""
     names = dict.fromkeys(k for obj in objs for k in obj)
-    return pa.Table.from_pydict({k: [obj.get(k) for obj in objs] for k in names})
+    return pa.table({k: _column([obj.get(k) for obj in objs]) for k in names})
+
+
+def _column(values: list) -> pa.Array:
+    """The values as one array; integers beyond int64 (64-bit hashes) as uint64, which holds them all."""
+    try:
+        return pa.array(values)
+    except OverflowError:
+        return pa.array(values, pa.uint64())
 
 
 def _unified(found: pa.Schema, schema: pa.Schema | None) -> pa.Schema:

@@ -40,7 +40,8 @@ _COMPRESSION = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 _JSONL_EXT = (".jsonl", ".json", ".ndjson")
 _FORMATS_TEXT = ".parquet, .arrow, .jsonl/.json/.ndjson (plain, .gz or .zst)"
 _DATASET_STATE = "state.json"  # a datasets.save_to_disk directory's: `_data_files` names its data files
-_DATASET_METADATA = (_DATASET_STATE, "dataset_info.json", "dataset_dict.json")  # never shards in such a directory
+_DATASET_DICT = "dataset_dict.json"  # a DatasetDict.save_to_disk directory's: `splits` names its split directories
+_DATASET_METADATA = (_DATASET_STATE, "dataset_info.json", _DATASET_DICT)  # never shards in such a directory
 
 
 def has_magic(path: str) -> bool:
@@ -137,7 +138,16 @@ def _datasets_data_files(fs, spec: str, entries: list[tuple[str, dict]]) -> list
         by_dir.setdefault(posixpath.dirname(p), []).append(posixpath.basename(p))
     datasets = {d: names for d, names in by_dir.items() if _DATASET_STATE in names
                 and ("dataset_info.json" in names or any(shard_format(n) == ("arrow", None) for n in names))}
-    if not datasets:
+    dicts = [d for d, names in by_dir.items() if _DATASET_DICT in names]
+    for d in dicts:  # a DatasetDict: each split it names must be there, whole; it is never a JSON Lines shard
+        for split in _listed_splits(fs, spec, posixpath.join(d, _DATASET_DICT)):
+            if posixpath.join(d, split) not in datasets:
+                raise HardfocusError(redact(
+                    f"'{_url(fs, d)}' (of input '{spec}') is a Hugging Face DatasetDict whose {_DATASET_DICT} lists the "
+                    f"split '{split}', which is not there (no {split}/{_DATASET_STATE}): is the copy complete? Copy the "
+                    "whole directory again"
+                ))
+    if not datasets and not dicts:
         return entries
     keep: dict[str, set[str]] = {}
     for d, names in datasets.items():
@@ -161,10 +171,24 @@ def _datasets_data_files(fs, spec: str, entries: list[tuple[str, dict]]) -> list
         d, name = posixpath.dirname(p), posixpath.basename(p)
         if d in keep and name not in keep[d]:
             continue
-        if name == "dataset_dict.json" and d in dataset_parents:
+        if name == _DATASET_DICT and (d in dataset_parents or d in dicts):
             continue
         out.append((p, i))
     return out
+
+
+def _listed_splits(fs, spec: str, path: str) -> list[str]:
+    """The split names a DatasetDict's ``dataset_dict.json`` lists in ``splits``."""
+    try:
+        splits = json.loads(fs.cat_file(path))["splits"]
+        if not isinstance(splits, list) or not all(isinstance(n, str) and n and "/" not in n for n in splits):
+            raise ValueError("splits is not a list of names")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise HardfocusError(redact(
+            f"cannot read the splits in '{_url(fs, path)}' of input '{spec}', a Hugging Face DatasetDict: {one_line(exc)}; "
+            "save the dataset again (DatasetDict.save_to_disk)"
+        )) from None
+    return splits
 
 
 def _listed_data_files(fs, spec: str, state: str) -> list[str]:
