@@ -11,6 +11,7 @@ from typing import Annotated, Literal, Optional
 import typer
 import typer.core
 
+from exporting.config import ExportConfig
 from pipelines.demo_corpus import CorpusKind
 from pipelines.flags import config_command
 from pipelines.run_config import STAGES, check_stage_range, load_run_config
@@ -145,6 +146,16 @@ def eval_command(cfg: EvalConfig) -> None:
     results = evaluate(cfg, progress=_show_progress())
     typer.echo(comparison_table(results.models))
     typer.echo(f"held-out evaluation: {Path(cfg.output) / EVAL_FILE}")
+
+
+@app.command("export")
+@user_errors
+@config_command(ExportConfig, "export", positional="selected", names=CLI_NAMES)
+def export_command(cfg: ExportConfig) -> None:
+    """Write the rows of a band (kept by default) with every source column and their weight, for another trainer."""
+    from exporting.job import export, export_summary_line
+
+    typer.echo(export_summary_line(export(cfg, progress=_show_progress())))
 
 
 @app.command("run")

@@ -1,7 +1,8 @@
 """The composed configuration: one TOML file with a table per stage, validated by the stage's own model.
 
 ``[score]`` holds :class:`scoring.ScoreConfig` keys, ``[select]`` :class:`selection.SelectConfig`
-keys, ``[train]`` :class:`training.TrainConfig` keys and ``[eval]`` :class:`training.config.EvalConfig` keys, spelled exactly as the CLI flags (``max_tokens`` = ``--max-tokens``). Unknown tables and keys are errors that name them.
+keys, ``[train]`` :class:`training.TrainConfig` keys, ``[eval]`` :class:`training.config.EvalConfig` keys and ``[export]``
+:class:`exporting.ExportConfig` keys, spelled exactly as the CLI flags (``max_tokens`` = ``--max-tokens``). Unknown tables and keys are errors that name them.
 
 Values are validated strictly (pydantic's strict mode): TOML has types, so ``max_tokens = "64"``, ``overwrite =
 "true"`` or ``max_tokens = 64.0`` are errors naming the key, not silently converted (an integer where a float is
@@ -36,6 +37,7 @@ class StageTables(BaseModel):
     select: dict = {}
     train: dict = {}
     eval: dict = {}
+    export: dict = {}
 
 
 def read_toml(path: str | Path) -> dict:

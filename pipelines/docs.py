@@ -10,6 +10,7 @@ import json
 
 from pydantic import BaseModel
 
+from exporting.config import ExportConfig
 from pipelines.run_config import _DERIVED, RunSection
 from scoring import ScoreConfig
 from selection import SelectConfig
@@ -25,6 +26,7 @@ TABLES: list[tuple[str, type[BaseModel], set[str]]] = [
     ("select", SelectConfig, _DERIVED["select"]),
     ("train", TrainConfig, _DERIVED["train"]),
     ("eval", EvalConfig, _DERIVED["eval"]),
+    ("export", ExportConfig, set()),  # a command of its own; `run` does not export
 ]
 
 

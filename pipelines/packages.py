@@ -9,12 +9,13 @@ import os
 
 
 def _package_dirs() -> list[str]:
+    import exporting
     import pipelines
     import scoring
     import selection
     import training
 
-    return [os.path.dirname(m.__file__) for m in (scoring, selection, training, pipelines)]
+    return [os.path.dirname(m.__file__) for m in (scoring, selection, training, exporting, pipelines)]
 
 
 HARDFOCUS_PACKAGES = _package_dirs()

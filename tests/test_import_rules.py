@@ -49,7 +49,7 @@ def _violations(package: str, allowed) -> list[str]:
     return bad
 
 
-STAGES = ("scoring", "selection", "training", "pipelines")
+STAGES = ("scoring", "selection", "training", "exporting", "pipelines")
 
 
 @pytest.mark.parametrize("stage", ["selection", "training"])
@@ -61,6 +61,25 @@ def test_a_stage_imports_only_the_foundation_of_another(stage):
         return _is_foundation(module)  # never scoring's machinery, never another stage, never pipelines
 
     assert _violations(stage, allowed) == []
+
+
+# what export reads of scoring besides the foundation: the source rows, numbered as scoring numbers them
+EXPORT_READS = ("scoring.source_rows",)
+
+
+def test_export_imports_only_the_foundation_and_the_source_rows():
+    def allowed(path, module):
+        top = _top(module)
+        if top not in STAGES or top == "exporting":
+            return True
+        return top == "scoring" and (_is_foundation(module) or module in EXPORT_READS)
+
+    assert _violations("exporting", allowed) == []
+
+
+@pytest.mark.parametrize("stage", ["scoring", "selection", "training"])
+def test_no_stage_imports_the_export(stage):
+    assert _violations(stage, lambda path, module: _top(module) != "exporting") == []
 
 
 def test_scoring_imports_no_later_stage():

@@ -24,7 +24,7 @@ class StageKind:
     directory that merely holds a file of one of these names is not taken for a stage's output.
     """
 
-    name: str  # scores, selected, model, eval, tokens
+    name: str  # scores, selected, model, eval, tokens, export
     marker: str  # written last: the directory is complete iff it exists
     job: str  # the identity, written first
     staged: bool  # replaced whole through a staging directory (locally) instead of written in place
@@ -62,7 +62,10 @@ EVAL = StageKind("eval", "eval.json", "eval_job.json", staged=False, noun="evalu
 TOKENS = StageKind("tokens", "tokenized.json", "tokenize_job.json", staged=True, noun="tokenised shards",
                    marker_keys=frozenset({"identity", "rows_per_status"}),
                    writes=("part-*.parquet", "tokenized.json", "tokenize_job.json"))
-KINDS = (SCORES, SELECTED, MODEL, EVAL, TOKENS)
+EXPORT = StageKind("export", "export.json", "export_job.json", staged=False, noun="exported shards",
+                   marker_keys=frozenset({"selection_digest", "bands", "shards", "parts"}),
+                   writes=("part-*", "spill", "export.json", "export_job.json"))  # spill/: --resample's phase one
+KINDS = (SCORES, SELECTED, MODEL, EVAL, TOKENS, EXPORT)
 
 
 # ---- what a path is ------------------------------------------------------------------------------------------

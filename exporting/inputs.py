@@ -1,0 +1,60 @@
+"""The input shards an export reads must be the ones that were scored: each is found where its scores manifest says
+(or under ``--input-root``, by its relative path) and compared with what the manifest recorded of it, its size and
+its modification stamp, as scoring took them from the filesystem (:attr:`scoring.shard.Shard.modified`)."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+
+from fsspec.core import url_to_fs
+
+from scoring.foundation.errors import HardfocusError
+from scoring.foundation.storage import fs_url, is_local, redact
+
+# what scoring reads as a file's version where the listing has no mtime (scoring/sources.py), in its order
+_VERSION_KEYS = ("ETag", "etag", "generation", "LastModified", "last_modified", "Last-Modified", "updated", "mtime")
+
+
+def located(url: str, rel: str, input_root: str | None) -> str:
+    """Where to read a shard scored at ``url`` as ``rel``: there, or ``<input_root>/<rel>`` for a corpus that moved."""
+    if input_root is None:
+        return url
+    fs, root = url_to_fs(input_root)
+    return fs_url(fs, posixpath.join(root.rstrip("/"), rel))
+
+
+def file_version(fs, path: str, info: dict) -> str | None:
+    """A file's modification stamp as scoring records it: ``st_mtime_ns`` locally, else the store's ETag (or
+    generation, or last-modified time)."""
+    if is_local(fs):
+        try:
+            return str(os.stat(path).st_mtime_ns)
+        except OSError:
+            return None
+    for key in _VERSION_KEYS:
+        value = info.get(key)
+        if value is not None and value != "":
+            return value.isoformat() if hasattr(value, "isoformat") else str(value)
+    return None
+
+
+def check_unchanged(url: str, rel: str, size: int, modified: str | None, moved: bool) -> None:
+    """Refuse, in one line naming it, a shard that is gone or is not the file that was scored: another size, or
+    (unless it ``moved``: a copy has a stamp of its own) another modification stamp."""
+    fs, path = url_to_fs(url)
+    fs.invalidate_cache(path)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        hint = "check --input-root" if moved else "if the corpus moved, pass --input-root (where its shards are now)"
+        raise HardfocusError(f"the input shard {redact(url)} (scored as '{rel}') is missing: {hint}") from None
+    except OSError as exc:
+        raise HardfocusError(f"cannot look at the input shard {redact(url)}: {' '.join(str(exc).split())}") from None
+    now = int(info.get("size") or 0)
+    stamp = None if moved else file_version(fs, path, info)
+    if now != size or (modified is not None and stamp is not None and stamp != modified):
+        what = f"size {now} bytes, scored at {size}" if now != size else f"modified since it was scored ({stamp} vs {modified})"
+        raise HardfocusError(f"the input shard {redact(url)} changed since it was scored ({what}): its rows may no longer "
+                             "be the ones the selection decided on; export from the inputs that were scored, or score and "
+                             "select again")

@@ -1,0 +1,69 @@
+"""The export tests' independent computation: the decisions filtered with polars, the source rows read with pyarrow
+(and ``json`` for JSON Lines), joined by (shard, row)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zstandard
+
+from exporting import ExportConfig, export
+
+OURS = ("sample_id", "band", "weight", "score", "loss")
+
+
+def run_export(selected, output, **kw):
+    """``export`` in this process (``executor`` local unless given)."""
+    return export(ExportConfig(**{"selected": str(selected), "output": str(output), "executor": "local", **kw}), progress=False)
+
+
+def decisions(selected) -> pl.DataFrame:
+    """Every decision of a selection, with the index of its scores directory (from its part's footer record)."""
+    frames = []
+    for path in sorted(Path(selected, "decisions").glob("part-*.parquet")):
+        record = json.loads(pq.read_metadata(path).metadata[b"hardfocus.decisions"])
+        frames.append(pl.read_parquet(path).with_columns(pl.lit(record["scores"]).alias("scores")))
+    return pl.concat(frames).with_columns(pl.col("band").cast(pl.String))
+
+
+def source_table(path: Path) -> pa.Table:
+    """A shard's rows: Parquet as pyarrow reads it, JSON Lines (plain or .zst) parsed line by line."""
+    if path.suffix == ".parquet":
+        return pq.read_table(path)
+    data = path.read_bytes()
+    if path.name.endswith(".zst"):
+        data = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()
+    return pa.Table.from_pylist([json.loads(line) for line in data.decode().splitlines() if line.strip()])
+
+
+def expected_rows(decided: pl.DataFrame, source: pa.Table, band: str) -> list[dict]:
+    """The rows an export of ``band`` holds for one shard, in row order: the source row's columns, then ours."""
+    chosen = decided if band == "all" else decided.filter(pl.col("band") == band)
+    chosen = chosen.sort("row")
+    rows = source.take(pa.array(chosen["row"].to_numpy())).to_pylist()
+    ours = chosen.select(*OURS, *(["reason"] if band in ("excluded", "all") else [])).to_dicts()
+    return [{**r, **o} for r, o in zip(rows, ours)]
+
+
+def read_parts(paths: list[Path]) -> list[dict]:
+    """The rows of exported parts, in part order, through the reader a user would use for each format."""
+    out = []
+    for p in sorted(paths):
+        if p.name.endswith(".parquet"):
+            out += pl.read_parquet(p).to_dicts()
+        else:
+            data = p.read_bytes()
+            if p.name.endswith(".zst"):
+                data = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()
+            out += pl.read_ndjson(io.BytesIO(data)).to_dicts() if data else []
+    return out
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every part file's bytes, by name: what two exports of the same selection must share exactly."""
+    return {p.name: p.read_bytes() for p in sorted(Path(directory).glob("part-*"))}
