@@ -4,16 +4,12 @@ its modification stamp, as scoring took them from the filesystem (:attr:`scoring
 
 from __future__ import annotations
 
-import os
 import posixpath
 
 from fsspec.core import url_to_fs
 
 from scoring.foundation.errors import HardfocusError
-from scoring.foundation.storage import fs_url, is_local, redact
-
-# what scoring reads as a file's version where the listing has no mtime (scoring/sources.py), in its order
-_VERSION_KEYS = ("ETag", "etag", "generation", "LastModified", "last_modified", "Last-Modified", "updated", "mtime")
+from scoring.foundation.storage import file_version, fs_url, redact
 
 
 def located(url: str, rel: str, input_root: str | None) -> str:
@@ -22,21 +18,6 @@ def located(url: str, rel: str, input_root: str | None) -> str:
         return url
     fs, root = url_to_fs(input_root)
     return fs_url(fs, posixpath.join(root.rstrip("/"), rel))
-
-
-def file_version(fs, path: str, info: dict) -> str | None:
-    """A file's modification stamp as scoring records it: ``st_mtime_ns`` locally, else the store's ETag (or
-    generation, or last-modified time)."""
-    if is_local(fs):
-        try:
-            return str(os.stat(path).st_mtime_ns)
-        except OSError:
-            return None
-    for key in _VERSION_KEYS:
-        value = info.get(key)
-        if value is not None and value != "":
-            return value.isoformat() if hasattr(value, "isoformat") else str(value)
-    return None
 
 
 def check_unchanged(url: str, rel: str, size: int, modified: str | None, moved: bool) -> None:

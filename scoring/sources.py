@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import posixpath
 from collections.abc import Iterator
 from typing import Literal
@@ -26,7 +25,7 @@ from fsspec.core import url_to_fs
 from scoring.config import MAX_ROW_BYTES
 from scoring.foundation.errors import HardfocusError
 from scoring.foundation.sample_format import Columns
-from scoring.foundation.storage import fs_protocol, fs_url, is_local, redact
+from scoring.foundation.storage import file_version, fs_protocol, fs_url, redact
 from scoring.read_arrow import arrow_units, check_arrow_columns
 from scoring.read_jsonl import PEEK_BYTES, PEEK_LINE_BYTES, Oversized, check_first_json_row, jsonl_lines, jsonl_units
 from scoring.read_parquet import check_parquet_columns, parquet_file, parquet_units
@@ -124,7 +123,7 @@ def _expand(spec: str) -> list[Shard]:
         if i.get("size") is None:  # a listing without details (an HTTP index page): one request for them
             i = {**i, **_info_or_raise(fs, p, spec)}
         shards.append(Shard(url=_url(fs, p), rel=rel, format=fmt[0], compression=fmt[1], size=int(i.get("size") or 0),
-                            modified=_modified(fs, p, i)))
+                            modified=file_version(fs, p, i)))
     return shards
 
 
@@ -233,23 +232,6 @@ def _info(fs, path: str) -> dict | None:
 def _url(fs, path: str) -> str:
     """The URL that opens ``path`` again: fsspec's HTTP filesystem keeps the whole URL as the path."""
     return path if _is_http(fs) else fs_url(fs, path)
-
-
-_VERSION_KEYS = ("ETag", "etag", "generation", "LastModified", "last_modified", "Last-Modified", "updated", "mtime")
-
-
-def _modified(fs, path: str, info: dict) -> str | None:
-    """The file's version as :attr:`Shard.modified` says, from the listing's ``info`` (a stat locally)."""
-    if is_local(fs):
-        try:
-            return str(os.stat(path).st_mtime_ns)
-        except OSError:
-            return None
-    for key in _VERSION_KEYS:
-        value = info.get(key)
-        if value is not None and value != "":
-            return value.isoformat() if hasattr(value, "isoformat") else str(value)
-    return None
 
 
 def check_columns(shard: Shard, columns: Columns) -> None:

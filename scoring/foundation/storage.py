@@ -58,6 +58,26 @@ def redact(text: str) -> str:
     return _SECRET_QUERY.sub(lambda m: f"{m['key']}***", _CREDENTIALS.sub(lambda m: f"{m['scheme']}***@", text))
 
 
+# where a listing has no mtime: the store's version keys, in the order they are trusted
+_VERSION_KEYS = ("ETag", "etag", "generation", "LastModified", "last_modified", "Last-Modified", "updated", "mtime")
+
+
+def file_version(fs, path: str, info: dict) -> str | None:
+    """A file's version, an opaque string compared for equality only: ``st_mtime_ns`` locally, else the store's ETag
+    (or generation, or last-modified time) from the listing's ``info``; None when it gives none. Scoring records it
+    of every shard, and export compares it with the shard it reads."""
+    if is_local(fs):
+        try:
+            return str(os.stat(path).st_mtime_ns)
+        except OSError:
+            return None
+    for key in _VERSION_KEYS:
+        value = info.get(key)
+        if value is not None and value != "":
+            return value.isoformat() if hasattr(value, "isoformat") else str(value)
+    return None
+
+
 def fresh(fs, path: str) -> None:
     """Forget cached listings of ``path`` and below (s3fs caches them): other processes write there."""
     fs.invalidate_cache(path)
