@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-PACKAGES = ["scoring", "selection", "training"]
+PACKAGES = ["scoring", "selection", "training", "exporting"]
 
 
 def declared_names(package: str) -> tuple[dict[str, str], list[str], dict[str, str]]:
