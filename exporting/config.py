@@ -40,7 +40,8 @@ class ExportConfig(BaseModel):
     seed: int = Field(0, ge=0, description="seed of the resampling: the copies, the shard each copy goes to, the order")
     input_root: str | None = Field(
         None, description="where the scored shards are now, if they moved: each is read at <input_root>/<its relative "
-        "path>, its size checked (its modification stamp is a copy's own); default: where the scores manifest says"
+        "path>, its size and each row's bytes checked (its modification stamp is a copy's own); default: where the scores "
+        "manifest says"
     )
     scores: list[str] = Field(
         default_factory=list, description="the scores/ directories the selection was made from, if they moved; default: "

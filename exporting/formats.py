@@ -1,36 +1,53 @@
-"""The formats export writes a part in: Parquet (zstd), JSON Lines, JSON Lines in one zstd frame; and how many rows
-a part holds, read back (what a rerun checks before it keeps a part an earlier run wrote)."""
+"""The formats export writes a part in: Parquet (zstd), JSON Lines, JSON Lines in one zstd frame (with its checksum);
+and how many rows a part holds, read back (what a rerun checks before it keeps a part an earlier run wrote): a part
+cut short or damaged is an error of :data:`DAMAGED`, so that it is written again."""
 
 from __future__ import annotations
 
 import io
+import json
 from typing import IO
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
+from polars.exceptions import PanicException
+
+from exporting.storable import for_json, for_parquet
+from scoring.foundation.errors import HardfocusError
 
 EXTENSIONS = {"parquet": ".parquet", "jsonl": ".jsonl", "jsonl.zst": ".jsonl.zst"}
+DAMAGED = (OSError, pa.ArrowException, ValueError, zstandard.ZstdError)  # what reading a damaged part raises
 _ROW_GROUP_ROWS = 8192  # a reader that streams (datasets' streaming mode, Ray Data) holds a row group at a time
 
 
 def write_table(table: pa.Table, f: IO[bytes], fmt: str) -> None:
     """``table`` as a whole file of format ``fmt``, written to ``f``."""
     if fmt == "parquet":
-        pq.write_table(table, f, compression="zstd", row_group_size=_ROW_GROUP_ROWS)
+        pq.write_table(for_parquet(table), f, compression="zstd", row_group_size=_ROW_GROUP_ROWS)
         return
     buffer = io.BytesIO()
-    pl.from_arrow(table).write_ndjson(buffer)  # polars writes nested values, nulls and unicode as JSON does
+    try:
+        pl.from_arrow(for_json(table)).write_ndjson(buffer)  # polars writes nested values, nulls and unicode as JSON does
+    except PanicException as exc:  # a Rust panic (a type polars cannot write as JSON) is a BaseException
+        raise HardfocusError(f"polars cannot write these rows as JSON Lines ({' '.join(str(exc).split())[:200]}): export "
+                             "them with --format parquet") from None
     data = buffer.getvalue()
-    f.write(zstandard.ZstdCompressor(level=3).compress(data) if fmt == "jsonl.zst" else data)
+    f.write(zstandard.ZstdCompressor(level=3, write_checksum=True).compress(data) if fmt == "jsonl.zst" else data)
 
 
 def count_rows(f: IO[bytes], fmt: str) -> int:
-    """The rows of a part: its Parquet footer's count, or its non-blank lines."""
+    """The rows of a part: its Parquet footer's count, or its lines, each checked to be a JSON object and the last to
+    end the file (a part cut inside its last line raises ValueError)."""
     if fmt == "parquet":
         return pq.read_metadata(f).num_rows
     data = f.read()
     if fmt == "jsonl.zst":
-        data = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()
-    return sum(1 for line in data.split(b"\n") if line.strip())
+        data = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True).read()
+    if data and not data.endswith(b"\n"):
+        raise ValueError("its last line is cut short")
+    lines = [line for line in data.split(b"\n") if line.strip()]
+    if not all(isinstance(json.loads(line), dict) for line in lines):
+        raise ValueError("a line is not a JSON object")
+    return len(lines)

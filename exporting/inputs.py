@@ -9,7 +9,7 @@ import posixpath
 from fsspec.core import url_to_fs
 
 from scoring.foundation.errors import HardfocusError
-from scoring.foundation.storage import file_version, fs_url, redact
+from scoring.foundation.storage import canonical, file_version, fs_url, overlaps, redact
 
 
 def located(url: str, rel: str, input_root: str | None) -> str:
@@ -18,6 +18,26 @@ def located(url: str, rel: str, input_root: str | None) -> str:
         return url
     fs, root = url_to_fs(input_root)
     return fs_url(fs, posixpath.join(root.rstrip("/"), rel))
+
+
+def scored_roots(shards, input_root: str | None) -> list[str]:
+    """The directories the shards were scored from (each URL less its relative path; ``input_root`` for a corpus that
+    moved): a rescore of them would read an export written there as input."""
+    if input_root is not None:
+        return [input_root]
+    roots = {shard.url[: -len(shard.rel) - 1] if shard.url.endswith("/" + shard.rel) else posixpath.dirname(shard.url)
+             for shard in shards}
+    return sorted(r for r in roots if r)
+
+
+def refuse_scored_overlap(output: str, roots: list[str]) -> None:
+    """An output inside a directory that was scored (or holding one) is refused: the next round of scoring of that
+    directory would read the exported rows as input, and train on them twice."""
+    out = canonical(output)
+    for root in roots:
+        if overlaps(out, canonical(root)):
+            raise HardfocusError(f"the output '{redact(output)}' overlaps the scored input directory '{redact(root)}': a "
+                                 "rescore of it would read the export as input; choose an --output outside it")
 
 
 def check_unchanged(url: str, rel: str, size: int, modified: str | None, moved: bool) -> None:

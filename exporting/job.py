@@ -19,10 +19,11 @@ from tqdm.auto import tqdm
 from exporting.config import ExportConfig
 from exporting.copies import output_shards
 from exporting.executors import Runner, runner
-from exporting.inputs import check_unchanged, located
+from exporting.inputs import check_unchanged, located, refuse_scored_overlap, scored_roots
 from exporting.manifest import ExportManifest, PartRows, decided_counts, reconcile
 from exporting.output import ExportDir, part_name
-from exporting.rows import added_columns, common_schema
+from exporting.rows import added_columns
+from exporting.schemas import common_schema
 from exporting.selection import Selection, ShardJob, open_selection
 from exporting.tasks import export_shard, shuffle_output, task_row
 from scoring.foundation.errors import HardfocusError
@@ -45,8 +46,9 @@ def export(cfg: ExportConfig, progress: bool = True) -> ExportResult:
     """Export the rows of ``cfg.band`` of the selection ``cfg.selected`` into ``cfg.output`` (see the module docstring)."""
     out = ExportDir(cfg.output)
     refuse_overlap(cfg.output, [cfg.selected, *cfg.scores])
+    selection = open_selection(cfg.selected, cfg.scores)
+    refuse_scored_overlap(cfg.output, scored_roots(selection.shards, cfg.input_root))  # before the lock writes there
     with out.locked():
-        selection = open_selection(cfg.selected, cfg.scores)
         inputs = [cfg.selected, *(cfg.scores or [entry["dir"] for entry in selection.summary["scores"]])]
         _check_by(cfg, selection)
         if out.open(export_identity(cfg, selection), cfg.overwrite, inputs=inputs) is Opening.COMPLETE:
@@ -100,8 +102,8 @@ def _jobs(cfg: ExportConfig, selection: Selection, expected: dict[int, dict[str,
         check_unchanged(url, job.rel, job.size, job.modified, moved=cfg.input_root is not None)
         jobs.append(ShardJob(**{**job.__dict__, "url": url}))
     refuse_inside(cfg.output, [job.url for job in jobs])
-    if not jobs:
-        raise HardfocusError(f"{redact(cfg.selected)} has no {cfg.band} rows to export")
+    if not jobs:  # an empty band: an export of no rows, its manifest saying so
+        log.warning("%s has no %s rows: the export holds none", redact(cfg.selected), cfg.band)
     return jobs
 
 
@@ -131,8 +133,12 @@ def _resample(cfg: ExportConfig, out: ExportDir, jobs: list[ShardJob], expected:
     for record in spilled.values():
         for shard, n in record["groups"]:
             sizes[shard] += n
+    if not sources:  # no copies (no kept rows, or K small enough that every row drew none): no part to shuffle
+        return spilled
     # every shuffled part in one schema, the union of the shards' columns (a part holds rows of any of them)
-    schemas = list(prefetched(out.spill_schema, sorted(spilled)))
+    rel = {job.index: job.rel for job in jobs}
+    names = sorted(spilled)
+    schemas = [(rel[spilled[n]["shard"]], s) for n, s in zip(names, prefetched(out.spill_schema, names))]
     schema = common_schema(schemas, added_columns(cfg.band, jobs[0].windowed, cfg.by, cfg.prefix or ""))
     encoded = base64.b64encode(schema.serialize().to_pybytes()).decode()
     parts = out.parts()

@@ -11,6 +11,7 @@ from collections import Counter
 import polars as pl
 from pydantic import BaseModel, ConfigDict
 
+from exporting.decided import read_decisions
 from exporting.selection import Selection, ShardJob
 from scoring.foundation.decisions import EXCLUDED
 from scoring.foundation.errors import HardfocusError
@@ -65,7 +66,13 @@ def decided_counts(selection: Selection, band: str, by: str) -> dict[int, dict[s
             frame = frame.group_by("shard", "row").agg(ranked.first().fill_null(EXCLUDED).alias("band"))
         if band != "all":
             frame = frame.filter(pl.col("band") == band)
-        counts = frame.group_by("shard", "band").len().collect(engine="streaming")
+        try:
+            counts = frame.group_by("shard", "band").len().collect(engine="streaming")
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            for url in urls:  # the damaged part, named
+                read_decisions(url, ["shard", "row", "band"])
+            raise HardfocusError(f"the decisions parts of {redact(selection.url)} cannot be read ({' '.join(str(exc).split())[:200]}): "
+                                 "run `hardfocus select` again with --overwrite") from None
         for rel, name, n in counts.iter_rows():
             out.setdefault(index[scores, rel], {})[name] = n
     return out

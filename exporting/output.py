@@ -8,13 +8,15 @@ holds the output's lock.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from exporting.formats import EXTENSIONS, count_rows, write_table
+from exporting.formats import DAMAGED, EXTENSIONS, count_rows, write_table
+from exporting.storable import for_parquet, restored
 from scoring.foundation.kinds import EXPORT
 from scoring.foundation.stagedir import StageDir
 from scoring.foundation.storage import TMP_PREFIX
@@ -22,6 +24,7 @@ from scoring.foundation.storage import TMP_PREFIX
 log = logging.getLogger(__name__)
 
 SPILL_DIR = "spill"
+_SPILL_KEY, _SCHEMA_KEY = b"hardfocus.spill", b"hardfocus.schema"  # a phase-one file's footer: its groups, its rows' schema
 
 
 def part_name(fmt: str, *keys: int) -> str:
@@ -66,18 +69,21 @@ class ExportDir(StageDir):
         try:
             with self.fs.open(self.join(name), "rb") as f:
                 return count_rows(f, fmt)
-        except (OSError, pa.ArrowException, ValueError) as exc:
+        except DAMAGED as exc:
             log.warning("%s cannot be read (%s): it is written again", name, " ".join(str(exc).split()))
             return None
 
     def write_spill(self, name: str, groups: list[tuple[int, pa.Table]], schema: pa.Schema) -> None:
-        """A phase-one file: one row group per output shard (``groups``: (shard, its rows)), which shards in its footer."""
-        record = {b"hardfocus.spill": json.dumps([[b, t.num_rows] for b, t in groups]).encode()}
+        """A phase-one file: one row group per output shard (``groups``: (shard, its rows)), which shards in its footer,
+        and the rows' own schema (the source's metadata kept), which what Parquet cannot store is read back in."""
+        stored = for_parquet(schema.empty_table()).schema
+        record = {**(schema.metadata or {}), _SPILL_KEY: json.dumps([[b, t.num_rows] for b, t in groups]).encode(),
+                  _SCHEMA_KEY: base64.b64encode(schema.serialize().to_pybytes())}
 
         def write(f) -> None:
-            with pq.ParquetWriter(f, schema.with_metadata(record), compression="zstd") as writer:
+            with pq.ParquetWriter(f, stored.with_metadata(record), compression="zstd") as writer:
                 for _, table in groups:
-                    writer.write_table(table.cast(schema), row_group_size=max(table.num_rows, 1))
+                    writer.write_table(for_parquet(table.cast(schema)), row_group_size=max(table.num_rows, 1))
 
         self.fs.makedirs(self.join(SPILL_DIR), exist_ok=True)
         self.commit(name, write)
@@ -87,8 +93,8 @@ class ExportDir(StageDir):
         try:
             with self.fs.open(self.join(name), "rb") as f:
                 meta = pq.read_metadata(f)
-            groups = json.loads((meta.metadata or {})[b"hardfocus.spill"])
-        except (OSError, pa.ArrowException, ValueError, KeyError) as exc:
+            groups = json.loads((meta.metadata or {})[_SPILL_KEY])
+        except (*DAMAGED, KeyError) as exc:
             log.warning("%s cannot be read (%s): it is written again", name, " ".join(str(exc).split()))
             return None
         if [n for _, n in groups] != [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]:
@@ -96,12 +102,14 @@ class ExportDir(StageDir):
         return meta.num_rows, groups
 
     def spill_schema(self, name: str) -> pa.Schema:
+        """The schema of a phase-one file's rows (the source's metadata with it; not the file's footer record)."""
         with self.fs.open(self.join(name), "rb") as f:
-            return pq.read_schema(f)
+            return _rows_schema(pq.read_schema(f))
 
     def read_row_group(self, name: str, index: int) -> pa.Table:
         with self.fs.open(self.join(name), "rb") as f:
-            return pq.ParquetFile(f).read_row_group(index)
+            pf = pq.ParquetFile(f)
+            return restored(pf.read_row_group(index), _rows_schema(pf.schema_arrow))
 
     def remove_spill(self) -> None:
         """The phase-one files, once the shuffled parts they made are all written."""
@@ -109,3 +117,10 @@ class ExportDir(StageDir):
         self.fs.invalidate_cache(path)
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
+
+
+def _rows_schema(stored: pa.Schema) -> pa.Schema:
+    """The schema a phase-one file records of its rows (Parquet's own, in files of before it recorded one)."""
+    metadata = stored.metadata or {}
+    schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(metadata[_SCHEMA_KEY]))) if _SCHEMA_KEY in metadata else stored
+    return schema.with_metadata({k: v for k, v in (schema.metadata or {}).items() if not k.startswith(b"hardfocus.")})

@@ -4,7 +4,9 @@ A decision names its row by ``(shard, row)``; the source row at that index must 
 (the id column's value, else ``<rel>#<row>``; a window's is ``<that>#w<k>``), else the input changed since it was
 scored. Windows of a document share its source row: each is exported with its own text, the source text sliced at
 the characters its tokens cover (``char_start``/``char_stop``, Python string indices from the tokenizer's offsets), or,
-``--by document``, the document once, with the band and weight its windows share.
+``--by document``, the document once, with the band and weight its windows share. Each row's text is checked against
+the bytes scoring read of it (:mod:`exporting.content`), and the source's schema metadata kept
+(:mod:`exporting.schemas`).
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
-from fsspec.core import url_to_fs
 
+from exporting.content import check_text_bytes
+from exporting.decided import read_decisions, read_scored
+from exporting.schemas import carried_metadata
 from scoring.foundation.decisions import EXCLUDED
 from scoring.foundation.errors import HardfocusError
 from scoring.foundation.storage import redact
@@ -52,19 +55,23 @@ def check_no_clash(columns: list[str], added: dict[str, str], url: str) -> None:
 UNREADABLE = ("status: error", "status: invalid_utf8")
 
 
-def shard_decisions(urls: tuple[str, ...], rel: str, band: str, by: str, windowed: bool) -> tuple[pa.Table, np.ndarray]:
+def shard_decisions(urls: tuple[str, ...], rel: str, band: str, by: str, windowed: bool,
+                    score_parts: tuple[str, ...] = ()) -> tuple[pa.Table, np.ndarray]:
     """The decisions of one shard for the rows to export, in row order (windows in window order): ``row``,
-    ``sample_id``, ``band`` (a string), ``weight``, ``score``, ``loss``, ``reason`` and the window columns; by document,
-    a row per document (``sample_id`` is its id) with the band and weight its counted windows share. And the rows not
-    exported that scoring could not read, for the reader to step around."""
+    ``sample_id``, ``band`` (a string), ``weight``, ``score``, ``loss``, ``reason``, the window columns, and what
+    scoring read of each (``n_bytes``, ``truncated``: from ``score_parts``, the score part of each decisions part, or
+    null); by document, a row per document (``sample_id`` is its id) with the band and weight its counted windows
+    share. And the rows not exported that scoring could not read, for the reader to step around."""
     columns = ["sample_id", "shard", "row", "band", "reason", "score", "loss", "weight", *(_WINDOW if windowed else ())]
     tables = []
-    for url in urls:
-        fs, path = url_to_fs(url)
-        with fs.open(path, "rb") as f:
-            tables.append(pq.read_table(f, columns=columns))
+    for url, scored in zip(urls, score_parts or [None] * len(urls)):
+        table = read_decisions(url, columns)
+        read = read_scored(scored, table.num_rows)  # row for row
+        tables.append(pa.table([*table.columns, *read.columns], names=[*table.column_names, *read.column_names]))
     if not tables:
-        return pa.table({c: pa.array([], ADDED.get(c, pa.int64())) for c in columns}), np.zeros(0, np.int64)
+        empty = read_scored(None, 0)
+        return pa.table({**{c: pa.array([], ADDED.get(c, pa.int64())) for c in columns},
+                         **dict(zip(empty.column_names, empty.columns))}), np.zeros(0, np.int64)
     frame = pl.from_arrow(pa.concat_tables(tables)).with_columns(pl.col("band").cast(pl.String))
     frame = frame.filter(pl.col("shard") == rel).sort(["row", "window"] if windowed else ["row"])
     if by == "document":
@@ -79,13 +86,19 @@ def shard_decisions(urls: tuple[str, ...], rel: str, band: str, by: str, windowe
 def documents(frame: pl.DataFrame, where: str) -> pl.DataFrame:
     """A row per document (the windows of one source row): its band and weight are those of its windows that were
     ranked (a ``too_short`` tail is excluded as a window but leaves its document whole); a document none of whose
-    windows was ranked is excluded, with the first window's reason."""
+    windows was ranked is excluded, with the first window's reason. Its ``n_bytes`` are its windows' (which partition its
+    text), where each window has them."""
     counted = pl.col("band") != EXCLUDED
+    if "n_bytes" in frame.columns:
+        whole = pl.when(pl.col("n_bytes").null_count() == 0).then(pl.col("n_bytes").sum())
+        scored = [whole.alias("n_bytes"), pl.lit(False).alias("truncated")]
+    else:
+        scored = []
     docs = frame.group_by("row", maintain_order=True).agg(
         pl.col("shard").first(), pl.col("document_id").first().alias("sample_id"), pl.col("windows").first(),
         pl.col("band").filter(counted).first().fill_null(EXCLUDED),
         pl.col("weight").filter(counted).first(), pl.col("score").filter(counted).first(),
-        pl.col("loss").filter(counted).first(),
+        pl.col("loss").filter(counted).first(), *scored,
         _reason=pl.col("reason").first(), _bands=pl.col("band").filter(counted).n_unique(), _weights=pl.col("weight").filter(counted).n_unique(),
     )
     split = docs.filter((pl.col("_bands") > 1) | (pl.col("_weights") > 1))
@@ -101,10 +114,12 @@ def joined(source: pa.Table, first: int, decided: pa.Table, job, added: dict[str
     """The source rows of ``decided`` (rows of the table ``source``, whose first row is ``first``), each checked to
     carry the decision's sample id, with export's columns after the source's (weight 1 where ``resampled``)."""
     rows = decided["row"].to_numpy()
-    rows_of = source.take(pa.array(rows - first)).replace_schema_metadata(None)
+    rows_of = source.take(pa.array(rows - first))
     _check_ids(rows_of, rows, decided, job, by)
     if job.windowed and by != "document":
         rows_of = _window_texts(rows_of, rows, decided, job)
+    texts = rows_of[job.text_column] if job.text_column in rows_of.column_names else None
+    check_text_bytes(texts, rows, decided, job.url, job.text_column)
     n = decided.num_rows
     for name, out in added.items():
         if name == "weight" and resampled:
@@ -112,7 +127,8 @@ def joined(source: pa.Table, first: int, decided: pa.Table, job, added: dict[str
         else:
             values = decided[name].combine_chunks().cast(ADDED[name])
         rows_of = rows_of.append_column(out, values)
-    return rows_of
+    return rows_of.replace_schema_metadata(carried_metadata(source.schema.metadata,
+                                                            {out: ADDED[name] for name, out in added.items()}))
 
 
 def _check_ids(rows_of: pa.Table, rows: np.ndarray, decided: pa.Table, job, by: str) -> None:
@@ -162,18 +178,3 @@ def _window_texts(rows_of: pa.Table, rows: np.ndarray, decided: pa.Table, job) -
         out.append(piece.encode() if raw else piece)
     index = rows_of.column_names.index(column)
     return rows_of.set_column(index, rows_of.schema.field(column), pa.array(out, kind))
-
-
-def common_schema(schemas: list[pa.Schema], added: dict[str, str]) -> pa.Schema:
-    """One schema for rows of several shards: every source column of any (types promoted where they differ), then
-    export's columns."""
-    unified = pa.unify_schemas([s.remove_metadata() for s in schemas], promote_options="permissive")
-    ours = set(added.values())
-    return pa.schema([f for f in unified if f.name not in ours] + [unified.field(n) for n in added.values() if n in unified.names])
-
-
-def conformed(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """``table`` in ``schema``: its columns in that order, cast, and null where it has none."""
-    columns = [table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
-               for f in schema]
-    return pa.table(columns, schema=schema)

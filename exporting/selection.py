@@ -1,8 +1,9 @@
 """What an export reads of a selection: its summary, the scores/ directories it was made from (their manifests name
 the input shards), and which ``decisions/`` parts hold each shard's rows.
 
-A decisions part holds the rows of one score part (its footer record names the scores directory), so of one shard as
-scoring writes them: each part's ``shard`` column is read once here, and each shard's task reads only its own parts.
+A decisions part holds the rows of one score part (its footer record names the scores directory and the part), so of
+one shard as scoring writes them: each part's ``shard`` column is read once here, and each shard's task reads only its
+own parts, and the score parts they stand for (what each exported row's text is checked against).
 """
 
 from __future__ import annotations
@@ -11,16 +12,16 @@ import posixpath
 from dataclasses import dataclass
 
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
+from exporting.decided import read_decisions
 from scoring.foundation.decisions import decision_parts
 from scoring.foundation.errors import HardfocusError
 from scoring.foundation.fingerprints import digest, manifest_digest
 from scoring.foundation.kinds import SELECTED
 from scoring.foundation.scores import SCORES_MANIFEST_FILE, ScoreManifest, ShardInfo
 from scoring.foundation.selected import SUMMARY_FILE
-from scoring.foundation.storage import prefetched, read_json, read_record, redact
+from scoring.foundation.storage import fs_url, prefetched, read_json, read_record, redact
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,16 @@ class ShardJob:
     text_column: str
     windowed: bool
     decisions: tuple[str, ...]  # the decisions parts that hold its rows
+    # the score part of each decisions part, where its n_bytes are the text's bytes (plain text, not conversations)
+    score_parts: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, index: int, scores: int, shard: ShardInfo, manifest: ScoreManifest, decisions: list[str]) -> ShardJob:
+    def of(cls, index: int, scores: int, shard: ShardInfo, manifest: ScoreManifest,
+           decisions: list[tuple[str, str]]) -> ShardJob:
+        plain = manifest.format == "text"
         return cls(index, scores, shard.rel, shard.url, shard.format, shard.compression, shard.size, shard.modified,
                    shard.rows, manifest.id_column, manifest.text_column, manifest.long_documents == "windows",
-                   tuple(decisions))
+                   tuple(d for d, _ in decisions), tuple(p for _, p in decisions) if plain else ())
 
 
 @dataclass(frozen=True)
@@ -83,13 +88,13 @@ def open_selection(selected: str, scores: list[str]) -> Selection:
                              f"{len(recorded)} ({', '.join(map(redact, recorded))}): give each, in that order")
     dirs = scores or recorded
     manifests = [_manifest(d, i, made_from, bool(scores)) for i, d in enumerate(dirs)]
-    by_shard: dict[tuple[int, str], list[str]] = {}
+    by_shard: dict[tuple[int, str], list[tuple[str, str]]] = {}
     for (url, record), rels in zip(parts, prefetched(_shards_in, [url for url, _ in parts])):
         if not 0 <= record["scores"] < len(manifests):
             raise HardfocusError(f"the decisions part {redact(url)} names scores directory {record['scores']}, which its "
                                  "selection does not have: run `hardfocus select` again with --overwrite")
         for rel in rels:
-            by_shard.setdefault((record["scores"], rel), []).append(url)
+            by_shard.setdefault((record["scores"], rel), []).append((url, _score_part(dirs[record["scores"]], record["part"])))
     for i, m in enumerate(manifests):
         decided = sum(record["rows"] for _, record in parts if record["scores"] == i)
         if decided != m.rows:
@@ -102,7 +107,7 @@ def open_selection(selected: str, scores: list[str]) -> Selection:
             index += 1
     if by_shard:
         (scores, rel), urls = next(iter(by_shard.items()))
-        raise HardfocusError(f"the decisions part {redact(urls[0])} holds rows of a shard '{rel}' that the manifest of "
+        raise HardfocusError(f"the decisions part {redact(urls[0][0])} holds rows of a shard '{rel}' that the manifest of "
                              f"{redact(dirs[scores])} does not list: give the scores it was made from with --scores")
     return Selection(selected, summary, digest(summary), manifests, shards)
 
@@ -122,6 +127,9 @@ def _manifest(d: str, index: int, made_from: list | None, given: bool) -> ScoreM
 
 def _shards_in(url: str) -> list[str]:
     """The shards whose rows a decisions part holds (one, as scoring writes its parts)."""
-    fs, path = url_to_fs(url)
-    with fs.open(path, "rb") as f:
-        return pc.unique(pq.read_table(f, columns=["shard"])["shard"]).to_pylist()
+    return pc.unique(read_decisions(url, ["shard"])["shard"]).to_pylist()
+
+
+def _score_part(scores: str, name: str) -> str:
+    fs, root = url_to_fs(scores)
+    return fs_url(fs, posixpath.join(root, name))

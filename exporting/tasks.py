@@ -24,7 +24,8 @@ import pyarrow.compute as pc
 from exporting.config import ExportConfig
 from exporting.copies import COPIES, ORDER, SHARDS, copy_counts, spill_units, stream
 from exporting.output import ExportDir, of_shard, part_name, spill_name
-from exporting.rows import added_columns, check_no_clash, conformed, joined, shard_decisions
+from exporting.rows import added_columns, check_no_clash, joined, shard_decisions
+from exporting.schemas import conformed
 from exporting.selection import ShardJob
 from scoring.foundation.errors import HardfocusError
 from scoring.foundation.storage import redact
@@ -46,14 +47,15 @@ class Piece:
 
 def task_row(job: ShardJob, existing: set[str], **extra) -> dict:
     """A shard's task as a row of the Ray dataset, plain JSON; ``existing``: the files of the output there now."""
-    fields = {**job.__dict__, "decisions": list(job.decisions)}
+    fields = {**job.__dict__, "decisions": list(job.decisions), "score_parts": list(job.score_parts)}
     return {"task": json.dumps({"job": fields, "existing": sorted(of_shard(existing, job.index)), **extra})}
 
 
 def export_shard(row: dict, cfg: ExportConfig, fence=None) -> Iterator[dict]:
     """Export one shard (``row``: :func:`task_row`); phase one of ``--resample`` where the row says ``outputs``."""
     task = json.loads(row["task"])
-    job = ShardJob(**{**task["job"], "decisions": tuple(task["job"]["decisions"])})
+    job = ShardJob(**{**task["job"], "decisions": tuple(task["job"]["decisions"]),
+                      "score_parts": tuple(task["job"]["score_parts"])})
     out = ExportDir(cfg.output, fence)
     try:
         if "outputs" in task:
@@ -67,7 +69,7 @@ def export_shard(row: dict, cfg: ExportConfig, fence=None) -> Iterator[dict]:
 
 
 def _export_shard(job: ShardJob, cfg: ExportConfig, out: ExportDir, existing: set[str]) -> Iterator[dict]:
-    decided, unreadable = shard_decisions(job.decisions, job.rel, cfg.band, cfg.by, job.windowed)
+    decided, unreadable = shard_decisions(job.decisions, job.rel, cfg.band, cfg.by, job.windowed, job.score_parts)
     n, size = decided.num_rows, cfg.shard_rows
     pieces = [Piece(part_name(cfg.format, job.index, k), lo, min(lo + size, n)) for k, lo in enumerate(range(0, n, size))]
     todo = []
@@ -89,7 +91,7 @@ def _part_record(shard: int, name: str, bands: pa.ChunkedArray, written: bool) -
 
 def _spill_shard(job: ShardJob, cfg: ExportConfig, out: ExportDir, existing: set[str], outputs: int) -> Iterator[dict]:
     """Phase one of ``--resample``: the shard's copies, each assigned an output shard, into phase-one files."""
-    decided, unreadable = shard_decisions(job.decisions, job.rel, cfg.band, cfg.by, job.windowed)
+    decided, unreadable = shard_decisions(job.decisions, job.rel, cfg.band, cfg.by, job.windowed, job.score_parts)
     weights = decided["weight"].to_numpy(zero_copy_only=False)
     copies = copy_counts(weights, cfg.resample, stream(cfg.seed, COPIES, job.index))
     first_copy = np.cumsum(copies) - copies
@@ -133,8 +135,8 @@ def _joined_pieces(job: ShardJob, cfg: ExportConfig, decided: pa.Table, unreadab
                    resampled: bool) -> Iterator[tuple[Piece, pa.Table]]:
     """Each piece of ``todo`` (in order) as its joined rows: the shard streamed once, from the first row a piece needs
     to the last (a JSON Lines shard from the first row of the band to the last, so that every run infers its columns'
-    types alike, and around the lines scoring could not parse, which the reader refuses); rows of pieces written
-    already are skipped."""
+    types alike, stepping over the lines scoring could not parse, which the reader would refuse); rows of pieces
+    written already are skipped."""
     if not todo:
         return
     added = added_columns(cfg.band, job.windowed, cfg.by, cfg.prefix or "")
@@ -174,14 +176,10 @@ def _joined_pieces(job: ShardJob, cfg: ExportConfig, decided: pa.Table, unreadab
 
 
 def _batches(job: ShardJob, start: int, stop: int, unreadable: np.ndarray) -> Iterator[tuple[int, pa.Table]]:
-    """The source rows [start, stop) in batches; of a JSON Lines shard, the ranges between the lines not exported that
-    scoring could not read (each range a pass over the lines before it: such lines are rare)."""
+    """The source rows [start, stop) in batches; of a JSON Lines shard, the lines scoring could not read (and that are
+    not exported) left unparsed, as rows of nulls: one read of the range, in one schema."""
     skip = unreadable[(unreadable >= start) & (unreadable < stop)] if job.format == "jsonl" else unreadable[:0]
-    bounds = [start, *(int(r) for r in skip), stop]
-    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
-        lo = lo + 1 if i else lo  # past the unreadable row
-        if hi > lo:
-            yield from source_batches(job.url, job.format, job.compression, lo, hi)
+    yield from source_batches(job.url, job.format, job.compression, start, stop, skip=skip.tolist())
 
 
 def shuffle_output(row: dict, cfg: ExportConfig, fence=None) -> Iterator[dict]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 
 import pyarrow as pa
 
@@ -24,10 +24,12 @@ __all__ = ["FORMATS", "source_batches"]
 
 FORMATS = ("parquet", "jsonl", "arrow")
 _NO_CAP = 1 << 62  # full rows are wanted here: no line is too long to read (scoring's --max-row-bytes is its own)
+_NO_INT_TYPE = "integers past 2**63 and negative ones, which no one integer type holds"
+_UNFIT = (pa.ArrowException, OverflowError, TypeError, ValueError)  # what Arrow raises for values of no one type
 
 
 def source_batches(url: str, format: str, compression: str | None, start: int = 0, stop: int | None = None,  # noqa: A002
-                   batch_rows: int = 8192) -> Iterator[tuple[int, pa.Table]]:
+                   batch_rows: int = 8192, skip: Collection[int] = ()) -> Iterator[tuple[int, pa.Table]]:
     """Rows [start, stop) of one input shard, in order, as (index of the batch's first row, a table of those rows
     with every source column unchanged). Row indices are exactly the ones scoring assigns (scoring/sources.py:
     a Parquet row; a non-blank JSON Lines line; an Arrow row), so (shard, row) from scores/ points at the same row.
@@ -41,8 +43,10 @@ def source_batches(url: str, format: str, compression: str | None, start: int = 
     file's. JSON Lines: the lines before ``start`` are split, never parsed; each row is parsed with :func:`json.loads`
     and the tables built with :meth:`pyarrow.Table.from_pylist`, all under one schema, the columns in order of first
     appearance with their types unified over the range (so a range longer than ``batch_rows`` is read twice: once
-    for the schema, once for the rows). A line that is not a JSON object, or a column whose types cannot be unified,
-    is a :class:`HardfocusError` that names the shard and the row.
+    for the schema, once for the rows); an integer column is uint64 where some of its values are past int64 and none
+    is negative (64-bit hashes). A line that is not a JSON object, or a column whose types cannot be unified, is a
+    :class:`HardfocusError` that names the shard, the row and the column. ``skip``: JSON Lines rows not to parse (the
+    lines scoring could not read), each a row of nulls, so that a range around them is still one read, in one schema.
     """
     if format not in FORMATS:
         raise HardfocusError(f"unknown shard format '{format}' (one of: {', '.join(FORMATS)})")
@@ -56,7 +60,7 @@ def source_batches(url: str, format: str, compression: str | None, start: int = 
     elif format == "arrow":
         batches = _arrow_range(shard, stop)
     else:
-        yield from _jsonl_range(shard, start, stop, batch_rows)
+        yield from _jsonl_range(shard, start, stop, batch_rows, frozenset(skip))
         return
     try:
         for first, table in _rebatched(batches, start, stop, batch_rows):
@@ -115,8 +119,9 @@ def _rebatched(batches: Iterable[tuple[int, pa.RecordBatch]], start: int, stop: 
 # ---- JSON Lines -----------------------------------------------------------------------------------------------
 
 
-def _jsonl_rows(shard: Shard, start: int, stop: int | None, batch_rows: int) -> Iterator[tuple[int, list[dict]]]:
-    """(first row, parsed objects) of the range, ``batch_rows`` at a time."""
+def _jsonl_rows(shard: Shard, start: int, stop: int | None, batch_rows: int,
+                skip: frozenset[int]) -> Iterator[tuple[int, list[dict]]]:
+    """(first row, parsed objects) of the range, ``batch_rows`` at a time; an empty object for a row of ``skip``."""
     objs: list[dict] = []
     first = start
     lines = jsonl_lines(shard, cap=_NO_CAP)
@@ -126,7 +131,7 @@ def _jsonl_rows(shard: Shard, start: int, stop: int | None, batch_rows: int) -> 
                 continue
             if stop is not None and index >= stop:
                 break
-            objs.append(_json_object(shard, index, line))
+            objs.append({} if index in skip else _json_object(shard, index, line))
             if len(objs) == batch_rows:
                 yield first, objs
                 objs, first = [], index + 1
@@ -149,8 +154,9 @@ def _json_object(shard: Shard, index: int, line: bytes) -> dict:
     return obj
 
 
-def _jsonl_range(shard: Shard, start: int, stop: int | None, batch_rows: int) -> Iterator[tuple[int, pa.Table]]:
-    batches = _jsonl_rows(shard, start, stop, batch_rows)
+def _jsonl_range(shard: Shard, start: int, stop: int | None, batch_rows: int,
+                 skip: frozenset[int]) -> Iterator[tuple[int, pa.Table]]:
+    batches = _jsonl_rows(shard, start, stop, batch_rows, skip)
     head = next(batches, None)
     if head is None:
         return
@@ -162,7 +168,7 @@ def _jsonl_range(shard: Shard, start: int, stop: int | None, batch_rows: int) ->
     for first, objs in (second, *batches):
         schema = _schema(shard, first, objs, schema)
     batches.close()
-    for first, objs in _jsonl_rows(shard, start, stop, batch_rows):  # again, every batch under the range's schema
+    for first, objs in _jsonl_rows(shard, start, stop, batch_rows, skip):  # again, every batch under the range's schema
         yield first, _table(shard, first, objs, schema)
 
 
@@ -170,11 +176,14 @@ def _schema(shard: Shard, first: int, objs: list[dict], schema: pa.Schema | None
     """``schema`` unified with the one ``objs`` infer (from row ``first``)."""
     try:
         return _unified(_inferred(objs).schema, schema)
-    except (pa.ArrowException, OverflowError, TypeError, ValueError) as exc:
+    except _UNFIT as exc:
         bad = _first_bad_row(objs, schema)
+        column = _conflicting_column(objs[: bad + 1], schema)
+        ints = [v for v in (obj.get(column) for obj in objs[: bad + 1]) if isinstance(v, int) and not isinstance(v, bool)]
+        why = _NO_INT_TYPE if ints and min(ints) < 0 and max(ints) >= 1 << 63 else one_line(exc)
         raise HardfocusError(redact(
             f"row {first + bad} of JSON Lines shard {shard.url}: its columns' types cannot be unified with the rows "
-            f"before it ({one_line(exc)})"
+            f"before it (column '{column}': {why})"
         )) from None
 
 
@@ -194,7 +203,28 @@ def _column(values: list) -> pa.Array:
 
 
 def _unified(found: pa.Schema, schema: pa.Schema | None) -> pa.Schema:
-    return found if schema is None else pa.unify_schemas([schema, found], promote_options="permissive")
+    if schema is None:
+        return found
+    return pa.unify_schemas([_unsigned_where(schema, found), _unsigned_where(found, schema)], promote_options="permissive")
+
+
+def _unsigned_where(schema: pa.Schema, other: pa.Schema) -> pa.Schema:
+    """``schema`` with each int64 column that ``other`` has as uint64 made uint64 (Arrow would promote both to
+    int64, where the values past 2**63 do not fit); a negative value in it is refused as the rows are built."""
+    def unsigned(f: pa.Field) -> bool:
+        return f.type == pa.int64() and other.get_field_index(f.name) >= 0 and other.field(f.name).type == pa.uint64()
+
+    return pa.schema([f.with_type(pa.uint64()) if unsigned(f) else f for f in schema], metadata=schema.metadata)
+
+
+def _conflicting_column(objs: list[dict], schema: pa.Schema | None) -> str:
+    """The first column of ``objs`` whose values make no one type, or one that does not unify with ``schema``."""
+    for name in dict.fromkeys(k for obj in objs for k in obj):
+        try:
+            _unified(pa.schema([pa.field(name, _column([obj.get(name) for obj in objs]).type)]), schema)
+        except _UNFIT:
+            return name
+    return "?"
 
 
 def _first_bad_row(objs: list[dict], schema: pa.Schema | None) -> int:
@@ -204,7 +234,7 @@ def _first_bad_row(objs: list[dict], schema: pa.Schema | None) -> int:
         try:
             _unified(_inferred(objs[:k]).schema, schema)
             return False
-        except (pa.ArrowException, OverflowError, TypeError, ValueError):
+        except _UNFIT:
             return True
 
     lo, hi = 0, len(objs)  # fails(lo) is False (no rows), fails(hi) is True
@@ -217,18 +247,22 @@ def _first_bad_row(objs: list[dict], schema: pa.Schema | None) -> int:
 def _table(shard: Shard, first: int, objs: list[dict], schema: pa.Schema) -> pa.Table:
     try:
         return pa.Table.from_pylist(objs, schema=schema)
-    except (pa.ArrowException, OverflowError, TypeError, ValueError) as exc:
-        bad = _first_unfit_row(objs, schema)
+    except _UNFIT as exc:
+        bad, field = _first_unfit(objs, schema)
+        value = objs[bad].get(field.name)
+        why = _NO_INT_TYPE if field.type == pa.uint64() and isinstance(value, int) and value < 0 else one_line(exc)
         raise HardfocusError(redact(
             f"row {first + bad} of JSON Lines shard {shard.url}: its columns' types cannot be unified with the rows "
-            f"around it ({one_line(exc)})"
+            f"around it (column '{field.name}' is {field.type} there: {why})"
         )) from None
 
 
-def _first_unfit_row(objs: list[dict], schema: pa.Schema) -> int:
+def _first_unfit(objs: list[dict], schema: pa.Schema) -> tuple[int, pa.Field]:
+    """The first row, and its column, whose value does not fit ``schema``."""
     for i, obj in enumerate(objs):
-        try:
-            pa.Table.from_pylist([obj], schema=schema)
-        except (pa.ArrowException, OverflowError, TypeError, ValueError):
-            return i
-    return 0
+        for field in schema:
+            try:
+                pa.array([obj.get(field.name)], field.type)
+            except _UNFIT:
+                return i, field
+    return 0, schema.field(0)
