@@ -46,13 +46,7 @@ class ExportDir(StageDir):
     hold the lock itself (a Ray task), checked before each commit."""
 
     def __init__(self, url: str, fence=None):
-        super().__init__(url, EXPORT)
-        self._fence = fence
-
-    def check_lock(self) -> None:
-        super().check_lock()
-        if self._fence is not None:
-            self._fence.check()
+        super().__init__(url, EXPORT, fence)
 
     def parts(self) -> set[str]:
         """The part files there now (names), finished ones only."""

@@ -32,13 +32,7 @@ class ScoresDir(StageDir):
     hold the lock itself (a scoring actor), checked before each commit."""
 
     def __init__(self, url: str, fence=None):
-        super().__init__(url, SCORES)
-        self._fence = fence
-
-    def check_lock(self) -> None:
-        super().check_lock()
-        if self._fence is not None:
-            self._fence.check()
+        super().__init__(url, SCORES, fence)
 
     def create(self) -> None:
         """Make the directory (and ``done/``) and prove it writable, before any work."""

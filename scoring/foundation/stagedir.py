@@ -93,6 +93,8 @@ class StageDir:
 
     url: str
     kind: StageKind
+    fenced_by: object = field(default=None, repr=False)  # in a process that does not hold the lock (an actor, a
+    # Ray task): the lock's fence (:meth:`fence`), checked before each commit
     _lock: OutputLock | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -178,6 +180,8 @@ class StageDir:
     def check_lock(self) -> None:
         if self._lock is not None:
             self._lock.check()
+        if self.fenced_by is not None:
+            self.fenced_by.check()
 
     def fence(self):
         """What another process (an actor) checks before each commit: that this run still holds the lock."""
