@@ -41,6 +41,12 @@ class SelectConfig(BaseModel):
     )
     max_weight: float | None = Field(None, ge=1, description="clip weights at this value, renormalising to mean 1")
     report: bool = Field(True, description="write report.html with its plots")
+    ray_address: str | None = Field(
+        None,
+        description="Ray cluster to write the selection's parts on (a Ray Data job; the output on storage every node "
+        "sees); default $RAY_ADDRESS, else (or 'local') a thread pool in this process. Not part of the selection: "
+        "the same bytes either way",
+    )
     overwrite: bool = Field(
         False, description="replace a selection made with other settings (the same selection of the same scores is kept)"
     )

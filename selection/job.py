@@ -10,9 +10,9 @@ import numpy as np
 import polars as pl
 from fsspec.core import url_to_fs
 
-from scoring.foundation.decisions import EXCLUDED, decision_parts
+from scoring.foundation.decisions import DECISIONS_LAYOUT, EXCLUDED, decision_parts
 from scoring.foundation.errors import HardfocusError
-from scoring.foundation.fingerprints import manifest_digest
+from scoring.foundation.fingerprints import digest, manifest_digest
 from scoring.foundation.kinds import SELECTED, identify
 from scoring.foundation.stagedir import Opening, StageDir, refuse_overlap, refuse_repeated
 from scoring.foundation.storage import read_json, redact
@@ -53,7 +53,7 @@ def select(cfg: SelectConfig, progress: bool = True) -> SelectResult:
         if cfg.by == "document":
             check_by_document(parts, cfg, reference)
         identity = selection_identity(cfg, parts, reference)
-        if out.open(identity, cfg.overwrite, inputs=inputs) is Opening.COMPLETE:
+        if out.open(identity, cfg.overwrite, inputs=inputs) is Opening.COMPLETE and _decisions_whole(cfg):
             log.info("'%s' already holds this selection: nothing to do", redact(cfg.output))
             summary = out.read_record(SUMMARY_FILE, SelectionSummary)
             if cfg.report and not out.exists(REPORT_FILE):  # the report is not part of the selection: made on request
@@ -75,9 +75,10 @@ def select(cfg: SelectConfig, progress: bool = True) -> SelectResult:
         all_weights = np.full(ranked.height, np.nan, dtype=np.float32)
         all_weights[is_kept.to_numpy()] = weights
         with out.staged(identity) as stage:
-            n_parts = write_selection(parts, Decided.of(ranked, all_weights, excluded_rows, column), stage, progress)
+            n_parts = write_selection(parts, Decided.of(ranked, all_weights, excluded_rows, column), stage,
+                                      digest(identity), progress, ray_address=cfg.ray_address)
             summary = SelectionSummary(
-                parameters=cfg.model_dump(exclude={"scores", "output", "overwrite", "report"}),
+                parameters=cfg.model_dump(exclude={"scores", "output", "overwrite", "report", "ray_address"}),
                 score=cfg.score,
                 score_units=units,
                 scores=_score_dirs(cfg.scores, parts.manifests),
@@ -103,12 +104,27 @@ def select(cfg: SelectConfig, progress: bool = True) -> SelectResult:
     return SelectResult(cfg.output, summary)
 
 
+def _decisions_whole(cfg: SelectConfig) -> bool:
+    """Whether a complete selection's decisions/ reads whole; if not, --overwrite selects again (else refused)."""
+    try:
+        decision_parts(cfg.output)
+    except HardfocusError as exc:
+        if not cfg.overwrite:
+            raise
+        log.warning("'%s' holds this selection but not its decisions whole (%s): selecting again", redact(cfg.output),
+                    exc)
+        return False
+    return True
+
+
 def selection_identity(cfg: SelectConfig, parts: ScoreParts, reference: ScoreParts | None) -> dict:
     """What makes two selections the same: the parameters and the scores they were made from (``report`` writes a
-    page beside the selection and changes nothing in it)."""
+    page beside the selection and changes nothing in it; ``ray_address`` says only where the parts are written)."""
     default_by = {"by"} if cfg.by == "window" else set()  # left out at its default: selections made before it stay
     return {
-        "parameters": cfg.model_dump(exclude={"scores", "reference", "output", "overwrite", "report", *default_by}),
+        "decisions": DECISIONS_LAYOUT,  # a selection of before decisions/ is another: --overwrite replaces it
+        "parameters": cfg.model_dump(exclude={"scores", "reference", "output", "overwrite", "report", "ray_address",
+                                                  *default_by}),
         "scores": [manifest_digest(m) for m in parts.manifests],
         "reference": [manifest_digest(m) for m in reference.manifests] if reference else [],
     }

@@ -21,12 +21,14 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from scoring.foundation.errors import HardfocusError
+from scoring.foundation.fingerprints import digest
 from scoring.foundation.storage import fs_url, list_names, prefetched, read_json, redact
 
 DECISIONS_DIR = "decisions"
 DROPPED, KEPT, EASY, EXCLUDED = "dropped", "kept", "easy", "excluded"
 DECISION_BANDS = (DROPPED, KEPT, EASY, EXCLUDED)
-SOURCE_KEY = b"hardfocus.decisions"  # footer metadata: {"scores": dir index, "part": score part name, "rows": n}
+DECISIONS_LAYOUT = 1  # in the selection's identity: a selection of before decisions/ has none
+SOURCE_KEY = b"hardfocus.decisions"  # footer: {"index", "scores": dir index, "part": score part name, "rows", "selection"}
 
 DECISIONS_SCHEMA = pa.schema(
     [
@@ -97,6 +99,8 @@ def decision_parts(selected: str) -> list[tuple[str, dict]]:
     if want is None or not fs.exists(where):
         raise HardfocusError(f"'{redact(selected)}' was selected by an earlier version of hardfocus and records no "
                              "decisions/: run the same `hardfocus select` again with --overwrite")
+    job = read_json(fs, posixpath.join(root, "selection_job.json"), "selection job file", kind=dict) or {}
+    selection = digest(job["identity"]) if isinstance(job.get("identity"), dict) else None
     names = sorted(n for n in list_names(fs, where) if n.startswith("part-") and n.endswith(".parquet"))
     if len(names) != want or names != [f"part-{i:05d}.parquet" for i in range(want)]:
         raise HardfocusError(f"{redact(fs_url(fs, where))} holds {len(names)} parts where its summary counts {want}: "
@@ -112,6 +116,10 @@ def decision_parts(selected: str) -> list[tuple[str, dict]]:
                                  "`hardfocus select` again with --overwrite") from exc
         check_decisions_schema(meta.schema.to_arrow_schema(), redact(url))
         record = decision_source(meta.metadata, redact(url))
+        if record.get("index") != int(name[5:10]) or record.get("selection") != selection:
+            raise HardfocusError(f"the decisions part {redact(url)} is not this selection's part {name[5:10]} (its footer "
+                                 "records another selection or another place): it was moved or copied in after it was "
+                                 "written; run `hardfocus select` again with --overwrite")
         if meta.num_rows != record["rows"]:
             raise HardfocusError(f"the decisions part {redact(url)} holds {meta.num_rows} rows where its record says "
                                  f"{record['rows']}: run `hardfocus select` again with --overwrite")

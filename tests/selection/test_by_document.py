@@ -195,7 +195,7 @@ def test_refusals_and_identity(tmp_path):
     window = SelectConfig(scores=[str(tmp_path / "scores")], output=str(tmp_path / "sel"))
     parts = open_scores(window.scores)
     assert selection_identity(window, parts, None)["parameters"] == window.model_dump(
-        exclude={"scores", "reference", "output", "overwrite", "report", "by"})
+        exclude={"scores", "reference", "output", "overwrite", "report", "ray_address", "by"})
     assert selection_identity(window.model_copy(update={"by": "document"}), parts, None)["parameters"]["by"] == "document"
     made = select(window, progress=False).summary
     assert select(window, progress=False).skipped
