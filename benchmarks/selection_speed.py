@@ -582,7 +582,7 @@ write pass on one thread at most the plain loop plus the decisions' share):
 
 Each cell: the whole process's wall seconds (the timed part inside it in brackets), its peak RSS, and the
 CPU-seconds per second other processes took meanwhile ("contended" above 0.2), of the best of
-{a['rounds']} rounds (the smallest timed part; every round's is listed) for the arms compared.
+{a.get('rounds', 1)} round(s) (the smallest timed part; every round's is listed) for the arms compared.
 
 - **hardfocus select**: `hardfocus select <scores> -o <out> --no-report`, the real CLI with its defaults (global
   ranking, drop_top {DROP_TOP}, keep {KEEP}, IR-DRO temperature {TEMPERATURE}; the write pass on min(4, CPUs)
