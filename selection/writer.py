@@ -34,7 +34,15 @@ from fsspec.core import url_to_fs
 from tqdm.auto import tqdm
 
 import scoring.foundation
-from scoring.foundation.decisions import DECISION_BANDS, DECISIONS_DIR, EXCLUDED, KEPT, SOURCE_KEY, decisions_schema
+from scoring.foundation.decisions import (
+    DECISION_BANDS,
+    DECISIONS_DIR,
+    EXCLUDED,
+    KEPT,
+    SOURCE_KEY,
+    WINDOW_FIELDS,
+    decisions_schema,
+)
 from scoring.foundation.errors import HardfocusError
 from scoring.foundation.stagedir import StageDir
 from scoring.foundation.storage import fs_url, is_local, redact
@@ -48,7 +56,7 @@ _UNSET = 255
 _EXCLUDED = DECISION_BANDS.index(EXCLUDED)
 _KEPT = DECISION_BANDS.index(KEPT)
 _BAND_NAMES = pa.array(DECISION_BANDS, pa.string())
-_DECISION_WINDOW_COLUMNS = ("document_id", "window", "windows", "char_start", "char_stop")
+_DECISION_WINDOW_COLUMNS = tuple(f.name for f in WINDOW_FIELDS)  # the contract's, read from the score parts
 # the decisions' columns of few distinct values: Parquet's dictionary encoding of the others (ids, scores) costs
 # more than it saves (a third of the part's bytes and of the time to write it)
 DECISIONS_DICTIONARY_COLUMNS = ("shard", "group", "band", "reason", "document_id", "window", "windows")
