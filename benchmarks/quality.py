@@ -201,7 +201,7 @@ def _base_eval_loss(model_path: str, heldout: Path, s: Settings) -> float:
                       batch_size=s.batch_size, precision=s.precision)
     bf16 = s.precision == "bf16" or (s.precision == "auto" and _cpu_bf16())
     args = training_arguments(cfg, bf16=bf16, progress=False, with_eval=True)
-    trainer = build_trainer(cfg, model_path, args, train_dataset=None,
+    trainer = build_trainer(cfg, model_path, args, None,
                             eval_dataset=TokenDataset(load_training_data([str(heldout)]).table))
     return float(trainer.evaluate()["eval_loss"])
 

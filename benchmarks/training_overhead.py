@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import logging
 import statistics
@@ -201,12 +202,14 @@ def train_config(arm: str, output: Path, args: argparse.Namespace):
         data=["unused"], output=str(output), weighting=weighting_of(arm),
         max_steps=args.warmup_steps + args.steps, batch_size=args.batch_size, max_seq_len=args.seq_len,
         seed=args.seed, precision="bf16" if args.bf16 else "fp32", logging_steps=log_every(args),
+        batching="random",  # equal-length samples: nothing to group; the plain arm reads the same order
     )
 
 
 def build_arm(arm: str, model_path: str, dataset, work: Path, args: argparse.Namespace) -> tuple[Trainer, StepClock]:
     from training.build import build_trainer, load_base, pad_id, training_arguments
     from training.collator import WeightedCollator
+    from training.stream import TableWindows, TrainingStream
 
     cfg = train_config(arm, work / arm.replace("+", "_").replace("/", "_"), args)
     targs = training_arguments(
@@ -215,16 +218,21 @@ def build_arm(arm: str, model_path: str, dataset, work: Path, args: argparse.Nam
         use_cpu=not torch.cuda.is_available(),
     )
     clock = StepClock()
-    if arm == "plain":
+    if arm == "plain":  # the stream's order, read sequentially: the same batches as the other arms
         model, tokenizer = load_base(model_path)
         collator = WeightedCollator(pad_token_id=pad_id(tokenizer), max_seq_len=cfg.max_seq_len)
+        stream = TrainingStream(TableWindows(dataset), lambda rows: rows, cfg.batch_size, cfg.shuffle_buffer, cfg.seed,
+                                "random", cfg.max_seq_len)
+        ordered = [row for batch in itertools.islice(stream.batch_rows(), cfg.max_steps) for row in batch]
+        targs.train_sampling_strategy = "sequential"
         trainer = Trainer(
-            model=model, args=targs, train_dataset=dataset, data_collator=FingerprintCollator(collator, drop_weight=True),
+            model=model, args=targs, train_dataset=ordered, data_collator=FingerprintCollator(collator, drop_weight=True),
             processing_class=tokenizer, callbacks=[clock],
         )
     else:
-        trainer = build_trainer(cfg, model_path, targs, dataset, extra_callbacks=[clock])
-        trainer.data_collator = FingerprintCollator(trainer.data_collator, drop_weight=False)
+        trainer = build_trainer(cfg, model_path, targs, TableWindows(dataset), extra_callbacks=[clock])
+        trainer.train_dataset.collate = FingerprintCollator(trainer.train_dataset.collate, drop_weight=False)
+        trainer.data_collator = trainer.train_dataset.collate  # where run_arm reads the fingerprints
     return trainer, clock
 
 
@@ -317,7 +325,6 @@ def measure(args: argparse.Namespace, command: str) -> dict:
     from transformers.utils import logging as hf_logging
 
     from scoring.model import cpu_has_bf16, resolve_model
-    from training.data import TokenDataset
 
     hf_logging.set_verbosity_error()
     if args.threads:
@@ -331,7 +338,7 @@ def measure(args: argparse.Namespace, command: str) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     n_samples = (args.warmup_steps + args.steps) * args.batch_size
     samples = make_samples(tokenizer, n_samples, args.seq_len, args.seed)
-    dataset = TokenDataset(token_table(samples))
+    dataset = token_table(samples)
     log.info("%d samples of %d tokens; %d rounds of %d arms x (%d + %d) steps", n_samples, args.seq_len, args.rounds,
              len(args.arms), args.warmup_steps, args.steps)
     runs = run_rounds(model_path, dataset, args)

@@ -10,14 +10,34 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 from transformers.utils import logging as hf_logging
 
 from training.checkpoints import MarkComplete
-from training.collator import WeightedCollator
+from training.collator import PackedCollator, WeightedCollator
 from training.config import TrainConfig
 from training.output import CHECKPOINTS, TRAIN_LOG
+from training.stream import TrainingStream, WindowSource
 from training.trainer import JsonLogCallback, WeightedTrainer
 from training.weighting import StepWeighter
 
 log = logging.getLogger(__name__)
 
+
+def flash_attention_available() -> bool:
+    """flash_attention_2 needs a GPU and the ``flash_attn`` package."""
+    import importlib.util
+
+    return torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+
+
+def batching(cfg: TrainConfig) -> str:
+    """grouped, packed or random: ``auto`` packs where flash attention runs variable-length sequences natively and
+    groups by length elsewhere (on a CPU, SDPA computes a packed row's whole block-diagonal mask: slower than the
+    few padded positions grouping leaves; benchmarks/results/training_speed.md)."""
+    if cfg.batching != "auto":
+        return cfg.batching
+    return "packed" if flash_attention_available() else "grouped"
+
+
+def attention_implementation() -> str:
+    return "flash_attention_2" if flash_attention_available() else "sdpa"
 
 
 def make_weighter(cfg: TrainConfig) -> StepWeighter:
@@ -60,16 +80,21 @@ def training_arguments(cfg: TrainConfig, bf16: bool, progress: bool, with_eval: 
         disable_tqdm=not progress,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        ignore_data_skip=True,  # a resumed training.stream.TrainingStream starts at its step's batch itself
     )
+    if torch.cuda.is_available() and cfg.optim == "adamw_torch":
+        kwargs["optim"] = "adamw_torch_fused"  # the same update in one kernel per parameter group
+        kwargs["tf32"] = bool(torch.cuda.get_device_capability()[0] >= 8)
     kwargs.update(overrides)
     return TrainingArguments(**kwargs)
 
 
 def load_base(model_path: str):
-    """Model in fp32 (master weights; bf16 is autocast) and its tokenizer."""
+    """Model in fp32 (master weights; bf16 is autocast) and its tokenizer; flash attention where installed."""
     hf_logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
+                                                 attn_implementation=attention_implementation())
     return model, tokenizer
 
 
@@ -84,16 +109,27 @@ def build_trainer(
     cfg: TrainConfig,
     model_path: str,
     args: TrainingArguments,
-    train_dataset,
+    train_source: WindowSource | None,
     eval_dataset=None,
     extra_callbacks: list | None = None,
+    start_batch: int = 0,
 ) -> WeightedTrainer:
+    """The Trainer over a :class:`training.stream.TrainingStream` of ``train_source``'s rows from ``start_batch``
+    (None: a Trainer that only evaluates)."""
     model, tokenizer = load_base(model_path)
-    collator = WeightedCollator(pad_token_id=pad_id(tokenizer), max_seq_len=cfg.max_seq_len)
+    how = batching(cfg)
+    collator = (PackedCollator if how == "packed" else WeightedCollator)(pad_token_id=pad_id(tokenizer),
+                                                                        max_seq_len=cfg.max_seq_len)
+    stream = None
+    if train_source is not None:
+        stream = TrainingStream(train_source, collator, cfg.batch_size, cfg.shuffle_buffer, cfg.seed,
+                                "grouped" if how == "grouped" else "random", cfg.max_seq_len, start_batch)
+        log.info("training batches: %s (%d samples each, shuffled in windows of %d rows)", how, cfg.batch_size,
+                 stream.window_rows)
     return WeightedTrainer(
         model=model,
         args=args,
-        train_dataset=train_dataset,
+        train_dataset=stream,
         eval_dataset=eval_dataset,
         data_collator=collator,
         processing_class=tokenizer,

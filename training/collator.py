@@ -39,41 +39,32 @@ class WeightedCollator:
     samples_cut: int = 0  # samples longer than max_seq_len seen so far: their tokens past it are never trained on
 
     def __call__(self, rows: Sequence[Mapping]) -> dict[str, torch.Tensor]:
+        seqs, labels = self._cut(rows)
+        longest = max(len(s) for s in seqs)
+        input_ids = torch.full((len(seqs), longest), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(seqs), longest), dtype=torch.long)
+        padded_labels = torch.full((len(seqs), longest), -100, dtype=torch.long)
+        for i, (seq, label) in enumerate(zip(seqs, labels)):
+            input_ids[i, : len(seq)] = torch.from_numpy(seq)
+            attention_mask[i, : len(seq)] = 1
+            padded_labels[i, : len(seq)] = torch.from_numpy(label)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": padded_labels,
+                "weight": _weights(rows)}
+
+    def _cut(self, rows: Sequence[Mapping]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Each row's token ids cut at ``max_seq_len`` and its labels (-100 outside its targets); warns as it counts."""
         full = [np.asarray(r["input_ids"], dtype=np.int64) for r in rows]
         if cut := [len(s) for s in full if len(s) > self.max_seq_len]:
             self._warn_cut(len(cut), max(cut))
         seqs = [s[: self.max_seq_len] for s in full]
-        longest = max(len(s) for s in seqs)
-        input_ids = torch.full((len(seqs), longest), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(seqs), longest), dtype=torch.long)
-        labels = torch.full((len(seqs), longest), -100, dtype=torch.long)
-        no_targets = 0
-        for i, (row, seq) in enumerate(zip(rows, seqs)):
-            n = len(seq)
-            target = mask_from_spans(_spans(row.get("loss_spans")), n)
+        labels, no_targets = [], 0
+        for row, seq in zip(rows, seqs):
+            target = mask_from_spans(_spans(row.get("loss_spans")), len(seq))
             no_targets += not target.any()
-            input_ids[i, :n] = torch.from_numpy(seq)
-            attention_mask[i, :n] = 1
-            labels[i, :n] = torch.from_numpy(np.where(target, seq, -100))
+            labels.append(np.where(target, seq, -100))
         if no_targets:
             self._warn_no_targets(no_targets, len(rows))
-        weight = torch.tensor([float(r.get("weight", 1.0)) for r in rows], dtype=torch.float32)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "weight": weight}
-
-    def from_columns(self, batch: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        """The same batch from Ray Data's columnar ``{column: array}`` form."""
-        n = len(batch["input_ids"])
-        weights = batch.get("weight")
-        spans = batch.get("loss_spans")
-        rows = [
-            {
-                "input_ids": batch["input_ids"][i],
-                "weight": 1.0 if weights is None else float(weights[i]),
-                "loss_spans": None if spans is None else spans[i],
-            }
-            for i in range(n)
-        ]
-        return self(rows)
+        return seqs, labels
 
     def _warn_cut(self, count: int, longest: int) -> None:
         before, self.samples_cut = self.samples_cut, self.samples_cut + count
@@ -93,6 +84,32 @@ class WeightedCollator:
                 "--max-seq-len, or score with max_tokens <= max_seq_len so they are excluded as prompt_too_long",
                 count, batch_size, self.max_seq_len, self.samples_without_targets,
             )
+
+
+@dataclass
+class PackedCollator(WeightedCollator):
+    """The same rows and labels, concatenated into one row without padding (padding-free training).
+
+    ``position_ids`` restart at 0 for every sample, so the model's attention keeps the samples apart
+    (``transformers`` turns restarting positions into a block-diagonal mask for SDPA and eager, and into
+    variable-length sequences for flash attention); ``sample_index`` names each position's sample,
+    so :func:`training.weighting.per_sample_nll_packed` gives each sample its own mean NLL. A sample's
+    first token is never a target, so no position predicts across a boundary. ``weight`` has one entry per sample.
+    """
+
+    def __call__(self, rows: Sequence[Mapping]) -> dict[str, torch.Tensor]:
+        seqs, labels = self._cut(rows)
+        return {
+            "input_ids": torch.from_numpy(np.concatenate(seqs))[None],
+            "position_ids": torch.from_numpy(np.concatenate([np.arange(len(s)) for s in seqs]))[None],
+            "labels": torch.from_numpy(np.concatenate(labels))[None],
+            "sample_index": torch.from_numpy(np.repeat(np.arange(len(seqs)), [len(s) for s in seqs])),
+            "weight": _weights(rows),
+        }
+
+
+def _weights(rows: Sequence[Mapping]) -> torch.Tensor:
+    return torch.tensor([float(r.get("weight", 1.0)) for r in rows], dtype=torch.float32)
 
 
 def _tenfold(before: int, after: int) -> bool:

@@ -10,6 +10,7 @@ from pydantic import ConfigDict, Field, model_validator
 from scoring.foundation.sample_format import LongDocuments, SampleFormat, check_long_documents
 
 Weighting = Literal["none", "static", "online", "static+online"]
+Batching = Literal["auto", "grouped", "packed", "random"]
 
 
 class TrainConfig(SampleFormat):
@@ -42,6 +43,15 @@ class TrainConfig(SampleFormat):
         None, ge=1, description="micro-batches per optimiser step; default: online_window"
     )
     max_seq_len: int = Field(512, ge=2, description="tokens per sample; longer samples are cut")
+    batching: Batching = Field(
+        "auto", description="how samples become micro-batches: grouped = of similar length (little padding), packed = "
+        "concatenated into one row (no padding), random = as they come; auto = packed on a GPU with flash attention, "
+        "else grouped (the faster on a CPU, benchmarks/results/training_speed.md)"
+    )
+    shuffle_buffer: int = Field(
+        65536, ge=1, description="rows read and shuffled together (training streams the data: memory holds one such "
+        "window of token ids)"
+    )
     optim: str = Field("adamw_torch", description="a transformers optimizer name: adamw_torch, sgd, adafactor, ...")
     learning_rate: float = Field(2e-5, gt=0, description="peak learning rate")
     lr_scheduler: str = Field("cosine", description="a transformers scheduler name: cosine, linear, constant, ...")

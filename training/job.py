@@ -35,6 +35,7 @@ from training.output import (
 )
 from training.sources import TrainingSources, find_sources
 from training.store import publish, staging_dir
+from training.stream import PartWindows
 from training.trainer import check_finite_parameters
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,9 @@ def _fit(cfg: TrainConfig, model_path: str, bf16: bool, progress: bool, data: Tr
     else:
         args = training_arguments(cfg, bf16=bf16, progress=progress, with_eval=eval_data is not None)
         trainer = build_trainer(
-            cfg, model_path, args, TokenDataset(load_training_data(data).table),
+            cfg, model_path, args, PartWindows(data, cfg.seed),
             TokenDataset(load_training_data(eval_data).table) if eval_data else None,
+            start_batch=checkpoint_step(resume) * cfg.accumulation_steps if resume else 0,
         )
         trainer.train(resume_from_checkpoint=resume)
         check_finite_parameters(trainer.model, trainer.state.global_step)

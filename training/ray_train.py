@@ -19,7 +19,6 @@ import shutil
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
-from ray.data.collate_fn import NumpyBatchCollateFn
 from transformers import TrainerCallback
 
 from scoring.foundation.console import native_stderr_to_file, quiet_ray_data_console
@@ -55,6 +54,7 @@ def training_dataset(sources: TrainingSources | list[str]):
             ))
     ds = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
     ds.context.raise_original_map_exception = True  # a bad row fails with its HardfocusError, not "UDF failed"
+    ds.context.execution_options.preserve_order = True  # the same order every epoch and run: a resume skips exactly
     return ds
 
 
@@ -80,7 +80,7 @@ def fit_on_ray(cfg: TrainConfig, sources: TrainingSources, model_path: str, bf16
             num_workers=cfg.ray_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
         ),
         run_config=RunConfig(name="hardfocus-train", storage_path=str(Path(cfg.output).absolute() / RAY_RESULTS)),
-        datasets={"train": _with_read_capacity(training_dataset(sources), cfg)},
+        datasets={"train": _read_once(training_dataset(sources), cfg, sources.rows)},
     )
     try:
         with native_stderr_to_file():  # Ray's C++ warnings go to a file (kept if the run fails), not across our lines
@@ -112,10 +112,21 @@ def user_error(exc: BaseException) -> HardfocusError | None:
     return None
 
 
-def _with_read_capacity(ds, cfg: TrainConfig):
-    """Read the shards up front when the workers would hold every CPU (Ray Data would wait forever)."""
+def _read_once(ds, cfg: TrainConfig, rows: int):
+    """The dataset the workers iterate: read and checked once.
+
+    A run within one epoch streams it (each row read once, memory bounded by Ray Data's buffers); a run of more
+    epochs would read and check every part again each epoch, so the rows are read once into Ray's object store
+    (which spills to disk) and iterated from there. They are also read up front when the workers would hold
+    every CPU (Ray Data would wait forever for one to read with).
+    """
     import ray
 
+    samples = cfg.max_steps * cfg.accumulation_steps * cfg.batch_size * cfg.ray_workers
+    if samples > rows:
+        log.info("%d steps take %d samples of %d rows: reading the rows once, for every epoch", cfg.max_steps,
+                 samples, rows)
+        return ds.materialize()
     spare = ray.cluster_resources().get("CPU", 0) - cfg.ray_workers * cfg.cpus_per_worker
     if spare < 1:
         log.info("the training workers take all %g CPUs: reading the training data before they start", spare + cfg.ray_workers)
@@ -131,6 +142,7 @@ def _worker_loop(config: dict) -> None:
     from ray.train.huggingface.transformers import prepare_trainer
 
     from training.build import build_trainer, training_arguments
+    from training.checkpoints import checkpoint_step
     from training.trainer import check_finite_parameters
     cfg = TrainConfig.model_validate(config["cfg"])
     if not cfg.use_gpu:
@@ -138,8 +150,9 @@ def _worker_loop(config: dict) -> None:
     shard = ray.train.get_dataset_shard("train")
     # use_cpu: accelerate treats a CPU process group as MULTI_CPU (DDP over gloo) only when told it is on CPU
     args = training_arguments(cfg, bf16=config["bf16"], progress=config["progress"], with_eval=False, use_cpu=not cfg.use_gpu)
-    trainer = build_trainer(cfg, config["model_path"], args, train_dataset=None, extra_callbacks=[_ReportCheckpoints()])
-    trainer.train_dataset = shard.iter_torch_batches(batch_size=cfg.batch_size, collate_fn=_RayCollate(trainer.data_collator))
+    resume = config["resume"]
+    trainer = build_trainer(cfg, config["model_path"], args, ShardWindows(shard), extra_callbacks=[_ReportCheckpoints()],
+                            start_batch=checkpoint_step(resume) * cfg.accumulation_steps if resume else 0)
     trainer = prepare_trainer(trainer)
     trainer.train(resume_from_checkpoint=config["resume"])
     check_finite_parameters(trainer.model, trainer.state.global_step)  # every rank holds the same weights (DDP)
@@ -174,14 +187,20 @@ class _ReportCheckpoints(TrainerCallback):
             ray.train.report(metrics=metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-class _RayCollate(NumpyBatchCollateFn):
-    """Ray Data's columnar batches through the single-process collator."""
+class ShardWindows:
+    """A worker's Ray Data shard as a :class:`training.stream.WindowSource`: its rows in Ray Data's order, a window
+    at a time (``iter_batches``, pyarrow); the rows per epoch are not known up front, so a resume skips by counting."""
 
-    def __init__(self, collator):
-        self.collator = collator
+    rows = None
 
-    def __call__(self, batch):
-        return self.collator.from_columns(batch)
+    def __init__(self, shard):
+        self.shard = shard
+
+    def windows(self, epoch: int, window_rows: int, start_row: int):
+        import pyarrow as pa
+
+        for batch in self.shard.iter_batches(batch_size=window_rows, batch_format="pyarrow"):
+            yield batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
 
 
 def _read_state(out: Path) -> dict:

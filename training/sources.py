@@ -63,6 +63,7 @@ class Source:
     identity: str = ""  # a digest of its marker (summary.json, manifest.json, tokenized.json) or of its parts
     tokenizer: str | None = None  # the fingerprint of the tokenizer that made its input_ids, where recorded
     token_range: tuple[int, int] | None = None  # the lowest and highest token id (footer statistics), where known
+    part_rows: tuple[int, ...] = ()  # per part: the rows training uses (a stream skips whole parts on a resume)
 
 
 @dataclass(frozen=True)
@@ -129,20 +130,27 @@ def _source(path: str) -> Source:
                 f"cannot read '{redact(fs_url(fs, part))}' of '{redact(path)}' ({footer}): it was damaged after it was "
                 f"written; write it again (rerun the stage that wrote '{redact(path)}' with --overwrite)"
             )
-    columns, rows, not_ok = [], 0, 0
+    columns, part_rows = [], [f.num_rows for f in footers]
     for part, footer in zip(parts, footers):
         columns.append(_check_part(footer.schema.to_arrow_schema(), kind, f"'{redact(fs_url(fs, part))}'"))
-        rows += footer.num_rows
         if kind == "tokens" and "status" in footer.schema.names:
             raise HardfocusError(
                 f"'{redact(path)}' has scores/ parts but no {SCORES_MANIFEST_FILE}: the scoring did not finish; rerun `hardfocus score`"
             )
+    rows = sum(part_rows)
     identity, tokenizer = _recorded(fs, root, found, len(parts), rows, footers, parts)
     if kind == "scores":  # the status column only: which rows are trained on
-        for status in prefetched(lambda p: _read(fs, p, ["status"]).column("status"), parts):
-            not_ok += len(status) - (pc.sum(pc.equal(status, Status.OK.value)).as_py() or 0)
-    return Source(path, kind, tuple(fs_url(fs, p) for p in parts), tuple(columns), rows - not_ok, not_ok,
-                  identity=identity, tokenizer=tokenizer, token_range=_token_range(footers))
+        statuses = prefetched(lambda p: _read(fs, p, ["status"]).column("status"), parts)
+        part_rows = [pc.sum(pc.equal(status, Status.OK.value)).as_py() or 0 for status in statuses]
+    elif any("weight" in c for c in columns):  # 4 bytes a row, read up front: a bad weight is refused before a step
+        with_weight = [p for p, c in zip(parts, columns) if "weight" in c]
+        read = prefetched(lambda p: _read(fs, p, ["weight"]).column("weight"), with_weight)
+        weights = pa.chunked_array([chunk.cast(pa.float32()) for column in read for chunk in column.chunks], pa.float32())
+        if weights.null_count:
+            raise HardfocusError(f"{weights.null_count} rows of '{redact(path)}' have a null weight")
+        _check_weights(weights, redact(path))
+    return Source(path, kind, tuple(fs_url(fs, p) for p in parts), tuple(columns), sum(part_rows), rows - sum(part_rows),
+                  identity=identity, tokenizer=tokenizer, token_range=_token_range(footers), part_rows=tuple(part_rows))
 
 
 def _token_range(footers: list[pq.FileMetaData]) -> tuple[int, int] | None:

@@ -18,7 +18,8 @@ from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCall
 
 from scoring.foundation.errors import HardfocusError
 from training.progress import TrainProgress
-from training.weighting import StepWeighter, per_sample_nll
+from training.stream import TrainingStream
+from training.weighting import StepWeighter, per_sample_nll, per_sample_nll_packed
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +48,20 @@ class WeightedTrainer(Trainer):
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
         if batches:
-            self.weighter.start_step([len(b["input_ids"]) for b in batches])
+            self.weighter.start_step([len(b["weight"]) for b in batches])  # samples: a packed batch is one row
         return batches, num_items
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         static = inputs.pop("weight", None)
         labels = inputs.pop("labels")
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
-        losses, _ = per_sample_nll(outputs.logits, labels)
+        sample_index = inputs.pop("sample_index", None)  # packed: each position's sample
+        # use_cache=False: no KV cache to fill in training, and with a cache transformers ignores packed positions
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                        position_ids=inputs.get("position_ids"), use_cache=False)
+        if sample_index is None:
+            losses, _ = per_sample_nll(outputs.logits, labels)
+        else:
+            losses, _ = per_sample_nll_packed(outputs.logits, labels, sample_index, len(static))
         if not model.training:  # evaluation: the plain mean per-sample loss
             loss = losses.mean()
             return (loss, outputs) if return_outputs else loss
@@ -68,6 +75,13 @@ class WeightedTrainer(Trainer):
         checked = loss.detach() + self._reported_loss.to(loss.device)  # NaN or infinite if either is
         self._step_loss = checked if self._step_loss is None else self._step_loss + checked.to(self._step_loss.device)
         return (loss, outputs) if return_outputs else loss
+
+    def get_train_dataloader(self):
+        """A :class:`training.stream.TrainingStream` yields whole batches: the loader only moves them."""
+        if isinstance(self.train_dataset, TrainingStream):
+            return torch.utils.data.DataLoader(self.train_dataset, batch_size=None, num_workers=0,
+                                               pin_memory=self.args.dataloader_pin_memory)
+        return super().get_train_dataloader()
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         super().training_step(model, inputs, num_items_in_batch)

@@ -47,6 +47,24 @@ def per_sample_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return nll.sum(1) / n_tokens.clamp_min(1), n_tokens
 
 
+def per_sample_nll_packed(logits: torch.Tensor, labels: torch.Tensor, sample_index: torch.Tensor, n_samples: int
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`per_sample_nll` of samples packed into one row (:class:`training.collator.PackedCollator`).
+
+    ``logits`` (1, L, V), ``labels`` (1, L) and ``sample_index`` (L,): position t's logits predict
+    ``labels[0, t + 1]``, which belongs to sample ``sample_index[t + 1]``; a sample's first label is
+    -100, so no prediction crosses into the next sample. Sums per sample by ``index_add``.
+    """
+    v = logits.shape[-1]
+    shift_labels = labels[0, 1:]
+    nll = F.cross_entropy(logits[0, :-1].float().reshape(-1, v), shift_labels, ignore_index=-100, reduction="none")
+    owner = sample_index[1:].to(nll.device)
+    counted = shift_labels.ne(-100)
+    sums = torch.zeros(n_samples, dtype=nll.dtype, device=nll.device).index_add_(0, owner, nll)
+    n_tokens = torch.zeros(n_samples, dtype=torch.long, device=nll.device).index_add_(0, owner, counted.long())
+    return sums / n_tokens.clamp_min(1), n_tokens
+
+
 def irdro_weights_torch(losses: torch.Tensor, temperature: float) -> torch.Tensor:
     """Mean-1 IR-DRO weights ``n * softmax(losses / r)`` (softmax subtracts the max: no overflow)."""
     return losses.numel() * torch.softmax(losses / temperature, dim=0)

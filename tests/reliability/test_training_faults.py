@@ -120,7 +120,7 @@ def test_the_trainer_logs_a_non_finite_loss_as_it_is(tiny_model_dir, tmp_path):
     trainer = training.build.build_trainer(
         small_config([data], tmp_path / "out"), tiny_model_dir,
         training.build.training_arguments(small_config([data], tmp_path / "out"), bf16=False, progress=False, with_eval=False),
-        train_dataset=None,
+        None,
     )
     assert trainer.args.logging_nan_inf_filter is False
 

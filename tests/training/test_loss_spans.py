@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -55,24 +56,6 @@ def with_spans(directory: str | Path, spans: list) -> str:
     return str(directory)
 
 
-def ray_like(rows: list[dict]) -> dict[str, np.ndarray]:
-    """The columnar form Ray Data's numpy batches have: object arrays, a None for a null list."""
-
-    def objects(values):
-        out = np.empty(len(values), dtype=object)
-        out[:] = values
-        return out
-
-    return {
-        "input_ids": objects([np.asarray(r["input_ids"], np.int32) for r in rows]),
-        "weight": np.array([r["weight"] for r in rows], np.float32),
-        "loss_spans": objects([None if r["loss_spans"] is None else objects(r["loss_spans"]) for r in rows]),
-    }
-
-
-# --- collator ---------------------------------------------------------------------------------------
-
-
 def test_labels_are_the_tokens_at_the_span_positions_and_minus_100_elsewhere():
     seqs = mixed_length_sequences(10, vocab=290, seed=7)
     spans = response_spans(seqs)
@@ -89,11 +72,6 @@ def test_labels_are_the_tokens_at_the_span_positions_and_minus_100_elsewhere():
         assert batch["labels"][i].tolist() == expected.tolist()
         assert batch["attention_mask"][i].sum() == len(seq)
     assert (batch["labels"] != -100).sum() < (batch["attention_mask"].sum() - len(seqs))  # the spans do mask
-
-    columnar = WeightedCollator(pad_token_id=0, max_seq_len=512).from_columns(ray_like(rows))
-    assert columnar.keys() == batch.keys()
-    for key in batch:
-        assert torch.equal(columnar[key], batch[key]), key
 
 
 def test_spans_are_clipped_at_max_seq_len_and_a_sample_without_targets_has_loss_0(tiny_model_dir, caplog):
@@ -252,9 +230,11 @@ def test_a_weighted_training_run_logs_the_masked_losses(tiny_model_dir, tmp_path
 
 @pytest.mark.ray
 def test_ray_dataset_batches_carry_the_spans(tmp_path, local_ray):
-    """training_dataset (the Ray Train input) + the Ray collate function give each row the labels of the
-    single-process path; a plain-text selected/ read together with a conversation one gets null spans."""
-    from training.ray_train import _RayCollate, training_dataset
+    """training_dataset (the Ray Train input) streamed as a worker does (ShardWindows, TrainingStream) gives each
+    row the labels of the single-process path; a plain-text selected/ read together with a conversation one gets
+    null spans."""
+    from training.ray_train import ShardWindows, training_dataset
+    from training.stream import TrainingStream
 
     seqs = mixed_length_sequences(14, vocab=290, seed=12)
     spans = response_spans(seqs, seed=4)
@@ -269,7 +249,9 @@ def test_ray_dataset_batches_carry_the_spans(tmp_path, local_ray):
 
     ds = training_dataset([chat, plain])
     got = {}
-    for batch in ds.iter_torch_batches(batch_size=5, collate_fn=_RayCollate(collator)):
+    stream = TrainingStream(ShardWindows(ds), collator, batch_size=5, shuffle_buffer=10, seed=0, order="grouped",
+                            max_seq_len=24)
+    for batch in itertools.islice(stream, 3):  # 14 rows: windows of 10 and 4, batches of 5, 5 and 4
         for ids, mask, labels, weight in zip(batch["input_ids"], batch["attention_mask"], batch["labels"], batch["weight"]):
             n = int(mask.sum())
             got[tuple(ids[:n].tolist())] = (labels[:n].tolist(), float(weight))

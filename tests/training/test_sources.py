@@ -99,7 +99,14 @@ def test_in_process_reader_refuses_bad_directories(tmp_path, case):
         load_training_data(paths)
 
 
-@pytest.mark.parametrize("case", ["a row of one token", "spans without a target", "spans backwards", "a null weight"])
+def test_weights_are_checked_when_the_sources_are_found(tmp_path):
+    """The weight column (4 bytes a row) is read up front: a streamed run refuses a bad weight before its first step."""
+    paths, message = bad_rows(tmp_path)["a null weight"]
+    with pytest.raises(HardfocusError, match=message):
+        find_sources(paths)
+
+
+@pytest.mark.parametrize("case", ["a row of one token", "spans without a target", "spans backwards"])
 def test_in_process_reader_refuses_bad_rows(tmp_path, case):
     paths, message = bad_rows(tmp_path)[case]
     find_sources(paths)  # the footers are fine ...

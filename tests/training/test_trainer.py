@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
@@ -23,6 +25,8 @@ from tests.training.helpers import (
 )
 from training import train
 from training.output import TRAIN_MANIFEST_FILE
+from training.sources import find_sources
+from training.stream import PartWindows, TrainingStream
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +39,14 @@ def run(cfg, model_dir):
 
 
 def test_static_with_unit_weights_matches_a_plain_trainer(tiny_model_dir, equal_data, tmp_path):
-    """Equal-length samples: the mean of per-sample means is the token mean the plain Trainer uses."""
+    """Equal-length samples: the mean of per-sample means is the token mean the plain Trainer uses. The plain
+    Trainer reads the samples in the order the stream gives them (sequential sampling)."""
     cfg = small_config([equal_data], tmp_path / "weighted", weighting="static", max_steps=5)
     run(cfg, tiny_model_dir)
+    stream = TrainingStream(PartWindows(find_sources([equal_data]), cfg.seed), lambda rows: rows, cfg.batch_size,
+                            cfg.shuffle_buffer, cfg.seed, "grouped", cfg.max_seq_len)
+    order = [np.asarray(r["input_ids"]).tolist() for b in itertools.islice(stream.batch_rows(), 5) for r in b]
+    assert sorted(map(tuple, order)) != sorted(map(tuple, order[:1] * 20))  # 20 distinct samples
 
     class Plain(torch.utils.data.Dataset):
         def __init__(self, seqs):
@@ -53,10 +62,10 @@ def test_static_with_unit_weights_matches_a_plain_trainer(tiny_model_dir, equal_
     args = TrainingArguments(
         output_dir=str(tmp_path / "plain"), max_steps=5, per_device_train_batch_size=4, learning_rate=1e-3,
         lr_scheduler_type="constant", warmup_steps=0, seed=0, report_to="none", save_strategy="no",
-        disable_tqdm=True, max_grad_norm=1.0, weight_decay=0.0,
+        disable_tqdm=True, max_grad_norm=1.0, weight_decay=0.0, train_sampling_strategy="sequential",
     )
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    Trainer(model=model, args=args, train_dataset=Plain(equal_length_sequences(32, 24, vocab=290))).train()
+    Trainer(model=model, args=args, train_dataset=Plain(order)).train()
     plain = {k: v.detach() for k, v in model.state_dict().items()}
     weighted = parameters(str(tmp_path / "weighted"))
     base = parameters(tiny_model_dir)
@@ -78,12 +87,15 @@ def test_gradient_accumulation_equals_one_larger_batch(tiny_model_dir, tmp_path)
     seqs = mixed_length_sequences(32, vocab=290, seed=1)
     weights = torch.rand(32, generator=torch.Generator().manual_seed(0)).add(0.5).tolist()
     data = write_selected(tmp_path / "sel", seqs, weights=weights)
-    big = run(small_config([data], tmp_path / "big", weighting="static", batch_size=8, max_steps=3), tiny_model_dir)
+    # random batching: the window's shuffled rows cut in batches of 8, or of 4 (grouping depends on the batch size)
+    big = run(small_config([data], tmp_path / "big", weighting="static", batch_size=8, max_steps=3, batching="random"),
+              tiny_model_dir)
     acc = run(
-        small_config([data], tmp_path / "acc", weighting="static", batch_size=4, gradient_accumulation_steps=2, max_steps=3),
+        small_config([data], tmp_path / "acc", weighting="static", batch_size=4, gradient_accumulation_steps=2, max_steps=3,
+                     batching="random"),
         tiny_model_dir,
     )
-    # The sampler order is the same (same seed, same length); 8 samples per optimiser step either way.
+    # The row order is the same (same seed, same window); the same 8 samples per optimiser step either way.
     assert max_param_diff(parameters(big.output), parameters(acc.output)) < 2e-5
 
 
@@ -93,7 +105,8 @@ def test_online_window_equals_the_same_batch_in_one_micro_batch(tiny_model_dir, 
     weights = torch.rand(32, generator=torch.Generator().manual_seed(1)).add(0.5).tolist()
     data = write_selected(tmp_path / "sel", seqs, weights=weights)
     # SGD: Adam's m / sqrt(v) would magnify float rounding on near-zero gradients
-    common = dict(weighting="static+online", temperature=0.3, max_steps=3, optim="sgd", learning_rate=0.5)
+    common = dict(weighting="static+online", temperature=0.3, max_steps=3, optim="sgd", learning_rate=0.5,
+                  batching="random")  # the same rows per step whatever the batch size
     one = run(small_config([data], tmp_path / "one", batch_size=8, **common), tiny_model_dir)
     window = run(small_config([data], tmp_path / "window", batch_size=4, online_window=2, **common), tiny_model_dir)
     per_mb = run(small_config([data], tmp_path / "per_mb", batch_size=4, gradient_accumulation_steps=2, **common), tiny_model_dir)

@@ -1,0 +1,155 @@
+"""training.stream: every row once per epoch, grouping that removes padding, bounded windows, an exact resume."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from scoring import HardfocusError
+from tests.selection.fake_scores import write_scores
+from tests.training.helpers import mixed_length_sequences, write_selected
+from training.sources import find_sources
+from training.stream import PartWindows, TrainingStream, window_batches, window_size
+
+
+def rows_of(batch: list[dict]) -> list[tuple[int, ...]]:
+    return [tuple(np.asarray(r["input_ids"]).tolist()) for r in batch]
+
+
+def several_parts(root: Path, n_parts: int = 3, rows: int = 23, seed: int = 0) -> tuple[str, list[tuple[int, ...]]]:
+    """A selected/ directory of ``n_parts`` parts of ``rows`` distinct rows each (the first token numbers the row)."""
+    seqs = [[1000 + i, *s] for i, s in enumerate(mixed_length_sequences(n_parts * rows, vocab=290, seed=seed))]
+    path = write_selected(root, seqs[:rows])
+    for p in range(1, n_parts):
+        table = pq.read_table(root / "part-00000.parquet").slice(0, 0)
+        chunk = seqs[p * rows:(p + 1) * rows]
+        table = pa.table({c: (pa.array(chunk, pa.list_(pa.int32())) if c == "input_ids" else
+                              pa.array(np.ones(rows, np.float32)) if c == "weight" else
+                              pa.array(np.zeros(rows, np.float32)) if c in ("loss", "loss_rank") else
+                              pa.array([f"s{p}-{i}" for i in range(rows)]) if c == "sample_id" else
+                              pa.array(["g"] * rows)) for c in table.column_names}, schema=table.schema)
+        pq.write_table(table, root / f"part-{p:05d}.parquet")
+    summary = (root / "summary.json").read_text().replace('"output_parts": 1', f'"output_parts": {n_parts}')
+    (root / "summary.json").write_text(summary.replace(f'"kept": {rows}', f'"kept": {n_parts * rows}'))
+    return path, [tuple(s) for s in seqs]
+
+
+def stream(path: str, batch_size: int = 4, buffer: int = 10, order: str = "grouped", seed: int = 3,
+           start: int = 0) -> TrainingStream:
+    return TrainingStream(PartWindows(find_sources([path]), seed), collate=lambda rows: rows, batch_size=batch_size,
+                          shuffle_buffer=buffer, seed=seed, order=order, max_seq_len=512, start_batch=start)
+
+
+@pytest.mark.parametrize("order", ["random", "grouped"])
+def test_window_batches_take_every_row_once(order):
+    lengths = np.random.default_rng(0).integers(2, 500, 1003)
+    batches = window_batches(lengths, 8, np.random.default_rng(1), order)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1003))
+    assert [len(b) for b in batches].count(3) == 1 and all(len(b) in (3, 8) for b in batches)
+    again = window_batches(lengths, 8, np.random.default_rng(1), order)
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again))  # a function of the seed
+
+
+def test_grouping_leaves_little_padding_and_keeps_lengths_mixed_across_steps():
+    """Real positions over computed ones (batch x longest), computed independently of the stream's code."""
+    lengths = np.minimum(np.random.default_rng(0).lognormal(np.log(140), 0.8, 4000).astype(int) + 2, 512)
+
+    def real_share(batches):
+        return sum(lengths[b].sum() for b in batches) / sum(len(b) * lengths[b].max() for b in batches)
+
+    random = real_share(window_batches(lengths, 8, np.random.default_rng(1), "random"))
+    grouped_batches = window_batches(lengths, 8, np.random.default_rng(1), "grouped")
+    assert random < 0.7 and real_share(grouped_batches) > 0.9
+    longest = [lengths[b].max() for b in grouped_batches]
+    assert np.corrcoef(np.arange(len(longest)), longest)[0, 1] ** 2 < 0.05  # steps do not run long to short
+
+
+@pytest.mark.parametrize("order", ["random", "grouped"])
+def test_each_epoch_takes_every_row_once_in_windows_of_the_buffer(tmp_path, order):
+    path, seqs = several_parts(tmp_path / "sel")  # 69 rows in 3 parts; windows of 8 rows (10 rounded to batches)
+    s = stream(path, buffer=10, order=order)
+    assert s.window_rows == 8
+    batches = list(itertools.islice(s.batch_rows(), 2 * 18))  # 8 windows of 2 batches, a last of 5 rows: 18
+    first, second = batches[:18], batches[18:]
+    assert sorted(r for b in first for r in rows_of(b)) == sorted(seqs)
+    assert sorted(r for b in second for r in rows_of(b)) == sorted(seqs)
+    assert [r for b in first for r in rows_of(b)] != [r for b in second for r in rows_of(b)]  # reshuffled
+    windows = list(PartWindows(find_sources([path]), 3).windows(0, 8, 0))
+    assert [w.num_rows for w in windows] == [8] * 8 + [5]
+
+
+@pytest.mark.parametrize("start", [1, 5, 17, 18, 19, 40])
+def test_a_stream_started_at_batch_k_is_the_uninterrupted_stream_from_k(tmp_path, start):
+    """Within a window, at a window's start, at the short last batch of an epoch, in the next epoch, two epochs on."""
+    path, _ = several_parts(tmp_path / "sel")
+    uninterrupted = [rows_of(b) for b in itertools.islice(stream(path).batch_rows(), start + 6)]
+    resumed = [rows_of(b) for b in itertools.islice(stream(path, start=start).batch_rows(), 6)]
+    assert resumed == uninterrupted[start:]
+
+
+def test_a_resume_counts_batches_where_the_rows_per_epoch_are_unknown(tmp_path):
+    """A Ray shard's rows are not known up front: the stream skips by counting, to the same batches."""
+    path, _ = several_parts(tmp_path / "sel")
+    known = PartWindows(find_sources([path]), 3)
+
+    class Unknown:
+        rows = None
+
+        def windows(self, epoch, window_rows, start_row):
+            assert start_row == 0
+            return known.windows(epoch, window_rows, 0)
+
+    def unknown(start):
+        return TrainingStream(Unknown(), lambda rows: rows, 4, 10, 3, "grouped", 512, start_batch=start)
+
+    expected = [rows_of(b) for b in itertools.islice(stream(path, start=23).batch_rows(), 5)]
+    assert [rows_of(b) for b in itertools.islice(unknown(23).batch_rows(), 5)] == expected
+
+
+def test_scores_rows_that_are_not_ok_are_not_streamed_and_parts_are_skipped_by_their_ok_rows(tmp_path):
+    status = ["ok" if i % 3 else "too_short" for i in range(30)]
+    seqs = [[1000 + i, 5, 6 + i % 4] for i in range(30)]  # distinct rows
+    scores = write_scores(tmp_path / "scores", losses=list(np.linspace(1, 3, 30)), statuses=status,
+                          rows_per_part=10, columns={"input_ids": seqs})
+    sources = find_sources([str(scores)])
+    assert sources.rows == 20 and sum(sources.sources[0].part_rows) == 20
+    s = TrainingStream(PartWindows(sources, 1), lambda rows: rows, 4, 8, 1, "random", 512)
+    epoch = [r for b in itertools.islice(s.batch_rows(), 5) for r in rows_of(b)]
+    assert sorted(epoch) == sorted(tuple(q) for q, st in zip(seqs, status) if st == "ok")
+    resumed = TrainingStream(PartWindows(sources, 1), lambda rows: rows, 4, 8, 1, "random", 512, start_batch=3)
+    assert [rows_of(b) for b in itertools.islice(resumed.batch_rows(), 4)] == \
+        [rows_of(b) for b in itertools.islice(s.batch_rows(), 7)][3:]
+
+
+def test_a_part_that_changed_while_streamed_is_refused(tmp_path):
+    path, _ = several_parts(tmp_path / "sel")
+    sources = find_sources([path])
+    part = Path(sources.sources[0].parts[1])
+    pq.write_table(pq.read_table(part).slice(0, 20), part)  # 3 rows fewer than when the run started
+    with pytest.raises(HardfocusError, match="changed while being trained on"):
+        list(itertools.islice(TrainingStream(PartWindows(sources, 3), lambda r: r, 4, 10, 3, "random", 512)
+                              .batch_rows(), 40))
+
+
+def test_window_size_is_whole_batches():
+    assert window_size(65536, 8) == 65536 and window_size(10, 4) == 8 and window_size(3, 4) == 4
+
+
+def test_a_bad_row_met_mid_stream_stops_the_run_in_one_line_without_a_model(tiny_model_dir, tmp_path):
+    """Rows are checked as they are read: a row of one token in a later window fails the run when it is reached."""
+    from tests.training.helpers import small_config
+    from training import train
+
+    seqs = mixed_length_sequences(24, vocab=290, seed=9)
+    seqs[-1] = seqs[-1][:1]
+    data = write_selected(tmp_path / "sel", seqs)
+    out = tmp_path / "out"
+    with pytest.raises(HardfocusError, match="have fewer than 2 tokens") as failed:
+        train(small_config([data], out, max_steps=8, shuffle_buffer=8), tiny_model_dir, bf16=False, progress=False)
+    assert "\n" not in str(failed.value)
+    assert not (out / "model.safetensors").exists() and not (out / "train_manifest.json").exists()
