@@ -82,9 +82,8 @@ def training_arguments(cfg: TrainConfig, bf16: bool, progress: bool, with_eval: 
         dataloader_pin_memory=torch.cuda.is_available(),
         ignore_data_skip=True,  # a resumed training.stream.TrainingStream starts at its step's batch itself
     )
-    if torch.cuda.is_available() and cfg.optim == "adamw_torch":
-        kwargs["optim"] = "adamw_torch_fused"  # the same update in one kernel per parameter group
-        kwargs["tf32"] = bool(torch.cuda.get_device_capability()[0] >= 8)
+    if torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8:
+        kwargs["tf32"] = True  # fp32 matmuls (what autocast leaves in fp32) on the tensor cores
     kwargs.update(overrides)
     return TrainingArguments(**kwargs)
 

@@ -52,7 +52,8 @@ class TrainConfig(SampleFormat):
         65536, ge=1, description="rows read and shuffled together (training streams the data: memory holds one such "
         "window of token ids)"
     )
-    optim: str = Field("adamw_torch", description="a transformers optimizer name: adamw_torch, sgd, adafactor, ...")
+    optim: str = Field("adamw_torch_fused", description="a transformers optimizer name: adamw_torch_fused (AdamW in "
+                       "one kernel per parameter group, CPU and GPU: transformers' default), adamw_torch, sgd, ...")
     learning_rate: float = Field(2e-5, gt=0, description="peak learning rate")
     lr_scheduler: str = Field("cosine", description="a transformers scheduler name: cosine, linear, constant, ...")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="share of steps of linear warm-up")
