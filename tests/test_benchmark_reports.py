@@ -49,6 +49,7 @@ RENDERED_AGAIN = {
     "scoring_speed-ray-path.md": lambda md: _render("speed_report", "render_markdown", _json("scoring_speed-ray-path.json")),
     "training_overhead.md": lambda md: _render("training_overhead_report", "render_markdown", _json("training_overhead.json")),
     "selection_speed.md": lambda md: _render("selection_speed", "render_markdown", _json("selection_speed.json")),
+    "training_memory.md": lambda md: _render("training_memory", "render_markdown", _json("training_memory.json")),
     "score_auc.md": lambda md: _render("score_auc", "markdown", _json("score_auc.json"), _quoted(md, "Command")),
     "scoring_scale-before.md": lambda md: _render("scoring_scale_report", "render", _json("scoring_scale-before.json")),
     "scoring_scale-after.md": lambda md: _render("scoring_scale_report", "render", _json("scoring_scale-after.json")),

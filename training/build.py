@@ -27,13 +27,14 @@ def flash_attention_available() -> bool:
     return torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
 
 
-def batching(cfg: TrainConfig) -> str:
-    """grouped, packed or random: ``auto`` packs where flash attention runs variable-length sequences natively and
-    groups by length elsewhere (on a CPU, SDPA computes a packed row's whole block-diagonal mask: slower than the
-    few padded positions grouping leaves; benchmarks/results/training_speed.md)."""
+def batching(cfg: TrainConfig, bf16: bool) -> str:
+    """grouped, packed or random: ``auto`` packs where flash attention runs variable-length sequences natively (a
+    GPU with ``flash_attn``, under bf16 autocast) and groups by length elsewhere (on a CPU, SDPA computes a packed
+    row's whole block-diagonal mask: slower than the few padded positions grouping leaves; flex attention has no
+    backward there; benchmarks/results/training_speed.md)."""
     if cfg.batching != "auto":
         return cfg.batching
-    return "packed" if flash_attention_available() else "grouped"
+    return "packed" if bf16 and flash_attention_available() else "grouped"
 
 
 def attention_implementation() -> str:
@@ -88,12 +89,13 @@ def training_arguments(cfg: TrainConfig, bf16: bool, progress: bool, with_eval: 
     return TrainingArguments(**kwargs)
 
 
-def load_base(model_path: str):
-    """Model in fp32 (master weights; bf16 is autocast) and its tokenizer; flash attention where installed."""
+def load_base(model_path: str, bf16: bool = False):
+    """Model in fp32 (master weights; bf16 is autocast) and its tokenizer; flash attention where installed and the
+    run is under bf16 autocast (it takes no fp32 inputs), SDPA otherwise."""
     hf_logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
-                                                 attn_implementation=attention_implementation())
+                                                 attn_implementation=attention_implementation() if bf16 else "sdpa")
     return model, tokenizer
 
 
@@ -115,13 +117,14 @@ def build_trainer(
 ) -> WeightedTrainer:
     """The Trainer over a :class:`training.stream.TrainingStream` of ``train_source``'s rows from ``start_batch``
     (None: a Trainer that only evaluates)."""
-    model, tokenizer = load_base(model_path)
-    how = batching(cfg)
-    collator = (PackedCollator if how == "packed" else WeightedCollator)(pad_token_id=pad_id(tokenizer),
-                                                                        max_seq_len=cfg.max_seq_len)
+    model, tokenizer = load_base(model_path, bf16=args.bf16)
+    how = batching(cfg, args.bf16)
+    kind = PackedCollator if how == "packed" else WeightedCollator
+    collator = kind(pad_token_id=pad_id(tokenizer), max_seq_len=cfg.max_seq_len)  # evaluation's
     stream = None
-    if train_source is not None:
-        stream = TrainingStream(train_source, collator, cfg.batch_size, cfg.shuffle_buffer, cfg.seed,
+    if train_source is not None:  # its own collator: what it counts (tokens, positions, cuts) is training's alone
+        stream = TrainingStream(train_source, kind(pad_token_id=pad_id(tokenizer), max_seq_len=cfg.max_seq_len),
+                                cfg.batch_size, cfg.shuffle_buffer, cfg.seed,
                                 "grouped" if how == "grouped" else "random", cfg.max_seq_len, start_batch)
         log.info("training batches: %s (%d samples each, shuffled in windows of %d rows)", how, cfg.batch_size,
                  stream.window_rows)

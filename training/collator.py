@@ -37,10 +37,13 @@ class WeightedCollator:
     max_seq_len: int
     samples_without_targets: int = 0  # seen so far by this collator (per process: Ray workers count their own)
     samples_cut: int = 0  # samples longer than max_seq_len seen so far: their tokens past it are never trained on
+    tokens: int = 0  # real tokens collated so far (this process), and the positions computed for them (with padding)
+    positions: int = 0
 
     def __call__(self, rows: Sequence[Mapping]) -> dict[str, torch.Tensor]:
         seqs, labels = self._cut(rows)
         longest = max(len(s) for s in seqs)
+        self.positions += longest * len(seqs)
         input_ids = torch.full((len(seqs), longest), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(seqs), longest), dtype=torch.long)
         padded_labels = torch.full((len(seqs), longest), -100, dtype=torch.long)
@@ -57,6 +60,7 @@ class WeightedCollator:
         if cut := [len(s) for s in full if len(s) > self.max_seq_len]:
             self._warn_cut(len(cut), max(cut))
         seqs = [s[: self.max_seq_len] for s in full]
+        self.tokens += sum(len(s) for s in seqs)
         labels, no_targets = [], 0
         for row, seq in zip(rows, seqs):
             target = mask_from_spans(_spans(row.get("loss_spans")), len(seq))
@@ -99,6 +103,7 @@ class PackedCollator(WeightedCollator):
 
     def __call__(self, rows: Sequence[Mapping]) -> dict[str, torch.Tensor]:
         seqs, labels = self._cut(rows)
+        self.positions += sum(len(s) for s in seqs)
         return {
             "input_ids": torch.from_numpy(np.concatenate(seqs))[None],
             "position_ids": torch.from_numpy(np.concatenate([np.arange(len(s)) for s in seqs]))[None],

@@ -59,7 +59,7 @@ class TrainConfig(SampleFormat):
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="share of steps of linear warm-up")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping (0 = off)")
-    seed: int = Field(0, description="seed of the model init RNGs and the data order")
+    seed: int = Field(0, ge=0, lt=2**32, description="seed of the model init RNGs and the data order")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 autocast where supported, else fp32")
     logging_steps: int = Field(10, ge=1, description="log loss and weight statistics every N steps")
     save_steps: int = Field(50, ge=1, description="write a resumable checkpoint every N steps")

@@ -19,7 +19,7 @@ from scoring.foundation.kinds import MODEL
 from scoring.foundation.stagedir import Opening, StageDir, refuse_overlap
 from scoring.foundation.storage import redact
 from scoring.foundation.versions import library_versions
-from training.build import build_trainer, training_arguments
+from training.build import batching, build_trainer, training_arguments
 from training.checkpoints import checkpoint_step, finish_from_checkpoint, resumable_checkpoint
 from training.config import TrainConfig
 from training.data import TokenDataset, load_training_data
@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 def train(cfg: TrainConfig, model_path: str, bf16: bool, progress: bool = True) -> TrainResult:
     """Train ``model_path`` on ``cfg.data``; ``model_path`` is a local/hub HF checkpoint (aliases resolved upstream)."""
+    # auto resolved here, once: the run's identity records the batching it trains with (a resume elsewhere, where
+    # auto would mean another, is another run)
+    cfg = cfg.model_copy(update={"batching": batching(cfg, bf16)})
     data = find_sources(cfg.data)  # checked once, here; read once, by the path that trains
     if cfg.uses_static and not data.has_weights:
         raise HardfocusError(
@@ -129,11 +132,20 @@ def _fit(cfg: TrainConfig, model_path: str, bf16: bool, progress: bool, data: Tr
             TokenDataset(load_training_data(eval_data).table) if eval_data else None,
             start_batch=checkpoint_step(resume) * cfg.accumulation_steps if resume else 0,
         )
+        started = time.perf_counter()
         trainer.train(resume_from_checkpoint=resume)
+        _log_throughput(trainer.train_dataset.collate, time.perf_counter() - started)
         check_finite_parameters(trainer.model, trainer.state.global_step)
         trainer.save_model(str(out))  # model + tokenizer (the processing_class), save_pretrained format
         steps, history = trainer.state.global_step, trainer.state.log_history
     return steps, history, resume
+
+
+def _log_throughput(collator, seconds: float) -> None:
+    """What the steps of this process trained on: real tokens, and their share of the positions computed."""
+    if collator.positions:
+        log.info("trained on %s tokens (%.1f%% of the positions computed; the rest padding) at %.0f tokens/s",
+                 f"{collator.tokens:,}", 100 * collator.tokens / collator.positions, collator.tokens / max(seconds, 1e-9))
 
 
 def _write_manifest(out: StageDir, local: Path, identity: dict, data: TrainingSources, result: TrainResult,

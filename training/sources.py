@@ -43,7 +43,7 @@ from scoring.foundation.scores import (
 )
 from scoring.foundation.selected import SUMMARY_FILE, check_selected_schema
 from scoring.foundation.stagedir import refuse_repeated
-from scoring.foundation.storage import fresh, fs_url, prefetched, read_json, read_record, redact
+from scoring.foundation.storage import file_version, fresh, fs_url, prefetched, read_json, read_record, redact
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class Source:
     tokenizer: str | None = None  # the fingerprint of the tokenizer that made its input_ids, where recorded
     token_range: tuple[int, int] | None = None  # the lowest and highest token id (footer statistics), where known
     part_rows: tuple[int, ...] = ()  # per part: the rows training uses (a stream skips whole parts on a resume)
+    part_versions: tuple[tuple[int | None, str | None], ...] = ()  # per part: (size, version) when found
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ def _source(path: str) -> Source:
                 f"'{redact(path)}' has scores/ parts but no {SCORES_MANIFEST_FILE}: the scoring did not finish; rerun `hardfocus score`"
             )
     rows = sum(part_rows)
+    versions = part_versions(fs, root, parts)
     identity, tokenizer = _recorded(fs, root, found, len(parts), rows, footers, parts)
     if kind == "scores":  # the status column only: which rows are trained on
         statuses = prefetched(lambda p: _read(fs, p, ["status"]).column("status"), parts)
@@ -150,7 +152,16 @@ def _source(path: str) -> Source:
             raise HardfocusError(f"{weights.null_count} rows of '{redact(path)}' have a null weight")
         _check_weights(weights, redact(path))
     return Source(path, kind, tuple(fs_url(fs, p) for p in parts), tuple(columns), sum(part_rows), rows - sum(part_rows),
-                  identity=identity, tokenizer=tokenizer, token_range=_token_range(footers), part_rows=tuple(part_rows))
+                  identity=identity, tokenizer=tokenizer, token_range=_token_range(footers), part_rows=tuple(part_rows),
+                  part_versions=versions)
+
+
+def part_versions(fs, root: str, parts: list[str]) -> tuple[tuple[int | None, str | None], ...]:
+    """Each part's (size, version) as listed now: a stream reads a part again every epoch, and refuses one that is
+    no longer the file it was when the run started."""
+    fresh(fs, root)
+    listed = {e["name"].rstrip("/"): e for e in fs.ls(root, detail=True)}
+    return tuple(((listed.get(p) or {}).get("size"), file_version(fs, p, listed.get(p) or {})) for p in parts)
 
 
 def _token_range(footers: list[pq.FileMetaData]) -> tuple[int, int] | None:
@@ -251,7 +262,10 @@ def _check_part(schema: pa.Schema, kind: str, where: str) -> tuple[str, ...]:
     ids = schema.field("input_ids").type
     if not (pa.types.is_list(ids) or pa.types.is_large_list(ids)) or not pa.types.is_integer(ids.value_type):
         raise HardfocusError(f"{where} has an input_ids column of type {ids}, expected a list of integers")
-    for name, target in (("weight", pa.float32()), ("loss_spans", LOSS_SPANS_TYPE)):
+    weight = schema.field("weight").type if "weight" in schema.names else None
+    if weight is not None and not (pa.types.is_floating(weight) or pa.types.is_integer(weight)):
+        raise HardfocusError(f"{where} has a weight column of type {weight}, expected {pa.float32()}")
+    for name, target in (("loss_spans", LOSS_SPANS_TYPE),):
         if name in schema.names and not _castable(schema.field(name).type, target):
             raise HardfocusError(f"{where} has a {name} column of type {schema.field(name).type}, expected {target}")
     extra = ("status",) if kind == "scores" else ()

@@ -32,7 +32,7 @@ import torch
 from fsspec.core import url_to_fs
 
 from scoring.foundation.errors import HardfocusError
-from scoring.foundation.storage import redact
+from scoring.foundation.storage import file_version, redact
 from training.data import TokenDataset
 from training.sources import TrainingSources, training_rows
 
@@ -79,6 +79,7 @@ class TrainingStream(torch.utils.data.IterableDataset):
         self.source, self.collate, self.batch_size = source, collate, batch_size
         self.window_rows = window_size(shuffle_buffer, batch_size)
         self.seed, self.order, self.max_seq_len, self.start_batch = seed, order, max_seq_len, start_batch
+        self.epochs = 0.0  # epochs taken so far, counting the batches handed out (whole epochs where rows are unknown)
 
     def __iter__(self) -> Iterator[dict]:
         for rows in self.batch_rows():
@@ -99,7 +100,10 @@ class TrainingStream(torch.utils.data.IterableDataset):
                 if skip >= len(batches):  # only where the rows per epoch are not known: skipped by counting
                     skip -= len(batches)
                     continue
+                done = index * self.window_rows + sum(len(b) for b in batches[:skip])
                 for batch in batches[skip:]:
+                    done += len(batch)
+                    self.epochs = epoch + (done / self.source.rows if self.source.rows else 0.0)
                     yield [data[int(i)] for i in batch]
                 skip = 0
             if not produced and window == 0:
@@ -128,8 +132,8 @@ class PartWindows:
     """
 
     def __init__(self, sources: TrainingSources, seed: int):
-        self.parts = [(s.kind, s.path, url, cols, n) for s in sources.sources
-                      for url, cols, n in zip(s.parts, s.columns, s.part_rows)]
+        self.parts = [(s.kind, s.path, url, cols, n, version) for s in sources.sources
+                      for url, cols, n, version in zip(s.parts, s.columns, s.part_rows, s.part_versions, strict=True)]
         self.rows = sources.rows
         self.seed = seed
 
@@ -138,11 +142,11 @@ class PartWindows:
         pending: list[pa.Table] = []
         held = 0
         for i in order:
-            kind, where, url, columns, n = self.parts[i]
+            kind, where, url, columns, n, version = self.parts[i]
             if start_row >= n:
                 start_row -= n
                 continue
-            for table in self._rows(kind, where, url, columns, n, skip=start_row):
+            for table in self._rows(kind, where, url, columns, n, version, skip=start_row):
                 pending.append(table)
                 held += table.num_rows
                 while held >= window_rows:
@@ -153,11 +157,17 @@ class PartWindows:
         if held:
             yield pa.concat_tables(pending)
 
-    def _rows(self, kind: str, where: str, url: str, columns: tuple[str, ...], expected: int, skip: int
-              ) -> Iterator[pa.Table]:
+    def _rows(self, kind: str, where: str, url: str, columns: tuple[str, ...], expected: int,
+              version: tuple[int | None, str | None], skip: int) -> Iterator[pa.Table]:
         fs, path = url_to_fs(url)
         seen = 0
         try:
+            info = fs.info(path)
+            if (info.get("size"), file_version(fs, path, info)) != version:
+                raise HardfocusError(
+                    f"'{redact(url)}' is not the file it was when the run started (its size or modification stamp "
+                    "changed): it changed while being trained on; rerun the stage that wrote it, then train again"
+                )
             with fs.open(path, "rb") as f:
                 for batch in pq.ParquetFile(f).iter_batches(batch_size=8192, columns=list(columns)):
                     table = training_rows(pa.Table.from_batches([batch]), kind, where)
@@ -167,6 +177,8 @@ class PartWindows:
                         continue
                     yield table.slice(skip)
                     skip = 0
+        except FileNotFoundError as exc:
+            raise HardfocusError(f"'{redact(url)}' is gone: it was deleted while being trained on") from exc
         except (pa.ArrowInvalid, OSError) as exc:
             raise HardfocusError(f"cannot read '{redact(url)}': {exc}; was it written completely?") from exc
         if seen != expected:

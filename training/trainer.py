@@ -42,6 +42,7 @@ class WeightedTrainer(Trainer):
         self.model_accepts_loss_kwargs = False  # no token counting: the objective is per sample
         self._reported_loss: torch.Tensor | None = None
         self._step_loss: torch.Tensor | None = None  # sum of the step's micro-batch losses, checked before it is applied
+        self._eval_sum, self._eval_rows = 0.0, 0  # the held-out rows' losses, summed by compute_loss in evaluation
         if self.weighter.window > 1 and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
             raise ValueError("online_window > 1 rescales param.grad in place, which DeepSpeed and FSDP do not expose")
 
@@ -62,8 +63,9 @@ class WeightedTrainer(Trainer):
             losses, _ = per_sample_nll(outputs.logits, labels)
         else:
             losses, _ = per_sample_nll_packed(outputs.logits, labels, sample_index, len(static))
-        if not model.training:  # evaluation: the plain mean per-sample loss
+        if not model.training:  # evaluation: the plain mean per-sample loss (evaluation_loop gives the whole set's)
             loss = losses.mean()
+            self._eval_sum, self._eval_rows = self._eval_sum + float(losses.sum()), self._eval_rows + losses.numel()
             return (loss, outputs) if return_outputs else loss
         plan = self.weighter.plan(losses.detach(), static)
         if plan.grad_scale != 1.0:
@@ -75,6 +77,16 @@ class WeightedTrainer(Trainer):
         checked = loss.detach() + self._reported_loss.to(loss.device)  # NaN or infinite if either is
         self._step_loss = checked if self._step_loss is None else self._step_loss + checked.to(self._step_loss.device)
         return (loss, outputs) if return_outputs else loss
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        """The Trainer's loop, with ``eval_loss`` the mean of every held-out row's loss: the stock loop averages the
+        batches' means, repeating each ``eval_batch_size`` times, so a last, shorter batch would count as a full one."""
+        self._eval_sum, self._eval_rows = 0.0, 0
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if self._eval_rows and f"{metric_key_prefix}_loss" in output.metrics:
+            output.metrics[f"{metric_key_prefix}_loss"] = self._eval_sum / self._eval_rows
+        return output
 
     def get_train_dataloader(self):
         """A :class:`training.stream.TrainingStream` yields whole batches: the loader only moves them."""
@@ -90,6 +102,8 @@ class WeightedTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
             logs.update(self.weighter.stats.pop())
+        if isinstance(self.train_dataset, TrainingStream):  # the Trainer cannot count an endless stream's epochs
+            self.state.epoch = round(self.train_dataset.epochs, 4)
         super().log(logs, start_time)
 
 

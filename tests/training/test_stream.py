@@ -153,3 +153,33 @@ def test_a_bad_row_met_mid_stream_stops_the_run_in_one_line_without_a_model(tiny
         train(small_config([data], out, max_steps=8, shuffle_buffer=8), tiny_model_dir, bf16=False, progress=False)
     assert "\n" not in str(failed.value)
     assert not (out / "model.safetensors").exists() and not (out / "train_manifest.json").exists()
+
+
+@pytest.mark.parametrize("batching", ["grouped", "random", "packed"])
+def test_a_run_logs_the_tokens_it_trained_on_and_their_share_of_the_positions_computed(tiny_model_dir, tmp_path, caplog,
+                                                                                       batching):
+    """Against the stream's own first batches, summed here: real tokens, and batch x longest positions (packed: none
+    padded)."""
+    import logging
+    import re
+
+    from tests.training.helpers import small_config
+    from training import train
+
+    data = write_selected(tmp_path / "sel", mixed_length_sequences(40, vocab=290, seed=4))
+    cfg = small_config([data], tmp_path / "out", max_steps=6, batching=batching)
+    with caplog.at_level(logging.INFO, logger="training.job"):
+        train(cfg, tiny_model_dir, bf16=False, progress=False)
+    order = "grouped" if batching == "grouped" else "random"
+    batches = list(itertools.islice(TrainingStream(PartWindows(find_sources([data]), 0), lambda r: r, 4, 65536, 0, order,
+                                                   512).batch_rows(), 6))
+    tokens = sum(len(r["input_ids"]) for b in batches for r in b)
+    positions = tokens if batching == "packed" else sum(len(b) * max(len(r["input_ids"]) for r in b) for b in batches)
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("trained on"))
+    found = re.match(r"trained on ([\d,]+) tokens \(([\d.]+)% of the positions", line)
+    assert int(found.group(1).replace(",", "")) == tokens
+    assert float(found.group(2)) == pytest.approx(100 * tokens / positions, abs=0.05)
+    import json
+
+    logged = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in logged if "loss" in r][-1] == pytest.approx(24 / 40)  # 6 steps x 4 of 40 rows
