@@ -91,11 +91,13 @@ def training_arguments(cfg: TrainConfig, bf16: bool, progress: bool, with_eval: 
 
 def load_base(model_path: str, bf16: bool = False):
     """Model in fp32 (master weights; bf16 is autocast) and its tokenizer; flash attention where installed and the
-    run is under bf16 autocast (it takes no fp32 inputs), SDPA otherwise."""
+    run is under bf16 autocast (it takes no fp32 inputs), the model's default attention otherwise."""
     hf_logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
+    flash = bf16 and attention_implementation() == "flash_attention_2"
+    # else transformers' own choice: SDPA where the model supports it, eager where not (Gemma 2, GPT-Neo, BLOOM, ...)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
-                                                 attn_implementation=attention_implementation() if bf16 else "sdpa")
+                                                 **({"attn_implementation": "flash_attention_2"} if flash else {}))
     return model, tokenizer
 
 

@@ -80,6 +80,9 @@ class TrainConfig(SampleFormat):
 
     @model_validator(mode="after")
     def _window_fits_accumulation(self) -> TrainConfig:
+        if self.ray_workers and self.eval_data:
+            raise ValueError("eval_data is evaluated in-process only, not under Ray Train (ray_workers > 0): drop it "
+                             "and compare the models with `hardfocus eval`, or train in this process")
         accumulation = self.accumulation_steps
         if self.uses_online and self.online_window > 1:
             if self.online_method == "midrank":

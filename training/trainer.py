@@ -42,7 +42,7 @@ class WeightedTrainer(Trainer):
         self.model_accepts_loss_kwargs = False  # no token counting: the objective is per sample
         self._reported_loss: torch.Tensor | None = None
         self._step_loss: torch.Tensor | None = None  # sum of the step's micro-batch losses, checked before it is applied
-        self._eval_sum, self._eval_rows = 0.0, 0  # the held-out rows' losses, summed by compute_loss in evaluation
+        self._packing_checked = False
         if self.weighter.window > 1 and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
             raise ValueError("online_window > 1 rescales param.grad in place, which DeepSpeed and FSDP do not expose")
 
@@ -63,9 +63,10 @@ class WeightedTrainer(Trainer):
             losses, _ = per_sample_nll(outputs.logits, labels)
         else:
             losses, _ = per_sample_nll_packed(outputs.logits, labels, sample_index, len(static))
-        if not model.training:  # evaluation: the plain mean per-sample loss (evaluation_loop gives the whole set's)
+            if not self._packing_checked:
+                self._check_packing(model, inputs, labels, sample_index)
+        if not model.training:  # evaluation: the plain mean per-sample loss
             loss = losses.mean()
-            self._eval_sum, self._eval_rows = self._eval_sum + float(losses.sum()), self._eval_rows + losses.numel()
             return (loss, outputs) if return_outputs else loss
         plan = self.weighter.plan(losses.detach(), static)
         if plan.grad_scale != 1.0:
@@ -78,15 +79,34 @@ class WeightedTrainer(Trainer):
         self._step_loss = checked if self._step_loss is None else self._step_loss + checked.to(self._step_loss.device)
         return (loss, outputs) if return_outputs else loss
 
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
-                        metric_key_prefix="eval"):
-        """The Trainer's loop, with ``eval_loss`` the mean of every held-out row's loss: the stock loop averages the
-        batches' means, repeating each ``eval_batch_size`` times, so a last, shorter batch would count as a full one."""
-        self._eval_sum, self._eval_rows = 0.0, 0
-        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
-        if self._eval_rows and f"{metric_key_prefix}_loss" in output.metrics:
-            output.metrics[f"{metric_key_prefix}_loss"] = self._eval_sum / self._eval_rows
-        return output
+    def _check_packing(self, model, inputs, labels, sample_index) -> None:
+        """Once, on the first packed batch of two samples or more: its first two samples alone through the model must
+        have the losses they have packed (both without dropout). Not every model's attention keeps packed samples
+        apart (OPT and BioGPT build their causal mask without the positions): there each sample would attend to the
+        ones before it, and nothing else would say so."""
+        first = torch.unique(sample_index)[:2].tolist()
+        if len(first) < 2:
+            return  # a batch of one sample cannot tell; the next batch will
+        self._packing_checked = True
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                logits = model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"], use_cache=False).logits
+                packed = per_sample_nll_packed(logits, labels, sample_index, int(sample_index.max()) + 1)[0]
+                for i in first:
+                    at = (sample_index == i).to(labels.device)
+                    alone = float(per_sample_nll(model(input_ids=inputs["input_ids"][:, at], use_cache=False).logits,
+                                                 labels[:, at])[0][0])
+                    tolerance = 2e-2 if torch.is_autocast_enabled(logits.device.type) else 1e-4
+                    if abs(alone - float(packed[i])) > tolerance * max(1.0, abs(alone)):
+                        raise HardfocusError(
+                            f"{type(_unwrapped(model)).__name__}'s attention does not keep packed samples apart (a "
+                            f"sample's loss is {float(packed[i]):.4f} packed, {alone:.4f} alone): train it with "
+                            "--batching grouped"
+                        )
+        finally:
+            model.train(was_training)
 
     def get_train_dataloader(self):
         """A :class:`training.stream.TrainingStream` yields whole batches: the loader only moves them."""
@@ -153,6 +173,11 @@ def check_finite_parameters(model: torch.nn.Module, step: int) -> None:
             f"after training step {step} the model's weights are not finite (e.g. {bad}): no model or manifest is "
             "written; check the learning rate, weight decay and data, or train with --precision fp32"
         )
+
+
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The model under a DDP wrapper."""
+    return getattr(model, "module", model)
 
 
 def _local(grad: torch.Tensor) -> torch.Tensor:
