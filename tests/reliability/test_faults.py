@@ -30,7 +30,7 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "pipelines.cli", "-q", *args]
 
 
-def wait_for(condition, proc: subprocess.Popen, timeout: float = 240) -> None:
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 900) -> None:  # a bound for a hang: loaded CI is slow
     deadline = time.time() + timeout
     while not condition():
         assert proc.poll() is None, f"the run ended first: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}"
@@ -74,7 +74,7 @@ def test_sigkill_one_scoring_actor_mid_job(tmp_path, scored_corpus):
         actors = [p for p in descendants(proc.pid) if "UnitScorer" in cmdline(p)]
         assert actors, "no scoring actor found"
         os.kill(actors[0], signal.SIGKILL)
-        _, stderr = proc.communicate(timeout=300)
+        _, stderr = proc.communicate(timeout=900)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
