@@ -353,16 +353,18 @@ def test_sigkill_of_a_score_run_on_s3_then_rerun(corpus, s3_url, tmp_path, tiny_
 
 # select over an existing complete selection (--overwrite), stopping for good after its first part
 _STALLED_SELECT = """
-import sys, time
+import sys, threading, time
 import selection.writer as writer
 from selection import SelectConfig, select
-write_table, written = writer.pq.write_table, []
-def stalled(*args, **kwargs):
-    if written:
+write_table, calls, lock = writer.pq.write_table, [], threading.Lock()
+def stalled(*args, **kwargs):  # the first write goes through, every later one stalls (parts are written on threads)
+    with lock:
+        calls.append(1)
+        first = len(calls) == 1
+    if not first:
         print("stalled", flush=True)
         time.sleep(3600)
     write_table(*args, **kwargs)
-    written.append(1)
 writer.pq.write_table = stalled
 select(SelectConfig(scores=[sys.argv[1]], output=sys.argv[2], keep=0.4, overwrite=True, report=False), progress=False)
 """
