@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 from transformers.utils import logging as hf_logging
 
-from training.checkpoints import MarkComplete
+from training.checkpoints import MarkComplete, checkpoint_step
 from training.collator import PackedCollator, WeightedCollator
 from training.config import TrainConfig
 from training.output import CHECKPOINTS, TRAIN_LOG
@@ -115,10 +115,10 @@ def build_trainer(
     train_source: WindowSource | None,
     eval_dataset=None,
     extra_callbacks: list | None = None,
-    start_batch: int = 0,
+    resume: str | None = None,
 ) -> WeightedTrainer:
-    """The Trainer over a :class:`training.stream.TrainingStream` of ``train_source``'s rows from ``start_batch``
-    (None: a Trainer that only evaluates)."""
+    """The Trainer over a :class:`training.stream.TrainingStream` of ``train_source``'s rows (None: a Trainer that
+    only evaluates); resuming from the checkpoint ``resume``, the stream starts at the batch after its step's."""
     model, tokenizer = load_base(model_path, bf16=args.bf16)
     how = batching(cfg, args.bf16)
     kind = PackedCollator if how == "packed" else WeightedCollator
@@ -127,7 +127,8 @@ def build_trainer(
     if train_source is not None:  # its own collator: what it counts (tokens, positions, cuts) is training's alone
         stream = TrainingStream(train_source, kind(pad_token_id=pad_id(tokenizer), max_seq_len=cfg.max_seq_len),
                                 cfg.batch_size, cfg.shuffle_buffer, cfg.seed,
-                                "grouped" if how == "grouped" else "random", cfg.max_seq_len, start_batch)
+                                "grouped" if how == "grouped" else "random", cfg.max_seq_len,
+                                start_batch=checkpoint_step(resume) * cfg.accumulation_steps if resume else 0)
         log.info("training batches: %s (%d samples each, shuffled in windows of %d rows)", how, cfg.batch_size,
                  stream.window_rows)
     return WeightedTrainer(

@@ -130,7 +130,7 @@ def _fit(cfg: TrainConfig, model_path: str, bf16: bool, progress: bool, data: Tr
         trainer = build_trainer(
             cfg, model_path, args, PartWindows(data, cfg.seed),
             TokenDataset(load_training_data(eval_data).table) if eval_data else None,
-            start_batch=checkpoint_step(resume) * cfg.accumulation_steps if resume else 0,
+            resume=resume,
         )
         started = time.perf_counter()
         trainer.train(resume_from_checkpoint=resume)

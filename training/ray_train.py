@@ -26,7 +26,7 @@ from scoring.foundation.errors import HardfocusError
 from training.checkpoints import COMPLETE_MARKER
 from training.config import TrainConfig
 from training.output import RAY_RESULTS
-from training.sources import TrainingSources, find_sources, training_rows
+from training.sources import TrainingSources, find_sources, trained_columns, training_rows
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def training_dataset(sources: TrainingSources | list[str]):
     for source in sources.sources:
         by_columns: dict[tuple[str, ...], list[str]] = {}
         for part, columns in zip(source.parts, source.columns):  # parts of one directory may differ (loss_spans)
-            by_columns.setdefault(columns, []).append(part)
+            by_columns.setdefault(trained_columns(columns), []).append(part)
         for columns, urls in by_columns.items():
             ds = ray.data.read_parquet(urls, columns=list(columns), partitioning=None)  # 'weight=2/' is a path
             datasets.append(ds.map_batches(
@@ -142,7 +142,6 @@ def _worker_loop(config: dict) -> None:
     from ray.train.huggingface.transformers import prepare_trainer
 
     from training.build import build_trainer, training_arguments
-    from training.checkpoints import checkpoint_step
     from training.trainer import check_finite_parameters
     cfg = TrainConfig.model_validate(config["cfg"])
     if not cfg.use_gpu:
@@ -150,9 +149,8 @@ def _worker_loop(config: dict) -> None:
     shard = ray.train.get_dataset_shard("train")
     # use_cpu: accelerate treats a CPU process group as MULTI_CPU (DDP over gloo) only when told it is on CPU
     args = training_arguments(cfg, bf16=config["bf16"], progress=config["progress"], with_eval=False, use_cpu=not cfg.use_gpu)
-    resume = config["resume"]
     trainer = build_trainer(cfg, config["model_path"], args, ShardWindows(shard), extra_callbacks=[_ReportCheckpoints()],
-                            start_batch=checkpoint_step(resume) * cfg.accumulation_steps if resume else 0)
+                            resume=config["resume"])
     trainer = prepare_trainer(trainer)
     trainer.train(resume_from_checkpoint=config["resume"])
     check_finite_parameters(trainer.model, trainer.state.global_step)  # every rank holds the same weights (DDP)

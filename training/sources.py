@@ -48,6 +48,7 @@ from scoring.foundation.storage import file_version, fresh, fs_url, prefetched, 
 log = logging.getLogger(__name__)
 
 OPTIONAL = ("sample_id", "group", "weight", "loss_spans")  # what training reads beside input_ids, where a part has it
+TRAINED = ("input_ids", "status", "weight", "loss_spans")  # of those, what the training batches are made of
 
 
 @dataclass(frozen=True)
@@ -139,29 +140,20 @@ def _source(path: str) -> Source:
                 f"'{redact(path)}' has scores/ parts but no {SCORES_MANIFEST_FILE}: the scoring did not finish; rerun `hardfocus score`"
             )
     rows = sum(part_rows)
-    versions = part_versions(fs, root, parts)
-    identity, tokenizer = _recorded(fs, root, found, len(parts), rows, footers, parts)
+    fresh(fs, root)
+    listed = {e["name"].rstrip("/"): e for e in fs.ls(root, detail=True)}  # as it is now: the parts' sizes and stamps
+    identity, tokenizer = _recorded(fs, root, found, len(parts), rows, footers, parts, listed)
     if kind == "scores":  # the status column only: which rows are trained on
         statuses = prefetched(lambda p: _read(fs, p, ["status"]).column("status"), parts)
         part_rows = [pc.sum(pc.equal(status, Status.OK.value)).as_py() or 0 for status in statuses]
     elif any("weight" in c for c in columns):  # 4 bytes a row, read up front: a bad weight is refused before a step
         with_weight = [p for p, c in zip(parts, columns) if "weight" in c]
         read = prefetched(lambda p: _read(fs, p, ["weight"]).column("weight"), with_weight)
-        weights = pa.chunked_array([chunk.cast(pa.float32()) for column in read for chunk in column.chunks], pa.float32())
-        if weights.null_count:
-            raise HardfocusError(f"{weights.null_count} rows of '{redact(path)}' have a null weight")
-        _check_weights(weights, redact(path))
+        _check_weights(pa.chunked_array([chunk.cast(pa.float32()) for column in read for chunk in column.chunks],
+                                        pa.float32()), redact(path))
     return Source(path, kind, tuple(fs_url(fs, p) for p in parts), tuple(columns), sum(part_rows), rows - sum(part_rows),
                   identity=identity, tokenizer=tokenizer, token_range=_token_range(footers), part_rows=tuple(part_rows),
-                  part_versions=versions)
-
-
-def part_versions(fs, root: str, parts: list[str]) -> tuple[tuple[int | None, str | None], ...]:
-    """Each part's (size, version) as listed now: a stream reads a part again every epoch, and refuses one that is
-    no longer the file it was when the run started."""
-    fresh(fs, root)
-    listed = {e["name"].rstrip("/"): e for e in fs.ls(root, detail=True)}
-    return tuple(((listed.get(p) or {}).get("size"), file_version(fs, p, listed.get(p) or {})) for p in parts)
+                  part_versions=tuple((listed.get(p, {}).get("size"), file_version(fs, p, listed.get(p, {}))) for p in parts))
 
 
 def _token_range(footers: list[pq.FileMetaData]) -> tuple[int, int] | None:
@@ -182,14 +174,13 @@ def _token_range(footers: list[pq.FileMetaData]) -> tuple[int, int] | None:
     return None if low is None else (int(low), int(high))
 
 
-def _recorded(fs, root: str, found: PathInfo, n_parts: int, rows: int, footers: list, parts: list[str]
+def _recorded(fs, root: str, found: PathInfo, n_parts: int, rows: int, footers: list, parts: list[str], listed: dict
               ) -> tuple[str, str | None]:
     """(identity, tokenizer fingerprint) from the source's marker, checked against its parts: a marker that counts
-    other parts or rows than the directory holds means parts were lost or added after it was written."""
+    other parts or rows than the directory holds means parts were lost or added after it was written. ``listed``: the
+    directory's listing by name."""
     where = f"'{redact(found.url)}'"
     if found.kind == "parts":  # a token directory written by hand: its parts as listed are its identity, no tokenizer
-        fresh(fs, root)
-        listed = {e["name"].rstrip("/"): e for e in fs.ls(root, detail=True)}
         stamps = [[posixpath.basename(p), (listed.get(p) or {}).get("size"), _changed(listed.get(p) or {})] for p in parts]
         return digest([stamps, [f.num_rows for f in footers]]), None
     marker_path = posixpath.join(root, found.stage.marker)
@@ -280,6 +271,12 @@ def _castable(source: pa.DataType, target: pa.DataType) -> bool:
     return True
 
 
+def trained_columns(columns: tuple[str, ...]) -> tuple[str, ...]:
+    """The columns of a part the training batches are made of: a stream reads no ``sample_id`` or ``group``, which
+    :func:`training_rows` keeps only where it is given the part (the in-memory reader)."""
+    return tuple(c for c in columns if c in TRAINED)
+
+
 def training_rows(table: pa.Table, kind: str, where: str, part: str | None = None) -> pa.Table:
     """The trainable rows of a part (or a Ray Data block of one) in one schema, checked.
 
@@ -295,8 +292,6 @@ def training_rows(table: pa.Table, kind: str, where: str, part: str | None = Non
     n = table.num_rows
     names = table.column_names
     weight = table.column("weight").cast(pa.float32()) if "weight" in names and kind != "scores" else pa.array(np.ones(n, np.float32))
-    if weight.null_count:
-        raise HardfocusError(f"{weight.null_count} rows of '{where}' have a null weight")
     _check_weights(weight, where)
     columns = {
         "input_ids": table.column("input_ids").cast(pa.list_(pa.int32())),
@@ -318,8 +313,11 @@ def training_rows(table: pa.Table, kind: str, where: str, part: str | None = Non
 
 
 def _check_weights(weight: pa.Array | pa.ChunkedArray, where: str) -> None:
-    """Refuse NaN, infinite and negative weights: one would make the loss, and so the model, NaN or train it backwards."""
-    values = weight.to_numpy()  # no nulls: checked before
+    """Refuse null, NaN, infinite and negative weights: one would make the loss, and so the model, NaN or train it
+    backwards."""
+    if weight.null_count:
+        raise HardfocusError(f"{weight.null_count} rows of '{where}' have a null weight")
+    values = weight.to_numpy()
     for bad, what in ((~np.isfinite(values), "not finite (NaN or infinite)"), (values < 0, "negative")):
         if n := int(np.count_nonzero(bad)):
             example = values[np.flatnonzero(bad)[0]]

@@ -34,7 +34,7 @@ from fsspec.core import url_to_fs
 from scoring.foundation.errors import HardfocusError
 from scoring.foundation.storage import file_version, redact
 from training.data import TokenDataset
-from training.sources import TrainingSources, training_rows
+from training.sources import TrainingSources, trained_columns, training_rows
 
 Order = Literal["random", "grouped"]
 BATCHES_PER_GROUP = 50  # LengthGroupedSampler's megabatch: rows of 50 batches are sorted by length together
@@ -132,7 +132,7 @@ class PartWindows:
     """
 
     def __init__(self, sources: TrainingSources, seed: int):
-        self.parts = [(s.kind, s.path, url, cols, n, version) for s in sources.sources
+        self.parts = [(s.kind, s.path, url, trained_columns(cols), n, version) for s in sources.sources
                       for url, cols, n, version in zip(s.parts, s.columns, s.part_rows, s.part_versions, strict=True)]
         self.rows = sources.rows
         self.seed = seed
@@ -189,8 +189,8 @@ class PartWindows:
 
 
 class TableWindows:
-    """Rows already in memory (a table in :func:`training.sources.training_rows`' schema) as a window source: for
-    held-out data, benchmarks and tests; the stream's order and grouping are those of parts holding the same rows."""
+    """Rows already in memory (a table in :func:`training.sources.training_rows`' schema) as a window source, for
+    benchmarks and tests; the stream's order and grouping are those of parts holding the same rows."""
 
     def __init__(self, table: pa.Table):
         self.table = table
