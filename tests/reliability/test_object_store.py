@@ -356,16 +356,19 @@ _STALLED_SELECT = """
 import sys, threading, time
 import selection.writer as writer
 from selection import SelectConfig, select
-write_table, calls, lock = writer.pq.write_table, [], threading.Lock()
-def stalled(*args, **kwargs):  # the first write goes through, every later one stalls (parts are written on threads)
+write, calls, lock, written = writer._write, [], threading.Lock(), threading.Event()
+def stalled(*args, **kwargs):  # the first file is uploaded, every later one stalls (parts are written on threads)
     with lock:
         calls.append(1)
         first = len(calls) == 1
-    if not first:
-        print("stalled", flush=True)
-        time.sleep(3600)
-    write_table(*args, **kwargs)
-writer.pq.write_table = stalled
+    if first:
+        write(*args, **kwargs)
+        written.set()
+        return
+    written.wait()  # "stalled" once the first file is uploaded: killed before, the run would leave no data to keep
+    print("stalled", flush=True)
+    time.sleep(3600)
+writer._write = stalled
 select(SelectConfig(scores=[sys.argv[1]], output=sys.argv[2], keep=0.4, overwrite=True, report=False), progress=False)
 """
 
@@ -375,10 +378,10 @@ def test_a_selection_killed_while_writing_to_s3_is_never_readable_as_complete(co
     complete = select(SelectConfig(scores=[corpus["scores"]], output=out, report=False), progress=False)
     assert complete.summary.output_parts >= 2  # so that a kill after the first part leaves the selection half written
     _killed_once_stalled(_STALLED_SELECT, corpus["scores"], out)
-    # killed while its parts were being written (on a pool of threads: how many were uploaded by then varies), after
-    # the old selection was cleared, summary first
+    # killed with its first file uploaded and the others stalled, after the old selection was cleared, summary first
     listed = names(out)
     assert "selection_job.json" in listed and "summary.json" not in listed
+    assert set(listed) - {"selection_job.json"}, listed  # data to keep: a rerun with other settings must ask first
     with pytest.raises(HardfocusError, match="did not finish"):
         load_training_data([out])
     from training.ray_train import training_dataset
