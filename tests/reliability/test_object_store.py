@@ -362,8 +362,10 @@ def stalled(*args, **kwargs):  # the first file is uploaded, every later one sta
         calls.append(1)
         first = len(calls) == 1
     if first:
-        write(*args, **kwargs)
-        written.set()
+        try:
+            write(*args, **kwargs)
+        finally:  # a failed first write releases the others too: the test then fails on the listing, not by hanging
+            written.set()
         return
     written.wait()  # "stalled" once the first file is uploaded: killed before, the run would leave no data to keep
     print("stalled", flush=True)
