@@ -64,7 +64,7 @@ class ScoreConfig(SampleFormat):
         description="also score each response without its prompt (behind the template's assistant header) and write "
         "IFD = loss with / loss without (formats prompt_response and messages)",
     )
-    executor: Literal["ray", "local"] = Field("ray", description="ray (a Ray Data job) or local (the same code in-process)")
+    executor: Literal["ray", "local"] = Field("ray", description="ray (Ray actors: a Ray Data job, or one actor on a local Ray) or local (the same code in-process)")
     ray_address: str | None = Field(None, description="Ray cluster address; default $RAY_ADDRESS, else a local Ray")
     actors: int = Field(1, ge=1, description="scoring actors (one model each)")
     cpus_per_actor: float | None = Field(None, gt=0, description="default: 1 with a GPU, else all CPUs but one")

@@ -1,5 +1,5 @@
-"""Where shard tasks run: a Ray Data job (default) or in this process. Both yield one summary per unit and
-one per shard (see :mod:`scoring.units`)."""
+"""Where shard tasks run: a Ray Data job (default), one Ray actor (a local Ray with one CPU actor), or in this
+process. All yield one summary per unit and one per shard (see :mod:`scoring.units`)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from collections.abc import Iterator
 from scoring.config import ScoreConfig
 from scoring.foundation.console import quiet_ray_data_console
 from scoring.foundation.ray_local import init_ray  # noqa: F401 - scoring.job starts Ray through here
-from scoring.units import ShardTask, UnitScorer, read_shard_task
+from scoring.units import ShardTask, UnitScorer, part_name, read_shard_task
 
 log = logging.getLogger(__name__)
 
 _TOKENIZE_MEMORY = 512 * 1024**2  # a unit's text and token ids, with room to spare
 _MAX_INPUT_BLOCKS = 10_000  # beyond that, a block holds several shard tasks (read one after the other)
+_ACTOR_RESTARTS = 3  # the one-actor job starts a new actor this many times after one dies (a kill, a lost node)
 
 
 def run_local(tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, compiled: bool, fence=None, job: str = ""
@@ -24,9 +25,31 @@ def run_local(tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, compil
     """The same task and scorer functions as the Ray job, one after the other, in this process."""
     scorer = UnitScorer(cfg, fingerprint, torch_threads=cfg.torch_threads or os.cpu_count(), compiled=compiled,
                         fence=fence, job=job)
-    for task in tasks:
-        for record in read_shard_task(task.to_row(), cfg, fingerprint, job):
+    yield from _read_and_score([t.to_row() for t in tasks], scorer, cfg, fingerprint, job)
+
+
+def _read_and_score(rows: list[dict], scorer: UnitScorer, cfg: ScoreConfig, fingerprint: str, job: str
+                    ) -> Iterator[dict]:
+    for row in rows:
+        for record in read_shard_task(row, cfg, fingerprint, job):
             yield from scorer(record)
+
+
+class ShardsScorer:
+    """The actor of a local Ray with one scoring actor: it reads and tokenises the shards itself, then scores them.
+
+    With one actor on one machine, Ray Data's separate read tasks buy no parallelism and cost the most on the
+    smallest machines: their worker processes, Ray Data's coordinating actors and its executor thread in the
+    driver took ~15 CPU-seconds of start-up and ~5% of the cores while scoring on a 2-core machine, where the
+    plain in-process loop pays none of it (``benchmarks/results/scoring_speed.md``).
+    """
+
+    def __init__(self, cfg: ScoreConfig, fingerprint: str, torch_threads: int, compiled: bool, fence, job: str):
+        self.cfg, self.fingerprint, self.job = cfg, fingerprint, job
+        self.scorer = UnitScorer(cfg, fingerprint, torch_threads, compiled=compiled, fence=fence, job=job)
+
+    def score(self, rows: list[dict]) -> Iterator[dict]:  # a Ray streaming generator: each record leaves at once
+        yield from _read_and_score(rows, self.scorer, self.cfg, self.fingerprint, self.job)
 
 
 def _largest_node_cpus() -> float:
@@ -68,10 +91,15 @@ def _run_ray(tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, compile
         threads = max(1, (os.cpu_count() or 1) // cfg.actors)
     else:
         threads = max(1, math.ceil(cpus))
+    one_actor = started_local and cfg.actors == 1 and not cfg.gpus_per_actor and not cfg.resources_per_actor
     log.info(
-        "Ray: %d scoring actor(s) x %.3g CPU, %.3g GPU, %d torch threads%s",
+        "Ray: %d scoring actor(s) x %.3g CPU, %.3g GPU, %d torch threads%s%s",
         cfg.actors, cpus, cfg.gpus_per_actor, threads, ", torch.compile" if compiled else "",
+        ", reading its shards itself" if one_actor else "",
     )
+    if one_actor:
+        yield from _run_one_actor(tasks, cfg, fingerprint, compiled, cpus, threads, fence, job)
+        return
     ds = ray.data.from_items([t.to_row() for t in tasks], override_num_blocks=min(len(tasks), _MAX_INPUT_BLOCKS))
     # Tokenising runs as separate CPU tasks ahead of the model instead of inside the scoring actor
     # (which would stall a GPU): Ray Data fuses a task map into the next actor map only when their
@@ -90,3 +118,50 @@ def _run_ray(tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, compile
         resources=cfg.resources_per_actor or None,
     )
     yield from ds.iter_rows()
+
+
+def _run_one_actor(tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, compiled: bool, cpus: float,
+                   threads: int, fence, job: str) -> Iterator[dict]:
+    """Score every task in one :class:`ShardsScorer` actor; if it dies, a new one finishes the unfinished shards.
+
+    The retried tasks list the units whose summary already arrived as done, so their parts are reused, not scored
+    again, and their summaries are not passed on twice (a unit whose part landed just before the kill, unseen,
+    is scored again and its part replaced: one part per unit either way).
+    """
+    import ray
+
+    actor_class = ray.remote(ShardsScorer).options(num_cpus=cpus, max_restarts=0, max_task_retries=0)
+    pending = {t.to_row()["task"]: t for t in tasks}  # the driver's task key -> the task as it is to run now
+    seen: dict[str, dict[int, str]] = {key: {} for key in pending}  # key -> unit start -> its part, summarised
+    for attempt in range(_ACTOR_RESTARTS + 1):
+        runs = {t.to_row()["task"]: key for key, t in pending.items()}
+        actor = actor_class.remote(cfg, fingerprint, threads, compiled, fence, job)
+        try:
+            for ref in actor.score.remote([{"task": run} for run in runs]):
+                summary = ray.get(ref)
+                key = summary["task"] = runs[summary["task"]]
+                if summary["kind"] in ("score", "reused"):
+                    if summary["start"] in seen[key]:
+                        continue
+                    seen[key][summary["start"]] = part_name(pending[key].shard, summary["start"], summary["stop"])
+                elif summary["kind"] == "end":
+                    del pending[key]
+                yield summary
+            return
+        except ray.exceptions.ActorDiedError as exc:
+            if exc.actor_init_failed or attempt == _ACTOR_RESTARTS:
+                raise  # its __init__ failed (that would fail again), or it died too often
+            log.warning("the scoring actor died (%s); a new one finishes %d shards", _first_line(exc), len(pending))
+            pending = {key: _with_done(t, seen[key]) for key, t in pending.items()}
+        finally:
+            ray.kill(actor)
+
+
+def _with_done(task: ShardTask, summarised: dict[int, str]) -> ShardTask:
+    done = dict(zip(task.done, task.parts or (None,) * len(task.done))) | summarised
+    starts = sorted(done)
+    return ShardTask(task.shard, tuple(starts), tuple(done[s] for s in starts) if all(done.values()) else ())
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)

@@ -59,21 +59,25 @@ def cmdline(pid: int) -> str:
 
 
 @pytest.mark.ray
-def test_sigkill_one_scoring_actor_mid_job(tmp_path, scored_corpus):
-    """Ray restarts the actor and retries its unit: still exactly one row per input row, same losses."""
+@pytest.mark.parametrize("actors", [
+    pytest.param([], id="one-actor"),  # the default on a local Ray: one actor reads and scores; a new one finishes
+    pytest.param(["--actors", "2", "--cpus-per-actor", "0.5"], id="ray-data"),  # Ray Data retries the unit
+])
+def test_sigkill_one_scoring_actor_mid_job(tmp_path, scored_corpus, actors):
+    """The killed actor's work is done again by another: still exactly one row per input row, same losses."""
     s = scored_corpus["settings"]
     common = ["--model", s["model"], "--dtype", s["dtype"], "--group-column", s["group_column"],
               "--max-tokens", str(s["max_tokens"]), "--rows-per-unit", str(s["rows_per_unit"]),
-              "--token-budget", str(s["token_budget"])]
+              "--token-budget", str(s["token_budget"]), *actors]
     reference = scored_corpus["result"]
     out = tmp_path / "scores"
     proc = subprocess.Popen(cli("score", str(scored_corpus["inputs"]), "-o", str(out), *common), env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         wait_for(lambda: len(list(out.glob("part-*.parquet"))) >= 3, proc)
-        actors = [p for p in descendants(proc.pid) if "UnitScorer" in cmdline(p)]
-        assert actors, "no scoring actor found"
-        os.kill(actors[0], signal.SIGKILL)
+        scorers = [p for p in descendants(proc.pid) if "Scorer" in cmdline(p)]  # ray::ShardsScorer, ray::UnitScorer
+        assert scorers, "no scoring actor found"
+        os.kill(scorers[0], signal.SIGKILL)
         _, stderr = proc.communicate(timeout=900)
     finally:
         if proc.poll() is None:
