@@ -134,12 +134,11 @@ def arms_for(s: Settings) -> list[Arm]:
 
 
 def run_quality(workdir: Path, s: Settings, corpus: Path | None = None) -> dict:
-    from pipelines.evaluate import evaluate
+    from pipelines.evaluation import EvalConfig, evaluate
     from pipelines.train import run_train
     from scoring import HardfocusError
     from scoring.model import resolve_model
     from training import TrainConfig
-    from training.config import EvalConfig
 
     t0 = time.time()
     workdir.mkdir(parents=True, exist_ok=True)

@@ -263,7 +263,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def measure(args: argparse.Namespace, command: str) -> dict:
     """Everything, in one run: peaks, corpus, the arms, the checks; returns the report as plain data."""
-    from scoring.model import load_tokenizer, pad_token_id, resolve_model
+    from scoring.foundation.tokenizers import pad_token_id
+    from scoring.model import load_tokenizer, resolve_model
 
     started = datetime.now(UTC).isoformat(timespec="seconds")
     load_start = load_average()

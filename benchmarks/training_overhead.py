@@ -207,7 +207,8 @@ def train_config(arm: str, output: Path, args: argparse.Namespace):
 
 
 def build_arm(arm: str, model_path: str, dataset, work: Path, args: argparse.Namespace) -> tuple[Trainer, StepClock]:
-    from training.build import build_trainer, load_base, pad_id, training_arguments
+    from scoring.foundation.tokenizers import pad_token_id
+    from training.build import build_trainer, load_base, training_arguments
     from training.collator import WeightedCollator
     from training.stream import TableWindows, TrainingStream
 
@@ -220,7 +221,7 @@ def build_arm(arm: str, model_path: str, dataset, work: Path, args: argparse.Nam
     clock = StepClock()
     if arm == "plain":  # the stream's order, read sequentially: the same batches as the other arms
         model, tokenizer = load_base(model_path)
-        collator = WeightedCollator(pad_token_id=pad_id(tokenizer), max_seq_len=cfg.max_seq_len)
+        collator = WeightedCollator(pad_token_id=pad_token_id(tokenizer), max_seq_len=cfg.max_seq_len)
         stream = TrainingStream(TableWindows(dataset), lambda rows: rows, cfg.batch_size, cfg.shuffle_buffer, cfg.seed,
                                 "random", cfg.max_seq_len)
         ordered = [row for batch in itertools.islice(stream.batch_rows(), cfg.max_steps) for row in batch]

@@ -13,12 +13,13 @@ import typer.core
 
 from exporting.config import ExportConfig
 from pipelines.demo_corpus import CorpusKind
+from pipelines.evaluation.config import EvalConfig
 from pipelines.flags import config_command
 from pipelines.run_config import STAGES, check_stage_range, load_run_config
 from scoring.config import ScoreConfig
 from scoring.foundation.errors import HardfocusError
 from selection.config import SelectConfig
-from training.config import EvalConfig, TrainConfig
+from training.config import TrainConfig
 
 # The stage libraries (torch, transformers, Ray, the Trainer: ~7 s of imports on 2 cores) are imported inside
 # the command that runs them, so `--help`, a refused flag and `submit` answer in about a second.
@@ -140,8 +141,7 @@ def train_command(cfg: TrainConfig) -> None:
 @config_command(EvalConfig, "eval", names=CLI_NAMES | {"models": ("--model", "-m"), "data": ("--data", "-d")})
 def eval_command(cfg: EvalConfig) -> None:
     """Held-out loss and perplexity per group, several models side by side (e.g. base vs trained)."""
-    from pipelines.evaluate import EVAL_FILE, evaluate
-    from training.evaluate import comparison_table
+    from pipelines.evaluation import EVAL_FILE, comparison_table, evaluate
 
     results = evaluate(cfg, progress=_show_progress())
     typer.echo(comparison_table(results.models))
@@ -169,14 +169,15 @@ def run_command(
     """score -> select -> train -> eval from one config; stages whose inputs and parameters are unchanged are skipped."""
     check_stage_range(from_, until)  # before loading anything
     cfg = load_run_config(config, set_ or [])
+    from pipelines.evaluation import comparison_table
     from pipelines.labels import format_band_labels
-    from pipelines.run import format_seconds, run_pipeline
+    from pipelines.run import run_pipeline
+    from scoring.foundation.durations import duration
     from selection.job import summary_text
-    from training.evaluate import comparison_table
     from training.output import train_summary_line
 
     result = run_pipeline(cfg, from_, until, progress=_show_progress())
-    ran = [f"{name} ({format_seconds(result.seconds[name])})" if name in result.seconds else name for name in result.ran]
+    ran = [f"{name} ({duration(result.seconds[name])})" if name in result.seconds else name for name in result.ran]
     typer.echo(f"stages run: {', '.join(ran) or 'none'}; up to date: {', '.join(result.skipped) or 'none'}")
     wd = cfg.workdir
     typer.echo(f"outputs: scores {wd / 'scores'} | selected {wd / 'selected'} (report.html) | model {wd / 'model'} | eval {wd / 'eval'}")

@@ -1,7 +1,7 @@
 """The composed configuration: one TOML file with a table per stage, validated by the stage's own model.
 
 ``[score]`` holds :class:`scoring.ScoreConfig` keys, ``[select]`` :class:`selection.SelectConfig`
-keys, ``[train]`` :class:`training.TrainConfig` keys, ``[eval]`` :class:`training.config.EvalConfig` keys and ``[export]``
+keys, ``[train]`` :class:`training.TrainConfig` keys, ``[eval]`` :class:`pipelines.evaluation.EvalConfig` keys and ``[export]``
 :class:`exporting.ExportConfig` keys, spelled exactly as the CLI flags (``max_tokens`` = ``--max-tokens``). Unknown tables and keys are errors that name them.
 
 Values are validated strictly (pydantic's strict mode): TOML has types, so ``max_tokens = "64"``, ``overwrite =
@@ -22,9 +22,10 @@ from typing import Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from pipelines.evaluation.config import EvalConfig
 from scoring import HardfocusError, ScoreConfig
 from selection import SelectConfig
-from training.config import EvalConfig, TrainConfig
+from training.config import TrainConfig
 
 
 class StageTables(BaseModel):
@@ -101,11 +102,14 @@ def build_config(table: str, model: type[BaseModel], config_file: str | Path | N
         raise HardfocusError(f"{where}: {describe(exc, model)}") from None
 
 
-def parse_toml_value(text: str):
-    """``text`` read as a TOML value (``0.5``, ``true``, ``["a", "b"]``), else the string itself."""
+def parse_toml_value(text: str, strict: bool = False):
+    """``text`` read as a TOML value (``0.5``, ``true``, ``["a", "b"]``, ``{scorer = 1}``); else the string itself
+    (``select.by=document``), or with ``strict`` a ValueError saying why."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except tomllib.TOMLDecodeError as exc:
+        if strict:
+            raise ValueError(f"'{text}' is not a TOML value ({exc})") from None
         return text
 
 

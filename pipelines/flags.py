@@ -14,7 +14,6 @@ from __future__ import annotations
 import enum
 import functools
 import inspect
-import tomllib
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -25,7 +24,7 @@ import typer
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from pipelines.config import build_config
+from pipelines.config import build_config, parse_toml_value
 
 _PLAIN = (str, int, float, bool)
 
@@ -33,9 +32,9 @@ _PLAIN = (str, int, float, bool)
 def parse_toml(text: str) -> Any:
     """A flag value in TOML syntax (``'{scorer = 1}'``, ``'[1, 2]'``), for a field no plain flag type fits."""
     try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError as exc:
-        raise typer.BadParameter(f"'{text}' is not a TOML value ({exc}), e.g. '{{scorer = 1}}' or '[1, 2]'") from None
+        return parse_toml_value(text, strict=True)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{exc}, e.g. '{{scorer = 1}}' or '[1, 2]'") from None
 
 
 def without_none(annotation: Any) -> Any:

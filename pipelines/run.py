@@ -23,25 +23,20 @@ from dataclasses import dataclass, field
 import polars as pl
 from fsspec.core import url_to_fs
 
-from pipelines.evaluate import evaluate
+from pipelines.evaluation import ModelEval, evaluate
 from pipelines.labels import band_labels
 from pipelines.run_config import RunConfig, check_stage_range
 from pipelines.train import run_train
 from scoring import score
+from scoring.foundation.durations import duration
 from scoring.foundation.kinds import identify
 from scoring.foundation.storage import read_record
 from selection import select
 from selection.schema import SUMMARY_FILE
 from selection.summary import SelectionSummary
-from training.evaluate import ModelEval
 from training.output import TrainResult
 
 log = logging.getLogger(__name__)
-
-
-def format_seconds(seconds: float) -> str:
-    seconds = round(seconds)
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 @dataclass
@@ -88,7 +83,7 @@ def run_pipeline(cfg: RunConfig, start: str = "score", until: str = "eval", prog
         skipped = stages[name]()
         result.seconds[name] = time.perf_counter() - started
         (result.skipped if skipped else result.ran).append(name)
-        log.info("== %s %s in %s", name, "was up to date" if skipped else "finished", format_seconds(result.seconds[name]))
+        log.info("== %s %s in %s", name, "was up to date" if skipped else "finished", duration(result.seconds[name]))
     summary = posixpath.join(select_cfg.output, SUMMARY_FILE)
     if result.selection is None and identify(select_cfg.output).complete:
         fs, path = url_to_fs(summary)

@@ -17,11 +17,11 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipelines.config import check_tables, describe, did_you_mean, parse_toml_value, read_toml
+from pipelines.evaluation.config import EvalConfig
 from scoring import HardfocusError, ScoreConfig
 from scoring.foundation.sample_format import SampleFormat
 from selection import SelectConfig
 from training import TrainConfig
-from training.config import EvalConfig
 
 STAGES = ["score", "select", "train", "eval"]
 # keys the runner derives from [run] and the working directory

@@ -16,8 +16,6 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from scoring.chat import check_chat_tokenizer, load_chat_template, template_sha256
@@ -37,7 +35,7 @@ from scoring.foundation.scores import (
     stamped_rows,
 )
 from scoring.foundation.stagedir import refuse_inside, refuse_overlap
-from scoring.foundation.storage import prefetched, redact
+from scoring.foundation.storage import prefetched, read_footer, redact
 from scoring.foundation.versions import library_versions
 from scoring.manifest import count_duplicate_ids
 from scoring.model import ResolvedModel, load_tokenizer, resolve_device, resolve_dtype, resolve_model
@@ -251,19 +249,10 @@ def _damaged_parts(out: ScoresDir, shards: dict[str, Shard], done: dict[str, dic
         if bad or len(marker["part_bytes"]) != len(expected[d]):
             broken[d] = bad or expected[d][:1]
     unsized = [(d, name) for d in done if d not in sized for name in expected[d]]
-    for (d, name), meta in zip(unsized, prefetched(lambda item: _footer(out, item[1]), unsized, depth=16)):
-        if meta is None or meta.num_rows != stamped_rows(meta.metadata, name):
+    for (d, name), meta in zip(unsized, prefetched(lambda item: read_footer(out.fs, out.join(item[1])), unsized, depth=16)):
+        if isinstance(meta, Exception) or meta.num_rows != stamped_rows(meta.metadata, name):
             broken.setdefault(d, []).append(name)
     return broken
-
-
-def _footer(out: ScoresDir, name: str) -> pq.FileMetaData | None:
-    """A part's footer, or None when it cannot be read."""
-    try:
-        with out.fs.open(out.join(name), "rb") as f:
-            return pq.read_metadata(f)
-    except (OSError, pa.ArrowException):
-        return None
 
 
 def _want_compile(cfg: ScoreConfig, pending: list[ShardTask]) -> bool:

@@ -162,9 +162,3 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
-def pad_token_id(tokenizer) -> int:
-    """Any valid id works for padding: padded positions are masked from attention and from the loss."""
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
-        if candidate is not None:
-            return int(candidate)
-    return 0

@@ -12,14 +12,11 @@ import time
 
 from tqdm.auto import tqdm
 
+from scoring.foundation.durations import duration
+
 log = logging.getLogger("scoring.job")
 
 LOG_EVERY_S = 30.0
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 class ScoringProgress:
@@ -43,9 +40,9 @@ class ScoringProgress:
         if self.logs and time.perf_counter() - self.last_log >= LOG_EVERY_S:
             self.last_log = time.perf_counter()
             share = self.done / self.total
-            eta = f", ETA {_duration(elapsed * (1 - share) / share)}" if share > 0 else ""
+            eta = f", ETA {duration(elapsed * (1 - share) / share)}" if share > 0 else ""
             log.info("scoring: %.0f%% of the input, %s rows, %s tokens, %.0f tokens/s, %s elapsed%s",
-                     100 * share, f"{rows:,}", f"{tokens:,}", tokens / max(elapsed, 1e-9), _duration(elapsed), eta)
+                     100 * share, f"{rows:,}", f"{tokens:,}", tokens / max(elapsed, 1e-9), duration(elapsed), eta)
 
     def close(self) -> None:
         self.bar.close()

@@ -29,9 +29,8 @@ from fsspec.core import url_to_fs  # noqa: E402
 
 from scoring.foundation.storage import commit_bytes  # noqa: E402
 from selection.bands import DROPPED, EASY, KEPT  # noqa: E402
-from selection.report_scores import ranks_by_loss, score_figures  # noqa: E402
+from selection.report_scores import BAND_COLOURS, ranks_by_loss, score_figures  # noqa: E402
 
-BAND_COLOURS = {DROPPED: "#d62728", KEPT: "#2ca02c", EASY: "#7f7f7f"}
 REPORT_FILE = "report.html"
 MAX_GROUP_PANELS = 24  # per-group histograms drawn; every group's thresholds are in the page's table
 # (summary key, legend label, line style) of the band boundaries drawn on a histogram

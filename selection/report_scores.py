@@ -16,7 +16,7 @@ import polars as pl  # noqa: E402
 from selection.bands import DROPPED, EASY, KEPT  # noqa: E402
 from selection.rank_by import SCORE_COLUMN  # noqa: E402
 
-COLOURS = {DROPPED: "#d62728", KEPT: "#2ca02c", EASY: "#7f7f7f"}
+BAND_COLOURS = {DROPPED: "#d62728", KEPT: "#2ca02c", EASY: "#7f7f7f"}  # every plot of the report draws bands so
 MAX_POINTS = 20_000  # a scatter of millions of points says no more than a sample of them
 
 
@@ -44,7 +44,7 @@ def _histogram(ranked: pl.DataFrame, summary: dict, name: str):
     order = [b for b in (EASY, KEPT, DROPPED) if "band" in ranked.columns]
     if order:
         stacks = [ranked.filter(pl.col("band") == b)[SCORE_COLUMN].to_numpy() for b in order]
-        ax.hist(stacks, bins=bins, stacked=True, color=[COLOURS[b] for b in order],
+        ax.hist(stacks, bins=bins, stacked=True, color=[BAND_COLOURS[b] for b in order],
                 label=[f"{b} ({len(s):,})" for b, s in zip(order, stacks)])
     else:
         ax.hist(values, bins=bins)
@@ -69,7 +69,7 @@ def _scatter(ranked: pl.DataFrame, name: str):
     for band in bands:
         rows = sample if band is None else sample.filter(pl.col("band") == band)
         ax.scatter(rows["loss"].to_numpy(), rows[SCORE_COLUMN].to_numpy(), s=4, alpha=0.5,
-                   color=COLOURS.get(band, "#1f77b4"), label=band)
+                   color=BAND_COLOURS.get(band, "#1f77b4"), label=band)
     if bands != [None]:
         ax.legend(markerscale=3)
     ax.set_xlabel("loss (nats per token)")

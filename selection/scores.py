@@ -24,7 +24,7 @@ from scoring.foundation.scores import (
     stamped_rows,
 )
 from scoring.foundation.stagedir import refuse_repeated
-from scoring.foundation.storage import fs_url, prefetched, read_record, redact
+from scoring.foundation.storage import fs_url, prefetched, read_footer, read_record, redact
 from selection.bands import NO_GROUP
 from selection.excluded import excluded_rows, merge_excluded, status_reason
 
@@ -141,15 +141,8 @@ def open_scores(dirs: list[str]) -> ScoreParts:
             raise HardfocusError(f"'{redact(d)}' holds {len(parts)} part files but its manifest lists {manifest.parts}")
         dir_spans = []
 
-        def footer(part: str, fs=fs) -> pq.FileMetaData | Exception:
-            try:
-                with fs.open(part, "rb") as f:
-                    return pq.read_metadata(f)
-            except (OSError, pa.ArrowException) as exc:
-                return exc
-
         stamps = PartCheck.of(fs, path, manifest)
-        for p, meta in zip(parts, prefetched(footer, parts)):
+        for p, meta in zip(parts, prefetched(lambda part, fs=fs: read_footer(fs, part), parts)):
             if isinstance(meta, Exception):
                 raise damaged_part(fs_url(fs, p), meta)
             want = stamped_rows(meta.metadata, posixpath.basename(p))

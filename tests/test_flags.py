@@ -11,11 +11,11 @@ from pydantic import Field
 from typer.testing import CliRunner
 
 from pipelines.cli import CLI_NAMES, app
+from pipelines.evaluation.config import EvalConfig
 from pipelines.flags import config_command
 from scoring import ScoreConfig
 from selection import SelectConfig
 from training import TrainConfig
-from training.config import EvalConfig
 
 runner = CliRunner()
 COMMANDS = {"score": ScoreConfig, "select": SelectConfig, "train": TrainConfig, "eval": EvalConfig}

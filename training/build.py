@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 from transformers.utils import logging as hf_logging
 
+from scoring.foundation.tokenizers import pad_token_id
 from training.checkpoints import MarkComplete, checkpoint_step
 from training.collator import PackedCollator, WeightedCollator
 from training.config import TrainConfig
@@ -101,13 +102,6 @@ def load_base(model_path: str, bf16: bool = False):
     return model, tokenizer
 
 
-def pad_id(tokenizer) -> int:
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
-        if candidate is not None:
-            return int(candidate)
-    return 0
-
-
 def build_trainer(
     cfg: TrainConfig,
     model_path: str,
@@ -122,10 +116,10 @@ def build_trainer(
     model, tokenizer = load_base(model_path, bf16=args.bf16)
     how = batching(cfg, args.bf16)
     kind = PackedCollator if how == "packed" else WeightedCollator
-    collator = kind(pad_token_id=pad_id(tokenizer), max_seq_len=cfg.max_seq_len)  # evaluation's
+    collator = kind(pad_token_id=pad_token_id(tokenizer), max_seq_len=cfg.max_seq_len)  # evaluation's
     stream = None
     if train_source is not None:  # its own collator: what it counts (tokens, positions, cuts) is training's alone
-        stream = TrainingStream(train_source, kind(pad_token_id=pad_id(tokenizer), max_seq_len=cfg.max_seq_len),
+        stream = TrainingStream(train_source, kind(pad_token_id=pad_token_id(tokenizer), max_seq_len=cfg.max_seq_len),
                                 cfg.batch_size, cfg.shuffle_buffer, cfg.seed,
                                 "grouped" if how == "grouped" else "random", cfg.max_seq_len,
                                 start_batch=checkpoint_step(resume) * cfg.accumulation_steps if resume else 0)

@@ -16,15 +16,9 @@ import time
 
 from transformers import TrainerCallback
 
+from scoring.foundation.durations import duration
+
 log = logging.getLogger(__name__)
-
-
-def duration(seconds: float) -> str:
-    """``1h02m03s`` / ``4m05s`` / ``6s``: an ETA a person reads at a glance."""
-    s = int(round(max(seconds, 0.0)))
-    h, rest = divmod(s, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 def step_line(step: int, total: int, logs: dict, sec_per_step: float | None) -> str:

@@ -43,7 +43,16 @@ from scoring.foundation.scores import (
 )
 from scoring.foundation.selected import SUMMARY_FILE, check_selected_schema
 from scoring.foundation.stagedir import refuse_repeated
-from scoring.foundation.storage import file_version, fresh, fs_url, prefetched, read_json, read_record, redact
+from scoring.foundation.storage import (
+    file_version,
+    fresh,
+    fs_url,
+    prefetched,
+    read_footer,
+    read_json,
+    read_record,
+    redact,
+)
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +132,7 @@ def _source(path: str) -> Source:
     parts = sorted(posixpath.join(root, n) for n in found.names if n.startswith("part-") and n.endswith(".parquet"))
     if not parts:
         raise HardfocusError(f"'{redact(path)}' is a finished {kind}/ directory without rows")
-    footers = list(prefetched(lambda p: _footer(fs, p), parts))
+    footers = list(prefetched(lambda p: read_footer(fs, p), parts))
     if found.kind == "parts":
         _refuse_unfinished(path, footers)
     for part, footer in zip(parts, footers):
@@ -215,14 +224,6 @@ def _changed(info: dict) -> str | None:
         if info.get(key) is not None:
             return str(info[key])
     return None
-
-
-def _footer(fs, part: str) -> pq.FileMetaData | Exception:
-    try:
-        with fs.open(part, "rb") as f:
-            return pq.read_metadata(f)
-    except (pa.ArrowInvalid, OSError) as exc:
-        return exc
 
 
 def _refuse_unfinished(path: str, footers: list) -> None:

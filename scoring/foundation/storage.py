@@ -255,3 +255,16 @@ def prefetched(read: Callable[[T], R], items: Iterable[T], depth: int = _PREFETC
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+def read_footer(fs, path: str):
+    """A Parquet file's footer (``pyarrow.parquet.FileMetaData``: rows, schema, key-value metadata, statistics), or
+    the error that stopped it being read (cut short, not Parquet, gone): each stage that checks parts says why."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        with fs.open(path, "rb") as f:
+            return pq.read_metadata(f)
+    except (OSError, pa.ArrowException) as exc:
+        return exc

@@ -265,11 +265,10 @@ def test_an_infinite_learning_rate_or_weight_decay_never_publishes_a_nan_model(t
 
 def test_adding_a_model_to_an_evaluation_does_not_rescore_the_models_already_scored(tmp_path, tiny_model_dir,
                                                                                   tiny_chat_model_dir):
-    """pipelines/evaluate.py says "any change rescores what changed (each scores-<name>/ resumes or is replaced by
+    """pipelines/evaluation/job.py says "any change rescores what changed (each scores-<name>/ resumes or is replaced by
     its own identity)", but `open(identity, overwrite=True)` answers REPLACE to any change and `clear()` deletes
     every scores-<name>/ first: adding a model (or retraining one) rescores the baseline's held-out set too."""
-    from pipelines.evaluate import evaluate
-    from training.config import EvalConfig
+    from pipelines.evaluation import EvalConfig, evaluate
 
     _jsonl(tmp_path / "held" / "h.jsonl", TEXTS)
     cfg = EvalConfig(models=[f"base={tiny_model_dir}"], data=[str(tmp_path / "held")], output=str(tmp_path / "eval"),
@@ -319,13 +318,12 @@ def test_train_removes_its_checkpoints_only_while_it_holds_the_output_lock(tmp_p
 
 def test_eval_under_a_directory_with_brackets_reads_its_own_scores_not_a_lookalike(tmp_path, tiny_model_dir,
                                                                                    tiny_chat_model_dir):
-    """training/evaluate.py group_perplexity hands the part URLs to `pl.scan_parquet`, which takes every path as a
+    """pipelines/evaluation/tables.py group_perplexity hands the part URLs to `pl.scan_parquet`, which takes every path as a
     glob: the parts of `run[1]/eval/scores-base/` are read from `run1/eval/scores-base/` when that exists (another
     experiment over the same held-out shards has parts of the same names). eval.json then reports the other
     model's perplexity. (Also: scoring/manifest.py count_duplicate_ids, selection/scores.py _check_unique_ids,
     pipelines/labels.py, selection/job.py build_report.)"""
-    from pipelines.evaluate import evaluate
-    from training.config import EvalConfig
+    from pipelines.evaluation import EvalConfig, evaluate
 
     _jsonl(tmp_path / "held" / "h.jsonl", TEXTS)
 
@@ -408,7 +406,7 @@ def test_a_train_manifest_that_is_json_but_not_a_manifest_is_named_not_a_traceba
 def test_an_eval_model_path_with_an_equals_sign_is_a_path(tmp_path, monkeypatch):
     """`--model sweep/lr=0.1/model` (sweep directories are named so) is split into the name 'sweep/lr' and the spec
     '0.1/model', which is then looked up on the Hugging Face hub; the scores go to 'scores-sweep/lr'."""
-    from training.config import EvalConfig
+    from pipelines.evaluation.config import EvalConfig
 
     (tmp_path / "sweep" / "lr=0.1" / "model").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)

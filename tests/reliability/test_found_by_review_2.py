@@ -236,9 +236,8 @@ def test_eval_after_its_chat_template_file_was_edited_is_not_up_to_date(tmp_path
     models' fingerprints cover config and weights, not the tokenizer (nor the template it carries). Edit the template
     (or the model's tokenizer_config.json) and rerun: 'already holds this evaluation', the perplexities of the old
     rendering, exit 0. (The scoring stage itself would notice: its identity has the template's sha256.)"""
-    from pipelines.evaluate import evaluate
+    from pipelines.evaluation import EvalConfig, evaluate
     from tests.conftest import CHATML, conversations, write_jsonl
-    from training.config import EvalConfig
 
     write_jsonl(tmp_path / "held" / "h.jsonl", [{"messages": m} for m in conversations(6)])
     template = tmp_path / "chat.jinja"
@@ -291,8 +290,7 @@ def test_eval_with_its_models_in_another_order_compares_against_the_new_first_mo
     """The first model is the baseline ("the change against the first"); eval's identity holds the models as a dict
     {name: fingerprint}, which compares equal in any order, so `-m trained=M -m base=B` after `-m base=B -m
     trained=M` is 'already done' and returns the old order: the table compares against the old baseline."""
-    from pipelines.evaluate import evaluate
-    from training.config import EvalConfig
+    from pipelines.evaluation import EvalConfig, evaluate
 
     _jsonl(tmp_path / "held" / "h.jsonl", TEXTS)
 

@@ -187,8 +187,7 @@ def test_eval_in_windows_does_not_count_scored_documents_as_rows_it_could_not_sc
     0: a documented unscored position, not a failure) adds one, so eval reports as many held-out rows it could not
     score as there are documents, although it scored every one of them; and two models with other tokenizers
     report different counts for the same held-out set."""
-    from pipelines.evaluate import evaluate
-    from training.config import EvalConfig
+    from pipelines.evaluation import EvalConfig, evaluate
 
     docs = _one_token_tails(AutoTokenizer.from_pretrained(tiny_model_dir))
     write_jsonl(tmp_path / "held" / "h.jsonl", [{"text": d["text"]} for d in docs])

@@ -292,12 +292,12 @@ def test_a_damaged_job_file_is_named_not_a_traceback(tmp_path, scored):
 def test_eval_reads_each_models_tokenizer_from_its_resolved_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
     """A model given by alias (`smollm2-135m`, a GGUF file) is no directory: its identity's tokenizer is read from the
     checkpoint the alias resolves to, never looked up under the alias (that went to the hub, and failed offline)."""
-    import pipelines.evaluate as evaluate_module
+    import pipelines.evaluation.job as evaluate_module
     import scoring.job as job_module
     import scoring.units as units_module
+    from pipelines.evaluation.config import EvalConfig
     from scoring.model import resolve_model
     from tests.conftest import write_jsonl
-    from training.config import EvalConfig
 
     def aliased(spec: str):
         return resolve_model(tiny_model_dir if spec == "tiny-alias" else spec)

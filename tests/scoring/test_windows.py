@@ -247,8 +247,7 @@ def test_ray_scores_the_windows_the_local_executor_scores(tiny_model_dir, tmp_pa
 def test_eval_in_windows_judges_whole_documents(tiny_model_dir, tmp_path):
     """Held-out documents far longer than max_tokens: eval in windows counts each document once and its loss over
     every scored token; truncation judges only the prefixes."""
-    from pipelines.evaluate import evaluate
-    from training.config import EvalConfig
+    from pipelines.evaluation import EvalConfig, evaluate
 
     texts = [" ".join(real_texts(4, seed=40 + i)) for i in range(3)]
     write_jsonl(tmp_path / "held" / "h.jsonl", [{"text": t} for t in texts])

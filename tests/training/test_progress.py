@@ -7,7 +7,8 @@ import logging
 import pytest
 from transformers import TrainerControl, TrainerState
 
-from training.progress import TrainProgress, duration
+from scoring.foundation.durations import duration
+from training.progress import TrainProgress
 
 
 class Clock:

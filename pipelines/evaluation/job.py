@@ -1,5 +1,5 @@
 """``hardfocus eval``: score the held-out shards with each model (the scoring stage, resumable), then
-aggregate loss and perplexity per group (:mod:`training.evaluate`) and write ``eval.json``.
+aggregate loss and perplexity per group (:mod:`pipelines.evaluation.tables`) and write ``eval.json``.
 
 The output is a stage directory (:mod:`scoring.foundation.stagedir`): ``eval_job.json`` holds its identity
 (each model's fingerprint, the held-out shards as listed, the settings), ``scores-<name>/`` each model's
@@ -15,8 +15,8 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-import polars as pl
-
+from pipelines.evaluation.config import EvalConfig
+from pipelines.evaluation.tables import ModelEval, group_perplexity, load_evaluation
 from scoring import ScoreConfig, score
 from scoring.chat import load_chat_template, template_sha256
 from scoring.foundation.errors import HardfocusError
@@ -27,8 +27,6 @@ from scoring.foundation.storage import redact
 from scoring.model import load_tokenizer, resolve_model
 from scoring.output import ScoresDir
 from scoring.sources import find_shards
-from training.config import EvalConfig
-from training.evaluate import ModelEval, group_perplexity
 from training.store import fetch_model, is_url
 
 log = logging.getLogger(__name__)
@@ -96,13 +94,3 @@ def _local_model(spec: str) -> str:
     if found.kind == "model" and not found.complete:
         raise HardfocusError(f"'{redact(spec)}' holds no finished training run (no {MODEL.marker}): train it first")
     return spec
-
-
-def load_evaluation(payload: dict) -> list[ModelEval]:
-    """The per-model tables of an ``eval.json``."""
-    out = []
-    for m in payload["models"]:
-        rows = [{"group": g, **v} for g, v in m["groups"].items()]
-        table = pl.DataFrame(rows).select("group", "docs", "tokens", "loss", "perplexity", "mean_loss")
-        out.append(ModelEval(name=m["name"], model=m["model"], scores=m["scores"], table=table, not_ok=m["rows_not_ok"]))
-    return out

@@ -1,8 +1,8 @@
-"""Held-out loss and perplexity per group from scores/ directories (one per model), side by side.
+"""Held-out loss and perplexity per group from a model's scores, and the table that compares the models.
 
-Perplexity is the corpus-level one, ``exp(sum of token NLLs / tokens)`` per group; ``mean_loss``
-is the mean of the per-sample losses (the quantity selection ranks). ``macro`` averages the
-groups' token-level losses with equal weight, so a large group does not drown a small one.
+Perplexity is the corpus-level one, ``exp(sum of token NLLs / tokens)`` per group; ``mean_loss`` is the mean of
+the per-sample losses (the quantity selection ranks). ``macro`` averages the groups' token-level losses with equal
+weight, so a large group does not drown a small one.
 """
 
 from __future__ import annotations
@@ -108,3 +108,13 @@ def comparison_table(evals: list[ModelEval]) -> str:
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def load_evaluation(payload: dict) -> list[ModelEval]:
+    """The per-model tables of an ``eval.json``."""
+    out = []
+    for m in payload["models"]:
+        rows = [{"group": g, **v} for g, v in m["groups"].items()]
+        table = pl.DataFrame(rows).select("group", "docs", "tokens", "loss", "perplexity", "mean_loss")
+        out.append(ModelEval(name=m["name"], model=m["model"], scores=m["scores"], table=table, not_ok=m["rows_not_ok"]))
+    return out
