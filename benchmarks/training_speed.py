@@ -340,14 +340,17 @@ def long_tail_child(argv: Sequence[str]) -> int:
 
     tokenizer = AutoTokenizer.from_pretrained(args.model_path)
     lengths = long_tail_lengths(args.rows, args.median, args.p90, args.max_len, args.seed)
-    with tempfile.TemporaryDirectory(prefix="hf-long-tail-corpus-") as tmp:
-        build_demo_corpus(tmp, docs_per_group=150, max_chars=4000, seed=args.seed)
-        docs = [json.loads(line) for p in sorted(Path(tmp).glob("train/*.jsonl")) for line in p.read_text().splitlines()]
-    rng = np.random.default_rng(args.seed)
-    texts = [docs[i]["text"] for i in rng.permutation(len(docs))]
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-    stream = np.asarray([t for ids in tokenizer(texts, add_special_tokens=False)["input_ids"] for t in [*ids, eos]],
-                        dtype=np.int32)
+    for per_group in (150, 500, 2000):  # the text this machine has decides how many documents give enough tokens
+        with tempfile.TemporaryDirectory(prefix="hf-long-tail-corpus-") as tmp:
+            build_demo_corpus(tmp, docs_per_group=per_group, max_chars=4000, seed=args.seed, heldout_frac=0.0)
+            docs = [json.loads(line) for p in sorted(Path(tmp).glob("train/*.jsonl")) for line in p.read_text().splitlines()]
+        rng = np.random.default_rng(args.seed)
+        texts = [docs[i]["text"] for i in rng.permutation(len(docs))]
+        stream = np.asarray([t for ids in tokenizer(texts, add_special_tokens=False)["input_ids"] for t in [*ids, eos]],
+                            dtype=np.int32)
+        if len(stream) >= lengths.sum():
+            break
     samples = cut_samples(stream, lengths)
     weights = np.exp(rng.uniform(math.log(0.25), math.log(4.0), args.rows))
     out = Path(args.out)
