@@ -1,10 +1,13 @@
-"""Every `hardfocus` command in the README parses against the real CLI, its TOML examples validate, and
-its config reference is the one generated from the config models."""
+"""Every `hardfocus` command in the README and the docs parses against the real CLI, their TOML examples validate,
+the config reference is the one generated from the config models, and the docs site builds with no broken link."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -15,13 +18,14 @@ from pipelines.cli import app
 from pipelines.config import build_eval_config, build_score_config, build_select_config, build_train_config
 from pipelines.docs import BEGIN, END, config_reference
 from pipelines.run_config import load_run_config
+from tests.docs import ROOT, pages
 
-README = (Path(__file__).parent.parent / "README.md").read_text()
+TEXTS = {p.relative_to(ROOT).as_posix(): p.read_text() for p in pages()}
 
 
 def readme_commands() -> list[str]:
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S):
+    for block in (b for text in TEXTS.values() for b in re.findall(r"```bash\n(.*?)```", text, flags=re.S)):
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split("  #")[0].strip()
             if line.startswith("hardfocus "):
@@ -46,8 +50,8 @@ def test_readme_command_parses(command):
 
 def test_readme_toml_examples_validate(tmp_path):
     """Every TOML example validates as what it is: a run config, or stage tables (an unknown key is an error)."""
-    blocks = re.findall(r"```toml\n(.*?)```", README, flags=re.S)
-    assert blocks, "the README shows no TOML example"
+    blocks = [b for text in TEXTS.values() for b in re.findall(r"```toml\n(.*?)```", text, flags=re.S)]
+    assert blocks, "the docs show no TOML example"
     stages = {"score": build_score_config, "select": build_select_config, "train": build_train_config,
               "eval": build_eval_config}
     for block in blocks:
@@ -63,5 +67,24 @@ def test_readme_toml_examples_validate(tmp_path):
 
 
 def test_config_reference_is_generated_from_the_models():
-    start, end = README.index(BEGIN), README.index(END) + len(END)
-    assert README[start:end] == config_reference(), "regenerate it: python -m pipelines.docs"
+    text = TEXTS["docs/reference/config.md"]
+    start, end = text.index(BEGIN), text.index(END) + len(END)
+    assert text[start:end] == config_reference(), "regenerate it: python -m pipelines.docs --write"
+
+
+def test_readme_is_a_map():
+    """The README stays a map (what, quick start, concepts, one example per stage, where to read on); the reference
+    lives in docs/, and every docs page it names exists."""
+    readme = TEXTS["README.md"]
+    assert len(readme.splitlines()) <= 350
+    for target in re.findall(r"\]\((docs/[^)#]+)", readme):
+        assert (ROOT / target).is_file(), target
+
+
+def test_docs_site_builds_strict(tmp_path):
+    """`mkdocs build --strict`: a broken link or anchor, or a page missing from the nav, fails the build."""
+    mkdocs = Path(sys.executable).parent / "mkdocs"
+    done = subprocess.run([str(mkdocs), "build", "--strict", "--site-dir", str(tmp_path / "site")], cwd=ROOT,
+                          capture_output=True, text=True, env=os.environ | {"NO_MKDOCS_2_WARNING": "1"}, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "site" / "architecture" / "index.html").is_file()

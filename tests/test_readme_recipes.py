@@ -1,4 +1,4 @@
-"""Every polars recipe in the README runs verbatim against a real outputs/demo-like layout, and returns what it claims.
+"""Every polars recipe in the docs (docs/selection.md, instruction-data.md, choosing-a-score.md) runs verbatim against a real outputs/demo-like layout, and returns what it claims.
 
 The recipes name the demo's own paths (``outputs/demo/...``, ``outputs/demo-chat/...``), so a newcomer can
 paste them after ``make demo``; the fixtures build the same layout (same file names, the same ``noise``
@@ -8,8 +8,6 @@ column, null in most rows) with a tiny model in a temporary directory and run th
 from __future__ import annotations
 
 import json
-import re
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -17,15 +15,11 @@ import pytest
 from scoring import ScoreConfig, score
 from selection import SelectConfig, select
 from tests.conftest import conversations, real_texts, write_jsonl
+from tests.docs import blocks, page, section
 
-README = Path(__file__).resolve().parents[1] / "README.md"
 
-
-def _recipes(heading: str = "### Inspecting scores with polars") -> list[str]:
-    text = README.read_text()
-    section = text[text.index(heading) :]
-    section = section[: section.index("\n## ")]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+def _recipes(name: str, heading: str) -> list[str]:
+    return blocks(section(page(name), heading), "python")
 
 
 @pytest.fixture
@@ -48,11 +42,11 @@ def workdir(tmp_path, tiny_model_dir, monkeypatch):
 
 
 def test_readme_recipes_run_and_are_right(workdir):
-    recipes = _recipes()
+    recipes = _recipes("selection.md", "## Inspecting scores with polars")
     assert len(recipes) == 5
     ns: dict = {}
     for code in recipes:
-        exec(compile(code, "README.md", "exec"), ns)  # noqa: S102 - the README's own code
+        exec(compile(code, "docs", "exec"), ns)  # noqa: S102 - the docs' own code
 
     scores = pl.read_parquet("outputs/demo/scores/part-*.parquet")
     ok = scores.filter(pl.col("status") == "ok")
@@ -95,11 +89,11 @@ def test_readme_conversation_recipes_run_and_are_right(tmp_path, tiny_chat_model
                       model=tiny_chat_model_dir, id_column="id", group_column="group", executor="local",
                       dtype="float32", max_tokens=256), progress=False)
     monkeypatch.chdir(tmp_path)
-    recipes = _recipes("### Inspecting conversations with polars")
+    recipes = _recipes("instruction-data.md", "## Inspecting conversations with polars")
     assert len(recipes) == 2
     ns: dict = {}
     for code in recipes:
-        exec(compile(code, "README.md", "exec"), ns)  # noqa: S102 - the README's own code
+        exec(compile(code, "docs", "exec"), ns)  # noqa: S102 - the docs' own code
 
     scores = pl.read_parquet("outputs/demo-chat/scores/part-*.parquet")
     top = scores.filter(pl.col("status") == "ok").sort("loss", descending=True).head(5)
@@ -131,11 +125,11 @@ def test_readme_choosing_a_score_recipes_run_and_are_right(tmp_path, tiny_chat_m
     score(ScoreConfig(output=str(tmp_path / "scores"), model=tiny_chat_model_dir, ifd=True, **common), progress=False)
     score(ScoreConfig(output=str(tmp_path / "ref-scores"), model=reference_model, **common), progress=False)
     monkeypatch.chdir(tmp_path)
-    recipes = _recipes("## Choosing a score")
+    recipes = _recipes("choosing-a-score.md", "# Choosing a score")
     assert len(recipes) == 2
     ns: dict = {}
     for code in recipes:
-        exec(compile(code, "README.md", "exec"), ns)  # noqa: S102 - the README's own code
+        exec(compile(code, "docs", "exec"), ns)  # noqa: S102 - the docs' own code
 
     ours = pl.read_parquet("scores/part-*.parquet").filter(pl.col("status") == "ok").sort("sample_id")
     theirs = pl.read_parquet("ref-scores/part-*.parquet").filter(pl.col("status") == "ok").sort("sample_id")

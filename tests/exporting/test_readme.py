@@ -1,11 +1,10 @@
-"""The README's export sections run as written against an outputs/demo-like layout: its `hardfocus export` commands
+"""docs/export.md's sections run as written against an outputs/demo-like layout: its `hardfocus export` commands
 (in process, with --executor local), the audit recipe verbatim, and the stock Trainer loop with the tiny model in
 place of SmolLM2 and 2 steps in place of 40."""
 
 from __future__ import annotations
 
 import random
-import re
 import shlex
 from pathlib import Path
 
@@ -17,17 +16,17 @@ from pipelines.cli import app
 from scoring import ScoreConfig, score
 from selection import SelectConfig, select
 from tests.conftest import real_texts, write_jsonl
+from tests.docs import blocks, page, section
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+EXPORT = page("export.md")
 
 
 def _section(heading: str) -> str:
-    text = README[README.index(heading):]
-    return text[: text.index("\n## ", 1)]
+    return section(EXPORT, heading)
 
 
-def _blocks(section: str, language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
+def _blocks(text: str, language: str) -> list[str]:
+    return blocks(text, language)
 
 
 @pytest.fixture
@@ -62,11 +61,11 @@ def _run_commands(section: str) -> None:
 
 
 def test_the_audit_recipe_runs_and_shows_the_dropped_rows(demo, capsys):
-    section = _section("## Auditing what was dropped")
+    section = _section("# Auditing what was dropped")
     _run_commands(section)
     (recipe,) = _blocks(section, "python")
     ns: dict = {}
-    exec(compile(recipe, "README.md", "exec"), ns)  # noqa: S102 - the README's own code
+    exec(compile(recipe, "docs/export.md", "exec"), ns)  # noqa: S102 - the docs' own code
     decided = pl.read_parquet("outputs/demo/selected/decisions/*.parquet").filter(pl.col("band").cast(pl.String) == "dropped")
     assert ns["dropped"].height == decided.height > 0
     assert set(ns["dropped"]["sample_id"]) == set(decided["sample_id"])
@@ -74,13 +73,13 @@ def test_the_audit_recipe_runs_and_shows_the_dropped_rows(demo, capsys):
 
 
 def test_the_trainer_loop_trains_on_the_resampled_export(demo, tiny_model_dir):
-    section = _section("## Using the selection with another trainer")
+    section = _section("# Using the selection with another trainer")
     _run_commands(section)
     assert list(Path("outputs/demo/export").glob("part-*.parquet")) and list(Path("outputs/demo/export-jsonl").glob("part-*.jsonl.zst"))
     (loop,) = _blocks(section, "python")
     assert 'model_id = "HuggingFaceTB/SmolLM2-135M"' in loop and "max_steps=40" in loop
     loop = loop.replace('"HuggingFaceTB/SmolLM2-135M"', repr(tiny_model_dir)).replace("max_steps=40", "max_steps=2")
     ns: dict = {}
-    exec(compile(loop, "README.md", "exec"), ns)  # noqa: S102 - the README's own code
+    exec(compile(loop, "docs/export.md", "exec"), ns)  # noqa: S102 - the docs' own code
     assert ns["trainer"].state.global_step == 2
     assert len(ns["data"]) == pl.read_parquet("outputs/demo/resampled/part-*.parquet").height > 0
