@@ -39,8 +39,8 @@ demo-chat: setup
 		--set run.data=[\"$(CHAT_OUT)/corpus/train\"] --set run.heldout=[\"$(CHAT_OUT)/corpus/heldout\"]
 
 bench: setup
-	$(BIN)/python benchmarks/scoring_speed.py
-	$(BIN)/python benchmarks/selection_speed.py
+	$(BIN)/python -m benchmarks.scoring_speed
+	$(BIN)/python -m benchmarks.selection_speed
 
 clean:
 	rm -rf $(VENV) outputs

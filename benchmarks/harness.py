@@ -322,8 +322,10 @@ def combine_peaks(start: dict[str, dict], end: dict[str, dict]) -> dict:
 
 
 def command_line(script_argv: Sequence[str] | None = None) -> str:
-    """The command as a user would type it again: ``python <script> <args>``."""
-    return shlex.join(["python", *(sys.argv if script_argv is None else [sys.argv[0], *script_argv])])
+    """The command as a user would type it again: ``python -m benchmarks.<name> <args>``."""
+    script = Path(sys.argv[0])
+    head = ["-m", f"benchmarks.{script.stem}"] if script.resolve().parent == Path(__file__).resolve().parent else [sys.argv[0]]
+    return shlex.join(["python", *head, *(sys.argv[1:] if script_argv is None else script_argv)])
 
 
 def markdown_table(header: Sequence[object], rows: Iterable[Sequence[object]], align: str = "l") -> str:

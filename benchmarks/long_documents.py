@@ -1,7 +1,7 @@
 """What scoring every token costs and changes: ``--long-documents truncate`` against ``windows`` (context 0 and K),
 on the demo corpus, with the real SmolLM2-135M, in one run.
 
-    python benchmarks/long_documents.py [--max-chars 4000] [--max-tokens 512] [--context 64] [--seed 0] \
+    python -m benchmarks.long_documents [--max-chars 4000] [--max-tokens 512] [--context 64] [--seed 0] \
         [--docs-per-group 150] [--big-doc-mb 5] [--out benchmarks/results/long_documents.md]
 
 Each arm is the whole ``scoring.score(...)`` call (``executor="local"``, ``compile="off"``: the same work on the
@@ -31,8 +31,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-# run as `python benchmarks/long_documents.py`: this folder is sys.path[0]
-from harness import (
+from benchmarks.harness import (
     command_line,
     library_versions,
     load_cell,
@@ -64,7 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.tokenise:
         return _tokenise_big_document(args.tokenise[0], Path(args.tokenise[1]))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from pipelines.demo_corpus import build_demo_corpus
     from scoring import ScoreConfig, score
     from scoring.model import load_tokenizer, resolve_model
@@ -97,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info("%s: %d tokens in %.1f s", name, result.manifest.tokens, seconds)
         bands = _bands(results, root)
         document = _big_document(args.big_doc_mb, root / "big.txt")
-        big = {how: json.loads(subprocess.run([sys.executable, __file__, "--tokenise", how, str(document)], check=True,
+        big = {how: json.loads(subprocess.run([sys.executable, "-m", "benchmarks.long_documents", "--tokenise", how, str(document)], check=True,
                                               capture_output=True, text=True).stdout.splitlines()[-1])
                for how in ("pieces", "whole")}
     report = {"command": command_line(), "machine": machine_info(), "versions": library_versions(),
@@ -150,7 +148,6 @@ def _rss() -> int:
 
 def _tokenise_big_document(how: str, path: Path) -> int:
     """In a fresh process: tokenise the document at ``path`` in pieces or whole; print a JSON line of what it cost."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from scoring.model import load_tokenizer, resolve_model
     from scoring.windows import encode_long
 

@@ -1,6 +1,6 @@
 """Quality benchmark: does hard-sample reweighting improve the model? The paper's comparison, reproduced.
 
-    python benchmarks/quality.py [--kind text|chat] [--preset cpu|gpu] [--arms NAME,...] [--steps 20] [--seeds 0,1,2] \
+    python -m benchmarks.quality [--kind text|chat] [--preset cpu|gpu] [--arms NAME,...] [--steps 20] [--seeds 0,1,2] \
         [--batch-size 8] [--seq-len 256] [--eval-every 5] [--noise-frac 0.05] [--reference-steps 20] \
         [--workdir /tmp/hardfocus-quality] [--out benchmarks/results/quality.md]
 
@@ -50,9 +50,16 @@ from pathlib import Path
 
 import numpy as np
 
-# run as `python benchmarks/quality.py`: this folder is sys.path[0]
-from harness import OtherLoad, command_line, machine_info, markdown_table, write_report
-from quality_data import build_data, heldout_tokens, noise_labels, noise_share, sample_format, selection_summary, uniform_sample
+from benchmarks.harness import OtherLoad, command_line, machine_info, markdown_table, write_report
+from benchmarks.quality_data import (
+    build_data,
+    heldout_tokens,
+    noise_labels,
+    noise_share,
+    sample_format,
+    selection_summary,
+    uniform_sample,
+)
 
 log = logging.getLogger("quality")
 

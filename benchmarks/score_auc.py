@@ -1,6 +1,6 @@
 """Which score finds which noise? AUC of each injected noise kind against the clean rows, per score.
 
-    python benchmarks/score_auc.py [--docs-per-group 100] [--noise-frac 0.2] [--max-tokens 384] \
+    python -m benchmarks.score_auc [--docs-per-group 100] [--noise-frac 0.2] [--max-tokens 384] \
         [--model smollm2-135m] [--workdir /tmp/hardfocus-score-auc] [--out benchmarks/results/score_auc.md]
 
 The chat demo corpus (``hardfocus demo-corpus --kind chat``: real human conversations; the injected noise
@@ -12,7 +12,7 @@ below 0.5 = noise scores *lower*), its Hanley-McNeil standard error, and how man
 selection keeps for training when it ranks by that score (MidRanking: drop the top ``--drop-top``,
 keep the next ``--keep``; for IFD also the rows with IFD >= 1, which ``--score ifd`` drops).
 
-Excess loss needs a reference model; none is trained here (see ``benchmarks/quality.py --kind text``).
+Excess loss needs a reference model; none is trained here (see ``python -m benchmarks.quality --kind text``).
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-# run as `python benchmarks/score_auc.py`: this folder is sys.path[0]
-from harness import OtherLoad, command_line, machine_info, markdown_table, write_report
+from benchmarks.harness import OtherLoad, command_line, machine_info, markdown_table, write_report
 
 log = logging.getLogger("score_auc")
 
@@ -179,7 +178,7 @@ def markdown(report: dict, command: str) -> str:
             for score, v in sel.items()], "l" + "r" * (len(kinds) + 1) + "l"),
         "",
         "Excess loss (RHO-LOSS) is not in this table: it needs a reference model, which this benchmark does "
-        "not train (on CPU that is a training run of its own); `benchmarks/quality.py --kind text` has the "
+        "not train (on CPU that is a training run of its own); `python -m benchmarks.quality --kind text` has the "
         "reference arm.",
         "",
     ])

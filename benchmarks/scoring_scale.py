@@ -1,9 +1,9 @@
 """How scoring's orchestration scales (planning, reading, resuming), not model speed: the real CLI on a tiny model.
 
-    python benchmarks/scoring_scale.py [--sizes 1e4,1e5,1e6] [--workdir /tmp/hf-scale] [--repo PATH] [--label now] \
+    python -m benchmarks.scoring_scale [--sizes 1e4,1e5,1e6] [--workdir /tmp/hf-scale] [--repo PATH] [--label now] \
         [--timeout-per-arm 1200] [--skip ARM[=REASON] ...] [--reuse EARLIER.json] [--out results/scoring_scale-LABEL.md]
-    python benchmarks/scoring_scale.py --compare before.json after.json [--out benchmarks/results/scoring_scale.md]
-    python benchmarks/scoring_scale.py --render results/scoring_scale-LABEL.json [--out ...]  # Markdown again, no runs
+    python -m benchmarks.scoring_scale --compare before.json after.json [--out benchmarks/results/scoring_scale.md]
+    python -m benchmarks.scoring_scale --render results/scoring_scale-LABEL.json [--out ...]  # Markdown again, no runs
 
 Every arm is a subprocess ``python -m pipelines.cli ...`` run in ``--repo`` (PYTHONPATH and cwd), so one script
 measures any checkout. The model is a 1-layer Llama (hidden 16) with a 300-token BPE trained here on the corpus
@@ -52,10 +52,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import zstandard
 
-# run as `python benchmarks/scoring_scale.py`: this folder is sys.path[0]
-from harness import command_line, library_versions, load_average, machine_info, write_report
-from scoring_scale_report import LAYOUTS, compare, headline, render, size_name
-from speed_corpus import source_files
+from benchmarks.harness import command_line, library_versions, load_average, machine_info, write_report
+from benchmarks.scoring_scale_report import LAYOUTS, compare, headline, render, size_name
+from benchmarks.speed_corpus import source_files
 
 log = logging.getLogger("scoring_scale")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import shlex
 
-from harness import fmt, markdown_table, met
+from benchmarks.harness import fmt, markdown_table, met
 
 LAYOUTS = ("jsonl-1", "jsonl-1000", "parquet-10", "parquet-1rg")
 TARGET_RATIO, TARGET_RSS_MB, TARGET_PLAN_S, TARGET_NOOP_S = 0.8, 2048, 30.0, 10.0

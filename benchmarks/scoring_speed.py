@@ -1,9 +1,9 @@
 """Scoring speed on the real SmolLM2-135M: six ways to compute per-document loss, side by side in one run.
 
-    python benchmarks/scoring_speed.py [--docs 300] [--ref-docs 80] [--seed 0] \
+    python -m benchmarks.scoring_speed [--docs 300] [--ref-docs 80] [--seed 0] \
         [--out benchmarks/results/scoring_speed.md] [--skip-ray] [--skip-compile] [--ray-compile] \
         [--skip-profile] [--skip-padded]
-    python benchmarks/scoring_speed.py --only ifd [--conversations 80] [--rounds 2] [--seed 0] \
+    python -m benchmarks.scoring_speed --only ifd [--conversations 80] [--rounds 2] [--seed 0] \
         [--out benchmarks/results/scoring_speed-ifd.md]
 
 Arms (DESIGN.md, "Measuring speed" and "Fast scoring"):
@@ -54,9 +54,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# run as `python benchmarks/scoring_speed.py`: this folder is sys.path[0]
-from harness import combine_peaks, command_line, library_versions, load_average, machine_info, matmul_peaks, write_report
-from speed_arms import (
+from benchmarks.harness import (
+    combine_peaks,
+    command_line,
+    library_versions,
+    load_average,
+    machine_info,
+    matmul_peaks,
+    write_report,
+)
+from benchmarks.speed_arms import (
     CONDITIONED,
     IFD_MAX_TOKENS,
     MODEL_SPEC,
@@ -73,8 +80,8 @@ from speed_arms import (
     run_ray,
     run_reference,
 )
-from speed_corpus import Doc, corpus_summary, make_corpus, stratified_subset
-from speed_report import headline, render_ifd, render_markdown
+from benchmarks.speed_corpus import Doc, corpus_summary, make_corpus, stratified_subset
+from benchmarks.speed_report import headline, render_ifd, render_markdown
 
 log = logging.getLogger("scoring_speed")
 

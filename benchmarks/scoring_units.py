@@ -1,6 +1,6 @@
 """What a scoring job of 10^5-10^6 units (part files) costs the driver: planning, the Ray pipeline, the final check.
 
-    python benchmarks/scoring_units.py [--units 1e5,1e6] [--pipeline-units 1e3,1e4] [--shards 1000] \
+    python -m benchmarks.scoring_units [--units 1e5,1e6] [--pipeline-units 1e3,1e4] [--shards 1000] \
         [--workdir /tmp/hf-units] [--reuse-pipeline EARLIER.json] [--out benchmarks/results/scoring_units.md]
 
 10^9 rows at the default 2,000 rows per unit are 500,000 units, each scored into its own part file. The model's
@@ -16,8 +16,9 @@ alone, on the real library functions, with no model:
 - ``final check``: ``scoring.job.check_parts`` (the listing against the names the markers imply, and the sum of
   the markers' counts);
 - ``pipeline``: the driver loop ``scoring.job._score_pending`` through the real executor (``--executor ray``:
-  ``run_ray``'s Ray Data job, two ``flat_map`` stages, one block per unit record; and ``local``) with the shard
-  reader and the scorer replaced by functions that emit one empty unit record each: the fixed cost of a unit in
+  ``run_ray`` on a local Ray, its one-actor job since 5928fab, a Ray Data job of two ``flat_map`` stages before;
+  and ``local``) with the shard reader and the scorer replaced (``scoring.executors.UnitWork``) by functions that
+  emit one empty unit record each: the fixed cost of a unit in
   flight (scheduling, a block, the driver's bookkeeping, one ``done/`` marker per shard), not the transfer of its
   tokens.
 
@@ -38,7 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import command_line, library_versions, load_average, machine_info, write_report
+from benchmarks.harness import command_line, library_versions, load_average, machine_info, write_report
 
 log = logging.getLogger("scoring_units")
 
@@ -51,7 +52,7 @@ LABELS = {
     "plan-noop": "plan, rerun of a complete job",
     "plan-resume": "plan, resume (no markers)",
     "check": "final check",
-    "pipeline-ray": "pipeline, Ray Data (run_ray)",
+    "pipeline-ray": "pipeline, local Ray (run_ray)",
     "pipeline-local": "pipeline, in-process (run_local)",
 }
 
@@ -141,20 +142,18 @@ class _FakeScorer:
 
 
 def _pipeline(workdir: Path, n_shards: int, units: int, executor: str) -> dict:
-    import scoring.executors
+    from scoring.executors import UnitWork
     from scoring.job import Plan, _score_pending
     from scoring.model import ResolvedModel
     from scoring.output import ScoresDir
     from scoring.units import ShardTask
 
-    scoring.executors.read_shard_task = _fake_reader
-    scoring.executors.UnitScorer = _FakeScorer
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "done").mkdir(exist_ok=True)
     cfg = _config(workdir, executor=executor)
     plan = Plan(tasks=[ShardTask(s) for s in _shards(n_shards, units)])
     tally = _score_pending(plan, ScoresDir(str(workdir)), cfg, ResolvedModel("bench", "/nonexistent", "bench"),
-                           compiled=False, progress=False)
+                           compiled=False, progress=False, work=UnitWork(read=_fake_reader, scorer=_FakeScorer))
     if tally.units != units or len(plan.done) != n_shards:
         raise RuntimeError(f"the pipeline returned {tally.units} units and {len(plan.done)} shards, not {units} and "
                            f"{n_shards}")
@@ -211,7 +210,7 @@ def _vm_hwm_mb() -> float:
 
 
 def child(phase: str, workdir: Path, n_shards: int, units: int) -> dict:
-    cmd = [sys.executable, __file__, "--phase", phase, "--workdir", str(workdir), "--shards", str(n_shards),
+    cmd = [sys.executable, "-m", "benchmarks.scoring_units", "--phase", phase, "--workdir", str(workdir), "--shards", str(n_shards),
            "--units", str(units)]
     load = load_average()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(ROOT)})
@@ -309,7 +308,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args.units = [int(float(u)) for u in args.units.split(",") if u]
     args.pipeline_units = [int(float(u)) for u in args.pipeline_units.split(",") if u]
-    from harness import code_version
+    from benchmarks.harness import code_version
 
     report = {"command": command_line(), "date": time.strftime("%Y-%m-%dT%H:%M%z"), "commit": code_version(),
               "machine": machine_info(), "versions": library_versions(("ray", "pyarrow", "fsspec")),

@@ -22,7 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from harness import GB
+
+from benchmarks.harness import GB
 
 log = logging.getLogger("selection_data")
 

@@ -1,7 +1,7 @@
 """Selection speed and peak memory: ``hardfocus select`` against a plain single-threaded pyarrow loop doing the
 same writes, and a straightforward pandas version, same run.
 
-    python benchmarks/selection_speed.py [--sizes 1e6,1e7] [--workdir /tmp/hardfocus-selection-speed] \
+    python -m benchmarks.selection_speed [--sizes 1e6,1e7] [--workdir /tmp/hardfocus-selection-speed] \
         [--out benchmarks/results/selection_speed.md] [--rows-per-part 2000] [--seed 0] \
         [--mem-limit-gb 16] [--skip-pandas] [--keep-outputs] [--rounds 2] [--quiet-wait-s 900] [--quiet-threshold 0.3]
 
@@ -68,8 +68,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-# this folder is sys.path[0]
-from harness import (
+from benchmarks.harness import (
     GB,
     code_version,
     command_line,
@@ -83,7 +82,7 @@ from harness import (
     run_measured,
     write_report,
 )
-from selection_data import (
+from benchmarks.selection_data import (
     GROUPS,
     INF_RATE,
     MAX_TOKENS,
@@ -264,7 +263,7 @@ def helper(name: str, *args: str) -> dict:
     when it is spawned, so this process must stay small for the arms' figures to be their own."""
     with tempfile.TemporaryDirectory(prefix="selection-speed-") as tmp:
         result = Path(tmp) / "result.json"
-        subprocess.run([sys.executable, str(Path(__file__).resolve()), name, *args, str(result)], check=True)
+        subprocess.run([sys.executable, "-m", "benchmarks.selection_speed", name, *args, str(result)], check=True)
         return json.loads(result.read_text())
 
 
@@ -365,7 +364,7 @@ def bench_size(n: int, args, workdir: Path, history: list[dict]) -> dict:
     data = helper("_data", str(workdir), str(n), str(args.rows_per_part), str(args.seed))
     scores = Path(data["dir"])
     result: dict = {"rows": n, "data": {k: data[k] for k in ("dir", "parts", "bytes", "seconds", "reused", "rows_by_status")}}
-    script = [sys.executable, str(Path(__file__).resolve())]
+    script = [sys.executable, "-m", "benchmarks.selection_speed"]
     runs: dict[str, list[dict]] = {arm: [] for arm in TIMED}
 
     hf_out = workdir / f"out-hardfocus-n{n}"  # the first round's: the plain loops' kept rows, pandas' comparison
@@ -590,10 +589,10 @@ CPU-seconds per second other processes took meanwhile ("contended" above 0.2), o
   kept rows, its training part written) is timed by the line the CLI logs. Its figures include the CLI's
   start-up: `hardfocus --help` alone takes {report['startup']['seconds']:.1f} s and
   {report['startup']['peak_rss_gb']:.2f} GB (imports).
-- **hardfocus, 1 write thread**: `python benchmarks/selection_speed.py _select <scores> <out> 1 <result>`:
+- **hardfocus, 1 write thread**: `python -m benchmarks.selection_speed _select <scores> <out> 1 <result>`:
   `selection.job.select` in a fresh process, its `write_selection` given `workers=1`. The thread-pool gain is
   its write pass ÷ the CLI's.
-- **plain pyarrow loop**: `python benchmarks/selection_speed.py _plain <scores> <kept.npz> <out> <result>`: one
+- **plain pyarrow loop**: `python -m benchmarks.selection_speed _plain <scores> <kept.npz> <out> <result>`: one
   thread; for each score part `pq.read_table(part, columns=[{', '.join(TRAINING_COLUMNS)}])`, `.take(kept rows)`
   (the hardfocus selection's own, from its decisions, loaded before the loop), `pq.write_table(...,
   compression="zstd")`. Its output holds the rows of hardfocus's training parts, in order (checked).
@@ -601,7 +600,7 @@ CPU-seconds per second other processes took meanwhile ("contended" above 0.2), o
   decisions) and then hardfocus's one-thread write pass with the loop alone.
 - **plain loop + decisions**: the same loop writing also each part's decisions table (hardfocus's own, read
   before the loop; written with hardfocus's Parquet settings): the plain loop plus the decisions' share.
-- **pandas**: `python benchmarks/selection_speed.py _pandas <scores> <out>`: read the parts with
+- **pandas**: `python -m benchmarks.selection_speed _pandas <scores> <out>`: read the parts with
   `pd.read_parquet` + `pd.concat`, keep status ok & finite loss, `sort_values(["loss", "sample_id"],
   ascending=[False, True])`, take the band, `loss_rank` from `rank(method="min", ascending=False)`,
   log-sum-exp softmax weights (mean 1), `to_parquet`. It writes no `input_ids` and no decisions: not the same

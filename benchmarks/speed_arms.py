@@ -19,9 +19,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
-from harness import timed, timed_with_load
-from speed_corpus import Doc
-from speed_profile import forward_shapes, profile_scorer
+
+from benchmarks.harness import timed, timed_with_load
+from benchmarks.speed_corpus import Doc
+from benchmarks.speed_profile import forward_shapes, profile_scorer
 
 log = logging.getLogger("scoring_speed")
 

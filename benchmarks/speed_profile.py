@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from harness import markdown_table
+
+from benchmarks.harness import markdown_table
 
 log = logging.getLogger("scoring_speed")
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from harness import CONTENDED_OTHER_LOAD, fmt, machine_lines, markdown_table, met, ratio
-from speed_profile import profile_table
+from benchmarks.harness import CONTENDED_OTHER_LOAD, fmt, machine_lines, markdown_table, met, ratio
+from benchmarks.speed_profile import profile_table
 
 # The targets (DESIGN.md, "Fast scoring"), judged on the fastest steady-state hardfocus arm.
 TARGET_SPEEDUP_VS_A = 5.0

@@ -1,6 +1,6 @@
 """Training's memory: the stream (``training.stream``) against the table every token id was held in before.
 
-    python benchmarks/training_memory.py [--sizes 1e6,1e7] [--shuffle-buffer 65536] [--out benchmarks/results/training_memory.md]
+    python -m benchmarks.training_memory [--sizes 1e6,1e7] [--shuffle-buffer 65536] [--out benchmarks/results/training_memory.md]
 
 For each size, a synthetic token directory (``part-*.parquet`` of ``input_ids`` and ``weight``, 10^5 rows a part,
 lengths 4 to 128 tokens, median ~24) is written once under ``outputs/bench-training-memory/``; then, each in a
@@ -27,10 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.harness import (  # noqa: E402
+from benchmarks.harness import (
     command_line,
     fmt,
     library_versions,

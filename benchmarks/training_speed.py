@@ -1,6 +1,6 @@
 """Training speed in real tokens per second: ``hardfocus train`` against a stock ``transformers.Trainer``.
 
-    python benchmarks/training_speed.py [--datasets demo,long-tail] [--rounds 1] [--steps 16] [--batch-size 8] \
+    python -m benchmarks.training_speed [--datasets demo,long-tail] [--rounds 1] [--steps 16] [--batch-size 8] \
         [--max-seq-len 512] [--stock-arms random,grouped] [--hardfocus-arms none,static,online] \
         [--batching default,grouped,packed] [--train-arg='--online-window 2' ...] [--cache outputs/bench-training] \
         [--long-tail-rows 1024] [--max-wait 120] [--mem-limit-gb N] [--rebuild-data] \
@@ -70,8 +70,7 @@ from pathlib import Path
 
 import numpy as np
 
-# run as `python benchmarks/training_speed.py`: this folder is sys.path[0]
-from harness import (
+from benchmarks.harness import (
     CONTENDED_OTHER_LOAD,
     GB,
     code_version,
@@ -92,7 +91,6 @@ from harness import (
 log = logging.getLogger("training_speed")
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = Path(__file__).resolve().parent
 MODEL_SPEC = "smollm2-135m"
 DEMO_CONFIG = ROOT / "pipelines" / "configs" / "demo.toml"
 DATASETS = ("demo", "long-tail")
@@ -210,8 +208,8 @@ import sys
 
 if os.environ.get({PROBE_ENV!r}) and not os.environ.get({PROBE_OWNER_ENV!r}):
     os.environ[{PROBE_OWNER_ENV!r}] = str(os.getpid())  # this process only: not its children (Ray's workers)
-    sys.path.append({str(BENCHMARKS)!r})
-    import training_speed
+    sys.path.append({str(ROOT)!r})
+    from benchmarks import training_speed
 
     training_speed.install_probe(os.environ[{PROBE_ENV!r}])
 """
@@ -407,7 +405,7 @@ def prepare_long_tail(cache: Path, args: argparse.Namespace, model_path: str) ->
     else:
         if root.exists():
             shutil.rmtree(root)  # a build cut short
-        cmd = [sys.executable, str(Path(__file__).resolve()), "_long-tail", "--out", str(parts), "--model-path", model_path,
+        cmd = [sys.executable, "-m", "benchmarks.training_speed", "_long-tail", "--out", str(parts), "--model-path", model_path,
                "--rows", str(args.long_tail_rows), "--max-len", str(args.max_seq_len), "--seed", str(args.seed),
                "--median", str(args.long_tail_median), "--p90", str(args.long_tail_p90)]
         _run_logged(cmd, cache / "long-tail-prepare.log", "long-tail token directory")
@@ -446,7 +444,7 @@ def arm_command(arm: str, data: Path, output: Path, model_path: str, probe: Path
     """(the command as run, the command as a user types it: without the probe's environment)."""
     kind, what, batching = parse_arm(arm)
     if kind == "stock":
-        cmd = [sys.executable, str(Path(__file__).resolve()), "_stock", "--data", str(data), "--output", str(output),
+        cmd = [sys.executable, "-m", "benchmarks.training_speed", "_stock", "--data", str(data), "--output", str(output),
                "--model-path", model_path, "--strategy", STOCK_STRATEGY[what], "--steps", str(args.steps),
                "--batch-size", str(args.batch_size), "--max-seq-len", str(args.max_seq_len),
                "--precision", args.precision, "--logging-steps", str(args.logging_steps), "--probe", str(probe)]

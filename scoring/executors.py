@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from scoring.config import ScoreConfig
 from scoring.foundation.console import quiet_ray_data_console
@@ -20,18 +21,31 @@ _MAX_INPUT_BLOCKS = 10_000  # beyond that, a block holds several shard tasks (re
 _ACTOR_RESTARTS = 3  # the one-actor job starts a new actor this many times after one dies (a kill, a lost node)
 
 
-def run_local(tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, compiled: bool, fence=None, job: str = ""
-              ) -> Iterator[dict]:
+@dataclass(frozen=True)
+class UnitWork:
+    """What each executor runs: ``read`` (a shard task's row in, its unit records out) and ``scorer`` (built once per
+    actor; a unit record in, its summaries out). The seam a benchmark of the orchestration alone fills with stand-ins
+    (``benchmarks/scoring_units.py``); both must be importable by name where they run (Ray pickles them so)."""
+
+    read: Callable = read_shard_task
+    scorer: type = UnitScorer
+
+
+WORK = UnitWork()
+
+
+def run_local(tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, compiled: bool, fence=None, job: str = "",
+              work: UnitWork = WORK) -> Iterator[dict]:
     """The same task and scorer functions as the Ray job, one after the other, in this process."""
-    scorer = UnitScorer(cfg, fingerprint, torch_threads=cfg.torch_threads or os.cpu_count(), compiled=compiled,
-                        fence=fence, job=job)
-    yield from _read_and_score([t.to_row() for t in tasks], scorer, cfg, fingerprint, job)
+    scorer = work.scorer(cfg, fingerprint, torch_threads=cfg.torch_threads or os.cpu_count(), compiled=compiled,
+                         fence=fence, job=job)
+    yield from _read_and_score([t.to_row() for t in tasks], work.read, scorer, cfg, fingerprint, job)
 
 
-def _read_and_score(rows: list[dict], scorer: UnitScorer, cfg: ScoreConfig, fingerprint: str, job: str
+def _read_and_score(rows: list[dict], read: Callable, scorer, cfg: ScoreConfig, fingerprint: str, job: str
                     ) -> Iterator[dict]:
     for row in rows:
-        for record in read_shard_task(row, cfg, fingerprint, job):
+        for record in read(row, cfg, fingerprint, job):
             yield from scorer(record)
 
 
@@ -44,12 +58,13 @@ class ShardsScorer:
     plain in-process loop pays none of it (``benchmarks/results/scoring_speed.md``).
     """
 
-    def __init__(self, cfg: ScoreConfig, fingerprint: str, torch_threads: int, compiled: bool, fence, job: str):
-        self.cfg, self.fingerprint, self.job = cfg, fingerprint, job
-        self.scorer = UnitScorer(cfg, fingerprint, torch_threads, compiled=compiled, fence=fence, job=job)
+    def __init__(self, cfg: ScoreConfig, fingerprint: str, torch_threads: int, compiled: bool, fence, job: str,
+                 work: UnitWork = WORK):
+        self.cfg, self.fingerprint, self.job, self.read = cfg, fingerprint, job, work.read
+        self.scorer = work.scorer(cfg, fingerprint, torch_threads, compiled=compiled, fence=fence, job=job)
 
     def score(self, rows: list[dict]) -> Iterator[dict]:  # a Ray streaming generator: each record leaves at once
-        yield from _read_and_score(rows, self.scorer, self.cfg, self.fingerprint, self.job)
+        yield from _read_and_score(rows, self.read, self.scorer, self.cfg, self.fingerprint, self.job)
 
 
 def _largest_node_cpus() -> float:
@@ -60,7 +75,7 @@ def _largest_node_cpus() -> float:
 
 def run_ray(
     tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, compiled: bool, started_local: bool, fence=None,
-    job: str = "",
+    job: str = "", work: UnitWork = WORK,
 ) -> Iterator[dict]:
     """Read+tokenise shards as CPU tasks, score with an actor pool (one model per actor), parts written by the actors."""
     import ray
@@ -73,13 +88,13 @@ def run_ray(
     # scoring starts on the first unit and a shard's tokens never pile up in one block.
     ctx.target_max_block_size = 1
     try:
-        yield from _run_ray(tasks, cfg, fingerprint, compiled, started_local, fence, job)
+        yield from _run_ray(tasks, cfg, fingerprint, compiled, started_local, fence, job, work)
     finally:
         ctx.enable_progress_bars, ctx.target_max_block_size = saved
 
 
 def _run_ray(tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, compiled: bool, started_local: bool, fence,
-             job: str):
+             job: str, work: UnitWork):
     import ray
 
     node_cpus = _largest_node_cpus()
@@ -98,18 +113,18 @@ def _run_ray(tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, compile
         ", reading its shards itself" if one_actor else "",
     )
     if one_actor:
-        yield from _run_one_actor(tasks, cfg, fingerprint, compiled, cpus, threads, fence, job)
+        yield from _run_one_actor(tasks, cfg, fingerprint, compiled, cpus, threads, fence, job, work)
         return
     ds = ray.data.from_items([t.to_row() for t in tasks], override_num_blocks=min(len(tasks), _MAX_INPUT_BLOCKS))
     # Tokenising runs as separate CPU tasks ahead of the model instead of inside the scoring actor
     # (which would stall a GPU): Ray Data fuses a task map into the next actor map only when their
     # resource requests are identical, and the memory request here makes them differ.
     ds = ds.flat_map(
-        read_shard_task, fn_kwargs={"cfg": cfg, "model_fingerprint": fingerprint, "job": job}, num_cpus=1,
+        work.read, fn_kwargs={"cfg": cfg, "model_fingerprint": fingerprint, "job": job}, num_cpus=1,
         memory=_TOKENIZE_MEMORY
     )
     ds = ds.flat_map(  # a unit in; progress records while it is scored, then its summary
-        UnitScorer,
+        work.scorer,
         fn_constructor_kwargs={"cfg": cfg, "model_fingerprint": fingerprint, "torch_threads": threads, "compiled": compiled,
                                "fence": fence, "job": job},
         compute=ray.data.ActorPoolStrategy(size=cfg.actors),
@@ -121,7 +136,7 @@ def _run_ray(tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, compile
 
 
 def _run_one_actor(tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, compiled: bool, cpus: float,
-                   threads: int, fence, job: str) -> Iterator[dict]:
+                   threads: int, fence, job: str, work: UnitWork) -> Iterator[dict]:
     """Score every task in one :class:`ShardsScorer` actor; if it dies, a new one finishes the unfinished shards.
 
     The retried tasks list the units whose summary already arrived as done, so their parts are reused, not scored
@@ -135,7 +150,7 @@ def _run_one_actor(tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, c
     seen: dict[str, dict[int, str]] = {key: {} for key in pending}  # key -> unit start -> its part, summarised
     for attempt in range(_ACTOR_RESTARTS + 1):
         runs = {t.to_row()["task"]: key for key, t in pending.items()}
-        actor = actor_class.remote(cfg, fingerprint, threads, compiled, fence, job)
+        actor = actor_class.remote(cfg, fingerprint, threads, compiled, fence, job, work)
         try:
             for ref in actor.score.remote([{"task": run} for run in runs]):
                 summary = ray.get(ref)

@@ -20,7 +20,7 @@ import torch
 
 from scoring.chat import check_chat_tokenizer, load_chat_template, template_sha256
 from scoring.config import MAX_ROW_BYTES, ScoreConfig
-from scoring.executors import init_ray, run_local, run_ray
+from scoring.executors import WORK, UnitWork, init_ray, run_local, run_ray
 from scoring.foundation.console import native_stderr_to_file
 from scoring.foundation.errors import HardfocusError
 from scoring.foundation.fingerprints import digest, tokenizer_fingerprint
@@ -292,15 +292,15 @@ def _run(plan: Plan, out: ScoresDir, cfg: ScoreConfig, resolved: ResolvedModel, 
 
 
 def _score_pending(plan: Plan, out: ScoresDir, cfg: ScoreConfig, resolved: ResolvedModel, compiled: bool,
-                   progress: bool, job: str = "") -> _Tally:
+                   progress: bool, job: str = "", work: UnitWork = WORK) -> _Tally:
     tally = _Tally()
     started_ray = False
     if cfg.executor == "ray":
         started_ray = init_ray(cfg.ray_address)
         summaries = run_ray(plan.tasks, cfg, resolved.fingerprint, compiled,
-                            started_local=started_ray and not cfg.ray_address, fence=out.fence(), job=job)
+                            started_local=started_ray and not cfg.ray_address, fence=out.fence(), job=job, work=work)
     else:
-        summaries = run_local(plan.tasks, cfg, resolved.fingerprint, compiled, fence=out.fence(), job=job)
+        summaries = run_local(plan.tasks, cfg, resolved.fingerprint, compiled, fence=out.fence(), job=job, work=work)
     shards = {t.to_row()["task"]: _ShardProgress(t) for t in plan.tasks}
     scoring_now: dict[tuple[str, int], tuple[int, int]] = {}  # (task, unit start) -> rows, tokens scored so far
     bar = ScoringProgress(sum(t.shard.size for t in plan.tasks), enabled=progress)

@@ -11,14 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+ROOT = Path(__file__).parent.parent
 
 
 @pytest.fixture
-def bench(monkeypatch):
-    """The benchmarks import each other as top-level modules (run as scripts, their folder is sys.path[0])."""
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import harness
+def bench():
+    from benchmarks import harness
 
     return harness
 
@@ -32,7 +30,7 @@ def test_ratio_and_load_cells(bench):
 
 
 def test_results_table_gives_every_arm_against_the_plain_loop(bench):
-    import speed_report
+    from benchmarks import speed_report
 
     rows = [_row("a", 400.0), _row("plain", 800.0), _row("c1", 1000.0)]
     table = speed_report.results_table(rows)
@@ -53,10 +51,10 @@ def test_run_measured_reports_the_childs_peak_memory_and_cpu(tmp_path):
     """Measured from a small process, as a benchmark script is: ``ru_maxrss`` of a forked child counts the pages
     it shared with its parent before ``exec``, so from inside this test session (GBs) it would read the parent's."""
     code = "b = bytearray(300_000_000); b[::4096] = b'x' * len(b[::4096]); print('held')"
-    driver = (f"import json, sys; sys.path.insert(0, {str(BENCHMARKS)!r}); from pathlib import Path; import harness; "
+    driver = ("import json, sys; from pathlib import Path; from benchmarks import harness; "
               f"print(json.dumps(harness.run_measured([sys.executable, '-c', {code!r}], Path({str(tmp_path / 'child.log')!r}), "
               "mem_limit_bytes=4e9)))")
-    out = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["returncode"] == 0 and not r["oom"] and "held" in r["log_tail"]
@@ -88,8 +86,9 @@ def test_tree_cpu_counts_a_descendants_cpu_time(bench):
 def test_plain_loop_equals_the_models_own_loss(bench, tiny_model_dir):
     """The plain-loop arm (right padding without a mask, sorted token-budget batches) gives each document's NLL
     sum as the model's own ``labels=`` loss of that document alone."""
-    import speed_arms
     from transformers import AutoModelForCausalLM
+
+    from benchmarks import speed_arms
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     rng = np.random.default_rng(3)

@@ -14,14 +14,8 @@ BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 RESULTS = BENCHMARKS / "results"
 
 
-@pytest.fixture(autouse=True)
-def benchmarks_on_path(monkeypatch):
-    """The benchmarks import each other as top-level modules (run as scripts, their folder is sys.path[0])."""
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-
-
 def test_markdown_table_aligns_and_keeps_empty_cells():
-    from harness import fmt, markdown_table
+    from benchmarks.harness import fmt, markdown_table
 
     assert markdown_table(["a", "b", "c"], [[1, "", fmt(None)], ["x", 2.5, fmt(float("nan"), ".1f", "-")]], "lr") == (
         "| a | b | c |\n|---|---:|---:|\n| 1 | | n/a |\n| x | 2.5 | - |"
@@ -38,7 +32,7 @@ def _json(name: str) -> dict:
 
 
 def _render(module: str, function: str, *args) -> str:
-    return getattr(importlib.import_module(module), function)(*args)
+    return getattr(importlib.import_module(f"benchmarks.{module}"), function)(*args)
 
 
 # Committed Markdown -> the same Markdown made again from the committed JSON. Left out: quality*.md and the older
@@ -47,7 +41,6 @@ def _render(module: str, function: str, *args) -> str:
 RENDERED_AGAIN = {
     "scoring_speed.md": lambda md: _render("speed_report", "render_markdown", _json("scoring_speed.json")),
     "scoring_speed-ray-path.md": lambda md: _render("speed_report", "render_markdown", _json("scoring_speed-ray-path.json")),
-    "training_overhead.md": lambda md: _render("training_overhead_report", "render_markdown", _json("training_overhead.json")),
     "selection_speed.md": lambda md: _render("selection_speed", "render_markdown", _json("selection_speed.json")),
     "training_memory.md": lambda md: _render("training_memory", "render_markdown", _json("training_memory.json")),
     "score_auc.md": lambda md: _render("score_auc", "markdown", _json("score_auc.json"), _quoted(md, "Command")),
@@ -74,7 +67,7 @@ def _ifd_run(ifd: bool, seconds: float, actor_s: float, nll: float) -> dict:
 
 
 def test_ifd_summary_gives_on_over_off_and_catches_a_changed_first_pass():
-    import scoring_speed
+    from benchmarks import scoring_speed
 
     runs = [_ifd_run(False, 10, 8, 3.0), _ifd_run(True, 15, 12, 3.0), _ifd_run(True, 17, 14, 3.0), _ifd_run(False, 12, 10, 3.0)]
     s = scoring_speed.ifd_summary(runs)

@@ -4,8 +4,6 @@ columns; the gpu preset resolved and run tiny on the CPU."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -14,14 +12,9 @@ from tests.conftest import conversations, real_texts, write_jsonl
 
 
 def load_quality():
-    path = Path(__file__).parent.parent / "benchmarks" / "quality.py"
-    if str(path.parent) not in sys.path:  # run as a script, its folder is sys.path[0]: it imports harness, quality_data
-        sys.path.append(str(path.parent))
-    spec = importlib.util.spec_from_file_location("quality_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks import quality
+
+    return quality
 
 
 def test_quality_benchmark_smoke(tmp_path, tiny_model_dir):

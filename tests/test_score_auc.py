@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import polars as pl
 
 
 def load_score_auc():
-    path = Path(__file__).parent.parent / "benchmarks" / "score_auc.py"
-    if str(path.parent) not in sys.path:  # run as a script, its folder is sys.path[0]: it imports harness
-        sys.path.append(str(path.parent))
-    spec = importlib.util.spec_from_file_location("score_auc_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks import score_auc
+
+    return score_auc
 
 
 def _pairwise_auc(noise: np.ndarray, clean: np.ndarray) -> float:

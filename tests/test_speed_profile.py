@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,16 +10,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from scoring.loss import LossModel, token_budget_batches
 
-BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
-
 
 def load_speed_profile():
-    if str(BENCHMARKS) not in sys.path:  # run as a script, its folder is sys.path[0]: it imports harness
-        sys.path.append(str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("speed_profile", BENCHMARKS / "speed_profile.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    from benchmarks import speed_profile as module
+
     return module
 
 

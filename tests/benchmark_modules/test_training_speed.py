@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-BENCHMARKS = Path(__file__).parent.parent.parent / "benchmarks"
-
 
 @pytest.fixture
-def speed(monkeypatch):
-    """The benchmarks import each other as top-level modules (run as scripts, their folder is sys.path[0])."""
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import training_speed
+def speed():
+    from benchmarks import training_speed
 
     return training_speed
 
