@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from scoring.config import ScoreConfig
 from scoring.foundation.console import quiet_ray_data_console
+from scoring.foundation.errors import HardfocusError
 from scoring.foundation.ray_local import init_ray  # noqa: F401 - scoring.job starts Ray through here
 from scoring.units import ShardTask, UnitScorer, part_name, read_shard_task
 
@@ -164,8 +165,14 @@ def _run_one_actor(tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, c
                 yield summary
             return
         except ray.exceptions.ActorDiedError as exc:
-            if exc.actor_init_failed or attempt == _ACTOR_RESTARTS:
-                raise  # its __init__ failed (that would fail again), or it died too often
+            if exc.actor_init_failed:
+                raise  # a bug in its __init__ (a model it refuses arrives as an error record): it would fail again
+            if attempt == _ACTOR_RESTARTS:
+                raise HardfocusError(
+                    f"the scoring actor died {attempt + 1} times (the last: {_first_line(exc)}); the parts it "
+                    "finished are kept and the same command resumes. If the machine ran out of memory, lower "
+                    "--token-budget or --rows-per-unit"
+                ) from None
             log.warning("the scoring actor died (%s); a new one finishes %d shards", _first_line(exc), len(pending))
             pending = {key: _with_done(t, seen[key]) for key, t in pending.items()}
         finally:

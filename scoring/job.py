@@ -24,6 +24,7 @@ from scoring.executors import WORK, UnitWork, init_ray, run_local, run_ray
 from scoring.foundation.console import native_stderr_to_file
 from scoring.foundation.errors import HardfocusError
 from scoring.foundation.fingerprints import digest, tokenizer_fingerprint
+from scoring.foundation.ray_local import starts_local_ray
 from scoring.foundation.scores import (
     SCORES_JOB_FILE,
     SCORES_MANIFEST_FILE,
@@ -298,7 +299,7 @@ def _score_pending(plan: Plan, out: ScoresDir, cfg: ScoreConfig, resolved: Resol
     if cfg.executor == "ray":
         started_ray = init_ray(cfg.ray_address)
         summaries = run_ray(plan.tasks, cfg, resolved.fingerprint, compiled,
-                            started_local=started_ray and not cfg.ray_address, fence=out.fence(), job=job, work=work)
+                            started_local=started_ray and starts_local_ray(cfg.ray_address), fence=out.fence(), job=job, work=work)
     else:
         summaries = run_local(plan.tasks, cfg, resolved.fingerprint, compiled, fence=out.fence(), job=job, work=work)
     shards = {t.to_row()["task"]: _ShardProgress(t) for t in plan.tasks}

@@ -168,7 +168,7 @@ def reusable_parts(out: ScoresDir, task: ShardTask, n: int, job: str = "", overw
     part replaces it). A part whose stamp says the shard changed since (or another job wrote it) is refused, or
     with ``overwrite`` the shard's old parts are all removed and every unit is scored again."""
     reused = {}
-    names = task.parts or tuple(part_name(task.shard, start, start + n) for start in task.done)
+    names = _part_names(task, n)
     for start, name in zip(task.done, names):
         try:
             counts, stamp, declared = part_counts(out, name, windowed)
@@ -200,6 +200,10 @@ def reusable_parts(out: ScoresDir, task: ShardTask, n: int, job: str = "", overw
             continue
         reused[start] = (name, counts, size)
     return reused
+
+
+def _part_names(task: ShardTask, n: int) -> tuple[str, ...]:
+    return task.parts or tuple(part_name(task.shard, start, start + n) for start in task.done)
 
 
 # ---- the reading side: one shard in, one record per unit out -------------------------------------------
@@ -245,7 +249,8 @@ def read_shard_task(row: dict, cfg: ScoreConfig, model_fingerprint: str, job: st
             yield _record(row["task"], "score", unit.start, unit.stop, unit.consumed, table_to_bytes(tokenized),
                           begin=begin)
             begin = unit.consumed
-        stale = [s for s in task.done if s >= rows]
+        stale = [s for s, name in zip(task.done, _part_names(task, cfg.rows_per_unit))
+                 if s >= rows and out.exists(name)]  # not those --overwrite removed
         if stale:
             raise HardfocusError(redact(
                 f"{out.url} holds parts of {task.shard.url} past its last row ({rows}; e.g. rows from {stale[0]}): the "
@@ -283,15 +288,19 @@ class UnitScorer:
         self.cfg, self.job = cfg, job
         self.out = ScoresDir(cfg.output, fence=fence)  # each part write checks the run still holds the lock
         self.node = _node_name()
-        self.scorer = Scorer(
-            _checkpoint_path(cfg.model, model_fingerprint),
-            dtype=cfg.dtype,
-            device=cfg.device,
-            token_budget=cfg.token_budget,
-            chunk_tokens=cfg.chunk_tokens,
-            torch_threads=torch_threads,
-            compiled=compiled,
-        )
+        self.init_error = None
+        try:
+            self.scorer = Scorer(
+                _checkpoint_path(cfg.model, model_fingerprint),
+                dtype=cfg.dtype,
+                device=cfg.device,
+                token_budget=cfg.token_budget,
+                chunk_tokens=cfg.chunk_tokens,
+                torch_threads=torch_threads,
+                compiled=compiled,
+            )
+        except HardfocusError as exc:  # a model it refuses: the first record says so (Ray would report a dead actor)
+            self.scorer, self.init_error = None, str(exc)
 
     def score_unit(self, shard: Shard, start: int, tokenized: pa.Table) -> Generator[dict, None, tuple[dict, int, int]]:
         """Score, write the part (whole or not at all); returns (the part's counts, rows scored, its bytes).
@@ -385,6 +394,9 @@ class UnitScorer:
         started = time.perf_counter()
         summary = {k: record[k] for k in ("task", "kind", "start", "stop", "consumed", "counts", "error")}
         summary["scored"], summary["seconds"], summary["node"], summary["bytes"] = 0, 0.0, self.node, record.get("bytes", 0)
+        if self.init_error:
+            yield summary | {"kind": "error", "error": self.init_error}
+            return
         if record["kind"] != "score":
             yield summary
             return

@@ -33,6 +33,13 @@ _LOCAL_SYSTEM_CONFIG = {"worker_niceness": 0, "enable_metrics_collection": False
 _SCORING_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the ``scoring`` package
 
 
+def starts_local_ray(address: str | None) -> bool:
+    """Whether :func:`init_ray` with this ``address`` starts a local Ray of its own rather than joining a cluster
+    (neither ``address`` nor ``$RAY_ADDRESS``, or Ray's own word for a new local Ray, ``local``)."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    return not address or address == "local"
+
+
 def init_ray(address: str | None, packages: list[str] | None = None) -> bool:
     """Connect to ``address`` / ``$RAY_ADDRESS``, or start a local Ray; True if this call started or joined it.
 
@@ -44,8 +51,8 @@ def init_ray(address: str | None, packages: list[str] | None = None) -> bool:
     if ray.is_initialized():
         return False
     level = ray_log_level()
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address and address != "local":  # Ray's own word for a new local Ray: the protected one here
+    if not starts_local_ray(address):
+        address = address or os.environ["RAY_ADDRESS"]
         # Ship this package to the cluster's workers, so nodes need only the dependencies installed;
         # a Ray job's driver (submitted with its runtime env, which Ray announces in this variable) has them already.
         in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ

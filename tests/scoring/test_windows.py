@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -25,9 +24,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from scoring import HardfocusError, ScoreConfig, score
 from scoring.windows import encode_long, window_texts
 from tests.conftest import real_texts, write_jsonl
+from tests.docs import blocks, page, section
 
 MAX_TOKENS = 48
-README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def text_of_tokens(tok, n: int, seed: int = 0) -> str:
@@ -154,7 +153,7 @@ def test_each_window_scores_as_the_models_own_loss(model, context, tiny_model_di
     # the README's polars recipe, verbatim: a document's token-weighted loss from its windows
     monkeypatch.chdir(tmp_path)
     ns: dict = {}
-    exec(compile(readme_recipe(), "README.md", "exec"), ns)  # noqa: S102 - the README's own code
+    exec(compile(readme_recipe(), "docs/scoring.md", "exec"), ns)  # noqa: S102 - the docs' own code
     docs = ns["documents"]
     assert sorted(docs["document_id"]) == sorted(nll_by_doc)
     for row in docs.iter_rows(named=True):
@@ -164,9 +163,9 @@ def test_each_window_scores_as_the_models_own_loss(model, context, tiny_model_di
 
 
 def readme_recipe() -> str:
-    text = README.read_text()
-    section = text[text.index("### Long documents: windows") :]
-    (code,) = re.findall(r"```python\n(.*?)```", section[: section.index("\n### ")], flags=re.S)
+    """The polars recipe of docs/scoring.md's "Long documents: windows" (before its own subsections)."""
+    text = section(page("scoring.md"), "## Long documents: windows")
+    (code,) = blocks(text[: text.index("\n### ")], "python")
     return code
 
 
