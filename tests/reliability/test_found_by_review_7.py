@@ -24,6 +24,7 @@ import pytest
 
 from scoring import ScoreConfig, score
 from tests.conftest import ENGLISH
+from tests.reliability.test_faults import cmdline, descendants
 from tests.scoring.helpers import assert_same_scores, read_scores
 
 ENV = os.environ | {"PYTHONPATH": os.getcwd()}
@@ -32,26 +33,6 @@ ENV.pop("RAY_ADDRESS", None)
 
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "pipelines.cli", *args]
-
-
-def _descendants(pid: int) -> list[int]:
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            child = int(stat.parent.name)
-            children += [child, *_descendants(child)]
-    return children
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def _common(settings: dict) -> list[str]:
@@ -84,8 +65,8 @@ def test_an_actor_that_dies_more_often_than_it_is_replaced_fails_with_one_line_s
         deadline = time.time() + 300
         while len(killed) < deaths and proc.poll() is None:  # each new actor is killed while it loads the model
             assert time.time() < deadline, f"only {len(killed)} actors were killed"
-            for pid in _descendants(proc.pid):
-                if pid not in killed and "ShardsScorer.__init__" in _cmdline(pid):
+            for pid in descendants(proc.pid):
+                if pid not in killed and "ShardsScorer.__init__" in cmdline(pid):
                     os.kill(pid, signal.SIGKILL)
                     killed.add(pid)
             time.sleep(0.02)
