@@ -98,3 +98,17 @@ def test_plain_loop_equals_the_models_own_loss(bench, tiny_model_dir):
         want = [float(model(input_ids=torch.tensor(s, dtype=torch.long)[None], labels=torch.tensor(s, dtype=torch.long)[None]).loss)
                 * (len(s) - 1) for s in seqs]
     np.testing.assert_allclose(sums, want, rtol=1e-4, atol=1e-4)
+
+
+def test_every_benchmark_imports_as_a_module_of_the_package_and_leaves_sys_path_alone():
+    """`python -m benchmarks.<name>` is the one way to run them: each module imports as part of the package (its
+    siblings as ``benchmarks.*``), and importing it changes no ``sys.path``."""
+    import importlib
+
+    before = list(sys.path)
+    names = sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py") if p.stem != "__init__")
+    for name in names:
+        module = importlib.import_module(f"benchmarks.{name}")
+        assert module.__name__ == f"benchmarks.{name}"
+    assert sys.path == before
+    assert {"harness", "scoring_speed", "training_speed", "selection_speed", "quality"} <= set(names)
