@@ -78,9 +78,12 @@ def test_shipped_configs_are_valid():
     import pipelines
 
     configs = Path(pipelines.__file__).parent / "configs"
-    for name in ("demo.toml", "cluster.toml"):
+    shipped = sorted(p.name for p in configs.glob("*.toml"))
+    assert shipped == ["cluster.toml", "demo-chat.toml", "demo.toml"]  # a new one is checked here too
+    for name in shipped:
         cfg = load_run_config(configs / name)
         assert cfg.eval_config() is not None and cfg.train_config().max_steps > 0
+    assert load_run_config(configs / "demo-chat.toml").score_config().format != "text"  # conversations
 
 
 def test_a_stage_range_is_checked_before_anything_runs():
