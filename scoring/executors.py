@@ -55,8 +55,8 @@ class ShardsScorer:
 
     With one actor on one machine, Ray Data's separate read tasks buy no parallelism and cost the most on the
     smallest machines: their worker processes, Ray Data's coordinating actors and its executor thread in the
-    driver took ~15 CPU-seconds of start-up and ~5% of the cores while scoring on a 2-core machine, where the
-    plain in-process loop pays none of it (``benchmarks/results/scoring_speed.md``).
+    driver took 3-4 s more of the whole command on a 2-core machine (the A/B in ``benchmarks/README.md``, "The Ray
+    path against the loop a user would write").
     """
 
     def __init__(self, cfg: ScoreConfig, fingerprint: str, torch_threads: int, compiled: bool, fence, job: str,
@@ -78,7 +78,8 @@ def run_ray(
     tasks: list[ShardTask], cfg: ScoreConfig, fingerprint: str, compiled: bool, started_local: bool, fence=None,
     job: str = "", work: UnitWork = WORK,
 ) -> Iterator[dict]:
-    """Read+tokenise shards as CPU tasks, score with an actor pool (one model per actor), parts written by the actors."""
+    """Read+tokenise shards as CPU tasks, score with an actor pool (one model per actor), parts written by the actors;
+    on a local Ray with one CPU actor, that actor reads its shards itself (:func:`_run_one_actor`)."""
     import ray
 
     quiet_ray_data_console()
