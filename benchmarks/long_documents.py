@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from pipelines.demo_corpus import build_demo_corpus
     from scoring import ScoreConfig, score
-    from scoring.model import load_tokenizer, resolve_model
+    from scoring.foundation.models import resolve_model
+    from scoring.foundation.tokenizers import load_tokenizer
 
     with tempfile.TemporaryDirectory(prefix="hardfocus-long-docs-") as tmp:
         root = Path(tmp)
@@ -148,7 +149,8 @@ def _rss() -> int:
 
 def _tokenise_big_document(how: str, path: Path) -> int:
     """In a fresh process: tokenise the document at ``path`` in pieces or whole; print a JSON line of what it cost."""
-    from scoring.model import load_tokenizer, resolve_model
+    from scoring.foundation.models import resolve_model
+    from scoring.foundation.tokenizers import load_tokenizer
     from scoring.windows import encode_long
 
     tokenizer = load_tokenizer(resolve_model("smollm2-135m").path)

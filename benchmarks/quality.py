@@ -142,10 +142,9 @@ def arms_for(s: Settings) -> list[Arm]:
 
 def run_quality(workdir: Path, s: Settings, corpus: Path | None = None) -> dict:
     from pipelines.evaluation import EvalConfig, evaluate
-    from pipelines.train import run_train
     from scoring import HardfocusError
-    from scoring.model import resolve_model
-    from training import TrainConfig
+    from scoring.foundation.models import resolve_model
+    from training import TrainConfig, train
 
     t0 = time.time()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -168,9 +167,9 @@ def run_quality(workdir: Path, s: Settings, corpus: Path | None = None) -> dict:
                 save_steps=10**6, eval_data=[str(heldout)], eval_steps=s.eval_every,
             )
             try:  # an arm this workdir already finished with these settings is reused: a rerun resumes the benchmark
-                result = run_train(cfg, progress=False)
+                result = train(cfg, progress=False)
             except HardfocusError:  # other settings there: replace them
-                result = run_train(cfg.model_copy(update={"overwrite": True}), progress=False)
+                result = train(cfg.model_copy(update={"overwrite": True}), progress=False)
             shutil.rmtree(out / "checkpoints", ignore_errors=True)  # 1.5 GB per arm (optimizer state); the model stays
             history = [json.loads(line) for line in open(result.log_file)]
             curve = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
@@ -213,7 +212,7 @@ def _base_eval_loss(model_path: str, heldout: Path, s: Settings) -> float:
 
 
 def _cpu_bf16() -> bool:
-    from scoring.model import cpu_has_bf16
+    from scoring.foundation.models import cpu_has_bf16
 
     return cpu_has_bf16()
 

@@ -96,9 +96,8 @@ def carve_reference_split(corpus: Path, frac: float, seed: int) -> None:
 def train_reference(workdir: Path, corpus: Path, s) -> dict:
     """RHO-LOSS's irreducible-loss model: the base model trained ``reference_steps`` steps on the reference split,
     then its scores of the training split (what ``select --score excess --reference`` subtracts)."""
-    from pipelines.train import run_train
     from scoring import HardfocusError, ScoreConfig, score
-    from training import TrainConfig
+    from training import TrainConfig, train
 
     split_scores, model, ref_scores = workdir / "reference-split-scores", workdir / "reference-model", workdir / "reference-scores"
     common = {"group_column": "group", "max_tokens": s.seq_len, "executor": "local", "dtype": s.score_dtype,
@@ -109,9 +108,9 @@ def train_reference(workdir: Path, corpus: Path, s) -> dict:
                       learning_rate=s.learning_rate, lr_scheduler="cosine", warmup_ratio=0.1, seed=0,
                       precision=s.precision, logging_steps=max(1, s.reference_steps // 4), save_steps=10**6)
     try:
-        run_train(cfg, progress=False)
+        train(cfg, progress=False)
     except HardfocusError:
-        run_train(cfg.model_copy(update={"overwrite": True}), progress=False)
+        train(cfg.model_copy(update={"overwrite": True}), progress=False)
     shutil.rmtree(model / "checkpoints", ignore_errors=True)
     score(ScoreConfig(inputs=[str(corpus / "train")], output=str(ref_scores), model=str(model), **common), progress=False)
     rows = pl.read_parquet(f"{split_scores}/part-*.parquet", columns=["status"]).filter(pl.col("status") == "ok").height
@@ -159,11 +158,11 @@ def noise_share(train_dir: Path, labels: pl.DataFrame) -> dict:
 
 def heldout_tokens(corpus: Path, model_path: str, s, out: Path) -> Path:
     """The held-out split tokenised once (conversations with their response spans), for the Trainer's eval loss."""
-    from pipelines.train import tokenize_shards
     from scoring.foundation.kinds import TOKENS
     from scoring.foundation.sample_format import SampleFormat
     from scoring.foundation.stagedir import Opening, StageDir
-    from scoring.model import load_tokenizer
+    from scoring.foundation.tokenizers import load_tokenizer
+    from training.raw_shards import tokenize_shards
 
     fmt = SampleFormat(**{k: v for k, v in sample_format(s).items() if k != "id_column"})
     identity = {"heldout": str(corpus), "model": model_path, "seq_len": s.seq_len}

@@ -143,8 +143,8 @@ class _FakeScorer:
 
 def _pipeline(workdir: Path, n_shards: int, units: int, executor: str) -> dict:
     from scoring.executors import UnitWork
+    from scoring.foundation.models import ResolvedModel
     from scoring.job import Plan, _score_pending
-    from scoring.model import ResolvedModel
     from scoring.output import ScoresDir
     from scoring.units import ShardTask
 

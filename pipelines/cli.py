@@ -129,10 +129,10 @@ def report_command(
 @config_command(TrainConfig, "train", positional="data", names=CLI_NAMES)
 def train_command(cfg: TrainConfig) -> None:
     """Continual training on selected/ shards with static and/or online IR-DRO weights (HF Trainer, or Ray Train)."""
-    from pipelines.train import run_train
+    from training import train
     from training.output import train_summary_line
 
-    result = run_train(cfg, progress=_show_progress())
+    result = train(cfg, progress=_show_progress())
     typer.echo(train_summary_line(result))
 
 

@@ -17,6 +17,7 @@ import json
 import tomllib
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Union
 
@@ -51,15 +52,27 @@ def read_toml(path: str | Path) -> dict:
         raise HardfocusError(f"config file '{path}' is not valid TOML: {exc}") from None
 
 
-def load_tables(path: str | Path | None) -> StageTables:
-    if path is None:
-        return StageTables()
+def load_config(path: str | Path, model: type[BaseModel] = StageTables, overrides: Sequence[str] = ()):
+    """The one way a config file is read: its TOML, each table checked to be one, the ``TABLE.KEY=VALUE``
+    overrides applied (values in TOML syntax, else strings), validated strictly as ``model``: :class:`StageTables`
+    for a stage's command and ``hardfocus submit``, :class:`pipelines.run_config.RunConfig` for ``hardfocus run``."""
     raw = read_toml(path)
-    check_tables(raw, StageTables.model_fields, f"config file '{path}'")
+    tables = list(model.model_fields)
+    check_tables(raw, tables, f"config file '{path}'")  # before an override adds keys to them
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        table, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise HardfocusError(f"--set '{item}': expected TABLE.KEY=VALUE, e.g. select.temperature=0.5")
+        if table not in tables:
+            raise HardfocusError(
+                f"--set '{item}': unknown table '{table}'{did_you_mean(table, tables)} ({', '.join(tables)})"
+            )
+        raw.setdefault(table, {})[name] = parse_toml_value(value)
     try:
-        return StageTables.model_validate(raw, strict=True)
+        return model.model_validate(raw, strict=True)
     except ValidationError as exc:
-        raise HardfocusError(f"config file '{path}': {describe(exc, StageTables)}") from None
+        raise HardfocusError(f"config file '{path}': {describe(exc, model)}") from None
 
 
 def check_tables(raw: dict, tables, where: str) -> None:
@@ -94,7 +107,8 @@ def build_eval_config(config_file: str | Path | None, overrides: dict) -> EvalCo
 
 def build_config(table: str, model: type[BaseModel], config_file: str | Path | None, overrides: dict):
     """``model`` from the config file's ``[table]``, with the overrides that are not None (= flags given) on top."""
-    values = getattr(load_tables(config_file), table) | {k: v for k, v in overrides.items() if v is not None}
+    tables = load_config(config_file) if config_file is not None else StageTables()
+    values = getattr(tables, table) | {k: v for k, v in overrides.items() if v is not None}
     try:
         return model.model_validate(values, strict=True)  # the flags typer parsed have their types already
     except ValidationError as exc:

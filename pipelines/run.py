@@ -26,7 +26,6 @@ from fsspec.core import url_to_fs
 from pipelines.evaluation import ModelEval, evaluate
 from pipelines.labels import band_labels
 from pipelines.run_config import RunConfig, check_stage_range
-from pipelines.train import run_train
 from scoring import score
 from scoring.foundation.durations import duration
 from scoring.foundation.kinds import identify
@@ -34,6 +33,7 @@ from scoring.foundation.storage import read_record
 from selection import select
 from selection.schema import SUMMARY_FILE
 from selection.summary import SelectionSummary
+from training import train
 from training.output import TrainResult
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def run_pipeline(cfg: RunConfig, start: str = "score", until: str = "eval", prog
         return selection.skipped
 
     def run_train_stage() -> bool:
-        result.training = run_train(train_cfg.model_copy(update={"overwrite": True}), progress=progress)
+        result.training = train(train_cfg.model_copy(update={"overwrite": True}), progress=progress)
         return result.training.skipped
 
     def run_eval() -> bool:

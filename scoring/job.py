@@ -24,6 +24,7 @@ from scoring.executors import WORK, UnitWork, init_ray, run_local, run_ray
 from scoring.foundation.console import native_stderr_to_file
 from scoring.foundation.errors import HardfocusError
 from scoring.foundation.fingerprints import digest, tokenizer_fingerprint
+from scoring.foundation.models import ResolvedModel, resolve_model
 from scoring.foundation.ray_local import starts_local_ray
 from scoring.foundation.scores import (
     SCORES_JOB_FILE,
@@ -37,9 +38,10 @@ from scoring.foundation.scores import (
 )
 from scoring.foundation.stagedir import refuse_inside, refuse_overlap
 from scoring.foundation.storage import prefetched, read_footer, redact
+from scoring.foundation.tokenizers import load_tokenizer
 from scoring.foundation.versions import library_versions
 from scoring.manifest import count_duplicate_ids
-from scoring.model import ResolvedModel, load_tokenizer, resolve_device, resolve_dtype, resolve_model
+from scoring.model import resolve_device, resolve_dtype
 from scoring.output import ScoresDir
 from scoring.progress import ScoringProgress
 from scoring.sources import Shard, check_columns, find_shards

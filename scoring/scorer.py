@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from scoring.foundation.errors import HardfocusError
-from scoring.foundation.tokenizers import pad_token_id
+from scoring.foundation.tokenizers import load_tokenizer, pad_token_id
 from scoring.loss import LossModel, token_budget_batches
-from scoring.model import load_model, load_tokenizer, resolve_device, resolve_dtype
+from scoring.model import load_model, resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 

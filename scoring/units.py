@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 
 from scoring.config import ScoreConfig
 from scoring.foundation.errors import HardfocusError
+from scoring.foundation.models import resolve_model
 from scoring.foundation.sample_format import Columns
 from scoring.foundation.scores import (
     ERROR_PREFIX,
@@ -47,8 +48,8 @@ from scoring.foundation.scores import (
     stamp_problem,
 )
 from scoring.foundation.storage import redact
+from scoring.foundation.tokenizers import load_tokenizer
 from scoring.ifd import IFD_TURNS_COLUMN, ifd_ratio, unconditioned_nll
-from scoring.model import load_tokenizer, resolve_model
 from scoring.output import ScoresDir
 from scoring.scorer import Scorer
 from scoring.sources import Shard, iter_units

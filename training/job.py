@@ -16,6 +16,7 @@ from pathlib import Path
 from scoring.foundation.errors import HardfocusError
 from scoring.foundation.fingerprints import fingerprint_checkpoint, tokenizer_fingerprint
 from scoring.foundation.kinds import MODEL
+from scoring.foundation.models import cpu_has_bf16, resolve_model
 from scoring.foundation.stagedir import Opening, StageDir, refuse_overlap
 from scoring.foundation.storage import redact
 from scoring.foundation.versions import library_versions
@@ -41,8 +42,32 @@ from training.trainer import check_finite_parameters
 log = logging.getLogger(__name__)
 
 
-def train(cfg: TrainConfig, model_path: str, bf16: bool, progress: bool = True) -> TrainResult:
-    """Train ``model_path`` on ``cfg.data``; ``model_path`` is a local/hub HF checkpoint (aliases resolved upstream)."""
+def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
+    """Train ``cfg.model`` on ``cfg.data``: the model resolved (an alias or a GGUF file converted once, a hub id, a
+    checkpoint directory), raw shards tokenised once into the cache, the precision chosen (``auto``: bf16 where the
+    GPU or CPU computes it natively), then trained in this process or under Ray Train (``ray_workers``)."""
+    from training.raw_shards import as_token_dir  # scoring's readers and tokeniser: only for raw shards
+
+    refuse_overlap(cfg.output, [*cfg.data, *cfg.eval_data])  # raw shards too, before they become cache entries
+    model_path = resolve_model(cfg.model).path
+    cfg = cfg.model_copy(update={"data": [as_token_dir(p, cfg, model_path, "train") for p in cfg.data],
+                                 "eval_data": [as_token_dir(p, cfg, model_path, "eval") for p in cfg.eval_data]})
+    return _train(cfg, model_path, uses_bf16(cfg), progress)
+
+
+def uses_bf16(cfg: TrainConfig) -> bool:
+    """``precision``, with auto as bf16 autocast where the GPU (when one is used or visible) or CPU has native bf16."""
+    if cfg.precision != "auto":
+        return cfg.precision == "bf16"
+    import torch
+
+    if cfg.use_gpu or torch.cuda.is_available():
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return cpu_has_bf16()
+
+
+def _train(cfg: TrainConfig, model_path: str, bf16: bool, progress: bool) -> TrainResult:
+    """Train the local checkpoint ``model_path`` on stage directories (selected/, scores/, token parts)."""
     # auto resolved here, once: the run's identity records the batching it trains with (a resume elsewhere, where
     # auto would mean another, is another run)
     cfg = cfg.model_copy(update={"batching": batching(cfg, bf16)})

@@ -22,9 +22,10 @@ from scoring.chat import load_chat_template, template_sha256
 from scoring.foundation.errors import HardfocusError
 from scoring.foundation.fingerprints import tokenizer_fingerprint
 from scoring.foundation.kinds import EVAL, MODEL, identify
+from scoring.foundation.models import resolve_model
 from scoring.foundation.stagedir import Opening, StageDir
 from scoring.foundation.storage import redact
-from scoring.model import load_tokenizer, resolve_model
+from scoring.foundation.tokenizers import load_tokenizer
 from scoring.output import ScoresDir
 from scoring.sources import find_shards
 from training.store import fetch_model, is_url

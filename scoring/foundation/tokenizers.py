@@ -1,6 +1,21 @@
-"""The token id a batch is padded with, the same in scoring, training and evaluation."""
+"""The tokenizer of a model, and the token id a batch is padded with: the same in scoring, training and evaluation."""
 
 from __future__ import annotations
+
+from functools import lru_cache
+
+from scoring.foundation.errors import HardfocusError
+
+
+@lru_cache(maxsize=4)
+def load_tokenizer(path: str):
+    """Load (and memoise per process) a fast tokenizer; Ray task workers reuse it across units."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if not getattr(tokenizer, "is_fast", False):
+        raise HardfocusError(f"the tokenizer of '{path}' is not a fast (Rust) tokenizer, which hardfocus needs")
+    return tokenizer
 
 
 def pad_token_id(tokenizer) -> int:

@@ -181,11 +181,11 @@ def test_a_token_directory_whose_token_ids_changed_is_not_already_trained(tmp_pa
 
     rng = np.random.default_rng(0)
     _token_part(tmp_path / "tokens", rng.integers(3, 250, size=(8, 12)).tolist())
-    cfg = small_config([str(tmp_path / "tokens")], tmp_path / "model", max_steps=1, weighting="none")
-    assert not train(cfg, tiny_model_dir, bf16=False, progress=False).skipped
+    cfg = small_config([str(tmp_path / "tokens")], tmp_path / "model", max_steps=1, weighting="none", model=tiny_model_dir)
+    assert not train(cfg, progress=False).skipped
     _token_part(tmp_path / "tokens", rng.integers(3, 250, size=(8, 12)).tolist())  # other data, same shape
     try:
-        again = train(cfg, tiny_model_dir, bf16=False, progress=False)
+        again = train(cfg, progress=False)
     except HardfocusError as exc:
         assert "differs in: data" in str(exc)
         return
@@ -222,12 +222,11 @@ def test_train_overwrite_never_deletes_the_model_it_trains_from(tmp_path, tiny_m
     _token_part(tmp_path / "round1", rng.integers(3, 250, size=(8, 12)).tolist())
     _token_part(tmp_path / "round2", rng.integers(3, 250, size=(8, 12)).tolist())
     model = tmp_path / "model"
-    train(small_config([str(tmp_path / "round1")], model, max_steps=1, weighting="none"), tiny_model_dir, bf16=False,
-          progress=False)
+    train(small_config([str(tmp_path / "round1")], model, max_steps=1, weighting="none", model=tiny_model_dir), progress=False)
     weights = (model / "model.safetensors").read_bytes()
-    cfg = small_config([str(tmp_path / "round2")], model, max_steps=1, weighting="none", overwrite=True)
+    cfg = small_config([str(tmp_path / "round2")], model, max_steps=1, weighting="none", overwrite=True, model=str(model))
     with pytest.raises(HardfocusError, match="model"):
-        train(cfg, str(model), bf16=False, progress=False)
+        train(cfg, progress=False)
     assert (model / "model.safetensors").exists() and (model / "model.safetensors").read_bytes() == weights
 
 
@@ -254,8 +253,8 @@ def test_an_infinite_learning_rate_or_weight_decay_never_publishes_a_nan_model(t
     _token_part(tmp_path / "tokens", np.random.default_rng(0).integers(3, 250, size=(8, 12)).tolist())
     try:
         cfg = small_config([str(tmp_path / "tokens")], tmp_path / "model", max_steps=1, weighting="none",
-                           **{key: float("inf")})
-        train(cfg, tiny_model_dir, bf16=False, progress=False)
+                           **{key: float("inf")}, model=tiny_model_dir)
+        train(cfg, progress=False)
     except (HardfocusError, ValueError) as exc:  # refused by the config (pydantic's ValidationError), or by the run
         assert key in str(exc)
         return
@@ -311,8 +310,7 @@ def test_train_removes_its_checkpoints_only_while_it_holds_the_output_lock(tmp_p
         real(path)
 
     monkeypatch.setattr(job, "remove_checkpoints", remove_checkpoints)
-    train(small_config([str(tmp_path / "tokens")], out, max_steps=1, weighting="none"), tiny_model_dir, bf16=False,
-          progress=False)
+    train(small_config([str(tmp_path / "tokens")], out, max_steps=1, weighting="none", model=tiny_model_dir), progress=False)
     assert held and all(held), "checkpoints were removed by a run that no longer held the output's lock"
 
 
@@ -352,8 +350,7 @@ def test_token_ids_outside_the_models_vocabulary_are_refused_naming_the_director
     sequences[3][5] = bad
     _token_part(tmp_path / "tokens", sequences)
     with pytest.raises(HardfocusError, match="tokens"):
-        train(small_config([str(tmp_path / "tokens")], tmp_path / "model", max_steps=2, weighting="none"),
-              tiny_model_dir, bf16=False, progress=False)
+        train(small_config([str(tmp_path / "tokens")], tmp_path / "model", max_steps=2, weighting="none", model=tiny_model_dir), progress=False)
 
 
 def test_asking_for_the_report_again_is_not_another_selection(tmp_path):
@@ -396,11 +393,11 @@ def test_a_train_manifest_that_is_json_but_not_a_manifest_is_named_not_a_traceba
     from training import train
 
     _token_part(tmp_path / "tokens", np.random.default_rng(0).integers(3, 250, size=(8, 12)).tolist())
-    cfg = small_config([str(tmp_path / "tokens")], tmp_path / "model", max_steps=1, weighting="none")
-    train(cfg, tiny_model_dir, bf16=False, progress=False)
+    cfg = small_config([str(tmp_path / "tokens")], tmp_path / "model", max_steps=1, weighting="none", model=tiny_model_dir)
+    train(cfg, progress=False)
     (tmp_path / "model" / "train_manifest.json").write_text("{}")
     with pytest.raises(HardfocusError, match="train_manifest.json"):
-        train(cfg, tiny_model_dir, bf16=False, progress=False)
+        train(cfg, progress=False)
 
 
 def test_an_eval_model_path_with_an_equals_sign_is_a_path(tmp_path, monkeypatch):

@@ -113,20 +113,20 @@ def test_two_trainings_on_the_same_raw_shards_share_the_cache_instead_of_refusin
     converted model), not refused."""
     import threading
 
-    from pipelines.train import run_train
     from scoring.foundation.kinds import TOKENS
     from scoring.foundation.stagedir import StageDir
+    from training import train
 
     monkeypatch.setenv("HARDFOCUS_CACHE", str(tmp_path / "cache"))
     _jsonl(tmp_path / "raw" / "a.jsonl", TEXTS)
-    run_train(_raw_train_cfg(tmp_path, tiny_model_dir, "A"), progress=False)
+    train(_raw_train_cfg(tmp_path, tiny_model_dir, "A"), progress=False)
     (entry,) = (tmp_path / "cache" / "tokenized").iterdir()
     other = StageDir(str(entry), TOKENS)
     other.lock()  # the other training of the sweep, checking (or writing) the entry right now
     timer = threading.Timer(2.0, other.unlock)
     timer.start()
     try:
-        result = run_train(_raw_train_cfg(tmp_path, tiny_model_dir, "B"), progress=False)
+        result = train(_raw_train_cfg(tmp_path, tiny_model_dir, "B"), progress=False)
     finally:
         timer.join()
     assert result.steps == 1
@@ -137,14 +137,14 @@ def test_a_damaged_tokenisation_cache_entry_is_tokenised_again(tmp_path, tiny_mo
     its marker and handed to training, which refuses it ('rerun the stage that wrote it with --overwrite'); but no
     stage the user can run writes the cache: `train --overwrite` finds the entry complete again. Every later run
     fails the same way until the user finds and deletes the entry by hand."""
-    from pipelines.train import run_train
+    from training import train
 
     monkeypatch.setenv("HARDFOCUS_CACHE", str(tmp_path / "cache"))
     _jsonl(tmp_path / "raw" / "a.jsonl", TEXTS)
-    run_train(_raw_train_cfg(tmp_path, tiny_model_dir), progress=False)
+    train(_raw_train_cfg(tmp_path, tiny_model_dir), progress=False)
     (part,) = (tmp_path / "cache" / "tokenized").glob("*/part-*.parquet")
     part.write_bytes(part.read_bytes()[:100])
-    result = run_train(_raw_train_cfg(tmp_path, tiny_model_dir, overwrite=True, max_steps=2), progress=False)
+    result = train(_raw_train_cfg(tmp_path, tiny_model_dir, overwrite=True, max_steps=2), progress=False)
     assert result.steps == 2
 
 
@@ -253,20 +253,20 @@ def test_eval_after_its_chat_template_file_was_edited_is_not_up_to_date(tmp_path
 
 def test_raw_chat_shards_are_tokenised_again_after_their_chat_template_file_was_edited(tmp_path, tiny_chat_model_dir,
                                                                                      monkeypatch):
-    """The tokenisation cache's key (pipelines/train.py `_as_token_dir`) holds `chat_template` as the *path* given, not
+    """The tokenisation cache's key (training/raw_shards.py `as_token_dir`) holds `chat_template` as the *path* given, not
     the template: after the file is edited, `train raw/ --chat-template t.jinja` reuses the token ids rendered with the
     old template, and the training run's identity (which holds the same path) says the model is up to date."""
-    from pipelines.train import _as_token_dir
     from tests.conftest import CHATML, conversations, write_jsonl
+    from training.raw_shards import as_token_dir
 
     monkeypatch.setenv("HARDFOCUS_CACHE", str(tmp_path / "cache"))
     write_jsonl(tmp_path / "raw" / "c.jsonl", [{"messages": m} for m in conversations(6)])
     template = tmp_path / "chat.jinja"
     template.write_text(CHATML)
     cfg = _raw_train_cfg(tmp_path, tiny_chat_model_dir, format="messages", chat_template=str(template), max_seq_len=64)
-    first = _as_token_dir(str(tmp_path / "raw"), cfg, tiny_chat_model_dir, "train")
+    first = as_token_dir(str(tmp_path / "raw"), cfg, tiny_chat_model_dir, "train")
     template.write_text(CHATML.replace("You are a helpful assistant", "Reply in one short sentence, always politely"))
-    second = _as_token_dir(str(tmp_path / "raw"), cfg, tiny_chat_model_dir, "train")
+    second = as_token_dir(str(tmp_path / "raw"), cfg, tiny_chat_model_dir, "train")
     ids = [pq.read_table(Path(d) / "part-00000.parquet")["input_ids"].to_pylist() for d in (first, second)]
     assert ids[0] != ids[1], "token ids rendered with the old chat template were reused"
 
@@ -276,12 +276,12 @@ def test_train_refuses_an_output_inside_the_raw_shards_it_reads(tmp_path, tiny_m
     (`refuse_overlap(cfg.output, [cache entry, model])`): `train corpus/ -o corpus/model` is accepted, and writes
     train_log.jsonl, config.json, tokenizer.json, train_job.json ... into the corpus, every one of them a shard
     (.jsonl/.json) of the next run, which is then 'other data' and refused, or with --overwrite trains on them."""
-    from pipelines.train import run_train
+    from training import train
 
     monkeypatch.setenv("HARDFOCUS_CACHE", str(tmp_path / "cache"))
     _jsonl(tmp_path / "raw" / "a.jsonl", TEXTS)
     with pytest.raises(HardfocusError, match="raw"):
-        run_train(_raw_train_cfg(tmp_path, tiny_model_dir, output="raw/model"), progress=False)
+        train(_raw_train_cfg(tmp_path, tiny_model_dir, output="raw/model"), progress=False)
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["a.jsonl"]
 
 

@@ -209,8 +209,7 @@ def test_training_on_windows_longer_than_max_seq_len_is_not_silent(tmp_path, bos
     ``max_seq_len >= max_tokens`` in prose; nothing checks it, though the selection's scores record max_tokens."""
     import logging
 
-    from pipelines.train import run_train
-    from training import TrainConfig
+    from training import TrainConfig, train
 
     write_jsonl(tmp_path / "in" / "d.jsonl", _docs(4))
     score(_cfg([tmp_path / "in"], tmp_path / "scores", bos_model_dir, window_context=2), progress=False)
@@ -220,7 +219,7 @@ def test_training_on_windows_longer_than_max_seq_len_is_not_silent(tmp_path, bos
                       logging_steps=1, warmup_ratio=0.0, lr_scheduler="constant")
     caplog.set_level(logging.WARNING)
     try:
-        run_train(cfg, progress=False)
+        train(cfg, progress=False)
     except HardfocusError as exc:
         assert "max_seq_len" in str(exc)
         return

@@ -39,7 +39,7 @@ from training.stream import PartWindows, TrainingStream
 
 
 def run(cfg, model_dir):
-    return train(cfg, model_dir, bf16=cfg.precision == "bf16", progress=False)
+    return train(cfg.model_copy(update={"model": model_dir}), progress=False)
 
 
 def rows_of(batch: list[dict]) -> list[tuple[int, ...]]:

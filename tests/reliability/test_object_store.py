@@ -106,16 +106,15 @@ def test_select_and_train_read_and_write_s3(corpus, s3_url, tmp_path, tiny_model
 
     data = load_training_data([out])
     assert data.kinds == {out: "selected"} and len(data) == summary["bands"]["kept"]
-    result = train(small_config([out], tmp_path / "model", model=tiny_model_dir), tiny_model_dir, bf16=False,
-                   progress=False)
+    result = train(small_config([out], tmp_path / "model", model=tiny_model_dir), progress=False)
     assert result.steps == 4 and result.train_rows == len(data)
     assert (tmp_path / "model" / "config.json").exists()
     on_s3 = small_config([out], f"{s3_url}/model", model=tiny_model_dir)  # trained in a local staging dir, published
-    published = train(on_s3, tiny_model_dir, bf16=False, progress=False)
+    published = train(on_s3, progress=False)
     assert published.output == f"{s3_url}/model" and published.steps == 4
     assert {"config.json", "model.safetensors", "train_log.jsonl", "train_manifest.json"} <= set(names(f"{s3_url}/model"))
     assert max_param_diff(parameters(fetch_model(f"{s3_url}/model")), parameters(str(tmp_path / "model"))) < 1e-6
-    assert train(on_s3, tiny_model_dir, bf16=False, progress=False).skipped  # the store's marker says it is done
+    assert train(on_s3, progress=False).skipped  # the store's marker says it is done
 
 
 def _lock_of(url: str) -> str:

@@ -296,7 +296,7 @@ def test_eval_reads_each_models_tokenizer_from_its_resolved_checkpoint(tmp_path,
     import scoring.job as job_module
     import scoring.units as units_module
     from pipelines.evaluation.config import EvalConfig
-    from scoring.model import resolve_model
+    from scoring.foundation.models import resolve_model
     from tests.conftest import write_jsonl
 
     def aliased(spec: str):

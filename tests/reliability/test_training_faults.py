@@ -33,7 +33,7 @@ MARKER = "hardfocus_complete.json"  # training.checkpoints.COMPLETE_MARKER, spel
 
 
 def run(cfg, model_dir):
-    return train(cfg, model_dir, bf16=False, progress=False)
+    return train(cfg.model_copy(update={"model": model_dir}), progress=False)
 
 
 # --- weights that are not numbers ---------------------------------------------------------------------------------
@@ -215,8 +215,8 @@ def test_ray_train_reports_each_checkpoint_once_it_is_complete(local_ray, tiny_m
     used to copy the directory while rank 0 was still writing into it)."""
     data = write_selected(tmp_path / "sel", mixed_length_sequences(16, vocab=290, seed=5))
     cfg = small_config([data], tmp_path / "ray", batch_size=4, ray_workers=2, max_steps=2, save_steps=1,
-                       keep_checkpoints=True, optim="sgd")
-    result = train(cfg, tiny_model_dir, bf16=False, progress=False)
+                       keep_checkpoints=True, optim="sgd", model=tiny_model_dir)
+    result = train(cfg, progress=False)
     assert result.steps == 2
     copies = sorted(p for p in (tmp_path / "ray" / "ray_results").rglob(MARKER))
     assert len(copies) == 2, sorted(str(p) for p in (tmp_path / "ray" / "ray_results").rglob("*"))

@@ -29,38 +29,37 @@ def selected(tmp_path, tiny_model_dir):
 def test_data_tokenised_by_another_tokenizer_is_refused_naming_both(tmp_path, selected, tiny_chat_model_dir):
     """Before: trained on foreign token ids without a word."""
     recorded = json.loads((selected / "summary.json").read_text())["scores"][0]["tokenizer_fingerprint"]
-    cfg = small_config([str(selected)], tmp_path / "model", max_steps=1)
+    cfg = small_config([str(selected)], tmp_path / "model", max_steps=1, model=tiny_chat_model_dir)
     with pytest.raises(HardfocusError, match=rf"holds token ids of another tokenizer \({recorded}\) than the model's .*\(\w{{32}}\)"):
-        train(cfg, tiny_chat_model_dir, bf16=False, progress=False)
+        train(cfg, progress=False)
     assert not (tmp_path / "model" / "model.safetensors").exists()
     with pytest.raises(HardfocusError, match="another tokenizer"):  # scores/ as data, likewise
-        train(cfg.model_copy(update={"data": [str(tmp_path / "scores")], "weighting": "none"}), tiny_chat_model_dir,
-              bf16=False, progress=False)
+        train(cfg.model_copy(update={"data": [str(tmp_path / "scores")], "weighting": "none"}), progress=False)
 
 
 def test_a_new_selection_is_not_already_trained(tmp_path, selected, tiny_model_dir):
     """Before: after `select --overwrite` with other parameters the same `train` said 'already trained'."""
-    cfg = small_config([str(selected)], tmp_path / "model", max_steps=2)
-    first = train(cfg, tiny_model_dir, bf16=False, progress=False)
+    cfg = small_config([str(selected)], tmp_path / "model", max_steps=2, model=tiny_model_dir)
+    first = train(cfg, progress=False)
     assert not first.skipped and first.train_rows == 20
-    assert train(cfg, tiny_model_dir, bf16=False, progress=False).skipped  # same run, same data: nothing to do
+    assert train(cfg, progress=False).skipped  # same run, same data: nothing to do
     select(SelectConfig(scores=[str(tmp_path / "scores")], output=str(selected), keep=0.25, overwrite=True), progress=False)
     with pytest.raises(HardfocusError, match=r"other settings \(differs in: data\)"):
-        train(cfg, tiny_model_dir, bf16=False, progress=False)
-    again = train(cfg.model_copy(update={"overwrite": True}), tiny_model_dir, bf16=False, progress=False)
+        train(cfg, progress=False)
+    again = train(cfg.model_copy(update={"overwrite": True}), progress=False)
     assert not again.skipped and again.train_rows == 10 and again.resumed_from is None
 
 
 def test_an_unfinished_run_is_not_resumed_on_a_new_selection(tmp_path, selected, tiny_model_dir, monkeypatch):
     """Before: a checkpoint of the old selection's run was resumed on the new rows."""
-    cfg = small_config([str(selected)], tmp_path / "model", max_steps=4, save_steps=2)
+    cfg = small_config([str(selected)], tmp_path / "model", max_steps=4, save_steps=2, model=tiny_model_dir)
     run_killed_at_step(3, cfg, tiny_model_dir, monkeypatch)
     assert (tmp_path / "model" / "checkpoints" / "checkpoint-2").is_dir()
     select(SelectConfig(scores=[str(tmp_path / "scores")], output=str(selected), drop_top=0.2, overwrite=True),
            progress=False)
     with pytest.raises(HardfocusError, match=r"holds an unfinished training run made with other settings \(differs in: data\)"):
-        train(cfg, tiny_model_dir, bf16=False, progress=False)
-    fresh = train(cfg.model_copy(update={"overwrite": True}), tiny_model_dir, bf16=False, progress=False)
+        train(cfg, progress=False)
+    fresh = train(cfg.model_copy(update={"overwrite": True}), progress=False)
     assert fresh.resumed_from is None and fresh.steps == 4
     manifest = json.loads((tmp_path / "model" / "train_manifest.json").read_text())
     assert manifest["data"] == {str(selected): "selected"} and manifest["train_rows"] == fresh.train_rows == 20

@@ -249,15 +249,15 @@ def test_source_batches_are_the_datasets_rows(tmp_path):
 def test_training_on_a_saved_dataset_tokenises_its_rows(tmp_path, tiny_model_dir, monkeypatch):
     from transformers import AutoTokenizer
 
-    from pipelines.train import _as_token_dir
     from training import TrainConfig
+    from training.raw_shards import as_token_dir
 
     monkeypatch.setenv("HARDFOCUS_CACHE", str(tmp_path / "cache"))
     rows = _rows(20)
     datasets.DatasetDict({"train": _dataset(rows[:14]), "more": _dataset(rows[14:])}).save_to_disk(str(tmp_path / "dd"))
     cfg = TrainConfig(data=[str(tmp_path / "dd")], output=str(tmp_path / "model"), model=tiny_model_dir,
                       weighting="none", max_steps=1, batch_size=4, precision="fp32", max_seq_len=32, group_column=None)
-    tokens = _as_token_dir(str(tmp_path / "dd"), cfg, tiny_model_dir, "train")
+    tokens = as_token_dir(str(tmp_path / "dd"), cfg, tiny_model_dir, "train")
     got = pq.read_table(f"{tokens}/part-00000.parquet").to_pylist()
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     order = rows[14:] + rows[:14]  # more/ before train/

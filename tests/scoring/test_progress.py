@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import scoring.progress
 import scoring.units
 from scoring import ScoreConfig, score
-from scoring.model import resolve_model
+from scoring.foundation.models import resolve_model
 from scoring.sources import find_shards
 from scoring.units import ShardTask, UnitScorer, part_name, read_shard_task
 from tests.scoring.helpers import make_corpus

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from scoring import ScoreConfig, score
-from scoring.model import SMOLLM2_ALIAS, load_tokenizer, resolve_dtype, resolve_model, smollm2_gguf_path
+from scoring.foundation.models import SMOLLM2_ALIAS, resolve_model, smollm2_gguf_path
+from scoring.foundation.tokenizers import load_tokenizer
+from scoring.model import resolve_dtype
 from tests.conftest import ENGLISH, write_jsonl
 
 pytestmark = pytest.mark.slow

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scoring.model import load_tokenizer
+from scoring.foundation.tokenizers import load_tokenizer
 from scoring.tokenize import tokenize_texts
 
 

@@ -81,4 +81,4 @@ def run_killed_at_step(step: int, cfg: TrainConfig, model_dir: str, monkeypatch)
     with monkeypatch.context() as patch:
         patch.setattr(WeightedTrainer, "training_step", dies)
         with pytest.raises(RuntimeError, match="killed"):
-            train(cfg, model_dir, bf16=cfg.precision == "bf16", progress=False)
+            train(cfg.model_copy(update={"model": model_dir}), progress=False)

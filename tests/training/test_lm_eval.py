@@ -54,7 +54,7 @@ def test_checkpoint_runs_under_lm_eval_harness(tiny_model_dir, tmp_path, monkeyp
     from lm_eval.tasks import TaskManager
 
     data = write_selected(tmp_path / "sel", mixed_length_sequences(16, vocab=290))
-    out = train(small_config([data], tmp_path / "model", max_steps=2), tiny_model_dir, bf16=False, progress=False).output
+    out = train(small_config([data], tmp_path / "model", max_steps=2, model=tiny_model_dir), progress=False).output
     task_dir = tmp_path / "tasks"
     task_dir.mkdir()
     docs = make_task(task_dir)

@@ -205,9 +205,9 @@ def test_a_weighted_training_run_logs_the_masked_losses(tiny_model_dir, tmp_path
     data = with_spans(write_selected(tmp_path / "sel", seqs, weights=weights), spans)
     cfg = small_config(
         [data], tmp_path / "out", weighting="static", batch_size=8, max_steps=3, optim="sgd", learning_rate=0.5,
-        save_steps=1, save_total_limit=5, eval_data=[data], eval_steps=3, keep_checkpoints=True,
+        save_steps=1, save_total_limit=5, eval_data=[data], eval_steps=3, keep_checkpoints=True, model=tiny_model_dir,
     )
-    train(cfg, tiny_model_dir, bf16=False, progress=False)
+    train(cfg, progress=False)
     records = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
     steps = {r["step"]: r for r in records if "loss" in r}
     evals = [r for r in records if "eval_loss" in r]

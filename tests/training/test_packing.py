@@ -83,10 +83,8 @@ def test_training_packed_lands_on_the_parameters_of_training_padded(tiny_model_d
     data = write_selected(tmp_path / "sel", seqs, weights=np.linspace(0.5, 1.5, 24).tolist())
     common = dict(weighting=weighting, online_window=window, max_steps=3, temperature=0.5, optim="sgd",
                   learning_rate=0.5)
-    padded = train(small_config([data], tmp_path / "padded", batching="random", **common), tiny_model_dir, bf16=False,
-                   progress=False)
-    packed = train(small_config([data], tmp_path / "packed", batching="packed", **common), tiny_model_dir, bf16=False,
-                   progress=False)
+    padded = train(small_config([data], tmp_path / "padded", batching="random", **common, model=tiny_model_dir), progress=False)
+    packed = train(small_config([data], tmp_path / "packed", batching="packed", **common, model=tiny_model_dir), progress=False)
     base = parameters(tiny_model_dir)
     assert max_param_diff(parameters(padded.output), base) > 1e-3
     assert max_param_diff(parameters(packed.output), parameters(padded.output)) < 1e-5

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import polars as pl
 
-from pipelines.train import run_train
 from scoring import ScoreConfig, score
 from tests.conftest import conversations, write_jsonl
-from training import TrainConfig
+from training import TrainConfig, train
 
 
 def test_raw_conversation_shards_are_tokenised_with_the_scoring_spans(tmp_path, tiny_chat_model_dir):
@@ -20,7 +19,7 @@ def test_raw_conversation_shards_are_tokenised_with_the_scoring_spans(tmp_path, 
     fmt = {"format": "messages", "messages_column": "messages"}
     score(ScoreConfig(inputs=[str(tmp_path / "chat")], output=str(tmp_path / "scores"), model=tiny_chat_model_dir,
                       id_column="id", max_tokens=200, executor="local", dtype="float32", **fmt), progress=False)
-    run_train(TrainConfig(data=[str(tmp_path / "chat")], output=str(tmp_path / "model"), model=tiny_chat_model_dir,
+    train(TrainConfig(data=[str(tmp_path / "chat")], output=str(tmp_path / "model"), model=tiny_chat_model_dir,
                           weighting="none", max_steps=1, batch_size=2, max_seq_len=200, precision="fp32", **fmt),
               progress=False)
     tokenized = next(iter(json.loads((tmp_path / "model" / "train_manifest.json").read_text())["data"]))

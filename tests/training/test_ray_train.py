@@ -33,9 +33,9 @@ def test_two_workers_reading_s3_match_one_process(local_ray, s3_url, tiny_model_
     data = write_selected(tmp_path / "sel", seqs, weights=weights)
     on_s3 = upload(data, f"{s3_url}/selected")
     common = dict(weighting="static", max_steps=3, optim="sgd", learning_rate=0.5, save_steps=3)
-    single = train(small_config([data], tmp_path / "single", batch_size=16, **common), tiny_model_dir, bf16=False, progress=False)
-    ray_cfg = small_config([on_s3], tmp_path / "ray", batch_size=8, ray_workers=2, **common)
-    distributed = train(ray_cfg, tiny_model_dir, bf16=False, progress=False)
+    single = train(small_config([data], tmp_path / "single", batch_size=16, **common, model=tiny_model_dir), progress=False)
+    ray_cfg = small_config([on_s3], tmp_path / "ray", batch_size=8, ray_workers=2, **common, model=tiny_model_dir)
+    distributed = train(ray_cfg, progress=False)
     assert distributed.steps == 3 and distributed.train_rows == single.train_rows == 16
     single_losses, ray_losses = losses(single.log_file), losses(distributed.log_file)
     assert len(ray_losses) == 3 and single_losses[0] > single_losses[-1] + 0.05  # it trains

@@ -150,7 +150,7 @@ def test_a_bad_row_met_mid_stream_stops_the_run_in_one_line_without_a_model(tiny
     data = write_selected(tmp_path / "sel", seqs)
     out = tmp_path / "out"
     with pytest.raises(HardfocusError, match="have fewer than 2 tokens") as failed:
-        train(small_config([data], out, max_steps=8, shuffle_buffer=8), tiny_model_dir, bf16=False, progress=False)
+        train(small_config([data], out, max_steps=8, shuffle_buffer=8, model=tiny_model_dir), progress=False)
     assert "\n" not in str(failed.value)
     assert not (out / "model.safetensors").exists() and not (out / "train_manifest.json").exists()
 
@@ -167,9 +167,9 @@ def test_a_run_logs_the_tokens_it_trained_on_and_their_share_of_the_positions_co
     from training import train
 
     data = write_selected(tmp_path / "sel", mixed_length_sequences(40, vocab=290, seed=4))
-    cfg = small_config([data], tmp_path / "out", max_steps=6, batching=batching)
+    cfg = small_config([data], tmp_path / "out", max_steps=6, batching=batching, model=tiny_model_dir)
     with caplog.at_level(logging.INFO, logger="training.job"):
-        train(cfg, tiny_model_dir, bf16=False, progress=False)
+        train(cfg, progress=False)
     order = "grouped" if batching == "grouped" else "random"
     batches = list(itertools.islice(TrainingStream(PartWindows(find_sources([data]), 0), lambda r: r, 4, 65536, 0, order,
                                                    512).batch_rows(), 6))

@@ -36,7 +36,7 @@ def equal_data(tmp_path_factory) -> str:
 
 
 def run(cfg, model_dir):
-    return train(cfg, model_dir, bf16=cfg.precision == "bf16", progress=False)
+    return train(cfg.model_copy(update={"model": model_dir}), progress=False)
 
 
 def test_static_with_unit_weights_matches_a_plain_trainer(tiny_model_dir, equal_data, tmp_path):
@@ -241,9 +241,9 @@ def test_each_logged_step_is_one_readable_line_with_the_logged_values(tiny_model
     """One line per log record: step/total, loss, weights, s/step, ETA, the values of train_log.jsonl; no raw dicts."""
     seqs = mixed_length_sequences(24, vocab=290, seed=5)
     data = write_selected(tmp_path / "sel", seqs, weights=torch.rand(24, generator=torch.Generator().manual_seed(2)).add(0.5).tolist())
-    cfg = small_config([data], tmp_path / "out", weighting="static+online", temperature=0.5, max_steps=6, logging_steps=2)
+    cfg = small_config([data], tmp_path / "out", weighting="static+online", temperature=0.5, max_steps=6, logging_steps=2, model=tiny_model_dir)
     with caplog.at_level(logging.INFO, logger="training.progress"):
-        result = train(cfg, tiny_model_dir, bf16=False, progress=True)  # progress on: the stock printers would print here
+        result = train(cfg, progress=True)  # progress on: the stock printers would print here
     records = [json.loads(line) for line in open(result.log_file) if '"loss"' in line]
     lines = [r.getMessage() for r in caplog.records if r.name == "training.progress" and r.getMessage().startswith("step ")]
     assert len(records) == len(lines) == 3

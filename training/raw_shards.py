@@ -1,5 +1,9 @@
-"""``hardfocus train`` wiring: resolve the model (aliases, GGUF), tokenise raw shards for an ERM
-baseline, choose the precision, connect Ray when asked, then call :func:`training.train`."""
+"""Raw text shards as training data: tokenised once into the cache (``tokenized/<identity>``), a stage directory of
+their own, for an ERM baseline on data that was never scored.
+
+The shards are read and tokenised by scoring's own readers and tokeniser (the one use training makes of scoring
+beyond the foundation), so a raw shard trains on the same token ids, with the same statuses, as its scores/ would
+hold."""
 
 from __future__ import annotations
 
@@ -9,44 +13,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.packages import HARDFOCUS_PACKAGES
 from scoring.chat import check_chat_tokenizer, load_chat_template, template_sha256
 from scoring.foundation.cache import cache_dir
 from scoring.foundation.errors import HardfocusError
 from scoring.foundation.fingerprints import digest, tokenizer_fingerprint
 from scoring.foundation.kinds import TOKENS, identify
-from scoring.foundation.ray_local import init_ray
 from scoring.foundation.sample_format import Columns
 from scoring.foundation.scores import Status, loss_spans_array
-from scoring.foundation.stagedir import Opening, StageDir, refuse_overlap
+from scoring.foundation.stagedir import Opening, StageDir
 from scoring.foundation.storage import redact
-from scoring.model import cpu_has_bf16, load_tokenizer, resolve_model
+from scoring.foundation.tokenizers import load_tokenizer
 from scoring.sources import find_shards, read_shard
 from scoring.tokenize import tokenize_block
-from training import TrainConfig, TrainResult, train
+from training.config import TrainConfig
 from training.sources import find_sources
 
 log = logging.getLogger(__name__)
-
-def run_train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
-    refuse_overlap(cfg.output, [*cfg.data, *cfg.eval_data])  # raw shards too, before they become cache entries
-    resolved = resolve_model(cfg.model)
-    data = [_as_token_dir(p, cfg, resolved.path, "train") for p in cfg.data]
-    eval_data = [_as_token_dir(p, cfg, resolved.path, "eval") for p in cfg.eval_data]
-    cfg = cfg.model_copy(update={"data": data, "eval_data": eval_data})
-    if cfg.ray_workers:
-        init_ray(cfg.ray_address, packages=HARDFOCUS_PACKAGES)
-    return train(cfg, resolved.path, bf16=use_bf16(cfg), progress=progress)
-
-
-def use_bf16(cfg: TrainConfig) -> bool:
-    if cfg.precision != "auto":
-        return cfg.precision == "bf16"
-    import torch
-
-    if cfg.use_gpu or torch.cuda.is_available():
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return cpu_has_bf16()
 
 
 def is_stage_dir(path: str) -> bool:
@@ -54,10 +36,10 @@ def is_stage_dir(path: str) -> bool:
     return identify(path).kind in ("selected", "scores", "tokens", "parts")
 
 
-def _as_token_dir(path: str, cfg: TrainConfig, model_path: str, role: str) -> str:
-    """A selected/ or scores/ dir as is; raw text shards tokenised once into the cache (``tokenized/<identity>``),
-    a stage directory of their own: keyed by the shards as listed (sizes, modification stamps), the tokenizer and
-    the settings, so changed shards or another tokenizer are tokenised again, and a finished one is reused."""
+def as_token_dir(path: str, cfg: TrainConfig, model_path: str, role: str) -> str:
+    """A selected/ or scores/ dir as is; raw text shards tokenised once into the cache: keyed by the shards as
+    listed (sizes, modification stamps), the tokenizer and the settings, so changed shards or another tokenizer are
+    tokenised again, and a finished one is reused."""
     if is_stage_dir(path):
         return path
     tokenizer = load_tokenizer(model_path)
