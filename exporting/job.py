@@ -28,7 +28,7 @@ from exporting.selection import Selection, ShardJob, open_selection
 from exporting.tasks import export_shard, shuffle_output, task_row
 from scoring.foundation.errors import HardfocusError
 from scoring.foundation.stagedir import Opening, refuse_inside, refuse_overlap
-from scoring.foundation.storage import prefetched, redact
+from scoring.foundation.storage import absolute, prefetched, redact
 from scoring.foundation.versions import library_versions
 
 log = logging.getLogger(__name__)
@@ -59,13 +59,19 @@ def export(cfg: ExportConfig, progress: bool = True) -> ExportResult:
         jobs = _jobs(cfg, selection, expected)
         log.info("exporting %d %s rows of %d shards (of %d scored) to %s", sum(n for c in expected.values() for n in c.values()),
                  cfg.band, len(jobs), len(selection.shards), redact(cfg.output))
-        with runner(cfg) as run:
-            records = _resample(cfg, out, jobs, expected, run, progress) if cfg.resample else _direct(cfg, out, jobs, expected, run, progress)
+        tasks_cfg = cfg.model_copy(update={"output": absolute(cfg.output)})  # a Ray worker's cwd is its Ray's
+        with runner(tasks_cfg) as run:
+            write = _resample if cfg.resample else _direct
+            records = write(tasks_cfg, out, jobs, expected, run, progress)
         manifest = _manifest(cfg, selection, jobs, expected, records)
-        extra = sorted(out.parts() - {p.name for p in manifest.parts})
+        found = out.parts()
+        extra, missing = sorted(found - {p.name for p in manifest.parts}), sorted({p.name for p in manifest.parts} - found)
         if extra:
             raise HardfocusError(f"{redact(cfg.output)} holds part files this export did not write (e.g. {extra[0]}): "
                                  "move them away, or pass --overwrite to begin the export again")
+        if missing:  # a task that reported a part it did not write where this export reads (never marked complete)
+            raise HardfocusError(f"{redact(cfg.output)} lacks {len(missing)} part files its tasks reported written (e.g. "
+                                 f"{missing[0]}): run the same command again")
         out.mark(manifest.model_dump())
         out.remove_spill()
     written = sum(r["written"] for r in records.values() if r["kind"] == "part")

@@ -68,7 +68,7 @@ def load_config(path: str | Path, model: type[BaseModel] = StageTables, override
             raise HardfocusError(
                 f"--set '{item}': unknown table '{table}'{did_you_mean(table, tables)} ({', '.join(tables)})"
             )
-        raw.setdefault(table, {})[name] = parse_toml_value(value)
+        raw.setdefault(table, {})[name] = parse_toml_value(value.strip())
     try:
         return model.model_validate(raw, strict=True)
     except ValidationError as exc:

@@ -40,7 +40,7 @@ class RunSection(SampleFormat):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    workdir: str = Field(description="where the stages write scores/, selected/, model/ and eval/")
+    workdir: str = Field(min_length=1, description="where the stages write scores/, selected/, model/ and eval/")
     data: list[str] = Field(min_length=1, description="training shards (files, directories, globs)")
     heldout: list[str] = Field(default_factory=list, description="held-out shards for eval; empty = no eval")
     model: str = Field("smollm2-135m", description="base model: hub id, local dir, .gguf, or 'smollm2-135m'")

@@ -52,7 +52,8 @@ def job_command(args: list[str], workdir: Path) -> list[str]:
 
     def carry_config(path: str) -> str:
         name = carry(path, "config")
-        for value in _chat_template_settings(load_config(path).model_dump()):
+        sets = _set_items(args) if args and args[0] == "run" else []  # the job applies them: templates they name too
+        for value in _chat_template_settings(load_config(path, overrides=sets).model_dump()):
             _carry_relative_template(value, path, workdir)
         return name
 
@@ -69,6 +70,17 @@ def job_command(args: list[str], workdir: Path) -> list[str]:
     if out and out[0] == "run" and len(out) > 1 and not out[1].startswith("-"):
         out[1] = carry_config(out[1])
     return out
+
+
+def _set_items(args: list[str]) -> list[str]:
+    """The ``--set TABLE.KEY=VALUE`` items of ``hardfocus run``'s arguments (``--set ITEM`` and ``--set=ITEM``)."""
+    items = []
+    for i, arg in enumerate(args):
+        if arg == "--set" and i + 1 < len(args):
+            items.append(args[i + 1])
+        elif arg.startswith("--set="):
+            items.append(arg.removeprefix("--set="))
+    return items
 
 
 def _chat_template_settings(tables: dict) -> list[str]:

@@ -13,7 +13,9 @@ from scoring.chat import is_inline_template
 from scoring.config import ScoreConfig
 from scoring.foundation.console import quiet_ray_data_console
 from scoring.foundation.errors import HardfocusError
+from scoring.foundation.models import is_local_spec
 from scoring.foundation.ray_local import init_ray  # noqa: F401 - scoring.job starts Ray through here
+from scoring.foundation.storage import absolute
 from scoring.units import ShardTask, UnitScorer, part_name, read_shard_task
 
 log = logging.getLogger(__name__)
@@ -79,11 +81,8 @@ def with_absolute_paths(cfg: ScoreConfig) -> ScoreConfig:
     """The config as Ray's workers get it: its local paths (the output, a model directory or GGUF file, a chat
     template file) absolute. A worker's working directory is the one its Ray was started in, not the driver's: a
     relative path there names another place, or nothing."""
-    def absolute(path: str) -> str:
-        return os.path.abspath(os.path.expanduser(path))
-
-    update = {} if "://" in cfg.output else {"output": absolute(cfg.output)}
-    if os.path.exists(cfg.model):  # as resolve_model reads a spec: a local directory or .gguf file before a hub id
+    update = {"output": absolute(cfg.output)}
+    if is_local_spec(cfg.model):  # the alias stays the alias, a hub id a hub id
         update["model"] = absolute(cfg.model)
     if cfg.chat_template and not is_inline_template(cfg.chat_template):
         update["chat_template"] = absolute(cfg.chat_template)

@@ -61,8 +61,10 @@ def uses_bf16(cfg: TrainConfig) -> bool:
         return cfg.precision == "bf16"
     import torch
 
-    if cfg.use_gpu or torch.cuda.is_available():
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    if cfg.use_gpu:  # GPU workers planned by a driver without one (a cluster's head): bf16, as scoring decides there
+        return True
     return cpu_has_bf16()
 
 

@@ -38,13 +38,13 @@ def is_stage_dir(path: str) -> bool:
 
 def as_token_dir(path: str, cfg: TrainConfig, model_path: str, role: str) -> str:
     """A selected/ or scores/ dir as is; raw text shards tokenised once into the cache: keyed by the shards as
-    listed (sizes, modification stamps), the tokenizer and the settings, so changed shards or another tokenizer are
-    tokenised again, and a finished one is reused."""
+    listed (where each is, its size and modification stamp), the tokenizer and the settings, so other shards,
+    changed ones or another tokenizer are tokenised again, and a finished entry is reused."""
     if is_stage_dir(path):
         return path
     tokenizer = load_tokenizer(model_path)
     template = load_chat_template(cfg.chat_template)
-    identity = {"shards": [[s.rel, s.size, s.modified] for s in find_shards([path])],
+    identity = {"shards": [[s.url, s.size, s.modified] for s in find_shards([path])],
                 "group_column": cfg.group_column, "tokenizer": tokenizer_fingerprint(tokenizer),
                 "max_tokens": cfg.max_seq_len, **_format_identity(cfg, template, tokenizer)}
     out = StageDir(str(cache_dir() / "tokenized" / digest(identity)), TOKENS)

@@ -38,6 +38,11 @@ class ResolvedModel:
     fingerprint: str
 
 
+def is_local_spec(spec: str) -> bool:
+    """Whether :func:`resolve_model` reads ``spec`` as a local file or directory: after the alias, before a hub id."""
+    return spec != SMOLLM2_ALIAS and (spec.endswith(".gguf") or os.path.isdir(spec))
+
+
 def resolve_model(spec: str) -> ResolvedModel:
     """Turn a model spec into a local checkpoint directory (converting GGUF once)."""
     if spec == SMOLLM2_ALIAS:
@@ -79,7 +84,8 @@ def _hub_snapshot(spec: str) -> str:
             last = exc
     raise HardfocusError(
         f"unknown model '{spec}': not '{SMOLLM2_ALIAS}', not a .gguf file, not a local checkpoint directory, "
-        f"and not a Hugging Face hub id that is cached or downloadable here ({type(last).__name__}: {last})"
+        f"and not a Hugging Face hub id that is cached or downloadable here ({type(last).__name__}: "
+        f"{str(last).strip().splitlines()[0] if str(last).strip() else 'no reason given'})"
     )
 
 

@@ -37,6 +37,12 @@ def is_local(fs) -> bool:
     return fs_protocol(fs) in ("file", "local")
 
 
+def absolute(url: str) -> str:
+    """A local path made absolute (``~`` expanded), a URL (``s3://...``, ``file://...``) as it is: what a Ray worker,
+    whose working directory is the one its Ray was started in, not the caller's, reads as the caller meant it."""
+    return url if "://" in url else os.path.abspath(os.path.expanduser(url))
+
+
 def fs_url(fs, path: str) -> str:
     """The URL that names ``path`` on ``fs`` again: the bare path locally, ``<protocol>://path`` elsewhere."""
     return path if is_local(fs) else f"{fs_protocol(fs)}://{path}"

@@ -453,10 +453,15 @@ def test_packed_training_of_an_opt_model_equals_padded_training(tiny_opt_dir, tm
 def test_a_resumed_ray_run_of_grouped_batches_lands_on_the_uninterrupted_weights(local_ray, tiny_model_dir, tmp_path):
     """Two workers, 12 rows each in batches of 4 from windows of 4 (3 batches an epoch), 4 steps: the second epoch
     starts at step 4. A run that stopped after checkpoint-2 (its manifest, model and last checkpoint removed, as a
-    kill leaves it) resumes by counting its shard's batches and lands on the uninterrupted run's weights."""
+    kill leaves it) resumes by counting its shard's batches and lands on the uninterrupted run's weights.
+
+    The uninterrupted run also shows how checkpoints reach Ray's storage: rank 0 copies each one after it is marked
+    complete, once; the other ranks copy nothing (they used to copy the directory while rank 0 still wrote it)."""
     import shutil
 
     from training.output import TRAIN_MANIFEST_FILE
+
+    marker = "hardfocus_complete.json"  # training.checkpoints.COMPLETE_MARKER, spelled out: the contract on disk
 
     data = write_selected(tmp_path / "sel", mixed_length_sequences(24, vocab=290, seed=13),
                           weights=np.linspace(0.5, 1.5, 24).tolist())
@@ -464,6 +469,10 @@ def test_a_resumed_ray_run_of_grouped_batches_lands_on_the_uninterrupted_weights
                        keep_checkpoints=True, optim="sgd", learning_rate=0.5, shuffle_buffer=4, batching="grouped")
     full = run(cfg, tiny_model_dir)
     uninterrupted = parameters(full.output)
+    copies = sorted((tmp_path / "ray" / "ray_results").rglob(marker))
+    assert sorted(json.loads(p.read_text())["step"] for p in copies) == [2, 4], [str(p) for p in copies]
+    for copy in copies:  # each copy is whole: its weights load
+        assert all(torch.isfinite(v).all() for v in parameters(str(copy.parent)).values())
     out = tmp_path / "ray"
     for name in (TRAIN_MANIFEST_FILE, "model.safetensors"):
         (out / name).unlink()

@@ -65,4 +65,5 @@ def test_a_ray_run_prints_hardfocus_lines_and_none_of_rays(tmp_path, tiny_model_
     assert run.returncode == 0, run.stderr[-3000:]
     console = run.stdout + run.stderr
     assert "scored 17 rows" in console and "started a local Ray" in console
+    assert "reading its shards itself" in console  # a Ray of its own with one CPU actor: the one-actor path
     assert [line for line in console.splitlines() if any(s in line for s in RAY_LINES)] == []

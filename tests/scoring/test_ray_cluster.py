@@ -45,6 +45,9 @@ def test_score_runs_on_the_cluster_named_by_ray_address(tmp_path, tiny_model_dir
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert f"connected to the Ray cluster at {address}" in run.stderr
+    # a cluster is not the Ray of its own that the one-actor path is for (RAY_ADDRESS, and every submitted job): the
+    # Ray Data job, whose read tasks run on any node
+    assert "Ray: 1 scoring actor(s)" in run.stderr and "reading its shards itself" not in run.stderr
     # the cluster itself saw our driver (a fresh local Ray would log elsewhere): a driver log that was not there before
     assert _driver_logs(cluster_dir) - drivers_before, sorted(_driver_logs(cluster_dir))
     df = read_scores(out)
