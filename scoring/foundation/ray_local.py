@@ -78,8 +78,16 @@ def _start_local(level: int) -> None:
     _private_token(level)
     with _loopback_node():
         # "local": a new Ray of our own, never one that `ray start` left running on this machine
-        ray.init(address="local", _node_ip_address=LOOPBACK, logging_level=level, include_dashboard=False,
-                 _system_config=dict(_LOCAL_SYSTEM_CONFIG))
+        try:
+            ray.init(address="local", _node_ip_address=LOOPBACK, logging_level=level, include_dashboard=False,
+                     _system_config=dict(_LOCAL_SYSTEM_CONFIG))
+        except Exception as exc:  # Ray raises a bare Exception when its node's processes start too slowly
+            if "timed out during startup" not in str(exc):
+                raise
+            raise HardfocusError(
+                "the local Ray did not start in time (its node's processes timed out during start-up): the machine "
+                "is overloaded; run the same command again when it is quieter (what was written is kept)"
+            ) from None
     node_ip = ray.util.get_node_ip_address()
     if node_ip != LOOPBACK:  # a Ray that no longer honours its local-only mode: do not run reachable from outside
         ray.shutdown()

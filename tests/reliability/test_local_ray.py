@@ -157,3 +157,29 @@ def test_fit_on_ray_starts_its_local_ray_through_init_ray(monkeypatch, tmp_path)
     assert len(calls) == 1
     assert calls[0].get("address") == "local" and calls[0].get("include_dashboard") is False, calls[0]
     assert calls[0]["node_ip"] == "127.0.0.1", calls[0]
+
+
+def test_a_local_ray_that_starts_too_slowly_is_one_error_line(monkeypatch, tmp_path):
+    """On an overloaded machine Ray's node start-up can time out (seen with two Rays starting at once beside a
+    CPU-burning process): ``ray.init`` raises a bare Exception, which was a traceback through Ray. Expected: one
+    HardfocusError line saying what happened and that the same command resumes; other errors of ray.init pass."""
+    import ray
+
+    from scoring import HardfocusError
+    from scoring.foundation.ray_local import init_ray
+
+    def slow_node(*args, **kwargs):
+        raise Exception("The current node timed out during startup. This could happen because some of the raylet "
+                        "failed to startup or the GCS has become overloaded.")
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # whatever token Ray's setup writes lands here
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # also when the session's Ray is up
+    monkeypatch.setattr(ray, "init", slow_node)
+    with pytest.raises(HardfocusError, match="did not start in time") as caught:
+        init_ray(None)
+    assert "\n" not in str(caught.value) and "run the same command again" in str(caught.value)
+    monkeypatch.setattr(ray, "init", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("another failure")))
+    with pytest.raises(RuntimeError, match="another failure"):
+        init_ray(None)
