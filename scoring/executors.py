@@ -9,7 +9,6 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from scoring.chat import is_inline_template
 from scoring.config import ScoreConfig
 from scoring.foundation.console import quiet_ray_data_console
 from scoring.foundation.errors import HardfocusError
@@ -78,14 +77,12 @@ def _largest_node_cpus() -> float:
 
 
 def with_absolute_paths(cfg: ScoreConfig) -> ScoreConfig:
-    """The config as Ray's workers get it: its local paths (the output, a model directory or GGUF file, a chat
-    template file) absolute. A worker's working directory is the one its Ray was started in, not the driver's: a
-    relative path there names another place, or nothing."""
+    """The config as Ray's workers get it: its local paths (the output, a model directory or GGUF file) absolute. A
+    worker's working directory is the one its Ray was started in, not the driver's: a relative path there names
+    another place, or nothing. (A chat template reaches them as its text: ``scoring.job.score`` reads the file.)"""
     update = {"output": absolute(cfg.output)}
     if is_local_spec(cfg.model):  # the alias stays the alias, a hub id a hub id
         update["model"] = absolute(cfg.model)
-    if cfg.chat_template and not is_inline_template(cfg.chat_template):
-        update["chat_template"] = absolute(cfg.chat_template)
     return cfg.model_copy(update=update)
 
 

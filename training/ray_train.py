@@ -64,7 +64,7 @@ def fit_on_ray(cfg: TrainConfig, sources: TrainingSources, model_path: str, bf16
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if not ray.is_initialized():  # or a Ray job's driver, or a caller who started it
+    if not ray.is_initialized():  # else a Ray job's driver, or the caller, has started it
         import scoring.foundation
         import training
         from scoring.foundation.ray_local import init_ray
