@@ -74,7 +74,7 @@ def _lscpu() -> dict[str, str]:
 
 
 def library_versions(names: Sequence[str] = ("torch", "transformers", "ray", "numpy", "hardfocus")) -> dict[str, str]:
-    from scoring.foundation.versions import library_versions as versions
+    from hardfocus.versions import library_versions as versions
 
     return versions(tuple(names))
 

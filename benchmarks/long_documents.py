@@ -63,10 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.tokenise:
         return _tokenise_big_document(args.tokenise[0], Path(args.tokenise[1]))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from hardfocus.models import resolve_model
+    from hardfocus.tokenizers import load_tokenizer
     from pipelines.demo_corpus import build_demo_corpus
     from scoring import ScoreConfig, score
-    from scoring.foundation.models import resolve_model
-    from scoring.foundation.tokenizers import load_tokenizer
 
     with tempfile.TemporaryDirectory(prefix="hardfocus-long-docs-") as tmp:
         root = Path(tmp)
@@ -149,8 +149,8 @@ def _rss() -> int:
 
 def _tokenise_big_document(how: str, path: Path) -> int:
     """In a fresh process: tokenise the document at ``path`` in pieces or whole; print a JSON line of what it cost."""
-    from scoring.foundation.models import resolve_model
-    from scoring.foundation.tokenizers import load_tokenizer
+    from hardfocus.models import resolve_model
+    from hardfocus.tokenizers import load_tokenizer
     from scoring.windows import encode_long
 
     tokenizer = load_tokenizer(resolve_model("smollm2-135m").path)

@@ -141,9 +141,9 @@ def arms_for(s: Settings) -> list[Arm]:
 
 
 def run_quality(workdir: Path, s: Settings, corpus: Path | None = None) -> dict:
+    from hardfocus.models import resolve_model
     from pipelines.evaluation import EvalConfig, evaluate
     from scoring import HardfocusError
-    from scoring.foundation.models import resolve_model
     from training import TrainConfig, train
 
     t0 = time.time()
@@ -212,7 +212,7 @@ def _base_eval_loss(model_path: str, heldout: Path, s: Settings) -> float:
 
 
 def _cpu_bf16() -> bool:
-    from scoring.foundation.models import cpu_has_bf16
+    from hardfocus.models import cpu_has_bf16
 
     return cpu_has_bf16()
 

@@ -158,10 +158,10 @@ def noise_share(train_dir: Path, labels: pl.DataFrame) -> dict:
 
 def heldout_tokens(corpus: Path, model_path: str, s, out: Path) -> Path:
     """The held-out split tokenised once (conversations with their response spans), for the Trainer's eval loss."""
-    from scoring.foundation.kinds import TOKENS
-    from scoring.foundation.sample_format import SampleFormat
-    from scoring.foundation.stagedir import Opening, StageDir
-    from scoring.foundation.tokenizers import load_tokenizer
+    from hardfocus.kinds import TOKENS
+    from hardfocus.sample_format import SampleFormat
+    from hardfocus.stagedir import Opening, StageDir
+    from hardfocus.tokenizers import load_tokenizer
     from training.raw_shards import tokenize_shards
 
     fmt = SampleFormat(**{k: v for k, v in sample_format(s).items() if k != "id_column"})

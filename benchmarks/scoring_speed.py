@@ -190,7 +190,7 @@ def _steady_tokens_per_s(arm: ArmResult) -> float | None:
 
 def measure_ifd(args: argparse.Namespace, command: str) -> dict:
     """(ifd) alone: the chat shard scored with ``ifd`` off and on, the order alternating by round."""
-    from scoring.foundation.models import resolve_model
+    from hardfocus.models import resolve_model
 
     started, load_start = datetime.now(UTC).isoformat(timespec="seconds"), load_average()
     path, rows = resolve_model(MODEL_SPEC).path, chat_rows(args.conversations, args.seed)
@@ -270,8 +270,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def measure(args: argparse.Namespace, command: str) -> dict:
     """Everything, in one run: peaks, corpus, the arms, the checks; returns the report as plain data."""
-    from scoring.foundation.models import resolve_model
-    from scoring.foundation.tokenizers import load_tokenizer, pad_token_id
+    from hardfocus.models import resolve_model
+    from hardfocus.tokenizers import load_tokenizer, pad_token_id
 
     started = datetime.now(UTC).isoformat(timespec="seconds")
     load_start = load_average()

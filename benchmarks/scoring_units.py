@@ -15,7 +15,7 @@ alone, on the real library functions, with no model:
   after a kill at the very end: the most names the plan hands to the tasks);
 - ``final check``: ``scoring.job.check_parts`` (the listing against the names the markers imply, and the sum of
   the markers' counts);
-- ``pipeline``: the driver loop ``scoring.job._score_pending`` through the real executor (``--executor ray``:
+- ``pipeline``: the driver loop ``scoring.job.score_pending`` through the real executor (``--executor ray``:
   ``run_ray`` on a local Ray, its one-actor job since 5928fab, a Ray Data job of two ``flat_map`` stages before;
   and ``local``) with the shard reader and the scorer replaced (``scoring.executors.UnitWork``) by functions that
   emit one empty unit record each: the fixed cost of a unit in
@@ -62,7 +62,7 @@ LABELS = {
 
 def _shards(n_shards: int, units: int) -> list:
     """Shards of ``units // n_shards`` units each; ``size`` carries the unit count to the fake reader."""
-    from scoring.sources import Shard
+    from hardfocus.readers import Shard
 
     per = units // n_shards
     return [Shard(url=f"/data/shard-{i:06d}.jsonl.zst", rel=f"shard-{i:06d}.jsonl.zst", format="jsonl",
@@ -97,7 +97,7 @@ def _tiny_part() -> bytes:
 
 def make_directory(workdir: Path, n_shards: int, units: int) -> None:
     """N tiny part files with the names the job would write, and a done marker per shard."""
-    from scoring.foundation.scores import DONE_DIR
+    from hardfocus.contracts.scores import DONE_DIR
     from scoring.job import SCORES_JOB_FILE
     from scoring.output import ScoresDir
     from scoring.units import expected_parts, shard_digest
@@ -142,9 +142,9 @@ class _FakeScorer:
 
 
 def _pipeline(workdir: Path, n_shards: int, units: int, executor: str) -> dict:
+    from hardfocus.models import ResolvedModel
     from scoring.executors import UnitWork
-    from scoring.foundation.models import ResolvedModel
-    from scoring.job import Plan, _score_pending
+    from scoring.job import Plan, score_pending
     from scoring.output import ScoresDir
     from scoring.units import ShardTask
 
@@ -152,7 +152,7 @@ def _pipeline(workdir: Path, n_shards: int, units: int, executor: str) -> dict:
     (workdir / "done").mkdir(exist_ok=True)
     cfg = _config(workdir, executor=executor)
     plan = Plan(tasks=[ShardTask(s) for s in _shards(n_shards, units)])
-    tally = _score_pending(plan, ScoresDir(str(workdir)), cfg, ResolvedModel("bench", "/nonexistent", "bench"),
+    tally = score_pending(plan, ScoresDir(str(workdir)), cfg, ResolvedModel("bench", "/nonexistent", "bench"),
                            compiled=False, progress=False, work=UnitWork(read=_fake_reader, scorer=_FakeScorer))
     if tally.units != units or len(plan.done) != n_shards:
         raise RuntimeError(f"the pipeline returned {tally.units} units and {len(plan.done)} shards, not {units} and "
@@ -161,7 +161,7 @@ def _pipeline(workdir: Path, n_shards: int, units: int, executor: str) -> dict:
 
 
 def run_phase(phase: str, workdir: Path, n_shards: int, units: int) -> dict:
-    from scoring.foundation.scores import DONE_DIR
+    from hardfocus.contracts.scores import DONE_DIR
     from scoring.job import check_parts, plan_shards
     from scoring.output import ScoresDir
 

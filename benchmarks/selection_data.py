@@ -89,7 +89,7 @@ def input_ids_column(rng: np.random.Generator, lengths: np.ndarray, seed: int) -
 
 def make_part(seed: int, start: int, stop: int) -> tuple[pa.Table, dict[str, int], dict[int, int]]:
     """Rows [start, stop) of the synthetic scores: the table, rows per status, rows per shard."""
-    from scoring.foundation.scores import scores_table
+    from hardfocus.contracts.scores import scores_table
 
     n = stop - start
     rng = np.random.default_rng([seed, 0, start])
@@ -161,8 +161,8 @@ def data_params(n: int, rows_per_part: int, seed: int) -> dict:
 
 def ensure_scores(workdir: Path, n: int, rows_per_part: int, seed: int) -> tuple[Path, dict]:
     """The scores/ directory of N rows under ``workdir``, generated unless an identical one is there."""
-    from scoring.foundation.scores import ScoreManifest, ShardInfo
-    from scoring.foundation.versions import library_versions
+    from hardfocus.contracts.scores import ScoreManifest, ShardInfo
+    from hardfocus.versions import library_versions
 
     params = data_params(n, rows_per_part, seed)
     out = workdir / f"scores-n{n}-p{rows_per_part}-s{seed}"

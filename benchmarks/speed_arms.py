@@ -284,8 +284,8 @@ def chat_rows(n: int, seed: int) -> list[dict]:
 def ifd_positions(path: str, rows: list[dict]) -> dict:
     """Positions each pass computes (before padding), laid out as scoring lays them out: the conditioned pass one
     sequence per conversation; the second pass one per assistant turn, its header (or BOS) then its reply."""
-    from scoring.chat import encode_conversation
-    from scoring.foundation.tokenizers import load_tokenizer
+    from hardfocus.chat import encode_conversation
+    from hardfocus.tokenizers import load_tokenizer
 
     tokenizer = load_tokenizer(path)
     encoded = [encode_conversation(tokenizer, r["messages"], IFD_MAX_TOKENS, ifd=True) for r in rows]

@@ -714,7 +714,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="extra arguments for every hardfocus train arm, split like a shell does "
                              "(repeatable; write it --train-arg='--online-window 2')")
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                        help="auto: bf16 where the CPU has it natively (scoring.foundation.models.cpu_has_bf16), else fp32")
+                        help="auto: bf16 where the CPU has it natively (hardfocus.models.cpu_has_bf16), else fp32")
     parser.add_argument("--cache", type=Path, default=ROOT / "outputs" / "bench-training",
                         help="where the datasets are built once and reused, and the runs' logs kept")
     parser.add_argument("--rebuild-data", action="store_true", help="build the datasets again")
@@ -759,7 +759,7 @@ def cli_has_batching(hardfocus: Path) -> bool:
 
 
 def measure(args: argparse.Namespace, command: str) -> dict:
-    from scoring.foundation.models import cpu_has_bf16, resolve_model
+    from hardfocus.models import cpu_has_bf16, resolve_model
 
     started, load_before = time.perf_counter(), load_average()
     if args.precision == "auto":

@@ -2,7 +2,7 @@
 
 from typing import TYPE_CHECKING
 
-from scoring.foundation.lazy import lazy_exports
+from hardfocus.lazy import lazy_exports
 
 _EXPORTS = {
     "ExportConfig": "exporting.config",

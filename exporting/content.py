@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.storage import redact
+from hardfocus.errors import HardfocusError
+from hardfocus.storage import redact
 
 
 def check_text_bytes(texts: pa.ChunkedArray | None, rows: np.ndarray, decided: pa.Table, url: str, column: str) -> None:

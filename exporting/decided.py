@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.storage import redact
+from hardfocus.errors import HardfocusError
+from hardfocus.storage import redact
 
 SCORED = pa.schema([pa.field("n_bytes", pa.int64()), pa.field("truncated", pa.bool_())])
 _DAMAGED = (OSError, pa.ArrowException, ValueError)

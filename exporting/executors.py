@@ -9,8 +9,8 @@ import os
 from collections.abc import Callable, Iterator
 
 from exporting.config import ExportConfig
-from scoring.foundation.console import native_stderr_to_file, quiet_ray_data_console
-from scoring.foundation.ray_local import init_ray
+from hardfocus.console import native_stderr_to_file, quiet_ray_data_console
+from hardfocus.ray_local import init_ray
 
 Task = Callable[..., Iterator[dict]]
 Runner = Callable[[Task, list[dict], dict], Iterator[dict]]
@@ -18,11 +18,10 @@ _MAX_BLOCKS = 10_000  # beyond that, a block holds several tasks (run one after 
 
 
 def _packages() -> list[str]:
-    """What a cluster's workers need of hardfocus: the foundation and the readers (``scoring``), and this package."""
+    """What a cluster's workers need of hardfocus beside the foundation: this package."""
     import exporting
-    import scoring.foundation
 
-    return [os.path.dirname(os.path.dirname(scoring.foundation.__file__)), os.path.dirname(exporting.__file__)]
+    return [os.path.dirname(exporting.__file__)]
 
 
 def _records(rows: Iterator[dict]) -> Iterator[dict]:

@@ -15,7 +15,7 @@ import zstandard
 from polars.exceptions import PanicException
 
 from exporting.storable import for_json, for_parquet
-from scoring.foundation.errors import HardfocusError
+from hardfocus.errors import HardfocusError
 
 EXTENSIONS = {"parquet": ".parquet", "jsonl": ".jsonl", "jsonl.zst": ".jsonl.zst"}
 DAMAGED = (OSError, pa.ArrowException, ValueError, zstandard.ZstdError)  # what reading a damaged part raises

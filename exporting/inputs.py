@@ -1,6 +1,6 @@
 """The input shards an export reads must be the ones that were scored: each is found where its scores manifest says
 (or under ``--input-root``, by its relative path) and compared with what the manifest recorded of it, its size and
-its modification stamp, as scoring took them from the filesystem (:attr:`scoring.shard.Shard.modified`)."""
+its modification stamp, as scoring took them from the filesystem (:attr:`hardfocus.readers.shard.Shard.modified`)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import posixpath
 
 from fsspec.core import url_to_fs
 
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.storage import canonical, file_version, fs_url, overlaps, redact
+from hardfocus.errors import HardfocusError
+from hardfocus.storage import canonical, file_version, fs_url, overlaps, redact
 
 
 def located(url: str, rel: str, input_root: str | None) -> str:

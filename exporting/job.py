@@ -26,10 +26,10 @@ from exporting.rows import added_columns
 from exporting.schemas import common_schema
 from exporting.selection import Selection, ShardJob, open_selection
 from exporting.tasks import export_shard, shuffle_output, task_row
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.stagedir import Opening, refuse_inside, refuse_overlap
-from scoring.foundation.storage import absolute, prefetched, redact
-from scoring.foundation.versions import library_versions
+from hardfocus.errors import HardfocusError
+from hardfocus.stagedir import Opening, refuse_inside, refuse_overlap
+from hardfocus.storage import absolute, prefetched, redact
+from hardfocus.versions import library_versions
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from pydantic import BaseModel, ConfigDict
 
 from exporting.decided import read_decisions
 from exporting.selection import Selection, ShardJob
-from scoring.foundation.decisions import EXCLUDED
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.storage import redact
+from hardfocus.contracts.decisions import EXCLUDED
+from hardfocus.errors import HardfocusError
+from hardfocus.storage import redact
 
 
 class ShardRows(BaseModel):

@@ -1,4 +1,4 @@
-"""The export's output directory: a :class:`~scoring.foundation.stagedir.StageDir` of part files written in place.
+"""The export's output directory: a :class:`~hardfocus.stagedir.StageDir` of part files written in place.
 
 Layout: ``export_job.json`` (the identity, first), ``part-*`` (the exported rows), with ``--resample`` a ``spill/``
 of phase-one files while the export runs, and ``export.json`` (the marker, last). Every file is a commit (whole or
@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 
 from exporting.formats import DAMAGED, EXTENSIONS, count_rows, write_table
 from exporting.storable import for_parquet, restored
-from scoring.foundation.kinds import EXPORT
-from scoring.foundation.stagedir import StageDir
-from scoring.foundation.storage import TMP_PREFIX
+from hardfocus.kinds import EXPORT
+from hardfocus.stagedir import StageDir
+from hardfocus.storage import TMP_PREFIX
 
 log = logging.getLogger(__name__)
 

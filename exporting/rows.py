@@ -18,9 +18,9 @@ import pyarrow as pa
 from exporting.content import check_text_bytes
 from exporting.decided import read_decisions, read_scored
 from exporting.schemas import carried_metadata
-from scoring.foundation.decisions import EXCLUDED
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.storage import redact
+from hardfocus.contracts.decisions import EXCLUDED
+from hardfocus.errors import HardfocusError
+from hardfocus.storage import redact
 
 # the columns export adds, in order, with their types; ``reason`` only where excluded rows are exported, the window
 # columns only on windowed scores (by document: ``windows`` only)

@@ -15,8 +15,8 @@ import json
 
 import pyarrow as pa
 
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.storage import redact
+from hardfocus.errors import HardfocusError
+from hardfocus.storage import redact
 
 _HF = b"huggingface"
 _VALUE = {pa.string(): "string", pa.float32(): "float32", pa.int32(): "int32"}  # export's columns, as Value dtypes

@@ -15,13 +15,13 @@ import pyarrow.compute as pc
 from fsspec.core import url_to_fs
 
 from exporting.decided import read_decisions
-from scoring.foundation.decisions import decision_parts
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.fingerprints import digest, manifest_digest
-from scoring.foundation.kinds import SELECTED
-from scoring.foundation.scores import SCORES_MANIFEST_FILE, ScoreManifest, ShardInfo
-from scoring.foundation.selected import SUMMARY_FILE
-from scoring.foundation.storage import fs_url, prefetched, read_json, read_record, redact
+from hardfocus.contracts.decisions import decision_parts
+from hardfocus.contracts.scores import SCORES_MANIFEST_FILE, ScoreManifest, ShardInfo, manifest_digest
+from hardfocus.contracts.selected import SUMMARY_FILE
+from hardfocus.errors import HardfocusError
+from hardfocus.fingerprints import digest
+from hardfocus.kinds import SELECTED
+from hardfocus.storage import fs_url, prefetched, read_json, read_record, redact
 
 
 @dataclass(frozen=True)

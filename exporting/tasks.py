@@ -27,9 +27,9 @@ from exporting.output import ExportDir, of_shard, part_name, spill_name
 from exporting.rows import added_columns, check_no_clash, joined, shard_decisions
 from exporting.schemas import conformed
 from exporting.selection import ShardJob
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.storage import redact
-from scoring.source_rows import source_batches
+from hardfocus.errors import HardfocusError
+from hardfocus.readers.source_rows import source_batches
+from hardfocus.storage import redact
 
 log = logging.getLogger(__name__)
 

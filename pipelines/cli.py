@@ -12,12 +12,12 @@ import typer
 import typer.core
 
 from exporting.config import ExportConfig
+from hardfocus.errors import HardfocusError
 from pipelines.demo_corpus import CorpusKind
 from pipelines.evaluation.config import EvalConfig
 from pipelines.flags import config_command
 from pipelines.run_config import STAGES, check_stage_range, load_run_config
 from scoring.config import ScoreConfig
-from scoring.foundation.errors import HardfocusError
 from selection.config import SelectConfig
 from training.config import TrainConfig
 
@@ -169,10 +169,10 @@ def run_command(
     """score -> select -> train -> eval from one config; stages whose inputs and parameters are unchanged are skipped."""
     check_stage_range(from_, until)  # before loading anything
     cfg = load_run_config(config, set_ or [])
+    from hardfocus.durations import duration
     from pipelines.evaluation import comparison_table
     from pipelines.labels import format_band_labels
     from pipelines.run import run_pipeline
-    from scoring.foundation.durations import duration
     from selection.job import summary_text
     from training.output import train_summary_line
 

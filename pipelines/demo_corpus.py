@@ -35,7 +35,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from scoring.foundation.errors import HardfocusError
+from hardfocus.errors import HardfocusError
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ import dataclasses
 
 import polars as pl
 
-from scoring.foundation.decisions import decision_parts
-from scoring.foundation.sample_format import Columns
-from scoring.sources import find_shards, read_shard
+from hardfocus.contracts.decisions import decision_parts
+from hardfocus.readers import find_shards, read_shard
+from hardfocus.sample_format import Columns
 
 UNLABELLED = "(none)"
 

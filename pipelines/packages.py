@@ -10,12 +10,13 @@ import os
 
 def _package_dirs() -> list[str]:
     import exporting
+    import hardfocus
     import pipelines
     import scoring
     import selection
     import training
 
-    return [os.path.dirname(m.__file__) for m in (scoring, selection, training, exporting, pipelines)]
+    return [os.path.dirname(m.__file__) for m in (hardfocus, scoring, selection, training, exporting, pipelines)]
 
 
 HARDFOCUS_PACKAGES = _package_dirs()

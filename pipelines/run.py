@@ -1,6 +1,6 @@
 """``hardfocus run``: score -> select -> train -> eval from one config, skipping what is up to date.
 
-Every stage's output is a stage directory (:mod:`scoring.foundation.stagedir`) that records its own identity:
+Every stage's output is a stage directory (:mod:`hardfocus.stagedir`) that records its own identity:
 its parameters and the identity of its inputs (scoring: the model's and tokenizer's fingerprints; selection:
 the scores' manifests; training: the selection's summary and the model; evaluation: the models' fingerprints
 and the held-out shards). Each stage is called in turn with ``overwrite`` on, since the config is what the
@@ -23,15 +23,15 @@ from dataclasses import dataclass, field
 import polars as pl
 from fsspec.core import url_to_fs
 
+from hardfocus.contracts.selected import SUMMARY_FILE
+from hardfocus.durations import duration
+from hardfocus.kinds import identify
+from hardfocus.storage import read_record
 from pipelines.evaluation import ModelEval, evaluate
 from pipelines.labels import band_labels
 from pipelines.run_config import RunConfig, check_stage_range
 from scoring import score
-from scoring.foundation.durations import duration
-from scoring.foundation.kinds import identify
-from scoring.foundation.storage import read_record
 from selection import select
-from selection.schema import SUMMARY_FILE
 from selection.summary import SelectionSummary
 from training import train
 from training.output import TrainResult

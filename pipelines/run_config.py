@@ -17,10 +17,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from hardfocus.sample_format import SampleFormat
 from pipelines.config import describe, load_config
 from pipelines.evaluation.config import EvalConfig
 from scoring import HardfocusError, ScoreConfig
-from scoring.foundation.sample_format import SampleFormat
 from selection import SelectConfig
 from training import TrainConfig
 

@@ -20,10 +20,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from hardfocus.chat import is_inline_template
+from hardfocus.errors import HardfocusError
 from pipelines.config import load_config
 from pipelines.packages import HARDFOCUS_PACKAGES
-from scoring.chat import is_inline_template
-from scoring.foundation.errors import HardfocusError
 
 log = logging.getLogger(__name__)
 

@@ -2,12 +2,12 @@
 
 from typing import TYPE_CHECKING
 
-from scoring.foundation.lazy import lazy_exports
+from hardfocus.lazy import lazy_exports
 
 _EXPORTS = {
-    "HardfocusError": "scoring.foundation.errors",
+    "HardfocusError": "hardfocus.errors",
     "ScoreConfig": "scoring.config",
-    "ScoreManifest": "scoring.foundation.scores",
+    "ScoreManifest": "hardfocus.contracts.scores",
     "ScoreResult": "scoring.job",
     "Scorer": "scoring.scorer",
     "score": "scoring.job",
@@ -16,8 +16,8 @@ __all__ = ["HardfocusError", "ScoreConfig", "ScoreManifest", "ScoreResult", "Sco
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
+    from hardfocus.contracts.scores import ScoreManifest
+    from hardfocus.errors import HardfocusError
     from scoring.config import ScoreConfig
-    from scoring.foundation.errors import HardfocusError
-    from scoring.foundation.scores import ScoreManifest
     from scoring.job import ScoreResult, score
     from scoring.scorer import Scorer

@@ -6,10 +6,9 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from scoring.foundation.models import SMOLLM2_ALIAS
-from scoring.foundation.sample_format import LongDocuments, SampleFormat, check_long_documents
-
-MAX_ROW_BYTES = 64 << 20  # the default --max-row-bytes
+from hardfocus.models import SMOLLM2_ALIAS
+from hardfocus.readers.shard import MAX_ROW_BYTES
+from hardfocus.sample_format import LongDocuments, SampleFormat, check_long_documents
 
 
 class ScoreConfig(SampleFormat):

@@ -9,12 +9,12 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from hardfocus.console import quiet_ray_data_console
+from hardfocus.errors import HardfocusError
+from hardfocus.models import is_local_spec
+from hardfocus.ray_local import init_ray  # noqa: F401 - scoring.job starts Ray through here
+from hardfocus.storage import absolute
 from scoring.config import ScoreConfig
-from scoring.foundation.console import quiet_ray_data_console
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.models import is_local_spec
-from scoring.foundation.ray_local import init_ray  # noqa: F401 - scoring.job starts Ray through here
-from scoring.foundation.storage import absolute
 from scoring.units import ShardTask, UnitScorer, part_name, read_shard_task
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 IFD (Li et al. 2023, "From Quantity to Quality") = s(A|Q) / s(A): the mean NLL of the response tokens
 with the prompt (the row's ``loss``) over the mean NLL of the same tokens without it. The reading side
-lays out each assistant turn (:class:`scoring.chat.IfdTurn`: the header or BOS ids it is scored behind,
+lays out each assistant turn (:class:`hardfocus.chat.IfdTurn`: the header or BOS ids it is scored behind,
 and the token range of its scored tokens in ``input_ids``); this module carries that layout through
 the unit's Arrow table, builds the unconditioned sequences and sums their NLL per row, over turns.
 """
@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pyarrow as pa
 
-from scoring.chat import IfdTurn
+from hardfocus.chat import IfdTurn
 
 IFD_TURNS_COLUMN = "ifd_turns"  # in the tokenised unit only, never in a part file
 IFD_TURNS_TYPE = pa.list_(

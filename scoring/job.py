@@ -12,21 +12,16 @@ import contextlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import torch
 
-from scoring.chat import check_chat_tokenizer, load_chat_template, template_sha256
-from scoring.config import MAX_ROW_BYTES, ScoreConfig
-from scoring.executors import WORK, UnitWork, init_ray, run_local, run_ray
-from scoring.foundation.console import native_stderr_to_file
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.fingerprints import digest, tokenizer_fingerprint
-from scoring.foundation.models import ResolvedModel, resolve_model
-from scoring.foundation.ray_local import starts_local_ray
-from scoring.foundation.scores import (
+from hardfocus.chat import check_chat_tokenizer, load_chat_template, template_sha256
+from hardfocus.console import native_stderr_to_file
+from hardfocus.contracts.scores import (
     SCORES_JOB_FILE,
     SCORES_MANIFEST_FILE,
     RunInfo,
@@ -36,15 +31,21 @@ from scoring.foundation.scores import (
     parse_part_name,
     stamped_rows,
 )
-from scoring.foundation.stagedir import refuse_inside, refuse_overlap
-from scoring.foundation.storage import prefetched, read_footer, redact
-from scoring.foundation.tokenizers import load_tokenizer
-from scoring.foundation.versions import library_versions
+from hardfocus.errors import HardfocusError
+from hardfocus.fingerprints import digest, tokenizer_fingerprint
+from hardfocus.models import ResolvedModel, resolve_model
+from hardfocus.ray_local import starts_local_ray
+from hardfocus.readers import Shard, check_columns, find_shards
+from hardfocus.stagedir import refuse_inside, refuse_overlap
+from hardfocus.storage import prefetched, read_footer, redact
+from hardfocus.tokenizers import load_tokenizer
+from hardfocus.versions import library_versions
+from scoring.config import MAX_ROW_BYTES, ScoreConfig
+from scoring.executors import WORK, UnitWork, init_ray, run_local, run_ray
 from scoring.manifest import count_duplicate_ids
 from scoring.model import resolve_device, resolve_dtype
 from scoring.output import ScoresDir
 from scoring.progress import ScoringProgress
-from scoring.sources import Shard, check_columns, find_shards
 from scoring.units import (
     EMPTY_COUNTS,
     ShardTask,
@@ -58,6 +59,7 @@ from scoring.windows import check_windows_tokenizer
 log = logging.getLogger(__name__)
 
 _COMPILE_MIN_BYTES_PER_ACTOR = 8 * 1024**2
+_SCORING_DIR = os.path.dirname(os.path.abspath(__file__))  # what a cluster's workers import beside the foundation
 
 # What the part files depend on: a rerun with any of these changed must not reuse them.
 _IDENTITY_KEYS = ("model_fingerprint", "tokenizer_fingerprint", "dtype", "max_tokens", "add_special_tokens",
@@ -103,7 +105,7 @@ def score(cfg: ScoreConfig, progress: bool = True) -> ScoreResult:
             return ScoreResult(cfg.output, manifest, units_scored=0, skipped=True)
         out.unmark()  # the manifest marks a complete directory; it is not, until the end
         compiled = _want_compile(cfg, plan.tasks)
-        scored = _run(plan, out, cfg, resolved, compiled, progress, digest(identity)) if plan.tasks else _Tally()
+        scored = _run(plan, out, cfg, resolved, compiled, progress, digest(identity)) if plan.tasks else Tally()
         wall = time.perf_counter() - t0  # the whole call: model, planning, Ray start, scoring, writes
         parts = sum(math.ceil(m["rows"] / cfg.rows_per_unit) for m in plan.done.values())
         run = RunInfo(
@@ -267,7 +269,7 @@ def _want_compile(cfg: ScoreConfig, pending: list[ShardTask]) -> bool:
 
 
 @dataclass
-class _Tally:
+class Tally:
     """What this run scored: parts, rows the model ran on, their tokens."""
 
     units: int = 0
@@ -288,18 +290,21 @@ class _ShardProgress:
 
 
 def _run(plan: Plan, out: ScoresDir, cfg: ScoreConfig, resolved: ResolvedModel, compiled: bool, progress: bool,
-         job: str) -> _Tally:
+         job: str) -> Tally:
     """Score the pending shards with a progress bar over their bytes; mark each shard done as its last unit lands."""
     with native_stderr_to_file() if cfg.executor == "ray" else contextlib.nullcontext():
-        return _score_pending(plan, out, cfg, resolved, compiled, progress, job)
+        return score_pending(plan, out, cfg, resolved, compiled, progress, job)
 
 
-def _score_pending(plan: Plan, out: ScoresDir, cfg: ScoreConfig, resolved: ResolvedModel, compiled: bool,
-                   progress: bool, job: str = "", work: UnitWork = WORK) -> _Tally:
-    tally = _Tally()
+def score_pending(plan: Plan, out: ScoresDir, cfg: ScoreConfig, resolved: ResolvedModel, compiled: bool,
+                  progress: bool, job: str = "", work: UnitWork = WORK) -> Tally:
+    """The driver loop: the plan's tasks through the executor ``cfg`` names (``work``: what reads a shard and what
+    scores a unit, :class:`scoring.executors.UnitWork`, a seam for benchmarks), each shard marked done as its last
+    unit lands; returns what this run scored."""
+    tally = Tally()
     started_ray = False
     if cfg.executor == "ray":
-        started_ray = init_ray(cfg.ray_address)
+        started_ray = init_ray(cfg.ray_address, packages=[_SCORING_DIR])
         summaries = run_ray(plan.tasks, cfg, resolved.fingerprint, compiled,
                             started_local=started_ray and starts_local_ray(cfg.ray_address), fence=out.fence(), job=job, work=work)
     else:

@@ -1,4 +1,4 @@
-"""Counting over the part files of a scores/ directory (the manifest itself: :mod:`scoring.foundation.scores`)."""
+"""Counting over the part files of a scores/ directory (the manifest itself: :mod:`hardfocus.contracts.scores`)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,12 @@
 """Load the resolved model for scoring: the device and the dtype it runs in (the spec is resolved by
-:mod:`scoring.foundation.models`)."""
+:mod:`hardfocus.models`)."""
 
 from __future__ import annotations
 
 import torch
 
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.models import cpu_has_bf16
+from hardfocus.errors import HardfocusError
+from hardfocus.models import cpu_has_bf16
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

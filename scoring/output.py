@@ -1,8 +1,8 @@
-"""The scores/ directory: a :class:`~scoring.foundation.stagedir.StageDir` of part files and shard markers.
+"""The scores/ directory: a :class:`~hardfocus.stagedir.StageDir` of part files and shard markers.
 
 Layout: ``job.json`` (the identity, first), ``part-<shard digest>-<start>-<stop>.parquet`` (one per unit),
 ``done/<shard digest>.json`` (a shard whose parts are all written: its rows, counts and each part's bytes),
-``manifest.json`` (last, when every unit is done). Every file is a commit (:mod:`scoring.foundation.storage`):
+``manifest.json`` (last, when every unit is done). Every file is a commit (:mod:`hardfocus.storage`):
 whole or absent, durable once written; every part write first checks that this run still holds the output's
 lock (in an actor, through the lock's fence), so a run whose lock was taken over stops writing.
 """
@@ -18,11 +18,11 @@ import uuid
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.kinds import SCORES
-from scoring.foundation.scores import DONE_DIR
-from scoring.foundation.stagedir import StageDir
-from scoring.foundation.storage import TMP_PREFIX, prefetched, redact
+from hardfocus.contracts.scores import DONE_DIR
+from hardfocus.errors import HardfocusError
+from hardfocus.kinds import SCORES
+from hardfocus.stagedir import StageDir
+from hardfocus.storage import TMP_PREFIX, prefetched, redact
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import time
 
 from tqdm.auto import tqdm
 
-from scoring.foundation.durations import duration
+from hardfocus.durations import duration
 
 log = logging.getLogger("scoring.job")
 

@@ -11,8 +11,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.tokenizers import load_tokenizer, pad_token_id
+from hardfocus.errors import HardfocusError
+from hardfocus.tokenizers import load_tokenizer, pad_token_id
 from scoring.loss import LossModel, token_budget_batches
 from scoring.model import load_model, resolve_device, resolve_dtype
 

@@ -9,13 +9,13 @@ import io
 import numpy as np
 import pyarrow as pa
 
+from hardfocus.contracts.scores import DOCUMENT_ID, LOSS_SPANS_TYPE, WINDOW, WINDOWS, is_input_error, loss_spans_array
+from hardfocus.errors import HardfocusError
+from hardfocus.readers import RowBlock, Shard
+from hardfocus.storage import redact
+from hardfocus.tokenize import tokenize_block
 from scoring.config import ScoreConfig
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.scores import DOCUMENT_ID, LOSS_SPANS_TYPE, WINDOW, WINDOWS, is_input_error, loss_spans_array
-from scoring.foundation.storage import redact
 from scoring.ifd import IFD_TURNS_COLUMN, ifd_turns_array
-from scoring.sources import RowBlock, Shard
-from scoring.tokenize import tokenize_block
 from scoring.windows import special_layout, window_texts
 
 

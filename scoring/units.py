@@ -26,11 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from scoring.config import ScoreConfig
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.models import resolve_model
-from scoring.foundation.sample_format import Columns
-from scoring.foundation.scores import (
+from hardfocus.contracts.scores import (
     ERROR_PREFIX,
     NON_FINITE_LOSS,
     UNCONDITIONED_N_TOKENS,
@@ -47,12 +43,16 @@ from scoring.foundation.scores import (
     stamp_of,
     stamp_problem,
 )
-from scoring.foundation.storage import redact
-from scoring.foundation.tokenizers import load_tokenizer
+from hardfocus.errors import HardfocusError
+from hardfocus.models import resolve_model
+from hardfocus.readers import Shard, iter_units
+from hardfocus.sample_format import Columns
+from hardfocus.storage import redact
+from hardfocus.tokenizers import load_tokenizer
+from scoring.config import ScoreConfig
 from scoring.ifd import IFD_TURNS_COLUMN, ifd_ratio, unconditioned_nll
 from scoring.output import ScoresDir
 from scoring.scorer import Scorer
-from scoring.sources import Shard, iter_units
 from scoring.unit_tables import table_from_bytes, table_to_bytes, tokenize_unit
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def _checkpoint_path(spec: str, fingerprint: str) -> str:
 
 
 def status_counts(status: list[str], n_tokens, truncated, documents: int | None = None) -> dict:
-    """What a unit's rows hold, in :class:`scoring.foundation.scores.ScoreCounts`' terms (no duplicate ids);
+    """What a unit's rows hold, in :class:`hardfocus.contracts.scores.ScoreCounts`' terms (no duplicate ids);
     ``documents``: the input rows they come from, where a row is a window (default: one row per input row)."""
     by_status: dict[str, int] = {}
     for s in status:

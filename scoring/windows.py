@@ -28,9 +28,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.scores import Status
-from scoring.tokenize import text_statuses
+from hardfocus.contracts.scores import Status
+from hardfocus.errors import HardfocusError
+from hardfocus.tokenize import text_statuses
 
 log = logging.getLogger(__name__)
 

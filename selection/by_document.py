@@ -20,13 +20,13 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.scores import DOCUMENT_ID, SCORES_SCHEMA, Status
-from scoring.foundation.storage import prefetched, redact
+from hardfocus.contracts.scores import DOCUMENT_ID, SCORES_SCHEMA, Status
+from hardfocus.errors import HardfocusError
+from hardfocus.storage import prefetched, redact
 from selection.bands import NO_GROUP, rank_bands
 from selection.config import SelectConfig
 from selection.excluded import excluded_rows, merge_excluded, status_reason
-from selection.rank_by import BITS_PER_BYTE, NATS, SCORE_COLUMN, bpb, check_same_inputs, require_column
+from selection.score_terms import BITS_PER_BYTE, NATS, SCORE_COLUMN, bpb, check_same_inputs, require_column
 from selection.scores import ScoreParts, open_scores
 
 SIBLING = "another window of its document is not scored"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from scoring.foundation.scores import ERROR_PREFIX, Status
+from hardfocus.contracts.scores import ERROR_PREFIX, Status
 
 SCHEMA = {"_row": pl.UInt64, "reason": pl.String}
 

@@ -10,19 +10,21 @@ import numpy as np
 import polars as pl
 from fsspec.core import url_to_fs
 
-from scoring.foundation.decisions import DECISIONS_LAYOUT, EXCLUDED, decision_parts
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.fingerprints import digest, manifest_digest
-from scoring.foundation.kinds import SELECTED, identify
-from scoring.foundation.stagedir import Opening, StageDir, refuse_overlap, refuse_repeated
-from scoring.foundation.storage import read_json, redact
+from hardfocus.contracts.decisions import DECISIONS_LAYOUT, EXCLUDED, decision_parts
+from hardfocus.contracts.scores import manifest_digest
+from hardfocus.contracts.selected import SUMMARY_FILE
+from hardfocus.errors import HardfocusError
+from hardfocus.fingerprints import digest
+from hardfocus.kinds import SELECTED, identify
+from hardfocus.stagedir import Opening, StageDir, refuse_overlap, refuse_repeated
+from hardfocus.storage import read_json, redact
 from selection.bands import BANDS, KEPT, NO_GROUP, band_weights, rank_bands
 from selection.by_document import check_by_document, documents_per_band, rank_documents
 from selection.config import SelectConfig
 from selection.excluded import reason_counts
-from selection.rank_by import SCORE_COLUMN, eligible_scores, rank_column
+from selection.rank_by import eligible_scores
 from selection.report import REPORT_FILE, write_report
-from selection.schema import SUMMARY_FILE
+from selection.score_terms import SCORE_COLUMN, rank_column
 from selection.scores import ScoreParts, open_scores
 from selection.summary import SelectionSummary, group_counts, loss_quantiles, thresholds, weight_stats
 from selection.writer import Decided, write_selection

@@ -21,22 +21,22 @@ import math
 import polars as pl
 import pyarrow as pa
 
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.scores import ERROR_PREFIX
-from scoring.foundation.storage import prefetched, redact
+from hardfocus.contracts.scores import ERROR_PREFIX
+from hardfocus.errors import HardfocusError
+from hardfocus.storage import prefetched, redact
+from selection.by_document import document_scores
 from selection.config import SelectConfig
 from selection.excluded import excluded_rows, merge_excluded
+from selection.score_terms import (
+    BITS_PER_BYTE,
+    NATS,
+    SCORE_COLUMN,
+    UNITS,
+    bpb,
+    check_same_inputs,
+    require_column,
+)
 from selection.scores import ScoreParts, differing_key, open_scores
-
-SCORE_COLUMN = "score"  # the ranked value when it is not the loss itself
-NATS, BITS_PER_BYTE = "nats per token", "bits per byte"
-UNITS = {"loss": NATS, "ifd": "ratio (loss with prompt / without)", "bpb": BITS_PER_BYTE}
-
-
-def rank_column(score: str, by: str = "window") -> str:
-    """The column of the eligible rows that ranking and weighting read: by document always the document's score
-    (``loss`` stays each window's own, which the selected parts carry)."""
-    return "loss" if score == "loss" and by == "window" else SCORE_COLUMN
 
 
 def eligible_scores(parts: ScoreParts, cfg: SelectConfig, reference: ScoreParts | None = None
@@ -45,8 +45,6 @@ def eligible_scores(parts: ScoreParts, cfg: SelectConfig, reference: ScoreParts 
     ``score``, the score's units). By document the rows are the eligible windows and ``score`` their document's
     (:mod:`selection.by_document`, which also says which windows are eligible then)."""
     if cfg.by == "document":
-        from selection.by_document import document_scores  # it builds on this module's helpers
-
         excluded, windows, _, units = document_scores(parts, cfg, reference)
         return excluded, windows.drop("_doc"), units
     if cfg.score == "loss":
@@ -97,11 +95,6 @@ def excess_scores(parts: ScoreParts, cfg: SelectConfig, reference: ScoreParts | 
     return _finite(excluded, joined, cfg), joined.filter(_keep(cfg)), NATS if same_tokens else BITS_PER_BYTE
 
 
-def bpb(nll_sum: str, n_bytes: str) -> pl.Expr:
-    """Bits per byte; NaN where nothing was scored (excluded as not finite)."""
-    return (pl.col(nll_sum) / (pl.col(n_bytes).cast(pl.Float64) * math.log(2))).cast(pl.Float32)
-
-
 def _keep(cfg: SelectConfig) -> pl.Expr:
     """Rows that may be ranked: a finite score and, for IFD, below ``max_ifd``."""
     keep = pl.col(SCORE_COLUMN).is_finite()
@@ -134,39 +127,6 @@ def check_same_windows(parts: ScoreParts, reference: ScoreParts, cfg: SelectConf
             f"{', '.join(map(redact, cfg.scores))} ({key} {getattr(theirs, key)!r} vs {getattr(ours, key)!r}), so "
             "window k of one is not window k of the other: select --by document, which compares whole documents"
         )
-
-
-def require_column(parts: ScoreParts, dirs: list[str], column: str, fix: str) -> None:
-    if column not in parts.common_columns:
-        raise HardfocusError(f"the scores in {', '.join(dirs)} have no '{column}' column in every part: {fix}")
-
-
-def check_same_inputs(parts: ScoreParts, reference: ScoreParts, cfg: SelectConfig, documents: bool = False) -> None:
-    """The reference must score the very same shards, row for row; ids are joined on, so they must be unique.
-    ``documents``: compare input rows, not score rows (by document the two may cut their documents into other
-    windows, or not at all)."""
-    def shards(p: ScoreParts) -> dict[str, int]:
-        return {s.rel: s.rows for m in p.manifests for s in m.shards}
-
-    def count(p: ScoreParts) -> int:
-        return sum(m.rows if m.documents is None else m.documents for m in p.manifests) if documents else sum(p.rows)
-
-    ours, theirs = shards(parts), shards(reference)
-    if ours != theirs or count(parts) != count(reference):
-        only = sorted(set(ours) ^ set(theirs))
-        rows = sorted(k for k in set(ours) & set(theirs) if ours[k] != theirs[k])
-        raise HardfocusError(
-            f"the reference scores ({', '.join(cfg.reference)}) are not of the same inputs as {', '.join(cfg.scores)}: "
-            + (f"shards on one side only (e.g. {only[0]}); " if only else "")
-            + (f"different row counts (e.g. {rows[0]}: {ours[rows[0]]} vs {theirs[rows[0]]}); " if rows else "")
-            + f"{count(parts)} vs {count(reference)} {'documents' if documents else 'rows'}. Score the reference model on "
-            "the same inputs"
-        )
-    for dirs, p in ((cfg.scores, parts), (cfg.reference, reference)):
-        if any(m.duplicate_ids for m in p.manifests):
-            raise HardfocusError(
-                f"{', '.join(dirs)} hold duplicate sample ids: excess loss joins on sample_id, which must be unique"
-            )
 
 
 def _read_reference(reference: ScoreParts, values: list[str]) -> pl.DataFrame:

@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 from fsspec.core import url_to_fs  # noqa: E402
 
-from scoring.foundation.storage import commit_bytes  # noqa: E402
+from hardfocus.storage import commit_bytes  # noqa: E402
 from selection.bands import DROPPED, EASY, KEPT  # noqa: E402
 from selection.report_scores import BAND_COLOURS, ranks_by_loss, score_figures  # noqa: E402
 

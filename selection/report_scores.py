@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from selection.bands import DROPPED, EASY, KEPT  # noqa: E402
-from selection.rank_by import SCORE_COLUMN  # noqa: E402
+from selection.score_terms import SCORE_COLUMN  # noqa: E402
 
 BAND_COLOURS = {DROPPED: "#d62728", KEPT: "#2ca02c", EASY: "#7f7f7f"}  # every plot of the report draws bands so
 MAX_POINTS = 20_000  # a scatter of millions of points says no more than a sample of them

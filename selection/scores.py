@@ -12,9 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.kinds import identify
-from scoring.foundation.scores import (
+from hardfocus.contracts.scores import (
     OPTIONAL_COLUMNS,
     SCORES_MANIFEST_FILE,
     SCORES_SCHEMA,
@@ -23,8 +21,10 @@ from scoring.foundation.scores import (
     check_scores_schema,
     stamped_rows,
 )
-from scoring.foundation.stagedir import refuse_repeated
-from scoring.foundation.storage import fs_url, prefetched, read_footer, read_record, redact
+from hardfocus.errors import HardfocusError
+from hardfocus.kinds import identify
+from hardfocus.stagedir import refuse_repeated
+from hardfocus.storage import fs_url, prefetched, read_footer, read_record, redact
 from selection.bands import NO_GROUP
 from selection.excluded import excluded_rows, merge_excluded, status_reason
 

@@ -1,6 +1,6 @@
 """Write what selection decided, part by part: for each score part its ``decisions/`` part (a row per scored row)
 and, where it has kept rows, a training part (the kept rows with ``loss_rank`` and ``weight``, ``input_ids`` and
-``loss_spans`` carried over), into a selected/ being staged (:meth:`scoring.foundation.stagedir.StageDir.staged`:
+``loss_spans`` carried over), into a selected/ being staged (:meth:`hardfocus.stagedir.StageDir.staged`:
 a temporary directory renamed into place locally, the output itself on an object store, ``summary.json`` last).
 
 Each score part is read once, for both. Parts are independent: each is a :class:`PartJob` (its slice of the
@@ -9,7 +9,7 @@ writes release the GIL: ``workers`` at a time, each holding one part's rows) or,
 as a Ray Data job over the parts (``ray_address`` / ``$RAY_ADDRESS``): the same function, so the same bytes. On a
 cluster the output must be on storage every node sees (a shared filesystem or an object store), as for every
 stage. Every file write first checks that this run still holds the output's lock: the driver's lock here, its
-fence (:meth:`~scoring.foundation.stagedir.StageDir.fence`) on a Ray worker.
+fence (:meth:`~hardfocus.stagedir.StageDir.fence`) on a Ray worker.
 """
 
 from __future__ import annotations
@@ -33,8 +33,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 from tqdm.auto import tqdm
 
-import scoring.foundation
-from scoring.foundation.decisions import (
+from hardfocus.contracts.decisions import (
     DECISION_BANDS,
     DECISIONS_DIR,
     EXCLUDED,
@@ -43,11 +42,11 @@ from scoring.foundation.decisions import (
     WINDOW_FIELDS,
     decisions_schema,
 )
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.stagedir import StageDir
-from scoring.foundation.storage import fs_url, is_local, redact
+from hardfocus.contracts.selected import selected_schema
+from hardfocus.errors import HardfocusError
+from hardfocus.stagedir import StageDir
+from hardfocus.storage import fs_url, is_local, redact
 from selection.bands import BANDS
-from selection.schema import selected_schema
 from selection.scores import ScoreParts, damaged_part
 
 log = logging.getLogger(__name__)
@@ -62,9 +61,8 @@ _DECISION_WINDOW_COLUMNS = tuple(f.name for f in WINDOW_FIELDS)  # the contract'
 DECISIONS_DICTIONARY_COLUMNS = ("shard", "group", "band", "reason", "document_id", "window", "windows")
 # no one filters a part by the min and max of its token ids: statistics of these would cost 5% of its write
 _UNFILTERED_COLUMNS = ("input_ids", "loss_spans")
-# what a Ray worker imports: the foundation (scoring/) and this package
-_PACKAGES = [os.path.dirname(os.path.dirname(os.path.abspath(scoring.foundation.__file__))),
-             os.path.dirname(os.path.abspath(__file__))]
+# what a Ray worker imports beside the foundation: this package
+_PACKAGES = [os.path.dirname(os.path.abspath(__file__))]
 _PARTS_PER_RAY_TASK = 8  # a Ray Data task costs ~20 ms of overhead, a part ~50 ms of work
 _MIN_PARTS_PER_DATASET = 4096  # the object store holds one dataset's jobs at a time: ~200 MB at 2,000 rows a part
 
@@ -209,8 +207,8 @@ def _write_on_ray(address: str, jobs: Iterator[PartJob], layout: Layout, stage: 
     dataset at a time), :data:`_PARTS_PER_RAY_TASK` parts to a task, each written by :func:`_write_on_worker`."""
     import ray
 
-    from scoring.foundation.console import native_stderr_to_file, quiet_ray_data_console
-    from scoring.foundation.ray_local import init_ray
+    from hardfocus.console import native_stderr_to_file, quiet_ray_data_console
+    from hardfocus.ray_local import init_ray
 
     started = init_ray(address, packages=_PACKAGES)
     ctx = ray.data.DataContext.get_current()

@@ -1,7 +1,7 @@
-"""The layering the README states: a stage imports from another stage only the shared foundation
-(``scoring.foundation``: errors, storage, the lock and stage-directory protocol, the contracts), never its
-machinery; the foundation imports nothing above it and no heavy library at import time; ``pipelines/``
-wires the stages together."""
+"""The layering the architecture page draws: the four stages side by side on one floor, the foundation (``hardfocus``)
+under them, ``pipelines`` above. A stage imports the foundation and itself, never another stage and never
+``pipelines``; the foundation imports no stage and no heavy library at import time; only ``pipelines`` wires stages
+together. No exceptions."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FOUNDATION = "scoring.foundation"
+FOUNDATION = "hardfocus"
+STAGES = ("scoring", "selection", "training", "exporting")
+ABOVE = ("pipelines", "benchmarks")
 HEAVY = ("torch", "transformers", "ray", "polars", "matplotlib")
 
 
@@ -28,95 +30,57 @@ def _imports(path: Path) -> list[tuple[int, str]]:
     return found
 
 
-def _package_files(package: str) -> list[Path]:
-    return sorted((ROOT / package.replace(".", "/")).rglob("*.py"))
-
-
 def _top(module: str) -> str:
     return module.split(".")[0]
 
 
-def _is_foundation(module: str) -> bool:
-    return module == FOUNDATION or module.startswith(FOUNDATION + ".")
-
-
 def _violations(package: str, allowed) -> list[str]:
     bad = []
-    for path in _package_files(package):
+    for path in sorted((ROOT / package).rglob("*.py")):
         for line, module in _imports(path):
-            if not allowed(path, module):
+            if not allowed(module):
                 bad.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
     return bad
 
 
-STAGES = ("scoring", "selection", "training", "exporting", "pipelines")
-
-
-# what training reads of scoring besides the foundation, in one module: raw shards, read and tokenised as scoring
-# reads and tokenises them (the same token ids and statuses as their scores/ would hold)
-TRAINING_READS = ("scoring.chat", "scoring.sources", "scoring.tokenize")
-RAW_SHARDS = ROOT / "training" / "raw_shards.py"
-
-
-@pytest.mark.parametrize("stage", ["selection", "training"])
-def test_a_stage_imports_only_the_foundation_of_another(stage):
-    def allowed(path, module):
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_stage_imports_the_foundation_and_itself_only(stage):
+    def allowed(module: str) -> bool:
         top = _top(module)
-        if top not in STAGES or top == stage:
-            return True
-        if path == RAW_SHARDS and module in TRAINING_READS:
-            return True
-        return _is_foundation(module)  # never scoring's machinery, never another stage, never pipelines
+        return top not in (*STAGES, *ABOVE) or top == stage
 
     assert _violations(stage, allowed) == []
 
 
-# what export reads of scoring besides the foundation: the source rows, numbered as scoring numbers them
-EXPORT_READS = ("scoring.source_rows",)
+def test_the_foundation_imports_no_stage():
+    assert _violations(FOUNDATION, lambda module: _top(module) not in (*STAGES, *ABOVE)) == []
 
 
-def test_export_imports_only_the_foundation_and_the_source_rows():
-    def allowed(path, module):
-        top = _top(module)
-        if top not in STAGES or top == "exporting":
-            return True
-        return top == "scoring" and (_is_foundation(module) or module in EXPORT_READS)
+def test_every_package_of_the_distribution_is_a_stage_the_foundation_or_pipelines():
+    """A new top-level package is placed in the house on purpose (and so under these rules), never by accident."""
+    import tomllib
 
-    assert _violations("exporting", allowed) == []
+    found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert sorted(p.rstrip("*") for p in found) == sorted([FOUNDATION, *STAGES, "pipelines"])
 
 
-@pytest.mark.parametrize("stage", ["scoring", "selection", "training"])
-def test_no_stage_imports_the_export(stage):
-    assert _violations(stage, lambda path, module: _top(module) != "exporting") == []
-
-
-def test_scoring_imports_no_later_stage():
-    assert _violations("scoring", lambda path, module: _top(module) not in ("selection", "training", "pipelines")) == []
-
-
-def test_the_foundation_stands_on_its_own():
-    def allowed(path, module):
-        return _top(module) not in STAGES or _is_foundation(module)
-
-    assert _violations(FOUNDATION, allowed) == []
-
-
-def test_importing_the_foundation_and_a_stage_loads_no_machinery_of_another():
-    """At run time too: a Ray Train worker that imports training's modules must not load scoring's machinery."""
+def test_importing_the_foundation_and_a_stage_loads_no_other_stage():
+    """At run time too: a Ray Train worker that imports training's modules must not load another stage, and the
+    foundation loads no heavy library."""
     code = (
         "import sys, importlib, pkgutil\n"
-        "import scoring.foundation, training, selection\n"
-        "for pkg in (scoring.foundation,):\n"
-        "    for m in pkgutil.iter_modules(pkg.__path__):\n"
-        "        importlib.import_module(pkg.__name__ + '.' + m.name)\n"
+        "import hardfocus\n"
+        "for m in pkgutil.walk_packages(hardfocus.__path__, 'hardfocus.'):\n"
+        "    importlib.import_module(m.name)\n"
         f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})\n"
         "print('heavy', heavy)\n"
-        "for name in ('training.job', 'training.sources', 'training.data', 'training.store', 'selection.job'):\n"
+        "for name in ('training.job', 'training.sources', 'training.data', 'training.store', 'training.raw_shards',\n"
+        "             'selection.job', 'exporting.job'):\n"
         "    importlib.import_module(name)\n"
-        "machinery = sorted(m for m in sys.modules if m.startswith('scoring.') and not m.startswith('scoring.foundation'))\n"
-        "print('machinery', machinery)\n"
+        "others = sorted(m for m in sys.modules if m.split('.')[0] in ('scoring', 'pipelines'))\n"
+        "print('others', others)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     lines = dict(line.split(" ", 1) for line in out.splitlines())
     assert lines["heavy"] == "[]", "the foundation imports a heavy library at import time"
-    assert lines["machinery"] == "[]", "training or selection loads scoring's machinery"
+    assert lines["others"] == "[]", "training, selection or export loads scoring or pipelines"

@@ -13,8 +13,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
+from hardfocus.contracts.scores import mask_from_spans
 from pipelines.cli import app
-from scoring.foundation.scores import mask_from_spans
 from tests.conftest import CHATML_GENERATION, conversations, write_jsonl
 
 runner = CliRunner()

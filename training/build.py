@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 from transformers.utils import logging as hf_logging
 
-from scoring.foundation.tokenizers import pad_token_id
+from hardfocus.tokenizers import pad_token_id
 from training.checkpoints import MarkComplete, checkpoint_step
 from training.collator import PackedCollator, WeightedCollator
 from training.config import TrainConfig

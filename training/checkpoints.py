@@ -28,7 +28,7 @@ from pathlib import Path
 import fsspec
 from transformers import TrainerCallback
 
-from scoring.foundation.storage import commit_json, fsync_dir, fsync_tree
+from hardfocus.storage import commit_json, fsync_dir, fsync_tree
 
 log = logging.getLogger(__name__)
 

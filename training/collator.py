@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from scoring.foundation.scores import mask_from_spans
+from hardfocus.contracts.scores import mask_from_spans
 
 log = logging.getLogger(__name__)
 

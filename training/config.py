@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from scoring.foundation.sample_format import SampleFormat
+from hardfocus.sample_format import SampleFormat
 
 Weighting = Literal["none", "static", "online", "static+online"]
 Batching = Literal["auto", "grouped", "packed", "random"]

@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import torch
 from fsspec.core import url_to_fs
 
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.storage import prefetched
+from hardfocus.errors import HardfocusError
+from hardfocus.storage import prefetched
 from training.sources import TrainingSources, find_sources, training_rows
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """``hardfocus train`` as a library call: continual training on weighted shards, in this process or under Ray Train.
 
-The output is a stage directory (:mod:`training.output`, :mod:`scoring.foundation.stagedir`): its identity is the
+The output is a stage directory (:mod:`training.output`, :mod:`hardfocus.stagedir`): its identity is the
 settings, the model's fingerprint and the identity of the data (each source's marker), so a rerun of the same
 run on the same data finds it finished, an unfinished one resumes from its newest complete checkpoint, and any
 change is refused unless ``overwrite`` (then replaced). An output on an object store trains in a local staging
@@ -13,13 +13,13 @@ import logging
 import time
 from pathlib import Path
 
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.fingerprints import fingerprint_checkpoint, tokenizer_fingerprint
-from scoring.foundation.kinds import MODEL
-from scoring.foundation.models import cpu_has_bf16, resolve_model
-from scoring.foundation.stagedir import Opening, StageDir, refuse_overlap
-from scoring.foundation.storage import redact
-from scoring.foundation.versions import library_versions
+from hardfocus.errors import HardfocusError
+from hardfocus.fingerprints import fingerprint_checkpoint, tokenizer_fingerprint
+from hardfocus.kinds import MODEL
+from hardfocus.models import cpu_has_bf16, resolve_model
+from hardfocus.stagedir import Opening, StageDir, refuse_overlap
+from hardfocus.storage import redact
+from hardfocus.versions import library_versions
 from training.build import batching, build_trainer, training_arguments
 from training.checkpoints import checkpoint_step, finish_from_checkpoint, resumable_checkpoint
 from training.config import TrainConfig

@@ -1,4 +1,4 @@
-"""The model/ directory a training run writes: a stage directory (:mod:`scoring.foundation.stagedir`, kind
+"""The model/ directory a training run writes: a stage directory (:mod:`hardfocus.stagedir`, kind
 ``model``) and what a run's identity and result are.
 
 Layout: ``train_job.json`` (the identity, first), ``checkpoints/checkpoint-N`` (resumable Trainer checkpoints,
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from scoring.foundation.kinds import MODEL
+from hardfocus.kinds import MODEL
 from training.config import TrainConfig
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ import time
 
 from transformers import TrainerCallback
 
-from scoring.foundation.durations import duration
+from hardfocus.durations import duration
 
 log = logging.getLogger(__name__)
 

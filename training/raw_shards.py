@@ -13,18 +13,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from scoring.chat import check_chat_tokenizer, load_chat_template, template_sha256
-from scoring.foundation.cache import cache_dir
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.fingerprints import digest, tokenizer_fingerprint
-from scoring.foundation.kinds import TOKENS, identify
-from scoring.foundation.sample_format import Columns
-from scoring.foundation.scores import Status, loss_spans_array
-from scoring.foundation.stagedir import Opening, StageDir
-from scoring.foundation.storage import redact
-from scoring.foundation.tokenizers import load_tokenizer
-from scoring.sources import find_shards, read_shard
-from scoring.tokenize import tokenize_block
+from hardfocus.cache import cache_dir
+from hardfocus.chat import check_chat_tokenizer, load_chat_template, template_sha256
+from hardfocus.contracts.scores import Status, loss_spans_array
+from hardfocus.errors import HardfocusError
+from hardfocus.fingerprints import digest, tokenizer_fingerprint
+from hardfocus.kinds import TOKENS, identify
+from hardfocus.readers import find_shards, read_shard
+from hardfocus.sample_format import Columns
+from hardfocus.stagedir import Opening, StageDir
+from hardfocus.storage import redact
+from hardfocus.tokenize import tokenize_block
+from hardfocus.tokenizers import load_tokenizer
 from training.config import TrainConfig
 from training.sources import find_sources
 

@@ -21,8 +21,8 @@ from tempfile import TemporaryDirectory
 
 from transformers import TrainerCallback
 
-from scoring.foundation.console import native_stderr_to_file, quiet_ray_data_console
-from scoring.foundation.errors import HardfocusError
+from hardfocus.console import native_stderr_to_file, quiet_ray_data_console
+from hardfocus.errors import HardfocusError
 from training.checkpoints import COMPLETE_MARKER
 from training.config import TrainConfig
 from training.output import RAY_RESULTS
@@ -65,13 +65,11 @@ def fit_on_ray(cfg: TrainConfig, sources: TrainingSources, model_path: str, bf16
     from ray.train.torch import TorchTrainer
 
     if not ray.is_initialized():  # else a Ray job's driver, or the caller, has started it
-        import scoring.foundation
         import training
-        from scoring.foundation.ray_local import init_ray
+        from hardfocus.ray_local import init_ray
 
-        # a cluster gets the packages its workers import (scoring for its foundation); a local Ray listens on 127.0.0.1
-        scoring_dir = os.path.dirname(os.path.dirname(scoring.foundation.__file__))
-        init_ray(cfg.ray_address, packages=[scoring_dir, os.path.dirname(training.__file__)])
+        # a cluster gets the packages its workers import (and the foundation); a local Ray listens on 127.0.0.1
+        init_ray(cfg.ray_address, packages=[os.path.dirname(training.__file__)])
     quiet_ray_data_console()
     trainer = TorchTrainer(
         _worker_loop,

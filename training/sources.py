@@ -6,14 +6,14 @@ Ray Train path (:mod:`training.ray_train`) alike. It lists the parts and reads t
 themselves are read once, later, by whichever path trains, and each table or block of them goes
 through :func:`training_rows`, which does the row checks the footers cannot.
 
-A source is one of (as :func:`scoring.foundation.stagedir.identify` tells them apart)
-- ``selected``: ``summary.json`` (written last) and parts in the :mod:`scoring.foundation.selected` contract;
+A source is one of (as :func:`hardfocus.stagedir.identify` tells them apart)
+- ``selected``: ``summary.json`` (written last) and parts in the :mod:`hardfocus.contracts.selected` contract;
   an unfinished selection is refused;
-- ``scores``: ``manifest.json`` (written last) and parts in the :mod:`scoring.foundation.scores` contract; the
+- ``scores``: ``manifest.json`` (written last) and parts in the :mod:`hardfocus.contracts.scores` contract; the
   rows with status ``ok`` are trained on, with weight 1;
 - ``tokens``: raw shards tokenised by ``hardfocus train`` (``tokenized.json``), or any other directory of
   ``part-*.parquet`` with ``input_ids`` (``weight``, ``sample_id``, ``group`` and ``loss_spans`` optional).
-Every part may carry ``loss_spans`` (:data:`scoring.foundation.scores.LOSS_SPANS_TYPE`), or not (plain text).
+Every part may carry ``loss_spans`` (:data:`hardfocus.contracts.scores.LOSS_SPANS_TYPE`), or not (plain text).
 Each source's marker must count the parts and rows the directory holds, and gives the source's identity (part of
 the training run's) and the fingerprint of the tokenizer that made its ``input_ids``.
 """
@@ -30,20 +30,21 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.fingerprints import digest, manifest_digest
-from scoring.foundation.kinds import PathInfo, identify
-from scoring.foundation.scores import (
+from hardfocus.contracts.scores import (
     LOSS_SPANS_TYPE,
     SCORES_MANIFEST_FILE,
     PartCheck,
     ScoreManifest,
     Status,
     check_scores_schema,
+    manifest_digest,
 )
-from scoring.foundation.selected import SUMMARY_FILE, check_selected_schema
-from scoring.foundation.stagedir import refuse_repeated
-from scoring.foundation.storage import (
+from hardfocus.contracts.selected import SUMMARY_FILE, check_selected_schema
+from hardfocus.errors import HardfocusError
+from hardfocus.fingerprints import digest
+from hardfocus.kinds import PathInfo, identify
+from hardfocus.stagedir import refuse_repeated
+from hardfocus.storage import (
     file_version,
     fresh,
     fs_url,

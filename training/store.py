@@ -2,7 +2,7 @@
 
 ``save_pretrained``, the Trainer's checkpoints and Ray Train's storage write local files, so a run whose output
 is a URL trains into ``<cache>/train-staging/<hash of the URL>`` (a kill resumes there, on the same machine),
-while the output on the store holds the run's identity and lock (:mod:`scoring.foundation.stagedir`). Publishing
+while the output on the store holds the run's identity and lock (:mod:`hardfocus.stagedir`). Publishing
 removes the store's marker, uploads the model and its records (each object one PUT, each after checking the lock
 is still this run's), and writes ``train_manifest.json`` last: on the store that object is the completion marker,
 so a killed upload is never read as a finished model. :func:`fetch_model` brings a published model back into a
@@ -19,11 +19,11 @@ from pathlib import Path
 
 from fsspec.core import url_to_fs
 
-from scoring.foundation.cache import cache_dir
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.lock import waiting_lock
-from scoring.foundation.stagedir import StageDir
-from scoring.foundation.storage import commit_json, fresh, fsync_tree, read_json, redact, rename_durably
+from hardfocus.cache import cache_dir
+from hardfocus.errors import HardfocusError
+from hardfocus.lock import waiting_lock
+from hardfocus.stagedir import StageDir
+from hardfocus.storage import commit_json, fresh, fsync_tree, read_json, redact, rename_durably
 from training.output import RESUME_STATE, TRAIN_JOB_FILE, TRAIN_MANIFEST_FILE
 
 log = logging.getLogger(__name__)

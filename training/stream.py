@@ -31,8 +31,8 @@ import pyarrow.parquet as pq
 import torch
 from fsspec.core import url_to_fs
 
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.storage import file_version, redact
+from hardfocus.errors import HardfocusError
+from hardfocus.storage import file_version, redact
 from training.data import TokenDataset
 from training.sources import TrainingSources, trained_columns, training_rows
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback
 
-from scoring.foundation.errors import HardfocusError
+from hardfocus.errors import HardfocusError
 from training.progress import TrainProgress
 from training.stream import TrainingStream
 from training.weighting import StepWeighter, per_sample_nll, per_sample_nll_packed

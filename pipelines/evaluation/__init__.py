@@ -4,7 +4,7 @@ so the CLI reads :class:`EvalConfig` without importing the scoring stage."""
 
 from typing import TYPE_CHECKING
 
-from scoring.foundation.lazy import lazy_exports
+from hardfocus.lazy import lazy_exports
 
 _EXPORTS = {
     "EvalConfig": "pipelines.evaluation.config",

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from scoring.foundation.sample_format import LongDocuments, SampleFormat, check_long_documents
+from hardfocus.sample_format import LongDocuments, SampleFormat, check_long_documents
 
 
 class EvalConfig(SampleFormat):

@@ -1,7 +1,7 @@
 """``hardfocus eval``: score the held-out shards with each model (the scoring stage, resumable), then
 aggregate loss and perplexity per group (:mod:`pipelines.evaluation.tables`) and write ``eval.json``.
 
-The output is a stage directory (:mod:`scoring.foundation.stagedir`): ``eval_job.json`` holds its identity
+The output is a stage directory (:mod:`hardfocus.stagedir`): ``eval_job.json`` holds its identity
 (each model's fingerprint, the held-out shards as listed, the settings), ``scores-<name>/`` each model's
 held-out scores, ``eval.json`` is written last. A rerun with the same identity reads ``eval.json`` back; any
 change rescores what changed (each ``scores-<name>/`` resumes or is replaced by its own identity).
@@ -15,19 +15,19 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+from hardfocus.chat import load_chat_template, template_sha256
+from hardfocus.errors import HardfocusError
+from hardfocus.fingerprints import tokenizer_fingerprint
+from hardfocus.kinds import EVAL, MODEL, identify
+from hardfocus.models import resolve_model
+from hardfocus.readers import find_shards
+from hardfocus.stagedir import Opening, StageDir
+from hardfocus.storage import redact
+from hardfocus.tokenizers import load_tokenizer
 from pipelines.evaluation.config import EvalConfig
 from pipelines.evaluation.tables import ModelEval, group_perplexity, load_evaluation
 from scoring import ScoreConfig, score
-from scoring.chat import load_chat_template, template_sha256
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.fingerprints import tokenizer_fingerprint
-from scoring.foundation.kinds import EVAL, MODEL, identify
-from scoring.foundation.models import resolve_model
-from scoring.foundation.stagedir import Opening, StageDir
-from scoring.foundation.storage import redact
-from scoring.foundation.tokenizers import load_tokenizer
 from scoring.output import ScoresDir
-from scoring.sources import find_shards
 from training.store import fetch_model, is_url
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.scores import DOCUMENT_ID, Status
+from hardfocus.contracts.scores import DOCUMENT_ID, Status
+from hardfocus.errors import HardfocusError
 
 ALL = "(all)"
 MACRO = "(macro)"

@@ -60,7 +60,7 @@ def test_long_tail_lengths_have_the_asked_median_and_tail(speed):
 
 
 def test_long_tail_parts_are_a_token_directory_training_reads(speed, tmp_path):
-    from scoring.foundation.kinds import identify
+    from hardfocus.kinds import identify
     from training.sources import find_sources
 
     stream = np.arange(10_000, dtype=np.int32)

@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
+from hardfocus.readers import find_shards, iter_units, read_shard
+from hardfocus.sample_format import Columns
 from scoring import HardfocusError, ScoreConfig, score
-from scoring.foundation.sample_format import Columns
-from scoring.sources import find_shards, iter_units, read_shard
 from scoring.units import ShardTask
 from tests.conftest import ENGLISH, conversations, write_jsonl
 
@@ -53,9 +53,9 @@ def _lines(n: int, seed: int = 0) -> bytes:
 @pytest.mark.parametrize("suffix", [".jsonl.zst", ".jsonl.gz"])
 def test_a_compressed_shard_cut_short_is_an_unreadable_shard_in_both_modes(tmp_path, tiny_model_dir, suffix,
                                                                           monkeypatch):
-    import scoring.read_jsonl
+    import hardfocus.readers.jsonl
 
-    monkeypatch.setattr(scoring.read_jsonl, "_READ_BYTES", 16 * 1024)  # rows before the cut are read first
+    monkeypatch.setattr(hardfocus.readers.jsonl, "_READ_BYTES", 16 * 1024)  # rows before the cut are read first
     data = _lines(1200)
     packed = zstandard.ZstdCompressor().compress(data) if suffix.endswith("zst") else gzip.compress(data)
     path = tmp_path / "in" / f"cut{suffix}"
@@ -373,9 +373,9 @@ def test_a_huge_jsonl_line_is_skipped_without_being_held_whole(tmp_path):
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 64, 1 << 20])
 def test_jsonl_rows_are_the_same_whatever_the_chunks_the_stream_is_read_in(tmp_path, monkeypatch, chunk):
-    import scoring.read_jsonl
+    import hardfocus.readers.jsonl
 
-    monkeypatch.setattr(scoring.read_jsonl, "_READ_BYTES", chunk)
+    monkeypatch.setattr(hardfocus.readers.jsonl, "_READ_BYTES", chunk)
     long = b'{"text": "' + b"x" * 60 + b'"}'
     data = (b'{"text": "a"}\n\n   \t\n{"text": "b"}\r\n' + long + b"\n" + b" " * 100 + b'\n{"text": "c"}')
     for name, packed in (("d.jsonl", data), ("d.jsonl.zst", zstandard.ZstdCompressor().compress(data)),
@@ -459,7 +459,7 @@ def test_s3_shards_take_their_etag_from_the_listing_without_a_request_per_file(s
 
 
 def test_redact_hides_userinfo_and_secret_query_values_and_nothing_else():
-    from scoring.foundation.storage import redact
+    from hardfocus.storage import redact
 
     text = "cannot read 'https://alice:s3cr3t@host/x.jsonl?X-Amz-Signature=abc&X-Amz-Date=20260101&sig=q&token=t'"
     out = redact(text)

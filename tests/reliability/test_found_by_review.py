@@ -95,8 +95,8 @@ def test_overwrite_never_empties_a_directory_no_stage_wrote_that_holds_a_manifes
 def test_one_output_reached_through_a_symlink_has_one_lock(tmp_path):
     """The lock is `.NAME.lock` beside the path *as spelled*: a run writing `out/` and another writing `link/`
     (a symlink to out/) take two different locks and both write the same directory."""
-    from scoring.foundation.kinds import SELECTED
-    from scoring.foundation.stagedir import StageDir
+    from hardfocus.kinds import SELECTED
+    from hardfocus.stagedir import StageDir
     from selection import SelectConfig, select
     from tests.selection.fake_scores import write_scores
 
@@ -117,8 +117,8 @@ def test_an_output_spelled_with_a_trailing_dot_is_the_same_directory(tmp_path):
     output, another lock than `-o sel`'s), its staging directory `sel/...tmp-*`, and the final rename of `sel/.`
     fails with a raw `OSError: [Errno 16] Device or resource busy` (on the very first run too), leaving the
     staging directory inside the output."""
-    from scoring.foundation.kinds import SELECTED
-    from scoring.foundation.stagedir import StageDir
+    from hardfocus.kinds import SELECTED
+    from hardfocus.stagedir import StageDir
     from selection import SelectConfig, select
     from tests.selection.fake_scores import write_scores
 
@@ -288,8 +288,8 @@ def test_adding_a_model_to_an_evaluation_does_not_rescore_the_models_already_sco
 def test_train_removes_its_checkpoints_only_while_it_holds_the_output_lock(tmp_path, tiny_model_dir, monkeypatch):
     """After a run, `remove_checkpoints(local)` runs after `with out.locked()` has released the lock: a second run
     that took the lock meanwhile (a resume, a --overwrite) has its checkpoints deleted under it."""
-    from scoring.foundation.kinds import MODEL
-    from scoring.foundation.stagedir import StageDir
+    from hardfocus.kinds import MODEL
+    from hardfocus.stagedir import StageDir
     from tests.training.helpers import small_config
     from training import job, train
 
@@ -430,8 +430,8 @@ def test_a_workdir_under_home_written_with_a_tilde_is_not_a_directory_named_tild
 def test_taking_the_lock_never_truncates_the_file_a_planted_lock_symlink_points_to(tmp_path):
     """`_acquire_local` opens `.NAME.lock` with O_RDWR | O_CREAT (following a symlink), then `ftruncate`s it and
     writes its record: a `.out.lock` symlink left in a shared output parent truncates whatever file it names."""
-    from scoring.foundation.kinds import SCORES
-    from scoring.foundation.stagedir import StageDir
+    from hardfocus.kinds import SCORES
+    from hardfocus.stagedir import StageDir
 
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")

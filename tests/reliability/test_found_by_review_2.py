@@ -113,8 +113,8 @@ def test_two_trainings_on_the_same_raw_shards_share_the_cache_instead_of_refusin
     converted model), not refused."""
     import threading
 
-    from scoring.foundation.kinds import TOKENS
-    from scoring.foundation.stagedir import StageDir
+    from hardfocus.kinds import TOKENS
+    from hardfocus.stagedir import StageDir
     from training import train
 
     monkeypatch.setenv("HARDFOCUS_CACHE", str(tmp_path / "cache"))

@@ -1,5 +1,5 @@
 """Problems found by a fourth adversarial review, of ``selected/decisions/`` (a decision per scored row) and of Hugging
-Face ``save_to_disk`` directories / ``.arrow`` files as inputs (with :func:`scoring.source_rows.source_batches`).
+Face ``save_to_disk`` directories / ``.arrow`` files as inputs (with :func:`hardfocus.readers.source_rows.source_batches`).
 
 Each test fails on the code as reviewed, for the reason its docstring gives, and is marked ``xfail(strict=True)``
 so that the file stays green until the problem is fixed: remove the mark with the fix.
@@ -15,11 +15,11 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
+from hardfocus.contracts.decisions import decision_parts
+from hardfocus.readers import find_shards, iter_units, read_shard
+from hardfocus.readers.source_rows import source_batches
+from hardfocus.sample_format import Columns
 from scoring import HardfocusError
-from scoring.foundation.decisions import decision_parts
-from scoring.foundation.sample_format import Columns
-from scoring.source_rows import source_batches
-from scoring.sources import find_shards, iter_units, read_shard
 from selection import SelectConfig, select
 from tests.selection.fake_scores import write_scores, write_windowed_scores
 
@@ -64,7 +64,7 @@ def test_a_last_score_part_without_a_ranked_row_is_selected(tmp_path, case):
 
 def test_the_advised_overwrite_of_a_selection_made_before_decisions_writes_them(tmp_path):
     """A selection made before decisions/ existed is refused by ``hardfocus report``, ``hardfocus run``'s label table
-    and export with "run the same `hardfocus select` again with --overwrite" (scoring/foundation/decisions.py
+    and export with "run the same `hardfocus select` again with --overwrite" (hardfocus/contracts/decisions.py
     decision_parts). That advice is a dead end: the selection's identity is unchanged, so StageDir._decide answers
     COMPLETE (checked before ``overwrite``) and select logs "already holds this selection: nothing to do" and writes
     nothing, with or without --overwrite. The user cannot get decisions/ short of deleting the directory by hand;
@@ -94,7 +94,7 @@ def _two_selections_over(tmp_path):
 
 def test_a_decisions_part_put_in_another_ones_place_is_refused(tmp_path):
     """The footer record of a decisions part names the score part it decides ("scores": dir index, "part": name), so
-    that a part in the wrong place can be told; but decision_parts (scoring/foundation/decisions.py) only compares the
+    that a part in the wrong place can be told; but decision_parts (hardfocus/contracts/decisions.py) only compares the
     record's ``rows`` with the file. Two parts of the same row count swapped (a copy script, a hand repair) are read
     as valid: every reader (report, the run's label table, export) then gives rows 5-9 the bands of rows 10-14 and
     vice versa, while the part's own record says it belongs elsewhere."""

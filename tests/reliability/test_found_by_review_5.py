@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from hardfocus.readers.source_rows import source_batches
 from scoring import HardfocusError, ScoreConfig, score
-from scoring.source_rows import source_batches
 from selection import SelectConfig, select
 from tests.conftest import real_texts, write_jsonl
 from tests.exporting.helpers import read_parts, run_export, snapshot
@@ -75,7 +75,7 @@ def _clear_refusal_or_export(selected: Path, out: Path, **kw):
 
 
 def test_a_binary_text_column_exports_as_json_lines(tmp_path):
-    """Scoring reads a Parquet text column of type binary (UTF-8 bytes: ``scoring/read_parquet.py`` accepts binary
+    """Scoring reads a Parquet text column of type binary (UTF-8 bytes: ``hardfocus/readers/parquet.py`` accepts binary
     and large_binary text and decodes it), so such a corpus scores and selects normally. ``--format jsonl`` (or
     ``jsonl.zst``) of it dies inside ``exporting/formats.write_table``: ``pl.from_arrow(table).write_ndjson`` hits a
     Rust ``todo!()`` for BinaryView and raises ``pyo3_runtime.PanicException`` (a BaseException, so not even the CLI's
@@ -96,7 +96,7 @@ def test_a_binary_text_column_exports_as_json_lines(tmp_path):
 @pytest.mark.parametrize("resample", [None, 2.0], ids=["direct", "resample"])
 def test_an_always_empty_json_object_exports_to_parquet(tmp_path, resample):
     """A JSON Lines field that is ``{}`` in every row (``"meta": {}``, common in scraped corpora) is inferred by
-    ``scoring/source_rows.py`` as ``struct<>``, which Parquet cannot store: the Parquet export (the default format)
+    ``hardfocus/readers/source_rows.py`` as ``struct<>``, which Parquet cannot store: the Parquet export (the default format)
     and every ``--resample`` export (its phase-one files are Parquet whatever ``--format``) die in
     ``pq.write_table`` with ``ArrowNotImplementedError: Cannot write struct type 'meta' with no child field``, a
     traceback, and nothing can be exported from such a shard. Expected: the rows exported (the column kept, e.g. as
@@ -237,7 +237,7 @@ def test_an_output_inside_the_scored_input_directory_is_refused(tmp_path):
     and ``export_job.json``, which it takes for JSON Lines), so every kept row is scored, selected and trained on
     twice. Every other stage refuses to write where it reads (stagedir.refuse_overlap); export knows the input
     shards' URLs and their relative paths, so it knows the scored directory and should refuse it too."""
-    from scoring.sources import find_shards
+    from hardfocus.readers import find_shards
 
     shard = _jsonl(tmp_path / "corpus" / "e.jsonl", [{"text": f"doc {i}"} for i in range(30)])
     sel = _selection(tmp_path, shard, 30)

@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from hardfocus.contracts.scores import LOSS_SPANS_TYPE
 from scoring import HardfocusError
-from scoring.foundation.scores import LOSS_SPANS_TYPE
 from tests.selection.fake_scores import write_scores
 from tests.training.helpers import (
     max_param_diff,

@@ -67,7 +67,7 @@ def test_raw_eval_shards_are_not_the_training_shards_tokens(tmp_path, tiny_model
 
 
 def test_an_unknown_model_is_one_line_of_error(tmp_path):
-    """scoring/foundation/models.py (_hub_snapshot): the error for a model spec that is no alias, file, directory or
+    """hardfocus/models.py (_hub_snapshot): the error for a model spec that is no alias, file, directory or
     reachable hub id embeds the hub's exception text, which holds a newline, so ``hardfocus train`` prints it over
     two lines ("... (LocalEntryNotFoundError: Got: ConnectError: ...\\nAn error happened while trying to locate the
     files on the Hub, ...)"). Expected: one line of error (the first line of the hub's reason at most), exit 2,
@@ -160,9 +160,9 @@ def test_the_model_alias_stays_the_alias_for_rays_workers(tmp_path, monkeypatch)
     resolves that folder instead: "model directory ... has no config.json", or, where it holds a checkpoint, "model
     ... resolves to different weights on this node"; scoring on Ray fails where ``--executor local`` works.
     Expected: the workers get the spec the driver resolved (the alias stays the alias)."""
+    from hardfocus.models import SMOLLM2_ALIAS
     from scoring import ScoreConfig
     from scoring.executors import with_absolute_paths
-    from scoring.foundation.models import SMOLLM2_ALIAS
 
     monkeypatch.chdir(tmp_path)
     Path(SMOLLM2_ALIAS).mkdir()

@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import ray
 
-from scoring.foundation.ray_local import init_ray
+from hardfocus.ray_local import init_ray
 
 
 def listening_inodes():
@@ -165,8 +165,8 @@ def test_a_local_ray_that_starts_too_slowly_is_one_error_line(monkeypatch, tmp_p
     HardfocusError line saying what happened and that the same command resumes; other errors of ray.init pass."""
     import ray
 
+    from hardfocus.ray_local import init_ray
     from scoring import HardfocusError
-    from scoring.foundation.ray_local import init_ray
 
     def slow_node(*args, **kwargs):
         raise Exception("The current node timed out during startup. This could happen because some of the raylet "

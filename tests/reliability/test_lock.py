@@ -21,9 +21,9 @@ from email.utils import parsedate_to_datetime
 import fsspec
 import pytest
 
-from scoring.foundation import lock as lock_module
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.lock import OutputLock
+from hardfocus import lock as lock_module
+from hardfocus.errors import HardfocusError
+from hardfocus.lock import OutputLock
 from tests.s3 import names, s3_fs
 
 HOUR = 3600.0
@@ -84,7 +84,7 @@ class _Clock:
 
 def _check_in_subprocess(fence: lock_module.Fence) -> str:
     """``fence.check()`` in a new process that has nothing but the pickled fence: "ok" or the error's message."""
-    script = ("import pickle, sys\nfrom scoring.foundation.errors import HardfocusError\n"
+    script = ("import pickle, sys\nfrom hardfocus.errors import HardfocusError\n"
               "fence = pickle.loads(sys.stdin.buffer.read())\n"
               "try:\n    fence.check()\n    print('ok')\nexcept HardfocusError as e:\n    print('error:', e)\n")
     done = subprocess.run([sys.executable, "-c", script], input=pickle.dumps(fence), capture_output=True,
@@ -131,7 +131,7 @@ def test_a_live_owner_in_another_pid_namespace_is_not_taken_over(s3_url, caplog)
     # the same record in our namespace and boot: its process is gone, taken over at once
     fs.pipe_file(path, _record(host, pid, "theirs", boot_id=boot, pid_namespace=ns))
     lock = OutputLock(s3_fs(), path)
-    with caplog.at_level("WARNING", logger="scoring.foundation.lock"):
+    with caplog.at_level("WARNING", logger="hardfocus.lock"):
         lock.acquire()
     try:
         assert _token(fs, path) == lock.token

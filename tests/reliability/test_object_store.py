@@ -16,9 +16,9 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from hardfocus.lock import OutputLock
 from pipelines.cli import app
 from scoring import HardfocusError, ScoreConfig, score
-from scoring.foundation.lock import OutputLock
 from selection import SelectConfig, select
 from tests.s3 import BUCKET, download, names, s3_fs, upload
 from tests.scoring.helpers import assert_same_scores, make_corpus, read_scores
@@ -136,7 +136,7 @@ def _wait_until_old(path: str, ttl_s: float) -> None:
     """Until the store says the object at ``path`` is older than ``ttl_s`` (its Date against its Last-Modified)."""
     from email.utils import parsedate_to_datetime
 
-    from scoring.foundation.lock import TIMESTAMP_RESOLUTION_S
+    from hardfocus.lock import TIMESTAMP_RESOLUTION_S
 
     fs, deadline = s3_fs(), time.monotonic() + 60
     bucket, key, _ = fs.split_path(path)
@@ -337,7 +337,7 @@ def test_sigkill_of_a_score_run_on_s3_then_rerun(corpus, s3_url, tmp_path, tiny_
     assert parts_before and "manifest.json" not in before
     assert _lock_record(out)["pid"] == proc.pid  # the killed run's lock is left behind
 
-    with caplog.at_level("WARNING", logger="scoring.foundation.lock"):  # the rerun, in-process (saves a CLI start)
+    with caplog.at_level("WARNING", logger="hardfocus.lock"):  # the rerun, in-process (saves a CLI start)
         score(_cfg(corpus["in"], out, tiny_model_dir, rows_per_unit=5), progress=False)
     assert f"process {proc.pid} on this host is gone" in caplog.text  # the dead owner's lock was taken over at once
     after = names(out)

@@ -239,7 +239,7 @@ def test_commits_sync_the_file_then_rename_then_sync_the_directory(tmp_path, mon
     """What makes a commit survive a power cut: without the fsyncs, a renamed file can come back empty."""
     import fsspec
 
-    from scoring.foundation import storage
+    from hardfocus import storage
 
     calls = []
     real_fsync, real_replace = os.fsync, os.replace
@@ -295,8 +295,8 @@ def test_eval_reads_each_models_tokenizer_from_its_resolved_checkpoint(tmp_path,
     import pipelines.evaluation.job as evaluate_module
     import scoring.job as job_module
     import scoring.units as units_module
+    from hardfocus.models import resolve_model
     from pipelines.evaluation.config import EvalConfig
-    from scoring.foundation.models import resolve_model
     from tests.conftest import write_jsonl
 
     def aliased(spec: str):

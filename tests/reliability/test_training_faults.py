@@ -220,7 +220,7 @@ def test_a_run_killed_after_its_last_checkpoint_finishes_without_another_step(ti
 def test_fetch_model_refuses_a_key_that_leads_outside_its_directory(s3_url, tmp_path, monkeypatch):
     import boto3
 
-    from scoring.foundation.cache import cache_dir
+    from hardfocus.cache import cache_dir
     from tests.s3 import BUCKET, s3_fs
     from training.store import fetch_model
 

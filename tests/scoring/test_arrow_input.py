@@ -12,10 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from hardfocus.readers import check_columns, find_shards, iter_units, read_shard
+from hardfocus.readers.source_rows import source_batches
+from hardfocus.sample_format import Columns
 from scoring import HardfocusError, ScoreConfig, score
-from scoring.foundation.sample_format import Columns
-from scoring.source_rows import source_batches
-from scoring.sources import check_columns, find_shards, iter_units, read_shard
 from tests.conftest import conversations, real_texts
 from tests.scoring.helpers import read_scores, reference_losses
 
@@ -55,7 +55,7 @@ def test_a_saved_dataset_scores_as_the_same_rows_as_parquet_do(tmp_path, tiny_mo
     (tmp_path / "pq").mkdir()
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pq" / "all.parquet", row_group_size=8)
 
-    caplog.set_level(logging.INFO, logger="scoring.sources")
+    caplog.set_level(logging.INFO, logger="hardfocus.readers")
     common = dict(id_column="doc", group_column="domain")
     arrow = score(_cfg(tmp_path, tiny_model_dir, [tmp_path / "hf"], "s_arrow", **common), progress=False).manifest
     parquet = score(_cfg(tmp_path, tiny_model_dir, [tmp_path / "pq"], "s_pq", **common), progress=False).manifest
@@ -120,7 +120,7 @@ def test_a_dataset_dict_scores_each_split_and_selects(tmp_path, tiny_model_dir):
 def test_only_the_data_files_state_json_lists_are_shards(tmp_path, caplog):
     _dataset(_rows(12)).save_to_disk(str(tmp_path / "hf"))
     cache = _cache_file(tmp_path / "hf")
-    caplog.set_level(logging.INFO, logger="scoring.sources")
+    caplog.set_level(logging.INFO, logger="hardfocus.readers")
     (shard,) = find_shards([str(tmp_path / "hf")])  # not the cache, not state.json / dataset_info.json as JSON Lines
     assert shard.rel == "data-00000-of-00001.arrow" and shard.format == "arrow"
     assert [r.levelno for r in caplog.records if "left out" in r.message] == [logging.INFO]

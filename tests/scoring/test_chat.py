@@ -13,10 +13,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from scoring.chat import encode_conversation
+from hardfocus.chat import encode_conversation
+from hardfocus.contracts.scores import Status, mask_from_spans, spans_from_mask
+from hardfocus.errors import HardfocusError
 from scoring.config import ScoreConfig
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.scores import Status, mask_from_spans, spans_from_mask
 from scoring.job import score
 from tests.conftest import CHATML, CHATML_GENERATION, conversations, write_jsonl
 
@@ -184,8 +184,8 @@ def test_plain_text_scores_keep_their_schema_and_a_missing_column_names_the_flag
 
 
 def test_parquet_messages_read_as_jsonl_does_and_a_wrong_column_type_is_named(tmp_path):
-    from scoring.foundation.sample_format import Columns
-    from scoring.sources import check_columns, find_shards, iter_units
+    from hardfocus.readers import check_columns, find_shards, iter_units
+    from hardfocus.sample_format import Columns
 
     convs = conversations(9, seed=9)
     pq.write_table(pa.Table.from_pylist([{"messages": m} for m in convs]), tmp_path / "c.parquet", row_group_size=4)

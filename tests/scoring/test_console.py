@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from scoring.foundation.console import native_stderr_to_file
+from hardfocus.console import native_stderr_to_file
 from tests.scoring.helpers import make_corpus
 
 RAY_LINES = ("core_worker", "Execution plan", "Progress bars disabled", "Token authentication", "Full logs are in")

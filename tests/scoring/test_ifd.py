@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from scoring.chat import encode_conversation
+from hardfocus.chat import encode_conversation
+from hardfocus.contracts.scores import Status
+from hardfocus.errors import HardfocusError
 from scoring.config import ScoreConfig
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.scores import Status
 from scoring.job import score
 from scoring.output import ScoresDir
 from tests.conftest import CHATML, CHATML_GENERATION, conversations, real_texts, write_jsonl

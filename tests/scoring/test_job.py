@@ -7,9 +7,9 @@ import os
 
 import pytest
 
+from hardfocus.readers import find_shards
 from scoring import HardfocusError, ScoreConfig, score
 from scoring.output import ScoresDir
-from scoring.sources import find_shards
 from scoring.units import shard_digest
 from tests.scoring.helpers import make_corpus, read_scores, reference_losses
 

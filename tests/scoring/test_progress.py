@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 
 import scoring.progress
 import scoring.units
+from hardfocus.models import resolve_model
+from hardfocus.readers import find_shards
 from scoring import ScoreConfig, score
-from scoring.foundation.models import resolve_model
-from scoring.sources import find_shards
 from scoring.units import ShardTask, UnitScorer, part_name, read_shard_task
 from tests.scoring.helpers import make_corpus
 

@@ -9,9 +9,9 @@ import polars as pl
 import pytest
 import torch
 
+from hardfocus.models import SMOLLM2_ALIAS, resolve_model, smollm2_gguf_path
+from hardfocus.tokenizers import load_tokenizer
 from scoring import ScoreConfig, score
-from scoring.foundation.models import SMOLLM2_ALIAS, resolve_model, smollm2_gguf_path
-from scoring.foundation.tokenizers import load_tokenizer
 from scoring.model import resolve_dtype
 from tests.conftest import ENGLISH, write_jsonl
 
@@ -79,8 +79,8 @@ def test_prose_scores_lower_than_shuffled_gibberish_on_ray(tmp_path, smollm2, lo
 def test_smollm2_chat_template_from_the_gguf_masks_the_assistant_turns(tmp_path, smollm2):
     """The GGUF's own ChatML template: the scored tokens decode to the replies, and a real reply scores lower
     than the same reply with its words shuffled (response-only loss, executor local, bf16 where native)."""
-    from scoring.chat import encode_conversation
-    from scoring.foundation.scores import spans_from_mask
+    from hardfocus.chat import encode_conversation
+    from hardfocus.contracts.scores import spans_from_mask
 
     tokenizer = load_tokenizer(smollm2.path)
     assert "<|im_start|>" in tokenizer.chat_template

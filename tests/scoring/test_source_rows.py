@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.sample_format import Columns
-from scoring.source_rows import source_batches
-from scoring.sources import find_shards, read_shard
+from hardfocus.errors import HardfocusError
+from hardfocus.readers import find_shards, read_shard
+from hardfocus.readers.source_rows import source_batches
+from hardfocus.sample_format import Columns
 
 N = 37
 ROWS = [{"text": f"document {i} " + "word " * (i % 5), "n": i, "score": i / 3, "tags": [f"t{i}"] * (i % 3),

@@ -12,9 +12,9 @@ import pytest
 import zstandard
 from fsspec.implementations.local import LocalFileSystem
 
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.sample_format import Columns
-from scoring.sources import check_columns, find_shards, iter_units, read_shard
+from hardfocus.errors import HardfocusError
+from hardfocus.readers import check_columns, find_shards, iter_units, read_shard
+from hardfocus.sample_format import Columns
 
 ROWS = [{"text": f"document number {i}", "doc": f"id-{i}", "src": "web" if i % 2 else "code"} for i in range(23)]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from scoring.foundation.tokenizers import load_tokenizer
-from scoring.tokenize import tokenize_texts
+from hardfocus.tokenize import tokenize_texts
+from hardfocus.tokenizers import load_tokenizer
 
 
 @pytest.fixture(scope="module")

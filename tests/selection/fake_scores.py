@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from scoring.foundation.scores import ScoreManifest, ShardInfo, scores_table
-from scoring.foundation.versions import library_versions
+from hardfocus.contracts.scores import ScoreManifest, ShardInfo, scores_table
+from hardfocus.versions import library_versions
 
 
 def write_scores(

@@ -11,10 +11,10 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
+from hardfocus.contracts.decisions import DECISIONS_SCHEMA, decision_parts
+from hardfocus.errors import HardfocusError
+from hardfocus.sample_format import Columns
 from pipelines.labels import band_labels
-from scoring.foundation.decisions import DECISIONS_SCHEMA, decision_parts
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.sample_format import Columns
 from selection import SelectConfig, select
 from selection.job import build_report
 from tests.selection.fake_scores import write_scores, write_windowed_scores

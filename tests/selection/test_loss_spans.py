@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from hardfocus.contracts.scores import LOSS_SPANS_TYPE, spans_from_mask
+from hardfocus.contracts.selected import SELECTED_SCHEMA, check_selected_schema, selected_schema
 from scoring import HardfocusError
-from scoring.foundation.scores import LOSS_SPANS_TYPE, spans_from_mask
 from selection import SelectConfig, select
-from selection.schema import SELECTED_SCHEMA, check_selected_schema, selected_schema
 from tests.selection.fake_scores import write_scores
 
 

@@ -13,10 +13,10 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.kinds import SELECTED
-from scoring.foundation.lock import Fence
-from scoring.foundation.stagedir import StageDir
+from hardfocus.errors import HardfocusError
+from hardfocus.kinds import SELECTED
+from hardfocus.lock import Fence
+from hardfocus.stagedir import StageDir
 from selection import SelectConfig, select
 from selection.job import selection_identity
 from selection.scores import open_scores
@@ -87,7 +87,7 @@ def test_ray_workers_write_a_selection_to_an_object_store(tmp_path, local_ray, s
 @pytest.mark.ray
 def test_ray_workers_stop_writing_once_the_lock_changed_hands(tmp_path, local_ray, monkeypatch):
     """The driver does not check the lock during a Ray write pass: each worker checks the fence it was given."""
-    from scoring.foundation import stagedir
+    from hardfocus import stagedir
 
     scores = _scores(tmp_path)
     real = stagedir.StageDir.fence

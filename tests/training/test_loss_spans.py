@@ -14,8 +14,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from hardfocus.contracts.scores import LOSS_SPANS_TYPE, mask_from_spans, spans_from_mask
 from scoring import HardfocusError
-from scoring.foundation.scores import LOSS_SPANS_TYPE, mask_from_spans, spans_from_mask
 from tests.selection.fake_scores import write_scores
 from tests.training.helpers import mixed_length_sequences, small_config, write_selected
 from training import train

@@ -7,7 +7,7 @@ import logging
 import pytest
 from transformers import TrainerControl, TrainerState
 
-from scoring.foundation.durations import duration
+from hardfocus.durations import duration
 from training.progress import TrainProgress
 
 

@@ -1,7 +1,7 @@
 """Samples to token ids, once, with truncation flagged and degenerate samples given a status.
 
 Plain text here; conversations (rendered with the chat template, response-only targets) in
-:mod:`scoring.chat`. :func:`tokenize_block` picks the one the input format needs.
+:mod:`hardfocus.chat`. :func:`tokenize_block` picks the one the input format needs.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scoring.chat import IfdTurn, encode_conversations
-from scoring.foundation.scores import Status
-from scoring.sources import RowBlock
+from hardfocus.chat import IfdTurn, encode_conversations
+from hardfocus.contracts.scores import Status
+from hardfocus.readers import RowBlock
 
 # A token of a byte-level BPE rarely covers more than a few dozen characters, so cutting the text
 # at this many characters per wanted token avoids tokenising a 5 MB document in full; when the cut
@@ -27,7 +27,7 @@ class Tokenized:
 
     ``targets`` (conversations only) holds each sample's mask of scored target tokens; None means
     every token but the first, as for plain text. ``n_bytes``: the UTF-8 bytes the kept tokens cover
-    (the text; a conversation's assistant turns). ``ifd_turns``: see :mod:`scoring.chat`.
+    (the text; a conversation's assistant turns). ``ifd_turns``: see :mod:`hardfocus.chat`.
     """
 
     input_ids: list[np.ndarray]

@@ -1,13 +1,18 @@
-"""A shard (one input file) and the rows read from it: what the readers (:mod:`scoring.read_parquet`,
-:mod:`scoring.read_jsonl`, :mod:`scoring.read_arrow`) produce, and how a row's cells become a sample or a status."""
+"""A shard (one input file) and the rows read from it: what the readers (:mod:`hardfocus.readers.parquet`,
+:mod:`hardfocus.readers.jsonl`, :mod:`hardfocus.readers.arrow`) produce, how a row's cells become a sample or a status,
+and :class:`ShardReader`, what each of them offers the one table of formats (:mod:`hardfocus.readers.formats`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
 
-from scoring.foundation.sample_format import Columns, Message
-from scoring.foundation.scores import ERROR_PREFIX, Status
+import pyarrow as pa
+
+from hardfocus.contracts.scores import ERROR_PREFIX, Status
+from hardfocus.sample_format import Columns, Message
+
+MAX_ROW_BYTES = 64 << 20  # the default --max-row-bytes: a row over it gets a status instead of being parsed
 
 
 def over_cap(size: int, cap: int) -> str:
@@ -22,7 +27,7 @@ def one_line(exc: BaseException) -> str:
 @dataclass(frozen=True)
 class Shard:
     """One input file. ``url`` is what fsspec opens (credentials included: name it in a message only through
-    :func:`scoring.foundation.storage.redact`); ``rel`` names it in sample ids.
+    :func:`hardfocus.storage.redact`); ``rel`` names it in sample ids.
 
     ``modified``: what the listing says about the file's version, an opaque string to compare for equality only:
     locally ``st_mtime_ns`` (as a decimal string); elsewhere the ETag (or etag, generation), else the last-modified
@@ -33,7 +38,7 @@ class Shard:
 
     url: str
     rel: str
-    format: Literal["parquet", "jsonl", "arrow"]
+    format: str  # a name of the table of formats (:data:`hardfocus.readers.formats.READERS`)
     compression: str | None
     size: int
     modified: str | None = None
@@ -123,3 +128,45 @@ def messages_value(value, name: str) -> tuple[list[Message] | None, str | None]:
 
 def str_or_none(value) -> str | None:
     return None if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class ShardReader:
+    """What one input format offers every stage: its file names, a cheap early check of the configured columns, the
+    rows as scoring reads them (a unit's samples, each with a status where it cannot be read), and the rows as they
+    are (every source column unchanged, for export). Row indices are the same in both."""
+
+    name: str
+    suffixes: tuple[str, ...]  # a file is a shard of this format when its (lower-cased) name ends so
+    compressions: dict[str, str]  # the compressed forms it also reads: name ending -> compression
+    check_columns: Callable[[Shard, Columns], None]
+    # (shard, columns, rows per unit, unit starts to skip, the cap on a row's bytes) -> the units, in order
+    units: Callable[[Shard, Columns, int, frozenset[int], int], Iterator[UnitRows]]
+    # (shard, start, stop or None, rows per table, rows to leave unparsed) -> (first row, table), in order
+    rows: Callable[[Shard, int, int | None, int, frozenset[int]], Iterator[tuple[int, pa.Table]]]
+
+
+def rebatched(batches: Iterable[tuple[int, pa.RecordBatch]], start: int, stop: int | None,
+              batch_rows: int) -> Iterator[tuple[int, pa.Table]]:
+    """The rows [start, stop) of consecutive (first row, batch) pairs, as tables of ``batch_rows`` rows (the last
+    one shorter)."""
+    held: list[pa.RecordBatch] = []
+    have, first = 0, start
+    for offset, batch in batches:
+        lo = max(start - offset, 0)
+        hi = batch.num_rows if stop is None else min(batch.num_rows, stop - offset)
+        if hi <= lo:
+            if stop is not None and offset >= stop:
+                break
+            continue
+        held.append(batch.slice(lo, hi - lo))
+        have += hi - lo
+        while have >= batch_rows:
+            table = pa.Table.from_batches(held)
+            yield first, table.slice(0, batch_rows)
+            rest = table.slice(batch_rows)
+            held, have, first = rest.to_batches(), rest.num_rows, first + batch_rows
+        if stop is not None and offset + batch.num_rows >= stop:
+            break
+    if have:
+        yield first, pa.Table.from_batches(held)

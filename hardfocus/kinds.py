@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from fsspec.core import url_to_fs
 
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.storage import fresh, list_names, normalized, read_json, redact
+from hardfocus.errors import HardfocusError
+from hardfocus.storage import fresh, list_names, normalized, read_json, redact
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.sample_format import Columns
-from scoring.foundation.storage import redact
-from scoring.shard import UNDECODABLE, RowBlock, Shard, UnitRows, null_id, one_line, over_cap, sample_value, str_or_none
+from hardfocus.errors import HardfocusError
+from hardfocus.readers.shard import (
+    UNDECODABLE,
+    RowBlock,
+    Shard,
+    UnitRows,
+    null_id,
+    one_line,
+    over_cap,
+    rebatched,
+    sample_value,
+    str_or_none,
+)
+from hardfocus.sample_format import Columns
+from hardfocus.storage import redact
 
 _PARQUET_BATCH_ROWS = 1 << 16  # the most rows asked of pyarrow at once (fewer when a unit is smaller)
 
@@ -47,6 +58,15 @@ def check_parquet_columns(shard: Shard, schema: pa.Schema, columns: Columns) -> 
             raise HardfocusError(redact(
                 f"column '{name}' of shard {shard.url} is {kind}, not text; pass the right column with {flag}"
             ))
+
+
+def check_columns(shard: Shard, columns: Columns) -> None:
+    """The configured columns against the shard's footer (one small read)."""
+    pf = parquet_file(shard)
+    try:
+        check_parquet_columns(shard, pf.schema_arrow, columns)
+    finally:
+        pf.close(force=True)
 
 
 def parquet_units(shard: Shard, columns: Columns, n: int, skip: frozenset[int], cap: int) -> Iterator[UnitRows]:
@@ -104,6 +124,23 @@ def parquet_batches(shard: Shard, pf: pq.ParquetFile, groups: list[int], bounds:
             ))
 
 
+def parquet_rows(shard: Shard, start: int, stop: int | None, batch_rows: int,
+                 skip: frozenset[int]) -> Iterator[tuple[int, pa.Table]]:
+    """Rows [start, stop) with every column, as they are; only the row groups holding them are read."""
+    pf = parquet_file(shard)
+    bounds = [0]
+    for g in range(pf.metadata.num_row_groups):
+        bounds.append(bounds[-1] + pf.metadata.row_group(g).num_rows)
+    end = bounds[-1] if stop is None else min(stop, bounds[-1])
+    groups = [g for g in range(len(bounds) - 1) if bounds[g + 1] > start and bounds[g] < end]
+    batches = parquet_batches(shard, pf, groups, bounds, None, batch_rows)
+    try:
+        yield from rebatched(batches, start, stop, batch_rows)
+    finally:
+        batches.close()
+        pf.close(force=True)
+
+
 def block_from_table(table: pa.Table, columns: Columns, cap: int) -> RowBlock:
     n = table.num_rows
     size = np.zeros(n, dtype=np.int64)
@@ -123,8 +160,6 @@ def block_from_table(table: pa.Table, columns: Columns, cap: int) -> RowBlock:
             value, status = sample_value([f[i] for f in fields], columns)
             block.append(value, str_or_none(id_), str_or_none(group), status)
     return block
-
-
 
 
 def _cell_bytes(array: pa.Array) -> np.ndarray:
@@ -167,7 +202,5 @@ def _decoded_column(values: list) -> list:
                 v = UNDECODABLE
         out.append(v)
     return out
-
-
 
 

@@ -20,9 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.fingerprints import digest
-from scoring.foundation.storage import fs_url, list_names, prefetched, read_json, redact
+from hardfocus.errors import HardfocusError
+from hardfocus.fingerprints import digest
+from hardfocus.storage import fs_url, list_names, prefetched, read_json, redact
 
 DECISIONS_DIR = "decisions"
 DROPPED, KEPT, EASY, EXCLUDED = "dropped", "kept", "easy", "excluded"
@@ -87,7 +87,7 @@ def decision_parts(selected: str) -> list[tuple[str, dict]]:
     """(URL, footer record) of each decisions part of a complete selected/ directory, in order, checked: as many as
     its summary counts, each whole, of this contract, holding the rows its record says. A selection made before
     decisions/ existed is refused with the command that makes one."""
-    from scoring.foundation.kinds import identify  # kinds imports storage only; keep this module light for workers
+    from hardfocus.kinds import identify  # kinds imports storage only; keep this module light for workers
 
     found = identify(selected)
     if found.kind != "selected" or not found.complete:

@@ -1,7 +1,7 @@
 """Package exports imported on first use (PEP 562), so a light import stays light.
 
 ``hardfocus --help``, ``hardfocus submit`` and a config check need the config classes, not torch,
-transformers and the Trainer (7 s of imports on a 2-core machine); ``import scoring.foundation.errors`` must not pay
+transformers and the Trainer (7 s of imports on a 2-core machine); ``import hardfocus.errors`` must not pay
 for ``scoring.job``.
 """
 

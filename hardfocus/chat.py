@@ -38,9 +38,9 @@ from pathlib import Path
 import jinja2
 import numpy as np
 
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.sample_format import Message
-from scoring.foundation.scores import ERROR_PREFIX, Status
+from hardfocus.contracts.scores import ERROR_PREFIX, Status
+from hardfocus.errors import HardfocusError
+from hardfocus.sample_format import Message
 
 ASSISTANT = "assistant"
 SYSTEM = "system"
@@ -171,7 +171,7 @@ def _encode_truncated(
     return encoded
 
 
-# A token rarely covers more characters than this (scoring.tokenize cuts texts with a bound of 32): a conversation
+# A token rarely covers more characters than this (hardfocus.tokenize cuts texts with a bound of 32): a conversation
 # with more characters than this many per wanted token is not rendered whole, as it is going to lose leading turns.
 _CHARS_PER_TOKEN_GUESS = 16
 

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from scoring.foundation.cache import cache_dir
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.fingerprints import fingerprint_checkpoint, sha256_file
-from scoring.foundation.lock import waiting_lock
-from scoring.foundation.storage import fsync_tree, rename_durably
+from hardfocus.cache import cache_dir
+from hardfocus.errors import HardfocusError
+from hardfocus.fingerprints import fingerprint_checkpoint, sha256_file
+from hardfocus.lock import waiting_lock
+from hardfocus.storage import fsync_tree, rename_durably
 
 log = logging.getLogger(__name__)
 

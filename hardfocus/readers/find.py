@@ -1,5 +1,5 @@
-"""Find input shards and read row ranges of them (the readers: :mod:`scoring.read_parquet`, :mod:`scoring.read_jsonl`,
-:mod:`scoring.read_arrow`).
+"""Find input shards: files, directories and globs expanded into :class:`~hardfocus.readers.shard.Shard`\ s, each of
+a format of the one table (:mod:`hardfocus.readers.formats`).
 
 A shard is one Parquet, Arrow IPC (``.arrow``) or JSON Lines file (plain, ``.gz``, ``.zst``), local or any fsspec URL.
 A row is a Parquet row, an Arrow row or a non-blank JSONL line; its index is stable across runs, so the
@@ -17,27 +17,18 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
-from collections.abc import Iterator
-from typing import Literal
 
 from fsspec.core import url_to_fs
 
-from scoring.config import MAX_ROW_BYTES
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.sample_format import Columns
-from scoring.foundation.storage import file_version, fs_protocol, fs_url, redact
-from scoring.read_arrow import arrow_units, check_arrow_columns
-from scoring.read_jsonl import PEEK_BYTES, PEEK_LINE_BYTES, Oversized, check_first_json_row, jsonl_lines, jsonl_units
-from scoring.read_parquet import check_parquet_columns, parquet_file, parquet_units
-from scoring.shard import RowBlock, Shard, UnitRows, one_line
+from hardfocus.errors import HardfocusError
+from hardfocus.readers.formats import FORMATS_TEXT, shard_format
+from hardfocus.readers.shard import Shard, one_line
+from hardfocus.storage import file_version, fs_protocol, fs_url, redact
 
-__all__ = ["RowBlock", "Shard", "UnitRows", "check_columns", "find_shards", "iter_units", "read_shard", "shard_format"]
+__all__ = ["find_shards"]
 
 log = logging.getLogger(__name__)
 
-_COMPRESSION = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
-_JSONL_EXT = (".jsonl", ".json", ".ndjson")
-_FORMATS_TEXT = ".parquet, .arrow, .jsonl/.json/.ndjson (plain, .gz or .zst)"
 _DATASET_STATE = "state.json"  # a datasets.save_to_disk directory's: `_data_files` names its data files
 _DATASET_DICT = "dataset_dict.json"  # a DatasetDict.save_to_disk directory's: `splits` names its split directories
 _DATASET_METADATA = (_DATASET_STATE, "dataset_info.json", _DATASET_DICT)  # never shards in such a directory
@@ -45,23 +36,6 @@ _DATASET_METADATA = (_DATASET_STATE, "dataset_info.json", _DATASET_DICT)  # neve
 
 def has_magic(path: str) -> bool:
     return any(c in path for c in "*?[")
-
-
-def shard_format(path: str) -> tuple[Literal["parquet", "jsonl", "arrow"], str | None] | None:
-    """(format, compression) from the file name, or None for a file that is not a shard."""
-    name = path.lower()
-    compression = None
-    for ext, comp in _COMPRESSION.items():
-        if name.endswith(ext):
-            compression, name = comp, name[: -len(ext)]
-            break
-    if name.endswith(".parquet") and compression is None:
-        return "parquet", None
-    if name.endswith(".arrow") and compression is None:
-        return "arrow", None
-    if name.endswith(_JSONL_EXT):
-        return "jsonl", compression
-    return None
 
 
 def find_shards(inputs: list[str]) -> list[Shard]:
@@ -97,7 +71,7 @@ def _expand(spec: str) -> list[Shard]:
             listing = fs.find(path, detail=True)
             entries = _datasets_data_files(fs, spec, sorted((p, i) for p, i in listing.items() if shard_format(p) is not None))
             if not entries:
-                raise HardfocusError(redact(f"directory '{spec}' holds no {_FORMATS_TEXT} file"))
+                raise HardfocusError(redact(f"directory '{spec}' holds no {FORMATS_TEXT} file"))
         elif info is not None:
             base, entries = posixpath.dirname(path), [(path, info)]
         elif has_magic(path):
@@ -117,7 +91,7 @@ def _expand(spec: str) -> list[Shard]:
         fmt = shard_format(p)
         if fmt is None:
             raise HardfocusError(redact(
-                f"'{_url(fs, p)}' is not a shard format hardfocus reads ({_FORMATS_TEXT})"
+                f"'{_url(fs, p)}' is not a shard format hardfocus reads ({FORMATS_TEXT})"
             ))
         rel = posixpath.relpath(p, base) if base else posixpath.basename(p)
         if i.get("size") is None:  # a listing without details (an HTTP index page): one request for them
@@ -232,44 +206,5 @@ def _info(fs, path: str) -> dict | None:
 def _url(fs, path: str) -> str:
     """The URL that opens ``path`` again: fsspec's HTTP filesystem keeps the whole URL as the path."""
     return path if _is_http(fs) else fs_url(fs, path)
-
-
-def check_columns(shard: Shard, columns: Columns) -> None:
-    """Fail early, cheaply, when the configured columns are not there: a Parquet footer, an Arrow schema, or a JSONL
-    shard's first row (when it is not longer than a look reads)."""
-    if shard.format == "parquet":
-        check_parquet_columns(shard, parquet_file(shard).schema_arrow, columns)
-        return
-    if shard.format == "arrow":
-        check_arrow_columns(shard, columns)
-        return
-    for _, line in jsonl_lines(shard, buffer_size=PEEK_BYTES, cap=PEEK_LINE_BYTES, peek=True):
-        if not isinstance(line, Oversized):
-            check_first_json_row(shard, line, columns)
-        return
-
-
-def iter_units(shard: Shard, columns: Columns, rows_per_unit: int, skip: frozenset[int] = frozenset(),
-               max_row_bytes: int = MAX_ROW_BYTES) -> Iterator[UnitRows]:
-    """The shard as consecutive units ``[k*n, min((k+1)*n, rows))``, every byte read and decompressed once.
-
-    Units whose start is in ``skip`` (finished in an earlier run) are counted but not parsed; a Parquet
-    row group that only skipped units need is not read at all (an Arrow record batch is, to count its rows). The last unit is shorter; a shard
-    without rows yields nothing. A row over ``max_row_bytes`` gets a status instead of being parsed.
-    """
-    if shard.format == "parquet":
-        yield from parquet_units(shard, columns, rows_per_unit, skip, max_row_bytes)
-    elif shard.format == "arrow":
-        yield from arrow_units(shard, columns, rows_per_unit, skip, max_row_bytes)
-    else:
-        yield from jsonl_units(shard, columns, rows_per_unit, skip, max_row_bytes)
-
-
-def read_shard(shard: Shard, columns: Columns, max_row_bytes: int = MAX_ROW_BYTES) -> RowBlock:
-    """Every row of a (small) shard, in one block."""
-    block = RowBlock()
-    for unit in iter_units(shard, columns, rows_per_unit=1 << 30, max_row_bytes=max_row_bytes):
-        block = unit.block
-    return block
 
 

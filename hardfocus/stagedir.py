@@ -6,7 +6,7 @@ A stage directory ``D`` holds
 - the stage's data;
 - ``D/<marker>``: written last, a commit; ``D`` is complete iff the marker exists.
 Beside it, in ``D``'s parent: ``.<name>.lock`` (held while a run writes ``D``: a ``flock`` locally, a lock
-object with fencing on object stores, :mod:`scoring.foundation.lock`) and, for stages that replace their
+object with fencing on object stores, :mod:`hardfocus.lock`) and, for stages that replace their
 output whole, ``.<name>.tmp-<id>/`` (the staging directory, renamed into place at the end; local disks only).
 
 :meth:`StageDir.open` decides, in one place, what a run does with what it finds:
@@ -40,10 +40,10 @@ from typing import IO
 
 from fsspec.core import url_to_fs
 
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.kinds import PathInfo, StageKind, identify, visible
-from scoring.foundation.lock import OutputLock
-from scoring.foundation.storage import (
+from hardfocus.errors import HardfocusError
+from hardfocus.kinds import PathInfo, StageKind, identify, visible
+from hardfocus.lock import OutputLock
+from hardfocus.storage import (
     TMP_PREFIX,
     canonical,
     commit,

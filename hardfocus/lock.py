@@ -52,8 +52,8 @@ from typing import NamedTuple
 
 from fsspec.core import url_to_fs
 
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.storage import TMP_PREFIX, fs_protocol, fs_url, is_local
+from hardfocus.errors import HardfocusError
+from hardfocus.storage import TMP_PREFIX, fs_protocol, fs_url, is_local
 
 log = logging.getLogger(__name__)
 

@@ -15,16 +15,34 @@ from typing import NamedTuple
 import fsspec
 import zstandard
 
-from scoring.config import MAX_ROW_BYTES
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.sample_format import Columns
-from scoring.foundation.scores import ERROR_PREFIX, Status
-from scoring.foundation.storage import redact
-from scoring.shard import RowBlock, Shard, UnitRows, null_id, one_line, over_cap, sample_value, str_or_none
+from hardfocus.contracts.scores import ERROR_PREFIX, Status
+from hardfocus.errors import HardfocusError
+from hardfocus.readers.shard import (
+    MAX_ROW_BYTES,
+    RowBlock,
+    Shard,
+    UnitRows,
+    null_id,
+    one_line,
+    over_cap,
+    sample_value,
+    str_or_none,
+)
+from hardfocus.sample_format import Columns
+from hardfocus.storage import redact
 
 PEEK_BYTES = 16 * 1024  # what a look at a shard's first row reads
 PEEK_LINE_BYTES = 1 << 20  # a first line longer than this is not looked at while planning (its task checks it)
 _READ_BYTES = 1 << 20  # what a JSONL shard is read in: a chunk of decompressed bytes, split into lines
+
+
+def check_columns(shard: Shard, columns: Columns) -> None:
+    """The configured columns against the shard's first row, when it is not longer than a look reads (its task checks
+    it otherwise)."""
+    for _, line in jsonl_lines(shard, buffer_size=PEEK_BYTES, cap=PEEK_LINE_BYTES, peek=True):
+        if not isinstance(line, Oversized):
+            check_first_json_row(shard, line, columns)
+        return
 
 
 def jsonl_units(shard: Shard, columns: Columns, n: int, skip: frozenset[int], cap: int) -> Iterator[UnitRows]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from scoring.foundation.errors import HardfocusError
+from hardfocus.errors import HardfocusError
 
 
 @lru_cache(maxsize=4)

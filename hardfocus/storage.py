@@ -163,7 +163,7 @@ def read_json(fs, path: str, what: str | None = None, kind: type = object):
     """The JSON value at ``path`` (of type ``kind``: ``dict`` for a record), or None if there is none. A file that
     is not JSON, a value of another type, or a directory in the file's place is an error naming it: every JSON
     file hardfocus writes is a commit, so a damaged one was changed by something else."""
-    from scoring.foundation.errors import HardfocusError
+    from hardfocus.errors import HardfocusError
 
     name = f"{what or 'the file'} {redact(fs_url(fs, path))}"
     fs.invalidate_cache(path)
@@ -192,7 +192,7 @@ def read_record(fs, path: str, model, what: str):
     not such a record (a field of the wrong type, a missing one) is an error naming the file and the field."""
     from pydantic import ValidationError
 
-    from scoring.foundation.errors import HardfocusError
+    from hardfocus.errors import HardfocusError
 
     obj = read_json(fs, path, what, kind=dict)
     if obj is None:
@@ -231,7 +231,7 @@ def normalized(fs, path: str) -> str:
     if is_local(fs):
         resolved = os.path.realpath(path)
         if os.path.islink(resolved):  # realpath stops where links loop
-            from scoring.foundation.errors import HardfocusError
+            from hardfocus.errors import HardfocusError
 
             raise HardfocusError(f"'{redact(path)}' is a loop of symbolic links: point it at a directory")
         return resolved

@@ -1,24 +1,25 @@
 """Arrow IPC shards (``.arrow``): the data files of a Hugging Face ``datasets`` ``save_to_disk`` directory (the IPC
 stream format), or the IPC file format. Record batches are read one after another (memory-mapped locally, so a
 batch's bytes are touched only when its rows are used), the columns checked against the schema as a Parquet
-footer's are, units cut as Parquet's are (:func:`scoring.read_parquet.block_from_table`: a row over the cap gets a
+footer's are, units cut as Parquet's are (:func:`hardfocus.readers.parquet.block_from_table`: a row over the cap gets a
 status), and a damaged or cut-short file is an error that names it."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import fsspec
 import pyarrow as pa
 from fsspec.core import url_to_fs
 
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.sample_format import Columns
-from scoring.foundation.storage import is_local, redact
-from scoring.read_parquet import block_from_table, check_parquet_columns
-from scoring.shard import Shard, UnitRows, one_line
+from hardfocus.errors import HardfocusError
+from hardfocus.readers.parquet import block_from_table, check_parquet_columns
+from hardfocus.readers.shard import Shard, UnitRows, one_line, rebatched
+from hardfocus.sample_format import Columns
+from hardfocus.storage import is_local, redact
 
-__all__ = ["ArrowShard", "arrow_units", "check_arrow_columns"]
+__all__ = ["ArrowShard", "arrow_rows", "arrow_units", "check_arrow_columns"]
 
 _FILE_MAGIC = b"ARROW1"  # the IPC file format begins (and ends) with it; the stream format has none
 _EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # the end-of-stream marker a stream writer's close() leaves
@@ -167,6 +168,16 @@ def arrow_units(shard: Shard, columns: Columns, n: int, skip: frozenset[int], ca
                 buffered, have, start = rest.to_batches(), rest.num_rows, start + n
         if have:  # at most n rows: the last unit
             yield _unit(shard, pa.Table.from_batches(buffered, schema=schema), start, columns, skip, cap, 1.0)
+
+
+def arrow_rows(shard: Shard, start: int, stop: int | None, batch_rows: int,
+               skip: frozenset[int]) -> Iterator[tuple[int, pa.Table]]:
+    """Rows [start, stop) with every column, validated (:func:`checked`); batches before ``start`` are not touched."""
+    with ArrowShard(shard) as arrow:
+        batches = arrow.batches()
+        until = batches if stop is None else itertools.takewhile(lambda pair: pair[0] < stop, batches)
+        for first, table in rebatched(until, start, stop, batch_rows):
+            yield first, checked(shard, table, first)
 
 
 def _unit(shard: Shard, table: pa.Table, start: int, columns: Columns, skip: frozenset[int], cap: int,

@@ -1,5 +1,5 @@
-"""The fingerprints stage outputs record and compare: of a model checkpoint, of a tokenizer, of a scores/
-manifest, of any JSON-able identity. Equal fingerprints mean the same thing; every stage that reads another's
+"""The fingerprints stage outputs record and compare: of a model checkpoint, of a tokenizer, of
+any JSON-able identity. Equal fingerprints mean the same thing; every stage that reads another's
 output compares them before it trusts it."""
 
 from __future__ import annotations
@@ -7,15 +7,11 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import fsspec
 
-from scoring.foundation.cache import cache_dir
-from scoring.foundation.storage import commit_bytes
-
-if TYPE_CHECKING:
-    from scoring.foundation.scores import ScoreManifest
+from hardfocus.cache import cache_dir
+from hardfocus.storage import commit_bytes
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
@@ -54,12 +50,6 @@ def fingerprint_checkpoint(path: str) -> str:
     memo.parent.mkdir(parents=True, exist_ok=True)
     commit_bytes(fsspec.filesystem("file"), str(memo), value.encode())
     return value
-
-
-def manifest_digest(manifest: ScoreManifest) -> str:
-    """The identity of a scores/ directory for the stages that read it: its manifest less the record of its runs
-    (a resumed run that scored nothing new changes nothing)."""
-    return digest(manifest.model_dump(exclude={"runs", "versions"}))
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -1,16 +1,16 @@
 """The Parquet contract of ``selected/``: the training shards (one row per selected sample).
 
 Selection writes it and training reads it; it lives here, in the base package every stage may
-import, because a stage never imports another stage (and ``import selection.schema`` would load
-selection's machinery into every Ray Train worker). :mod:`selection.schema` is the writer's name for it.
+import, because a stage never imports another stage (and ``import hardfocus.contracts.selected`` would load
+selection's machinery into every Ray Train worker). :mod:`hardfocus.contracts.selected` is the writer's name for it.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-from scoring.foundation.errors import HardfocusError
-from scoring.foundation.scores import LOSS_SPANS_TYPE
+from hardfocus.contracts.scores import LOSS_SPANS_TYPE
+from hardfocus.errors import HardfocusError
 
 SELECTED_SCHEMA = pa.schema(
     [

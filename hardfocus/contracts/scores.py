@@ -21,7 +21,8 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from scoring.foundation.errors import HardfocusError
+from hardfocus.errors import HardfocusError
+from hardfocus.fingerprints import digest
 
 SCORES_JOB_FILE = "job.json"  # what the parts were computed with: written first
 SCORES_MANIFEST_FILE = "manifest.json"  # written last, when every unit is done: the marker of a complete scores/
@@ -32,7 +33,7 @@ PART_STAMP = b"hardfocus"  # the Parquet key-value metadata of a part: what it w
 
 
 def part_stamp(job: str, shard, start: int, stop: int, rows: int | None = None) -> dict[bytes, bytes]:
-    """What a part records of its making (``shard``: a :class:`scoring.sources.Shard`): the job's identity digest
+    """What a part records of its making (``shard``: a :class:`hardfocus.readers.Shard`): the job's identity digest
     and the shard as it was (size, modification stamp), so a part is never taken for another job's or for a part of
     another version of its shard; ``rows``: the rows it holds where they are not the documents ``[start, stop)``
     of its name (windows)."""
@@ -106,7 +107,7 @@ class Status(StrEnum):
     INVALID_UTF8 = "invalid_utf8"
     NO_RESPONSE = "no_response"  # a conversation without an assistant turn: no token to score
     PROMPT_TOO_LONG = "prompt_too_long"  # truncation to max_tokens left no assistant token
-    # --ifd: the response tokens cannot be scored without their prompt exactly as with it (see scoring.chat)
+    # --ifd: the response tokens cannot be scored without their prompt exactly as with it (see hardfocus.chat)
     IFD_UNMATCHED = "ifd_unmatched"
 
 
@@ -306,6 +307,12 @@ class ScoreManifest(ScoreCounts):
     versions: dict[str, str]
 
 
+def manifest_digest(manifest: ScoreManifest) -> str:
+    """The identity of a scores/ directory for the stages that read it: its manifest less the record of its runs
+    (a resumed run that scored nothing new changes nothing)."""
+    return digest(manifest.model_dump(exclude={"runs", "versions"}))
+
+
 @dataclass(frozen=True)
 class PartCheck:
     """What every reader of a scores/ directory checks each part's stamp against (:func:`stamp_problem`): the digest
@@ -317,8 +324,7 @@ class PartCheck:
 
     @classmethod
     def of(cls, fs, root: str, manifest: ScoreManifest) -> PartCheck:
-        from scoring.foundation.fingerprints import digest
-        from scoring.foundation.storage import read_json
+        from hardfocus.storage import read_json
 
         job = read_json(fs, posixpath.join(root, SCORES_JOB_FILE), "scores job file", kind=dict) or {}
         job_digest = digest(job["identity"]) if isinstance(job.get("identity"), dict) else None
@@ -326,7 +332,7 @@ class PartCheck:
 
     def check(self, url: str, metadata: dict | None) -> None:
         """Raise a :class:`HardfocusError` naming the part at ``url`` if its footer's stamp says it is foreign."""
-        from scoring.foundation.storage import redact
+        from hardfocus.storage import redact
 
         why = stamp_problem(posixpath.basename(url), stamp_of(metadata), self.job, self.shards, self.required)
         if why:

@@ -21,8 +21,8 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from scoring.foundation.console import ray_log_level
-from scoring.foundation.errors import HardfocusError
+from hardfocus.console import ray_log_level
+from hardfocus.errors import HardfocusError
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ LOOPBACK = "127.0.0.1"
 # Ray starts its workers at niceness 15, below its own daemons and the driver: on a small machine every wake-up of
 # theirs then preempts a thread of the scoring actor's matmuls, which wait for it. Metrics: no exporter to serve.
 _LOCAL_SYSTEM_CONFIG = {"worker_niceness": 0, "enable_metrics_collection": False}
-_SCORING_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the ``scoring`` package
+_FOUNDATION_DIR = os.path.dirname(os.path.abspath(__file__))  # this package, which every stage's workers import
 
 
 def starts_local_ray(address: str | None) -> bool:
@@ -43,7 +43,8 @@ def starts_local_ray(address: str | None) -> bool:
 def init_ray(address: str | None, packages: list[str] | None = None) -> bool:
     """Connect to ``address`` / ``$RAY_ADDRESS``, or start a local Ray; True if this call started or joined it.
 
-    On a cluster, ``packages`` (directories; default: the ``scoring`` package) are shipped to the workers.
+    On a cluster, the foundation and ``packages`` (the directories of the stage packages its workers import) are
+    shipped to the workers.
     A local Ray listens on 127.0.0.1 only; its token file (``~/.ray/auth_token``) is readable by its owner only.
     """
     import ray
@@ -56,7 +57,7 @@ def init_ray(address: str | None, packages: list[str] | None = None) -> bool:
         # Ship this package to the cluster's workers, so nodes need only the dependencies installed;
         # a Ray job's driver (submitted with its runtime env, which Ray announces in this variable) has them already.
         in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-        runtime_env = None if in_job else {"py_modules": packages or [_SCORING_DIR]}
+        runtime_env = None if in_job else {"py_modules": [_FOUNDATION_DIR, *(packages or [])]}
         try:
             ray.init(address=address, logging_level=level, runtime_env=runtime_env)
         except ConnectionError as exc:
