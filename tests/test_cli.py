@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -15,6 +17,8 @@ from scoring import HardfocusError
 from tests.conftest import write_jsonl
 
 runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
+HARDFOCUS = str(Path(sys.executable).parent / "hardfocus")
 
 
 def test_help_lists_every_score_flag():
@@ -155,3 +159,35 @@ def test_select_and_report_commands(tmp_path):
     assert rep.exit_code == 0 and 'alt="weight vs loss"' in (out / "report.html").read_text()
     missing = runner.invoke(app, ["report", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_batching_and_the_buffer_from_a_toml_train_table_with_a_flag_on_top(tmp_path):
+    """Found by a review: batching and shuffle_buffer come from a [train] table, a flag overrides it, 0 is refused."""
+    from pipelines.config import build_train_config
+
+    toml = tmp_path / "hardfocus.toml"
+    toml.write_text('[train]\ndata = ["sel"]\noutput = "out"\nbatching = "packed"\nshuffle_buffer = 16\n')
+    cfg = build_train_config(toml, {"shuffle_buffer": 32})
+    assert (cfg.batching, cfg.shuffle_buffer) == ("packed", 32)
+    toml.write_text('[train]\ndata = ["sel"]\noutput = "out"\nshuffle_buffer = 0\n')
+    with pytest.raises(HardfocusError, match="shuffle_buffer"):
+        build_train_config(toml, {})
+
+
+def test_an_unknown_model_is_one_line_of_error(tmp_path):
+    """hardfocus/models.py (_hub_snapshot): the error for a model spec that is no alias, file, directory or
+    reachable hub id embeds the hub's exception text, which holds a newline, so ``hardfocus train`` prints it over
+    two lines ("... (LocalEntryNotFoundError: Got: ConnectError: ...\\nAn error happened while trying to locate the
+    files on the Hub, ...)"). Expected: one line of error (the first line of the hub's reason at most), exit 2,
+    nothing written."""
+    write_jsonl(tmp_path / "d" / "a.jsonl", [{"text": "The library was quiet."}] * 4)
+    proc = subprocess.run(
+        [HARDFOCUS, "train", "d", "-o", "out", "--model", "no-such-org/no-such-model", "--weighting", "none"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env=os.environ | {"PYTHONPATH": str(REPO)},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unknown model"), proc.stderr

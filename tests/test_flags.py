@@ -133,3 +133,16 @@ def test_top_level_help_shows_each_summary_whole():
     for info in app.registered_commands:
         summary = " ".join(info.callback.__doc__.split("\n\n")[0].split())
         assert summary in help_text, info.name
+
+
+def test_train_help_lists_the_batching_and_buffer_flags_and_refuses_another_batching():
+    """Found by a review: ``train --help`` lists --batching and --shuffle-buffer; a batching not offered exits 2."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    runner = CliRunner()
+    shown = runner.invoke(app, ["train", "--help"], terminal_width=200)
+    assert shown.exit_code == 0 and "--batching" in shown.output and "--shuffle-buffer" in shown.output
+    refused = runner.invoke(app, ["train", "sel", "-o", "out", "--batching", "padded"])
+    assert refused.exit_code == 2

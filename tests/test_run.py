@@ -94,3 +94,45 @@ def test_a_stage_range_is_checked_before_anything_runs():
         check_stage_range("score", "trian")
     with pytest.raises(HardfocusError, match="--from eval comes after --until select"):
         check_stage_range("eval", "select")
+
+
+def test_a_workdir_under_home_written_with_a_tilde_is_not_a_directory_named_tilde(tmp_path, monkeypatch):
+    """`workdir = "~/work"` in a run config (TOML has no shell to expand it) becomes ./~/work under the current
+    directory; the classic clean-up of that, `rm -rf ~`, deletes the user's home."""
+    from pipelines.run_config import load_run_config
+
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "run.toml"
+    config.write_text('[run]\nworkdir = "~/work"\ndata = ["corpus"]\nmodel = "m"\n')
+    try:
+        cfg = load_run_config(config)
+    except HardfocusError as exc:  # refusing it, naming the key, is as good
+        assert "workdir" in str(exc)
+        return
+    assert not cfg.score_config().output.startswith("~"), cfg.score_config().output
+
+
+def test_set_values_are_read_without_the_spaces_around_them_and_an_empty_workdir_is_refused(tmp_path):
+    """Noticed by review 8: ``--set " run.workdir = x "`` kept the spaces in the workdir's name (the key was stripped,
+    the value not), and ``--set run.workdir=`` was accepted, so every stage wrote straight into the current
+    directory. Expected: values read as TOML without the spaces around them; an empty workdir refused, naming it."""
+    from pipelines.run_config import load_run_config
+    from scoring import HardfocusError
+
+    config = tmp_path / "run.toml"
+    config.write_text('[run]\nworkdir = "w"\ndata = ["d"]\n')
+    assert load_run_config(config, [" run.workdir = x "]).run.workdir == "x"
+    with pytest.raises(HardfocusError, match="run.workdir"):
+        load_run_config(config, ["run.workdir="])
+
+
+def test_a_cut_short_run_state_does_not_break_hardfocus_run(tmp_path, tiny_model_dir):
+    """Before: a run_state.json cut short crashed every later `hardfocus run` (JSONDecodeError). Each stage now
+    records its identity in its own output; a run_state.json of an older version is never read."""
+    from tests.hardfocus_run import invoke_run, stages_line, write_run_config
+
+    config = write_run_config(tmp_path, tiny_model_dir)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "run_state.json").write_text('{"score": "3f2a')
+    assert stages_line(invoke_run(config, "--until", "select")) == "stages run: score, select; up to date: none"
+    assert stages_line(invoke_run(config, "--until", "select")) == "stages run: none; up to date: score, select"

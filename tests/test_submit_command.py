@@ -7,6 +7,8 @@ the client for want of a token gets the one-line hint, not Ray's traceback.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from ray.exceptions import AuthenticationError
 
@@ -95,3 +97,22 @@ def test_a_cluster_that_wants_a_token_gets_one_line_and_exit_2(here, monkeypatch
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.output, result.output
     assert said in lines[0] and "set RAY_AUTH_MODE=token" in lines[0] and "http://127.0.0.1:8265" in lines[0]
+
+
+def test_submit_ships_a_chat_template_file_given_with_set(tmp_path, monkeypatch):
+    """pipelines/submit.py (job_command): ``hardfocus submit ... run cfg.toml --set run.chat_template=FILE`` ships
+    the config and the config's own template files, but reads the config without the ``--set`` overrides the job
+    will apply (load_config(path) with none), so a template file named by ``--set`` stays behind and the job fails
+    on the cluster with "chat template file ... does not exist". Expected: the template ``--set`` names travels in
+    the working_dir as one named in the config does."""
+    from pipelines.submit import job_command
+
+    monkeypatch.chdir(tmp_path)
+    Path("tpl").mkdir()
+    Path("tpl/chat.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    Path("run.toml").write_text('[run]\nworkdir = "/shared/w"\ndata = ["/shared/d"]\nformat = "messages"\n')
+    for spelling in (["--set", "run.chat_template=tpl/chat.jinja"], ["--set=run.chat_template=tpl/chat.jinja"]):
+        workdir = tmp_path / f"job{len(spelling)}"
+        workdir.mkdir()
+        job_command(["run", "run.toml", *spelling], workdir)
+        assert (workdir / "tpl" / "chat.jinja").is_file(), sorted(p.name for p in workdir.rglob("*"))

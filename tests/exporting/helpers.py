@@ -1,5 +1,5 @@
 """The export tests' independent computation: the decisions filtered with polars, the source rows read with pyarrow
-(and ``json`` for JSON Lines), joined by (shard, row)."""
+(and ``json`` for JSON Lines), joined by (shard, row); and selections of made-up scores over a real input shard."""
 
 from __future__ import annotations
 
@@ -7,12 +7,17 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import zstandard
 
 from exporting import ExportConfig, export
+from hardfocus.errors import HardfocusError
+from selection import SelectConfig, select
+from tests.selection.fake_scores import write_scores
 
 OURS = ("sample_id", "band", "weight", "score", "loss")
 
@@ -67,3 +72,43 @@ def read_parts(paths: list[Path]) -> list[dict]:
 def snapshot(directory: Path) -> dict[str, bytes]:
     """Every part file's bytes, by name: what two exports of the same selection must share exactly."""
     return {p.name: p.read_bytes() for p in sorted(Path(directory).glob("part-*"))}
+
+
+def fake_scores(d: Path, shard: Path, n: int, fmt: str = "jsonl", compression: str | None = None,
+                statuses: list[str] | None = None, seed: int = 0) -> Path:
+    """Scores of the ``n`` rows of ``shard`` (made up losses, in the exact contract), its manifest naming the file as
+    scoring would: its URL, size and modification stamp."""
+    rng = np.random.default_rng(seed)
+    write_scores(d, rng.gamma(4, 0.7, n).tolist(), rng.choice(["a", "b"], n).tolist(), statuses=statuses,
+                 shard=shard.name, rows_per_part=max(n // 3, 1))
+    manifest = json.loads((d / "manifest.json").read_text())
+    stat = shard.stat()
+    manifest["shards"][0] |= {"url": str(shard), "size": stat.st_size, "modified": str(stat.st_mtime_ns),
+                              "format": fmt, "compression": compression}
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    return d
+
+
+def select_into(scores: list[Path], out: Path, **kw) -> Path:
+    """``select`` (no report) of ``scores`` into ``out``; returns ``out``."""
+    select(SelectConfig(scores=[str(s) for s in scores], output=str(out), report=False, **kw), progress=False)
+    return out
+
+
+def selection_of(root: Path, shard: Path, n: int, **kw) -> Path:
+    """``root/selected``: a selection of made-up scores (:func:`fake_scores`, in ``root/scores``) of ``shard``'s ``n``
+    rows; ``statuses`` and ``fmt`` go to the scores, the rest to ``select``."""
+    statuses = kw.pop("statuses", None)
+    fmt = kw.pop("fmt", "jsonl")
+    return select_into([fake_scores(root / "scores", shard, n, fmt=fmt, statuses=statuses)], root / "selected", **kw)
+
+
+def export_or_refusal(selected: Path, out: Path, **kw):
+    """The export, or a one-line :class:`HardfocusError`: anything else (a traceback, a Rust panic) fails the test."""
+    try:
+        return run_export(selected, out, **kw)
+    except HardfocusError as exc:
+        assert "\n" not in str(exc)
+        return None
+    except BaseException as exc:  # noqa: BLE001 - pyo3's PanicException is a BaseException
+        pytest.fail(f"the export died with {type(exc).__module__}.{type(exc).__name__}: {' '.join(str(exc).split())[:300]}")

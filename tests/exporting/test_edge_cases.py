@@ -13,10 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from hardfocus.readers.source_rows import source_batches
 from pipelines.cli import app
 from scoring import HardfocusError
 from selection import SelectConfig, select
-from tests.exporting.helpers import read_parts, run_export
+from tests.conftest import write_jsonl
+from tests.exporting.helpers import export_or_refusal, fake_scores, read_parts, run_export, select_into, selection_of
 from tests.selection.fake_scores import write_scores
 
 
@@ -139,3 +141,121 @@ def test_hugging_face_features_survive_a_resampled_export(tmp_path):
     got = datasets.load_dataset("parquet", data_files=str(tmp_path / "out" / "part-*.parquet"), split="train",
                                 cache_dir=str(tmp_path / "hf"))
     assert got.features["label"] == features["label"] and got.features["weight"] == datasets.Value("float32")
+
+
+def test_a_binary_text_column_exports_as_json_lines(tmp_path):
+    """Scoring reads a Parquet text column of type binary (UTF-8 bytes: ``hardfocus/readers/parquet.py`` accepts binary
+    and large_binary text and decodes it), so such a corpus scores and selects normally. ``--format jsonl`` (or
+    ``jsonl.zst``) of it dies inside ``exporting/formats.write_table``: ``pl.from_arrow(table).write_ndjson`` hits a
+    Rust ``todo!()`` for BinaryView and raises ``pyo3_runtime.PanicException`` (a BaseException, so not even the CLI's
+    error handler sees it: a Rust backtrace and a Python traceback, not one line). Every JSON Lines export of a
+    corpus whose text is binary is impossible, and so is one of any corpus with a binary side column (image bytes,
+    hashes) where a clear refusal or an encoding (base64) was owed."""
+    shard = tmp_path / "in" / "b.parquet"
+    shard.parent.mkdir(parents=True)
+    texts = [f"document number {i} " * (1 + i % 4) for i in range(24)]
+    pq.write_table(pa.table({"text": pa.array([t.encode() for t in texts], pa.binary()), "i": list(range(24))}), shard)
+    sel = selection_of(tmp_path, shard, 24, fmt="parquet")
+    result = export_or_refusal(sel, tmp_path / "out", format="jsonl")
+    assert result is not None, "a UTF-8 text column scoring read must export"
+    rows = read_parts(list((tmp_path / "out").glob("part-*")))
+    assert rows and all(r["text"] == texts[r["i"]] for r in rows)
+
+
+@pytest.mark.parametrize("resample", [None, 2.0], ids=["direct", "resample"])
+def test_an_always_empty_json_object_exports_to_parquet(tmp_path, resample):
+    """A JSON Lines field that is ``{}`` in every row (``"meta": {}``, common in scraped corpora) is inferred by
+    ``hardfocus/readers/source_rows.py`` as ``struct<>``, which Parquet cannot store: the Parquet export (the default format)
+    and every ``--resample`` export (its phase-one files are Parquet whatever ``--format``) die in
+    ``pq.write_table`` with ``ArrowNotImplementedError: Cannot write struct type 'meta' with no child field``, a
+    traceback, and nothing can be exported from such a shard. Expected: the rows exported (the column kept, e.g. as
+    a struct with a placeholder child or as JSON text), or a one-line refusal naming the column."""
+    shard = write_jsonl(tmp_path / "in" / "e.jsonl", [{"text": f"doc {i} " * (1 + i % 3), "meta": {}} for i in range(30)])
+    sel = selection_of(tmp_path, shard, 30)
+    result = export_or_refusal(sel, tmp_path / "out", resample=resample)
+    assert result is not None and result.manifest.rows > 0
+
+
+def test_resample_over_shards_whose_column_types_differ(tmp_path):
+    """The direct export writes each shard's parts in that shard's own schema (README: "shards with other columns
+    give parts with other schemas"), so shards whose ``n`` is an integer in one and a string in the other export
+    fine. ``--resample`` mixes every shard's copies in each part and unifies the phase-one schemas with
+    ``pa.unify_schemas(promote_options="permissive")``, which raises ``ArrowTypeError: Unable to merge: Field n has
+    incompatible types: int64 vs string``: a traceback after phase one has run, not a one-line refusal naming the
+    column and the shards (or a fallback, e.g. the column as text)."""
+    a = tmp_path / "in" / "a.parquet"
+    a.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"text": [f"alpha text {i}" for i in range(30)], "n": list(range(30))}), a)
+    b = write_jsonl(tmp_path / "in" / "b.jsonl", [{"text": f"beta text {i}", "n": f"x{i}"} for i in range(30)])
+    sel = select_into([fake_scores(tmp_path / "sa", a, 30, fmt="parquet", seed=1), fake_scores(tmp_path / "sb", b, 30, seed=2)],
+                  tmp_path / "selected")
+    assert run_export(sel, tmp_path / "direct").manifest.rows > 0  # the shards themselves are fine
+    result = export_or_refusal(sel, tmp_path / "resampled", resample=1.5)
+    assert result is not None and result.manifest.rows > 0  # the fix chosen: such a column is written as text
+    assert {pq.read_schema(p).field("n").type for p in (tmp_path / "resampled").glob("part-*")} == {pa.string()}
+
+
+OURS = ("sample_id", "band", "weight", "score", "loss", "reason")
+
+
+def test_the_parts_of_one_json_lines_shard_share_one_schema_around_an_unparseable_line(tmp_path):
+    """One JSON Lines shard's rows go to its own parts, read under one schema inferred over the band's range (so
+    its parts agree, and an interrupted run infers the same). But ``exporting/tasks._batches`` steps around a line
+    scoring could not parse by calling ``source_batches`` once per stretch between such lines, and each call infers
+    its own schema: here ``i`` is int64 before the bad line and double after it, and ``extra`` exists only after it.
+    The parts of this ONE shard then differ in schema (``datasets.load_dataset`` over them fails: "column names
+    don't match"), and where a part spans the bad line the permissive concatenation appends ``extra`` AFTER
+    export's own columns, against "every source column, then sample_id, band, ...". One bad line in a billion-row
+    shard is ordinary."""
+    lines = [json.dumps({"text": f"doc {i}", "i": i}) for i in range(20)] + ["{not json"]
+    lines += [json.dumps({"text": f"doc {i}", "i": i + 0.5, "extra": "e"}) for i in range(20, 40)]
+    shard = tmp_path / "in" / "x.jsonl"
+    shard.parent.mkdir(parents=True)
+    shard.write_text("\n".join(lines) + "\n")
+    statuses = ["ok"] * 20 + ["error: invalid JSON"] + ["ok"] * 20
+    sel = selection_of(tmp_path, shard, 41, statuses=statuses, drop_top=0.0, keep=0.9)
+    run_export(sel, tmp_path / "out", shard_rows=8)
+    schemas = {str(pq.read_schema(p).remove_metadata()) for p in sorted((tmp_path / "out").glob("part-*.parquet"))}
+    assert len(schemas) == 1, schemas
+    names = pq.read_schema(next((tmp_path / "out").glob("part-*.parquet"))).names
+    ours = [n for n in names if n in OURS]
+    assert names[-len(ours):] == ours, names  # the source's columns first
+
+
+def test_a_json_lines_column_of_64_bit_hashes_exports(tmp_path):
+    """A JSON Lines column of unsigned 64-bit hashes (minhash/simhash ids: half the values are past 2**63) reads as
+    uint64 within a batch (review 4's fix), but the export reads a range of more than 8192 rows in batches and
+    unifies their schemas: a batch whose values all happen to fit int64 (the last, short batch: 1 row here) infers
+    int64, ``pa.unify_schemas([uint64, int64], permissive)`` is int64, and building the first batch under it
+    overflows: ``HardfocusError: row 1 ... its columns' types cannot be unified with the rows around it (Python int
+    too large to convert to C long)``. Scoring read the shard and selection decided on its rows; no band of it can
+    be exported, and the message blames the data."""
+    rows = [{"text": f"t{i}", "h": (2**63 + i) if i % 2 else i} for i in range(8192)] + [{"text": "last", "h": 7}]
+    shard = write_jsonl(tmp_path / "in" / "h.jsonl", rows)
+    sel = selection_of(tmp_path, shard, len(rows))
+    run_export(sel, tmp_path / "out", band="all", shard_rows=100_000)
+    got = {r["sample_id"]: r["h"] for r in read_parts(list((tmp_path / "out").glob("part-*")))}
+    assert got == {f"h.jsonl#{i}": r["h"] for i, r in enumerate(rows)}
+    assert [t.schema.field("h").type for _, t in source_batches(str(shard), "jsonl", None)] == [pa.uint64()] * 2
+
+
+def test_hugging_face_features_of_the_source_survive_the_export(tmp_path):
+    """A Parquet shard written by ``datasets`` (``to_parquet``, ``push_to_hub``) keeps its features (``ClassLabel``
+    names, ``Image``/``Audio``, ``Sequence`` lengths) in the schema's ``huggingface`` metadata; ``exporting/rows.joined``
+    drops every source schema's metadata, so ``datasets.load_dataset`` over the export reads ``label`` as a plain
+    int64 (the label names gone) and an ``Image`` column as a struct of bytes and path, where the source loads as
+    ``ClassLabel(names=['neg', 'pos'])``. "Every source column unchanged" holds for the values, not for what a
+    ``datasets`` user gets back; the features of the source columns should be carried over, extended with the
+    columns export adds."""
+    import datasets
+
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
+    shard = tmp_path / "in" / "d.parquet"
+    shard.parent.mkdir(parents=True)
+    datasets.Dataset.from_dict({"text": [f"review number {i}" for i in range(30)], "label": [i % 2 for i in range(30)]},
+                               features=features).to_parquet(str(shard))
+    sel = selection_of(tmp_path, shard, 30, fmt="parquet")
+    run_export(sel, tmp_path / "out")
+    got = datasets.load_dataset("parquet", data_files=str(tmp_path / "out" / "part-*.parquet"), split="train",
+                                cache_dir=str(tmp_path / "hf"))
+    assert got.features["label"] == features["label"]

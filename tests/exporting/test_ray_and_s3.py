@@ -9,6 +9,7 @@ import pytest
 
 from scoring import ScoreConfig, score
 from selection import SelectConfig, select
+from tests.conftest import write_jsonl
 from tests.exporting.conftest import write_corpus
 from tests.exporting.helpers import run_export, snapshot
 from tests.s3 import BUCKET, download, names, s3_fs, upload
@@ -51,3 +52,29 @@ def test_export_with_inputs_scores_selection_and_output_on_s3(s3_server, tiny_mo
 
     with pytest.raises(HardfocusError, match="b.jsonl.zst changed since it was scored"):
         run_export(f"{root}/selected", f"{root}/export-2")
+
+
+@pytest.mark.ray
+def test_export_on_ray_writes_a_relative_output_where_the_caller_is(tmp_path, tiny_model_dir, local_ray, monkeypatch):
+    """exporting/job.py:62 (export hands ``cfg`` to the runner as given) and exporting/tasks.py:59 (each task opens
+    ``ExportDir(cfg.output)`` on the worker): a relative output is resolved in the directory the Ray was started in,
+    not the caller's. Scoring got this fixed in the commit (scoring.executors.with_absolute_paths), export did not.
+    Where Ray's directory has a folder of the output's name, the export succeeds with the parts written *there*:
+    ``./export`` holds export.json counting 20 rows and no part file. (Where it has none, the export fails with
+    "cannot write part-00000-00000.parquet to export: [Errno 2] No such file or directory: '<ray's dir>/export/...'".)
+    Expected: the parts in ``./export``, as with ``--executor local``. (The session's Ray was started in the
+    repository's directory; this test works from another.)"""
+    from exporting import ExportConfig, export
+    from scoring import ScoreConfig, score
+    from selection import SelectConfig, select
+    from tests.conftest import real_texts
+
+    write_jsonl(tmp_path / "data" / "a.jsonl",
+                [{"text": t, "group": "gx" if i % 2 else "gy"} for i, t in enumerate(real_texts(40, seed=11))])
+    monkeypatch.chdir(tmp_path)
+    score(ScoreConfig(inputs=["data"], output="scores", model=tiny_model_dir, executor="local", device="cpu",
+                      dtype="float32", max_tokens=64, group_column="group"), progress=False)
+    select(SelectConfig(scores=["scores"], output="selected"), progress=False)
+    result = export(ExportConfig(selected="selected", output="export", executor="ray"), progress=False)
+    parts = sorted(p.name for p in (tmp_path / "export").glob("part-*"))
+    assert parts and len(parts) == len(result.manifest.parts)

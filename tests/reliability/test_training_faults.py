@@ -210,7 +210,7 @@ def test_a_run_killed_after_its_last_checkpoint_finishes_without_another_step(ti
 
 
 # (how Ray Train's checkpoints reach its storage, once each and whole: with the resumed Ray run in
-# test_found_by_review_6.py, whose uninterrupted run writes them)
+# tests/training/test_ray_train.py, whose uninterrupted run writes them)
 
 
 # --- a published model whose keys lead outside the download directory ----------------------------------------------

@@ -1,4 +1,5 @@
-"""Building blocks shared by the scoring job tests."""
+"""Building blocks shared by the tests that score: corpora, scores read back, small shards and the configs that
+score them (in rows, or in windows of ``WINDOW_TOKENS`` tokens)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from scoring import ScoreConfig
 from tests.conftest import real_texts
 
 
@@ -54,3 +57,53 @@ def assert_same_scores(a: pl.DataFrame, b: pl.DataFrame, atol: float = 1e-5) -> 
     cols = ["sample_id", "shard", "row", "group", "n_tokens", "truncated", "status"]
     assert a.select(cols).equals(b.select(cols))
     np.testing.assert_allclose(a["loss"].fill_null(-1).to_numpy(), b["loss"].fill_null(-1).to_numpy(), atol=atol)
+
+
+# ---- a small shard of plain texts, scored in-process -----------------------------------------------------------
+
+TEXTS = [f"The committee met on day {i} to discuss the budget for the coming year." for i in range(8)]
+
+
+def write_texts(path: Path, texts: list[str]) -> None:
+    """A JSON Lines shard of ``{"text": ...}`` rows."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+
+
+def score_config(inputs, output, model, **kw) -> ScoreConfig:
+    """Scoring in this process on the CPU, 32 tokens a row, units of 4 rows (two parts for ``TEXTS``)."""
+    return ScoreConfig(inputs=[str(i) for i in inputs], output=str(output), model=model, executor="local",
+                       dtype="float32", device="cpu", max_tokens=32, rows_per_unit=4, **kw)
+
+
+# ---- documents scored in windows of WINDOW_TOKENS tokens ---------------------------------------------------------
+
+WINDOW_TOKENS = 16
+
+
+def windows_config(inputs, output, model, **kw) -> ScoreConfig:
+    """Scoring in windows of ``WINDOW_TOKENS`` tokens (``--long-documents windows``, ids from the ``id`` column)."""
+    return ScoreConfig(inputs=[str(i) for i in inputs], output=str(output), model=model, executor="local",
+                       dtype="float32", device="cpu", max_tokens=WINDOW_TOKENS, rows_per_unit=2, id_column="id",
+                       **({"long_documents": "windows"} | kw))
+
+
+def windowed_documents(n: int = 6, seed: int = 0) -> list[dict]:
+    """``n`` documents of real text, each of several windows, with an ``id``."""
+    return [{"id": f"doc{i}", "text": " ".join(real_texts(3, seed=seed + i))} for i in range(n)]
+
+
+def text_of_tokens(tok, n: int, seed: int = 0) -> str:
+    """A real text whose tokenisation without special tokens is exactly ``n`` tokens."""
+    text = " ".join(real_texts(40, seed=seed)).lstrip()
+    offsets = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    for _, stop in offsets:
+        if len(tok(text[:stop], add_special_tokens=False)["input_ids"]) == n:
+            return text[:stop]
+    pytest.skip(f"no prefix of the text tokenises to exactly {n} tokens")
+
+
+def one_token_tails(tok, n_docs: int = 4) -> list[dict]:
+    """Documents whose last window (max_tokens WINDOW_TOKENS, no BOS, no context) holds one token of its own, so it
+    scores nothing (``too_short``), with documents that end at a window boundary."""
+    return [{"id": f"doc{i}", "text": text_of_tokens(tok, WINDOW_TOKENS * (1 + i % 2) + 1, seed=i)} for i in range(n_docs)]

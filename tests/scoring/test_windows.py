@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -25,6 +26,7 @@ from scoring import HardfocusError, ScoreConfig, score
 from scoring.windows import encode_long, window_texts
 from tests.conftest import real_texts, write_jsonl
 from tests.docs import blocks, page, section
+from tests.scoring.helpers import WINDOW_TOKENS, one_token_tails, windowed_documents, windows_config
 
 MAX_TOKENS = 48
 
@@ -323,3 +325,65 @@ def test_training_on_selected_windows_computes_each_windows_scored_loss(tiny_mod
     scored = dict(zip(scores["sample_id"], zip(scores["loss"], scores["n_tokens"])))
     for sample_id, loss, count in zip(data.table["sample_id"].to_pylist(), losses.tolist(), n_tokens.tolist()):
         assert (count, loss) == (scored[sample_id][1], pytest.approx(scored[sample_id][0], abs=1e-4))
+
+
+def test_a_resumed_run_does_not_reuse_a_stampless_windowed_part_that_lost_windows(tmp_path, tiny_model_dir):
+    """A part of windows holds more rows than the documents its name spans, and only its stamp says how many. A
+    rerun of an unfinished job (scoring/units.py ``reusable_parts``) checks stamps with ``required=False`` although
+    the job file says every part of this directory is stamped: a part rewritten by a tool that drops Parquet
+    metadata, with a document's trailing windows gone, still counts its documents right (``window == 0`` rows), so
+    it is reused. The run exits 0 and its manifest counts the windows that are left: rows lost."""
+    write_jsonl(tmp_path / "in" / "d.jsonl", windowed_documents())
+    cfg = windows_config([tmp_path / "in"], tmp_path / "scores", tiny_model_dir)
+    reference = score(cfg.model_copy(update={"output": str(tmp_path / "reference")}), progress=False).manifest
+    score(cfg, progress=False)
+    out = tmp_path / "scores"
+    parts = sorted(out.glob("part-*.parquet"))
+    (out / "manifest.json").unlink()  # the job was killed before its last part: no manifest, no done marker
+    for marker in (out / "done").glob("*.json"):
+        marker.unlink()
+    parts[-1].unlink()
+    table = pq.read_table(parts[0])
+    last = table["window"].to_numpy()
+    keep = np.flatnonzero(~((np.arange(len(last)) == len(last) - 1) & (last > 0)))  # its last document's last window
+    assert len(keep) == table.num_rows - 1
+    pq.write_table(table.take(keep).replace_schema_metadata(None), parts[0])  # a tool that drops the metadata
+    try:
+        again = score(cfg, progress=False).manifest
+    except HardfocusError as exc:
+        assert parts[0].name in str(exc)
+        return
+    assert again.rows == reference.rows, f"the rerun exits 0 with {reference.rows - again.rows} windows lost"
+
+
+def test_a_documents_windows_n_bytes_sum_to_its_utf8_size_in_the_scores(tmp_path, tiny_model_dir):
+    """README: "the windows of a document partition its text, and their `n_bytes` sum to its UTF-8 size". In the
+    part files they do not: ``n_bytes`` is written null wherever a window's status is not ok (scoring/units.py
+    ``score_unit`` masks it with ``~ok``), so a document whose last window holds a single token (a ``too_short``
+    window: no BOS, no context) has the bytes of that window missing from every sum over its windows."""
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    docs = one_token_tails(tok)
+    write_jsonl(tmp_path / "in" / "d.jsonl", docs)
+    score(windows_config([tmp_path / "in"], tmp_path / "scores", tiny_model_dir), progress=False)
+    df = pl.read_parquet(tmp_path / "scores" / "part-*.parquet")
+    assert "too_short" in df["status"].to_list()
+    sums = dict(df.group_by("document_id").agg(pl.col("n_bytes").sum()).iter_rows())
+    assert sums == {d["id"]: len(d["text"].encode()) for d in docs}
+
+
+def test_windows_of_a_slow_byte_level_tokenizer_count_every_byte_once():
+    """A slow tokenizer has no offsets, so a window's ``n_bytes`` is measured by decoding its own tokens
+    (scoring/windows.py ``_add_document``). With a byte-level one (ByT5's here; Qwen-1's tiktoken tokenizer is
+    another slow byte-level one) a window boundary falls inside a multi-byte character every few windows, the
+    decode of each half drops the partial bytes, and the document's windows count far fewer bytes than its text
+    has: bits per byte come out too high, silently (in truncate mode only the one cut at the end loses any)."""
+    from transformers import ByT5Tokenizer
+
+    from scoring.windows import window_texts
+
+    tok = ByT5Tokenizer()
+    assert not tok.is_fast
+    text = "Grüße aus Köln, schöne Straße, naïve café 😀. " * 10
+    # fixed by refusing: windows need a fast tokenizer's offsets (the job refuses at its start, naming the tokenizer)
+    with pytest.raises(HardfocusError, match="needs a fast tokenizer .*ByT5Tokenizer"):
+        window_texts(tok, [text], [None], WINDOW_TOKENS, 2)

@@ -10,11 +10,14 @@ import shutil
 import numpy as np
 import polars as pl
 import pytest
+from transformers import AutoTokenizer
 
 from scoring import HardfocusError, ScoreConfig, score
 from selection import SelectConfig, select
 from selection.job import build_report
 from tests.conftest import real_texts, write_jsonl
+from tests.scoring.helpers import one_token_tails, windowed_documents, windows_config
+from tests.selection.helpers import select_without_report
 from tests.selection.test_by_document import (
     _check_whole_documents,
     _doc_of,
@@ -145,3 +148,63 @@ def test_excess_by_window_against_windows_cut_otherwise_is_refused(windowed, tmp
     same_cut = select(cfg.model_copy(update={"reference": [str(windowed["ref"])], "output": str(tmp_path / "s2")}),
                       progress=False)
     assert same_cut.summary.score_units == "nats per token"
+
+
+def test_excess_by_document_with_another_tokenizer_keeps_a_document_both_scored_whole(tmp_path, tiny_model_dir,
+                                                                                    bos_model_dir):
+    """``select --by document --score excess`` with a reference of another tokenizer compares bits per byte, and
+    drops a document whose two byte counts differ ("reference scored other bytes"). A document whose last window
+    holds one token (no BOS, no context: ``too_short``) has that window's bytes left out of its sum (``n_bytes`` is
+    null on a window that is not ok), so every such document is dropped, although both models scored all of it
+    but the unscored positions the README documents: with 4 documents of which 4 have a one-token tail, nothing is
+    left to select."""
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    docs = one_token_tails(tok)
+    write_jsonl(tmp_path / "in" / "d.jsonl", docs)
+    score(windows_config([tmp_path / "in"], tmp_path / "target", tiny_model_dir), progress=False)
+    score(windows_config([tmp_path / "in"], tmp_path / "reference", bos_model_dir), progress=False)
+    result = select_without_report([tmp_path / "target"], tmp_path / "sel", by="document", score="excess",
+                     reference=[str(tmp_path / "reference")], drop_top=0.0, keep=1.0)
+    assert "reference scored other bytes" not in result.summary.excluded, result.summary.excluded
+    assert result.summary.documents["kept"] == len(docs)
+
+
+def test_excess_by_document_follows_its_own_advice_for_windows_of_another_context(tmp_path, tiny_model_dir):
+    """``select --score excess`` on windows cut with another ``window_context`` than the reference's is refused with
+    "select --by document, which compares whole documents". Following that advice, with a tokenizer that adds no
+    BOS (SmolLM2's), the reference's windows of context 0 leave each later window's first token unscored, so every
+    multi-window document's token count differs and is dropped as "reference scored other tokens": the advice ends
+    in "the selection would keep zero samples". Either the documents are compared, or the first refusal should not
+    send the user there (a one-line refusal naming window_context)."""
+    write_jsonl(tmp_path / "in" / "d.jsonl", windowed_documents())
+    score(windows_config([tmp_path / "in"], tmp_path / "target", tiny_model_dir, window_context=2), progress=False)
+    score(windows_config([tmp_path / "in"], tmp_path / "reference", tiny_model_dir, window_context=0), progress=False)
+    kw = {"score": "excess", "reference": [str(tmp_path / "reference")], "drop_top": 0.0, "keep": 1.0}
+    with pytest.raises(HardfocusError, match="select --by document") as advice:
+        select_without_report([tmp_path / "target"], tmp_path / "by-window", **kw)
+    try:
+        result = select_without_report([tmp_path / "target"], tmp_path / "by-document", by="document", **kw)
+    except HardfocusError as exc:
+        assert "window_context" in str(exc), f"{advice.value} -> {exc}"
+        return
+    assert result.summary.documents["kept"] == 6
+
+
+def test_select_by_document_does_not_merge_two_documents_that_share_an_id(tmp_path, tiny_model_dir):
+    """Two input rows with the same ``--id-column`` value (scored with ``--on-error record``, which warns and
+    counts ``duplicate_ids``) are two documents; ``--by document`` groups windows by ``document_id`` and sums them
+    into one document with both texts' NLL, ranked and weighted as one, and counts one document fewer than were
+    scored, exit 0. By window every row stays a row; by document the duplicates should be refused (as excess
+    refuses them) or kept apart."""
+    docs = windowed_documents(4)
+    docs[3]["id"] = docs[0]["id"]
+    write_jsonl(tmp_path / "in" / "d.jsonl", docs)
+    manifest = score(windows_config([tmp_path / "in"], tmp_path / "scores", tiny_model_dir, on_error="record"),
+                     progress=False).manifest
+    assert manifest.duplicate_ids and manifest.documents == 4
+    try:
+        result = select_without_report([tmp_path / "scores"], tmp_path / "sel", by="document", drop_top=0.0, keep=1.0)
+    except HardfocusError as exc:
+        assert "duplicate" in str(exc) or "repeat" in str(exc)
+        return
+    assert result.summary.documents["eligible"] == 4, result.summary.documents

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import polars as pl
@@ -18,6 +19,7 @@ from pipelines.labels import band_labels
 from selection import SelectConfig, select
 from selection.job import build_report
 from tests.selection.fake_scores import write_scores, write_windowed_scores
+from tests.selection.helpers import select_without_report
 
 N = 60
 
@@ -134,3 +136,123 @@ def test_decisions_are_checked_when_read(tmp_path):
     part.unlink()
     with pytest.raises(HardfocusError, match="holds 3 parts where its summary counts 4"):
         decision_parts(str(sel))
+
+
+@pytest.mark.parametrize("case", ["last part all errors", "last part all too_short", "by document, last part too_short"])
+def test_a_last_score_part_without_a_ranked_row_is_selected(tmp_path, case):
+    """select crashes with ``IndexError: index N out-of-bounds in add.reduceat`` (a traceback, no output) whenever
+    the LAST score part holds no ranked row: ``write_selection`` counts the kept rows per part with
+    ``np.add.reduceat(band == KEPT, r_bounds[:-1])``, and reduceat refuses an index equal to the array's length (the
+    ``np.where`` fix after it only covers empty ranges in the middle). A last part of error / ``too_short`` / empty
+    rows is ordinary (a shard of empty documents sorts last, a one-token tail window), and with small parts it is
+    frequent: 3 of 40 random small selections in this review hit it. Every such selection is impossible."""
+    rng = np.random.default_rng(0)
+    if case.startswith("by document"):
+        # documents a..d fill parts 0-1; e's only windows are too_short and are the last part's rows
+        windows = {d: [(float(rng.uniform(1, 4)), 5), (float(rng.uniform(1, 4)), 5)] for d in "abcd"}
+        windows["e"] = [(1.0, 0), (1.0, 0)]
+        write_windowed_scores(tmp_path / "scores", windows, statuses={"e": ["too_short", "too_short"]},
+                              rows_per_part=4)
+        result = select_without_report([tmp_path / "scores"], tmp_path / "sel", by="document", drop_top=0.0, keep=0.5)
+        n = 10
+    else:
+        n = 14
+        bad = "error: boom" if case == "last part all errors" else "too_short"
+        write_scores(tmp_path / "scores", rng.uniform(1, 4, n).tolist(), statuses=["ok"] * 7 + [bad] * 7,
+                     rows_per_part=7)
+        result = select_without_report([tmp_path / "scores"], tmp_path / "sel", drop_top=0.1, keep=0.5)
+    decided = _decisions(tmp_path / "sel")
+    assert decided.height == n and decided.filter(pl.col("band") == "excluded").height == sum(result.summary.excluded.values())
+
+
+def test_the_advised_overwrite_of_a_selection_made_before_decisions_writes_them(tmp_path):
+    """A selection made before decisions/ existed is refused by ``hardfocus report``, ``hardfocus run``'s label table
+    and export with "run the same `hardfocus select` again with --overwrite" (hardfocus/contracts/decisions.py
+    decision_parts). That advice is a dead end: the selection's identity is unchanged, so StageDir._decide answers
+    COMPLETE (checked before ``overwrite``) and select logs "already holds this selection: nothing to do" and writes
+    nothing, with or without --overwrite. The user cannot get decisions/ short of deleting the directory by hand;
+    ``hardfocus run`` with a label_column fails at its very end on every output made by the previous version."""
+    write_scores(tmp_path / "scores", list(np.linspace(1, 3, 20)), rows_per_part=5)
+    sel = tmp_path / "sel"
+    select_without_report([tmp_path / "scores"], sel)
+    # what the previous version left: no decisions/, a summary without decision_parts
+    shutil.rmtree(sel / "decisions")
+    summary = json.loads((sel / "summary.json").read_text())
+    del summary["decision_parts"]
+    (sel / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(HardfocusError, match="--overwrite"):
+        decision_parts(str(sel))
+
+    select_without_report([tmp_path / "scores"], sel, overwrite=True)  # what the message says to do
+    assert len(decision_parts(str(sel))) == 4  # raises: still "records no decisions/"
+
+
+def _two_selections_over(tmp_path):
+    write_scores(tmp_path / "scores", list(np.random.default_rng(1).uniform(1, 4, 20)), rows_per_part=5)
+    a, b = tmp_path / "a", tmp_path / "b"
+    select_without_report([tmp_path / "scores"], a, drop_top=0.1, keep=0.5)
+    select_without_report([tmp_path / "scores"], b, drop_top=0.4, keep=0.2)
+    return a, b
+
+
+def test_a_decisions_part_put_in_another_ones_place_is_refused(tmp_path):
+    """The footer record of a decisions part names the score part it decides ("scores": dir index, "part": name), so
+    that a part in the wrong place can be told; but decision_parts (hardfocus/contracts/decisions.py) only compares the
+    record's ``rows`` with the file. Two parts of the same row count swapped (a copy script, a hand repair) are read
+    as valid: every reader (report, the run's label table, export) then gives rows 5-9 the bands of rows 10-14 and
+    vice versa, while the part's own record says it belongs elsewhere."""
+    a, _ = _two_selections_over(tmp_path)
+    one, two = a / "decisions" / "part-00001.parquet", a / "decisions" / "part-00002.parquet"
+    tmp = a / "decisions" / "swap"
+    one.rename(tmp)
+    two.rename(one)
+    tmp.rename(two)
+    with pytest.raises(HardfocusError, match="part-00001.parquet"):
+        decision_parts(str(a))
+
+
+def test_a_decisions_part_of_another_selection_is_refused(tmp_path):
+    """The contract promises foreign decisions are refused in one clear line. A decisions part copied from another
+    selection of the same scores (same part, same row count; e.g. a sync of two output directories, or one restored
+    from a backup of an earlier run) passes every check of decision_parts: its footer record ({"scores": 0, "part":
+    ..., "rows": 5}) is the same for every selection of those scores. The selection then contradicts itself: its
+    decisions no longer count to its summary's bands, nor are the kept decisions its training parts' rows, and the
+    report, label table and export silently show the other selection's bands for those rows. The record needs
+    something of the selection (its identity digest) for decision_parts to compare."""
+    a, b = _two_selections_over(tmp_path)
+    shutil.copyfile(b / "decisions" / "part-00001.parquet", a / "decisions" / "part-00001.parquet")
+    summary = json.loads((a / "summary.json").read_text())
+    got = _decisions(a)
+    assert {k: v for k, v in got.group_by("band").len().iter_rows() if k != "excluded"} != summary["bands"]
+    with pytest.raises(HardfocusError):
+        decision_parts(str(a))
+
+
+@pytest.mark.parametrize("twice", ["ranked", "excluded"])
+def test_a_row_decided_twice_is_refused_by_the_write_pass(tmp_path, monkeypatch, twice):
+    """writer.write_selection promises "a row in neither (or both) is refused, so decisions/ accounts for each scored
+    row", and the summary's counts are the excluded/ranked frames counted. But write_part only checks for a row that
+    is both ranked and excluded, or neither: a row ranked twice is written twice into the training part (trained on
+    twice) and counted twice in the summary's bands; a row excluded twice is counted twice in the summary's
+    ``excluded`` while decisions/ holds it once (with the last reason). The guard is the one thing that would catch a
+    future ranking step that duplicates rows (a join on a non-unique key, as excess and by-document use): here a
+    duplicate is injected into what ranking returns, and the write pass must refuse it."""
+    import selection.job as job
+
+    real = job._rank
+
+    def duplicating(*args, **kwargs):
+        excluded, ranked, units, documents = real(*args, **kwargs)
+        if twice == "ranked":
+            kept = ranked.filter(pl.col("band") == "kept").head(1)
+            ranked = pl.concat([ranked, kept]).sort("_row")
+        else:
+            excluded = pl.concat([excluded, excluded.head(1).with_columns(reason=pl.lit("another reason"))])
+        return excluded, ranked, units, documents
+
+    monkeypatch.setattr(job, "_rank", duplicating)
+    statuses = ["ok"] * 20
+    statuses[3] = "error: x"
+    write_scores(tmp_path / "scores", list(np.linspace(1, 3, 20)), statuses=statuses, rows_per_part=5)
+    with pytest.raises(HardfocusError, match="a row twice"):
+        select_without_report([tmp_path / "scores"], tmp_path / "sel", drop_top=0.1, keep=0.5)

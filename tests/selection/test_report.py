@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 import selection.report as report
+from hardfocus.errors import HardfocusError
 from selection import SelectConfig, select
 from tests.selection.fake_scores import write_scores
+from tests.selection.helpers import select_scores
 
 DROP_TOP, KEEP = 0.1, 0.5
 
@@ -139,3 +141,23 @@ def test_parameters_and_thresholds_are_tables(selected):
     for scope, t in summary["thresholds"].items():
         assert [float(v) for v in thresholds[scope]] == pytest.approx([t["dropped_min"], t["kept_min"], t["kept_max"]], abs=1e-4)
     assert "{'" not in (out / "report.html").read_text()  # no Python dict printed into the page
+
+
+def test_report_refuses_a_selection_that_was_not_made_from_the_scores_it_is_given(tmp_path):
+    """`hardfocus report SCORES SELECTED` re-ranks SCORES with SELECTED's parameters and draws SELECTED's kept rows
+    beside them, without checking that SELECTED was made from SCORES (its summary names the scores' directories and
+    fingerprints): given another scores/ directory it writes a report whose bands and kept rows belong to two different
+    datasets, and it writes it over the selection's own report.html, exit 0."""
+    from selection.job import build_report
+    from tests.selection.fake_scores import write_scores
+
+    write_scores(tmp_path / "A", list(np.linspace(1, 5, 40)))
+    write_scores(tmp_path / "B", list(np.linspace(10, 20, 60)), shard="other.jsonl")
+    select_scores([tmp_path / "A"], tmp_path / "sel")
+    before = (tmp_path / "sel" / "report.html").read_bytes()
+    try:
+        build_report([str(tmp_path / "B")], str(tmp_path / "sel"))
+    except HardfocusError as exc:
+        assert "sel" in str(exc)
+    assert (tmp_path / "sel" / "report.html").read_bytes() == before, \
+        "the selection's report was replaced by one of other scores"

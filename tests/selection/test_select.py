@@ -147,3 +147,16 @@ def test_report_files(tmp_path):
     assert not list((tmp_path / "sel").glob("*.png"))  # the plots are embedded in the page
     page = (tmp_path / "sel" / "report.html").read_text()
     assert '<img src="data:image/png;base64,' in page and "<td>x</td>" in page
+
+
+def test_asking_for_the_report_again_is_not_another_selection(tmp_path):
+    """`report` writes report.html and changes nothing else (summary.json leaves it out), yet it is part of the
+    selection's identity: `select S -o sel --no-report` after `select S -o sel` is refused ("differs in:
+    parameters.report") and with --overwrite reselects; `hardfocus run` reselects when it is toggled."""
+    from selection import SelectConfig, select
+    from tests.selection.fake_scores import write_scores
+
+    write_scores(tmp_path / "scores", list(np.linspace(1, 5, 40)))
+    cfg = SelectConfig(scores=[str(tmp_path / "scores")], output=str(tmp_path / "sel"))
+    select(cfg, progress=False)
+    assert select(cfg.model_copy(update={"report": False}), progress=False).skipped

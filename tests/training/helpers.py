@@ -82,3 +82,24 @@ def run_killed_at_step(step: int, cfg: TrainConfig, model_dir: str, monkeypatch)
         patch.setattr(WeightedTrainer, "training_step", dies)
         with pytest.raises(RuntimeError, match="killed"):
             train(cfg.model_copy(update={"model": model_dir}), progress=False)
+
+
+def write_token_part(path: Path, sequences: list[list[int]]) -> None:
+    """A token directory of one part holding only ``input_ids`` (no marker, no weights)."""
+    path.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"input_ids": pa.array(sequences, pa.list_(pa.int32()))}), path / "part-00000.parquet")
+
+
+def write_parts_dir(root: Path, parts: list[pa.Table]) -> str:
+    """A token directory written by hand (no marker): ``part-*.parquet`` with ``input_ids`` and what else they hold."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i, table in enumerate(parts):
+        pq.write_table(table, root / f"part-{i:05d}.parquet")
+    return str(root)
+
+
+def train_with(cfg: TrainConfig, model_dir: str):
+    """``train(cfg)`` in this process with ``model_dir`` as its model."""
+    from training import train
+
+    return train(cfg.model_copy(update={"model": model_dir}), progress=False)

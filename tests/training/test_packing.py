@@ -89,3 +89,33 @@ def test_training_packed_lands_on_the_parameters_of_training_padded(tiny_model_d
     assert max_param_diff(parameters(padded.output), base) > 1e-3
     assert max_param_diff(parameters(packed.output), parameters(padded.output)) < 1e-5
     assert packed.final_loss == pytest.approx(padded.final_loss, rel=1e-5)
+
+
+def test_packed_rows_cut_at_max_seq_len_and_spans_beyond_the_cut_give_finite_losses(tiny_model_dir):
+    """Packed with a row longer than ``max_seq_len`` (cut), a row whose only span lies beyond the cut (no target:
+    loss 0, no gradient) and a batch of one such row: the losses equal the padded batch's, nothing is NaN."""
+    from transformers import AutoModelForCausalLM
+
+    from training.collator import PackedCollator, WeightedCollator
+    from training.weighting import per_sample_nll, per_sample_nll_packed
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    rng = np.random.default_rng(3)
+    rows = [{"input_ids": rng.integers(3, 290, 40).tolist(), "weight": 1.0, "loss_spans": None},
+            {"input_ids": rng.integers(3, 290, 30).tolist(), "weight": 2.0, "loss_spans": [{"start": 20, "stop": 30}]},
+            {"input_ids": rng.integers(3, 290, 6).tolist(), "weight": 1.0, "loss_spans": None}]
+    for batch in (rows, rows[1:2]):
+        padded = WeightedCollator(pad_token_id=0, max_seq_len=16)(batch)
+        packed = PackedCollator(pad_token_id=0, max_seq_len=16)(batch)
+        assert packed["input_ids"].shape[1] == sum(min(len(r["input_ids"]), 16) for r in batch)
+        logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits
+        losses, n = per_sample_nll_packed(logits, packed["labels"], packed["sample_index"], len(batch))
+        pad = per_sample_nll(model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits,
+                             padded["labels"])[0]
+        assert torch.isfinite(losses).all()
+        torch.testing.assert_close(losses, pad, rtol=1e-5, atol=1e-5)
+        target_free = [i for i, r in enumerate(batch) if r["loss_spans"]]
+        assert all(float(losses[i].detach()) == 0.0 and int(n[i]) == 0 for i in target_free)
+        (losses * packed["weight"]).sum().backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        model.zero_grad()

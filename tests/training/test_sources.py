@@ -16,9 +16,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from scoring import HardfocusError
+from scoring import HardfocusError, score
+from tests.scoring.helpers import TEXTS, score_config, write_texts
 from tests.selection.fake_scores import write_scores
-from tests.training.helpers import mixed_length_sequences, write_selected
+from tests.training.helpers import mixed_length_sequences, write_parts_dir, write_selected, write_token_part
 from tests.training.test_loss_spans import response_spans, with_spans
 from training.data import load_training_data
 from training.sources import find_sources
@@ -184,3 +185,74 @@ def test_ray_reader_yields_the_rows_of_the_in_process_reader(local_ray, tmp_path
     got = [r | {"loss_spans": None if r["loss_spans"] is None else [dict(s) for s in r["loss_spans"]]} for r in got]
     assert len(expected) == 12 + 6 + 3 and any(r["loss_spans"] for r in expected)
     assert sorted(map(key, got)) == sorted(map(key, expected))
+
+
+def test_a_selection_summary_that_is_json_but_not_an_object_is_named_not_a_traceback(tmp_path):
+    """Found by a review: a selection's summary.json that is JSON but not an object (``[]``) is refused naming it."""
+    from tests.training.helpers import write_selected
+    from training.sources import find_sources
+
+    sel = write_selected(tmp_path / "sel", [[5, 6, 7, 8]] * 4)
+    (tmp_path / "sel" / "summary.json").write_text("[]")
+    with pytest.raises(HardfocusError, match="summary.json"):
+        find_sources([sel])
+
+
+def test_train_refuses_a_data_directory_given_twice(tmp_path):
+    """`select S S` is refused ("every row would count twice"); `train sel sel/` trains every row twice."""
+    from tests.training.helpers import write_selected
+    from training.sources import find_sources
+
+    sel = write_selected(tmp_path / "sel", [[5, 6, 7, 8]] * 4)
+    with pytest.raises(HardfocusError, match="twice"):
+        find_sources([sel, sel + "/"])
+
+
+def test_train_on_a_scores_directory_refuses_a_part_copied_in_from_another_one(tmp_path, tiny_model_dir):
+    """The first review's fix (a part stamped with its job) is checked by `select` only: `train scores/` (ERM on
+    everything scored ok) reads the same directory through training/sources.py, which compares part and row counts
+    with the manifest and nothing else, and trains on the token ids of another scoring run, exit 0."""
+    from training.sources import find_sources
+
+    write_texts(tmp_path / "in" / "a.jsonl", TEXTS)
+    score(score_config([tmp_path / "in"], tmp_path / "A", tiny_model_dir), progress=False)
+    score(score_config([tmp_path / "in"], tmp_path / "B", tiny_model_dir).model_copy(update={"max_tokens": 8}),
+          progress=False)
+    part = sorted((tmp_path / "A").glob("part-*.parquet"))[0]
+    part.write_bytes((tmp_path / "B" / part.name).read_bytes())
+    with pytest.raises(HardfocusError, match=part.name):
+        find_sources([str(tmp_path / "A")])
+
+
+def test_a_weight_column_of_text_is_refused_in_one_line(tmp_path):
+    """``_check_part`` accepts a weight column whose type casts to float32 on an empty array (a string column
+    does), and ``find_sources`` then casts the real values up front (``chunk.cast(pa.float32())``), which raises
+    ``pyarrow.lib.ArrowInvalid: Failed to parse string: 'high' as a scalar of type float`` out of ``find_sources``:
+    a traceback from ``hardfocus train``, not a one-line refusal naming the directory and the column.
+    Expected: a :class:`HardfocusError` naming the weight column (as for a column of the wrong type)."""
+    ids = pa.array([[5, 6, 7], [8, 9, 10, 11]], pa.list_(pa.int32()))
+    path = write_parts_dir(tmp_path / "tokens", [pa.table({"input_ids": ids, "weight": ["1.5", "high"]})])
+    try:
+        find_sources([path])
+    except HardfocusError as exc:
+        assert "weight" in str(exc) and "\n" not in str(exc)
+    except Exception as exc:  # noqa: BLE001 - the finding: anything else escapes as a traceback
+        pytest.fail(f"find_sources raised {type(exc).__module__}.{type(exc).__name__}: {exc}")
+    else:
+        pytest.fail("a weight column holding 'high' was accepted")
+
+
+@pytest.mark.parametrize("bad", [5000, -1])
+def test_token_ids_outside_the_models_vocabulary_are_refused_naming_the_directory(tmp_path, tiny_model_dir, bad):
+    """Token ids with no tokenizer recorded (a token directory of parts) are not checked against the model: an id
+    >= the vocabulary size (or negative) crashes the first forward pass with a raw `IndexError: index out of range
+    in self` (on a GPU: a device-side assert that takes the process down). The footers' statistics give the
+    maximum and minimum id for free."""
+    from tests.training.helpers import small_config
+    from training import train
+
+    sequences = np.random.default_rng(0).integers(3, 250, size=(8, 12)).tolist()
+    sequences[3][5] = bad
+    write_token_part(tmp_path / "tokens", sequences)
+    with pytest.raises(HardfocusError, match="tokens"):
+        train(small_config([str(tmp_path / "tokens")], tmp_path / "model", max_steps=2, weighting="none", model=tiny_model_dir), progress=False)

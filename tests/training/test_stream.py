@@ -10,9 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from hardfocus.contracts.scores import LOSS_SPANS_TYPE
 from scoring import HardfocusError
 from tests.selection.fake_scores import write_scores
-from tests.training.helpers import mixed_length_sequences, write_selected
+from tests.training.helpers import mixed_length_sequences, write_parts_dir, write_selected
 from training.sources import find_sources
 from training.stream import PartWindows, TrainingStream, window_batches, window_size
 
@@ -183,3 +184,126 @@ def test_a_run_logs_the_tokens_it_trained_on_and_their_share_of_the_positions_co
 
     logged = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in logged if "loss" in r][-1] == pytest.approx(24 / 40)  # 6 steps x 4 of 40 rows
+
+
+def _mixed_sources(root: Path) -> tuple[list[str], list[tuple[int, ...]]]:
+    """selected/ (int32 ids), scores/ (a third of its rows not ok, one part with no ok row) and a token directory
+    whose parts differ: large_list<int64> ids with loss_spans, list<int32> ids without, a weight of float64."""
+    rows: list[tuple[int, ...]] = []
+    sel = [[2000 + i, *s] for i, s in enumerate(mixed_length_sequences(9, vocab=290, seed=21))]
+    write_selected(root / "sel", sel, weights=np.linspace(0.5, 1.5, 9).tolist())
+    rows += [tuple(s) for s in sel]
+    status = ["too_short"] * 5 + ["ok" if i % 3 else "too_short" for i in range(10)]
+    seqs = [[3000 + i, 5, 6 + i % 4] for i in range(15)]
+    write_scores(root / "scores", losses=list(np.linspace(1, 3, 15)), statuses=status, rows_per_part=5,
+                 columns={"input_ids": seqs})
+    rows += [tuple(s) for s, st in zip(seqs, status) if st == "ok"]
+    a = [[4000 + i, 7, 8, 9] for i in range(4)]
+    b = [[5000 + i, 10, 11] for i in range(3)]
+    spans = pa.array([[{"start": 1, "stop": 3}]] * 4, LOSS_SPANS_TYPE)
+    write_parts_dir(root / "tokens", [
+        pa.table({"input_ids": pa.array(a, pa.large_list(pa.int64())), "loss_spans": spans,
+                  "weight": pa.array([1.0, 2.0, 0.5, 1e-3], pa.float64())}),
+        pa.table({"input_ids": pa.array(b, pa.list_(pa.int32()))}),
+    ])
+    rows += [tuple(s) for s in a + b]
+    return [str(root / "sel"), str(root / "scores"), str(root / "tokens")], rows
+
+
+@pytest.mark.parametrize("buffer,batch_size", [(1, 4), (3, 4), (5, 2), (10**6, 3), (1, 40)])
+@pytest.mark.parametrize("order", ["random", "grouped"])
+def test_mixed_sources_stream_every_row_once_per_epoch_and_resume_exactly(tmp_path, buffer, batch_size, order):
+    """Windows mix the sources' parts (other columns, other id types, no ok row at all), a buffer below the batch
+    size, a batch larger than the data: each of three epochs holds every trainable row once, and a stream started at
+    any batch is the uninterrupted stream from there."""
+    paths, expected = _mixed_sources(tmp_path)
+    sources = find_sources(paths)
+    assert sources.rows == len(expected) == 9 + 6 + 7
+
+    def stream(start=0):
+        return TrainingStream(PartWindows(sources, 5), lambda r: r, batch_size, buffer, 5, order, 512, start_batch=start)
+
+    window = max(batch_size, buffer // batch_size * batch_size)
+    per_epoch = sum(-(-min(window, len(expected) - s) // batch_size) for s in range(0, len(expected), window))
+    batches = [rows_of(b) for b in itertools.islice(stream().batch_rows(), 3 * per_epoch + 2)]
+    for e in range(3):
+        epoch = [r for b in batches[e * per_epoch:(e + 1) * per_epoch] for r in b]
+        assert sorted(epoch) == sorted(expected), f"epoch {e}"
+    for start in sorted({1, per_epoch - 1, per_epoch, per_epoch + 1, 2 * per_epoch + 1}):
+        resumed = [rows_of(b) for b in itertools.islice(stream(start).batch_rows(), 3 * per_epoch + 2 - start)]
+        assert resumed == batches[start:], f"started at batch {start}"
+
+
+def test_a_part_rewritten_with_as_many_rows_while_streamed_is_refused(tmp_path):
+    """The in-memory path read every part once, right after ``find_sources`` checked it; the stream reads each part
+    again every epoch, for as long as the run lasts, and ``PartWindows`` only compares the number of trainable rows
+    with the footer's count. A part rewritten meanwhile with as many rows (a selection redone into the same
+    directory, a token directory regenerated) is trained on from the next epoch on without a word: the run mixes
+    two data sets, and its manifest names only the first. Expected: a part is checked to be the file
+    ``find_sources`` saw (its size and modification stamp, or its footer), and one that is not is refused, as one
+    whose row count changed is. Fixed so: the part's size and modification stamp are compared with what
+    ``find_sources`` saw, and the next epoch is refused naming the part."""
+    seqs = [[1000 + i, 5, 6, 7] for i in range(12)]
+    path = write_selected(tmp_path / "sel", seqs)
+    sources = find_sources([path])
+    part = Path(sources.sources[0].parts[0])
+    stream = TrainingStream(PartWindows(sources, 0), lambda r: r, 4, 8, 0, "random", 512)
+    batches = stream.batch_rows()
+    first_epoch = [r for b in itertools.islice(batches, 3) for r in rows_of(b)]
+    assert sorted(first_epoch) == sorted(map(tuple, seqs))
+    table = pq.read_table(part)
+    other = pa.array([[2000 + i, 9, 9] for i in range(12)], pa.list_(pa.int32()))
+    pq.write_table(table.set_column(table.schema.get_field_index("input_ids"), "input_ids", other), part)
+    with pytest.raises(HardfocusError, match=r"part-00000\.parquet' is not the file it was when the run started"):
+        list(itertools.islice(batches, 3))  # the second epoch
+
+
+def test_a_part_deleted_while_streamed_stops_the_run_in_one_line(tmp_path):
+    """Found by a review: a part deleted after the sources were checked stops the stream in one line naming it."""
+    path = write_selected(tmp_path / "sel", [[1000 + i, 5, 6, 7] for i in range(12)])
+    sources = find_sources([path])
+    Path(sources.sources[0].parts[0]).unlink()
+    with pytest.raises(HardfocusError) as failed:
+        list(itertools.islice(TrainingStream(PartWindows(sources, 0), lambda r: r, 4, 8, 0, "random", 512)
+                              .batch_rows(), 3))
+    assert "\n" not in str(failed.value) and "part-00000.parquet" in str(failed.value)
+
+
+@pytest.mark.s3
+def test_parts_on_an_object_store_stream_as_the_local_copy_does_across_epochs_and_a_resume(s3_url, tmp_path):
+    """Found by a review (pinned): parts on a store stream the local copy's batches, across epochs and from a resume."""
+    from tests.s3 import upload
+
+    paths, _ = _mixed_sources(tmp_path / "local")
+    remote = [upload(p, f"{s3_url}/{Path(p).name}") for p in paths]
+
+    def stream(where, start=0):
+        return TrainingStream(PartWindows(find_sources(where), 2), lambda r: r, 4, 8, 2, "grouped", 512,
+                              start_batch=start)
+
+    local = [rows_of(b) for b in itertools.islice(stream(paths).batch_rows(), 14)]
+    assert [rows_of(b) for b in itertools.islice(stream(remote).batch_rows(), 14)] == local
+    assert [rows_of(b) for b in itertools.islice(stream(remote, start=5).batch_rows(), 9)] == local[5:]
+
+
+@pytest.mark.s3
+def test_a_part_on_an_object_store_rewritten_with_as_many_rows_while_streamed_is_refused(s3_url, tmp_path):
+    """As for a local part (above), on a store: a part of ``selected/`` overwritten between two epochs with as many
+    rows (other token ids) is trained on from the next epoch on. A check of the part's ETag must not take it from
+    s3fs's cached listing (the one ``find_sources`` made), or it never sees the new object. Expected: refused. Fixed
+    so: the part's version on the store (its ETag) is compared with what ``find_sources`` saw."""
+    from tests.s3 import s3_fs, upload
+
+    seqs = [[1000 + i, 5, 6, 7] for i in range(12)]
+    url = upload(write_selected(tmp_path / "sel", seqs), f"{s3_url}/sel")
+    sources = find_sources([url])
+    batches = TrainingStream(PartWindows(sources, 0), lambda r: r, 4, 8, 0, "random", 512).batch_rows()
+    first_epoch = [r for b in itertools.islice(batches, 3) for r in rows_of(b)]
+    assert sorted(first_epoch) == sorted(map(tuple, seqs))
+    local = tmp_path / "sel" / "part-00000.parquet"
+    table = pq.read_table(local)
+    other = pa.array([[2000 + i, 9, 9, 9] for i in range(12)], pa.list_(pa.int32()))
+    pq.write_table(table.set_column(table.schema.get_field_index("input_ids"), "input_ids", other), local)
+    s3_fs().put_file(str(local), f"{url}/part-00000.parquet")  # another process rewrites the object
+    with pytest.raises(HardfocusError, match=r"part-00000\.parquet' is not the file it was when the run started"):
+        list(itertools.islice(batches, 3))  # the second epoch

@@ -22,6 +22,7 @@ from tests.training.helpers import (
     parameters,
     run_killed_at_step,
     small_config,
+    train_with,
     write_selected,
 )
 from training import WeightedTrainer, train
@@ -293,3 +294,73 @@ def test_a_resumed_run_sees_the_samples_of_an_uninterrupted_one_across_windows_a
     assert seen["out"][:10] == seen["full"][:10] and len(before_kill) == 10
     assert seen["out"][10:] == seen["full"][6:]  # steps 7..14 again from the checkpoint, the same batches
     assert max_param_diff(parameters(resumed.output), uninterrupted) < 1e-6
+
+
+@pytest.mark.parametrize("batching", ["grouped", "packed"])
+def test_the_eval_loss_is_the_mean_loss_of_the_held_out_rows(tiny_model_dir, tmp_path, batching):
+    """Pinned: with 5 held-out rows in batches of 4 (a last, shorter batch), ``eval_loss`` is the mean of the 5
+    rows' own losses, padded or packed (the Trainer repeats each batch's mean ``eval_batch_size`` times, and
+    accelerate's ``gather_for_metrics`` drops the last batch's repeats)."""
+    from transformers import AutoModelForCausalLM
+
+    from training.build import build_trainer, training_arguments
+    from training.collator import WeightedCollator
+    from training.data import TokenDataset, load_training_data
+    from training.weighting import per_sample_nll
+
+    seqs = mixed_length_sequences(5, vocab=290, seed=12)
+    heldout = write_selected(tmp_path / "held", seqs)
+    cfg = small_config([heldout], tmp_path / "out", batch_size=4, batching=batching, eval_data=[heldout])
+    args = training_arguments(cfg, bf16=False, progress=False, with_eval=True)
+    trainer = build_trainer(cfg, tiny_model_dir, args, None, TokenDataset(load_training_data([heldout]).table))
+    got = trainer.evaluate()["eval_loss"]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        alone = []
+        for s in seqs:
+            one = WeightedCollator(pad_token_id=0, max_seq_len=512)([{"input_ids": s, "weight": 1.0}])
+            alone.append(float(per_sample_nll(model(input_ids=one["input_ids"]).logits, one["labels"])[0][0]))
+    assert got == pytest.approx(float(np.mean(alone)), rel=1e-4), \
+        f"eval_loss {got} is not the mean {np.mean(alone)} of the held-out rows' losses {alone}"
+
+
+def batch_rows(inputs: dict) -> list[tuple[int, ...]]:
+    """The samples of a collated batch, padded or packed, as tuples of token ids (sorted: the order is not compared)."""
+    ids = inputs["input_ids"]
+    if "sample_index" in inputs:
+        index = inputs["sample_index"].tolist()
+        flat = ids[0].tolist()
+        out: dict[int, list[int]] = {}
+        for i, t in zip(index, flat):
+            out.setdefault(i, []).append(t)
+        return sorted(tuple(v) for v in out.values())
+    mask = inputs["attention_mask"]
+    return sorted(tuple(row[m.bool()].tolist()) for row, m in zip(ids, mask))
+
+
+@pytest.mark.parametrize("batching", ["grouped", "packed"])
+def test_a_resume_with_an_online_window_of_two_micro_batches_lands_on_the_uninterrupted_weights(
+        tiny_model_dir, tmp_path, monkeypatch, batching):
+    """Gradient accumulation 2 (IR-DRO over the step's two micro-batches), 13 rows in windows of 4 (the epoch's
+    last batch holds 1 row, an epoch is 4 micro-batches): killed in step 4 (checkpoint at step 2, in the second
+    epoch after it), the resumed run trains the uninterrupted run's batches and lands on its weights."""
+    data = write_selected(tmp_path / "sel", mixed_length_sequences(13, vocab=290, seed=31),
+                          weights=np.linspace(0.5, 1.5, 13).tolist())
+    common = dict(weighting="static+online", online_window=2, temperature=0.5, max_steps=5, save_steps=2,
+                  shuffle_buffer=4, batching=batching, optim="sgd", learning_rate=0.5)
+    seen: dict[str, list] = {"full": [], "out": []}
+    original = WeightedTrainer.compute_loss
+
+    def recording(self, model, inputs, *args, **kwargs):
+        if model.training:
+            seen[Path(self.args.output_dir).parent.name].append(batch_rows(inputs))
+        return original(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(WeightedTrainer, "compute_loss", recording)
+    full = train_with(small_config([data], tmp_path / "full", **common), tiny_model_dir)
+    cfg = small_config([data], tmp_path / "out", **common)
+    run_killed_at_step(7, cfg, tiny_model_dir, monkeypatch)  # the 7th micro-batch: in step 4
+    resumed = train_with(cfg, tiny_model_dir)
+    assert resumed.resumed_from.endswith("checkpoint-2")
+    assert len(seen["full"]) == 10 and seen["out"][6:] == seen["full"][4:]
+    assert max_param_diff(parameters(resumed.output), parameters(full.output)) < 1e-6

@@ -1,13 +1,5 @@
-"""Problems found by a seventh adversarial review, of the one-actor scoring path (scoring/executors.py,
-``_run_one_actor``: a local Ray with one CPU actor reads, tokenises and scores every shard itself; a dead actor is
-replaced up to three times and finishes the unfinished shards on their written parts).
-
-Reviewed at 5928fab (and 15ab180). What held up: one to three SIGKILLs of the actor in one run (mid-unit, while it
-writes a part, during its model load, on a resume of a killed run), several shards mixing Parquet, Arrow, JSONL
-(plain, .gz, .zst), empty shards and shards that end mid-unit, windowed long documents, ``--on-error stop`` after a
-kill, and ``--actors 2`` (Ray Data): every row exactly once, the losses and the manifest's counts of an unkilled
-``--executor local`` run. Each test below fails on the reviewed code for the reason its docstring gives.
-"""
+"""scoring/executors.py: the default path, a local Ray with one actor (``_run_one_actor``), reports an actor that
+keeps dying, or a model the scorer refuses, in one error line; Ray's workers get the model spec the driver resolved."""
 
 from __future__ import annotations
 
@@ -22,10 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from scoring import ScoreConfig, score
 from tests.conftest import ENGLISH
 from tests.reliability.test_faults import cmdline, descendants
-from tests.scoring.helpers import assert_same_scores, read_scores
 
 ENV = os.environ | {"PYTHONPATH": os.getcwd()}
 ENV.pop("RAY_ADDRESS", None)
@@ -39,9 +29,6 @@ def _common(settings: dict) -> list[str]:
     return ["--model", settings["model"], "--dtype", settings["dtype"], "--group-column", settings["group_column"],
             "--max-tokens", str(settings["max_tokens"]), "--rows-per-unit", str(settings["rows_per_unit"]),
             "--token-budget", str(settings["token_budget"])]
-
-
-# ---- the actor dying more often than it is replaced ------------------------------------------------------------
 
 
 @pytest.mark.ray
@@ -80,9 +67,6 @@ def test_an_actor_that_dies_more_often_than_it_is_replaced_fails_with_one_line_s
     last = err.strip().splitlines()[-1]
     assert "Traceback" not in err and last.startswith("error:") and f"{deaths} times" in last, err[-3000:]
     assert "resumes" in last and not (out / "manifest.json").exists()
-
-
-# ---- a HardfocusError raised while the actor starts ---------------------------------------------------------------
 
 
 def _tiny_cohere(path: Path, tokenizer_dir: str) -> str:
@@ -129,30 +113,19 @@ def test_a_model_the_scorer_refuses_is_one_error_line_on_the_default_ray_path_to
 # tests/scoring/test_ray_cluster.py's run on a cluster, and the one-actor path's log line by tests/scoring/test_console.py)
 
 
-# ---- --overwrite and a shard that shrank after an interrupted run (units.read_shard_task; any executor) -----------
+def test_the_model_alias_stays_the_alias_for_rays_workers(tmp_path, monkeypatch):
+    """scoring/executors.py:86 (with_absolute_paths): ``if os.path.exists(cfg.model)`` makes the model spec absolute
+    when a file or folder of that name is in the current directory, but resolve_model reads the alias
+    ``smollm2-135m`` *before* any path. With a ``./smollm2-135m`` folder (say the user trained into ``-o
+    smollm2-135m``), the driver scores with the alias's model while every Ray worker gets '/…/smollm2-135m' and
+    resolves that folder instead: "model directory ... has no config.json", or, where it holds a checkpoint, "model
+    ... resolves to different weights on this node"; scoring on Ray fails where ``--executor local`` works.
+    Expected: the workers get the spec the driver resolved (the alias stays the alias)."""
+    from hardfocus.models import SMOLLM2_ALIAS
+    from scoring import ScoreConfig
+    from scoring.executors import with_absolute_paths
 
-
-def test_overwrite_scores_again_a_shard_that_shrank_after_a_kill_mid_shard(tmp_path, tiny_model_dir):
-    """docs/reliability.md: "a shard edited after a kill mid-shard ... a resume refuses the old shard's parts
-    (``--overwrite`` scores the shard again)". With ``--overwrite``, ``reusable_parts`` does remove the old parts
-    (their stamp names another version of the shard) and the task scores every row of the new shard; but
-    ``read_shard_task`` then checks ``task.done`` (the starts of the parts just removed) against the new row count,
-    and a shard that now has fewer rows than an old part's start fails with "holds parts ... past its last row ...
-    pass --overwrite", though --overwrite was passed and those parts are gone. (Outside the one-actor change: every
-    executor reads shards through ``read_shard_task``.) Expected: the shard scored again, as a fresh run scores it."""
-    shard = tmp_path / "in" / "a.parquet"
-    shard.parent.mkdir()
-    pq.write_table(pa.table({"text": [f"{ENGLISH[i % 6]} {i}" for i in range(30)]}), shard)
-    cfg = ScoreConfig(inputs=[str(shard.parent)], output=str(tmp_path / "scores"), model=tiny_model_dir,
-                      executor="local", dtype="float32", max_tokens=32, rows_per_unit=5)
-    score(cfg, progress=False)
-    scores = tmp_path / "scores"
-    # the state a SIGKILL mid-shard leaves: parts, no done marker, no manifest
-    for marker in (scores / "done").glob("*.json"):
-        marker.unlink()
-    (scores / "manifest.json").unlink()
-    pq.write_table(pa.table({"text": [f"short text {i}" for i in range(12)]}), shard)  # the user edits the shard
-    score(cfg.model_copy(update={"overwrite": True}), progress=False)
-    fresh = score(cfg.model_copy(update={"output": str(tmp_path / "fresh")}), progress=False)
-    assert fresh.manifest.rows == 12
-    assert_same_scores(read_scores(scores), read_scores(tmp_path / "fresh"))
+    monkeypatch.chdir(tmp_path)
+    Path(SMOLLM2_ALIAS).mkdir()
+    cfg = ScoreConfig(inputs=["data"], output="scores", model=SMOLLM2_ALIAS, executor="ray")
+    assert with_absolute_paths(cfg).model == SMOLLM2_ALIAS

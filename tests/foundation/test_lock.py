@@ -338,3 +338,22 @@ def test_each_acquisition_is_a_new_generation(tmp_path):
         lock.fence().check()
     finally:
         lock.release()
+
+
+def test_taking_the_lock_never_truncates_the_file_a_planted_lock_symlink_points_to(tmp_path):
+    """`_acquire_local` opens `.NAME.lock` with O_RDWR | O_CREAT (following a symlink), then `ftruncate`s it and
+    writes its record: a `.out.lock` symlink left in a shared output parent truncates whatever file it names."""
+    from hardfocus.kinds import SCORES
+    from hardfocus.stagedir import StageDir
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / ".out.lock").symlink_to(victim)
+    out = StageDir(str(tmp_path / "shared" / "out"), SCORES)
+    try:
+        out.lock()
+        out.unlock()
+    except HardfocusError:
+        pass  # refusing a lock that is a symlink is fine
+    assert victim.read_text() == "precious\n"

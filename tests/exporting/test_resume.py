@@ -1,0 +1,49 @@
+"""A rerun of an interrupted export: whole parts kept, a part cut short or damaged written again, byte for byte."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import write_jsonl
+from tests.exporting.helpers import export_or_refusal, run_export, selection_of, snapshot
+
+
+def _interrupted(sel: Path, out: Path, fmt: str) -> tuple[dict[str, bytes], list[str]]:
+    run_export(sel, out, format=fmt, shard_rows=5)
+    reference = snapshot(out)
+    (out / "export.json").unlink()  # as if killed before its marker
+    return reference, sorted(reference)
+
+
+def test_a_json_lines_part_cut_short_is_written_again(tmp_path):
+    """``ExportDir.rows_of`` is what a rerun trusts before it keeps a part (its docstring: None where it is "cut
+    short or changed since it was written"); tests/exporting test this for Parquet, whose footer a cut destroys.
+    For ``--format jsonl`` it counts non-blank lines, so a part cut anywhere inside its last line (a partial copy, a
+    disk that lost the tail) counts as whole: the rerun keeps it, writes ``export.json`` and exits 0 over a part
+    whose last row is broken JSON (``json.loads`` fails on it; a trainer's loader stops there)."""
+    shard = write_jsonl(tmp_path / "in" / "e.jsonl", [{"text": f"doc {i} " * (1 + i % 5), "i": i} for i in range(60)])
+    sel = selection_of(tmp_path, shard, 60, drop_top=0.0, keep=0.9)
+    out = tmp_path / "out"
+    reference, names = _interrupted(sel, out, "jsonl")
+    (out / names[2]).write_bytes(reference[names[2]][:-8])  # cut inside its last line
+    run_export(sel, out, format="jsonl", shard_rows=5)
+    assert snapshot(out) == reference
+    for line in (out / names[2]).read_text().splitlines():
+        json.loads(line)
+
+
+def test_a_damaged_jsonl_zst_part_is_written_again(tmp_path):
+    """A ``.jsonl.zst`` part whose bytes were damaged (a bit flipped in the middle) makes
+    ``formats.count_rows`` raise ``zstandard.ZstdError: Data corruption detected``, which ``ExportDir.rows_of`` does
+    not catch (only OSError, ArrowException, ValueError): the rerun that was to write it again dies with a
+    traceback instead, and so does every rerun until the part is found and removed by hand."""
+    shard = write_jsonl(tmp_path / "in" / "e.jsonl", [{"text": f"doc {i} " * (1 + i % 5), "i": i} for i in range(60)])
+    sel = selection_of(tmp_path, shard, 60, drop_top=0.0, keep=0.9)
+    out = tmp_path / "out"
+    reference, names = _interrupted(sel, out, "jsonl.zst")
+    damaged = bytearray(reference[names[2]])
+    damaged[len(damaged) // 2] ^= 0xFF
+    (out / names[2]).write_bytes(bytes(damaged))
+    result = export_or_refusal(sel, out, format="jsonl.zst", shard_rows=5)
+    assert result is not None and snapshot(out) == reference
