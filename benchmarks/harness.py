@@ -79,7 +79,7 @@ def library_versions(names: Sequence[str] = ("torch", "transformers", "ray", "nu
     return versions(tuple(names))
 
 
-def code_version(paths: Sequence[str] = ("scoring", "selection", "training", "pipelines")) -> str:
+def code_version(paths: Sequence[str] = ("hardfocus", "scoring", "selection", "training", "exporting", "pipelines")) -> str:
     """The commit measured, and which of ``paths`` differ from it (a figure of uncommitted code says so)."""
     root = Path(__file__).resolve().parent.parent
     try:

@@ -172,7 +172,7 @@ def run_phase(phase: str, workdir: Path, n_shards: int, units: int) -> dict:
     elif phase == "listing":
         result["parts"] = len(out.parts())
     elif phase == "plan-noop":
-        plan = plan_shards(out, shards, _config(workdir))
+        plan = plan_shards(out, shards, _config(workdir), job="bench")
         result["pending"], result["done"] = len(plan.tasks), len(plan.done)
     elif phase == "plan-resume":
         hidden = workdir / "done-hidden"
@@ -180,7 +180,7 @@ def run_phase(phase: str, workdir: Path, n_shards: int, units: int) -> dict:
         (workdir / DONE_DIR).mkdir()
         try:
             t0 = time.perf_counter()
-            plan = plan_shards(out, shards, _config(workdir))
+            plan = plan_shards(out, shards, _config(workdir), job="bench")
             seconds = time.perf_counter() - t0
         finally:
             shutil.rmtree(workdir / DONE_DIR)

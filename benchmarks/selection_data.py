@@ -27,7 +27,8 @@ from benchmarks.harness import GB
 
 log = logging.getLogger("selection_data")
 
-DATA_VERSION = 2  # bump when the generator changes: the cached data is made again (2: input_ids, 2,000-row parts)
+DATA_VERSION = 3  # bump when the generator changes: the cached data is made again (2: input_ids, 2,000-row parts;
+# 3: job.json and the part stamp, parts named by shard and rows, as scoring names them)
 ROWS_PER_PART = 2_000  # scoring's default rows_per_unit: one part file per unit
 VOCAB = 49_152  # SmolLM2's vocabulary
 ZIPF_SHIFT = 2.7  # Zipf-Mandelbrot p(rank) ~ 1 / (rank + shift): the usual fit of token frequencies
@@ -152,6 +153,15 @@ def make_part(seed: int, start: int, stop: int) -> tuple[pa.Table, dict[str, int
     return table, by_status, per_shard
 
 
+def _shard_rel(shard: int) -> str:
+    return f"shard-{shard:05d}.jsonl.zst"
+
+
+def _shard_size(rows: int) -> int:
+    """A made-up byte size of a shard of ``rows`` rows (what the manifest and the parts' stamps record)."""
+    return rows * 1500
+
+
 def data_params(n: int, rows_per_part: int, seed: int) -> dict:
     return {"version": DATA_VERSION, "rows": n, "rows_per_part": rows_per_part, "seed": seed,
             "rows_per_shard": ROWS_PER_SHARD, "groups": GROUPS, "non_ok": NON_OK, "non_ok_rate": NON_OK_RATE,
@@ -161,9 +171,13 @@ def data_params(n: int, rows_per_part: int, seed: int) -> dict:
 
 def ensure_scores(workdir: Path, n: int, rows_per_part: int, seed: int) -> tuple[Path, dict]:
     """The scores/ directory of N rows under ``workdir``, generated unless an identical one is there."""
-    from hardfocus.contracts.scores import ScoreManifest, ShardInfo
+    from hardfocus.contracts.scores import SCORES_LAYOUT, ScoreManifest, ShardInfo, rel_digest
+    from hardfocus.fingerprints import digest
+    from hardfocus.parts import stamped
     from hardfocus.versions import library_versions
 
+    if ROWS_PER_SHARD % rows_per_part:
+        raise SystemExit(f"--rows-per-part must divide {ROWS_PER_SHARD:,} (a part holds rows of one shard, as scoring's)")
     params = data_params(n, rows_per_part, seed)
     out = workdir / f"scores-n{n}-p{rows_per_part}-s{seed}"
     marker = out / "generated.json"
@@ -175,13 +189,21 @@ def ensure_scores(workdir: Path, n: int, rows_per_part: int, seed: int) -> tuple
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    identity = {"parts": SCORES_LAYOUT, "synthetic": params}
+    (out / "job.json").write_text(json.dumps({"stage": "scores", "identity": identity}))
     t0 = time.perf_counter()
     by_status: dict[str, int] = {}
     per_shard: dict[int, int] = {}
     parts = tokens = 0
     for start in range(0, n, rows_per_part):
-        table, status_counts, shard_counts = make_part(seed, start, min(start + rows_per_part, n))
-        pq.write_table(table, out / f"part-{parts:05d}.parquet", compression="zstd")  # as scoring writes them
+        stop = min(start + rows_per_part, n)
+        table, status_counts, shard_counts = make_part(seed, start, stop)
+        (shard,) = shard_counts  # one shard per part
+        rel, first = _shard_rel(shard), start - shard * ROWS_PER_SHARD
+        place = {"shard": rel, "shard_size": _shard_size(min(ROWS_PER_SHARD, n - shard * ROWS_PER_SHARD)),
+                 "shard_modified": None, "start": first, "stop": first + stop - start}
+        name = f"part-{rel_digest(rel)}-{first:010d}-{first + stop - start:010d}.parquet"  # as scoring names them
+        pq.write_table(stamped(table, "scores", digest(identity), place), out / name, compression="zstd")
         parts += 1
         tokens += int(pc.sum(table["n_tokens"]).as_py() or 0)
         for k, v in status_counts.items():
@@ -192,8 +214,8 @@ def ensure_scores(workdir: Path, n: int, rows_per_part: int, seed: int) -> tuple
             log.info(f"N={n:,}: {parts} parts written ({time.perf_counter() - t0:.0f} s)")
     seconds = time.perf_counter() - t0
     shards = [
-        ShardInfo(url=f"file:///data/corpus/shard-{s:05d}.jsonl.zst", rel=f"shard-{s:05d}.jsonl.zst",
-                  format="jsonl", compression="zstd", size=rows * 1500, rows=rows)
+        ShardInfo(url=f"file:///data/corpus/{_shard_rel(s)}", rel=_shard_rel(s), format="jsonl", compression="zstd",
+                  size=_shard_size(rows), rows=rows)
         for s, rows in sorted(per_shard.items())
     ]
     manifest = ScoreManifest(

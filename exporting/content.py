@@ -1,54 +1,69 @@
-"""Each exported row's text checked against what scoring read of it: its UTF-8 bytes, the scores' ``n_bytes``.
+"""Each exported row checked against what scoring read of it: the digest of its sample (its text, or its
+conversation), which scoring recorded as ``source_digest`` (:func:`hardfocus.readers.shard.sample_digest`).
 
 Ids catch a row that moved only where the corpus has an id column (a default id, ``<rel>#<row>``, is the row's
-position), and the size check of a shard only a change of size: a copy whose lines are in another order has the
-size that was scored. The bytes of every scored row's text are in the scores (plain text: the row's, or of the
-tokens kept where it was truncated, so at most the row's; a window's: its slice's), so a row whose text is not the
-one scored is refused, naming it. Rows scoring did not read (``n_bytes`` null) and scores without ``n_bytes`` are
-not checked.
+position), and the size check of a shard only a change of size: a copy whose rows are in another order, or whose text
+was edited at the same length, has the size that was scored. The digest of every scored row's sample is in the
+scores, so a row whose sample is not the one scored is refused, naming it. Rows scoring could not read (no digest)
+are not checked.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+import xxhash
 
+from hardfocus.contracts.scores import SOURCE_DIGEST
 from hardfocus.errors import HardfocusError
+from hardfocus.readers.shard import sample_digest, sample_value
 from hardfocus.storage import redact
 
 
-def check_text_bytes(texts: pa.ChunkedArray | None, rows: np.ndarray, decided: pa.Table, url: str, column: str) -> None:
-    """``texts`` (the exported rows' text column, windows sliced; None where the source has no such column) against
-    ``decided``'s ``n_bytes`` and ``truncated``, row by row (``rows``: their indices in the shard)."""
-    if "n_bytes" not in decided.column_names:
+def check_source_digests(rows_of: pa.Table, rows: np.ndarray, decided: pa.Table, job) -> None:
+    """The source rows ``rows_of`` (before any window is cut out of them) against ``decided``'s ``source_digest``, row
+    by row (``rows``: their indices in the shard; ``job``: the shard's :class:`exporting.selection.ShardJob`)."""
+    want = decided[SOURCE_DIGEST].to_pylist()
+    if not any(w is not None for w in want):
         return
-    scored = _numpy(decided["n_bytes"].is_valid())
-    if not scored.any():
-        return
-    if texts is None or not _is_text(texts.type):
-        i = int(np.flatnonzero(scored)[0])
-        raise HardfocusError(f"row {rows[i]} of the input shard {redact(url)} has no text in a column '{column}' where "
+    columns = job.columns
+    names = [name for _, name in columns.sample_columns]
+    missing = [name for name in names if name not in rows_of.column_names]
+    if missing:
+        i = next(i for i, w in enumerate(want) if w is not None)
+        raise HardfocusError(f"row {rows[i]} of the input shard {redact(job.url)} has no column '{missing[0]}' where "
                              "scoring read one: the input changed since it was scored; export from the inputs that were "
                              "scored, or score and select again")
-    got = _numpy(pc.fill_null(pc.binary_length(texts), -1)).astype(np.int64)
-    want = _numpy(pc.fill_null(decided["n_bytes"], 0)).astype(np.int64)
-    cut = _numpy(pc.fill_null(decided["truncated"], False)) if "truncated" in decided.column_names else np.zeros(len(want), bool)
-    wrong = scored & np.where(cut, got < want, got != want)
-    if wrong.any():
-        i = int(np.flatnonzero(wrong)[0])
-        what = f"at least {want[i]}" if cut[i] else str(want[i])
-        raise HardfocusError(
-            f"row {rows[i]} of the input shard {redact(url)} has {max(int(got[i]), 0)} bytes of text where scoring read "
-            f"{what}: it is not the row that was scored (the shard's rows reordered or changed since); export from the "
-            "inputs that were scored, or score and select again"
-        )
+    if columns.format == "text" and _is_text(rows_of.schema.field(names[0]).type):
+        got = text_digests(rows_of[names[0]])
+    else:
+        cells = [rows_of[name].to_pylist() for name in names]
+        got = [sample_digest(sample_value([column[i] for column in cells], columns)[0]) if w is not None else None
+               for i, w in enumerate(want)]
+    for i, wanted in enumerate(want):
+        if wanted is not None and got[i] != wanted:
+            raise HardfocusError(
+                f"row {rows[i]} of the input shard {redact(job.url)} is not the row that was scored (its "
+                f"{'text' if columns.format == 'text' else 'conversation'} differs from what scoring read: the shard's "
+                "rows were reordered or changed since); export from the inputs that were scored, or score and select "
+                "again"
+            )
 
 
-def _numpy(values) -> np.ndarray:
-    return (values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values).to_numpy(zero_copy_only=False)
+def text_digests(texts: pa.ChunkedArray) -> list[int | None]:
+    """:func:`~hardfocus.readers.shard.sample_digest` of each cell of a text (or binary) column, read off its Arrow
+    buffers without making a Python string of each."""
+    out: list[int | None] = []
+    for chunk in texts.chunks:
+        data = chunk.cast(pa.large_binary())
+        offsets = np.frombuffer(data.buffers()[1], np.int64, count=len(data) + 1, offset=data.offset * 8)
+        values = memoryview(data.buffers()[2] or b"")
+        valid = data.is_valid().to_numpy(zero_copy_only=False) if data.null_count else None
+        for i in range(len(data)):
+            out.append(None if valid is not None and not valid[i] else xxhash.xxh3_64_intdigest(values[offsets[i]:offsets[i + 1]]))
+    return out
 
 
-def _is_text(t: pa.DataType) -> bool:
-    return any(check(t) for check in (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view,
-                                      pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view))
+def _is_text(kind: pa.DataType) -> bool:
+    return any(check(kind) for check in (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view,
+                                         pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view))

@@ -16,16 +16,22 @@ from polars.exceptions import PanicException
 
 from exporting.storable import for_json, for_parquet
 from hardfocus.errors import HardfocusError
+from hardfocus.parts import stamped
 
 EXTENSIONS = {"parquet": ".parquet", "jsonl": ".jsonl", "jsonl.zst": ".jsonl.zst"}
 DAMAGED = (OSError, pa.ArrowException, ValueError, zstandard.ZstdError)  # what reading a damaged part raises
 _ROW_GROUP_ROWS = 8192  # a reader that streams (datasets' streaming mode, Ray Data) holds a row group at a time
 
 
-def write_table(table: pa.Table, f: IO[bytes], fmt: str) -> None:
-    """``table`` as a whole file of format ``fmt``, written to ``f``."""
+def write_table(table: pa.Table, f: IO[bytes], fmt: str, stamp: tuple[str, dict] | None = None) -> None:
+    """``table`` as a whole file of format ``fmt``, written to ``f``; a Parquet part with the part stamp
+    (:mod:`hardfocus.parts`) of ``stamp`` (the export's identity digest, the part's place) in its footer, of the
+    columns as stored."""
     if fmt == "parquet":
-        pq.write_table(for_parquet(table), f, compression="zstd", row_group_size=_ROW_GROUP_ROWS)
+        stored = for_parquet(table)
+        if stamp is not None:
+            stored = stamped(stored, "export", *stamp)
+        pq.write_table(stored, f, compression="zstd", row_group_size=_ROW_GROUP_ROWS)
         return
     buffer = io.BytesIO()
     try:
@@ -37,12 +43,11 @@ def write_table(table: pa.Table, f: IO[bytes], fmt: str) -> None:
     f.write(zstandard.ZstdCompressor(level=3, write_checksum=True).compress(data) if fmt == "jsonl.zst" else data)
 
 
-def count_rows(f: IO[bytes], fmt: str) -> int:
-    """The rows of a part: its Parquet footer's count, or its lines, each checked to be a JSON object and the last to
-    end the file (a part cut inside its last line raises ValueError)."""
+def count_rows(data: bytes, fmt: str) -> int:
+    """The rows of a part's bytes: its Parquet footer's count, or its lines, each checked to be a JSON object and the
+    last to end the file (a part cut inside its last line raises ValueError)."""
     if fmt == "parquet":
-        return pq.read_metadata(f).num_rows
-    data = f.read()
+        return pq.read_metadata(pa.BufferReader(data)).num_rows
     if fmt == "jsonl.zst":
         data = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True).read()
     if data and not data.endswith(b"\n"):

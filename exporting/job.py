@@ -33,6 +33,8 @@ from hardfocus.versions import library_versions
 
 log = logging.getLogger(__name__)
 
+EXPORT_LAYOUT = 1  # in the export's identity: exports of before the part stamp and the parts' digests are other exports
+
 
 @dataclass
 class ExportResult:
@@ -51,10 +53,19 @@ def export(cfg: ExportConfig, progress: bool = True) -> ExportResult:
     with out.locked():
         inputs = [cfg.selected, *(cfg.scores or [entry["dir"] for entry in selection.summary["scores"]])]
         _check_by(cfg, selection)
-        if out.open(export_identity(cfg, selection), cfg.overwrite, inputs=inputs) is Opening.COMPLETE:
-            log.info("'%s' already holds this export: nothing to do", redact(cfg.output))
+        named = {"selection": [cfg.selected]}
+        if out.open(export_identity(cfg, selection), cfg.overwrite, inputs=inputs, named=named) is Opening.COMPLETE:
             out.remove_spill()  # left by a run stopped between its marker and this clean-up
-            return ExportResult(cfg.output, out.read_record(out.kind.marker, ExportManifest), skipped=True)
+            manifest = out.read_record(out.kind.marker, ExportManifest)
+            damaged = out.damaged_parts(manifest.parts)
+            if not damaged:
+                log.info("'%s' already holds this export: nothing to do", redact(cfg.output))
+                return ExportResult(cfg.output, manifest, skipped=True)
+            name, why = damaged[0]
+            log.warning("%s holds this export, but %d of its parts are not as they were written (e.g. %s: %s): writing "
+                        "them again", redact(cfg.output), len(damaged), name, why)
+            out.unmark()
+            out.remove([name for name, _ in damaged])
         expected = decided_counts(selection, cfg.band, cfg.by)
         jobs = _jobs(cfg, selection, expected)
         log.info("exporting %d %s rows of %d shards (of %d scored) to %s", sum(n for c in expected.values() for n in c.values()),
@@ -83,7 +94,7 @@ def export_identity(cfg: ExportConfig, selection: Selection) -> dict:
     """What makes two exports the same: what decides their rows and files, and the selection (where the inputs are
     read from and how the tasks run do not change what is written)."""
     keys = ["band", "by", "format", "shard_rows", "prefix"] + (["resample", "seed"] if cfg.resample else [])
-    return {"parameters": {k: getattr(cfg, k) for k in keys}, "selection": selection.digest}
+    return {"parts": EXPORT_LAYOUT, "parameters": {k: getattr(cfg, k) for k in keys}, "selection": selection.digest}
 
 
 def _check_by(cfg: ExportConfig, selection: Selection) -> None:
@@ -190,7 +201,8 @@ def _manifest(cfg: ExportConfig, selection: Selection, jobs: list[ShardJob], exp
         resample=cfg.resample, seed=cfg.seed if cfg.resample else None,
         expected_copies=cfg.resample * weight if cfg.resample else None,
         rows=sum(p["rows"] for p in parts), bands=dict(sorted(bands.items())), shards=shards,
-        parts=[PartRows(name=p["name"], rows=p["rows"]) for p in parts], versions=library_versions(),
+        parts=[PartRows(name=p["name"], rows=p["rows"], bytes=p["bytes"], xxh3=p["xxh3"]) for p in parts],
+        versions=library_versions(),
     )
 
 

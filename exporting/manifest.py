@@ -15,7 +15,7 @@ from exporting.decided import read_decisions
 from exporting.selection import Selection, ShardJob
 from hardfocus.contracts.decisions import EXCLUDED
 from hardfocus.errors import HardfocusError
-from hardfocus.storage import redact
+from hardfocus.storage import prefetched, redact
 
 
 class ShardRows(BaseModel):
@@ -29,6 +29,8 @@ class ShardRows(BaseModel):
 class PartRows(BaseModel):
     name: str
     rows: int
+    bytes: int | None = None  # the part file's size and the XXH3-64 digest of its bytes: a rerun checks them
+    xxh3: str | None = None
 
 
 class ExportManifest(BaseModel):
@@ -52,29 +54,27 @@ class ExportManifest(BaseModel):
 
 
 def decided_counts(selection: Selection, band: str, by: str) -> dict[int, dict[str, int]]:
-    """Shard index -> rows of the band(s) exported per band, counted from the decisions parts (by document: the
-    documents, each in the band its ranked windows share)."""
-    index = {(s.scores, s.rel): s.index for s in selection.shards}
+    """Shard index -> rows of the band(s) exported per band, counted from the decisions parts, each read through the
+    verified reader (by document: the documents, each in the band its ranked windows share; a document's windows are
+    in one part, as its unit's)."""
     out: dict[int, dict[str, int]] = {}
-    for scores in range(len(selection.manifests)):
-        urls = [url for s in selection.shards if s.scores == scores for url in s.decisions]
-        if not urls:
-            continue
-        frame = pl.scan_parquet(urls, glob=False).select("shard", "row", pl.col("band").cast(pl.String))
+
+    def count(item: tuple[int, str, ShardJob]) -> tuple[int, dict[str, int]]:
+        index, url, job = item
+        frame = pl.from_arrow(read_decisions(url, ["row", "band"], job.decisions_expected(url)))
+        frame = frame.with_columns(pl.col("band").cast(pl.String))
         if by == "document":
             ranked = pl.col("band").filter(pl.col("band") != EXCLUDED)
-            frame = frame.group_by("shard", "row").agg(ranked.first().fill_null(EXCLUDED).alias("band"))
+            frame = frame.group_by("row").agg(ranked.first().fill_null(EXCLUDED).alias("band"))
         if band != "all":
             frame = frame.filter(pl.col("band") == band)
-        try:
-            counts = frame.group_by("shard", "band").len().collect(engine="streaming")
-        except (pl.exceptions.PolarsError, OSError) as exc:
-            for url in urls:  # the damaged part, named
-                read_decisions(url, ["shard", "row", "band"])
-            raise HardfocusError(f"the decisions parts of {redact(selection.url)} cannot be read ({' '.join(str(exc).split())[:200]}): "
-                                 "run `hardfocus select` again with --overwrite") from None
-        for rel, name, n in counts.iter_rows():
-            out.setdefault(index[scores, rel], {})[name] = n
+        return index, dict(frame.group_by("band").len().iter_rows())
+
+    items = [(job.index, url, job) for job in selection.shards for url in job.decisions]
+    for index, counts in prefetched(count, items):
+        for name, n in counts.items():
+            shard = out.setdefault(index, {})
+            shard[name] = shard.get(name, 0) + n
     return out
 
 

@@ -9,22 +9,37 @@ holds the output's lock.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import logging
+import posixpath
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import xxhash
 
 from exporting.formats import DAMAGED, EXTENSIONS, count_rows, write_table
 from exporting.storable import for_parquet, restored
+from hardfocus.errors import HardfocusError
+from hardfocus.fingerprints import digest
 from hardfocus.kinds import EXPORT
+from hardfocus.parts import Expected, check_stamp
 from hardfocus.stagedir import StageDir
-from hardfocus.storage import TMP_PREFIX
+from hardfocus.storage import TMP_PREFIX, fresh, prefetched
 
 log = logging.getLogger(__name__)
 
 SPILL_DIR = "spill"
 _SPILL_KEY, _SCHEMA_KEY = b"hardfocus.spill", b"hardfocus.schema"  # a phase-one file's footer: its groups, its rows' schema
+
+
+@dataclass(frozen=True)
+class PartFile:
+    """What the manifest records of a part's file: its size and the XXH3-64 digest of its bytes."""
+
+    bytes: int
+    xxh3: str
 
 
 def part_name(fmt: str, *keys: int) -> str:
@@ -47,6 +62,7 @@ class ExportDir(StageDir):
 
     def __init__(self, url: str, fence=None):
         super().__init__(url, EXPORT, fence)
+        self._identity: str | None = None
 
     def parts(self) -> set[str]:
         """The part files there now (names), finished ones only."""
@@ -55,17 +71,60 @@ class ExportDir(StageDir):
     def spills(self) -> set[str]:
         return {f"{SPILL_DIR}/{n}" for n in self.names(SPILL_DIR) if not n.startswith(TMP_PREFIX)}
 
-    def write_part(self, name: str, table: pa.Table, fmt: str) -> None:
-        self.commit(name, lambda f: write_table(table, f, fmt))
+    def identity(self) -> str:
+        """The digest of this export's identity (its job file's), which its Parquet parts are stamped with."""
+        if self._identity is None:
+            job = self.read_json(self.kind.job)
+            self._identity = digest(job["identity"]) if isinstance(job, dict) and isinstance(job.get("identity"), dict) else ""
+        return self._identity
 
-    def rows_of(self, name: str, fmt: str) -> int | None:
-        """The rows of the part ``name``, or None where it cannot be read (cut short or changed since it was written)."""
+    def write_part(self, name: str, table: pa.Table, fmt: str) -> PartFile:
+        """Write the part whole (a commit), a Parquet one stamped with this export's identity and its name; returns its
+        size and the digest of its bytes, which the manifest records."""
+        buffer = io.BytesIO()
+        write_table(table, buffer, fmt, stamp=(self.identity(), {"name": name}))
+        data = buffer.getvalue()
+        self.commit(name, lambda f: f.write(data))
+        return PartFile(len(data), xxhash.xxh3_64(data).hexdigest())
+
+    def part_file(self, name: str, fmt: str) -> tuple[int, PartFile] | None:
+        """(rows, size and digest) of the part ``name`` an earlier run wrote, or None where it cannot be read (cut short
+        or changed since it was written) or, for a Parquet part, is not stamped as this export's part of that name."""
         try:
             with self.fs.open(self.join(name), "rb") as f:
-                return count_rows(f, fmt)
-        except DAMAGED as exc:
-            log.warning("%s cannot be read (%s): it is written again", name, " ".join(str(exc).split()))
+                data = f.read()
+            rows = count_rows(data, fmt)
+            if fmt == "parquet":
+                meta = pq.read_metadata(pa.BufferReader(data))
+                check_stamp(name, meta.metadata, meta.num_rows, Expected("export", self.identity(), {"name": name}))
+        except (*DAMAGED, HardfocusError) as exc:
+            log.warning("%s cannot be kept (%s): it is written again", name, " ".join(str(exc).split()))
             return None
+        return rows, PartFile(len(data), xxhash.xxh3_64(data).hexdigest())
+
+    def damaged_parts(self, parts: list) -> list[tuple[str, str]]:
+        """(name, why) of each part of a complete export's manifest (``parts``: its records) that is not as it was
+        written: missing, of another size, or of other bytes (each part is read whole and its digest compared)."""
+        sizes = self.sizes()
+        recorded = [p for p in parts if p.bytes is not None]
+
+        def check(part) -> tuple[str, str] | None:
+            if part.name not in sizes:
+                return part.name, "missing"
+            if sizes[part.name] != part.bytes:
+                return part.name, f"{sizes[part.name]} bytes where {part.bytes} were written"
+            with self.fs.open(self.join(part.name), "rb") as f:
+                if xxhash.xxh3_64(f.read()).hexdigest() != part.xxh3:
+                    return part.name, "its bytes changed since it was written"
+            return None
+
+        return [found for found in prefetched(check, recorded) if found is not None]
+
+    def sizes(self) -> dict[str, int]:
+        """name -> size of the part files there now (one listing)."""
+        fresh(self.fs, self.path)
+        return {posixpath.basename(e["name"].rstrip("/")): int(e.get("size") or 0) for e in self.fs.ls(self.path, detail=True)
+                if posixpath.basename(e["name"].rstrip("/")).startswith("part-")}
 
     def write_spill(self, name: str, groups: list[tuple[int, pa.Table]], schema: pa.Schema) -> None:
         """A phase-one file: one row group per output shard (``groups``: (shard, its rows)), which shards in its footer,

@@ -15,10 +15,11 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from exporting.content import check_text_bytes
-from exporting.decided import read_decisions, read_scored
+from exporting.content import check_source_digests
+from exporting.decided import SCORED, read_decisions, read_scored
 from exporting.schemas import carried_metadata
 from hardfocus.contracts.decisions import EXCLUDED
+from hardfocus.contracts.scores import SOURCE_DIGEST
 from hardfocus.errors import HardfocusError
 from hardfocus.storage import redact
 
@@ -55,27 +56,26 @@ def check_no_clash(columns: list[str], added: dict[str, str], url: str) -> None:
 UNREADABLE = ("status: error", "status: invalid_utf8")
 
 
-def shard_decisions(urls: tuple[str, ...], rel: str, band: str, by: str, windowed: bool,
-                    score_parts: tuple[str, ...] = ()) -> tuple[pa.Table, np.ndarray]:
-    """The decisions of one shard for the rows to export, in row order (windows in window order): ``row``,
-    ``sample_id``, ``band`` (a string), ``weight``, ``score``, ``loss``, ``reason``, the window columns, and what
-    scoring read of each (``n_bytes``, ``truncated``: from ``score_parts``, the score part of each decisions part, or
-    null); by document, a row per document (``sample_id`` is its id) with the band and weight its counted windows
-    share. And the rows not exported that scoring could not read, for the reader to step around."""
-    columns = ["sample_id", "shard", "row", "band", "reason", "score", "loss", "weight", *(_WINDOW if windowed else ())]
+def shard_decisions(job, band: str, by: str) -> tuple[pa.Table, np.ndarray]:
+    """The decisions of one shard (``job``: its :class:`exporting.selection.ShardJob`) for the rows to export, in row
+    order (windows in window order): ``row``, ``sample_id``, ``band`` (a string), ``weight``, ``score``, ``loss``,
+    ``reason``, the window columns, and the digest of what scoring read of each (``source_digest``, from the score part
+    of each decisions part); by document, a row per document (``sample_id`` is its id) with the band and weight its
+    counted windows share. Every part is read through the verified reader, against the selection and scores the export
+    opened. And the rows not exported that scoring could not read, for the reader to step around."""
+    columns = ["sample_id", "shard", "row", "band", "reason", "score", "loss", "weight", *(_WINDOW if job.windowed else ())]
     tables = []
-    for url, scored in zip(urls, score_parts or [None] * len(urls)):
-        table = read_decisions(url, columns)
-        read = read_scored(scored, table.num_rows)  # row for row
+    for url, scored in zip(job.decisions, job.score_parts):
+        table = read_decisions(url, columns, job.decisions_expected(url))
+        read = read_scored(scored, table.num_rows, job.score_part_expected(scored))  # row for row
         tables.append(pa.table([*table.columns, *read.columns], names=[*table.column_names, *read.column_names]))
     if not tables:
-        empty = read_scored(None, 0)
         return pa.table({**{c: pa.array([], ADDED.get(c, pa.int64())) for c in columns},
-                         **dict(zip(empty.column_names, empty.columns))}), np.zeros(0, np.int64)
+                         **{f.name: pa.array([], f.type) for f in SCORED}}), np.zeros(0, np.int64)
     frame = pl.from_arrow(pa.concat_tables(tables)).with_columns(pl.col("band").cast(pl.String))
-    frame = frame.filter(pl.col("shard") == rel).sort(["row", "window"] if windowed else ["row"])
+    frame = frame.filter(pl.col("shard") == job.rel).sort(["row", "window"] if job.windowed else ["row"])
     if by == "document":
-        frame = documents(frame, urls[0])
+        frame = documents(frame, job.decisions[0])
     unreadable = frame.filter(pl.col("reason").is_in(UNREADABLE))["row"].unique().sort()
     if band != "all":
         frame = frame.filter(pl.col("band") == band)
@@ -86,14 +86,10 @@ def shard_decisions(urls: tuple[str, ...], rel: str, band: str, by: str, windowe
 def documents(frame: pl.DataFrame, where: str) -> pl.DataFrame:
     """A row per document (the windows of one source row): its band and weight are those of its windows that were
     ranked (a ``too_short`` tail is excluded as a window but leaves its document whole); a document none of whose
-    windows was ranked is excluded, with the first window's reason. Its ``n_bytes`` are its windows' (which partition its
-    text), where each window has them."""
+    windows was ranked is excluded, with the first window's reason. Its source digest is its windows' (each is of the
+    document's text)."""
     counted = pl.col("band") != EXCLUDED
-    if "n_bytes" in frame.columns:
-        whole = pl.when(pl.col("n_bytes").null_count() == 0).then(pl.col("n_bytes").sum())
-        scored = [whole.alias("n_bytes"), pl.lit(False).alias("truncated")]
-    else:
-        scored = []
+    scored = [pl.col(SOURCE_DIGEST).first()] if SOURCE_DIGEST in frame.columns else []
     docs = frame.group_by("row", maintain_order=True).agg(
         pl.col("shard").first(), pl.col("document_id").first().alias("sample_id"), pl.col("windows").first(),
         pl.col("band").filter(counted).first().fill_null(EXCLUDED),
@@ -116,10 +112,9 @@ def joined(source: pa.Table, first: int, decided: pa.Table, job, added: dict[str
     rows = decided["row"].to_numpy()
     rows_of = source.take(pa.array(rows - first))
     _check_ids(rows_of, rows, decided, job, by)
+    check_source_digests(rows_of, rows, decided, job)  # the whole source row, before a window is cut out of it
     if job.windowed and by != "document":
         rows_of = _window_texts(rows_of, rows, decided, job)
-    texts = rows_of[job.text_column] if job.text_column in rows_of.column_names else None
-    check_text_bytes(texts, rows, decided, job.url, job.text_column)
     n = decided.num_rows
     for name, out in added.items():
         if name == "weight" and resampled:

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from exporting.config import ExportConfig
 from exporting.copies import COPIES, ORDER, SHARDS, copy_counts, spill_units, stream
-from exporting.output import ExportDir, of_shard, part_name, spill_name
+from exporting.output import ExportDir, PartFile, of_shard, part_name, spill_name
 from exporting.rows import added_columns, check_no_clash, joined, shard_decisions
 from exporting.schemas import conformed
 from exporting.selection import ShardJob
@@ -47,7 +47,8 @@ class Piece:
 
 def task_row(job: ShardJob, existing: set[str], **extra) -> dict:
     """A shard's task as a row of the Ray dataset, plain JSON; ``existing``: the files of the output there now."""
-    fields = {**job.__dict__, "decisions": list(job.decisions), "score_parts": list(job.score_parts)}
+    fields = {**job.__dict__, "decisions": list(job.decisions), "score_parts": list(job.score_parts),
+              "sample_columns": list(job.sample_columns)}
     return {"task": json.dumps({"job": fields, "existing": sorted(of_shard(existing, job.index)), **extra})}
 
 
@@ -55,7 +56,8 @@ def export_shard(row: dict, cfg: ExportConfig, fence=None) -> Iterator[dict]:
     """Export one shard (``row``: :func:`task_row`); phase one of ``--resample`` where the row says ``outputs``."""
     task = json.loads(row["task"])
     job = ShardJob(**{**task["job"], "decisions": tuple(task["job"]["decisions"]),
-                      "score_parts": tuple(task["job"]["score_parts"])})
+                      "score_parts": tuple(task["job"]["score_parts"]),
+                      "sample_columns": tuple(task["job"]["sample_columns"])})
     out = ExportDir(cfg.output, fence)
     try:
         if "outputs" in task:
@@ -69,29 +71,31 @@ def export_shard(row: dict, cfg: ExportConfig, fence=None) -> Iterator[dict]:
 
 
 def _export_shard(job: ShardJob, cfg: ExportConfig, out: ExportDir, existing: set[str]) -> Iterator[dict]:
-    decided, unreadable = shard_decisions(job.decisions, job.rel, cfg.band, cfg.by, job.windowed, job.score_parts)
+    decided, unreadable = shard_decisions(job, cfg.band, cfg.by)
     n, size = decided.num_rows, cfg.shard_rows
     pieces = [Piece(part_name(cfg.format, job.index, k), lo, min(lo + size, n)) for k, lo in enumerate(range(0, n, size))]
     todo = []
     for piece in pieces:  # a part written before holds what its name says (a commit, of this export's identity)
-        if piece.name in existing and out.rows_of(piece.name, cfg.format) == piece.hi - piece.lo:
-            yield _part_record(job.index, piece.name, decided["band"][piece.lo : piece.hi], written=False)
+        found = out.part_file(piece.name, cfg.format) if piece.name in existing else None
+        if found is not None and found[0] == piece.hi - piece.lo:
+            yield _part_record(job.index, piece.name, decided["band"][piece.lo : piece.hi], found[1], written=False)
         else:
             todo.append(piece)
     band = (cfg.prefix or "") + "band"
     for piece, table in _joined_pieces(job, cfg, decided, unreadable, todo, resampled=False):
-        out.write_part(piece.name, table, cfg.format)
-        yield _part_record(job.index, piece.name, table[band], written=True)  # counted as written
+        written = out.write_part(piece.name, table, cfg.format)
+        yield _part_record(job.index, piece.name, table[band], written, written=True)  # counted as written
 
 
-def _part_record(shard: int, name: str, bands: pa.ChunkedArray, written: bool) -> dict:
+def _part_record(shard: int | None, name: str, bands: pa.ChunkedArray, file: PartFile, written: bool) -> dict:
     counts = {d["values"]: d["counts"] for d in pc.value_counts(bands).to_pylist()}
-    return {"kind": "part", "shard": shard, "name": name, "rows": len(bands), "bands": counts, "written": written}
+    return {"kind": "part", "shard": shard, "name": name, "rows": len(bands), "bands": counts, "written": written,
+            "bytes": file.bytes, "xxh3": file.xxh3}
 
 
 def _spill_shard(job: ShardJob, cfg: ExportConfig, out: ExportDir, existing: set[str], outputs: int) -> Iterator[dict]:
     """Phase one of ``--resample``: the shard's copies, each assigned an output shard, into phase-one files."""
-    decided, unreadable = shard_decisions(job.decisions, job.rel, cfg.band, cfg.by, job.windowed, job.score_parts)
+    decided, unreadable = shard_decisions(job, cfg.band, cfg.by)
     weights = decided["weight"].to_numpy(zero_copy_only=False)
     copies = copy_counts(weights, cfg.resample, stream(cfg.seed, COPIES, job.index))
     first_copy = np.cumsum(copies) - copies
@@ -188,7 +192,8 @@ def shuffle_output(row: dict, cfg: ExportConfig, fence=None) -> Iterator[dict]:
     out = ExportDir(cfg.output, fence)
     name, rows, shard = task["name"], task["rows"], task["output"]
     try:
-        written = not (task["exists"] and out.rows_of(name, cfg.format) == rows)
+        found = out.part_file(name, cfg.format) if task["exists"] else None
+        written = found is None or found[0] != rows
         if written:
             tables = [out.read_row_group(spill, index) for spill, index in task["sources"]]
             schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(task["schema"])))
@@ -197,8 +202,10 @@ def shuffle_output(row: dict, cfg: ExportConfig, fence=None) -> Iterator[dict]:
                 raise HardfocusError(f"the phase-one files of {redact(cfg.output)} hold {table.num_rows} copies for {name}, "
                                      f"where they said {rows}: they changed meanwhile; rerun the export")
             order = stream(cfg.seed, ORDER, shard).permutation(rows)
-            out.write_part(name, table.take(pa.array(order)), cfg.format)
+            file = out.write_part(name, table.take(pa.array(order)), cfg.format)
+        else:
+            file = found[1]
         yield {"record": json.dumps({"kind": "part", "shard": None, "name": name, "rows": rows, "bands": {"kept": rows},
-                                     "written": written})}
+                                     "written": written, "bytes": file.bytes, "xxh3": file.xxh3})}
     except HardfocusError as exc:
         yield {"record": json.dumps({"kind": "error", "error": str(exc)})}

@@ -33,7 +33,7 @@ import logging
 import posixpath
 import shutil
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import IO
@@ -67,7 +67,8 @@ log = logging.getLogger(__name__)
 
 
 def differing_keys(before: dict | None, now: dict, prefix: str = "") -> list[str]:
-    """The keys whose values differ, dotted into nested tables (``config.learning_rate``)."""
+    """The keys whose values differ, dotted into nested tables (``config.learning_rate``) and indexed into lists of
+    the same length (``scores[1]``)."""
     if not isinstance(before, dict):
         return ["(no recorded identity: written by an older hardfocus or damaged)"]
     keys = []
@@ -75,9 +76,36 @@ def differing_keys(before: dict | None, now: dict, prefix: str = "") -> list[str
         a, b = before.get(k), now.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
             keys += differing_keys(a, b, f"{prefix}{k}.")
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b) and a != b:
+            keys += [f"{prefix}{k}[{i}]" for i, (x, y) in enumerate(zip(a, b)) if x != y]
         elif a != b:
             keys.append(f"{prefix}{k}")
     return keys
+
+
+def what_changed(before: dict | None, now: dict, named: Mapping[str, Sequence[str]] | None = None) -> str:
+    """Why a run is not the one an output holds, in words ("made from other inputs (its input 'work/scores' changed
+    since) and with other settings (differs in: parameters.keep)"): the inputs that changed (``named``: the identity's
+    keys that identify inputs, each with the names of its inputs, in order), then the settings that differ."""
+    keys = differing_keys(before, now)
+    inputs: list[str] = []
+    settings: list[str] = []
+    for key in keys:
+        top, _, index = key.partition("[")
+        names = list((named or {}).get(top, ()))
+        if not names:
+            settings.append(key)
+            continue
+        i = int(index.rstrip("]")) if index else None
+        chosen = [names[i]] if i is not None and i < len(names) else names
+        inputs += [f"'{redact(name)}'" for name in chosen if f"'{redact(name)}'" not in inputs]
+    parts = []
+    if inputs:
+        parts.append(f"from other inputs ({'its input' if len(inputs) == 1 else 'its inputs'} {', '.join(inputs)} changed "
+                     "since)")
+    if settings or not inputs:
+        parts.append(f"with other settings (differs in: {', '.join(settings or keys)})")
+    return "made " + " and ".join(parts)
 
 
 class Opening(Enum):
@@ -197,8 +225,11 @@ class StageDir:
 
     # -- the protocol ---------------------------------------------------------------------------------------
 
-    def open(self, identity: dict, overwrite: bool, inputs: Sequence[str] = (), fresh: dict | None = None) -> Opening:
+    def open(self, identity: dict, overwrite: bool, inputs: Sequence[str] = (), fresh: dict | None = None,
+             named: Mapping[str, Sequence[str]] | None = None) -> Opening:
         """Lock the output, clear what dead writers left, and decide what this run does (see the module docstring).
+        ``named``: the keys of ``identity`` that identify inputs, each with the names of those inputs, so that an
+        output replaced or refused because an input changed says which (:func:`what_changed`).
 
         Writes the job file (``{"stage": ..., "identity": ...}``, plus ``fresh`` for an output begun now, plus what
         a resumed one's job file held) for a run that goes on, unless the stage is staged (its job file goes into
@@ -209,7 +240,7 @@ class StageDir:
         try:
             self._remove_leftovers()
             found = identify(self.url)
-            opening = self._decide(found, identity, overwrite)
+            opening = self._decide(found, identity, overwrite, named)
             if opening is Opening.REPLACE and not self.kind.staged:
                 self.clear() if self.kind.replace_clears else self.unmark()
             if opening is not Opening.COMPLETE and not self.kind.staged:
@@ -223,7 +254,8 @@ class StageDir:
             raise
         return opening
 
-    def _decide(self, found: PathInfo, identity: dict, overwrite: bool) -> Opening:
+    def _decide(self, found: PathInfo, identity: dict, overwrite: bool,
+                named: Mapping[str, Sequence[str]] | None = None) -> Opening:
         if found.kind in ("absent", "empty"):
             return Opening.NEW
         if found.kind != self.kind.name:
@@ -237,15 +269,15 @@ class StageDir:
             return Opening.COMPLETE if found.complete else Opening.RESUME
         if not found.complete and not self.holds_data():
             return Opening.REPLACE  # a run with other settings that failed before writing anything: nothing to keep
+        why = what_changed(before, identity, named)
         if overwrite:
-            log.info("replacing %s (%s made with other settings)", redact(self.url), self.kind.noun)
+            log.info("replacing %s (%s %s)", redact(self.url), self.kind.noun, why)
             return Opening.REPLACE
         noun = self.kind.noun
         plural = noun.endswith("s")
         what = ("unfinished " if not found.complete else "") + noun if plural else f"{'an unfinished' if not found.complete else 'a'} {noun}"
         raise HardfocusError(
-            f"'{redact(self.url)}' holds {what} made with other settings (differs in: "
-            f"{', '.join(differing_keys(before, identity))}); pass --overwrite to replace it, or choose another --output"
+            f"'{redact(self.url)}' holds {what} {why}; pass --overwrite to replace it, or choose another --output"
         )
 
     def holds_data(self) -> bool:

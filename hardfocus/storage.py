@@ -242,6 +242,8 @@ def canonical(url: str) -> str:
     """One spelling per location (:func:`normalized`, as a URL): two inputs with the same canonical form are the
     same directory."""
     fs, path = url_to_fs(url)
+    if fs_protocol(fs) in ("http", "https"):  # fsspec keeps a web address whole as the path: it is its own spelling
+        return url
     return fs_url(fs, normalized(fs, path))
 
 

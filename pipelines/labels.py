@@ -6,10 +6,13 @@ from __future__ import annotations
 import dataclasses
 
 import polars as pl
+import pyarrow as pa
 
 from hardfocus.contracts.decisions import decision_parts
+from hardfocus.parts import read_part
 from hardfocus.readers import find_shards, read_shard
 from hardfocus.sample_format import Columns
+from hardfocus.storage import prefetched
 
 UNLABELLED = "(none)"
 
@@ -23,8 +26,8 @@ def band_labels(inputs: list[str], columns: Columns, label_column: str, selected
         block = read_shard(shard, with_label)
         labels.append(pl.DataFrame({"shard": [shard.rel] * len(block), "row": range(len(block)), "label": block.groups},
                                    schema={"shard": pl.String, "row": pl.Int64, "label": pl.String}))
-    urls = [url for url, _ in decision_parts(selected)]
-    decisions = pl.read_parquet(urls, glob=False, columns=["shard", "row", "band"]).with_columns(pl.col("band").cast(pl.String))
+    tables = prefetched(lambda part: read_part(part.url, part.expected, ["shard", "row", "band"]), decision_parts(selected))
+    decisions = pl.from_arrow(pa.concat_tables(tables)).with_columns(pl.col("band").cast(pl.String))
     joined = decisions.join(pl.concat(labels), on=["shard", "row"], how="left")
     return (
         joined.with_columns(pl.col("label").fill_null(UNLABELLED))

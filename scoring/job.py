@@ -23,21 +23,25 @@ from hardfocus.chat import check_chat_tokenizer, load_chat_template, template_sh
 from hardfocus.console import native_stderr_to_file
 from hardfocus.contracts.scores import (
     SCORES_JOB_FILE,
+    SCORES_LAYOUT,
     SCORES_MANIFEST_FILE,
     RunInfo,
     ScoreCounts,
     ScoreManifest,
+    ScoresParts,
     ShardInfo,
     parse_part_name,
-    stamped_rows,
+    part_place,
+    score_part_expected,
 )
 from hardfocus.errors import HardfocusError
 from hardfocus.fingerprints import digest, tokenizer_fingerprint
 from hardfocus.models import ResolvedModel, resolve_model
+from hardfocus.parts import check_stamp
 from hardfocus.ray_local import starts_local_ray
 from hardfocus.readers import Shard, check_columns, find_shards
 from hardfocus.stagedir import refuse_inside, refuse_overlap
-from hardfocus.storage import prefetched, read_footer, redact
+from hardfocus.storage import canonical, prefetched, read_footer, redact
 from hardfocus.tokenizers import load_tokenizer
 from hardfocus.versions import library_versions
 from scoring.config import MAX_ROW_BYTES, ScoreConfig
@@ -91,9 +95,9 @@ def score(cfg: ScoreConfig, progress: bool = True) -> ScoreResult:
         shards = find_shards(cfg.inputs)
         refuse_inside(cfg.output, [s.url for s in shards])
         check_columns(shards[0], columns_of(cfg))  # a wrong column fails at once; each task checks its own shard
-        out.open(identity, cfg.overwrite, inputs=cfg.inputs, fresh={"stamped_parts": True})  # every part stamped
+        out.open(identity, cfg.overwrite, inputs=cfg.inputs, named={"model_fingerprint": [cfg.model]})
         out.create()
-        plan = plan_shards(out, shards, cfg)
+        plan = plan_shards(out, shards, cfg, digest(identity))
         log.info(
             "planned %d shards (%.1f MB) in %.1fs: %d finished, %d to score (%d of their parts already written)",
             len(shards), sum(s.size for s in shards) / 1e6, time.perf_counter() - t0, len(plan.done),
@@ -148,7 +152,7 @@ def _job_identity(cfg: ScoreConfig, resolved: ResolvedModel) -> dict:
     keys = (_IDENTITY_KEYS + (_CHAT_IDENTITY_KEYS if cfg.format != "text" else ()) + (("ifd",) if cfg.ifd else ())
             + (("max_row_bytes",) if cfg.max_row_bytes != MAX_ROW_BYTES else ())  # kept out at the default: old dirs match
             + (("long_documents", "window_context") if cfg.long_documents != "truncate" else ()))
-    return {k: values[k] for k in keys}
+    return {"parts": SCORES_LAYOUT} | {k: values[k] for k in keys}
 
 
 def _device_and_dtype(cfg: ScoreConfig) -> dict[str, str]:
@@ -168,7 +172,7 @@ class Plan:
     changed: bool = False  # planning removed parts or markers (of shards that changed or left the inputs)
 
 
-def plan_shards(out: ScoresDir, shards: list[Shard], cfg: ScoreConfig) -> Plan:
+def plan_shards(out: ScoresDir, shards: list[Shard], cfg: ScoreConfig, job: str) -> Plan:
     """Check the directory (opened for this job) holds only parts of these inputs, and find what is left to do.
 
     A shard is finished when its done marker matches it (same file size and modification stamp) and every part
@@ -200,7 +204,7 @@ def plan_shards(out: ScoresDir, shards: list[Shard], cfg: ScoreConfig) -> Plan:
         stale += sorted(have - set(expected))
         if set(expected) <= have:
             done[digest] = marker
-    damaged = _damaged_parts(out, {d: by_digest[d] for d in done}, done, n)
+    damaged = _damaged_parts(out, {d: by_digest[d] for d in done}, done, n, job)
     for digest, broken in damaged.items():
         log.warning("%s: %d parts of %s are damaged (e.g. %s): scoring them again", redact(out.url), len(broken),
                     redact(by_digest[digest].url), broken[0])
@@ -240,10 +244,12 @@ def _marker_matches(marker: dict, shard: Shard) -> bool:
     return recorded is None or now is None or recorded == now
 
 
-def _damaged_parts(out: ScoresDir, shards: dict[str, Shard], done: dict[str, dict], n: int) -> dict[str, list[str]]:
+def _damaged_parts(out: ScoresDir, shards: dict[str, Shard], done: dict[str, dict], n: int, job: str
+                   ) -> dict[str, list[str]]:
     """digest -> the parts of that finished shard that are not whole: a size other than the one its marker
     recorded or, on a local disk, no Parquet footer at its end (an open and 8 bytes read each; on a store the
-    sizes of one listing); for markers without sizes, a footer that does not read or has another row count."""
+    sizes of one listing); for markers without sizes, a footer that does not read or whose stamp is not this job's
+    for that place (:mod:`hardfocus.parts`)."""
     sized = {d: m for d, m in done.items() if isinstance(m.get("part_bytes"), list)}
     expected = {d: expected_parts(shards[d], done[d]["rows"], n) for d in done}
     names = [name for d in sized for name in expected[d]]
@@ -255,9 +261,19 @@ def _damaged_parts(out: ScoresDir, shards: dict[str, Shard], done: dict[str, dic
             broken[d] = bad or expected[d][:1]
     unsized = [(d, name) for d in done if d not in sized for name in expected[d]]
     for (d, name), meta in zip(unsized, prefetched(lambda item: read_footer(out.fs, out.join(item[1])), unsized, depth=16)):
-        if isinstance(meta, Exception) or meta.num_rows != stamped_rows(meta.metadata, name):
+        if isinstance(meta, Exception) or _stamp_problem(meta, job, shards[d], name):
             broken.setdefault(d, []).append(name)
     return broken
+
+
+def _stamp_problem(meta, job: str, shard: Shard, name: str) -> bool:
+    """Whether a part's footer ``meta`` fails its stamp's check (this job's, in the place its name says)."""
+    bounds = parse_part_name(name)
+    try:
+        check_stamp(name, meta.metadata, meta.num_rows, score_part_expected(job, part_place(shard, *bounds[1:])))
+    except HardfocusError:
+        return True
+    return False
 
 
 def _want_compile(cfg: ScoreConfig, pending: list[ShardTask]) -> bool:
@@ -393,7 +409,9 @@ def _finalize(out: ScoresDir, cfg, resolved, identity, shards: list[Shard], done
     parts, counts = check_parts(out, shards, done, cfg.rows_per_unit)
     counts = ScoreCounts(**counts)
     if cfg.id_column:  # default ids ('<shard>#<row>') are unique by construction
-        counts.duplicate_ids, counts.duplicate_id_examples = count_duplicate_ids(out.urls(sorted(parts)))
+        stamps = ScoresParts(digest(identity), {shard_digest(s): s for s in shards})  # as the manifest will record them
+        parts_read = [(out.url_of(name), stamps.expected(name)) for name in sorted(parts)]
+        counts.duplicate_ids, counts.duplicate_id_examples = count_duplicate_ids(parts_read)
     if counts.duplicate_ids and cfg.on_error == "stop":
         raise HardfocusError(
             f"{counts.duplicate_ids} rows share a sample id with another row (e.g. {', '.join(counts.duplicate_id_examples)}): "
@@ -425,7 +443,8 @@ def _finalize(out: ScoresDir, cfg, resolved, identity, shards: list[Shard], done
         window_context=cfg.window_context,
         sample_columns=[c for _, c in columns_of(cfg).sample_columns],
         chat_template_sha256=identity.get("chat_template_sha256"),
-        shards=[ShardInfo(url=redact(s.url), rel=s.rel, format=s.format, compression=s.compression, size=s.size,
+        shards=[ShardInfo(url=redact(s.url), location=redact(canonical(s.url)), rel=s.rel, format=s.format,
+                          compression=s.compression, size=s.size,
                           modified=getattr(s, "modified", None), rows=done[shard_digest(s)]["rows"]) for s in shards],
         parts=len(parts),
         **counts.model_dump(),

@@ -78,10 +78,6 @@ class ScoresDir(StageDir):
     def write_json(self, name: str, obj) -> None:
         self.commit_json(name, obj)
 
-    def read_part(self, name: str, columns: list[str]) -> pa.Table:
-        with self.fs.open(self.join(name), "rb") as f:
-            return pq.read_table(f, columns=columns)
-
     def part_sizes(self, names: list[str]) -> dict[str, int]:
         """The sizes of these part files as the filesystem has them now (a stat each locally, one listing elsewhere)."""
         if self.is_local:

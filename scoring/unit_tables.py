@@ -9,9 +9,18 @@ import io
 import numpy as np
 import pyarrow as pa
 
-from hardfocus.contracts.scores import DOCUMENT_ID, LOSS_SPANS_TYPE, WINDOW, WINDOWS, is_input_error, loss_spans_array
+from hardfocus.contracts.scores import (
+    DOCUMENT_ID,
+    LOSS_SPANS_TYPE,
+    SOURCE_DIGEST,
+    WINDOW,
+    WINDOWS,
+    is_input_error,
+    loss_spans_array,
+)
 from hardfocus.errors import HardfocusError
 from hardfocus.readers import RowBlock, Shard
+from hardfocus.readers.shard import sample_digest
 from hardfocus.storage import redact
 from hardfocus.tokenize import tokenize_block
 from scoring.config import ScoreConfig
@@ -38,6 +47,7 @@ def tokenize_unit(shard: Shard, start: int, block: RowBlock, cfg: ScoreConfig, t
             "status": pa.array(tok.status, pa.string()),
             "input_ids": pa.array(tok.input_ids, pa.list_(pa.int32())),
             "n_bytes": pa.array(tok.n_bytes, pa.int64()),
+            SOURCE_DIGEST: source_digests(block),
             **({} if tok.targets is None else {"loss_spans": loss_spans_array(tok.targets)}),
             **({} if tok.ifd_turns is None else {IFD_TURNS_COLUMN: ifd_turns_array(tok.ifd_turns)}),
         }
@@ -72,6 +82,7 @@ def tokenize_windows(shard: Shard, start: int, block: RowBlock, cfg: ScoreConfig
         "status": pa.array(w.status, pa.string()),
         "input_ids": pa.array(w.input_ids, pa.list_(pa.int32())),
         "n_bytes": pa.array(w.n_bytes, pa.int64()),
+        SOURCE_DIGEST: source_digests(block).take(pa.array(doc)),
         DOCUMENT_ID: document_ids,
         WINDOW: pa.array(w.window, pa.int32()),
         WINDOWS: pa.array(w.windows, pa.int32()),
@@ -85,6 +96,13 @@ def tokenize_windows(shard: Shard, start: int, block: RowBlock, cfg: ScoreConfig
             LOSS_SPANS_TYPE,
         )
     return pa.table(columns)
+
+
+def source_digests(block: RowBlock) -> pa.Array:
+    """Each row's ``source_digest``: its sample's digest, null where it could not be read (export checks each
+    exported row's source against it)."""
+    return pa.array([None if status is not None else sample_digest(value) for value, status in zip(block.values, block.status)],
+                    pa.uint64())
 
 
 def windows_need_spans(cfg: ScoreConfig, tokenizer) -> bool:

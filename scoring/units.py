@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 from hardfocus.contracts.scores import (
     ERROR_PREFIX,
     NON_FINITE_LOSS,
+    SOURCE_DIGEST,
     UNCONDITIONED_N_TOKENS,
     UNCONDITIONED_NLL_SUM,
     WINDOW,
@@ -37,14 +38,14 @@ from hardfocus.contracts.scores import (
     Status,
     mask_from_spans,
     parse_part_name,
-    part_stamp,
+    part_place,
     rel_digest,
+    score_part_expected,
     scores_table,
-    stamp_of,
-    stamp_problem,
 )
 from hardfocus.errors import HardfocusError
 from hardfocus.models import resolve_model
+from hardfocus.parts import Expected, PartRefused, read_part, stamped
 from hardfocus.readers import Shard, iter_units
 from hardfocus.sample_format import Columns
 from hardfocus.storage import redact
@@ -152,50 +153,47 @@ def documents_in(table: pa.Table) -> int:
     return int(pc.sum(pc.equal(table[WINDOW], 0)).as_py() or 0)
 
 
-def part_counts(out: ScoresDir, name: str, windowed: bool = False) -> tuple[dict, dict | None, int | None]:
-    """The counts of a part an earlier run wrote (three small columns read, and the window columns of ``windowed``
-    parts), its stamp, and for windows the rows its documents say they have (a part that lost some is not whole)."""
-    t = out.read_part(name, ["status", "n_tokens", "truncated", *([WINDOW, WINDOWS] if windowed else [])])
+def part_counts(out: ScoresDir, name: str, expected: Expected, windowed: bool = False) -> tuple[dict, int, int | None]:
+    """The counts of a part an earlier run wrote (three small columns read through the verified reader, and the window
+    columns of ``windowed`` parts), the rows its stamp says it holds, and for windows the rows its documents say they
+    have (a part that lost some is not whole)."""
+    columns = ["status", "n_tokens", "truncated", *([WINDOW, WINDOWS] if windowed else [])]
+    t = read_part(out.url_of(name), expected, columns)
     documents = documents_in(t) if windowed else None
     declared = int(pc.sum(pc.filter(t[WINDOWS], pc.equal(t[WINDOW], 0))).as_py() or 0) if windowed else None
     counts = status_counts(t["status"].to_pylist(), t["n_tokens"].to_numpy(), t["truncated"].to_numpy(), documents)
-    return counts, stamp_of(t.schema.metadata), declared
+    return counts, t.num_rows, declared
 
 
-def reusable_parts(out: ScoresDir, task: ShardTask, n: int, job: str = "", overwrite: bool = False,
+def reusable_parts(out: ScoresDir, task: ShardTask, n: int, job: str, overwrite: bool = False,
                    windowed: bool = False) -> dict[int, tuple[str, dict, int]]:
     """unit start -> (part name, its counts, its bytes) of the parts an earlier run wrote for this task's shard that
-    read whole and hold the rows their name says; a damaged one is left out, so its unit is scored again (the new
-    part replaces it). A part whose stamp says the shard changed since (or another job wrote it) is refused, or
-    with ``overwrite`` the shard's old parts are all removed and every unit is scored again."""
+    the verified reader takes (:mod:`hardfocus.parts`: this job's stamp in this place, whole, unchanged) and that hold
+    the rows their name says; a missing or damaged one is left out, so its unit is scored again (the new part
+    replaces it). A part of another job or place (the shard changed since, a part copied in) is refused, or with
+    ``overwrite`` the shard's old parts are all removed and every unit is scored again."""
     reused = {}
     names = _part_names(task, n)
     for start, name in zip(task.done, names):
+        bounds = parse_part_name(name)
+        expected = score_part_expected(job, part_place(task.shard, *(bounds[1:] if bounds else (start, -1))))
         try:
-            counts, stamp, declared = part_counts(out, name, windowed)
+            counts, rows, declared = part_counts(out, name, expected, windowed)
             size = out.part_sizes([name]).get(name, 0)
-        except (OSError, pa.ArrowException) as exc:
-            log.warning("part %s of %s is damaged (%s): scoring its rows again", name, redact(out.url), exc)
-            continue
-        if windowed and (stamp is None or declared != counts["rows"]):
-            # only its stamp and its documents' window counts say how many rows a part of windows holds
-            log.warning("part %s of %s has lost its stamp or some of its windows: scoring its rows again", name,
-                        redact(out.url))
-            continue
-        shards = {task.shard.rel: (task.shard.size, task.shard.modified)}
-        if why := stamp_problem(name, stamp, job or None, shards, required=False):
+        except PartRefused as exc:
+            if exc.why in ("missing", "damaged"):
+                log.warning("%s: scoring its rows again", exc)
+                continue
             if not overwrite:
-                raise HardfocusError(
-                    f"{redact(out.url)} holds part {name} of {redact(task.shard.url)}, but {why}: choose another --output, "
-                    "or pass --overwrite to score the shard again"
-                )
-            log.warning("%s: %s; scoring the shard again", name, why)
+                raise HardfocusError(f"{redact(out.url)} holds part {name} of {redact(task.shard.url)} that is not this "
+                                     f"job's: {exc}; or choose another --output, or pass --overwrite to score the shard "
+                                     "again") from None
+            log.warning("%s; scoring the shard again", exc)
             out.remove(list(names))
             return {}
-        bounds = parse_part_name(name)
         documents = None if bounds is None else bounds[2] - bounds[1]
-        rows = stamp.get("rows", counts["rows"]) if windowed else documents  # a window is a row
-        if documents is None or counts["documents"] != documents or counts["rows"] != rows:
+        if documents is None or counts["documents"] != documents or counts["rows"] != rows or (
+                windowed and declared != rows):
             log.warning("part %s of %s holds %d rows of %d input rows, not what its name and stamp say: scoring its "
                         "rows again", name, redact(out.url), counts["rows"], counts["documents"])
             continue
@@ -368,6 +366,7 @@ class UnitScorer:
                 **({"input_ids": tokenized.column("input_ids")} if self.cfg.keep_input_ids else {}),
                 **({} if spans is None else {"loss_spans": tokenized.column("loss_spans")}),
                 "n_bytes": pa.array(tokenized.column("n_bytes").to_numpy(zero_copy_only=False), mask=~has_bytes),
+                SOURCE_DIGEST: tokenized.column(SOURCE_DIGEST),
                 **({} if not ifd else {
                     UNCONDITIONED_NLL_SUM: pa.array(u_nll_sum, mask=~ok),
                     UNCONDITIONED_N_TOKENS: pa.array(u_n_tokens.astype(np.int32), mask=~ok),
@@ -379,8 +378,7 @@ class UnitScorer:
             with_loss_spans=spans is not None,
         )
         stop = start + documents
-        stamp = part_stamp(self.job, shard, start, stop, rows=len(status) if windowed else None)
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **stamp})
+        table = stamped(table, "scores", self.job, part_place(shard, start, stop))
         size = self.out.write_part(part_name(shard, start, stop), table)
         counts = status_counts(status, n_tokens, truncated.to_numpy(zero_copy_only=False), documents)
         return counts, len(todo), size

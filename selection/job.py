@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import logging
-import posixpath
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-from fsspec.core import url_to_fs
+import pyarrow as pa
 
 from hardfocus.contracts.decisions import DECISIONS_LAYOUT, EXCLUDED, decision_parts
 from hardfocus.contracts.scores import manifest_digest
-from hardfocus.contracts.selected import SUMMARY_FILE
+from hardfocus.contracts.selected import SUMMARY_FILE, SelectedDir, open_selected
 from hardfocus.errors import HardfocusError
 from hardfocus.fingerprints import digest
-from hardfocus.kinds import SELECTED, identify
+from hardfocus.kinds import SELECTED
+from hardfocus.parts import read_footer, read_part
 from hardfocus.stagedir import Opening, StageDir, refuse_overlap, refuse_repeated
-from hardfocus.storage import read_json, redact
+from hardfocus.storage import prefetched, redact
 from selection.bands import BANDS, KEPT, NO_GROUP, band_weights, rank_bands
 from selection.by_document import check_by_document, documents_per_band, rank_documents
 from selection.config import SelectConfig
@@ -55,7 +55,8 @@ def select(cfg: SelectConfig, progress: bool = True) -> SelectResult:
         if cfg.by == "document":
             check_by_document(parts, cfg, reference)
         identity = selection_identity(cfg, parts, reference)
-        if out.open(identity, cfg.overwrite, inputs=inputs) is Opening.COMPLETE and _decisions_whole(cfg):
+        named = {"scores": cfg.scores, "reference": cfg.reference}  # what a changed input is called when refused
+        if out.open(identity, cfg.overwrite, inputs=inputs, named=named) is Opening.COMPLETE and _decisions_whole(cfg):
             log.info("'%s' already holds this selection: nothing to do", redact(cfg.output))
             summary = out.read_record(SUMMARY_FILE, SelectionSummary)
             if cfg.report and not out.exists(REPORT_FILE):  # the report is not part of the selection: made on request
@@ -107,14 +108,18 @@ def select(cfg: SelectConfig, progress: bool = True) -> SelectResult:
 
 
 def _decisions_whole(cfg: SelectConfig) -> bool:
-    """Whether a complete selection's decisions/ reads whole; if not, --overwrite selects again (else refused)."""
+    """Whether a complete selection reads whole, by its parts' footers: its decisions and its training parts, each
+    stamped as this selection's in its place, as many as its summary counts. If not, --overwrite selects again (else
+    refused, naming the part)."""
     try:
-        decision_parts(cfg.output)
+        opened = open_selected(cfg.output)
+        decision_parts(opened)
+        for url, expected in opened.parts:
+            read_footer(url, expected)
     except HardfocusError as exc:
         if not cfg.overwrite:
             raise
-        log.warning("'%s' holds this selection but not its decisions whole (%s): selecting again", redact(cfg.output),
-                    exc)
+        log.warning("'%s' holds this selection but not whole (%s): selecting again", redact(cfg.output), exc)
         return False
     return True
 
@@ -163,20 +168,23 @@ def build_report(scores: list[str], selected: str | None = None, output: str | N
     if selected is None:
         excluded, ranked = parts.eligible()
     else:
-        summary = _read_summary(selected)
-        _check_made_from(selected, parts)
-        excluded, ranked, kept = _decided(selected, rank_column(summary.get("score", "loss"), summary["parameters"].get("by", "window")))
+        opened = open_selected(selected)
+        summary = opened.summary
+        _check_made_from(opened, parts)
+        column = rank_column(summary.get("score", "loss"), summary["parameters"].get("by", "window"))
+        excluded, ranked, kept = _decided(opened, column)
     target = output or selected or scores[0]
     path = write_report(target, ranked, kept, summary, title=f"hardfocus report: {', '.join(scores)}")
     log.info("report: %s (%d eligible rows, excluded %s)", path, ranked.height, reason_counts(excluded) or "none")
     return path
 
 
-def _decided(selected: str, column: str) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+def _decided(selected: SelectedDir, column: str) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """What the report shows of a selection, read from its decisions: (excluded ``_row``/``reason``, the ranked rows
     with ``group``, ``loss``, ``band`` and the ranked score, the kept rows with their weight)."""
-    urls = [url for url, _ in decision_parts(selected)]
-    frame = pl.read_parquet(urls, glob=False, columns=["group", "loss", "score", "band", "reason", "weight"])
+    columns = ["group", "loss", "score", "band", "reason", "weight"]
+    tables = prefetched(lambda part: read_part(part.url, part.expected, columns), decision_parts(selected))
+    frame = pl.from_arrow(pa.concat_tables(tables))
     frame = frame.with_columns(pl.col("group").fill_null(NO_GROUP), pl.col("band").cast(pl.String))
     ranked = frame.filter(pl.col("band") != EXCLUDED)
     groups = pl.Enum(sorted(ranked["group"].unique().to_list()))
@@ -187,25 +195,15 @@ def _decided(selected: str, column: str) -> tuple[pl.DataFrame, pl.DataFrame, pl
     return excluded, ranked.select(keep), kept
 
 
-def _check_made_from(selected: str, parts: ScoreParts) -> None:
+def _check_made_from(selected: SelectedDir, parts: ScoreParts) -> None:
     """A selection's report shows its bands over the scores it was made from, never over others."""
-    fs, root = url_to_fs(selected)
-    job = read_json(fs, posixpath.join(root, SELECTED.job), "selection job file", kind=dict) or {}
-    made_from = (job.get("identity") or {}).get("scores")
+    made_from = selected.recorded.get("scores")
     given = [manifest_digest(m) for m in parts.manifests]
     if made_from is not None and made_from != given:
         raise HardfocusError(
-            f"'{redact(selected)}' was not selected from the scores given (its job file records other scores "
+            f"'{redact(selected.url)}' was not selected from the scores given (its job file records other scores "
             "manifests): give the scores/ directories it was made from, in the same order"
         )
-
-
-def _read_summary(selected: str) -> dict:
-    found = identify(selected)
-    if found.kind != "selected" or not found.complete:
-        raise HardfocusError(f"'{redact(selected)}' is {found.describe()}, not a complete selected/ directory")
-    fs, path = url_to_fs(selected)
-    return read_json(fs, posixpath.join(path, SUMMARY_FILE), "selection summary", kind=dict)
 
 
 def summary_text(s: SelectionSummary, output: str) -> str:

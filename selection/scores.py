@@ -9,22 +9,19 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
-from fsspec.core import url_to_fs
 
 from hardfocus.contracts.scores import (
     OPTIONAL_COLUMNS,
-    SCORES_MANIFEST_FILE,
     SCORES_SCHEMA,
-    PartCheck,
     ScoreManifest,
     check_scores_schema,
-    stamped_rows,
+    open_scores_dir,
+    refuse_shared_shards,
 )
 from hardfocus.errors import HardfocusError
-from hardfocus.kinds import identify
+from hardfocus.parts import Expected, read_footer, read_part
 from hardfocus.stagedir import refuse_repeated
-from hardfocus.storage import fs_url, prefetched, read_footer, read_record, redact
+from hardfocus.storage import prefetched, redact
 from selection.bands import NO_GROUP
 from selection.excluded import excluded_rows, merge_excluded, status_reason
 
@@ -37,6 +34,7 @@ class ScoreParts:
     rows: list[int]
     manifests: list[ScoreManifest]
     has_input_ids: bool
+    expected: list[Expected]  # per part: what the verified reader checks it against (hardfocus.parts)
     part_has_loss_spans: list[bool] | None = None  # per part; None = no part has the column (plain text)
     common_columns: frozenset[str] = frozenset()  # optional columns (n_bytes, ifd, ...) that every part has
 
@@ -55,13 +53,9 @@ class ScoreParts:
         return out
 
     def read_part(self, index: int, columns: list[str]) -> pa.Table:
-        """Some columns of one part file; a part that cannot be read is named, with how to repair it."""
-        fs, path = url_to_fs(self.urls[index])
-        try:
-            with fs.open(path, "rb") as f:
-                return pq.read_table(f, columns=columns)
-        except (OSError, pa.ArrowException) as exc:
-            raise damaged_part(self.urls[index], exc) from exc
+        """Some columns of one part file, through the verified reader: its stamp, rows and the digest of each column
+        read checked; a part that fails is named, with how to repair it."""
+        return read_part(self.urls[index], self.expected[index], columns)
 
     def sample_ids(self, rows: np.ndarray) -> np.ndarray:
         """Sample ids of these global row indices, reading only the ``sample_id`` column of their parts."""
@@ -122,48 +116,29 @@ class ScoreParts:
 def open_scores(dirs: list[str]) -> ScoreParts:
     """Check each directory is a complete scores/ (manifest present, every part whole) and all were scored alike."""
     refuse_repeated(dirs, "scores directory")
-    urls, rows, manifests, with_ids, with_spans = [], [], [], [], []
+    urls, rows, manifests, with_ids, with_spans, expected = [], [], [], [], [], []
     common = set(OPTIONAL_COLUMNS)
     for d in dirs:
-        fs, path = url_to_fs(d)
-        fs.invalidate_cache(path)  # s3fs caches listings: see parts written since
-        found = identify(d)
-        if found.kind == "absent":
-            raise HardfocusError(f"scores directory '{redact(d)}' does not exist")
-        if found.kind != "scores" or not found.complete:
-            raise HardfocusError(
-                f"'{redact(d)}' is {found.describe()}, not a finished scores/ directory (no {SCORES_MANIFEST_FILE}): "
-                "(re)run `hardfocus score` on it"
-            )
-        manifest = read_record(fs, posixpath.join(path, SCORES_MANIFEST_FILE), ScoreManifest, "scores manifest")
-        parts = sorted(posixpath.join(path, n) for n in found.names if n.startswith("part-") and n.endswith(".parquet"))
-        if len(parts) != manifest.parts:
-            raise HardfocusError(f"'{redact(d)}' holds {len(parts)} part files but its manifest lists {manifest.parts}")
+        opened = open_scores_dir(d)
         dir_spans = []
-
-        stamps = PartCheck.of(fs, path, manifest)
-        for p, meta in zip(parts, prefetched(lambda part, fs=fs: read_footer(fs, part), parts)):
-            if isinstance(meta, Exception):
-                raise damaged_part(fs_url(fs, p), meta)
-            want = stamped_rows(meta.metadata, posixpath.basename(p))
-            if want is not None and meta.num_rows != want:
-                raise damaged_part(fs_url(fs, p), f"{meta.num_rows} rows where its name and stamp say {want}")
-            stamps.check(fs_url(fs, p), meta.metadata)
+        for (url, want), (meta, _) in zip(opened.parts, prefetched(lambda item: read_footer(*item), opened.parts)):
+            expected.append(want)
             schema = meta.schema.to_arrow_schema()
-            check_scores_schema(schema, p)
+            check_scores_schema(schema, redact(url))
             with_ids.append("input_ids" in schema.names)
             common &= set(schema.names)
             dir_spans.append("loss_spans" in schema.names)
             rows.append(meta.num_rows)
-            urls.append(fs_url(fs, p))
-        _check_spans_alike(d, parts, dir_spans)
+            urls.append(url)
+        _check_spans_alike(d, [url for url, _ in opened.parts], dir_spans)
         with_spans.extend(dir_spans)
-        manifests.append(manifest)
+        manifests.append(opened.manifest)
     check_scored_alike(dirs, manifests)
+    refuse_shared_shards(dirs, manifests)
     if sum(rows) != sum(m.rows for m in manifests):
         raise HardfocusError(f"the part files hold {sum(rows)} rows but the manifests say {sum(m.rows for m in manifests)}")
     parts = ScoreParts(
-        urls, rows, manifests, has_input_ids=bool(with_ids) and all(with_ids),
+        urls, rows, manifests, has_input_ids=bool(with_ids) and all(with_ids), expected=expected,
         part_has_loss_spans=with_spans if any(with_spans) else None, common_columns=frozenset(common),
     )
     _check_unique_ids(dirs, parts)
@@ -199,7 +174,9 @@ def _check_unique_ids(dirs: list[str], parts: ScoreParts) -> None:
                 owner[shard.rel] = d
     if all(m.id_column is None for m in parts.manifests):
         return
-    ids = pl.scan_parquet(parts.urls, glob=False).select("sample_id").group_by("sample_id").agg(pl.len().alias("n")).filter(pl.col("n") > 1).head(3).collect(engine="streaming")
+    tables = prefetched(lambda index: parts.read_part(index, ["sample_id"]), range(len(parts.urls)))
+    ids = pl.from_arrow(pa.concat_tables(tables)).group_by("sample_id").agg(pl.len().alias("n")).filter(pl.col("n") > 1)
+    ids = ids.sort("sample_id").head(3)
     if ids.height:
         raise HardfocusError(
             f"sample ids repeat across {', '.join(redact(d) for d in dirs)} (e.g. {', '.join(ids['sample_id'].to_list())}): "

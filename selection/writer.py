@@ -14,7 +14,6 @@ fence (:meth:`~hardfocus.stagedir.StageDir.fence`) on a Ray worker.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -38,16 +37,18 @@ from hardfocus.contracts.decisions import (
     DECISIONS_DIR,
     EXCLUDED,
     KEPT,
-    SOURCE_KEY,
     WINDOW_FIELDS,
+    decisions_part_name,
+    decisions_place,
     decisions_schema,
 )
-from hardfocus.contracts.selected import selected_schema
+from hardfocus.contracts.selected import selected_schema, training_part_name
 from hardfocus.errors import HardfocusError
+from hardfocus.parts import Expected, read_part, stamped
 from hardfocus.stagedir import StageDir
 from hardfocus.storage import fs_url, is_local, redact
 from selection.bands import BANDS
-from selection.scores import ScoreParts, damaged_part
+from selection.scores import ScoreParts
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,9 @@ class PartJob:
     excluded: np.ndarray  # part-local rows excluded, ascending
     reason: np.ndarray  # each one's reason: an index into Layout.reasons
     kept_part: int | None  # the number of its training part; None: it keeps no row
-    source: dict  # the decisions part's footer record
+    place: dict  # the decisions part's place in its stamp: its index, its scores directory, its score part
+    selection: str  # the digest of the selection's identity, which both its parts are stamped with
+    expected: Expected  # what the score part must be (the verified reader checks it)
     loss_spans: bool  # this part has the column
 
 
@@ -154,7 +157,7 @@ def write_selection(parts: ScoreParts, decided: Decided, stage: StageDir, select
     e_bounds = np.searchsorted(decided.excluded_rows, offsets)
     kept_per_part = np.diff(np.searchsorted(decided.rows[decided.band == _KEPT], offsets))
     kept_index = np.cumsum(kept_per_part > 0) - 1
-    sources = _part_sources(parts, selection)
+    places = _decisions_places(parts)
     reasons = tuple(sorted(decided.reasons.unique().to_list()))
     reason_codes = decided.reasons.replace_strict(reasons, list(range(len(reasons))), return_dtype=pl.Int32).to_numpy()
     layout = Layout(parts.has_input_ids, parts.has_loss_spans,
@@ -168,7 +171,8 @@ def write_selection(parts: ScoreParts, decided: Decided, stage: StageDir, select
             rank=decided.rank[r0:r1], score=decided.score[r0:r1], loss=decided.loss[r0:r1],
             weight=decided.weight[r0:r1], excluded=decided.excluded_rows[e0:e1].astype(np.int64) - offset,
             reason=reason_codes[e0:e1], kept_part=int(kept_index[index]) if kept_per_part[index] else None,
-            source=sources[index], loss_spans=bool(parts.has_loss_spans and parts.part_has_loss_spans[index]),
+            place=places[index], selection=selection, expected=parts.expected[index],
+            loss_spans=bool(parts.has_loss_spans and parts.part_has_loss_spans[index]),
         )
 
     stage.fs.makedirs(posixpath.join(stage.path, DECISIONS_DIR), exist_ok=True)
@@ -191,12 +195,10 @@ def write_selection(parts: ScoreParts, decided: Decided, stage: StageDir, select
     return written
 
 
-def _part_sources(parts: ScoreParts, selection: str) -> list[dict]:
-    """Per score part, the decisions part's footer record: its place, the index of its scores directory, the score
-    part's file name, its rows, and the selection's identity digest."""
+def _decisions_places(parts: ScoreParts) -> list[dict]:
+    """Per score part, its decisions part's place: its index, its scores directory's index, the score part's name."""
     dirs = [d for d, manifest in enumerate(parts.manifests) for _ in range(manifest.parts)]
-    return [{"index": i, "scores": d, "part": posixpath.basename(url), "rows": rows, "selection": selection}
-            for i, (d, url, rows) in enumerate(zip(dirs, parts.urls, parts.rows))]
+    return [decisions_place(i, d, posixpath.basename(url)) for i, (d, url) in enumerate(zip(dirs, parts.urls))]
 
 
 # ---- on Ray ----------------------------------------------------------------------------------------------------
@@ -269,38 +271,25 @@ def write_part(job: PartJob, layout: Layout, fs, root: str, check_lock: Callable
                              f"{n} of {redact(job.url)}: a row without exactly one decision (a bug)")
     training = ["sample_id", "shard", "row", "group", "loss", *(["input_ids"] if layout.has_input_ids else []),
                 *(["loss_spans"] if job.loss_spans else [])]
-    source = _read(job.url, training + list(_DECISION_WINDOW_COLUMNS if layout.windowed else ()))
+    source = read_part(job.url, job.expected, training + list(_DECISION_WINDOW_COLUMNS if layout.windowed else ()))
     loss = source["loss"].to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     if not np.array_equal(loss[job.ranked], job.loss):
         raise HardfocusError(f"rows of {redact(job.url)} differ from the ones ranked: it changed meanwhile; "
                              "rerun `hardfocus select`")
-    decisions = _decisions_table(job, layout, source, band)
-    record = {SOURCE_KEY: json.dumps(job.source).encode()}
+    decisions = stamped(_decisions_table(job, layout, source, band), "decisions", job.selection, job.place)
     check_lock()
-    _write(fs, posixpath.join(root, DECISIONS_DIR, f"part-{job.index:05d}.parquet"), decisions.replace_schema_metadata(record),
+    _write(fs, posixpath.join(root, DECISIONS_DIR, decisions_part_name(job.index)), decisions,
            use_dictionary=[c for c in DECISIONS_DICTIONARY_COLUMNS if c in decisions.column_names])
     del decisions
     if job.kept_part is not None:
         is_kept = job.band == _KEPT  # the ranked rows are in row order: so are the kept ones
         kept = _kept_table(layout, source.select(training).take(pa.array(job.ranked[is_kept])),
                            job.rank[is_kept], job.weight[is_kept], job.loss_spans)
+        kept = stamped(kept, "selected", job.selection, {"index": job.kept_part})
         check_lock()
-        _write(fs, posixpath.join(root, f"part-{job.kept_part:05d}.parquet"), kept,
+        _write(fs, posixpath.join(root, training_part_name(job.kept_part)), kept,
                write_statistics=[c for c in kept.column_names if c not in _UNFILTERED_COLUMNS])
         del kept
-
-
-def _read(url: str, columns: list[str]) -> pa.Table:
-    """A local file by its path (Arrow's own reads, no Python file object in between), others through fsspec."""
-    fs, path = url_to_fs(url)
-    try:  # ParquetFile: not read_table's dataset layer (a tenth of the read of a 2,000-row part)
-        if is_local(fs):
-            with pq.ParquetFile(path) as part:
-                return part.read(columns=columns)
-        with fs.open(path, "rb") as f, pq.ParquetFile(f) as part:
-            return part.read(columns=columns)
-    except (OSError, pa.ArrowException) as exc:
-        raise damaged_part(url, exc) from exc
 
 
 def _write(fs, path: str, table: pa.Table, **options) -> None:

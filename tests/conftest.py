@@ -65,6 +65,28 @@ def scored_corpus(tmp_path_factory, tiny_model_dir) -> dict:
     return {"inputs": root / "in", "reference": root / "reference", "result": result, "settings": settings}
 
 
+# rows 3 and 8 of two_scored_shards' a.jsonl: texts of the same UTF-8 length (so their JSON lines are too), other words
+SAME_LENGTH = ("The river carried sand and stones down to the sea.", "She listened to the rain that fell on the gardens.")
+
+
+@pytest.fixture(scope="session")
+def two_scored_shards(tmp_path_factory, tiny_model_dir) -> dict:
+    """``in/a.jsonl`` and ``in/b.jsonl``, a dozen rows of real text each (``domain`` web), no id column (default ids
+    ``<rel>#<row>``), rows 3 and 8 of ``a.jsonl`` of equal byte length (:data:`SAME_LENGTH`), scored in this process
+    into one scores/ directory of parts of 6 rows: read only by the tests. ``a``: the rows of ``a.jsonl``."""
+    from scoring import ScoreConfig, score
+
+    root = tmp_path_factory.mktemp("two-scored-shards")
+    texts = [t[:200] for t in real_texts(60, seed=31) if t.strip()][:12]
+    a = [{"text": t, "domain": "web"} for t in texts]
+    a[3]["text"], a[8]["text"] = SAME_LENGTH
+    write_jsonl(root / "in" / "a.jsonl", a)
+    write_jsonl(root / "in" / "b.jsonl", [{"text": t[:200], "domain": "web"} for t in real_texts(60, seed=32) if t.strip()][:12])
+    score(ScoreConfig(inputs=[str(root / "in")], output=str(root / "scores"), model=tiny_model_dir, executor="local",
+                      dtype="float32", device="cpu", max_tokens=64, rows_per_unit=6), progress=False)
+    return {"root": root, "inputs": root / "in", "scores": str(root / "scores"), "a": a}
+
+
 def real_texts(n: int = 200, seed: int = 0) -> list[str]:
     """Real English/code text from this machine (licenses, Python sources), cut to mixed lengths."""
     import sysconfig

@@ -18,6 +18,7 @@ import torch
 from fsspec.core import url_to_fs
 
 from hardfocus.errors import HardfocusError
+from hardfocus.parts import Expected, read_part
 from hardfocus.storage import prefetched
 from training.sources import TrainingSources, find_sources, training_rows
 
@@ -45,7 +46,7 @@ def load_training_data(sources: TrainingSources | list[str]) -> TrainingData:
         sources = find_sources(sources)
     tables = []
     for source in sources.sources:
-        reads = prefetched(lambda item: _read_part(*item), zip(source.parts, source.columns))
+        reads = prefetched(lambda item: read_part_columns(*item), zip(source.parts, source.columns, source.expected))
         for part, table in zip(source.parts, reads):
             tables.append(training_rows(table, source.kind, source.path, part=part))
     table = pa.concat_tables(tables)
@@ -56,7 +57,11 @@ def load_training_data(sources: TrainingSources | list[str]) -> TrainingData:
     return TrainingData(table=table, kinds=sources.kinds, not_ok=sources.not_ok, has_weights=sources.has_weights)
 
 
-def _read_part(url: str, columns: tuple[str, ...]) -> pa.Table:
+def read_part_columns(url: str, columns: tuple[str, ...], expected: Expected | None) -> pa.Table:
+    """A part's columns, through the verified reader where it has a contract (else as they are: parts written by
+    hand)."""
+    if expected is not None:
+        return read_part(url, expected, columns)
     fs, path = url_to_fs(url)
     try:
         with fs.open(path, "rb") as f:

@@ -46,13 +46,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data``: the model resolved (an alias or a GGUF file converted once, a hub id, a
     checkpoint directory), raw shards tokenised once into the cache, the precision chosen (``auto``: bf16 where the
     GPU or CPU computes it natively), then trained in this process or under Ray Train (``ray_workers``)."""
-    from training.raw_shards import as_token_dir  # scoring's readers and tokeniser: only for raw shards
+    from training.raw_shards import as_token_dir  # the readers and the tokeniser: only for raw shards
 
     refuse_overlap(cfg.output, [*cfg.data, *cfg.eval_data])  # raw shards too, before they become cache entries
     model_path = resolve_model(cfg.model).path
-    cfg = cfg.model_copy(update={"data": [as_token_dir(p, cfg, model_path, "train") for p in cfg.data],
-                                 "eval_data": [as_token_dir(p, cfg, model_path, "eval") for p in cfg.eval_data]})
-    return _train(cfg, model_path, uses_bf16(cfg), progress)
+    # each directory identified and checked once, here; read once, by the path that trains
+    data = find_sources(cfg.data, raw=lambda path: as_token_dir(path, cfg, model_path, "train"))
+    eval_data = (find_sources(cfg.eval_data, raw=lambda path: as_token_dir(path, cfg, model_path, "eval"))
+                 if cfg.eval_data else None)
+    return _train(cfg, model_path, uses_bf16(cfg), progress, data, eval_data)
 
 
 def uses_bf16(cfg: TrainConfig) -> bool:
@@ -68,27 +70,27 @@ def uses_bf16(cfg: TrainConfig) -> bool:
     return cpu_has_bf16()
 
 
-def _train(cfg: TrainConfig, model_path: str, bf16: bool, progress: bool) -> TrainResult:
-    """Train the local checkpoint ``model_path`` on stage directories (selected/, scores/, token parts)."""
+def _train(cfg: TrainConfig, model_path: str, bf16: bool, progress: bool, data: TrainingSources,
+           eval_data: TrainingSources | None) -> TrainResult:
+    """Train the local checkpoint ``model_path`` on the checked sources (selected/, scores/, token parts)."""
     # auto resolved here, once: the run's identity records the batching it trains with (a resume elsewhere, where
     # auto would mean another, is another run)
     cfg = cfg.model_copy(update={"batching": batching(cfg, bf16)})
-    data = find_sources(cfg.data)  # checked once, here; read once, by the path that trains
     if cfg.uses_static and not data.has_weights:
         raise HardfocusError(
             f"weighting '{cfg.weighting}' needs static weights, but {list(data.kinds.values())} data has none "
             "(scores/ carry no weights): give selected/ directories, or use --weighting none/online"
         )
-    eval_data = find_sources(cfg.eval_data) if cfg.eval_data else None
     check_tokenizer(model_path, data, eval_data)
     check_token_ids(model_path, data, eval_data)
     identity = training_identity(cfg, fingerprint_checkpoint(model_path), data.identity,
                                  eval_data.identity if eval_data else [])
     out = StageDir(cfg.output, MODEL)
-    inputs = [*cfg.data, *cfg.eval_data, model_path]  # a model is an input too: never trained over itself
+    inputs = [*data.paths, *(eval_data.paths if eval_data else []), model_path]  # a model is an input too
     refuse_overlap(cfg.output, inputs)
     with out.locked():
-        if out.open(identity, cfg.overwrite, inputs=inputs) is Opening.COMPLETE:
+        named = {"data": data.paths, "eval_data": eval_data.paths if eval_data else [], "model": [cfg.model]}
+        if out.open(identity, cfg.overwrite, inputs=inputs, named=named) is Opening.COMPLETE:
             log.info("'%s' already holds this finished run: nothing to do", redact(cfg.output))
             if out.is_local and not cfg.keep_checkpoints:  # a run that stopped between its manifest and the clean-up
                 remove_checkpoints(Path(out.path))

@@ -1,9 +1,9 @@
 """Raw text shards as training data: tokenised once into the cache (``tokenized/<identity>``), a stage directory of
 their own, for an ERM baseline on data that was never scored.
 
-The shards are read and tokenised by scoring's own readers and tokeniser (the one use training makes of scoring
-beyond the foundation), so a raw shard trains on the same token ids, with the same statuses, as its scores/ would
-hold."""
+The shards are read and tokenised by the foundation's readers and tokeniser, the ones scoring uses, so a raw shard
+trains on the same token ids, with the same statuses, as its scores/ would hold. The entry's part is stamped
+(:mod:`hardfocus.parts`) with the digest of the entry's identity."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from hardfocus.chat import check_chat_tokenizer, load_chat_template, template_sh
 from hardfocus.contracts.scores import Status, loss_spans_array
 from hardfocus.errors import HardfocusError
 from hardfocus.fingerprints import digest, tokenizer_fingerprint
-from hardfocus.kinds import TOKENS, identify
+from hardfocus.kinds import TOKENS
+from hardfocus.parts import stamped
 from hardfocus.readers import find_shards, read_shard
 from hardfocus.sample_format import Columns
 from hardfocus.stagedir import Opening, StageDir
@@ -26,32 +27,26 @@ from hardfocus.storage import redact
 from hardfocus.tokenize import tokenize_block
 from hardfocus.tokenizers import load_tokenizer
 from training.config import TrainConfig
-from training.sources import find_sources
+from training.sources import open_source
 
 log = logging.getLogger(__name__)
 
 
-def is_stage_dir(path: str) -> bool:
-    """Whether a training input is a stage's output (selected/, scores/, token parts) rather than raw shards."""
-    return identify(path).kind in ("selected", "scores", "tokens", "parts")
-
-
 def as_token_dir(path: str, cfg: TrainConfig, model_path: str, role: str) -> str:
-    """A selected/ or scores/ dir as is; raw text shards tokenised once into the cache: keyed by the shards as
-    listed (where each is, its size and modification stamp), the tokenizer and the settings, so other shards,
-    changed ones or another tokenizer are tokenised again, and a finished entry is reused."""
-    if is_stage_dir(path):
-        return path
+    """Raw text shards tokenised once into the cache (:func:`training.sources.find_sources` calls it for a path that is
+    no stage's output): keyed by the shards as listed (where each is, its size and modification stamp), the tokenizer
+    and the settings, so other shards, changed ones or another tokenizer are tokenised again, and a finished entry is
+    reused."""
     tokenizer = load_tokenizer(model_path)
     template = load_chat_template(cfg.chat_template)
-    identity = {"shards": [[s.url, s.size, s.modified] for s in find_shards([path])],
+    identity = {"parts": 1, "shards": [[s.url, s.size, s.modified] for s in find_shards([path])],
                 "group_column": cfg.group_column, "tokenizer": tokenizer_fingerprint(tokenizer),
                 "max_tokens": cfg.max_seq_len, **_format_identity(cfg, template, tokenizer)}
     out = StageDir(str(cache_dir() / "tokenized" / digest(identity)), TOKENS)
     with out.locked(wait=True):  # a shared cache entry: runs that need it wait for whichever makes it, never refuse
         if out.open(identity, overwrite=True, inputs=[path]) is Opening.COMPLETE:
             try:
-                find_sources([out.url])  # whole: its part's footer and rows as tokenized.json counts them
+                open_source(out.url)  # whole: its part's stamp and rows as tokenized.json counts them
                 return out.url
             except HardfocusError as exc:
                 log.warning("the tokenisation cache entry %s is damaged (%s): tokenising again", out.url, exc)
@@ -97,7 +92,7 @@ def tokenize_shards(inputs: str, out: StageDir, identity: dict, tokenizer, colum
         )
     if not tables:
         raise HardfocusError(f"no shards found in '{redact(inputs)}'")
-    table = pa.concat_tables(tables)
+    table = stamped(pa.concat_tables(tables), "tokens", digest(identity), {"index": 0})
     out.commit("part-00000.parquet", lambda f: pq.write_table(table, f))
     out.mark({"identity": identity, "rows_per_status": counts, "parts": 1, "rows": table.num_rows,
               "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer)})

@@ -13,18 +13,23 @@ training does. An ``s3://`` output is a local staging directory here (:mod:`trai
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
+import pyarrow as pa
 from transformers import TrainerCallback
 
 from hardfocus.console import native_stderr_to_file, quiet_ray_data_console
 from hardfocus.errors import HardfocusError
+from hardfocus.parts import Expected
 from training.checkpoints import COMPLETE_MARKER
 from training.config import TrainConfig
+from training.data import read_part_columns
 from training.output import RAY_RESULTS
 from training.sources import TrainingSources, find_sources, trained_columns, training_rows
 
@@ -35,27 +40,31 @@ def training_dataset(sources: TrainingSources | list[str]):
     """One Ray dataset of ``input_ids``, ``weight`` and ``loss_spans`` over the sources (found and checked
     first when given as paths): the rows the in-process path trains on, through the same checks.
 
-    The driver reads nothing more: Ray Data reads each part's columns once and every block goes
-    through :func:`training.sources.training_rows`, so a bad row fails the run as it would in-process.
+    The driver reads nothing more: each part is read once, by one Ray Data task, through the verified reader
+    (:mod:`hardfocus.parts`: its stamp and the digests of its columns) and :func:`training.sources.training_rows`, so
+    a part that changed or a bad row fails the run as it would in-process.
     """
     import ray
 
     if not isinstance(sources, TrainingSources):
         sources = find_sources(sources)
-    datasets = []
-    for source in sources.sources:
-        by_columns: dict[tuple[str, ...], list[str]] = {}
-        for part, columns in zip(source.parts, source.columns):  # parts of one directory may differ (loss_spans)
-            by_columns.setdefault(trained_columns(columns), []).append(part)
-        for columns, urls in by_columns.items():
-            ds = ray.data.read_parquet(urls, columns=list(columns), partitioning=None)  # 'weight=2/' is a path
-            datasets.append(ds.map_batches(
-                training_rows, batch_format="pyarrow", fn_kwargs={"kind": source.kind, "where": source.path}
-            ))
-    ds = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
+    items = [{"part": json.dumps({"url": url, "columns": list(trained_columns(columns)), "kind": source.kind,
+                                  "where": source.path, "expected": None if expected is None else asdict(expected)})}
+             for source in sources.sources
+             for url, columns, expected in zip(source.parts, source.columns, source.expected, strict=True)]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(_part_rows, batch_size=1, batch_format="pyarrow")
     ds.context.raise_original_map_exception = True  # a bad row fails with its HardfocusError, not "UDF failed"
     ds.context.execution_options.preserve_order = True  # the same order every epoch and run: a resume skips exactly
     return ds
+
+
+def _part_rows(batch: pa.Table) -> pa.Table:
+    """The trainable rows of the part a one-row batch names, read whole, checked."""
+    (spec,) = [json.loads(text) for text in batch.column("part").to_pylist()]
+    expected = None if spec["expected"] is None else Expected(**spec["expected"])
+    table = read_part_columns(spec["url"], tuple(spec["columns"]), expected)
+    return training_rows(table, spec["kind"], spec["where"])
 
 
 def fit_on_ray(cfg: TrainConfig, sources: TrainingSources, model_path: str, bf16: bool, progress: bool, resume: str | None):

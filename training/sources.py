@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,16 +34,19 @@ from fsspec.core import url_to_fs
 from hardfocus.contracts.scores import (
     LOSS_SPANS_TYPE,
     SCORES_MANIFEST_FILE,
-    PartCheck,
     ScoreManifest,
+    ScoresParts,
     Status,
     check_scores_schema,
     manifest_digest,
+    refuse_shared_shards,
 )
-from hardfocus.contracts.selected import SUMMARY_FILE, check_selected_schema
+from hardfocus.contracts.selected import SUMMARY_FILE, check_selected_schema, open_selected
 from hardfocus.errors import HardfocusError
 from hardfocus.fingerprints import digest
 from hardfocus.kinds import PathInfo, identify
+from hardfocus.parts import Expected, read_part
+from hardfocus.parts import read_footer as check_footer
 from hardfocus.stagedir import refuse_repeated
 from hardfocus.storage import (
     file_version,
@@ -76,6 +80,8 @@ class Source:
     token_range: tuple[int, int] | None = None  # the lowest and highest token id (footer statistics), where known
     part_rows: tuple[int, ...] = ()  # per part: the rows training uses (a stream skips whole parts on a resume)
     part_versions: tuple[tuple[int | None, str | None], ...] = ()  # per part: (size, version) when found
+    expected: tuple[Expected | None, ...] = ()  # per part: what its stamp must say (None: parts written by hand)
+    manifest: ScoreManifest | None = None  # a scores/ directory's manifest
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,11 @@ class TrainingSources:
         return sum(s.not_ok for s in self.sources)
 
     @property
+    def paths(self) -> list[str]:
+        """The directories read (a token directory of the cache where raw shards were given)."""
+        return [s.path for s in self.sources]
+
+    @property
     def kinds(self) -> dict[str, str]:
         return {s.path: s.kind for s in self.sources}
 
@@ -108,21 +119,30 @@ class TrainingSources:
         return all(s.kind != "scores" for s in self.sources)
 
 
-def find_sources(paths: list[str]) -> TrainingSources:
-    """Check every directory; raise a :class:`HardfocusError` that names the one that is unusable and why."""
+def find_sources(paths: list[str], raw: Callable[[str], str] | None = None) -> TrainingSources:
+    """Open every directory once (:func:`open_source`); ``raw``: what makes raw shards into a token directory (the
+    cache of :mod:`training.raw_shards`), where a path is not a stage's output. Raises a :class:`HardfocusError` that
+    names the directory that is unusable and why."""
     refuse_repeated(paths, "training data directory")
-    sources = tuple(_source(path) for path in paths)
+    sources = tuple(open_source(path, raw) for path in paths)
+    scored = [s for s in sources if s.manifest is not None]
+    refuse_shared_shards([s.path for s in scored], [s.manifest for s in scored])  # one shard in two scores/: twice
     if sum(s.rows for s in sources) == 0:
         raise HardfocusError(f"no trainable rows in {list(paths)}")
     return TrainingSources(sources)
 
 
-def _source(path: str) -> Source:
-    fs, root = url_to_fs(path)
+def open_source(path: str, raw: Callable[[str], str] | None = None) -> Source:
+    """One directory of training data, identified once and checked by its footers: its kind, its parts with what each
+    must be (the part stamp of the stage that wrote it: :mod:`hardfocus.parts`), the rows training uses of each."""
     found = identify(path)
+    if raw is not None and found.kind in _RAW:
+        path = raw(path)  # raw shards: tokenised once into the cache, a token directory of its own
+        found = identify(path)
+    fs, root = url_to_fs(path)
     if found.kind in ("absent", "file"):
         raise HardfocusError(f"training data '{redact(path)}' is not a directory (give selected/ or scores/ directories)")
-    kind = {"selected": "selected", "scores": "scores", "tokens": "tokens", "parts": "tokens"}.get(found.kind)
+    kind = _KINDS.get(found.kind)
     if kind is None:
         raise HardfocusError(f"'{redact(path)}' is {found.describe()}: not training data (give selected/ or scores/ directories)")
     if found.stage is not None and not found.complete:
@@ -130,40 +150,104 @@ def _source(path: str) -> Source:
         raise HardfocusError(
             f"'{redact(path)}' is {found.describe()} (no {found.stage.marker}): it did not finish; rerun `hardfocus {stage}`"
         )
-    parts = sorted(posixpath.join(root, n) for n in found.names if n.startswith("part-") and n.endswith(".parquet"))
+    recorded = _recorded(fs, root, path, found)
+    parts = [url for url, _ in recorded.parts]
     if not parts:
         raise HardfocusError(f"'{redact(path)}' is a finished {kind}/ directory without rows")
-    footers = list(prefetched(lambda p: read_footer(fs, p), parts))
+    footers = list(prefetched(lambda item: _footer(fs, *item), recorded.parts))
     if found.kind == "parts":
         _refuse_unfinished(path, footers)
     for part, footer in zip(parts, footers):
         if isinstance(footer, Exception):
             raise HardfocusError(
-                f"cannot read '{redact(fs_url(fs, part))}' of '{redact(path)}' ({footer}): it was damaged after it was "
+                f"cannot read '{redact(part)}' of '{redact(path)}' ({footer}): it was damaged after it was "
                 f"written; write it again (rerun the stage that wrote '{redact(path)}' with --overwrite)"
             )
     columns, part_rows = [], [f.num_rows for f in footers]
     for part, footer in zip(parts, footers):
-        columns.append(_check_part(footer.schema.to_arrow_schema(), kind, f"'{redact(fs_url(fs, part))}'"))
+        columns.append(_check_part(footer.schema.to_arrow_schema(), kind, f"'{redact(part)}'"))
         if kind == "tokens" and "status" in footer.schema.names:
             raise HardfocusError(
                 f"'{redact(path)}' has scores/ parts but no {SCORES_MANIFEST_FILE}: the scoring did not finish; rerun `hardfocus score`"
             )
     rows = sum(part_rows)
+    if (recorded.parts_count is not None and recorded.parts_count != len(parts)
+            or recorded.rows is not None and recorded.rows != rows):
+        raise HardfocusError(
+            f"'{redact(path)}' holds {len(parts)} part files with {rows} rows, but its {found.stage.marker} says "
+            f"{recorded.parts_count} with {recorded.rows}: parts were lost or added after it was written; write it again "
+            "(rerun the stage with --overwrite)"
+        )
     fresh(fs, root)
-    listed = {e["name"].rstrip("/"): e for e in fs.ls(root, detail=True)}  # as it is now: the parts' sizes and stamps
-    identity, tokenizer = _recorded(fs, root, found, len(parts), rows, footers, parts, listed)
+    listed = {fs_url(fs, e["name"].rstrip("/")): e for e in fs.ls(root, detail=True)}  # the parts' sizes and stamps now
     if kind == "scores":  # the status column only: which rows are trained on
-        statuses = prefetched(lambda p: _read(fs, p, ["status"]).column("status"), parts)
+        statuses = prefetched(lambda item: _read(*item, ["status"]).column("status"), recorded.parts)
         part_rows = [pc.sum(pc.equal(status, Status.OK.value)).as_py() or 0 for status in statuses]
     elif any("weight" in c for c in columns):  # 4 bytes a row, read up front: a bad weight is refused before a step
-        with_weight = [p for p, c in zip(parts, columns) if "weight" in c]
-        read = prefetched(lambda p: _read(fs, p, ["weight"]).column("weight"), with_weight)
+        with_weight = [item for item, c in zip(recorded.parts, columns) if "weight" in c]
+        read = prefetched(lambda item: _read(*item, ["weight"]).column("weight"), with_weight)
         _check_weights(pa.chunked_array([chunk.cast(pa.float32()) for column in read for chunk in column.chunks],
                                         pa.float32()), redact(path))
-    return Source(path, kind, tuple(fs_url(fs, p) for p in parts), tuple(columns), sum(part_rows), rows - sum(part_rows),
-                  identity=identity, tokenizer=tokenizer, token_range=_token_range(footers), part_rows=tuple(part_rows),
-                  part_versions=tuple((listed.get(p, {}).get("size"), file_version(fs, p, listed.get(p, {}))) for p in parts))
+    versions = tuple((listed.get(p, {}).get("size"), file_version(fs, url_to_fs(p)[1], listed.get(p, {}))) for p in parts)
+    return Source(path, kind, tuple(parts), tuple(columns), sum(part_rows), rows - sum(part_rows),
+                  identity=recorded.identity, tokenizer=recorded.tokenizer, token_range=_token_range(footers),
+                  part_rows=tuple(part_rows), part_versions=versions, expected=tuple(e for _, e in recorded.parts),
+                  manifest=recorded.manifest)
+
+
+_KINDS = {"selected": "selected", "scores": "scores", "tokens": "tokens", "parts": "tokens"}
+_RAW = ("absent", "file", "empty", "other")  # what may be raw shards (a glob, a file, a directory of them)
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    """What a source's own records say: its parts (URL, and what each must be; None for a directory of parts written
+    by hand, which carries no stamps), its identity, the tokenizer of its token ids, the parts and rows it counts."""
+
+    parts: list[tuple[str, Expected | None]]
+    identity: str
+    tokenizer: str | None
+    parts_count: int | None
+    rows: int | None
+    manifest: ScoreManifest | None = None
+
+
+def _recorded(fs, root: str, path: str, found: PathInfo) -> _Recorded:
+    names = sorted(n for n in found.names if n.startswith("part-") and n.endswith(".parquet"))
+    urls = [fs_url(fs, posixpath.join(root, n)) for n in names]
+    if found.kind == "parts":  # a token directory written by hand: its parts as listed are its identity, no tokenizer
+        listed = {posixpath.basename(e["name"].rstrip("/")): e for e in fs.ls(root, detail=True)}
+        stamps = [[n, (listed.get(n) or {}).get("size"), _changed(listed.get(n) or {})] for n in names]
+        return _Recorded([(u, None) for u in urls], digest(stamps), None, None, None)
+    if found.kind == "selected":
+        opened = open_selected(path, found)
+        tokenizers = {s.get("tokenizer_fingerprint") for s in opened.summary.get("scores", [])}
+        return _Recorded(list(opened.parts), opened.identity, tokenizers.pop() if len(tokenizers) == 1 else None,
+                         None, opened.kept)
+    if found.kind == "scores":
+        manifest = read_record(fs, posixpath.join(root, SCORES_MANIFEST_FILE), ScoreManifest, "scores manifest")
+        stamps = ScoresParts.of(fs, root, manifest)
+        return _Recorded([(u, stamps.expected(n)) for u, n in zip(urls, names)], manifest_digest(manifest),
+                         manifest.tokenizer_fingerprint, manifest.parts, manifest.rows, manifest)
+    marker = read_json(fs, posixpath.join(root, found.stage.marker), f"{found.kind}/ marker", kind=dict)
+    job = read_json(fs, posixpath.join(root, found.stage.job), "tokens/ job file", kind=dict) or {}
+    identity = digest(job["identity"]) if isinstance(job.get("identity"), dict) else ""
+    return _Recorded([(u, token_part_expected(identity, i)) for i, u in enumerate(urls)], digest(marker),
+                     marker.get("tokenizer_fingerprint"), marker.get("parts"), marker.get("rows"))
+
+
+def token_part_expected(identity: str, index: int) -> Expected:
+    """What part ``index`` of a token directory (the raw shards' cache) of tokenize identity digest ``identity`` must
+    be."""
+    return Expected("tokens", identity, {"index": index}, what="the tokenised part",
+                    redo="delete the cache entry; the next run tokenises the shards again")
+
+
+def _footer(fs, url: str, expected: Expected | None):
+    """A part's footer, its stamp checked where it has a contract; else the error that stopped it (named above)."""
+    if expected is None:
+        return read_footer(fs, url_to_fs(url)[1])
+    return check_footer(url, expected)[0]
 
 
 def _token_range(footers: list[pq.FileMetaData]) -> tuple[int, int] | None:
@@ -184,41 +268,6 @@ def _token_range(footers: list[pq.FileMetaData]) -> tuple[int, int] | None:
     return None if low is None else (int(low), int(high))
 
 
-def _recorded(fs, root: str, found: PathInfo, n_parts: int, rows: int, footers: list, parts: list[str], listed: dict
-              ) -> tuple[str, str | None]:
-    """(identity, tokenizer fingerprint) from the source's marker, checked against its parts: a marker that counts
-    other parts or rows than the directory holds means parts were lost or added after it was written. ``listed``: the
-    directory's listing by name."""
-    where = f"'{redact(found.url)}'"
-    if found.kind == "parts":  # a token directory written by hand: its parts as listed are its identity, no tokenizer
-        stamps = [[posixpath.basename(p), (listed.get(p) or {}).get("size"), _changed(listed.get(p) or {})] for p in parts]
-        return digest([stamps, [f.num_rows for f in footers]]), None
-    marker_path = posixpath.join(root, found.stage.marker)
-    marker = read_json(fs, marker_path, f"{found.kind}/ marker", kind=dict)
-    if found.kind == "selected":
-        expected_parts, expected_rows = marker.get("output_parts"), (marker.get("bands") or {}).get("kept")
-        tokenizers = {s.get("tokenizer_fingerprint") for s in marker.get("scores", [])}
-        tokenizer = tokenizers.pop() if len(tokenizers) == 1 else None
-        identity = digest(marker)
-    elif found.kind == "scores":
-        manifest = read_record(fs, marker_path, ScoreManifest, "scores manifest")
-        expected_parts, expected_rows, tokenizer = manifest.parts, manifest.rows, manifest.tokenizer_fingerprint
-        identity = manifest_digest(manifest)
-        stamps = PartCheck.of(fs, root, manifest)
-        for part, footer in zip(parts, footers):
-            stamps.check(fs_url(fs, part), footer.metadata)
-    else:
-        expected_parts, expected_rows = marker.get("parts"), marker.get("rows")
-        tokenizer, identity = marker.get("tokenizer_fingerprint"), digest(marker)
-    if expected_parts is not None and expected_parts != n_parts or expected_rows is not None and expected_rows != rows:
-        raise HardfocusError(
-            f"{where} holds {n_parts} part files with {rows} rows, but its {found.stage.marker} says {expected_parts} "
-            f"with {expected_rows}: parts were lost or added after it was written; write it again (rerun the stage "
-            "with --overwrite)"
-        )
-    return identity, tokenizer
-
-
 def _changed(info: dict) -> str | None:
     """A listing entry's modification stamp: mtime locally, the ETag or last-modified on a store."""
     for key in ("mtime", "ETag", "LastModified", "last_modified", "updated"):
@@ -237,8 +286,13 @@ def _refuse_unfinished(path: str, footers: list) -> None:
         )
 
 
-def _read(fs, part: str, columns: list[str]) -> pa.Table:
-    with fs.open(part, "rb") as f:
+def _read(url: str, expected: Expected | None, columns: list[str]) -> pa.Table:
+    """Some columns of a part: through the verified reader where the part has a contract, else as they are (a
+    directory of parts written by hand)."""
+    if expected is not None:
+        return read_part(url, expected, columns)
+    fs, path = url_to_fs(url)
+    with fs.open(path, "rb") as f:
         return pq.read_table(f, columns=columns)
 
 

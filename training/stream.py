@@ -32,6 +32,7 @@ import torch
 from fsspec.core import url_to_fs
 
 from hardfocus.errors import HardfocusError
+from hardfocus.parts import Expected, PartRefused, iter_part
 from hardfocus.storage import file_version, redact
 from training.data import TokenDataset
 from training.sources import TrainingSources, trained_columns, training_rows
@@ -132,8 +133,9 @@ class PartWindows:
     """
 
     def __init__(self, sources: TrainingSources, seed: int):
-        self.parts = [(s.kind, s.path, url, trained_columns(cols), n, version) for s in sources.sources
-                      for url, cols, n, version in zip(s.parts, s.columns, s.part_rows, s.part_versions, strict=True)]
+        self.parts = [(s.kind, s.path, url, trained_columns(cols), n, version, expected) for s in sources.sources
+                      for url, cols, n, version, expected in zip(s.parts, s.columns, s.part_rows, s.part_versions,
+                                                                 s.expected, strict=True)]
         self.rows = sources.rows
         self.seed = seed
 
@@ -142,11 +144,11 @@ class PartWindows:
         pending: list[pa.Table] = []
         held = 0
         for i in order:
-            kind, where, url, columns, n, version = self.parts[i]
+            kind, where, url, columns, n, version, expected = self.parts[i]
             if start_row >= n:
                 start_row -= n
                 continue
-            for table in self._rows(kind, where, url, columns, n, version, skip=start_row):
+            for table in self._rows(kind, where, url, columns, n, version, expected, skip=start_row):
                 pending.append(table)
                 held += table.num_rows
                 while held >= window_rows:
@@ -157,8 +159,8 @@ class PartWindows:
         if held:
             yield pa.concat_tables(pending)
 
-    def _rows(self, kind: str, where: str, url: str, columns: tuple[str, ...], expected: int,
-              version: tuple[int | None, str | None], skip: int) -> Iterator[pa.Table]:
+    def _rows(self, kind: str, where: str, url: str, columns: tuple[str, ...], expected_rows: int,
+              version: tuple[int | None, str | None], expected: Expected | None, skip: int) -> Iterator[pa.Table]:
         fs, path = url_to_fs(url)
         seen = 0
         try:
@@ -168,24 +170,38 @@ class PartWindows:
                     f"'{redact(url)}' is not the file it was when the run started (its size or modification stamp "
                     "changed): it changed while being trained on; rerun the stage that wrote it, then train again"
                 )
-            with fs.open(path, "rb") as f:
-                for batch in pq.ParquetFile(f).iter_batches(batch_size=8192, columns=list(columns)):
-                    table = training_rows(pa.Table.from_batches([batch]), kind, where)
-                    seen += table.num_rows
-                    if skip >= table.num_rows:
-                        skip -= table.num_rows
-                        continue
-                    yield table.slice(skip)
-                    skip = 0
+            for batch in _batches(url, fs, path, columns, expected):
+                table = training_rows(batch, kind, where)
+                seen += table.num_rows
+                if skip >= table.num_rows:
+                    skip -= table.num_rows
+                    continue
+                yield table.slice(skip)
+                skip = 0
         except FileNotFoundError as exc:
             raise HardfocusError(f"'{redact(url)}' is gone: it was deleted while being trained on") from exc
+        except PartRefused as exc:
+            if exc.why == "missing":
+                raise HardfocusError(f"'{redact(url)}' is gone: it was deleted while being trained on") from None
+            raise HardfocusError(f"{exc} (it changed while being trained on?)") from None
         except (pa.ArrowInvalid, OSError) as exc:
             raise HardfocusError(f"cannot read '{redact(url)}': {exc}; was it written completely?") from exc
-        if seen != expected:
+        if seen != expected_rows:
             raise HardfocusError(
-                f"'{redact(url)}' holds {seen} trainable rows, but {expected} when the run started: it changed while "
+                f"'{redact(url)}' holds {seen} trainable rows, but {expected_rows} when the run started: it changed while "
                 "being trained on; rerun the stage that wrote it, then train again"
             )
+
+
+def _batches(url: str, fs, path: str, columns: tuple[str, ...], expected: Expected | None) -> Iterator[pa.Table]:
+    """A part's columns a record batch at a time: through the verified reader where it has a contract (its digests
+    checked once the last batch is read), else as they are (parts written by hand)."""
+    if expected is not None:
+        yield from iter_part(url, expected, columns)
+        return
+    with fs.open(path, "rb") as f:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=8192, columns=list(columns)):
+            yield pa.Table.from_batches([batch])
 
 
 class TableWindows:

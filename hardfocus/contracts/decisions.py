@@ -7,28 +7,27 @@ the rows of the selection's first score part, row for row), so every scored row 
 summary's ``excluded`` counts). ``hardfocus run``'s label table, ``hardfocus report``, ``hardfocus export`` and
 the polars recipes read these rows instead of recomputing the bands.
 
-Each part's footer metadata records which scores directory (its index in the summary's ``scores``) and which
-part of it the rows come from (:data:`SOURCE_KEY`), and how many rows it holds.
+Each part is stamped (:mod:`hardfocus.parts`) with the selection's identity digest and its place: its index, which
+scores directory (its index in the summary's ``scores``) and which part of it the rows come from.
 """
 
 from __future__ import annotations
 
-import json
 import posixpath
+from dataclasses import dataclass
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
+from hardfocus.contracts.selected import REDO, SelectedDir, open_selected
 from hardfocus.errors import HardfocusError
-from hardfocus.fingerprints import digest
-from hardfocus.storage import fs_url, list_names, prefetched, read_json, redact
+from hardfocus.parts import Expected, read_footer
+from hardfocus.storage import fs_url, list_names, prefetched, redact
 
 DECISIONS_DIR = "decisions"
 DROPPED, KEPT, EASY, EXCLUDED = "dropped", "kept", "easy", "excluded"
 DECISION_BANDS = (DROPPED, KEPT, EASY, EXCLUDED)
-DECISIONS_LAYOUT = 1  # in the selection's identity: a selection of before decisions/ has none
-SOURCE_KEY = b"hardfocus.decisions"  # footer: {"index", "scores": dir index, "part": score part name, "rows", "selection"}
+DECISIONS_LAYOUT = 2  # in the selection's identity: 1, decisions/ of before the part stamp (hardfocus.parts); none, before decisions/
 
 DECISIONS_SCHEMA = pa.schema(
     [
@@ -59,16 +58,21 @@ def decisions_schema(windowed: bool) -> pa.Schema:
     return pa.schema(list(DECISIONS_SCHEMA) + (list(WINDOW_FIELDS) if windowed else []))
 
 
-def decision_source(metadata: dict[bytes, bytes] | None, where: str) -> dict:
-    """The footer record of a decisions part: ``{"scores": int, "part": str, "rows": int}``."""
-    try:
-        record = json.loads((metadata or {})[SOURCE_KEY])
-        if isinstance(record.get("scores"), int) and isinstance(record.get("part"), str) and isinstance(record.get("rows"), int):
-            return record
-    except (KeyError, ValueError, AttributeError):
-        pass
-    raise HardfocusError(f"{where} is not a hardfocus decisions part (no '{SOURCE_KEY.decode()}' record in its footer): "
-                         "select again with this version of hardfocus")
+def decisions_part_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def decisions_place(index: int, scores: int, part: str) -> dict:
+    """Where a decisions part belongs: its index, and the score part (scores directory index, file name) it decides."""
+    return {"index": index, "scores": scores, "part": part}
+
+
+def decisions_expected(url: str, identity: str) -> Expected:
+    """What the decisions part at ``url`` must be in the selection of identity digest ``identity``: its index is its
+    name's."""
+    name = posixpath.basename(url)
+    index = int(name[5:10]) if name.startswith("part-") and name[5:10].isdigit() else -1
+    return Expected("decisions", identity, {"index": index}, what="the decisions part", redo=REDO)
 
 
 def check_decisions_schema(schema: pa.Schema, where: str) -> None:
@@ -83,46 +87,46 @@ def check_decisions_schema(schema: pa.Schema, where: str) -> None:
         raise HardfocusError(f"{where} is not a hardfocus decisions part: " + "; ".join(problems))
 
 
-def decision_parts(selected: str) -> list[tuple[str, dict]]:
-    """(URL, footer record) of each decisions part of a complete selected/ directory, in order, checked: as many as
-    its summary counts, each whole, of this contract, holding the rows its record says. A selection made before
-    decisions/ existed is refused with the command that makes one."""
-    from hardfocus.kinds import identify  # kinds imports storage only; keep this module light for workers
+@dataclass(frozen=True)
+class DecisionsPart:
+    """One checked decisions part: where it is, what it must be when read, and the score part it decides."""
 
-    found = identify(selected)
-    if found.kind != "selected" or not found.complete:
-        raise HardfocusError(f"'{redact(selected)}' is {found.describe()}, not a complete selected/ directory")
-    fs, root = url_to_fs(selected)
-    summary = read_json(fs, posixpath.join(root, "summary.json"), "selection summary", kind=dict)
-    want = summary.get("decision_parts")
+    url: str
+    expected: Expected
+    scores: int  # its scores directory's index in the selection's summary
+    part: str  # the file name of its score part
+    rows: int
+
+
+def decision_parts(selected: str | SelectedDir) -> list[DecisionsPart]:
+    """Each decisions part of a complete selection, in order, checked by its footer: as many as its summary counts,
+    each stamped with this selection's identity in its own place, of this contract, and together holding a decision
+    for every scored row. A selection made before decisions/ existed is refused with the command that makes one."""
+    opened = selected if isinstance(selected, SelectedDir) else open_selected(selected)
+    fs, root = url_to_fs(opened.url)
+    want = opened.summary.get("decision_parts")
     where = posixpath.join(root, DECISIONS_DIR)
     if want is None or not fs.exists(where):
-        raise HardfocusError(f"'{redact(selected)}' was selected by an earlier version of hardfocus and records no "
-                             "decisions/: run the same `hardfocus select` again with --overwrite")
-    job = read_json(fs, posixpath.join(root, "selection_job.json"), "selection job file", kind=dict) or {}
-    selection = digest(job["identity"]) if isinstance(job.get("identity"), dict) else None
+        raise HardfocusError(f"'{redact(opened.url)}' was selected by an earlier version of hardfocus and records no "
+                             f"decisions/: {REDO}")
     names = sorted(n for n in list_names(fs, where) if n.startswith("part-") and n.endswith(".parquet"))
-    if len(names) != want or names != [f"part-{i:05d}.parquet" for i in range(want)]:
+    if names != [decisions_part_name(i) for i in range(want)]:
         raise HardfocusError(f"{redact(fs_url(fs, where))} holds {len(names)} parts where its summary counts {want}: "
-                             "it was changed after it was written; run `hardfocus select` again with --overwrite")
+                             f"it was changed after it was written; {REDO}")
 
-    def footer(name: str) -> tuple[str, dict]:
+    def footer(name: str) -> DecisionsPart:
         url = fs_url(fs, posixpath.join(where, name))
-        try:
-            with fs.open(posixpath.join(where, name), "rb") as f:
-                meta = pq.read_metadata(f)
-        except (OSError, pa.ArrowException) as exc:
-            raise HardfocusError(f"the decisions part {redact(url)} is damaged ({' '.join(str(exc).split())}): run "
-                                 "`hardfocus select` again with --overwrite") from exc
+        expected = decisions_expected(url, opened.identity)
+        meta, stamp = read_footer(url, expected)
         check_decisions_schema(meta.schema.to_arrow_schema(), redact(url))
-        record = decision_source(meta.metadata, redact(url))
-        if record.get("index") != int(name[5:10]) or record.get("selection") != selection:
-            raise HardfocusError(f"the decisions part {redact(url)} is not this selection's part {name[5:10]} (its footer "
-                                 "records another selection or another place): it was moved or copied in after it was "
-                                 "written; run `hardfocus select` again with --overwrite")
-        if meta.num_rows != record["rows"]:
-            raise HardfocusError(f"the decisions part {redact(url)} holds {meta.num_rows} rows where its record says "
-                                 f"{record['rows']}: run `hardfocus select` again with --overwrite")
-        return url, record
+        scores, part = stamp.place.get("scores"), stamp.place.get("part")
+        if not isinstance(scores, int) or not isinstance(part, str):
+            raise expected.refuse(url, "records no score part in its stamp")
+        return DecisionsPart(url, expected, scores, part, stamp.rows)
 
-    return list(prefetched(footer, names))
+    parts = list(prefetched(footer, names))
+    decided, scored = sum(p.rows for p in parts), opened.summary.get("rows")
+    if isinstance(scored, int) and decided != scored:
+        raise HardfocusError(f"the decisions of {redact(opened.url)} hold {decided} rows where its summary counts {scored} "
+                             f"scored rows: {REDO}")
+    return parts

@@ -11,7 +11,6 @@ runs. Selection refuses to mix score directories whose manifests disagree on wha
 from __future__ import annotations
 
 import hashlib
-import json
 import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,73 +18,40 @@ from enum import StrEnum
 
 import numpy as np
 import pyarrow as pa
+from fsspec.core import url_to_fs
 from pydantic import BaseModel, ConfigDict, Field
 
 from hardfocus.errors import HardfocusError
 from hardfocus.fingerprints import digest
+from hardfocus.parts import Expected, check_stamp
+from hardfocus.storage import fs_url, read_json, read_record, redact
 
 SCORES_JOB_FILE = "job.json"  # what the parts were computed with: written first
 SCORES_MANIFEST_FILE = "manifest.json"  # written last, when every unit is done: the marker of a complete scores/
 DONE_DIR = "done"  # one marker per finished shard
 
 
-PART_STAMP = b"hardfocus"  # the Parquet key-value metadata of a part: what it was scored from (part_stamp)
+SCORES_LAYOUT = 2  # in every scoring job's identity: directories of an earlier layout (parts without the part stamp
+# of hardfocus.parts) are another job's, replaced with --overwrite
+REDO_PART = "delete it and rerun `hardfocus score` with the same arguments, which scores only the missing part again"
+REDO_WHOLE = "rerun `hardfocus score` with the same arguments and --overwrite, which scores the directory again"
 
 
-def part_stamp(job: str, shard, start: int, stop: int, rows: int | None = None) -> dict[bytes, bytes]:
-    """What a part records of its making (``shard``: a :class:`hardfocus.readers.Shard`): the job's identity digest
-    and the shard as it was (size, modification stamp), so a part is never taken for another job's or for a part of
-    another version of its shard; ``rows``: the rows it holds where they are not the documents ``[start, stop)``
-    of its name (windows)."""
-    stamp = {"job": job, "shard": shard.rel, "shard_size": shard.size, "shard_modified": shard.modified,
-             "start": start, "stop": stop}
-    if rows is not None:
-        stamp["rows"] = rows
-    return {PART_STAMP: json.dumps(stamp).encode()}
+def part_place(shard, start: int, stop: int) -> dict:
+    """Where a score part belongs (its stamp's place): the documents ``[start, stop)`` of its shard (a
+    :class:`hardfocus.readers.Shard`) as it was when scored (its relative path, size and version), so a part is never
+    taken for a part of another shard, another range, or another version of its shard."""
+    return {"shard": shard.rel, "shard_size": shard.size, "shard_modified": shard.modified, "start": start, "stop": stop}
 
 
-def stamped_rows(metadata: dict | None, name: str) -> int | None:
-    """How many rows the part ``name`` must hold: its stamp's count (a part of windows holds more rows than the
-    documents its name spans), else the row range of its name; None for a file that is not a part."""
-    stamp = stamp_of(metadata)
-    if stamp is not None and isinstance(stamp.get("rows"), int):
-        return stamp["rows"]
-    parsed = parse_part_name(name)
-    return None if parsed is None else parsed[2] - parsed[1]
+def score_part_expected(job: str, place: dict, what: str = "the score part") -> Expected:
+    """What a score part of the scoring job of identity digest ``job``, in ``place``, must be."""
+    return Expected("scores", job, place, what=what, redo=REDO_PART, whole=REDO_WHOLE)
 
 
 def rel_digest(rel: str) -> str:
     """The shard part of a part's name: a digest of the shard's relative path."""
     return hashlib.sha1(rel.encode()).hexdigest()[:12]
-
-
-def stamp_problem(name: str, stamp: dict | None, job: str | None, shards: dict[str, tuple[int, str | None]],
-                  required: bool) -> str | None:
-    """Why the part ``name`` does not belong to a scores/ directory of the job ``job`` over ``shards`` (rel ->
-    (size, modification stamp)), or None. Its stamp must name this job, a shard of the directory as it is, and the
-    very rows its name says; a part without a stamp is refused where the directory's parts are all ``required`` to
-    carry one (a part rewritten by a tool that drops Parquet metadata, or copied in from another directory)."""
-    if stamp is None:
-        return "it carries no stamp of the job that wrote it" if required else None
-    parsed = parse_part_name(name)
-    shard = shards.get(stamp.get("shard"))
-    if job is not None and stamp.get("job") != job:
-        return "it was written by another scoring job than this directory's (other settings, or another directory)"
-    if shard is None or parsed is None or parsed != (rel_digest(stamp["shard"]), stamp.get("start"), stamp.get("stop")):
-        return "its stamp names other rows (another shard, or another range) than its name"
-    size, modified = shard
-    if stamp.get("shard_size") != size or (modified and stamp.get("shard_modified") not in (None, modified)):
-        return "it was scored from another version of its shard (size or modification stamp)"
-    return None
-
-
-def stamp_of(metadata: dict | None) -> dict | None:
-    """The stamp in a part's schema or footer metadata, or None (a part of an older version)."""
-    raw = (metadata or {}).get(PART_STAMP)
-    try:
-        return json.loads(raw) if raw else None
-    except ValueError:
-        return None
 
 
 def parse_part_name(name: str) -> tuple[str, int, int] | None:
@@ -121,6 +87,8 @@ def is_input_error(status: str) -> bool:
     """A row that could not be read as text (``empty`` and ``too_short`` are valid, if useless, data)."""
     return status == Status.INVALID_UTF8.value or status.startswith(ERROR_PREFIX)
 
+SOURCE_DIGEST = "source_digest"
+
 # --long-documents windows: a row is one window of a document (sample_id '<document_id>#w<window>')
 DOCUMENT_ID, WINDOW, WINDOWS = "document_id", "window", "windows"
 
@@ -144,6 +112,9 @@ SCORES_SCHEMA = pa.schema(
         # UTF-8 bytes of what the scored tokens cover (the text, or the assistant turns less the template's special
         # tokens): bits per byte = nll_sum / (n_bytes * ln 2) compares models with different tokenizers
         pa.field("n_bytes", pa.int64()),
+        # the xxh3-64 of the row's sample as read (:func:`hardfocus.readers.shard.sample_digest`: its text's UTF-8
+        # bytes, or its conversation); null where it could not be read. Export checks each source row against it
+        pa.field(SOURCE_DIGEST, pa.uint64()),
         # --ifd: the same response tokens scored without their prompt, and IFD = loss / (that sum / that count)
         pa.field(UNCONDITIONED_NLL_SUM, pa.float64()),
         pa.field(UNCONDITIONED_N_TOKENS, pa.int32()),
@@ -164,19 +135,20 @@ SCORES_SCHEMA = pa.schema(
 IFD_COLUMNS = (UNCONDITIONED_NLL_SUM, UNCONDITIONED_N_TOKENS, "ifd")
 WINDOW_COLUMNS = (DOCUMENT_ID, WINDOW, WINDOWS, "prefix_tokens", "char_start", "char_stop")
 # absent in parts written before they existed (n_bytes, IFD) or not asked for: readers must not require them
-OPTIONAL_COLUMNS = ("input_ids", "loss_spans", "n_bytes", *IFD_COLUMNS, *WINDOW_COLUMNS)
+OPTIONAL_COLUMNS = ("input_ids", "loss_spans", "n_bytes", SOURCE_DIGEST, *IFD_COLUMNS, *WINDOW_COLUMNS)
 REQUIRED_COLUMNS = [f.name for f in SCORES_SCHEMA if f.name not in OPTIONAL_COLUMNS]
 
 
 def scores_schema(
     with_input_ids: bool = True, with_loss_spans: bool = False, with_n_bytes: bool = False, with_ifd: bool = False,
-    with_windows: bool = False,
+    with_windows: bool = False, with_source_digest: bool = False,
 ) -> pa.Schema:
     """The schema of a score part file: ``input_ids`` on by default, ``loss_spans`` for conversations (and windows
     read after a context) only, so plain-text parts keep the schema they had before conversations existed,
     ``n_bytes`` in every part ``hardfocus score`` writes now, the IFD columns with ``--ifd``, the window columns
-    with ``--long-documents windows``."""
-    keep = {"input_ids": with_input_ids, "loss_spans": with_loss_spans, "n_bytes": with_n_bytes}
+    with ``--long-documents windows``, ``source_digest`` in every part ``hardfocus score`` writes now."""
+    keep = {"input_ids": with_input_ids, "loss_spans": with_loss_spans, "n_bytes": with_n_bytes,
+            SOURCE_DIGEST: with_source_digest}
     keep |= dict.fromkeys(IFD_COLUMNS, with_ifd) | dict.fromkeys(WINDOW_COLUMNS, with_windows)
     return pa.schema([f for f in SCORES_SCHEMA if keep.get(f.name, True)])
 
@@ -184,9 +156,10 @@ def scores_schema(
 def scores_table(columns: dict[str, Iterable], with_input_ids: bool = True, with_loss_spans: bool = False) -> pa.Table:
     """Build a table in the exact scores schema (missing columns are an error, extra ones too).
 
-    ``n_bytes``, the IFD columns and the window columns are part of it when ``columns`` holds them.
+    ``n_bytes``, ``source_digest``, the IFD columns and the window columns are part of it when ``columns`` holds them.
     """
-    schema = scores_schema(with_input_ids, with_loss_spans, "n_bytes" in columns, "ifd" in columns, WINDOW in columns)
+    schema = scores_schema(with_input_ids, with_loss_spans, "n_bytes" in columns, "ifd" in columns, WINDOW in columns,
+                           SOURCE_DIGEST in columns)
     if set(columns) != set(schema.names):
         raise ValueError(f"scores columns {sorted(columns)} != schema {sorted(schema.names)}")
     return pa.table({name: _as_array(columns[name], schema.field(name).type) for name in schema.names}, schema=schema)
@@ -244,6 +217,8 @@ def mask_from_spans(spans: Iterable[dict[str, int]] | None, n_tokens: int) -> np
 
 class ShardInfo(BaseModel):
     url: str
+    location: str | None = None  # where the file is, one spelling per file (hardfocus.storage.canonical): the shard's
+    # identity across scores/ directories, whatever name it was reached by
     rel: str
     format: str
     compression: str | None
@@ -314,29 +289,78 @@ def manifest_digest(manifest: ScoreManifest) -> str:
 
 
 @dataclass(frozen=True)
-class PartCheck:
-    """What every reader of a scores/ directory checks each part's stamp against (:func:`stamp_problem`): the digest
-    of the directory's job identity, whether its parts all carry a stamp, its shards as ``rel -> (size, stamp)``."""
+class ScoresParts:
+    """What every reader of a complete scores/ directory expects of its parts (:mod:`hardfocus.parts`): the digest of
+    the directory's job identity, and its shards by the digest that names their parts, each as the manifest records it
+    (relative path, size, version)."""
 
-    job: str | None
-    required: bool
-    shards: dict[str, tuple[int, str | None]]
+    job: str
+    shards: dict[str, ShardInfo]
 
     @classmethod
-    def of(cls, fs, root: str, manifest: ScoreManifest) -> PartCheck:
-        from hardfocus.storage import read_json
-
+    def of(cls, fs, root: str, manifest: ScoreManifest) -> ScoresParts:
         job = read_json(fs, posixpath.join(root, SCORES_JOB_FILE), "scores job file", kind=dict) or {}
-        job_digest = digest(job["identity"]) if isinstance(job.get("identity"), dict) else None
-        return cls(job_digest, job.get("stamped_parts") is True, {s.rel: (s.size, s.modified) for s in manifest.shards})
+        if not isinstance(job.get("identity"), dict):
+            raise HardfocusError(f"the scores directory {redact(root)} records no identity in its {SCORES_JOB_FILE}: "
+                                 f"{REDO_WHOLE}")
+        return cls(digest(job["identity"]), {rel_digest(s.rel): s for s in manifest.shards})
 
-    def check(self, url: str, metadata: dict | None) -> None:
-        """Raise a :class:`HardfocusError` naming the part at ``url`` if its footer's stamp says it is foreign."""
-        from hardfocus.storage import redact
+    def expected(self, name: str) -> Expected:
+        """What the part named ``name`` must be: the rows its name says, of a shard of the manifest."""
+        parsed = parse_part_name(name)
+        shard = self.shards.get(parsed[0]) if parsed else None
+        if shard is None:  # no shard of this directory has parts of that name: nothing a stamp could match
+            return score_part_expected(self.job, {"shard": f"(a shard of this directory, not {name})"})
+        return score_part_expected(self.job, {"shard": shard.rel, "shard_size": shard.size,
+                                              "shard_modified": shard.modified, "start": parsed[1], "stop": parsed[2]})
 
-        why = stamp_problem(posixpath.basename(url), stamp_of(metadata), self.job, self.shards, self.required)
-        if why:
-            raise HardfocusError(
-                f"the score part {redact(url)} does not belong to its directory: {why}; delete it and rerun "
-                "`hardfocus score` with the same arguments, which scores only the missing part again"
-            )
+    def check(self, url: str, metadata: dict | None, num_rows: int):
+        """The stamp of the part at ``url`` from its footer, checked (:func:`hardfocus.parts.check_stamp`)."""
+        return check_stamp(url, metadata, num_rows, self.expected(posixpath.basename(url)))
+
+
+@dataclass(frozen=True)
+class ScoresDirectory:
+    """A complete scores/ directory as its one opener found it: its manifest and its parts, each with what the
+    verified reader checks it against (:mod:`hardfocus.parts`)."""
+
+    url: str
+    manifest: ScoreManifest
+    parts: list[tuple[str, Expected]]  # (URL, expected) of each part, in the order of their names
+
+
+def open_scores_dir(url: str) -> ScoresDirectory:
+    """Identify ``url`` once and check it is a complete scores/ directory holding the parts its manifest counts."""
+    from hardfocus.kinds import identify  # kinds reads markers of every stage: not needed to read a part
+
+    fs, path = url_to_fs(url)
+    fs.invalidate_cache(path)  # s3fs caches listings: see parts written since
+    found = identify(url)
+    if found.kind == "absent":
+        raise HardfocusError(f"scores directory '{redact(url)}' does not exist")
+    if found.kind != "scores" or not found.complete:
+        raise HardfocusError(f"'{redact(url)}' is {found.describe()}, not a finished scores/ directory (no "
+                             f"{SCORES_MANIFEST_FILE}): (re)run `hardfocus score` on it")
+    manifest = read_record(fs, posixpath.join(path, SCORES_MANIFEST_FILE), ScoreManifest, "scores manifest")
+    names = sorted(n for n in found.names if n.startswith("part-") and n.endswith(".parquet"))
+    if len(names) != manifest.parts:
+        raise HardfocusError(f"'{redact(url)}' holds {len(names)} part files but its manifest lists {manifest.parts}")
+    stamps = ScoresParts.of(fs, path, manifest)
+    return ScoresDirectory(url, manifest, [(fs_url(fs, posixpath.join(path, n)), stamps.expected(n)) for n in names])
+
+
+def refuse_shared_shards(dirs: list[str], manifests: list[ScoreManifest]) -> None:
+    """One shard scored into two of the directories read together (reached by two names: a directory and a glob, a
+    link) would have its rows counted twice: refuse, naming the file and both directories."""
+    seen: dict[str, tuple[str, str]] = {}
+    for d, manifest in zip(dirs, manifests):
+        for shard in manifest.shards:
+            where = shard.location or shard.url
+            if where in seen and seen[where][0] != d:
+                first, rel = seen[where]
+                raise HardfocusError(
+                    f"the input file {where} was scored into both '{redact(first)}' (as '{rel}') and '{redact(d)}' (as "
+                    f"'{shard.rel}'): its rows would count twice; read one of the two directories, or score each file "
+                    "into one directory only"
+                )
+            seen.setdefault(where, (d, shard.rel))

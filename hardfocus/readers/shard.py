@@ -4,10 +4,12 @@ and :class:`ShardReader`, what each of them offers the one table of formats (:mo
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import xxhash
 
 from hardfocus.contracts.scores import ERROR_PREFIX, Status
 from hardfocus.sample_format import Columns, Message
@@ -124,6 +126,21 @@ def messages_value(value, name: str) -> tuple[list[Message] | None, str | None]:
             return None, f"{ERROR_PREFIX}message {i} of '{name}' has a {type(content).__name__} 'content', not a string"
         messages.append({"role": m["role"], "content": content or ""})
     return messages, None
+
+
+def sample_digest(value: str | bytes | list[Message] | None) -> int | None:
+    """The xxh3-64 digest of a row's sample, as scoring records it (``source_digest``) and export checks it: of a
+    text, its UTF-8 bytes (a binary cell's bytes as they are); of a conversation, its messages as compact JSON. None
+    for a row without a sample (unreadable, or null)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        data = value.encode("utf-8", "surrogatepass")
+    elif isinstance(value, bytes):
+        data = value
+    else:
+        data = json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8", "surrogatepass")
+    return xxhash.xxh3_64_intdigest(data)
 
 
 def str_or_none(value) -> str | None:

@@ -27,7 +27,6 @@ from hardfocus.tokenizers import load_tokenizer
 from pipelines.evaluation.config import EvalConfig
 from pipelines.evaluation.tables import ModelEval, group_perplexity, load_evaluation
 from scoring import ScoreConfig, score
-from scoring.output import ScoresDir
 from training.store import fetch_model, is_url
 
 log = logging.getLogger(__name__)
@@ -58,7 +57,8 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> EvalResult:
     }
     local_models = [spec for _, spec, _ in models if is_url(spec) or os.path.exists(spec)]  # paths, not hub ids
     with out.locked():
-        if out.open(identity, overwrite=True, inputs=[*cfg.data, *local_models]) is Opening.COMPLETE:
+        named = {"models": [spec for _, spec, _ in models], "data": [", ".join(cfg.data)]}  # data: a shard each
+        if out.open(identity, overwrite=True, inputs=[*cfg.data, *local_models], named=named) is Opening.COMPLETE:
             log.info("'%s' already holds this evaluation: nothing to do", redact(cfg.output))
             return EvalResult(cfg.output, load_evaluation(out.read_json(EVAL_FILE)), skipped=True)
         out.unmark()
@@ -78,7 +78,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> EvalResult:
                 ),
                 progress=progress,
             )
-            table, not_ok = group_perplexity(ScoresDir(scores_dir).urls(ScoresDir(scores_dir).parts()))
+            table, not_ok = group_perplexity(scores_dir)
             results.append(ModelEval(name=name, model=spec, scores=scores_dir, table=table, not_ok=not_ok))
         payload = {"data": cfg.data, "max_tokens": cfg.max_tokens, "long_documents": cfg.long_documents,
                    "window_context": cfg.window_context, "dtype": cfg.dtype, "models": [r.to_json() for r in results]}

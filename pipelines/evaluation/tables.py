@@ -10,9 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import polars as pl
+import pyarrow as pa
 
-from hardfocus.contracts.scores import DOCUMENT_ID, Status
+from hardfocus.contracts.scores import DOCUMENT_ID, SCORES_SCHEMA, Status, open_scores_dir
 from hardfocus.errors import HardfocusError
+from hardfocus.parts import read_part
+from hardfocus.storage import prefetched
 
 ALL = "(all)"
 MACRO = "(macro)"
@@ -36,12 +39,17 @@ class ModelEval:
         }
 
 
-def group_perplexity(parts: list[str]) -> tuple[pl.DataFrame, int]:
+def group_perplexity(scores: str) -> tuple[pl.DataFrame, int]:
     """Per-group docs, tokens, token-level loss, perplexity and mean sample loss of ``ok`` rows, and the rows not ok;
     on windowed scores a sample is a document (:func:`_documents`), so ``mean_loss`` is the mean document loss and
     the count not ok is of documents."""
-    scan = pl.scan_parquet(parts, glob=False)  # the names as listed: a path with [ ] is no pattern
-    if DOCUMENT_ID in scan.collect_schema().names():
+    opened = open_scores_dir(scores)  # every part through the verified reader
+    windowed = opened.manifest.long_documents == "windows"
+    columns = ["group", "status", "n_tokens", "nll_sum", "loss", *([DOCUMENT_ID] if windowed else [])]
+    tables = list(prefetched(lambda item: read_part(*item, columns), opened.parts))
+    schema = pa.schema([SCORES_SCHEMA.field(c) for c in columns])
+    scan = pl.from_arrow(pa.concat_tables(tables) if tables else schema.empty_table()).lazy()
+    if windowed:
         ok, not_ok = _documents(scan)
     else:
         ok = scan.filter(pl.col("status") == Status.OK.value).with_columns(pl.col("group").fill_null("(none)"))

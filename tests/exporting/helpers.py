@@ -15,7 +15,12 @@ import pytest
 import zstandard
 
 from exporting import ExportConfig, export
+from hardfocus.contracts.scores import SOURCE_DIGEST
 from hardfocus.errors import HardfocusError
+from hardfocus.parts import Stamp
+from hardfocus.readers import Shard, read_shard
+from hardfocus.readers.shard import sample_digest
+from hardfocus.sample_format import Columns
 from selection import SelectConfig, select
 from tests.selection.fake_scores import write_scores
 
@@ -28,11 +33,11 @@ def run_export(selected, output, **kw):
 
 
 def decisions(selected) -> pl.DataFrame:
-    """Every decision of a selection, with the index of its scores directory (from its part's footer record)."""
+    """Every decision of a selection, with the index of its scores directory (from its part's stamp)."""
     frames = []
     for path in sorted(Path(selected, "decisions").glob("part-*.parquet")):
-        record = json.loads(pq.read_metadata(path).metadata[b"hardfocus.decisions"])
-        frames.append(pl.read_parquet(path).with_columns(pl.lit(record["scores"]).alias("scores")))
+        stamp = Stamp.of(pq.read_metadata(path).metadata)
+        frames.append(pl.read_parquet(path).with_columns(pl.lit(stamp.place["scores"]).alias("scores")))
     return pl.concat(frames).with_columns(pl.col("band").cast(pl.String))
 
 
@@ -75,18 +80,21 @@ def snapshot(directory: Path) -> dict[str, bytes]:
 
 
 def fake_scores(d: Path, shard: Path, n: int, fmt: str = "jsonl", compression: str | None = None,
-                statuses: list[str] | None = None, seed: int = 0) -> Path:
+                statuses: list[str] | None = None, seed: int = 0, columns: dict[str, list] | None = None) -> Path:
     """Scores of the ``n`` rows of ``shard`` (made up losses, in the exact contract), its manifest naming the file as
-    scoring would: its URL, size and modification stamp."""
+    scoring would: its URL, size and modification stamp; each row's ``source_digest`` that of its text as the readers
+    read it (null where they could not), unless ``columns`` gives them."""
     rng = np.random.default_rng(seed)
-    write_scores(d, rng.gamma(4, 0.7, n).tolist(), rng.choice(["a", "b"], n).tolist(), statuses=statuses,
-                 shard=shard.name, rows_per_part=max(n // 3, 1))
-    manifest = json.loads((d / "manifest.json").read_text())
     stat = shard.stat()
-    manifest["shards"][0] |= {"url": str(shard), "size": stat.st_size, "modified": str(stat.st_mtime_ns),
-                              "format": fmt, "compression": compression}
-    (d / "manifest.json").write_text(json.dumps(manifest))
-    return d
+    info = {"url": str(shard), "size": stat.st_size, "modified": str(stat.st_mtime_ns), "format": fmt,
+            "compression": compression}
+    columns = dict(columns or {})
+    if SOURCE_DIGEST not in columns:
+        block = read_shard(Shard(url=str(shard), rel=shard.name, format=fmt, compression=compression, size=stat.st_size),
+                           Columns())
+        columns[SOURCE_DIGEST] = [None if status else sample_digest(value) for value, status in zip(block.values, block.status)]
+    return write_scores(d, rng.gamma(4, 0.7, n).tolist(), rng.choice(["a", "b"], n).tolist(), statuses=statuses,
+                        shard=shard.name, rows_per_part=max(n // 3, 1), shard_info=info, columns=columns)
 
 
 def select_into(scores: list[Path], out: Path, **kw) -> Path:

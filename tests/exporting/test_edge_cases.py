@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import xxhash
 from typer.testing import CliRunner
 
 from hardfocus.readers.source_rows import source_batches
@@ -19,19 +19,11 @@ from scoring import HardfocusError
 from selection import SelectConfig, select
 from tests.conftest import write_jsonl
 from tests.exporting.helpers import export_or_refusal, fake_scores, read_parts, run_export, select_into, selection_of
-from tests.selection.fake_scores import write_scores
 
 
 def _scored(d: Path, shard: Path, n: int, fmt: str = "jsonl", seed: int = 0, **kw) -> Path:
     """Made-up scores of the ``n`` rows of ``shard``, its manifest naming the file as scoring would."""
-    rng = np.random.default_rng(seed)
-    write_scores(d, rng.gamma(4, 0.7, n).tolist(), rng.choice(["a", "b"], n).tolist(), shard=shard.name,
-                 rows_per_part=max(n // 3, 1), **kw)
-    manifest = json.loads((d / "manifest.json").read_text())
-    stat = shard.stat()
-    manifest["shards"][0] |= {"url": str(shard), "size": stat.st_size, "modified": str(stat.st_mtime_ns), "format": fmt}
-    (d / "manifest.json").write_text(json.dumps(manifest))
-    return d
+    return fake_scores(d, shard, n, fmt=fmt, seed=seed, **kw)
 
 
 def _selected(root: Path, scores: list[Path], **kw) -> Path:
@@ -114,17 +106,18 @@ def test_a_json_lines_column_of_hashes_and_negative_numbers_is_refused_naming_it
         run_export(sel, tmp_path / "out", band="all")
 
 
-def test_a_row_whose_text_has_other_bytes_than_scored_is_refused(tmp_path):
+def test_a_row_whose_text_is_not_the_one_scored_is_refused(tmp_path):
+    """Each exported row's text is checked against the digest scoring recorded of it (xxh3-64 of its UTF-8 bytes)."""
     texts = _texts(12)
     shard = _jsonl(tmp_path / "in" / "e.jsonl", [{"text": t} for t in texts])
-    n_bytes = [len(t.encode()) for t in texts]
-    scores = _scored(tmp_path / "scores", shard, 12, columns={"n_bytes": n_bytes})
+    digests = [xxhash.xxh3_64_intdigest(t.encode()) for t in texts]  # computed here, independently of the readers
+    scores = _scored(tmp_path / "scores", shard, 12, columns={"source_digest": digests})
     sel = _selected(tmp_path, [scores])
     assert run_export(sel, tmp_path / "ok", band="all").manifest.rows == 12
-    scores_bad = _scored(tmp_path / "bad" / "scores", shard, 12, columns={"n_bytes": n_bytes[:5] + [1] + n_bytes[6:]})
-    bad = _selected(tmp_path / "bad", [scores_bad])
-    with pytest.raises(HardfocusError, match=r"row 5 of the input shard .*e\.jsonl has \d+ bytes of text where scoring "
-                                             r"read 1: it is not the row that was scored"):
+    other = digests[:5] + [xxhash.xxh3_64_intdigest(texts[5][::-1].encode())] + digests[6:]  # row 5's text reversed
+    bad = _selected(tmp_path / "bad", [_scored(tmp_path / "bad" / "scores", shard, 12, columns={"source_digest": other})])
+    with pytest.raises(HardfocusError, match=r"row 5 of the input shard .*e\.jsonl is not the row that was scored \(its "
+                                             r"text differs from what scoring read"):
         run_export(bad, tmp_path / "out", band="all")
 
 

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from exporting.manifest import reconcile
 from exporting.rows import joined
 from exporting.selection import ShardJob
+from hardfocus.parts import STAMP_KEY
 from pipelines.cli import app
 from scoring import HardfocusError, ScoreConfig, score
 from selection import SelectConfig, select
@@ -175,10 +176,11 @@ def test_a_moved_corpus_is_read_under_input_root_and_moved_scores_with_scores(se
 
 
 def test_a_source_row_whose_id_is_not_the_decided_one_is_refused():
-    job = ShardJob(0, 0, "x.parquet", "/data/x.parquet", "parquet", None, 1, None, 3, "doc", "text", False, ())
+    job = ShardJob(0, 0, "x.parquet", "/data/x.parquet", "parquet", None, 1, None, 3, "doc", "text", False, (), (), "",
+                   "", "text", ("text",))
     source = pa.table({"doc": ["a", "b", "c"], "text": ["one", "two", "three"]})
     decided = pa.table({"row": pa.array([0, 2], pa.int64()), "sample_id": ["a", "z"], "band": ["kept", "kept"],
-                        "weight": pa.array([1.0, 1.0], pa.float32())})
+                        "weight": pa.array([1.0, 1.0], pa.float32()), "source_digest": pa.nulls(2, pa.uint64())})
     added = {"sample_id": "sample_id", "band": "band", "weight": "weight"}
     with pytest.raises(HardfocusError, match="row 2 of the input shard /data/x.parquet has the sample id 'c' where the "
                                              "selection decided on 'z': the input changed"):
@@ -188,7 +190,8 @@ def test_a_source_row_whose_id_is_not_the_decided_one_is_refused():
 
 
 def test_counts_that_do_not_match_the_decisions_are_an_error():
-    job = ShardJob(0, 0, "x.parquet", "/data/x.parquet", "parquet", None, 1, None, 10, None, "text", False, ())
+    job = ShardJob(0, 0, "x.parquet", "/data/x.parquet", "parquet", None, 1, None, 10, None, "text", False, (), (), "",
+                   "", "text", ("text",))
     records = {"part-00000-00000.parquet": {"kind": "part", "shard": 0, "name": "part-00000-00000.parquet", "rows": 4,
                                             "bands": {"kept": 4}, "written": True}}
     assert reconcile([job], {0: {"kept": 4}}, records, resampled=False)[0].rows == 4
@@ -207,7 +210,8 @@ def test_resample_writes_each_kept_row_its_copies_shuffled_with_weight_one(tiny_
     out = tmp_path / "out"
     result = run_export(sel, out, resample=2.5, seed=4, shard_rows=8)
     got = pl.concat([pl.read_parquet(p) for p in sorted(out.glob("part-*.parquet"))], how="vertical")
-    assert len({pq.read_schema(p) for p in out.glob("part-*.parquet")}) == 1
+    schemas = {pq.read_schema(p) for p in out.glob("part-*.parquet")}  # one schema but for each part's own stamp
+    assert len({s.with_metadata({k: v for k, v in s.metadata.items() if k != STAMP_KEY}) for s in schemas}) == 1
     assert (got["weight"] == 1.0).all() and got.height == result.manifest.rows
     copies = dict(got.group_by("sample_id").len().iter_rows())
     for sample, w in kept.select("sample_id", "weight").iter_rows():

@@ -13,13 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pytest
 
 from selection import SelectConfig, select
-from tests.exporting.helpers import run_export, snapshot
-from tests.selection.fake_scores import write_scores
+from tests.exporting.helpers import fake_scores, run_export, snapshot
 
 ROWS = 3000
 
@@ -31,12 +29,7 @@ def big_selection(tmp_path_factory) -> Path:
     shard = root / "in" / "docs.jsonl"
     shard.parent.mkdir()
     shard.write_text("".join(json.dumps({"text": f"document {i} " * (1 + i % 7), "i": i}) + "\n" for i in range(ROWS)))
-    rng = np.random.default_rng(0)
-    write_scores(root / "scores", rng.gamma(4, 0.7, ROWS).tolist(), rng.choice(["a", "b"], ROWS).tolist(),
-                 shard="docs.jsonl", rows_per_part=250)
-    manifest = json.loads((root / "scores" / "manifest.json").read_text())
-    manifest["shards"][0] |= {"url": str(shard), "size": shard.stat().st_size, "modified": str(shard.stat().st_mtime_ns)}
-    (root / "scores" / "manifest.json").write_text(json.dumps(manifest))
+    fake_scores(root / "scores", shard, ROWS)
     select(SelectConfig(scores=[str(root / "scores")], output=str(root / "selected"), temperature=0.3, report=False),
            progress=False)
     return root / "selected"

@@ -1,8 +1,10 @@
-"""What export reads and where it writes: a damaged decisions part, a shuffled copy of the corpus under
-``--input-root`` refused in one line; an output inside the scored corpus refused."""
+"""What export reads and where it writes: a damaged decisions part, a shuffled or edited copy of the corpus under
+``--input-root``, a selection replaced while the export reads it, each refused in one line; an output inside the
+scored corpus refused."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -73,3 +75,50 @@ def test_a_shuffled_copy_under_input_root_is_refused(tmp_path, tiny_model_dir):
         rows = read_parts(list((tmp_path / "out").glob("part-*")))
         wrong = [r["sample_id"] for r in rows if f"docs.jsonl#{r['k']}" != r["sample_id"]]
         assert not wrong, f"{len(wrong)} of {len(rows)} exported rows carry another row's decision"
+
+
+def test_a_copy_whose_rows_of_equal_length_were_swapped_is_refused_under_input_root(two_scored_shards, tmp_path):
+    """Finding 3 of the foundation issue: ``--input-root`` compared each row's UTF-8 byte count with the scores'
+    ``n_bytes``, not what the bytes are, so a copy in which two rows of equal length changed places (the same size,
+    the same byte counts) was exported, each row under the other's sample id, band and weight; a text reversed in place
+    passed too. Each row is checked against the digest of the sample scoring read (``source_digest``)."""
+    selected = select_into([two_scored_shards["scores"]], tmp_path / "selected")
+    for name, edit in (("swapped", lambda lines: [*lines[:3], lines[8], *lines[4:8], lines[3], *lines[9:]]),
+                       ("reversed", lambda lines: [*lines[:3], _reversed_text(lines[3]), *lines[4:]])):
+        copy = tmp_path / name
+        shutil.copytree(two_scored_shards["inputs"], copy)
+        lines = (copy / "a.jsonl").read_text().splitlines(keepends=True)
+        (copy / "a.jsonl").write_text("".join(edit(lines)))
+        assert (copy / "a.jsonl").stat().st_size == (two_scored_shards["inputs"] / "a.jsonl").stat().st_size
+        with pytest.raises(HardfocusError, match=rf"row 3 of the input shard {copy}/a\.jsonl is not the row that was "
+                                                 r"scored \(its text differs from what scoring read"):
+            run_export(selected, tmp_path / f"out-{name}", band="all", input_root=str(copy))
+
+
+def _reversed_text(line: str) -> str:
+    row = json.loads(line)
+    return json.dumps(row | {"text": row["text"][::-1]}) + "\n"
+
+
+def test_a_selection_replaced_while_the_export_reads_it_stops_the_export(two_scored_shards, tmp_path, monkeypatch):
+    """Finding 2 of the foundation issue: an export running while ``select --overwrite`` rewrote its selection (other
+    weights) read each shard's decisions when its task started, finished with the old weights on the first shard and
+    the new ones on the second, and its ``export.json`` said complete. The export holds the selection it opened: each
+    decisions part is checked against that selection's identity, so the replaced one stops it in one line. Reproduced
+    without timing: the selection is redone between the first and the second shard's task (in-process executor)."""
+    import exporting.job
+
+    selected = select_into([two_scored_shards["scores"]], tmp_path / "selected", drop_top=0.0, keep=1.0, temperature=1.0)
+    original, tasks = exporting.job.export_shard, []
+
+    def reselected_after_the_first_shard(row, **kwargs):
+        if tasks:  # the first shard is exported: the selection is redone in the same directory, other weights
+            select_into([two_scored_shards["scores"]], selected, drop_top=0.0, keep=1.0, temperature=0.25, overwrite=True)
+        tasks.append(row)
+        yield from original(row, **kwargs)
+
+    monkeypatch.setattr(exporting.job, "export_shard", reselected_after_the_first_shard)
+    with pytest.raises(HardfocusError, match=r"the decisions part .*part-\d{5}\.parquet was written by another run .*"
+                                             r"the selection was replaced or changed while this export read it"):
+        run_export(selected, tmp_path / "out", shard_rows=100)
+    assert len(tasks) == 2 and not (tmp_path / "out" / "export.json").exists()

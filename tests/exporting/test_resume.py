@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from tests.conftest import write_jsonl
-from tests.exporting.helpers import export_or_refusal, run_export, selection_of, snapshot
+from tests.exporting.helpers import export_or_refusal, run_export, select_into, selection_of, snapshot
 
 
 def _interrupted(sel: Path, out: Path, fmt: str) -> tuple[dict[str, bytes], list[str]]:
@@ -47,3 +47,26 @@ def test_a_damaged_jsonl_zst_part_is_written_again(tmp_path):
     (out / names[2]).write_bytes(bytes(damaged))
     result = export_or_refusal(sel, out, format="jsonl.zst", shard_rows=5)
     assert result is not None and snapshot(out) == reference
+
+
+def test_a_finished_export_damaged_afterwards_is_repaired_by_its_rerun(two_scored_shards, tmp_path):
+    """Finding 5 of the foundation issue: after a complete export, one part cut short and another deleted, the same
+    command found ``export.json`` and said "already complete", exit 0, leaving an export short of rows. The manifest
+    records each part's size and the digest of its bytes: the rerun finds the two, writes them again (the parts are
+    deterministic), and the export is byte for byte the first one."""
+    selected = select_into([two_scored_shards["scores"]], tmp_path / "selected")
+    out = tmp_path / "out"
+    first = run_export(selected, out, band="all", shard_rows=4)
+    reference = snapshot(out)
+    names = [p.name for p in first.manifest.parts]
+    assert len(names) >= 3 and sum(p.rows for p in first.manifest.parts) == first.manifest.rows == 24
+    cut, deleted, changed = out / names[0], out / names[1], out / names[2]
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    deleted.unlink()
+    data = bytearray(changed.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte flipped in the middle: the same size
+    changed.write_bytes(bytes(data))
+    again = run_export(selected, out, band="all", shard_rows=4)
+    assert not again.skipped and again.parts_written == 3
+    assert snapshot(out) == reference and again.manifest == first.manifest.model_copy(update={"versions": again.manifest.versions})
+    assert run_export(selected, out, band="all", shard_rows=4).skipped  # whole again: nothing to do

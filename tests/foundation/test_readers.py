@@ -1,6 +1,6 @@
-"""The readers of input formats (hardfocus/readers/): Arrow IPC streams cut short, Hugging Face ``datasets``
-directories missing a split, polars' ``string_view`` text, JSON Lines with a byte order mark or unsigned 64-bit
-numbers, read alike by scoring's reader and by ``source_batches``."""
+"""The readers of input formats (hardfocus/readers/): the one table of formats, Arrow IPC streams cut short, Hugging
+Face ``datasets`` directories missing a split, polars' ``string_view`` text, JSON Lines with a byte order mark or
+unsigned 64-bit numbers, read alike by scoring's reader and by ``source_batches``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from hardfocus.errors import HardfocusError
-from hardfocus.readers import find_shards, iter_units, read_shard
+from hardfocus.readers import READERS, Shard, check_columns, find_shards, iter_units, read_shard, reader_of, shard_format
 from hardfocus.readers.source_rows import source_batches
 from hardfocus.sample_format import Columns
 
@@ -125,3 +125,29 @@ def test_source_batches_read_a_jsonl_shard_with_an_unsigned_64_bit_column(tmp_pa
     rows = [r for _, t in source_batches(shard.url, "jsonl", None) for r in t.to_pylist()]
     assert [r["text"] for r in rows] == ["a first document", "a second one"]
     assert str(rows[0]["hash"]) == "12345678901234567890"
+
+
+@pytest.mark.parametrize(("name", "found"), [
+    ("a.parquet", ("parquet", None)), ("A.PARQUET", ("parquet", None)), ("a.arrow", ("arrow", None)),
+    ("a.jsonl", ("jsonl", None)), ("a.json", ("jsonl", None)), ("a.ndjson", ("jsonl", None)),
+    ("a.jsonl.gz", ("jsonl", "gzip")), ("a.json.zst", ("jsonl", "zstd")), ("a.ndjson.zstd", ("jsonl", "zstd")),
+    ("a.parquet.gz", None), ("a.arrow.zst", None), ("a.csv", None), ("a.txt.gz", None), ("jsonl", None),
+])
+def test_which_files_are_shards_of_which_format_is_the_table_of_formats(name, found):
+    assert shard_format(name) == found
+
+
+def test_an_unknown_format_is_refused_by_name(tmp_path):
+    """Format dispatch was an if/elif chain in three places, JSON Lines the implicit ``else``: a shard of a format that
+    missed one branch was read as JSON Lines. Every reader goes through the one table now, which refuses a name it does
+    not hold, whatever asks: scoring's units, a column check, export's source rows."""
+    path = tmp_path / "rows.csv"
+    path.write_text("text\nhello\n")
+    shard = Shard(url=str(path), rel="rows.csv", format="csv", compression=None, size=path.stat().st_size)
+    for read in (lambda: list(iter_units(shard, Columns(), 10)), lambda: check_columns(shard, Columns()),
+                 lambda: list(source_batches(str(path), "csv", None))):
+        with pytest.raises(HardfocusError, match=r"unknown shard format 'csv' \(one of: parquet, jsonl, arrow\)"):
+            read()
+    assert sorted(READERS) == ["arrow", "jsonl", "parquet"] and reader_of("jsonl") is READERS["jsonl"]
+    with pytest.raises(HardfocusError, match="is not a shard format hardfocus reads"):
+        find_shards([str(path)])

@@ -16,6 +16,7 @@ import polars as pl
 import pytest
 
 from hardfocus.errors import HardfocusError
+from hardfocus.stagedir import what_changed
 from scoring import ScoreConfig, score
 from tests.scoring.helpers import TEXTS, make_corpus, score_config, write_texts
 from tests.selection.fake_scores import write_scores
@@ -209,3 +210,19 @@ def test_a_concurrent_selection_is_refused_and_its_staging_directory_kept(tmp_pa
             first.kill()
     summary = json.loads((sel / "summary.json").read_text())
     assert pl.read_parquet(sel / "part-*.parquet").height == summary["bands"]["kept"] == 100_000
+
+
+def test_what_changed_names_the_inputs_that_changed_then_the_settings():
+    """The words an output replaced or refused for another run's identity gets: the changed inputs by their names
+    (indexed where the identity lists one per input), then the settings that differ, dotted."""
+    named = {"scores": ["work/s1", "work/s2"], "model": ["smollm2-135m"]}
+    before = {"parameters": {"keep": 0.5, "drop_top": 0.1}, "scores": ["d1", "d2"], "model": "m"}
+    assert what_changed(before, before | {"scores": ["d1", "d3"]}, named) == "made from other inputs (its input 'work/s2' changed since)"
+    both = before | {"scores": ["d0", "d3"], "parameters": {"keep": 0.4, "drop_top": 0.2}}
+    assert what_changed(before, both, named) == ("made from other inputs (its inputs 'work/s1', 'work/s2' changed since) and "
+                                                 "with other settings (differs in: parameters.drop_top, parameters.keep)")
+    assert what_changed(before, before | {"scores": ["d1"]}, named) == ("made from other inputs (its inputs 'work/s1', "
+                                                                       "'work/s2' changed since)")  # another count
+    assert what_changed(before, before | {"model": "n"}) == "made with other settings (differs in: model)"  # not named
+    assert what_changed(None, before) == ("made with other settings (differs in: (no recorded identity: written by an "
+                                          "older hardfocus or damaged))")

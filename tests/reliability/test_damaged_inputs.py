@@ -212,7 +212,7 @@ def test_a_null_id_is_a_counted_row_error(tmp_path, tiny_model_dir, fmt):
 
 def _slow_encode(tokenizer, messages, max_tokens, ifd=False):
     """The module docstring's truncation, done the obvious way: every leading-turn cut tried, fewest first."""
-    from scoring import chat
+    from hardfocus import chat
 
     if not any(m["role"] == chat.ASSISTANT and m["content"].strip() for m in messages):
         return None, None, chat.Status.NO_RESPONSE.value
@@ -240,7 +240,7 @@ def _slow_encode(tokenizer, messages, max_tokens, ifd=False):
 def test_a_long_conversation_costs_what_its_kept_turns_cost_and_encodes_as_before(tiny_chat_model_dir, monkeypatch):
     from transformers import AutoTokenizer
 
-    from scoring import chat
+    from hardfocus import chat
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_chat_model_dir)
     rendered = {"calls": 0, "chars": 0, "armed": True}

@@ -175,7 +175,7 @@ def test_plain_text_scores_keep_their_schema_and_a_missing_column_names_the_flag
                       executor="local"), progress=False)
     part = next((tmp_path / "out").glob("part-*.parquet"))
     assert pq.read_schema(part).names == ["sample_id", "shard", "row", "group", "n_tokens", "loss", "nll_sum",
-                                          "truncated", "status", "input_ids", "n_bytes"]
+                                          "truncated", "status", "input_ids", "n_bytes", "source_digest"]
     job = json.loads((tmp_path / "out" / "job.json").read_text())
     assert "format" not in job["identity"]  # identities of plain-text dirs written before conversations still match
     with pytest.raises(HardfocusError, match="--messages-column"):

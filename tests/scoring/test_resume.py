@@ -12,6 +12,7 @@ import pytest
 
 from hardfocus.errors import HardfocusError
 from scoring import ScoreConfig, score
+from selection import SelectConfig, select
 from tests.conftest import ENGLISH
 from tests.scoring.helpers import (
     TEXTS,
@@ -47,7 +48,7 @@ def test_a_part_damaged_after_its_run_is_named_by_select_and_rescored_by_a_rerun
     """Before: reruns said 'complete: nothing to score' and select crashed with ArrowInvalid."""
     cfg, result, reference = scored
     damaged = _damage(tmp_path / "scores", how)
-    with pytest.raises(HardfocusError, match=rf"the score part .*{damaged[0]} is damaged .*delete it and rerun"):
+    with pytest.raises(HardfocusError, match=rf"the score part .*{damaged[0]} (cannot be read|holds) .*delete it and rerun"):
         select_scores([tmp_path / "scores"], tmp_path / "sel")
     again = score(cfg, progress=False)
     assert again.units_scored == 2 and not again.skipped
@@ -175,3 +176,29 @@ def test_a_shard_removed_from_the_corpus_is_removed_from_the_manifest_too(tmp_pa
     manifest = json.loads((tmp_path / "scores" / "manifest.json").read_text())
     assert manifest["rows"] == 8
     assert select(SelectConfig(scores=[str(tmp_path / "scores")], output=str(tmp_path / "sel")), progress=False)
+
+
+def test_scores_of_an_earlier_version_are_refused_in_one_line_and_overwrite_redoes_them(tmp_path, tiny_model_dir):
+    """A scores/ written before the part stamp existed (its parts carry none; its job's identity has no layout key):
+    select refuses its first part in one line saying how to redo the directory; the same ``score`` is refused as
+    another run's, naming the key; with --overwrite it is scored again, and then selected."""
+    write_texts(tmp_path / "in" / "a.jsonl", TEXTS)
+    cfg = score_config([tmp_path / "in"], tmp_path / "scores", tiny_model_dir)
+    score(cfg, progress=False)
+    out = tmp_path / "scores"
+    for part in sorted(out.glob("part-*.parquet")):  # as an earlier version wrote them: no stamp
+        table = pq.read_table(part)
+        pq.write_table(table.replace_schema_metadata({k: v for k, v in table.schema.metadata.items()
+                                                      if k != b"hardfocus.part"}), part)
+    job = json.loads((out / "job.json").read_text())
+    del job["identity"]["parts"]
+    (out / "job.json").write_text(json.dumps(job))
+    select_cfg = SelectConfig(scores=[str(out)], output=str(tmp_path / "sel"), report=False)
+    with pytest.raises(HardfocusError, match=r"the score part .*part-\w+-\d+-\d+\.parquet carries no stamp of the run "
+                                             r"that wrote it .*earlier version.*: rerun `hardfocus score` with the same "
+                                             r"arguments and --overwrite"):
+        select(select_cfg, progress=False)
+    with pytest.raises(HardfocusError, match=r"holds scores made with other settings \(differs in: parts\)"):
+        score(cfg, progress=False)
+    score(cfg.model_copy(update={"overwrite": True}), progress=False)
+    assert select(select_cfg, progress=False).summary.rows == len(TEXTS)

@@ -1,4 +1,5 @@
-"""Write a scores/ directory with chosen losses, in the exact contract `hardfocus score` writes."""
+"""Write a scores/ directory with chosen losses, in the exact contract `hardfocus score` writes: ``job.json`` (its
+identity), parts named by their shard and rows and stamped as such (:mod:`hardfocus.parts`), ``manifest.json``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from hardfocus.contracts.scores import ScoreManifest, ShardInfo, scores_table
+from hardfocus.contracts.scores import SCORES_LAYOUT, ScoreManifest, ShardInfo, rel_digest, scores_table
+from hardfocus.fingerprints import digest
+from hardfocus.parts import stamped
 from hardfocus.versions import library_versions
 
 
@@ -23,11 +26,16 @@ def write_scores(
     columns: dict[str, list] | None = None,
     shard: str = "shard.jsonl",
     documents: int | None = None,
+    shard_info: dict | None = None,
 ) -> Path:
     """``columns``: more columns (``n_bytes``, ``ifd``, ...) or replacements of the made-up ones, one value a row.
     ``shard``: the input shard the rows claim to come from (default ids ``<shard>#<row>``); two directories
     selected together need different ones, as two real scoring runs of different inputs have. ``documents``: the
-    rows are windows of this many input rows (``--long-documents windows``; see :func:`write_windowed_scores`)."""
+    rows are windows of this many input rows (``--long-documents windows``; see :func:`write_windowed_scores`).
+    ``shard_info``: what the manifest records of the shard (``url``, ``size``, ``modified``, ``format``,
+    ``compression``), as the parts' stamps do; by default a made-up file of its own per directory."""
+    info = {"url": str(out.with_name(f"{out.name}.input") / shard), "format": "jsonl", "compression": None, "size": 0,
+            "modified": None} | (shard_info or {})
     n = len(losses)
     groups = groups or [None] * n
     statuses = statuses or ["ok"] * n
@@ -35,6 +43,8 @@ def write_scores(
     rng = np.random.default_rng(0)
     input_ids = [rng.integers(0, 100, size=int(rng.integers(3, 12))).astype(np.int32) for _ in range(n)]
     out.mkdir(parents=True, exist_ok=True)
+    identity = {"parts": SCORES_LAYOUT, "fake": out.name, "tokenizer": tokenizer_fingerprint}
+    (out / "job.json").write_text(json.dumps({"stage": "scores", "identity": identity}))
     parts = 0
     for start in range(0, n, rows_per_part):
         sl = slice(start, min(start + rows_per_part, n))
@@ -50,13 +60,16 @@ def write_scores(
                 "truncated": [False] * len(loss), "status": statuses[sl], "input_ids": input_ids[sl],
             } | {name: values[sl] for name, values in (columns or {}).items()}
         )
-        pq.write_table(table, out / f"part-{parts:04d}.parquet")
+        place = {"shard": shard, "shard_size": info["size"], "shard_modified": info["modified"], "start": sl.start,
+                 "stop": sl.stop}
+        name = f"part-{rel_digest(shard)}-{sl.start:010d}-{sl.stop:010d}.parquet"
+        pq.write_table(stamped(table, "scores", digest(identity), place), out / name)
         parts += 1
     manifest = ScoreManifest(
         model="fake", model_path="/nowhere", model_fingerprint="model-a", tokenizer_fingerprint=tokenizer_fingerprint,
         max_tokens=1024, dtype="float32", device="cpu", add_special_tokens=True, text_column="text", id_column=None,
         group_column="group", parts=parts,
-        shards=[ShardInfo(url=shard, rel=shard, format="jsonl", compression=None, size=0, rows=documents or n)], rows=n,
+        shards=[ShardInfo(rel=shard, rows=documents or n, **info)], rows=n,
         rows_by_status={}, error_examples=[], tokens=0,
         truncated=0, duplicate_ids=0, duplicate_id_examples=[], runs=[], versions=library_versions(),
         **({"long_documents": "windows", "documents": documents} if documents is not None else {}),

@@ -1,16 +1,20 @@
 """What ``select`` checks in the score directories it is given, before ranking: their manifests, each part's stamp
-(its job, shard and rows), ids that collide across directories, a directory given twice, settings that differ."""
+(its job, shard and rows), one file scored into two of them, ids that collide across directories, a directory given
+twice, settings that differ."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from hardfocus.errors import HardfocusError
-from scoring import score
+from scoring import ScoreConfig, score
+from selection import SelectConfig, select
+from tests.conftest import real_texts, write_jsonl
 from tests.scoring.helpers import TEXTS, score_config, write_texts
 from tests.selection.fake_scores import write_scores
 from tests.selection.helpers import random_losses, select_scores
@@ -146,3 +150,26 @@ def test_a_part_without_a_stamp_in_a_directory_of_stamped_parts_is_refused(tmp_p
     pq.write_table(foreign.replace_schema_metadata(None), part)  # B's rows, no stamp
     with pytest.raises(HardfocusError, match=part.name):
         select_scores([tmp_path / "A"], tmp_path / "sel")
+
+
+def test_one_file_scored_into_two_directories_under_two_names_is_refused(tmp_path, tiny_model_dir):
+    """Finding 1 of the foundation issue: one JSON Lines file scored into two scores/ directories, once through its
+    directory (``in/``: named ``x.jsonl``) and once through a glob from the parent (``*/x.jsonl``: named
+    ``in/x.jsonl``), got other sample ids in each, and ``select S1 S2`` counted 24 rows of a 12-row file (export and
+    training then used every row twice). A shard is identified by where it is, not the name it was reached by: select
+    and train refuse, naming the file and both directories."""
+    from training.sources import find_sources
+
+    write_jsonl(tmp_path / "in" / "x.jsonl", [{"text": t} for t in real_texts(12, seed=33)])
+    runs = {"s1": str(tmp_path / "in"), "s2": str(tmp_path / "*" / "x.jsonl")}
+    for name, given in runs.items():
+        score(ScoreConfig(inputs=[given], output=str(tmp_path / name), model=tiny_model_dir, executor="local",
+                          dtype="float32", device="cpu", max_tokens=64, rows_per_unit=6), progress=False)
+    both = [str(tmp_path / "s1"), str(tmp_path / "s2")]
+    refusal = (rf"the input file {re.escape(str(tmp_path))}/in/x\.jsonl was scored into both '.*s1' \(as 'x\.jsonl'\) and "
+               r"'.*s2' \(as 'in/x\.jsonl'\): its rows would count twice")
+    with pytest.raises(HardfocusError, match=refusal):
+        select(SelectConfig(scores=both, output=str(tmp_path / "selected"), report=False), progress=False)
+    assert not (tmp_path / "selected").exists()
+    with pytest.raises(HardfocusError, match=refusal):
+        find_sources(both)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import polars as pl
@@ -11,6 +12,7 @@ import pytest
 from scoring import HardfocusError
 from selection import SelectConfig, irdro_weights, select
 from tests.selection.fake_scores import write_scores
+from tests.selection.helpers import random_losses
 
 
 def _expected_bands(losses, ids, drop_top, keep):
@@ -160,3 +162,36 @@ def test_asking_for_the_report_again_is_not_another_selection(tmp_path):
     cfg = SelectConfig(scores=[str(tmp_path / "scores")], output=str(tmp_path / "sel"))
     select(cfg, progress=False)
     assert select(cfg.model_copy(update={"report": False}), progress=False).skipped
+
+
+def test_a_selection_refused_because_its_scores_changed_names_them(tmp_path):
+    """The stage-directory protocol says why an output is another run's: a selection whose scores/ were redone since
+    names that directory (not "other settings"), and the settings that differ besides."""
+    write_scores(tmp_path / "a", random_losses(40, 1), shard="a.jsonl")
+    write_scores(tmp_path / "b", random_losses(40, 2), shard="b.jsonl")
+    cfg = SelectConfig(scores=[str(tmp_path / "a"), str(tmp_path / "b")], output=str(tmp_path / "sel"), report=False)
+    select(cfg, progress=False)
+    shutil.rmtree(tmp_path / "b")
+    write_scores(tmp_path / "b", random_losses(41, 3), shard="b.jsonl")  # b scored again, of a row more
+    with pytest.raises(HardfocusError, match=rf"'{tmp_path / 'sel'}' holds a selection made from other inputs \(its input "
+                                             rf"'{tmp_path / 'b'}' changed since\); pass --overwrite"):
+        select(cfg, progress=False)
+    with pytest.raises(HardfocusError, match=rf"made from other inputs \(its input '{tmp_path / 'b'}' changed since\) and "
+                                             r"with other settings \(differs in: parameters.keep\)"):
+        select(cfg.model_copy(update={"keep": 0.3}), progress=False)
+
+
+def test_a_rerun_over_a_selection_damaged_since_names_the_part_and_overwrite_makes_it_whole(tmp_path):
+    """A rerun of the same selection checks its output's parts by their footers (stamps, places, rows): a training
+    part cut short is named, where a rerun used to say "already holds this selection"; --overwrite selects again, to
+    the same bytes."""
+    write_scores(tmp_path / "scores", random_losses(60, 4), rows_per_part=9)
+    cfg = SelectConfig(scores=[str(tmp_path / "scores")], output=str(tmp_path / "sel"), report=False)
+    select(cfg, progress=False)
+    part = tmp_path / "sel" / "part-00001.parquet"
+    whole = part.read_bytes()
+    part.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(HardfocusError, match=r"the training part .*sel/part-00001\.parquet cannot be read .*cut short"):
+        select(cfg, progress=False)
+    assert not select(cfg.model_copy(update={"overwrite": True}), progress=False).skipped
+    assert part.read_bytes() == whole

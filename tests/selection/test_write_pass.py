@@ -112,7 +112,8 @@ def _one_job(tmp_path: Path) -> tuple[PartJob, Layout]:
     job = PartJob(index=0, url=parts.urls[0], rows=n, ranked=ranked, band=np.full(len(ranked), 1, np.uint8),
                   rank=np.linspace(0, 1, len(ranked), dtype=np.float32), score=loss[ranked], loss=loss[ranked],
                   weight=np.ones(len(ranked), np.float32), excluded=np.array([3]), reason=np.array([0], np.int32),
-                  kept_part=0, source={"scores": 0, "part": "part-0000.parquet", "rows": n}, loss_spans=True)
+                  kept_part=0, place={"index": 0, "scores": 0, "part": Path(parts.urls[0]).name}, selection="sel-digest",
+                  expected=parts.expected[0], loss_spans=True)
     return job, Layout(has_input_ids=True, has_loss_spans=True, windowed=False, reasons=("status: too_short",))
 
 

@@ -11,12 +11,17 @@ import pyarrow.parquet as pq
 import torch
 from transformers import AutoModelForCausalLM
 
+from hardfocus.fingerprints import digest
+from hardfocus.parts import stamped
 from training import TrainConfig
 
 
 def write_selected(path: Path, sequences: list[list[int]], weights=None, groups=None, with_summary: bool = True) -> str:
-    """A minimal selected/ directory: one part, and summary.json (the completion marker) unless told not to."""
+    """A minimal selected/ directory: its job file (an identity), one training part stamped as a selection's, and
+    summary.json (the completion marker) unless told not to."""
     path.mkdir(parents=True, exist_ok=True)
+    identity = {"made_by": "write_selected", "name": path.name}
+    (path / "selection_job.json").write_text(json.dumps({"stage": "selected", "identity": identity}))
     n = len(sequences)
     table = pa.table(
         {
@@ -28,7 +33,7 @@ def write_selected(path: Path, sequences: list[list[int]], weights=None, groups=
             "input_ids": pa.array(sequences, pa.list_(pa.int32())),
         }
     )
-    pq.write_table(table, path / "part-00000.parquet")
+    pq.write_table(stamped(table, "selected", digest(identity), {"index": 0}), path / "part-00000.parquet")
     if with_summary:
         # what a selection's marker records that training reads: the bands and parts (checked against the directory)
         summary = {"parameters": {}, "bands": {"kept": n}, "output_parts": 1, "rows": n, "scores": []}

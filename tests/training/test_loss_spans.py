@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM
 from hardfocus.contracts.scores import LOSS_SPANS_TYPE, mask_from_spans, spans_from_mask
 from scoring import HardfocusError
 from tests.selection.fake_scores import write_scores
+from tests.stamps import rewrite_part
 from tests.training.helpers import mixed_length_sequences, small_config, write_selected
 from training import train
 from training.collator import WeightedCollator
@@ -52,7 +53,7 @@ def with_spans(directory: str | Path, spans: list) -> str:
     """Add a ``loss_spans`` column to every row of a one-part directory (rows in order)."""
     part = Path(directory) / "part-00000.parquet"
     t = pq.read_table(part)
-    pq.write_table(t.append_column(pa.field("loss_spans", LOSS_SPANS_TYPE), pa.array(spans, LOSS_SPANS_TYPE)), part)
+    rewrite_part(part, t.append_column(pa.field("loss_spans", LOSS_SPANS_TYPE), pa.array(spans, LOSS_SPANS_TYPE)))
     return str(directory)
 
 
@@ -131,11 +132,11 @@ def test_selected_scores_and_token_dirs_yield_their_spans(tmp_path):
     chat = with_spans(write_selected(tmp_path / "chat", seqs), spans)
     plain = write_selected(tmp_path / "plain", seqs[:3])  # the schema from before conversations
     scores = write_scores(tmp_path / "scores", [1.0] * 10, statuses=["ok"] * 8 + ["empty", "ok"], rows_per_part=20)
-    score_ids = pq.read_table(scores / "part-0000.parquet")["input_ids"].to_pylist()
+    part = next(scores.glob("part-*.parquet"))  # one part: the last token of each row is its target
+    score_ids = pq.read_table(part)["input_ids"].to_pylist()
     score_spans = [[{"start": len(s) - 1, "stop": len(s)}] for s in score_ids]
-    part = scores / "part-0000.parquet"  # the last token of each row is its target
     t = pq.read_table(part)
-    pq.write_table(t.append_column(pa.field("loss_spans", LOSS_SPANS_TYPE), pa.array(score_spans, LOSS_SPANS_TYPE)), part)
+    rewrite_part(part, t.append_column(pa.field("loss_spans", LOSS_SPANS_TYPE), pa.array(score_spans, LOSS_SPANS_TYPE)))
     tokens = tmp_path / "tokens"
     tokens.mkdir()
     pq.write_table(pa.table({"input_ids": pa.array(seqs[:2], pa.list_(pa.int64())),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from scoring import HardfocusError, score
+from selection import SelectConfig, select
 from tests.scoring.helpers import TEXTS, score_config, write_texts
 from tests.selection.fake_scores import write_scores
+from tests.stamps import rewrite_part, write_sibling_part
 from tests.training.helpers import mixed_length_sequences, write_parts_dir, write_selected, write_token_part
 from tests.training.test_loss_spans import response_spans, with_spans
 from training.data import load_training_data
@@ -27,8 +30,8 @@ from training.sources import find_sources
 
 def _rewrite(directory: str | Path, change) -> str:
     """Apply ``change`` to the table of the directory's first part."""
-    part = Path(directory) / ("part-00000.parquet" if (Path(directory) / "part-00000.parquet").exists() else "part-0000.parquet")
-    pq.write_table(change(pq.read_table(part)), part)
+    part = sorted(Path(directory).glob("part-*.parquet"))[0]
+    rewrite_part(part, change(pq.read_table(part)))  # as a stage that wrote such a table would have
     return str(directory)
 
 
@@ -45,16 +48,17 @@ def bad_directories(tmp: Path) -> dict[str, tuple[list[str], str]]:
     cut.mkdir()
     pq.write_table(pa.table({"input_ids": pa.array(seqs, pa.list_(pa.int32()))}), cut / "part-0.parquet")
     (cut / "part-1.parquet").write_bytes((cut / "part-0.parquet").read_bytes()[:60])  # tokens, the second part cut short
+    score_part = sorted(scores.glob("part-*.parquet"))[0]
     mixed = write_selected(tmp / "mixed", seqs)
-    (Path(mixed) / "part-00001.parquet").write_bytes((scores / "part-0000.parquet").read_bytes())
+    (Path(mixed) / "part-00000.parquet").write_bytes(score_part.read_bytes())
     unfinished_scores = tmp / "unfinished-scores"
     unfinished_scores.mkdir()
-    (unfinished_scores / "part-0000.parquet").write_bytes((scores / "part-0000.parquet").read_bytes())
+    (unfinished_scores / score_part.name).write_bytes(score_part.read_bytes())
     return {
-        "unfinished selection": ([good, write_selected(tmp / "partial", seqs, with_summary=False)], "the selection did not finish"),
+        "unfinished selection": ([good, write_selected(tmp / "partial", seqs, with_summary=False)], "did not finish; rerun `hardfocus select`"),
         "unfinished scoring": ([str(unfinished_scores)], "the scoring did not finish"),
         "a part cut short": ([str(cut)], r"cannot read '.*part-1.parquet' of .*damaged after it was written"),
-        "scores parts in a selected/": ([mixed], r"part-00001.parquet' is not a hardfocus selected/ shard: missing column 'loss_rank'"),
+        "scores parts in a selected/": ([mixed], r"part-00000.parquet is a part of scores, not of selected"),
         "weight as text": ([_rewrite(write_selected(tmp / "w", seqs), lambda t: _set(t, "weight", pa.array(["1"] * 6)))],
                            "column 'weight' is string, expected float"),
         "no input_ids": ([_rewrite(write_selected(tmp / "noids", seqs), lambda t: t.drop_columns(["input_ids"]))],
@@ -68,8 +72,10 @@ def bad_directories(tmp: Path) -> dict[str, tuple[list[str], str]]:
 
 def _empty_scores(path: Path) -> Path:
     """A finished scores/ of an input without rows: its manifest, no part."""
-    manifest = json.loads((write_scores(path.with_name("one-row"), [1.0]) / "manifest.json").read_text())
+    one_row = write_scores(path.with_name("one-row"), [1.0])
+    manifest = json.loads((one_row / "manifest.json").read_text())
     path.mkdir()
+    (path / "job.json").write_text((one_row / "job.json").read_text())
     (path / "manifest.json").write_text(json.dumps(manifest | {"parts": 0, "rows": 0, "shards": []}))
     return path
 
@@ -168,7 +174,8 @@ def test_ray_reader_yields_the_rows_of_the_in_process_reader(local_ray, tmp_path
     spans = response_spans(seqs, seed=5)
     chat = with_spans(write_selected(tmp_path / "chat", seqs[:8], weights=np.linspace(0.5, 1.5, 8).tolist()), spans[:8])
     plain = Path(chat) / "part-00001.parquet"  # a plain-text part beside the conversation part
-    pq.write_table(pq.read_table(Path(write_selected(tmp_path / "plain", seqs[8:])) / "part-00000.parquet"), plain)
+    other = pq.read_table(Path(write_selected(tmp_path / "plain", seqs[8:])) / "part-00000.parquet")
+    write_sibling_part(Path(chat) / "part-00000.parquet", plain, other, {"index": 1})
     summary = json.loads((Path(chat) / "summary.json").read_text())  # it counts both parts, as select's would
     (Path(chat) / "summary.json").write_text(json.dumps(summary | {"bands": {"kept": 12}, "output_parts": 2}))
     scores = str(write_scores(tmp_path / "scores", [1.0] * 7, statuses=["ok", "empty"] + ["ok"] * 5, rows_per_part=3))
@@ -256,3 +263,18 @@ def test_token_ids_outside_the_models_vocabulary_are_refused_naming_the_director
     write_token_part(tmp_path / "tokens", sequences)
     with pytest.raises(HardfocusError, match="tokens"):
         train(small_config([str(tmp_path / "tokens")], tmp_path / "model", max_steps=2, weighting="none", model=tiny_model_dir), progress=False)
+
+
+def test_a_training_part_copied_in_from_another_selection_of_the_same_scores_is_refused(two_scored_shards, tmp_path):
+    """Finding 4 of the foundation issue: two selections of the same scores that differ only in temperature keep the
+    same rows with other weights; B's training part copied over A's had the row count A's summary records and no part
+    said which selection it belonged to, so training on A read B's weights. Each training part is stamped with its
+    selection's identity, and every reader of selected/ checks it."""
+    for name, temperature in (("A", 1.0), ("B", 0.25)):
+        select(SelectConfig(scores=[two_scored_shards["scores"]], output=str(tmp_path / name), report=False,
+                            temperature=temperature), progress=False)
+    load_training_data(find_sources([str(tmp_path / "A")]))  # whole, as written
+    shutil.copyfile(tmp_path / "B" / "part-00000.parquet", tmp_path / "A" / "part-00000.parquet")
+    refusal = r"the training part .*A/part-00000\.parquet was written by another run than the one this output records"
+    with pytest.raises(HardfocusError, match=refusal):
+        load_training_data(find_sources([str(tmp_path / "A")]))

@@ -13,6 +13,7 @@ import pytest
 from hardfocus.contracts.scores import LOSS_SPANS_TYPE
 from scoring import HardfocusError
 from tests.selection.fake_scores import write_scores
+from tests.stamps import write_sibling_part
 from tests.training.helpers import mixed_length_sequences, write_parts_dir, write_selected
 from training.sources import find_sources
 from training.stream import PartWindows, TrainingStream, window_batches, window_size
@@ -34,7 +35,7 @@ def several_parts(root: Path, n_parts: int = 3, rows: int = 23, seed: int = 0) -
                               pa.array(np.zeros(rows, np.float32)) if c in ("loss", "loss_rank") else
                               pa.array([f"s{p}-{i}" for i in range(rows)]) if c == "sample_id" else
                               pa.array(["g"] * rows)) for c in table.column_names}, schema=table.schema)
-        pq.write_table(table, root / f"part-{p:05d}.parquet")
+        write_sibling_part(root / "part-00000.parquet", root / f"part-{p:05d}.parquet", table, {"index": p})
     summary = (root / "summary.json").read_text().replace('"output_parts": 1', f'"output_parts": {n_parts}')
     (root / "summary.json").write_text(summary.replace(f'"kept": {rows}', f'"kept": {n_parts * rows}'))
     return path, [tuple(s) for s in seqs]
