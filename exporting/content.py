@@ -28,17 +28,12 @@ def check_source_digests(rows_of: pa.Table, rows: np.ndarray, decided: pa.Table,
         return
     columns = job.columns
     names = [name for _, name in columns.sample_columns]
-    missing = [name for name in names if name not in rows_of.column_names]
-    if missing:
-        i = next(i for i, w in enumerate(want) if w is not None)
-        raise HardfocusError(f"row {rows[i]} of the input shard {redact(job.url)} has no column '{missing[0]}' where "
-                             "scoring read one: the input changed since it was scored; export from the inputs that were "
-                             "scored, or score and select again")
-    if columns.format == "text" and _is_text(rows_of.schema.field(names[0]).type):
+    present = [name for name in names if name in rows_of.column_names]
+    if columns.format == "text" and present and _is_text(rows_of.schema.field(names[0]).type):
         got = text_digests(rows_of[names[0]])
-    else:
-        cells = [rows_of[name].to_pylist() for name in names]
-        got = [sample_digest(sample_value([column[i] for column in cells], columns)[0]) if w is not None else None
+    else:  # a column the rows lack is null in each (a JSON Lines key no row of the range has): so scoring read it
+        cells = [rows_of[name].to_pylist() if name in present else [None] * rows_of.num_rows for name in names]
+        got = [sample_digest(_sample([column[i] for column in cells], columns)) if w is not None else None
                for i, w in enumerate(want)]
     for i, wanted in enumerate(want):
         if wanted is not None and got[i] != wanted:
@@ -48,6 +43,11 @@ def check_source_digests(rows_of: pa.Table, rows: np.ndarray, decided: pa.Table,
                 "rows were reordered or changed since); export from the inputs that were scored, or score and select "
                 "again"
             )
+
+
+def _sample(cells: list, columns):
+    """A row's sample from its cells, as the readers make it (a text cell as it is: bytes are digested as bytes)."""
+    return cells[0] if columns.format == "text" else sample_value(cells, columns)[0]
 
 
 def text_digests(texts: pa.ChunkedArray) -> list[int | None]:

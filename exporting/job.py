@@ -57,7 +57,9 @@ def export(cfg: ExportConfig, progress: bool = True) -> ExportResult:
         if out.open(export_identity(cfg, selection), cfg.overwrite, inputs=inputs, named=named) is Opening.COMPLETE:
             out.remove_spill()  # left by a run stopped between its marker and this clean-up
             manifest = out.read_record(out.kind.marker, ExportManifest)
-            damaged = out.damaged_parts(manifest.parts)
+            damaged = out.damaged_parts(manifest.parts, whole=cfg.overwrite)  # --overwrite: every part's bytes too
+            if damaged and not cfg.overwrite:  # the parts kept are recorded again: each must be the one written
+                damaged = out.damaged_parts(manifest.parts, whole=True)
             if not damaged:
                 log.info("'%s' already holds this export: nothing to do", redact(cfg.output))
                 return ExportResult(cfg.output, manifest, skipped=True)

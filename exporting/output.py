@@ -26,7 +26,7 @@ from hardfocus.fingerprints import digest
 from hardfocus.kinds import EXPORT
 from hardfocus.parts import Expected, check_stamp
 from hardfocus.stagedir import StageDir
-from hardfocus.storage import TMP_PREFIX, fresh, prefetched
+from hardfocus.storage import TMP_PREFIX, fresh, prefetched, redact
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +102,15 @@ class ExportDir(StageDir):
             return None
         return rows, PartFile(len(data), xxhash.xxh3_64(data).hexdigest())
 
-    def damaged_parts(self, parts: list) -> list[tuple[str, str]]:
+    def damaged_parts(self, parts: list, whole: bool) -> list[tuple[str, str]]:
         """(name, why) of each part of a complete export's manifest (``parts``: its records) that is not as it was
-        written: missing, of another size, or of other bytes (each part is read whole and its digest compared)."""
+        written: missing or of another size (one listing), and with ``whole`` of other bytes (each part read whole and
+        its digest compared: what --overwrite asks). A part file the manifest does not record is refused."""
         sizes = self.sizes()
+        extra = sorted(set(sizes) - {p.name for p in parts})
+        if extra:
+            raise HardfocusError(f"{redact(self.url)} holds part files this export did not write (e.g. {extra[0]}): a "
+                                 "reader of the export would take their rows too; move them away")
         recorded = [p for p in parts if p.bytes is not None]
 
         def check(part) -> tuple[str, str] | None:
@@ -113,9 +118,10 @@ class ExportDir(StageDir):
                 return part.name, "missing"
             if sizes[part.name] != part.bytes:
                 return part.name, f"{sizes[part.name]} bytes where {part.bytes} were written"
-            with self.fs.open(self.join(part.name), "rb") as f:
-                if xxhash.xxh3_64(f.read()).hexdigest() != part.xxh3:
-                    return part.name, "its bytes changed since it was written"
+            if whole:
+                with self.fs.open(self.join(part.name), "rb") as f:
+                    if xxhash.xxh3_64(f.read()).hexdigest() != part.xxh3:
+                        return part.name, "its bytes changed since it was written"
             return None
 
         return [found for found in prefetched(check, recorded) if found is not None]

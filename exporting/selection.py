@@ -69,9 +69,8 @@ class ShardJob:
     def decisions_expected(self, url: str) -> Expected:
         """What a decisions part must be: of the selection this export opened (a selection replaced meanwhile stops the
         export, instead of mixing its rows with the old one's)."""
-        return dataclasses.replace(decisions_expected(url, self.selection), redo=(
-            "the selection was replaced or changed while this export read it; run the export again once the selection "
-            "is complete (if it was damaged, run `hardfocus select` again with --overwrite first)"))
+        return dataclasses.replace(decisions_expected(url, self.selection), foreign=(
+            "the selection was replaced while this export read it; run the export again once the selection is complete"))
 
     def score_part_expected(self, url: str) -> Expected:
         """What the score part at ``url`` (rows [start, stop) of this shard, by its name) must be."""

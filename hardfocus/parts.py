@@ -16,17 +16,18 @@ the token cache, an export part written as Parquet. Each carries the same *stamp
 - ``columns``: a 64-bit xxhash (XXH3) of each column's values (:class:`ColumnDigest`), so a part changed after it was
   written, at any size, is refused by whoever reads the changed column.
 
-Readers never open a part themselves: :func:`read_part` and :func:`iter_part` check the stamp against what the reader
-opened (:class:`Expected`), the footer's row count against the stamp's, and the digest of every column they read;
-:func:`check_footer` checks what a footer alone says (to plan without reading rows). A refusal is one line that names
-the part, says what is wrong with it and how to redo it. A part written before stamps existed is refused the same way.
+Readers never open a part themselves: :func:`read_part` (and :func:`iter_part`, its batches) checks the stamp against
+what the reader opened (:class:`Expected`), the footer's row count and the schema's columns against the stamp's, and
+the digest of every column it reads, before any row is handed out; :func:`read_footer` checks what a footer alone says
+(to plan, or to rerun a stage, without reading rows). A refusal is one line that names the part, says what is wrong
+with it and how to redo it. A part written before stamps existed is refused the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,7 +62,8 @@ class ColumnDigest:
         self._seen: dict[str, int] = {}  # values walked so far at each path: where the next chunk's nulls stand
 
     def update(self, values: pa.Array | pa.ChunkedArray) -> ColumnDigest:
-        for chunk in values.chunks if isinstance(values, pa.ChunkedArray) else [values]:
+        chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+        for chunk in chunks or [values.combine_chunks()]:  # a column of no chunk is walked as an empty one
             self._walk("", chunk)
         return self
 
@@ -80,12 +82,8 @@ class ColumnDigest:
         stream.update(data)
 
     def _walk(self, path: str, array: pa.Array) -> None:
+        array = _canonical(array)
         kind = array.type
-        if isinstance(kind, pa.ExtensionType):
-            array, kind = array.storage, kind.storage_type
-        if pa.types.is_dictionary(kind):
-            array = array.dictionary_decode()
-            kind = array.type
         n = len(array)
         seen = self._seen.get(path, 0)
         self._seen[path] = seen + n
@@ -107,18 +105,17 @@ class ColumnDigest:
             self._feed(path + "f", raw)
         elif _binary_like(kind):
             self._bytes(path, array, kind)
-        elif pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind) or \
-                pa.types.is_list_view(kind) or pa.types.is_large_list_view(kind):
-            if pa.types.is_list_view(kind) or pa.types.is_large_list_view(kind):
-                array = array.cast(pa.large_list(kind.value_field))
+        elif pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
             lengths = pc.fill_null(pc.list_value_length(array), 0).to_numpy(zero_copy_only=False).astype(np.int64)
             self._feed(path + "n", lengths)
             self._walk(path + "[", array.flatten())
-        elif pa.types.is_struct(kind):
+        elif pa.types.is_struct(kind):  # each child under its name: a renamed field is another column
             for i, child in enumerate(array.flatten()):
-                self._walk(f"{path}.{i}", child)
-        else:  # maps, unions and the like: their values as JSON (slow, and rare in a part)
-            self._feed(path + "j", json.dumps(array.to_pylist(), default=str, sort_keys=True).encode())
+                self._walk(f"{path}.{json.dumps(kind.field(i).name)}", child)
+        else:  # maps, unions and the like: each value as JSON, length first (slow, and rare in a part)
+            for value in array.to_pylist():
+                text = json.dumps(value, default=str, sort_keys=True).encode()
+                self._feed(path + "j", len(text).to_bytes(8, "little") + text)
 
     def _bytes(self, path: str, array: pa.Array, kind: pa.DataType) -> None:
         """Each value's length, then all the values' bytes: the same for string, binary, large and view types."""
@@ -133,6 +130,27 @@ class ColumnDigest:
         data = array.buffers()[2]
         if data is not None and offsets[-1] > offsets[0]:
             self._feed(path + "d", memoryview(data)[int(offsets[0]) : int(offsets[-1])])
+
+
+def _canonical(array: pa.Array) -> pa.Array:
+    """The array as its values, whatever Arrow layout a writer or a reader gave them: an extension type as its storage,
+    a dictionary decoded, a list view as a list, and the temporal types Parquet stores in other units (seconds and
+    milliseconds, ``date64``, ``time32``) in the units Parquet gives back, so a part digests alike before it is written
+    and once read."""
+    kind = array.type
+    if isinstance(kind, pa.BaseExtensionType):
+        return _canonical(array.storage)
+    if pa.types.is_dictionary(kind):
+        return _canonical(array.dictionary_decode())
+    if pa.types.is_list_view(kind) or pa.types.is_large_list_view(kind):  # pyarrow's own cast of a view is unsafe
+        return pa.array(array.to_pylist(), pa.large_list(kind.value_field))
+    if pa.types.is_timestamp(kind) and kind.unit in ("s", "ms"):
+        return array.cast(pa.timestamp("us", kind.tz))
+    if pa.types.is_date64(kind):
+        return array.cast(pa.date32(), safe=False)
+    if pa.types.is_time32(kind) or pa.types.is_time64(kind) and kind.unit == "us":
+        return array.cast(pa.time64("us"))
+    return array
 
 
 def _fixed_width(kind: pa.DataType) -> bool:
@@ -208,7 +226,8 @@ class Expected:
     identity digest is ``identity``, in this ``place`` (the keys given must be equal in the stamp's place), holding
     ``rows`` rows where the reader counted on a number. ``what`` names the part in messages ("the score part");
     ``redo`` says what rewrites it ("run `hardfocus select` again with --overwrite"), ``whole`` what rewrites the whole
-    output (for a part of an earlier version, whose siblings are all of it too; default: ``redo``)."""
+    output (for a part of an earlier version, whose siblings are all of it too), ``foreign`` what to do about a part of
+    another run (default for both: ``redo``)."""
 
     stage: str
     identity: str
@@ -217,15 +236,21 @@ class Expected:
     what: str = "the part"
     redo: str = "rerun the stage that wrote it with --overwrite"
     whole: str | None = None
+    foreign: str | None = None  # what to do about a part of another run (default: ``redo``)
 
     def refuse(self, url: str, why: str, kind: str = "foreign") -> PartRefused:
-        redo = (self.whole or self.redo) if kind == "unstamped" else self.redo
+        redo = {"unstamped": self.whole, "foreign": self.foreign}.get(kind) or self.redo
         return PartRefused(f"{self.what} {redact(url)} {why}: {redo}", kind)
 
 
-def check_stamp(url: str, metadata: Mapping[bytes, bytes] | None, num_rows: int, expected: Expected) -> Stamp:
-    """The part's stamp, checked against ``expected`` and the footer's row count ``num_rows``; else a refusal."""
+def check_stamp(url: str, metadata: Mapping[bytes, bytes] | None, num_rows: int, expected: Expected,
+                names: Sequence[str] | None = None) -> Stamp:
+    """The part's stamp, checked against ``expected``, the footer's row count ``num_rows`` and, where given, the
+    columns of the part's schema (``names``: exactly those its stamp records); else a refusal."""
     stamp = Stamp.of(metadata)
+    if stamp is None and (metadata or {}).get(STAMP_KEY):
+        raise expected.refuse(url, "carries a stamp that is not one hardfocus wrote (damaged after it was written)",
+                              "damaged")
     if stamp is None:
         raise expected.refuse(url, "carries no stamp of the run that wrote it (it was written by an earlier version "
                                    "of hardfocus, or rewritten by a tool that drops Parquet metadata)", "unstamped")
@@ -242,6 +267,10 @@ def check_stamp(url: str, metadata: Mapping[bytes, bytes] | None, num_rows: int,
         raise expected.refuse(url, f"holds {num_rows} rows where its stamp says {stamp.rows}", "damaged")
     if expected.rows is not None and stamp.rows != expected.rows:
         raise expected.refuse(url, f"holds {stamp.rows} rows where {expected.rows} were counted on")
+    if names is not None and sorted(names) != sorted(stamp.columns):
+        lost, added = sorted(set(stamp.columns) - set(names)), sorted(set(names) - set(stamp.columns))
+        why = f"lost its column {lost[0]!r}" if lost else f"has a column {added[0]!r} its stamp does not record"
+        raise expected.refuse(url, f"{why}: it was changed after it was written", "damaged")
     return stamp
 
 
@@ -256,7 +285,7 @@ def read_footer(url: str, expected: Expected) -> tuple[pq.FileMetaData, Stamp]:
     except DAMAGED as exc:
         raise expected.refuse(url, f"cannot be read ({_one_line(exc)}): it was cut short or changed after it was "
                                    "written", "damaged") from None
-    return meta, check_stamp(url, meta.metadata, meta.num_rows, expected)
+    return meta, check_stamp(url, meta.metadata, meta.num_rows, expected, meta.schema.to_arrow_schema().names)
 
 
 def read_part(url: str, expected: Expected, columns: Iterable[str] | None = None) -> pa.Table:
@@ -265,7 +294,7 @@ def read_part(url: str, expected: Expected, columns: Iterable[str] | None = None
     try:
         # a local part by its path: Arrow's own reads, no Python file object in between (a tenth of a small part's read)
         with (contextlib.nullcontext(path) if is_local(fs) else fs.open(path, "rb")) as f, pq.ParquetFile(f) as part:
-            stamp = check_stamp(url, part.metadata.metadata, part.metadata.num_rows, expected)
+            stamp = check_stamp(url, part.metadata.metadata, part.metadata.num_rows, expected, part.schema_arrow.names)
             wanted = _columns(url, part.schema_arrow, stamp, columns, expected)
             table = part.read(columns=wanted)
     except HardfocusError:
@@ -281,33 +310,12 @@ def read_part(url: str, expected: Expected, columns: Iterable[str] | None = None
 
 def iter_part(url: str, expected: Expected, columns: Iterable[str] | None = None,
               batch_rows: int = 8192) -> Iterator[pa.Table]:
-    """The part's rows as tables of up to ``batch_rows`` rows, its stamp checked first; the digests of the columns
-    read are verified once the last batch is read (a part changed meanwhile stops the caller there, in one line)."""
-    fs, path = url_to_fs(url)
-    try:
-        f = fs.open(path, "rb")
-    except FileNotFoundError:
-        raise expected.refuse(url, "is missing", "missing") from None
-    except DAMAGED as exc:
-        raise expected.refuse(url, f"cannot be read ({_one_line(exc)})", "damaged") from None
-    with f:
-        try:
-            part = pq.ParquetFile(f)
-            stamp = check_stamp(url, part.metadata.metadata, part.metadata.num_rows, expected)
-            wanted = _columns(url, part.schema_arrow, stamp, columns, expected)
-            digests = {name: ColumnDigest() for name in wanted}
-            rows = 0
-            for batch in part.iter_batches(batch_size=batch_rows, columns=wanted):
-                for name in wanted:
-                    digests[name].update(batch.column(name))
-                rows += batch.num_rows
-                yield pa.Table.from_batches([batch])
-        except HardfocusError:
-            raise
-        except DAMAGED as exc:
-            raise expected.refuse(url, f"cannot be read ({_one_line(exc)}): it was cut short or changed after it was "
-                                       "written", "damaged") from None
-    _verify(url, rows, digests, stamp, expected)
+    """The part's rows as tables of up to ``batch_rows`` rows. The part is read whole and verified before its first
+    row is handed out (:func:`read_part`), so no caller ever uses a row of a part that fails its stamp: what is held is
+    one part's columns."""
+    table = read_part(url, expected, columns)
+    for start in range(0, table.num_rows, batch_rows):
+        yield table.slice(start, batch_rows)
 
 
 def _columns(url: str, schema: pa.Schema, stamp: Stamp, columns: Iterable[str] | None, expected: Expected) -> list[str]:

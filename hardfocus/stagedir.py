@@ -83,29 +83,45 @@ def differing_keys(before: dict | None, now: dict, prefix: str = "") -> list[str
     return keys
 
 
+LAYOUT_KEYS = ("parts", "decisions")  # the identity keys that say which layout of its files an output has
+
+
 def what_changed(before: dict | None, now: dict, named: Mapping[str, Sequence[str]] | None = None) -> str:
     """Why a run is not the one an output holds, in words ("made from other inputs (its input 'work/scores' changed
-    since) and with other settings (differs in: parameters.keep)"): the inputs that changed (``named``: the identity's
-    keys that identify inputs, each with the names of its inputs, in order), then the settings that differ."""
-    keys = differing_keys(before, now)
+    since) and with other settings (differs in: parameters.keep)"): an output of an earlier version's layout, the inputs
+    that changed (``named``: the identity's keys that identify inputs, each with the names of its inputs, in order:
+    an input is named when what identifies it is not among the ones the output was made from), then the settings that
+    differ."""
+    if isinstance(before, dict) and any(before.get(k) != now.get(k) for k in LAYOUT_KEYS if k in now):
+        return "made by an earlier version of hardfocus (its files lack what this version checks)"
     inputs: list[str] = []
     settings: list[str] = []
-    for key in keys:
-        top, _, index = key.partition("[")
-        names = list((named or {}).get(top, ()))
-        if not names:
+    named = named or {}
+    for key in differing_keys(before, now):
+        top = key.partition("[")[0]
+        if top not in named or not isinstance(before, dict):
             settings.append(key)
             continue
-        i = int(index.rstrip("]")) if index else None
-        chosen = [names[i]] if i is not None and i < len(names) else names
-        inputs += [f"'{redact(name)}'" for name in chosen if f"'{redact(name)}'" not in inputs]
+        was, now_list, names = before.get(top), now.get(top), list(named[top])
+        if not isinstance(was, list) or not isinstance(now_list, list):
+            inputs += [f"'{redact(n)}' changed since" for n in names]
+            continue
+        old = [json.dumps(x, sort_keys=True) for x in was]
+        new = [json.dumps(x, sort_keys=True) for x in now_list]
+        fresh_inputs = [f"'{redact(names[i])}' is new or changed since" for i, x in enumerate(new)
+                        if x not in old and i < len(names)]
+        if not fresh_inputs and sorted(old) == sorted(new):
+            fresh_inputs = ["are given in another order"]
+        elif not fresh_inputs:
+            fresh_inputs = [f"are {len(new)} of the {len(old)} it was made from"]
+        inputs += [x for x in fresh_inputs if x not in inputs]
     parts = []
     if inputs:
-        parts.append(f"from other inputs ({'its input' if len(inputs) == 1 else 'its inputs'} {', '.join(inputs)} changed "
-                     "since)")
-    if settings or not inputs:
-        parts.append(f"with other settings (differs in: {', '.join(settings or keys)})")
-    return "made " + " and ".join(parts)
+        parts.append("from other inputs (" + "; ".join(f"its input{'s' if x.startswith('are') else ''} {x}"
+                                                      for x in inputs) + ")")
+    if settings:
+        parts.append(f"with other settings (differs in: {', '.join(settings)})")
+    return "made " + " and ".join(parts) if parts else "made with other settings"
 
 
 class Opening(Enum):

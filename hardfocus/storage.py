@@ -247,6 +247,19 @@ def canonical(url: str) -> str:
     return fs_url(fs, normalized(fs, path))
 
 
+def file_identity(url: str) -> str | None:
+    """A local file's identity, ``<device>:<inode>``: the same for every name of the file (a symbolic or a hard link),
+    where a path is one name; None elsewhere (a store's object has one name) or where it cannot be read."""
+    fs, path = url_to_fs(url)
+    if not is_local(fs):
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{st.st_dev}:{st.st_ino}"
+
+
 def overlaps(a: str, b: str) -> bool:
     """Whether two canonical locations are the same, or one lies inside the other."""
     a, b = a.rstrip("/") + "/", b.rstrip("/") + "/"

@@ -37,11 +37,11 @@ from hardfocus.contracts.scores import (
 from hardfocus.errors import HardfocusError
 from hardfocus.fingerprints import digest, tokenizer_fingerprint
 from hardfocus.models import ResolvedModel, resolve_model
-from hardfocus.parts import check_stamp
+from hardfocus.parts import check_stamp, read_part
 from hardfocus.ray_local import starts_local_ray
 from hardfocus.readers import Shard, check_columns, find_shards
 from hardfocus.stagedir import refuse_inside, refuse_overlap
-from hardfocus.storage import canonical, prefetched, read_footer, redact
+from hardfocus.storage import canonical, file_identity, prefetched, read_footer, redact
 from hardfocus.tokenizers import load_tokenizer
 from hardfocus.versions import library_versions
 from scoring.config import MAX_ROW_BYTES, ScoreConfig
@@ -204,7 +204,7 @@ def plan_shards(out: ScoresDir, shards: list[Shard], cfg: ScoreConfig, job: str)
         stale += sorted(have - set(expected))
         if set(expected) <= have:
             done[digest] = marker
-    damaged = _damaged_parts(out, {d: by_digest[d] for d in done}, done, n, job)
+    damaged = _damaged_parts(out, {d: by_digest[d] for d in done}, done, n, job, whole=cfg.overwrite)
     for digest, broken in damaged.items():
         log.warning("%s: %d parts of %s are damaged (e.g. %s): scoring them again", redact(out.url), len(broken),
                     redact(by_digest[digest].url), broken[0])
@@ -244,12 +244,13 @@ def _marker_matches(marker: dict, shard: Shard) -> bool:
     return recorded is None or now is None or recorded == now
 
 
-def _damaged_parts(out: ScoresDir, shards: dict[str, Shard], done: dict[str, dict], n: int, job: str
-                   ) -> dict[str, list[str]]:
+def _damaged_parts(out: ScoresDir, shards: dict[str, Shard], done: dict[str, dict], n: int, job: str,
+                   whole: bool = False) -> dict[str, list[str]]:
     """digest -> the parts of that finished shard that are not whole: a size other than the one its marker
     recorded or, on a local disk, no Parquet footer at its end (an open and 8 bytes read each; on a store the
     sizes of one listing); for markers without sizes, a footer that does not read or whose stamp is not this job's
-    for that place (:mod:`hardfocus.parts`)."""
+    for that place (:mod:`hardfocus.parts`); with ``whole`` (--overwrite), any part the verified reader refuses when it
+    reads it whole (its stamp, its columns' digests)."""
     sized = {d: m for d, m in done.items() if isinstance(m.get("part_bytes"), list)}
     expected = {d: expected_parts(shards[d], done[d]["rows"], n) for d in done}
     names = [name for d in sized for name in expected[d]]
@@ -263,6 +264,21 @@ def _damaged_parts(out: ScoresDir, shards: dict[str, Shard], done: dict[str, dic
     for (d, name), meta in zip(unsized, prefetched(lambda item: read_footer(out.fs, out.join(item[1])), unsized, depth=16)):
         if isinstance(meta, Exception) or _stamp_problem(meta, job, shards[d], name):
             broken.setdefault(d, []).append(name)
+    if whole:
+        whole_names = [(d, name) for d in done for name in expected[d] if name not in broken.get(d, [])]
+
+        def refused(item: tuple[str, str]) -> bool:
+            d, name = item
+            bounds = parse_part_name(name)
+            try:
+                read_part(out.url_of(name), score_part_expected(job, part_place(shards[d], *bounds[1:])))
+            except HardfocusError:
+                return True
+            return False
+
+        for (d, name), bad in zip(whole_names, prefetched(refused, whole_names, depth=4)):
+            if bad:
+                broken.setdefault(d, []).append(name)
     return broken
 
 
@@ -443,9 +459,9 @@ def _finalize(out: ScoresDir, cfg, resolved, identity, shards: list[Shard], done
         window_context=cfg.window_context,
         sample_columns=[c for _, c in columns_of(cfg).sample_columns],
         chat_template_sha256=identity.get("chat_template_sha256"),
-        shards=[ShardInfo(url=redact(s.url), location=redact(canonical(s.url)), rel=s.rel, format=s.format,
-                          compression=s.compression, size=s.size,
-                          modified=getattr(s, "modified", None), rows=done[shard_digest(s)]["rows"]) for s in shards],
+        shards=[ShardInfo(url=redact(s.url), location=redact(canonical(s.url)), file_id=file_identity(s.url), rel=s.rel,
+                          format=s.format, compression=s.compression, size=s.size, modified=s.modified,
+                          rows=done[shard_digest(s)]["rows"]) for s in shards],
         parts=len(parts),
         **counts.model_dump(),
         runs=[RunInfo.model_validate(r) for r in job["runs"]],

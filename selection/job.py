@@ -10,7 +10,7 @@ import polars as pl
 import pyarrow as pa
 
 from hardfocus.contracts.decisions import DECISIONS_LAYOUT, EXCLUDED, decision_parts
-from hardfocus.contracts.scores import manifest_digest
+from hardfocus.contracts.scores import input_files, manifest_digest
 from hardfocus.contracts.selected import SUMMARY_FILE, SelectedDir, open_selected
 from hardfocus.errors import HardfocusError
 from hardfocus.fingerprints import digest
@@ -108,14 +108,15 @@ def select(cfg: SelectConfig, progress: bool = True) -> SelectResult:
 
 
 def _decisions_whole(cfg: SelectConfig) -> bool:
-    """Whether a complete selection reads whole, by its parts' footers: its decisions and its training parts, each
-    stamped as this selection's in its place, as many as its summary counts. If not, --overwrite selects again (else
-    refused, naming the part)."""
+    """Whether a complete selection reads whole: its decisions and its training parts, each stamped as this selection's
+    in its place, as many as its summary counts, by their footers, and with --overwrite every part read whole (each
+    column's digest: what a reader that refused a part asks for). If not, --overwrite selects again (else refused,
+    naming the part)."""
     try:
         opened = open_selected(cfg.output)
-        decision_parts(opened)
-        for url, expected in opened.parts:
-            read_footer(url, expected)
+        parts = [*((p.url, p.expected) for p in decision_parts(opened)), *opened.parts]
+        for _ in prefetched(lambda item: read_part(*item) if cfg.overwrite else read_footer(*item), parts):
+            pass
     except HardfocusError as exc:
         if not cfg.overwrite:
             raise
@@ -153,7 +154,7 @@ def _rank(parts: ScoreParts, cfg: SelectConfig, count_documents: bool = False, r
 def _score_dirs(dirs: list[str], manifests) -> list[dict]:
     return [
         {"dir": d, "model": m.model, "model_fingerprint": m.model_fingerprint,
-         "tokenizer_fingerprint": m.tokenizer_fingerprint, "rows": m.rows}
+         "tokenizer_fingerprint": m.tokenizer_fingerprint, "rows": m.rows, "inputs": input_files(m)}
         for d, m in zip(dirs, manifests)
     ]
 

@@ -145,13 +145,6 @@ def open_scores(dirs: list[str]) -> ScoreParts:
     return parts
 
 
-def damaged_part(url: str, why) -> HardfocusError:
-    return HardfocusError(
-        f"the score part {redact(url)} is damaged ({why}); it was changed after it was written (a power cut, a "
-        "partial copy): delete it and rerun `hardfocus score` with the same arguments, which scores only the missing "
-        "part again"
-    )
-
 
 def _check_unique_ids(dirs: list[str], parts: ScoreParts) -> None:
     """Sample ids must be unique across the directories of one selection: ranks, joins and exports go by them.

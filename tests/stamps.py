@@ -26,3 +26,11 @@ def write_sibling_part(sibling: Path, path: Path, table: pa.Table, place: dict) 
     stamp = Stamp.of(pq.read_metadata(sibling).metadata)
     assert stamp is not None, f"{sibling} carries no stamp to follow"
     pq.write_table(stamped(table, stamp.stage, stamp.identity, place), path)
+
+
+def rewrite_keeping_stamp(path: Path, change) -> None:
+    """What any read-modify-write tool does (pandas, polars via pyarrow, a notebook): read the part, change it, write
+    it back; pyarrow keeps the schema metadata, so the part keeps the stamp it was written with."""
+    table = pq.read_table(path)
+    pq.write_table(change(table), path)
+    assert Stamp.of(pq.read_metadata(path).metadata) is not None

@@ -23,7 +23,7 @@ from hardfocus.parts import stamped
 from hardfocus.readers import find_shards, read_shard
 from hardfocus.sample_format import Columns
 from hardfocus.stagedir import Opening, StageDir
-from hardfocus.storage import redact
+from hardfocus.storage import canonical, file_identity, redact
 from hardfocus.tokenize import tokenize_block
 from hardfocus.tokenizers import load_tokenizer
 from training.config import TrainConfig
@@ -71,8 +71,9 @@ def tokenize_shards(inputs: str, out: StageDir, identity: dict, tokenizer, colum
                     chat_template: str | None = None) -> None:
     """Every row of the shards tokenised (conversations with their loss spans) into one part; rows with a status
     other than ok are counted in tokenized.json, written last."""
-    tables, counts = [], {}
+    tables, counts, files = [], {}, []
     for shard in find_shards([inputs]):
+        files.append([canonical(shard.url), file_identity(shard.url), shard.rel])
         block = read_shard(shard, columns)
         tok = tokenize_block(tokenizer, block, columns.format, max_tokens, chat_template=chat_template)
         for s in tok.status:
@@ -95,7 +96,7 @@ def tokenize_shards(inputs: str, out: StageDir, identity: dict, tokenizer, colum
     table = stamped(pa.concat_tables(tables), "tokens", digest(identity), {"index": 0})
     out.commit("part-00000.parquet", lambda f: pq.write_table(table, f))
     out.mark({"identity": identity, "rows_per_status": counts, "parts": 1, "rows": table.num_rows,
-              "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer)})
+              "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), "inputs": files})
     if set(counts) - {Status.OK.value}:
         log.warning("%s: rows not trained on, by status: %s", redact(inputs),
                     {k: v for k, v in counts.items() if k != "ok"})

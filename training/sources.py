@@ -38,14 +38,15 @@ from hardfocus.contracts.scores import (
     ScoresParts,
     Status,
     check_scores_schema,
+    input_files,
     manifest_digest,
-    refuse_shared_shards,
+    refuse_files_read_twice,
 )
 from hardfocus.contracts.selected import SUMMARY_FILE, check_selected_schema, open_selected
 from hardfocus.errors import HardfocusError
 from hardfocus.fingerprints import digest
 from hardfocus.kinds import PathInfo, identify
-from hardfocus.parts import Expected, read_part
+from hardfocus.parts import Expected, Stamp, read_part
 from hardfocus.parts import read_footer as check_footer
 from hardfocus.stagedir import refuse_repeated
 from hardfocus.storage import (
@@ -81,7 +82,7 @@ class Source:
     part_rows: tuple[int, ...] = ()  # per part: the rows training uses (a stream skips whole parts on a resume)
     part_versions: tuple[tuple[int | None, str | None], ...] = ()  # per part: (size, version) when found
     expected: tuple[Expected | None, ...] = ()  # per part: what its stamp must say (None: parts written by hand)
-    manifest: ScoreManifest | None = None  # a scores/ directory's manifest
+    inputs: tuple[list, ...] = ()  # the input files its rows come from (hardfocus.contracts.scores.input_files)
 
 
 @dataclass(frozen=True)
@@ -125,8 +126,9 @@ def find_sources(paths: list[str], raw: Callable[[str], str] | None = None) -> T
     names the directory that is unusable and why."""
     refuse_repeated(paths, "training data directory")
     sources = tuple(open_source(path, raw) for path in paths)
-    scored = [s for s in sources if s.manifest is not None]
-    refuse_shared_shards([s.path for s in scored], [s.manifest for s in scored])  # one shard in two scores/: twice
+    # one input file read through two sources (two scores/, a selection and its scores, two selections of one
+    # scores, raw shards and their scores): its rows would count twice
+    refuse_files_read_twice([(s.path, list(s.inputs)) for s in sources], what="read through")
     if sum(s.rows for s in sources) == 0:
         raise HardfocusError(f"no trainable rows in {list(paths)}")
     return TrainingSources(sources)
@@ -192,7 +194,7 @@ def open_source(path: str, raw: Callable[[str], str] | None = None) -> Source:
     return Source(path, kind, tuple(parts), tuple(columns), sum(part_rows), rows - sum(part_rows),
                   identity=recorded.identity, tokenizer=recorded.tokenizer, token_range=_token_range(footers),
                   part_rows=tuple(part_rows), part_versions=versions, expected=tuple(e for _, e in recorded.parts),
-                  manifest=recorded.manifest)
+                  inputs=recorded.inputs)
 
 
 _KINDS = {"selected": "selected", "scores": "scores", "tokens": "tokens", "parts": "tokens"}
@@ -209,7 +211,7 @@ class _Recorded:
     tokenizer: str | None
     parts_count: int | None
     rows: int | None
-    manifest: ScoreManifest | None = None
+    inputs: tuple[list, ...] = ()
 
 
 def _recorded(fs, root: str, path: str, found: PathInfo) -> _Recorded:
@@ -222,18 +224,20 @@ def _recorded(fs, root: str, path: str, found: PathInfo) -> _Recorded:
     if found.kind == "selected":
         opened = open_selected(path, found)
         tokenizers = {s.get("tokenizer_fingerprint") for s in opened.summary.get("scores", [])}
+        inputs = tuple(f for entry in opened.summary.get("scores", []) for f in entry.get("inputs", []))
         return _Recorded(list(opened.parts), opened.identity, tokenizers.pop() if len(tokenizers) == 1 else None,
-                         None, opened.kept)
+                         None, opened.kept, inputs)
     if found.kind == "scores":
         manifest = read_record(fs, posixpath.join(root, SCORES_MANIFEST_FILE), ScoreManifest, "scores manifest")
         stamps = ScoresParts.of(fs, root, manifest)
         return _Recorded([(u, stamps.expected(n)) for u, n in zip(urls, names)], manifest_digest(manifest),
-                         manifest.tokenizer_fingerprint, manifest.parts, manifest.rows, manifest)
+                         manifest.tokenizer_fingerprint, manifest.parts, manifest.rows, tuple(input_files(manifest)))
     marker = read_json(fs, posixpath.join(root, found.stage.marker), f"{found.kind}/ marker", kind=dict)
     job = read_json(fs, posixpath.join(root, found.stage.job), "tokens/ job file", kind=dict) or {}
     identity = digest(job["identity"]) if isinstance(job.get("identity"), dict) else ""
     return _Recorded([(u, token_part_expected(identity, i)) for i, u in enumerate(urls)], digest(marker),
-                     marker.get("tokenizer_fingerprint"), marker.get("parts"), marker.get("rows"))
+                     marker.get("tokenizer_fingerprint"), marker.get("parts"), marker.get("rows"),
+                     tuple(marker.get("inputs") or ()))
 
 
 def token_part_expected(identity: str, index: int) -> Expected:
@@ -277,7 +281,14 @@ def _changed(info: dict) -> str | None:
 
 
 def _refuse_unfinished(path: str, footers: list) -> None:
-    """Selected/ parts (or a first part cut short) without summary.json: the selection did not finish."""
+    """A directory of parts a stage wrote, given where training data goes: a selection's decisions/ (stamped so), or
+    selected/ parts (or a first part cut short) without summary.json: the selection did not finish."""
+    stages = {stamp.stage for f in footers if not isinstance(f, Exception) and (stamp := Stamp.of(f.metadata))}
+    if "decisions" in stages:
+        raise HardfocusError(
+            f"'{redact(path)}' holds a selection's decisions (a band and a reason for every scored row), not training "
+            f"data: give the selected/ directory itself ('{redact(posixpath.dirname(path.rstrip('/')))}')"
+        )
     names = [set() if isinstance(f, Exception) else set(f.schema.names) for f in footers]
     if isinstance(footers[0], Exception) or any("loss_rank" in n for n in names):
         raise HardfocusError(

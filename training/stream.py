@@ -183,7 +183,7 @@ class PartWindows:
         except PartRefused as exc:
             if exc.why == "missing":
                 raise HardfocusError(f"'{redact(url)}' is gone: it was deleted while being trained on") from None
-            raise HardfocusError(f"{exc} (it changed while being trained on?)") from None
+            raise
         except (pa.ArrowInvalid, OSError) as exc:
             raise HardfocusError(f"cannot read '{redact(url)}': {exc}; was it written completely?") from exc
         if seen != expected_rows:

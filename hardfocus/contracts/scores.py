@@ -33,7 +33,8 @@ DONE_DIR = "done"  # one marker per finished shard
 
 SCORES_LAYOUT = 2  # in every scoring job's identity: directories of an earlier layout (parts without the part stamp
 # of hardfocus.parts) are another job's, replaced with --overwrite
-REDO_PART = "delete it and rerun `hardfocus score` with the same arguments, which scores only the missing part again"
+REDO_PART = ("rerun `hardfocus score` with the same arguments and --overwrite, which checks every part whole and scores "
+             "again only those that fail")
 REDO_WHOLE = "rerun `hardfocus score` with the same arguments and --overwrite, which scores the directory again"
 
 
@@ -217,8 +218,9 @@ def mask_from_spans(spans: Iterable[dict[str, int]] | None, n_tokens: int) -> np
 
 class ShardInfo(BaseModel):
     url: str
-    location: str | None = None  # where the file is, one spelling per file (hardfocus.storage.canonical): the shard's
-    # identity across scores/ directories, whatever name it was reached by
+    location: str | None = None  # where the file is, one spelling per file (hardfocus.storage.canonical), and a local
+    file_id: str | None = None  # file's device and inode (hardfocus.storage.file_identity): the shard's identity across
+    # scores/ directories, whatever name (a glob, a link) it was reached by
     rel: str
     format: str
     compression: str | None
@@ -338,29 +340,48 @@ def open_scores_dir(url: str) -> ScoresDirectory:
     found = identify(url)
     if found.kind == "absent":
         raise HardfocusError(f"scores directory '{redact(url)}' does not exist")
-    if found.kind != "scores" or not found.complete:
+    if found.kind == "scores" and not found.complete:
         raise HardfocusError(f"'{redact(url)}' is {found.describe()}, not a finished scores/ directory (no "
-                             f"{SCORES_MANIFEST_FILE}): (re)run `hardfocus score` on it")
+                             f"{SCORES_MANIFEST_FILE}): rerun the `hardfocus score` that writes it, which finishes it")
+    if found.kind != "scores":
+        made = (f"; a selection records the scores/ it was made from in its {found.stage.marker}"
+                if found.kind == "selected" else "")
+        raise HardfocusError(f"'{redact(url)}' is {found.describe()}, not a scores/ directory: give the scores/ "
+                             f"directory `hardfocus score` wrote{made}")
     manifest = read_record(fs, posixpath.join(path, SCORES_MANIFEST_FILE), ScoreManifest, "scores manifest")
     names = sorted(n for n in found.names if n.startswith("part-") and n.endswith(".parquet"))
     if len(names) != manifest.parts:
-        raise HardfocusError(f"'{redact(url)}' holds {len(names)} part files but its manifest lists {manifest.parts}")
+        raise HardfocusError(f"'{redact(url)}' holds {len(names)} part files but its manifest lists {manifest.parts}: "
+                             "parts were lost or added after it was finished; rerun `hardfocus score` with the same "
+                             "arguments, which scores a lost part again (and refuses one it did not write)")
     stamps = ScoresParts.of(fs, path, manifest)
     return ScoresDirectory(url, manifest, [(fs_url(fs, posixpath.join(path, n)), stamps.expected(n)) for n in names])
 
 
+def input_files(manifest: ScoreManifest) -> list[list]:
+    """The input files a scores/ directory was scored from, as ``[location, file id, relative name]`` each: what a
+    selection records of its scores, and what two sources read together are compared by."""
+    return [[shard.location or shard.url, shard.file_id, shard.rel] for shard in manifest.shards]
+
+
+def refuse_files_read_twice(sources: list[tuple[str, list[list]]], what: str = "scored into") -> None:
+    """One input file reached through two of ``sources`` (each: its name, its :func:`input_files`) would have its rows
+    counted twice (reached by two names: a directory and a glob, a link): refuse, naming the file and both sources."""
+    seen: dict[str, tuple[str, str, str]] = {}
+    for name, files in sources:
+        for location, file_id, rel in files:
+            for key in {location, file_id} - {None}:
+                if key in seen and seen[key][0] != name:
+                    first, first_rel, path = seen[key]
+                    same = location if path == location else f"{path} (and {location}, the same file)"
+                    raise HardfocusError(
+                        f"the input file {same} was {what} both '{redact(first)}' (as '{first_rel}') and '{redact(name)}' "
+                        f"(as '{rel}'): its rows would count twice; read one of the two, or score each file into one "
+                        "directory only"
+                    )
+                seen.setdefault(key, (name, rel, location))
+
+
 def refuse_shared_shards(dirs: list[str], manifests: list[ScoreManifest]) -> None:
-    """One shard scored into two of the directories read together (reached by two names: a directory and a glob, a
-    link) would have its rows counted twice: refuse, naming the file and both directories."""
-    seen: dict[str, tuple[str, str]] = {}
-    for d, manifest in zip(dirs, manifests):
-        for shard in manifest.shards:
-            where = shard.location or shard.url
-            if where in seen and seen[where][0] != d:
-                first, rel = seen[where]
-                raise HardfocusError(
-                    f"the input file {where} was scored into both '{redact(first)}' (as '{rel}') and '{redact(d)}' (as "
-                    f"'{shard.rel}'): its rows would count twice; read one of the two directories, or score each file "
-                    "into one directory only"
-                )
-            seen.setdefault(where, (d, shard.rel))
+    """One shard scored into two of the scores/ directories read together: refused (:func:`refuse_files_read_twice`)."""
+    refuse_files_read_twice([(d, input_files(m)) for d, m in zip(dirs, manifests)])

@@ -23,7 +23,7 @@ from fsspec.core import url_to_fs
 from hardfocus.errors import HardfocusError
 from hardfocus.readers.formats import FORMATS_TEXT, shard_format
 from hardfocus.readers.shard import Shard, one_line
-from hardfocus.storage import canonical, file_version, fs_protocol, fs_url, redact
+from hardfocus.storage import canonical, file_identity, file_version, fs_protocol, fs_url, redact
 
 __all__ = ["find_shards"]
 
@@ -53,7 +53,7 @@ def find_shards(inputs: list[str]) -> list[Shard]:
             shards.setdefault(shard.url, shard)
     by_location: dict[str, Shard] = {}
     for shard in shards.values():  # one file by two names (a link): its rows would be scored twice
-        location = canonical(shard.url)
+        location = file_identity(shard.url) or canonical(shard.url)
         if location in by_location:
             raise HardfocusError(redact(
                 f"two inputs are the same file ({by_location[location].url} and {shard.url}, a link to it?): its rows "

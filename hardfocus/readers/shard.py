@@ -131,15 +131,19 @@ def messages_value(value, name: str) -> tuple[list[Message] | None, str | None]:
 def sample_digest(value: str | bytes | list[Message] | None) -> int | None:
     """The xxh3-64 digest of a row's sample, as scoring records it (``source_digest``) and export checks it: of a
     text, its UTF-8 bytes (a binary cell's bytes as they are); of a conversation, its messages as compact JSON. None
-    for a row without a sample (unreadable, or null)."""
+    for a row without a sample (unreadable, or null) and for a text that is not UTF-8 (lone surrogates of a JSON
+    ``\\ud800`` escape: scored as ``invalid_utf8``)."""
     if value is None:
         return None
-    if isinstance(value, str):
-        data = value.encode("utf-8", "surrogatepass")
-    elif isinstance(value, bytes):
-        data = value
-    else:
-        data = json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8", "surrogatepass")
+    try:
+        if isinstance(value, str):
+            data = value.encode("utf-8")
+        elif isinstance(value, bytes):
+            data = value
+        else:
+            data = json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        return None
     return xxhash.xxh3_64_intdigest(data)
 
 

@@ -119,6 +119,6 @@ def test_a_selection_replaced_while_the_export_reads_it_stops_the_export(two_sco
 
     monkeypatch.setattr(exporting.job, "export_shard", reselected_after_the_first_shard)
     with pytest.raises(HardfocusError, match=r"the decisions part .*part-\d{5}\.parquet was written by another run .*"
-                                             r"the selection was replaced or changed while this export read it"):
+                                             r"the selection was replaced while this export read it; run the export again"):
         run_export(selected, tmp_path / "out", shard_rows=100)
     assert len(tasks) == 2 and not (tmp_path / "out" / "export.json").exists()

@@ -23,7 +23,9 @@ TYPES = {
 }
 
 
-def _digest(*chunks: pa.Array) -> str:
+def _digest(*chunks: pa.Array | pa.ChunkedArray) -> str:
+    if len(chunks) == 1 and isinstance(chunks[0], pa.ChunkedArray):
+        return ColumnDigest().update(chunks[0]).hexdigest()
     return ColumnDigest().update(pa.chunked_array(chunks, type=chunks[0].type)).hexdigest()
 
 
@@ -144,3 +146,76 @@ def test_a_stamp_records_the_rows_and_a_digest_of_every_column(tmp_path):
     table = pq.read_table(url)
     assert stamp.rows == 3 and stamp.stage == "decisions" and stamp.identity == "run-a"
     assert stamp.columns == {name: ColumnDigest().update(table.column(name)).hexdigest() for name in table.column_names}
+
+
+def test_a_list_view_column_digests_as_its_values_and_a_slice_of_it_does_not_crash():
+    """``ColumnDigest._walk`` casts a ``list_view`` to ``large_list`` (``array.cast(pa.large_list(...))``); pyarrow's
+    cast of a list_view gives an invalid array ("Array length is negative") whenever a view is not at the end, so the
+    digest of a list_view depends on its chunking (an IPC shard read in record batches, a part read in row groups),
+    and the digest of a *sliced* list_view crashes the interpreter's call with ``SystemError: error return without
+    exception set``. Expected: a list_view digests as the list of the same values (the docs: "a column read in batches
+    ... digests alike"), sliced or not."""
+    values = [[1], [2, 3], [4], None, [5, 6, 7]]
+    as_list = _digest(pa.array(values, pa.list_(pa.int64())))
+    view = pa.array(values, pa.list_view(pa.int64()))
+    assert _digest(view) == as_list
+    assert _digest(pa.chunked_array([view[:2], view[2:]])) == as_list  # raises SystemError today
+
+
+@pytest.mark.parametrize("values", [
+    pa.array([[("a", 1)], None, [("b", 2), ("c", 3)]], pa.map_(pa.string(), pa.int64())),
+    pa.array(['{"a": 1}', None, '{"b": 2}'], pa.json_()),  # what export writes an empty struct as (arrow.json)
+    pa.array([b"0" * 16, None, b"1" * 16], pa.uuid()),
+], ids=["map", "arrow.json", "uuid"])
+def test_a_columns_digest_does_not_depend_on_its_chunks_for_maps_and_canonical_extension_types(values):
+    """Maps, unions and canonical extension types (``pa.json_()``, ``pa.uuid()``, ``pa.bool8()``: subclasses of
+    ``BaseExtensionType``, not ``pa.ExtensionType``, so ``_walk`` never unwraps them) fall to ``_walk``'s JSON branch,
+    which digests ``json.dumps(chunk.to_pylist())`` per chunk: ``[a, b][c]`` is not ``[a, b, c]``. So the same column
+    read in one piece, in row groups or in batches digests differently, and a part holding one (export writes a JSON
+    Lines ``{}`` column to Parquet as ``arrow.json``; a source map column is carried as is) fails its own stamp when
+    read in other chunks than it was written in. Expected: the digest does not depend on the chunking."""
+    assert _digest(pa.chunked_array([values[:1], values[1:]])) == _digest(values)
+
+
+@pytest.mark.parametrize("values", [
+    pa.array([1, 2, None], pa.timestamp("s")),
+    pa.array([86_400_000, None, 0], pa.date64()),
+    pa.array([1, None, 3], pa.time32("s")),
+], ids=["timestamp[s]", "date64", "time32[s]"])
+def test_a_part_stamped_and_written_reads_back_through_the_verified_reader(tmp_path, values):
+    """``stamped`` digests the table as it is before it is written; Parquet stores ``timestamp[s]`` as milliseconds,
+    ``date64`` as ``date32`` and ``time32[s]`` as milliseconds, and reads them back so, so the values' bytes (what
+    ``ColumnDigest`` feeds) are not the ones digested. An export part (every source column, stamped) of a source with
+    such a column carries a digest that no read of the part reproduces: read through ``read_part`` it is "changed after
+    it was written" the moment it is written. Expected: every part a writer stamps reads back through the verified
+    reader (digest the values as Parquet stores them, or normalise units before digesting)."""
+    path = str(tmp_path / "part-00000.parquet")
+    pq.write_table(stamped(pa.table({"c": values}), "export", "run", {"name": "part-00000.parquet"}), path)
+    read_part(path, Expected("export", "run", {"name": "part-00000.parquet"}))
+
+
+def test_a_struct_whose_field_names_were_swapped_does_not_digest_as_before():
+    """Found by a review: ``_walk`` walked a struct's children as ``.0``, ``.1``, the field names not digested. ``loss_spans`` is
+    ``list<struct<start, stop>>``; a rewrite that swaps the two names (each child keeping its values) digests exactly as
+    the part that was written, yet every reader (``pc.struct_field(flat, "start")``) now reads the stops as the starts.
+    Expected: a struct's field names are part of what is digested (the docs: "changed ... at any size is refused")."""
+    spans = [[{"start": 1, "stop": 4}], [{"start": 0, "stop": 2}, {"start": 5, "stop": 9}]]
+    written = pa.array(spans, pa.list_(pa.struct([("start", pa.int32()), ("stop", pa.int32())])))
+    reordered = written.cast(pa.list_(pa.struct([("stop", pa.int32()), ("start", pa.int32())])))  # by name: same values
+    relabelled = pa.ListArray.from_arrays(written.offsets, pa.StructArray.from_arrays(
+        written.flatten().flatten(), names=["stop", "start"]))  # the same children under each other's name
+    assert _digest(reordered) == _digest(written)  # every field holds what it held: a reader by name reads the same
+    assert _digest(relabelled) != _digest(written)
+
+
+def test_a_zero_row_part_reads_through_iter_part_as_through_read_part(tmp_path):
+    """A zero-row part reads through ``read_part`` (one empty chunk per column), but ``iter_part`` yields no batch, so
+    its digests never see a chunk, and a ``ColumnDigest`` fed nothing is not the digest of an empty column
+    (``hexdigest`` hashes the ``_seen`` paths, which only a walked chunk records): the untouched part is refused as
+    "changed after it was written". Expected: both readers take the part the stage wrote."""
+    table = pa.table({"input_ids": pa.array([], pa.list_(pa.int32())), "weight": pa.array([], pa.float32())})
+    path = str(tmp_path / "part-00000.parquet")
+    pq.write_table(stamped(table, "selected", "run", {"index": 0}), path)
+    expected = Expected("selected", "run", {"index": 0})
+    assert read_part(path, expected).num_rows == 0
+    assert sum(t.num_rows for t in iter_part(path, expected)) == 0

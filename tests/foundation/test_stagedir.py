@@ -213,16 +213,25 @@ def test_a_concurrent_selection_is_refused_and_its_staging_directory_kept(tmp_pa
 
 
 def test_what_changed_names_the_inputs_that_changed_then_the_settings():
-    """The words an output replaced or refused for another run's identity gets: the changed inputs by their names
-    (indexed where the identity lists one per input), then the settings that differ, dotted."""
+    """The words an output replaced or refused for another run's identity gets: the inputs that are not among those it
+    was made from, by their names (never one that did not change: an input added, inputs reordered, some left out),
+    then the settings that differ, dotted; an output of an earlier version's layout is said to be one."""
     named = {"scores": ["work/s1", "work/s2"], "model": ["smollm2-135m"]}
     before = {"parameters": {"keep": 0.5, "drop_top": 0.1}, "scores": ["d1", "d2"], "model": "m"}
-    assert what_changed(before, before | {"scores": ["d1", "d3"]}, named) == "made from other inputs (its input 'work/s2' changed since)"
+    assert what_changed(before, before | {"scores": ["d1", "d3"]}, named) == ("made from other inputs (its input "
+                                                                             "'work/s2' is new or changed since)")
     both = before | {"scores": ["d0", "d3"], "parameters": {"keep": 0.4, "drop_top": 0.2}}
-    assert what_changed(before, both, named) == ("made from other inputs (its inputs 'work/s1', 'work/s2' changed since) and "
-                                                 "with other settings (differs in: parameters.drop_top, parameters.keep)")
-    assert what_changed(before, before | {"scores": ["d1"]}, named) == ("made from other inputs (its inputs 'work/s1', "
-                                                                       "'work/s2' changed since)")  # another count
+    assert what_changed(before, both, named) == ("made from other inputs (its input 'work/s1' is new or changed since; "
+                                                 "its input 'work/s2' is new or changed since) and with other settings "
+                                                 "(differs in: parameters.drop_top, parameters.keep)")
+    assert what_changed(before | {"scores": ["d1"]}, before, named) == ("made from other inputs (its input 'work/s2' is new "
+                                                                       "or changed since)")  # one added: not 'work/s1'
+    assert what_changed(before, before | {"scores": ["d2", "d1"]}, {"scores": ["work/s2", "work/s1"]}) == (
+        "made from other inputs (its inputs are given in another order)")
+    assert what_changed(before, before | {"scores": ["d1"]}, {"scores": ["work/s1"]}) == (
+        "made from other inputs (its inputs are 1 of the 2 it was made from)")
     assert what_changed(before, before | {"model": "n"}) == "made with other settings (differs in: model)"  # not named
+    assert what_changed(before | {"parts": 1}, before | {"parts": 2}) == (
+        "made by an earlier version of hardfocus (its files lack what this version checks)")
     assert what_changed(None, before) == ("made with other settings (differs in: (no recorded identity: written by an "
                                           "older hardfocus or damaged))")

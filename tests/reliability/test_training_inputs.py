@@ -44,7 +44,7 @@ def test_a_new_selection_is_not_already_trained(tmp_path, selected, tiny_model_d
     assert not first.skipped and first.train_rows == 20
     assert train(cfg, progress=False).skipped  # same run, same data: nothing to do
     select(SelectConfig(scores=[str(tmp_path / "scores")], output=str(selected), keep=0.25, overwrite=True), progress=False)
-    with pytest.raises(HardfocusError, match=rf"made from other inputs \(its input '{selected}' changed since\); pass "
+    with pytest.raises(HardfocusError, match=rf"made from other inputs \(its input '{selected}' is new or changed since\); pass "
                                              "--overwrite"):  # the selection that changed, named
         train(cfg, progress=False)
     again = train(cfg.model_copy(update={"overwrite": True}), progress=False)
@@ -59,7 +59,7 @@ def test_an_unfinished_run_is_not_resumed_on_a_new_selection(tmp_path, selected,
     select(SelectConfig(scores=[str(tmp_path / "scores")], output=str(selected), drop_top=0.2, overwrite=True),
            progress=False)
     with pytest.raises(HardfocusError, match=rf"holds an unfinished training run made from other inputs \(its input "
-                                             rf"'{selected}' changed since\)"):
+                                             rf"'{selected}' is new or changed since\)"):
         train(cfg, progress=False)
     fresh = train(cfg.model_copy(update={"overwrite": True}), progress=False)
     assert fresh.resumed_from is None and fresh.steps == 4

@@ -13,7 +13,7 @@ import pytest
 from hardfocus.errors import HardfocusError
 from scoring import ScoreConfig, score
 from selection import SelectConfig, select
-from tests.conftest import ENGLISH
+from tests.conftest import ENGLISH, real_texts, write_jsonl
 from tests.scoring.helpers import (
     TEXTS,
     assert_same_scores,
@@ -48,7 +48,8 @@ def test_a_part_damaged_after_its_run_is_named_by_select_and_rescored_by_a_rerun
     """Before: reruns said 'complete: nothing to score' and select crashed with ArrowInvalid."""
     cfg, result, reference = scored
     damaged = _damage(tmp_path / "scores", how)
-    with pytest.raises(HardfocusError, match=rf"the score part .*{damaged[0]} (cannot be read|holds) .*delete it and rerun"):
+    with pytest.raises(HardfocusError, match=rf"the score part .*{damaged[0]} (cannot be read|holds) .*rerun `hardfocus score` "
+                                             "with the same arguments and --overwrite"):
         select_scores([tmp_path / "scores"], tmp_path / "sel")
     again = score(cfg, progress=False)
     assert again.units_scored == 2 and not again.skipped
@@ -198,7 +199,33 @@ def test_scores_of_an_earlier_version_are_refused_in_one_line_and_overwrite_redo
                                              r"that wrote it .*earlier version.*: rerun `hardfocus score` with the same "
                                              r"arguments and --overwrite"):
         select(select_cfg, progress=False)
-    with pytest.raises(HardfocusError, match=r"holds scores made with other settings \(differs in: parts\)"):
+    with pytest.raises(HardfocusError, match=r"holds scores made by an earlier version of hardfocus"):
         score(cfg, progress=False)
     score(cfg.model_copy(update={"overwrite": True}), progress=False)
     assert select(select_cfg, progress=False).summary.rows == len(TEXTS)
+
+
+def test_score_overwrite_repairs_a_score_part_that_select_refuses_as_unstamped(tmp_path, tiny_model_dir):
+    """A score part whose stamp no longer parses (one byte of the footer's JSON changed: the same size, the footer still
+    Parquet) is refused by select as "carries no stamp of the run that wrote it (... an earlier version ...): rerun
+    `hardfocus score` with the same arguments and --overwrite, which scores the directory again". That rerun finds the
+    same job complete, checks only each part's size and footer end, and prints "already complete, nothing scored in
+    this run"; select refuses the part again, sending the user back to the same command. Expected: the command the
+    refusal names repairs the directory (and a stamp that is there but does not parse is called damaged, not of an
+    earlier version)."""
+    from scoring import ScoreConfig, score
+    from selection import SelectConfig, select
+
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"text": t[:120]} for t in real_texts(40, seed=4) if t.strip()][:12])
+    cfg = dict(inputs=[str(tmp_path / "in")], output=str(tmp_path / "scores"), model=tiny_model_dir, executor="local",
+               dtype="float32", device="cpu", max_tokens=16, rows_per_unit=4)
+    score(ScoreConfig(**cfg), progress=False)
+    part = sorted((tmp_path / "scores").glob("part-*.parquet"))[1]
+    data = bytearray(part.read_bytes())
+    data[data.rfind(b'{"columns"')] = ord("x")  # the stamp's JSON, one byte: no longer JSON
+    part.write_bytes(bytes(data))
+    selection = dict(scores=[str(tmp_path / "scores")], output=str(tmp_path / "sel"), report=False)
+    with pytest.raises(HardfocusError, match="--overwrite"):
+        select(SelectConfig(**selection), progress=False)
+    score(ScoreConfig(**cfg, overwrite=True), progress=False)  # what the refusal says to run
+    select(SelectConfig(**selection), progress=False)

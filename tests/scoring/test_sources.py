@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 
 import fsspec
 import pyarrow as pa
@@ -15,6 +16,7 @@ from fsspec.implementations.local import LocalFileSystem
 from hardfocus.errors import HardfocusError
 from hardfocus.readers import check_columns, find_shards, iter_units, read_shard
 from hardfocus.sample_format import Columns
+from tests.conftest import write_jsonl
 
 ROWS = [{"text": f"document number {i}", "doc": f"id-{i}", "src": "web" if i % 2 else "code"} for i in range(23)]
 
@@ -196,3 +198,16 @@ def test_a_scoring_run_reads_every_input_byte_once(tmp_path, tiny_model_dir):
     assert score(cfg, progress=False).units_scored == 3
     for path, size in sizes.items():
         assert _CountingFileSystem.read[path] <= size + 64 * 1024, path
+
+
+def test_one_score_refuses_a_file_reached_through_a_hard_link(tmp_path):
+    """``find_shards`` refuses one file reached twice ("two inputs are the same file (..., a link to it?)") by its
+    canonical path (``os.path.realpath``), which resolves symbolic links only: ``in/a.jsonl`` and ``in/b.jsonl``, hard
+    links to one file, are two shards, and its rows are scored (then selected, trained on, exported) twice. Expected:
+    one file is one shard however it is reached (locally, e.g. by device and inode)."""
+    from hardfocus.readers import find_shards
+
+    shard = write_jsonl(tmp_path / "in" / "a.jsonl", [{"text": f"doc {i}"} for i in range(5)])
+    os.link(shard, tmp_path / "in" / "b.jsonl")
+    with pytest.raises(HardfocusError, match="same file"):
+        find_shards([str(tmp_path / "in")])

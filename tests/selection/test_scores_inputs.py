@@ -5,6 +5,7 @@ twice, settings that differ."""
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import numpy as np
@@ -166,10 +167,74 @@ def test_one_file_scored_into_two_directories_under_two_names_is_refused(tmp_pat
         score(ScoreConfig(inputs=[given], output=str(tmp_path / name), model=tiny_model_dir, executor="local",
                           dtype="float32", device="cpu", max_tokens=64, rows_per_unit=6), progress=False)
     both = [str(tmp_path / "s1"), str(tmp_path / "s2")]
-    refusal = (rf"the input file {re.escape(str(tmp_path))}/in/x\.jsonl was scored into both '.*s1' \(as 'x\.jsonl'\) and "
+    refusal = (rf"the input file {re.escape(str(tmp_path))}/in/x\.jsonl was (scored into|read through) both '.*s1' \(as 'x\.jsonl'\) and "
                r"'.*s2' \(as 'in/x\.jsonl'\): its rows would count twice")
     with pytest.raises(HardfocusError, match=refusal):
         select(SelectConfig(scores=both, output=str(tmp_path / "selected"), report=False), progress=False)
     assert not (tmp_path / "selected").exists()
     with pytest.raises(HardfocusError, match=refusal):
         find_sources(both)
+
+
+def test_select_refuses_one_file_scored_into_two_directories_through_a_hard_link(tmp_path, tiny_model_dir):
+    """The promise: "one input file scored into two scores/ directories under two names ... select and train refuse
+    the pair". A file and a hard link to it (``in1/a.jsonl``, ``in2/c.jsonl``: other relative paths, so the default ids
+    do not collide) scored into two directories are accepted by ``select s1 s2``: the manifests' ``location``s are the
+    two paths, and every row is ranked, weighted and kept twice (the summary counts 20 rows of a 10-row file).
+    Expected: refused, naming the file and both directories."""
+    from scoring import ScoreConfig, score
+    from selection import SelectConfig, select
+
+    texts = [t[:100] for t in real_texts(40, seed=5) if t.strip()][:10]
+    shard = write_jsonl(tmp_path / "in1" / "a.jsonl", [{"text": t} for t in texts])
+    (tmp_path / "in2").mkdir()
+    os.link(shard, tmp_path / "in2" / "c.jsonl")
+    kw = dict(model=tiny_model_dir, executor="local", dtype="float32", device="cpu", max_tokens=16)
+    for i in (1, 2):
+        score(ScoreConfig(inputs=[str(tmp_path / f"in{i}")], output=str(tmp_path / f"s{i}"), **kw), progress=False)
+    with pytest.raises(HardfocusError, match="a.jsonl|c.jsonl"):
+        select(SelectConfig(scores=[str(tmp_path / "s1"), str(tmp_path / "s2")], output=str(tmp_path / "sel"),
+                            report=False), progress=False)
+
+
+def test_select_over_a_scores_directory_that_lost_a_part_says_what_to_run(tmp_path):
+    """A scores/ directory one of whose parts was deleted is refused by select (and ``hardfocus report``) with
+    "'scores' holds 7 part files but its manifest lists 8": every other refusal of a part says how to redo it (here a
+    rerun of `hardfocus score` with the same arguments scores only the missing part, which works). Expected: the
+    refusal names the command that repairs it."""
+    from selection import SelectConfig, select
+    from tests.selection.fake_scores import write_scores
+
+    scores = write_scores(tmp_path / "scores", np.random.default_rng(0).gamma(4, 0.7, 40).tolist(), rows_per_part=5)
+    sorted(scores.glob("part-*.parquet"))[3].unlink()
+    with pytest.raises(HardfocusError, match="hardfocus score"):
+        select(SelectConfig(scores=[str(scores)], output=str(tmp_path / "sel"), report=False), progress=False)
+
+
+@pytest.mark.parametrize("mistake", ["select a selection", "train on decisions/"])
+def test_another_stages_output_given_by_mistake_is_refused_with_advice_that_fits_it(tmp_path, mistake):
+    """Two easy mistakes get advice that does not fit: ``hardfocus select sel -o x`` (a selection given where scores
+    are read) is told "'sel' is a finished selected/ directory (selection), not a finished scores/ directory (no
+    manifest.json): (re)run `hardfocus score` on it", and ``hardfocus train sel/decisions`` (the decisions taken for
+    training data: a directory of ``part-*.parquet``, so a "hand-written token directory") is told "... has no
+    input_ids column: score with --keep-input-ids (the default)". Expected: the refusal says what the directory is
+    and what to give instead (the scores it was selected from; the selected/ directory itself), never to score a
+    selection or to score with a flag that is already on."""
+    from selection import SelectConfig, select
+    from tests.selection.fake_scores import write_scores
+    from training.sources import find_sources
+
+    scores = write_scores(tmp_path / "scores", np.random.default_rng(0).gamma(4, 0.7, 20).tolist())
+    select(SelectConfig(scores=[str(scores)], output=str(tmp_path / "sel"), report=False), progress=False)
+    with pytest.raises(HardfocusError) as refused:
+        if mistake == "select a selection":
+            select(SelectConfig(scores=[str(tmp_path / "sel")], output=str(tmp_path / "x"), report=False), progress=False)
+        else:
+            find_sources([str(tmp_path / "sel" / "decisions")])
+    message = str(refused.value)
+    assert "(re)run" not in message and "--keep-input-ids" not in message, message
+    if mistake == "select a selection":
+        assert "is a finished selected/ directory (selection), not a scores/ directory: give the scores/" in message
+    else:
+        assert f"holds a selection's decisions (a band and a reason for every scored row), not training data: give the " \
+               f"selected/ directory itself ('{tmp_path / 'sel'}')" in message

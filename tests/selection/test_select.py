@@ -7,12 +7,15 @@ import shutil
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pytest
 
+from hardfocus.parts import read_part
 from scoring import HardfocusError
 from selection import SelectConfig, irdro_weights, select
 from tests.selection.fake_scores import write_scores
 from tests.selection.helpers import random_losses
+from tests.stamps import rewrite_keeping_stamp
 
 
 def _expected_bands(losses, ids, drop_top, keep):
@@ -174,9 +177,9 @@ def test_a_selection_refused_because_its_scores_changed_names_them(tmp_path):
     shutil.rmtree(tmp_path / "b")
     write_scores(tmp_path / "b", random_losses(41, 3), shard="b.jsonl")  # b scored again, of a row more
     with pytest.raises(HardfocusError, match=rf"'{tmp_path / 'sel'}' holds a selection made from other inputs \(its input "
-                                             rf"'{tmp_path / 'b'}' changed since\); pass --overwrite"):
+                                             rf"'{tmp_path / 'b'}' is new or changed since\); pass --overwrite"):
         select(cfg, progress=False)
-    with pytest.raises(HardfocusError, match=rf"made from other inputs \(its input '{tmp_path / 'b'}' changed since\) and "
+    with pytest.raises(HardfocusError, match=rf"made from other inputs \(its input '{tmp_path / 'b'}' is new or changed since\) and "
                                              r"with other settings \(differs in: parameters.keep\)"):
         select(cfg.model_copy(update={"keep": 0.3}), progress=False)
 
@@ -195,3 +198,76 @@ def test_a_rerun_over_a_selection_damaged_since_names_the_part_and_overwrite_mak
         select(cfg, progress=False)
     assert not select(cfg.model_copy(update={"overwrite": True}), progress=False).skipped
     assert part.read_bytes() == whole
+
+
+@pytest.mark.parametrize("part", ["decisions/part-00000.parquet", "part-00000.parquet"])
+def test_select_overwrite_repairs_a_part_that_export_or_train_refuse_as_changed(tmp_path, part):
+    """A decisions or training part changed after select wrote it (a read-modify-write keeping the stamp) is refused by
+    export and train: "... was changed after it was written ...: run `hardfocus select` again with --overwrite". Doing
+    so prints "this selection of these scores is already complete; nothing to do": ``out.open`` finds the same
+    identity complete and ``_decisions_whole`` checks only the parts' footers, which are intact. The part stays as it
+    is and export and train keep refusing it, sending the user back to the same command (seen end to end with the
+    CLI). Expected: the command the refusal names repairs the selection (a rerun with --overwrite verifies what it
+    keeps, or writes the selection again)."""
+    from hardfocus.contracts.decisions import decision_parts
+    from hardfocus.contracts.selected import open_selected
+    from selection import SelectConfig, select
+    from tests.selection.fake_scores import write_scores
+
+    rng = np.random.default_rng(3)
+    write_scores(tmp_path / "scores", np.round(rng.gamma(4, 0.7, 40), 3).tolist(), rows_per_part=10)
+    cfg = dict(scores=[str(tmp_path / "scores")], output=str(tmp_path / "sel"), report=False, keep=0.6)
+    select(SelectConfig(**cfg), progress=False)
+    rewrite_keeping_stamp(tmp_path / "sel" / part, lambda t: t.set_column(
+        t.schema.get_field_index("loss"), t.schema.field("loss"),
+        pa.array([None if v is None else v * 1.5 for v in t["loss"].to_pylist()], t.schema.field("loss").type)))
+
+    select(SelectConfig(**cfg, overwrite=True), progress=False)  # what the refusal says to run
+
+    opened = open_selected(str(tmp_path / "sel"))
+    for url, expected in [(d.url, d.expected) for d in decision_parts(opened)] + list(opened.parts):
+        read_part(url, expected)  # refused today: the part is still the changed one
+
+
+@pytest.mark.parametrize("before, now", [(["s1"], ["s1", "s2"]), (["s1", "s2"], ["s2", "s1"])], ids=["added", "reordered"])
+def test_a_selection_refused_for_other_inputs_does_not_say_an_unchanged_input_changed(tmp_path, before, now):
+    """``what_changed`` indexes into an input list only when both lists have the same length; otherwise it names every
+    input, and for a list given in another order it names each position. So ``select s1 -o sel`` then ``select s1 s2 -o
+    sel`` is refused with "made from other inputs (its inputs 's1', 's2' changed since)" though s1 did not change (an
+    input was added), and ``select s2 s1`` over a selection of ``s1 s2`` with "its inputs 's2', 's1' changed since"
+    though nothing changed (the order did). Expected: an unchanged input is never said to have changed (say an input
+    was added, or that the inputs are given in another order)."""
+    from selection import SelectConfig, select
+    from tests.selection.fake_scores import write_scores
+
+    rng = np.random.default_rng(0)
+    for name in ("s1", "s2"):
+        write_scores(tmp_path / name, rng.gamma(4, 0.7, 20).tolist(), shard=f"{name}.jsonl")
+    dirs = lambda names: [str(tmp_path / n) for n in names]  # noqa: E731
+    select(SelectConfig(scores=dirs(before), output=str(tmp_path / "sel"), report=False), progress=False)
+    with pytest.raises(HardfocusError) as refused:
+        select(SelectConfig(scores=dirs(now), output=str(tmp_path / "sel"), report=False), progress=False)
+    message = str(refused.value)
+    unchanged = [d for d in dirs(before)]
+    assert not any(f"'{d}'" in message and "changed since" in message for d in unchanged), message
+
+
+def test_a_selection_of_an_earlier_layout_is_refused_saying_so_not_as_other_settings(tmp_path):
+    """A selection written before the part stamp (its job file's ``decisions`` layout 1, unstamped parts) met by a rerun
+    with the same settings is refused as "'sel' holds a selection made with other settings (differs in: decisions)";
+    a scores/ directory of before the stamp (no ``parts`` in its job identity) likewise as "(differs in: parts)". The
+    user changed no setting, and no flag is called ``decisions`` or ``parts``. Expected: the refusal says the output
+    was written by an earlier version of hardfocus (and to pass --overwrite)."""
+    from selection import SelectConfig, select
+    from tests.selection.fake_scores import write_scores
+
+    write_scores(tmp_path / "scores", np.random.default_rng(0).gamma(4, 0.7, 20).tolist())
+    cfg = dict(scores=[str(tmp_path / "scores")], output=str(tmp_path / "sel"), report=False)
+    select(SelectConfig(**cfg), progress=False)
+    job = tmp_path / "sel" / "selection_job.json"
+    record = json.loads(job.read_text())
+    record["identity"]["decisions"] = 1  # DECISIONS_LAYOUT of before the stamp
+    job.write_text(json.dumps(record))
+    with pytest.raises(HardfocusError) as refused:
+        select(SelectConfig(**cfg), progress=False)
+    assert "earlier version" in str(refused.value) or "older" in str(refused.value), str(refused.value)

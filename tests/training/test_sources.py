@@ -17,11 +17,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from hardfocus.parts import stamped
 from scoring import HardfocusError, score
 from selection import SelectConfig, select
 from tests.scoring.helpers import TEXTS, score_config, write_texts
 from tests.selection.fake_scores import write_scores
-from tests.stamps import rewrite_part, write_sibling_part
+from tests.stamps import rewrite_keeping_stamp, rewrite_part, write_sibling_part
 from tests.training.helpers import mixed_length_sequences, write_parts_dir, write_selected, write_token_part
 from tests.training.test_loss_spans import response_spans, with_spans
 from training.data import load_training_data
@@ -278,3 +279,59 @@ def test_a_training_part_copied_in_from_another_selection_of_the_same_scores_is_
     refusal = r"the training part .*A/part-00000\.parquet was written by another run than the one this output records"
     with pytest.raises(HardfocusError, match=refusal):
         load_training_data(find_sources([str(tmp_path / "A")]))
+
+
+def _conversation_selection(path: Path) -> str:
+    """A selected/ directory of conversations, in the contract select writes: a training part with ``loss_spans`` (the
+    assistant tokens the loss is taken on), stamped as its selection's part 0, the job file and the summary."""
+    from hardfocus.contracts.selected import selected_schema
+    from hardfocus.fingerprints import digest
+
+    path.mkdir(parents=True)
+    identity = {"made_by": "review", "name": path.name}
+    (path / "selection_job.json").write_text(json.dumps({"stage": "selected", "identity": identity}))
+    n = 6
+    table = pa.table({
+        "sample_id": [f"c{i}" for i in range(n)], "shard": ["c.jsonl"] * n, "row": list(range(n)), "group": ["g"] * n,
+        "loss": [1.0] * n, "loss_rank": [0.0] * n, "weight": [1.0] * n,
+        "input_ids": [list(range(3, 20))] * n, "loss_spans": [[{"start": 12, "stop": 17}]] * n,
+    }, schema=selected_schema(True, True))
+    pq.write_table(stamped(table, "selected", digest(identity), {"index": 0}), path / "part-00000.parquet")
+    (path / "summary.json").write_text(json.dumps({"parameters": {}, "bands": {"kept": n}, "output_parts": 1,
+                                                   "rows": n, "scores": []}))
+    return str(path)
+
+
+def test_a_training_part_that_lost_its_loss_spans_column_is_refused(tmp_path):
+    """A conversation's training part records ``loss_spans`` (the assistant turns the loss is taken on) in its stamp. A
+    rewrite that drops the column and keeps the metadata (``pq.write_table(t.drop_columns(["loss_spans"]))``) is
+    read without a word: training asks the verified reader only for the columns the footer's schema has, so it reads
+    ``input_ids`` and ``weight`` (both digests match) and trains on every token, prompts and system turns included
+    (seen end to end: `hardfocus train` on such a selection exits 0). Expected: a part that lacks a column its stamp
+    records was changed after it was written, and is refused naming it."""
+    from training.data import load_training_data
+
+    selected = _conversation_selection(tmp_path / "sel")
+    rewrite_keeping_stamp(tmp_path / "sel" / "part-00000.parquet", lambda t: t.drop_columns(["loss_spans"]))
+    with pytest.raises(HardfocusError, match="part-00000.parquet"):
+        load_training_data([selected])
+
+
+@pytest.mark.parametrize("pair", ["selection and its scores", "two selections of one scores"])
+def test_train_refuses_the_same_scored_rows_through_two_sources(tmp_path, pair):
+    """``train`` refuses one input file scored into two scores/ directories ("its rows would count twice"), but only
+    among scores/ sources: ``train sel scores`` (a selection and the scores it was made from) and ``train selA selB``
+    (two selections of the same scores) are accepted, and every kept row is trained on twice (seen: `hardfocus train sel
+    selB` "trained on 48 rows" where 30 + 18 overlap). Each selection's summary records its scores directories, and
+    their manifests the shards' locations. Expected: refused, naming the shared file (or the shared scores directory)
+    and both sources, as for two scores/ directories."""
+    from selection import SelectConfig, select
+    from tests.selection.fake_scores import write_scores
+    from training.sources import find_sources
+
+    scores = write_scores(tmp_path / "scores", np.random.default_rng(0).gamma(4, 0.7, 40).tolist())
+    a = select(SelectConfig(scores=[str(scores)], output=str(tmp_path / "a"), report=False, keep=0.5), progress=False)
+    b = select(SelectConfig(scores=[str(scores)], output=str(tmp_path / "b"), report=False, keep=0.3), progress=False)
+    sources = [a.output, str(scores)] if pair == "selection and its scores" else [a.output, b.output]
+    with pytest.raises(HardfocusError, match="twice"):
+        find_sources(sources)

@@ -13,7 +13,7 @@ import pytest
 from hardfocus.contracts.scores import LOSS_SPANS_TYPE
 from scoring import HardfocusError
 from tests.selection.fake_scores import write_scores
-from tests.stamps import write_sibling_part
+from tests.stamps import rewrite_keeping_stamp, write_sibling_part
 from tests.training.helpers import mixed_length_sequences, write_parts_dir, write_selected
 from training.sources import find_sources
 from training.stream import PartWindows, TrainingStream, window_batches, window_size
@@ -308,3 +308,29 @@ def test_a_part_on_an_object_store_rewritten_with_as_many_rows_while_streamed_is
     s3_fs().put_file(str(local), f"{url}/part-00000.parquet")  # another process rewrites the object
     with pytest.raises(HardfocusError, match=r"part-00000\.parquet' is not the file it was when the run started"):
         list(itertools.islice(batches, 3))  # the second epoch
+
+
+def test_training_never_finishes_on_a_training_part_changed_after_it_was_written(tmp_path, tiny_model_dir):
+    """The stream reads each part through ``iter_part``, which yields the part's batches first and checks the column
+    digests once the last batch is read. Rows of a changed part are trained on before the check, and a run whose last
+    step comes before the stream asks for the part's end never checks it: a selection whose ``input_ids`` were changed
+    after select wrote them (a read-modify-write that keeps the stamp) is trained on, and the model published (seen
+    with `hardfocus train sel --max-steps 1 --batch-size 1 --shuffle-buffer 1`; with a larger buffer the same run is
+    refused). Expected: no step is taken on rows whose part fails its digest (verify before yielding, e.g. per row
+    group, or read the part whole first), and the run is refused naming the part."""
+    from tests.training.helpers import equal_length_sequences, small_config, write_selected
+    from training import train
+
+    selected = write_selected(tmp_path / "sel", equal_length_sequences(64, 12, 250))
+    part = tmp_path / "sel" / "part-00000.parquet"
+    rewrite_keeping_stamp(part, lambda t: t.set_column(
+        t.schema.get_field_index("input_ids"), "input_ids",
+        pa.array([list(reversed(x)) for x in t["input_ids"].to_pylist()], pa.list_(pa.int32()))))
+    cfg = small_config([selected], tmp_path / "model", model=tiny_model_dir, max_steps=1, batch_size=1,
+                       shuffle_buffer=1)
+    try:
+        train(cfg, progress=False)
+    except HardfocusError as exc:
+        assert "part-00000.parquet" in str(exc)
+        return
+    pytest.fail("trained and published a model on a training part whose input_ids are not the ones select wrote")
